@@ -1,0 +1,34 @@
+/* error.c — filling fl_error (see error.h). */
+#include "flashify/error.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+volatile int fl_interrupted = 0;
+
+fl_status fl_fail(fl_error *err, fl_status code, const char *fmt, ...)
+{
+    if (err) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+        va_end(ap);
+        err->code = code;
+    }
+    return code;
+}
+
+fl_status fl_prefix(fl_error *err, const char *fmt, ...)
+{
+    if (!err)
+        return FL_EINPUT;
+    char prefix[FL_ERRMSG_MAX], old[FL_ERRMSG_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    va_end(ap);
+    memcpy(old, err->msg, sizeof old);
+    snprintf(err->msg, sizeof err->msg, "%s: %s", prefix, old);
+    return err->code;
+}
