@@ -1,0 +1,1012 @@
+/* safetensors.c — reading and validating, and laying out, safetensors headers.
+ *
+ * The header is parsed by a small purpose-built JSON reader rather than by
+ * cJSON, because the reference (serde_json into typed structs) demands
+ * things a generic tree does not give us cheaply: exact 64-bit integers
+ * (cJSON keeps doubles), duplicate keys rejected (cJSON keeps both), JSON's
+ * exact grammar (cJSON accepts any byte <= 0x20 as whitespace, raw control
+ * characters in strings and numbers like "+1" or "01"), bounded nesting,
+ * and memory proportional to the tensor table instead of a node per value
+ * (a million-tensor header would be a few million cJSON nodes).
+ * The grammar accepted is RFC 8259 JSON; what it may contain is the
+ * reference's schema (safetensors/src/tensor.rs, see docs/safetensors.md §1). */
+#include "flashify/safetensors.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* A valid header nests three deep (header -> tensor -> shape).  Unknown
+ * fields in a tensor entry are ignored like the reference does, but their
+ * values may nest only this deep in total, so hostile nesting cannot
+ * exhaust the stack. */
+#define ST_MAX_DEPTH 8
+/* Unknown fields tolerated per tensor entry (checked for duplicates by a
+ * linear scan, so the count is capped). */
+#define ST_MAX_EXTRA_FIELDS 16
+
+/* ---- dtypes -------------------------------------------------------------- */
+
+static const struct { const char *name; unsigned bits; } dtype_table[ST_DTYPE_COUNT] = {
+    [ST_BOOL] = {"BOOL", 8},        [ST_F4] = {"F4", 4},
+    [ST_F6_E2M3] = {"F6_E2M3", 6},  [ST_F6_E3M2] = {"F6_E3M2", 6},
+    [ST_U8] = {"U8", 8},            [ST_I8] = {"I8", 8},
+    [ST_F8_E5M2] = {"F8_E5M2", 8},  [ST_F8_E4M3] = {"F8_E4M3", 8},
+    [ST_F8_E8M0] = {"F8_E8M0", 8},  [ST_F8_E4M3FNUZ] = {"F8_E4M3FNUZ", 8},
+    [ST_F8_E5M2FNUZ] = {"F8_E5M2FNUZ", 8},
+    [ST_I16] = {"I16", 16},         [ST_U16] = {"U16", 16},
+    [ST_F16] = {"F16", 16},         [ST_BF16] = {"BF16", 16},
+    [ST_I32] = {"I32", 32},         [ST_U32] = {"U32", 32},
+    [ST_F32] = {"F32", 32},         [ST_C64] = {"C64", 64},
+    [ST_F64] = {"F64", 64},         [ST_I64] = {"I64", 64},
+    [ST_U64] = {"U64", 64},
+};
+
+const char *st_dtype_name(st_dtype d)
+{
+    return (unsigned)d < ST_DTYPE_COUNT ? dtype_table[d].name : "?";
+}
+
+unsigned st_dtype_bits(st_dtype d)
+{
+    return (unsigned)d < ST_DTYPE_COUNT ? dtype_table[d].bits : 0;
+}
+
+int st_dtype_parse(const char *name, st_dtype *out)
+{
+    for (int i = 0; i < ST_DTYPE_COUNT; i++)
+        if (strcmp(name, dtype_table[i].name) == 0) {
+            *out = (st_dtype)i;
+            return 0;
+        }
+    return -1;
+}
+
+int st_dtype_is_foldable(st_dtype d)
+{
+    return d == ST_F16 || d == ST_BF16 || d == ST_F32 || d == ST_F64;
+}
+
+/* ---- small helpers ------------------------------------------------------- */
+
+/* Copies `s` into `buf` for an error message: at most ~80 bytes, control
+ * characters replaced by '?', so a hostile name cannot break the one-line
+ * error or flood the terminal. */
+static const char *shown(const char *s, char *buf, size_t cap)
+{
+    size_t j = 0, limit = cap > 84 ? 80 : cap - 4;
+    for (size_t i = 0; s[i] && j < limit; i++)
+        buf[j++] = ((unsigned char)s[i] < 0x20 || s[i] == 0x7f) ? '?' : s[i];
+    if (strlen(s) > j) {
+        memcpy(buf + j, "...", 3);
+        j += 3;
+    }
+    buf[j] = 0;
+    return buf;
+}
+
+/* Strict UTF-8 (what Rust's str::from_utf8 accepts): no overlong forms, no
+ * surrogates, nothing above U+10FFFF.  Returns the offset of the first bad
+ * byte, or len when the whole buffer is valid. */
+static size_t utf8_check(const unsigned char *s, size_t len)
+{
+    size_t i = 0;
+    while (i < len) {
+        unsigned c = s[i];
+        if (c < 0x80) { i++; continue; }
+        size_t n;
+        unsigned lo = 0x80, hi = 0xBF;
+        if (c >= 0xC2 && c <= 0xDF) n = 1;
+        else if (c == 0xE0) { n = 2; lo = 0xA0; }
+        else if (c >= 0xE1 && c <= 0xEC) n = 2;
+        else if (c == 0xED) { n = 2; hi = 0x9F; }
+        else if (c >= 0xEE && c <= 0xEF) n = 2;
+        else if (c == 0xF0) { n = 3; lo = 0x90; }
+        else if (c >= 0xF1 && c <= 0xF3) n = 3;
+        else if (c == 0xF4) { n = 3; hi = 0x8F; }
+        else return i;
+        if (len - i - 1 < n) return i;
+        if (s[i + 1] < lo || s[i + 1] > hi) return i;
+        for (size_t k = 2; k <= n; k++)
+            if ((s[i + k] & 0xC0) != 0x80) return i;
+        i += n + 1;
+    }
+    return len;
+}
+
+/* ---- the JSON reader ------------------------------------------------------ */
+
+typedef struct {
+    const char *what;
+    const unsigned char *s;   /* header bytes */
+    size_t len, pos;
+    fl_error *err;
+} jreader;
+
+static fl_status jfail_at(jreader *j, const char *msg)
+{
+    if (j->pos >= j->len)
+        return fl_fail(j->err, FL_EINPUT, "%s: invalid safetensors header: %s at end of header",
+                       j->what, msg);
+    unsigned c = j->s[j->pos];
+    char shown_c[16];
+    if (c > 0x20 && c < 0x7f) snprintf(shown_c, sizeof shown_c, "'%c'", (char)c);
+    else snprintf(shown_c, sizeof shown_c, "0x%02x", c);
+    return fl_fail(j->err, FL_EINPUT, "%s: invalid safetensors header: %s at header byte %zu (%s)",
+                   j->what, msg, j->pos, shown_c);
+}
+
+static void jws(jreader *j)
+{
+    while (j->pos < j->len) {
+        unsigned char c = j->s[j->pos];
+        if (c != ' ' && c != '\t' && c != '\n' && c != '\r') break;
+        j->pos++;
+    }
+}
+
+static int jpeek(jreader *j) { return j->pos < j->len ? j->s[j->pos] : -1; }
+
+static int hexval(int c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+static int read_hex4(jreader *j, unsigned *out)
+{
+    if (j->len - j->pos < 4) return -1;
+    unsigned v = 0;
+    for (int k = 0; k < 4; k++) {
+        int h = hexval(j->s[j->pos + k]);
+        if (h < 0) return -1;
+        v = v << 4 | (unsigned)h;
+    }
+    j->pos += 4;
+    *out = v;
+    return 0;
+}
+
+/* Parses a JSON string at the cursor into a fresh NUL-terminated buffer
+ * (*out, caller frees; NULL when out is NULL: the string is only checked).
+ * The buffer was validated as UTF-8 beforehand, so raw bytes are copied;
+ * escapes are decoded like serde_json does (lone surrogates rejected).  A
+ * \u0000 escape is rejected: no name or metadata value can hold a NUL in C. */
+static fl_status jstring(jreader *j, char **out, size_t *out_len)
+{
+    if (jpeek(j) != '"') return jfail_at(j, "expected a string");
+    j->pos++;
+    /* The decoded string is never longer than its encoding. */
+    size_t start = j->pos, cap = 0;
+    while (j->pos < j->len && j->s[j->pos] != '"') {
+        if (j->s[j->pos] == '\\') j->pos++;
+        j->pos++;
+    }
+    if (j->pos >= j->len) { j->pos = start - 1; return jfail_at(j, "unterminated string"); }
+    cap = j->pos - start;
+    j->pos = start;
+    char *buf = NULL;
+    if (out) {
+        buf = malloc(cap + 1);
+        if (!buf) return fl_fail(j->err, FL_EIO, "%s: out of memory reading header", j->what);
+    }
+    size_t n = 0;
+    for (;;) {
+        unsigned char c = j->s[j->pos];
+        if (c == '"') { j->pos++; break; }
+        if (c < 0x20) { free(buf); return jfail_at(j, "control character in string"); }
+        if (c != '\\') {
+            if (buf) buf[n] = (char)c;
+            n++;
+            j->pos++;
+            continue;
+        }
+        j->pos++;
+        int e = j->s[j->pos++];
+        unsigned cp = 0;
+        switch (e) {
+        case '"': case '\\': case '/': cp = (unsigned)e; break;
+        case 'b': cp = '\b'; break;
+        case 'f': cp = '\f'; break;
+        case 'n': cp = '\n'; break;
+        case 'r': cp = '\r'; break;
+        case 't': cp = '\t'; break;
+        case 'u':
+            if (read_hex4(j, &cp) < 0) { free(buf); j->pos -= 2; return jfail_at(j, "bad \\u escape"); }
+            if (cp >= 0xDC00 && cp <= 0xDFFF) {
+                free(buf); j->pos -= 6; return jfail_at(j, "lone low surrogate in \\u escape");
+            }
+            if (cp >= 0xD800 && cp <= 0xDBFF) {
+                unsigned lo;
+                if (j->len - j->pos < 2 || j->s[j->pos] != '\\' || j->s[j->pos + 1] != 'u') {
+                    free(buf); j->pos -= 6; return jfail_at(j, "lone high surrogate in \\u escape");
+                }
+                j->pos += 2;
+                if (read_hex4(j, &lo) < 0 || lo < 0xDC00 || lo > 0xDFFF) {
+                    free(buf); j->pos -= 8; return jfail_at(j, "bad surrogate pair in \\u escape");
+                }
+                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+            }
+            if (cp == 0) { free(buf); j->pos -= 6; return jfail_at(j, "NUL (\\u0000) in string"); }
+            break;
+        default:
+            free(buf); j->pos -= 2; return jfail_at(j, "bad escape in string");
+        }
+        /* UTF-8 encode cp; never longer than the escape it came from. */
+        unsigned char tmp[4];
+        size_t k;
+        if (cp < 0x80) { tmp[0] = (unsigned char)cp; k = 1; }
+        else if (cp < 0x800) { tmp[0] = 0xC0 | cp >> 6; tmp[1] = 0x80 | (cp & 63); k = 2; }
+        else if (cp < 0x10000) {
+            tmp[0] = 0xE0 | cp >> 12; tmp[1] = 0x80 | ((cp >> 6) & 63); tmp[2] = 0x80 | (cp & 63); k = 3;
+        } else {
+            tmp[0] = 0xF0 | cp >> 18; tmp[1] = 0x80 | ((cp >> 12) & 63);
+            tmp[2] = 0x80 | ((cp >> 6) & 63); tmp[3] = 0x80 | (cp & 63); k = 4;
+        }
+        if (buf) memcpy(buf + n, tmp, k);
+        n += k;
+    }
+    if (buf) {
+        buf[n] = 0;
+        *out = buf;
+    }
+    if (out_len) *out_len = n;
+    return FL_OK;
+}
+
+/* Scans a JSON number at the cursor (RFC 8259 grammar).  When it is a plain
+ * non-negative integer (no sign, fraction or exponent) that fits in 64 bits,
+ * *value gets it and *is_uint is 1; otherwise *is_uint is 0.  *tok and *tok_len
+ * give the token's text for messages. */
+static fl_status jnumber(jreader *j, int *is_uint, uint64_t *value,
+                         const char **tok, size_t *tok_len)
+{
+    size_t start = j->pos;
+    int plain = 1, overflow = 0;
+    uint64_t v = 0;
+    if (jpeek(j) == '-') { plain = 0; j->pos++; }
+    int c = jpeek(j);
+    if (c == '0') j->pos++;
+    else if (c >= '1' && c <= '9') {
+        while ((c = jpeek(j)) >= '0' && c <= '9') {
+            if (v > (UINT64_MAX - 9) / 10) overflow = 1;
+            else v = v * 10 + (uint64_t)(c - '0');
+            j->pos++;
+        }
+    } else return jfail_at(j, "bad number");
+    if (jpeek(j) == '.') {
+        plain = 0;
+        j->pos++;
+        if (!((c = jpeek(j)) >= '0' && c <= '9')) return jfail_at(j, "bad number");
+        while ((c = jpeek(j)) >= '0' && c <= '9') j->pos++;
+    }
+    if (jpeek(j) == 'e' || jpeek(j) == 'E') {
+        plain = 0;
+        j->pos++;
+        if (jpeek(j) == '+' || jpeek(j) == '-') j->pos++;
+        if (!((c = jpeek(j)) >= '0' && c <= '9')) return jfail_at(j, "bad number");
+        while ((c = jpeek(j)) >= '0' && c <= '9') j->pos++;
+    }
+    *is_uint = plain && !overflow;
+    *value = v;
+    *tok = (const char *)j->s + start;
+    *tok_len = j->pos - start;
+    return FL_OK;
+}
+
+static fl_status jliteral(jreader *j, const char *lit)
+{
+    size_t n = strlen(lit);
+    if (j->len - j->pos < n || memcmp(j->s + j->pos, lit, n) != 0)
+        return jfail_at(j, "expected a JSON value");
+    j->pos += n;
+    return FL_OK;
+}
+
+/* Checks (and skips) any JSON value; `depth` is its nesting level. */
+static fl_status jskip(jreader *j, int depth)
+{
+    int c = jpeek(j);
+    if ((c == '{' || c == '[') && depth >= ST_MAX_DEPTH)
+        return fl_fail(j->err, FL_EINPUT, "%s: header JSON nested deeper than %d levels at byte %zu",
+                       j->what, ST_MAX_DEPTH, j->pos);
+    if (c == '{' || c == '[') {
+        int close = c == '{' ? '}' : ']';
+        j->pos++;
+        jws(j);
+        if (jpeek(j) == close) { j->pos++; return FL_OK; }
+        for (;;) {
+            fl_status st;
+            if (close == '}') {
+                if ((st = jstring(j, NULL, NULL))) return st;
+                jws(j);
+                if (jpeek(j) != ':') return jfail_at(j, "expected ':'");
+                j->pos++;
+                jws(j);
+            }
+            if ((st = jskip(j, depth + 1))) return st;
+            jws(j);
+            if (jpeek(j) == ',') { j->pos++; jws(j); continue; }
+            if (jpeek(j) == close) { j->pos++; return FL_OK; }
+            return jfail_at(j, close == '}' ? "expected ',' or '}'" : "expected ',' or ']'");
+        }
+    }
+    if (c == '"') return jstring(j, NULL, NULL);
+    if (c == 't') return jliteral(j, "true");
+    if (c == 'f') return jliteral(j, "false");
+    if (c == 'n') return jliteral(j, "null");
+    if (c == '-' || (c >= '0' && c <= '9')) {
+        int u; uint64_t v; const char *t; size_t tl;
+        return jnumber(j, &u, &v, &t, &tl);
+    }
+    return jfail_at(j, "expected a JSON value");
+}
+
+/* ---- the header schema ---------------------------------------------------- */
+
+/* Reads an array of non-negative integers (each <= ST_MAX_INT) into
+ * vals[0..max), for "shape" and "data_offsets".  Messages name the tensor. */
+static fl_status jint_array(jreader *j, const char *tname, const char *field,
+                            uint64_t *vals, int max, int *count)
+{
+    char nb[96];
+    if (jpeek(j) != '[')
+        return fl_fail(j->err, FL_EINPUT, "%s: tensor '%s': \"%s\" is not an array",
+                       j->what, shown(tname, nb, sizeof nb), field);
+    j->pos++;
+    jws(j);
+    int n = 0;
+    if (jpeek(j) == ']') { j->pos++; *count = 0; return FL_OK; }
+    for (;;) {
+        int c = jpeek(j);
+        if (c != '-' && !(c >= '0' && c <= '9'))
+            return fl_fail(j->err, FL_EINPUT, "%s: tensor '%s': \"%s\" holds a non-number",
+                           j->what, shown(tname, nb, sizeof nb), field);
+        int is_uint; uint64_t v; const char *tok; size_t tl;
+        fl_status st = jnumber(j, &is_uint, &v, &tok, &tl);
+        if (st) return st;
+        if (!is_uint || v > ST_MAX_INT)
+            return fl_fail(j->err, FL_EINPUT,
+                           "%s: tensor '%s': \"%s\" value %.*s is not an integer in [0, 2^53]",
+                           j->what, shown(tname, nb, sizeof nb), field,
+                           tl > 40 ? 40 : (int)tl, tok);
+        if (n >= max)
+            return fl_fail(j->err, FL_EINPUT, "%s: tensor '%s': \"%s\" has more than %d entries",
+                           j->what, shown(tname, nb, sizeof nb), field, max);
+        vals[n++] = v;
+        jws(j);
+        if (jpeek(j) == ',') { j->pos++; jws(j); continue; }
+        if (jpeek(j) == ']') { j->pos++; break; }
+        return jfail_at(j, "expected ',' or ']'");
+    }
+    *count = n;
+    return FL_OK;
+}
+
+/* Parses one tensor entry {"dtype":..., "shape":[...], "data_offsets":[b,e]}
+ * into *t (name already set).  Unknown fields are ignored, as the reference
+ * does, but duplicates of any field are rejected. */
+static fl_status jtensor(jreader *j, st_tensor *t)
+{
+    char nb[96];
+    const char *tn = t->name;
+    if (jpeek(j) != '{')
+        return fl_fail(j->err, FL_EINPUT, "%s: tensor '%s': entry is not a JSON object",
+                       j->what, shown(tn, nb, sizeof nb));
+    j->pos++;
+    jws(j);
+    int have_dtype = 0, have_shape = 0, have_off = 0, n_extra = 0;
+    char *extra[ST_MAX_EXTRA_FIELDS];
+    fl_status st = FL_OK;
+    if (jpeek(j) == '}') { j->pos++; goto check; }
+    for (;;) {
+        char *key = NULL;
+        if ((st = jstring(j, &key, NULL))) goto out;
+        jws(j);
+        if (jpeek(j) != ':') { free(key); st = jfail_at(j, "expected ':'"); goto out; }
+        j->pos++;
+        jws(j);
+        int *seen = strcmp(key, "dtype") == 0 ? &have_dtype
+                  : strcmp(key, "shape") == 0 ? &have_shape
+                  : strcmp(key, "data_offsets") == 0 ? &have_off : NULL;
+        int dup = seen ? *seen : 0;
+        for (int k = 0; !seen && k < n_extra; k++)
+            if (strcmp(extra[k], key) == 0) dup = 1;
+        if (dup) {
+            char kb[96];
+            st = fl_fail(j->err, FL_EINPUT, "%s: tensor '%s': duplicate key \"%s\"",
+                         j->what, shown(tn, nb, sizeof nb), shown(key, kb, sizeof kb));
+            free(key);
+            goto out;
+        }
+        if (seen == &have_dtype) {
+            char *dt = NULL;
+            free(key);
+            if (jpeek(j) != '"') {
+                st = fl_fail(j->err, FL_EINPUT, "%s: tensor '%s': \"dtype\" is not a string",
+                             j->what, shown(tn, nb, sizeof nb));
+                goto out;
+            }
+            if ((st = jstring(j, &dt, NULL))) goto out;
+            st_dtype d;
+            if (st_dtype_parse(dt, &d) < 0) {
+                char db[96];
+                st = fl_fail(j->err, FL_EINPUT, "%s: tensor '%s': unknown dtype \"%s\"",
+                             j->what, shown(tn, nb, sizeof nb), shown(dt, db, sizeof db));
+                free(dt);
+                goto out;
+            }
+            free(dt);
+            t->dtype = d;
+        } else if (seen == &have_shape) {
+            free(key);
+            if ((st = jint_array(j, tn, "shape", t->shape, ST_MAX_DIMS, &t->ndim))) goto out;
+        } else if (seen == &have_off) {
+            uint64_t off[2];
+            int n;
+            free(key);
+            if ((st = jint_array(j, tn, "data_offsets", off, 2, &n))) goto out;
+            if (n != 2) {
+                st = fl_fail(j->err, FL_EINPUT,
+                             "%s: tensor '%s': \"data_offsets\" has %d entries, expected 2",
+                             j->what, shown(tn, nb, sizeof nb), n);
+                goto out;
+            }
+            t->begin = off[0];
+            t->end = off[1];
+        } else {
+            if (n_extra == ST_MAX_EXTRA_FIELDS) {
+                st = fl_fail(j->err, FL_EINPUT, "%s: tensor '%s': more than %d unknown fields",
+                             j->what, shown(tn, nb, sizeof nb), ST_MAX_EXTRA_FIELDS);
+                free(key);
+                goto out;
+            }
+            extra[n_extra++] = key;
+            if ((st = jskip(j, 2))) goto out;
+        }
+        if (seen) *seen = 1;
+        jws(j);
+        if (jpeek(j) == ',') { j->pos++; jws(j); continue; }
+        if (jpeek(j) == '}') { j->pos++; break; }
+        st = jfail_at(j, "expected ',' or '}'");
+        goto out;
+    }
+check:
+    if (!have_dtype || !have_shape || !have_off)
+        st = fl_fail(j->err, FL_EINPUT, "%s: tensor '%s': missing \"%s\"", j->what,
+                     shown(tn, nb, sizeof nb),
+                     !have_dtype ? "dtype" : !have_shape ? "shape" : "data_offsets");
+out:
+    for (int k = 0; k < n_extra; k++) free(extra[k]);
+    return st;
+}
+
+static int cmp_names(const void *a, const void *b)
+{
+    return strcmp(**(char *const *const *)a, **(char *const *const *)b);
+}
+
+/* Finds a duplicate among n strings reached through ptrs (sorted in place,
+ * O(n log n)).  Returns the duplicate or NULL. */
+static const char *find_duplicate(char ***ptrs, size_t n)
+{
+    qsort(ptrs, n, sizeof *ptrs, cmp_names);
+    for (size_t i = 1; i < n; i++)
+        if (strcmp(*ptrs[i - 1], *ptrs[i]) == 0) return *ptrs[i];
+    return NULL;
+}
+
+/* Parses "__metadata__": an object of string -> string. */
+static fl_status jmetadata(jreader *j, st_header *h)
+{
+    if (jpeek(j) != '{')
+        return fl_fail(j->err, FL_EINPUT, "%s: \"__metadata__\" is not a JSON object of strings",
+                       j->what);
+    j->pos++;
+    jws(j);
+    size_t cap = 0;
+    if (jpeek(j) == '}') { j->pos++; return FL_OK; }
+    for (;;) {
+        if (h->n_meta == ST_MAX_TENSORS)
+            return fl_fail(j->err, FL_EINPUT, "%s: \"__metadata__\" has more than %d entries (limit)",
+                           j->what, ST_MAX_TENSORS);
+        if (h->n_meta == cap) {
+            size_t nc = cap ? cap * 2 : 8;
+            st_meta *m = realloc(h->meta, nc * sizeof *m);
+            if (!m) return fl_fail(j->err, FL_EIO, "%s: out of memory reading header", j->what);
+            h->meta = m;
+            cap = nc;
+        }
+        st_meta *m = &h->meta[h->n_meta];
+        m->key = m->value = NULL;
+        fl_status st = jstring(j, &m->key, NULL);
+        if (st) return st;
+        h->n_meta++;
+        jws(j);
+        if (jpeek(j) != ':') return jfail_at(j, "expected ':'");
+        j->pos++;
+        jws(j);
+        if (jpeek(j) != '"') {
+            char kb[96];
+            return fl_fail(j->err, FL_EINPUT,
+                           "%s: \"__metadata__\" value of \"%s\" is not a string", j->what,
+                           shown(m->key, kb, sizeof kb));
+        }
+        if ((st = jstring(j, &m->value, NULL))) return st;
+        jws(j);
+        if (jpeek(j) == ',') { j->pos++; jws(j); continue; }
+        if (jpeek(j) == '}') { j->pos++; break; }
+        return jfail_at(j, "expected ',' or '}'");
+    }
+    char ***ptrs = malloc(h->n_meta * sizeof *ptrs);
+    if (!ptrs) return fl_fail(j->err, FL_EIO, "%s: out of memory reading header", j->what);
+    for (size_t i = 0; i < h->n_meta; i++) ptrs[i] = &h->meta[i].key;
+    const char *dup = find_duplicate(ptrs, h->n_meta);
+    fl_status st = FL_OK;
+    if (dup) {
+        char kb[96];
+        st = fl_fail(j->err, FL_EINPUT, "%s: \"__metadata__\" has duplicate key \"%s\"",
+                     j->what, shown(dup, kb, sizeof kb));
+    }
+    free(ptrs);
+    return st;
+}
+
+int st_numel(const st_tensor *t, uint64_t *out)
+{
+    /* Like the reference's checked_mul fold: overflow is an error even if a
+     * later dimension is 0. */
+    uint64_t n = 1;
+    for (int i = 0; i < t->ndim; i++) {
+        if (t->shape[i] && n > UINT64_MAX / t->shape[i]) return -1;
+        n *= t->shape[i];
+    }
+    *out = n;
+    return 0;
+}
+
+/* Checks that a tensor's byte range matches its shape and dtype. */
+static fl_status check_size(const char *what, const st_tensor *t, fl_error *err)
+{
+    char nb[96];
+    uint64_t numel, bits = st_dtype_bits(t->dtype);
+    if (st_numel(t, &numel) < 0 || numel > UINT64_MAX / bits)
+        return fl_fail(err, FL_EINPUT, "%s: tensor '%s': shape product overflows 64 bits",
+                       what, shown(t->name, nb, sizeof nb));
+    if ((numel * bits) % 8)
+        return fl_fail(err, FL_EINPUT,
+                       "%s: tensor '%s': %llu elements of %s is not a whole number of bytes",
+                       what, shown(t->name, nb, sizeof nb), (unsigned long long)numel,
+                       st_dtype_name(t->dtype));
+    uint64_t bytes = numel * bits / 8;
+    if (t->end < t->begin)
+        return fl_fail(err, FL_EINPUT, "%s: tensor '%s' has data_offsets [%llu, %llu]: end before start",
+                       what, shown(t->name, nb, sizeof nb), (unsigned long long)t->begin,
+                       (unsigned long long)t->end);
+    if (t->end - t->begin != bytes)
+        return fl_fail(err, FL_EINPUT,
+                       "%s: tensor '%s' has data_offsets [%llu, %llu] (%llu bytes), expected %llu bytes for %s of %llu elements",
+                       what, shown(t->name, nb, sizeof nb), (unsigned long long)t->begin,
+                       (unsigned long long)t->end, (unsigned long long)(t->end - t->begin),
+                       (unsigned long long)bytes, st_dtype_name(t->dtype),
+                       (unsigned long long)numel);
+    return FL_OK;
+}
+
+static int cmp_offsets(const void *a, const void *b)
+{
+    const st_tensor *x = *(const st_tensor *const *)a, *y = *(const st_tensor *const *)b;
+    if (x->begin != y->begin) return x->begin < y->begin ? -1 : 1;
+    if (x->end != y->end) return x->end < y->end ? -1 : 1;
+    return 0;
+}
+
+fl_status st_parse_header(const char *what, const char *json, size_t json_len,
+                          uint64_t file_size, st_header *out, fl_error *err)
+{
+    memset(out, 0, sizeof *out);
+    out->header_len = json_len;
+    out->data_start = 8 + (uint64_t)json_len;
+    out->file_size = file_size;
+    if (json_len > ST_MAX_HEADER_SIZE)
+        return fl_fail(err, FL_EINPUT, "%s: header is %zu bytes, over the limit of %llu",
+                       what, json_len, ST_MAX_HEADER_SIZE);
+    jreader jr = {what, (const unsigned char *)json, json_len, 0, err}, *j = &jr;
+    size_t bad = utf8_check(j->s, json_len);
+    if (bad < json_len)
+        return fl_fail(err, FL_EINPUT, "%s: header is not valid UTF-8 (byte %zu is 0x%02x)",
+                       what, bad, j->s[bad]);
+    /* The reference accepts leading and trailing \t\n\r and space padding. */
+    jws(j);
+    if (jpeek(j) != '{')
+        return jfail_at(j, "header must be a JSON object starting with '{'");
+    j->pos++;
+    jws(j);
+    size_t cap = 0;
+    int have_meta = 0;
+    fl_status st = FL_OK;
+    if (jpeek(j) == '}') { j->pos++; goto end; }
+    for (;;) {
+        char *key = NULL;
+        size_t klen;
+        char nb[96];
+        if ((st = jstring(j, &key, &klen))) goto fail;
+        jws(j);
+        if (jpeek(j) != ':') { free(key); st = jfail_at(j, "expected ':'"); goto fail; }
+        j->pos++;
+        jws(j);
+        if (strcmp(key, "__metadata__") == 0) {
+            free(key);
+            if (have_meta) {
+                st = fl_fail(err, FL_EINPUT, "%s: duplicate key \"__metadata__\"", what);
+                goto fail;
+            }
+            have_meta = 1;
+            if ((st = jmetadata(j, out))) goto fail;
+        } else {
+            if (klen == 0 || klen > ST_MAX_NAME) {
+                st = fl_fail(err, FL_EINPUT, "%s: tensor name '%s' is %s (limit %d bytes)",
+                             what, shown(key, nb, sizeof nb), klen ? "too long" : "empty",
+                             ST_MAX_NAME);
+                free(key);
+                goto fail;
+            }
+            if (out->n_tensors == ST_MAX_TENSORS) {
+                free(key);
+                st = fl_fail(err, FL_EINPUT, "%s: more than %d tensors (limit)", what,
+                             ST_MAX_TENSORS);
+                goto fail;
+            }
+            if (out->n_tensors == cap) {
+                size_t nc = cap ? cap * 2 : 64;
+                if (nc > ST_MAX_TENSORS) nc = ST_MAX_TENSORS;
+                st_tensor *t = realloc(out->tensors, nc * sizeof *t);
+                if (!t) {
+                    free(key);
+                    st = fl_fail(err, FL_EIO, "%s: out of memory reading header", what);
+                    goto fail;
+                }
+                out->tensors = t;
+                cap = nc;
+            }
+            st_tensor *t = &out->tensors[out->n_tensors++];
+            memset(t, 0, sizeof *t);
+            t->name = key;
+            if ((st = jtensor(j, t))) goto fail;
+        }
+        jws(j);
+        if (jpeek(j) == ',') { j->pos++; jws(j); continue; }
+        if (jpeek(j) == '}') { j->pos++; break; }
+        st = jfail_at(j, "expected ',' or '}'");
+        goto fail;
+    }
+end:
+    jws(j);
+    if (j->pos != json_len) {
+        st = jfail_at(j, "trailing data after the JSON object");
+        goto fail;
+    }
+
+    /* Duplicates, sizes, then contiguity in offset order (the reference's
+     * Metadata::validate), then the file length. */
+    size_t n = out->n_tensors;
+    char ***names = malloc((n ? n : 1) * sizeof *names);
+    if (!names) { st = fl_fail(err, FL_EIO, "%s: out of memory reading header", what); goto fail; }
+    for (size_t i = 0; i < n; i++) names[i] = &out->tensors[i].name;
+    const char *dup = find_duplicate(names, n);
+    if (dup) {
+        char nb[96];
+        st = fl_fail(err, FL_EINPUT, "%s: duplicate tensor name '%s'", what, shown(dup, nb, sizeof nb));
+    }
+    free(names);
+    if (dup) goto fail;
+    for (size_t i = 0; i < n; i++)
+        if ((st = check_size(what, &out->tensors[i], err))) goto fail;
+    const st_tensor **byoff = malloc((n ? n : 1) * sizeof *byoff);
+    if (!byoff) { st = fl_fail(err, FL_EIO, "%s: out of memory reading header", what); goto fail; }
+    for (size_t i = 0; i < n; i++) byoff[i] = &out->tensors[i];
+    qsort(byoff, n, sizeof *byoff, cmp_offsets);
+    uint64_t prev_end = 0;
+    const st_tensor *prev = NULL;
+    for (size_t i = 0; i < n; i++) {
+        const st_tensor *t = byoff[i];
+        if (t->begin != prev_end) {
+            char nb[96], pb[96];
+            if (prev)
+                st = fl_fail(err, FL_EINPUT,
+                             "%s: tensor '%s' has data_offsets [%llu, %llu], expected start %llu (end of '%s'): %s",
+                             what, shown(t->name, nb, sizeof nb), (unsigned long long)t->begin,
+                             (unsigned long long)t->end, (unsigned long long)prev_end,
+                             shown(prev->name, pb, sizeof pb),
+                             t->begin < prev_end ? "overlap" : "hole");
+            else
+                st = fl_fail(err, FL_EINPUT,
+                             "%s: tensor '%s' has data_offsets [%llu, %llu], expected start 0: hole at start of data",
+                             what, shown(t->name, nb, sizeof nb), (unsigned long long)t->begin,
+                             (unsigned long long)t->end);
+            free(byoff);
+            goto fail;
+        }
+        prev_end = t->end;
+        prev = t;
+    }
+    free(byoff);
+    /* data_start <= 1e8+8 and prev_end <= 2^53: no overflow. */
+    if (out->data_start + prev_end != file_size) {
+        st = fl_fail(err, FL_EINPUT,
+                     "%s: file is %llu bytes, but the header says %llu (8 + %zu header + %llu data)%s",
+                     what, (unsigned long long)file_size,
+                     (unsigned long long)(out->data_start + prev_end), json_len,
+                     (unsigned long long)prev_end,
+                     file_size < out->data_start + prev_end ? ": truncated" : ": trailing bytes");
+        goto fail;
+    }
+    return FL_OK;
+fail:
+    st_header_free(out);
+    return st;
+}
+
+/* pread exactly n bytes at off; EINTR retried, short reads continued.
+ * Returns 0, or -1 with errno set (EIO-like 0 errno means unexpected EOF). */
+static int pread_full(int fd, void *buf, size_t n, uint64_t off)
+{
+    char *p = buf;
+    while (n) {
+        ssize_t r = pread(fd, p, n, (off_t)off);
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        if (r == 0) { errno = 0; return -1; }
+        p += r;
+        n -= (size_t)r;
+        off += (uint64_t)r;
+    }
+    return 0;
+}
+
+fl_status st_read_header(const char *path, int fd, st_header *out, fl_error *err)
+{
+    memset(out, 0, sizeof *out);
+    struct stat sb;
+    if (fstat(fd, &sb) < 0)
+        return fl_fail(err, FL_EIO, "%s: cannot stat: %s", path, strerror(errno));
+    if (!S_ISREG(sb.st_mode))
+        return fl_fail(err, FL_EINPUT, "%s: not a regular file", path);
+    uint64_t size = (uint64_t)sb.st_size;
+    if (size < 8)
+        return fl_fail(err, FL_EINPUT, "%s: file is %llu bytes, too small for a safetensors header (8)",
+                       path, (unsigned long long)size);
+    unsigned char lb[8];
+    if (pread_full(fd, lb, 8, 0) < 0)
+        return fl_fail(err, FL_EIO, "%s: cannot read header length: %s", path,
+                       errno ? strerror(errno) : "unexpected end of file");
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; i--) n = n << 8 | lb[i];
+    if (n > ST_MAX_HEADER_SIZE)
+        return fl_fail(err, FL_EINPUT, "%s: header length %llu is over the limit of %llu",
+                       path, (unsigned long long)n, ST_MAX_HEADER_SIZE);
+    if (n > size - 8)
+        return fl_fail(err, FL_EINPUT, "%s: header length %llu goes past the end of the %llu-byte file",
+                       path, (unsigned long long)n, (unsigned long long)size);
+    char *buf = malloc(n ? n : 1);
+    if (!buf)
+        return fl_fail(err, FL_EIO, "%s: out of memory for a %llu-byte header", path,
+                       (unsigned long long)n);
+    if (pread_full(fd, buf, n, 8) < 0) {
+        fl_status st = fl_fail(err, FL_EIO, "%s: cannot read header: %s", path,
+                               errno ? strerror(errno) : "unexpected end of file (file shrank?)");
+        free(buf);
+        return st;
+    }
+    fl_status st = st_parse_header(path, buf, n, size, out, err);
+    free(buf);
+    return st;
+}
+
+void st_header_free(st_header *h)
+{
+    if (!h) return;
+    for (size_t i = 0; i < h->n_tensors; i++) free(h->tensors[i].name);
+    for (size_t i = 0; i < h->n_meta; i++) {
+        free(h->meta[i].key);
+        free(h->meta[i].value);
+    }
+    free(h->tensors);
+    free(h->meta);
+    memset(h, 0, sizeof *h);
+}
+
+const st_tensor *st_header_find(const st_header *h, const char *name)
+{
+    for (size_t i = 0; i < h->n_tensors; i++)
+        if (strcmp(h->tensors[i].name, name) == 0) return &h->tensors[i];
+    return NULL;
+}
+
+const char *st_header_meta(const st_header *h, const char *key)
+{
+    for (size_t i = 0; i < h->n_meta; i++)
+        if (strcmp(h->meta[i].key, key) == 0) return h->meta[i].value;
+    return NULL;
+}
+
+/* ---- writer --------------------------------------------------------------- */
+
+typedef struct {
+    char *p;
+    size_t len, cap;
+    int oom;
+} sbuf;
+
+static void sb_put(sbuf *b, const char *s, size_t n)
+{
+    if (b->oom) return;
+    if (b->cap - b->len < n + 1) {
+        size_t nc = b->cap ? b->cap : 256;
+        while (nc - b->len < n + 1) {
+            if (nc > SIZE_MAX / 2) { b->oom = 1; return; }
+            nc *= 2;
+        }
+        char *p = realloc(b->p, nc);
+        if (!p) { b->oom = 1; return; }
+        b->p = p;
+        b->cap = nc;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+}
+
+static void sb_str(sbuf *b, const char *s) { sb_put(b, s, strlen(s)); }
+
+/* Writes s as a JSON string the way serde_json does: '"' and '\\' escaped,
+ * \b \f \n \r \t short forms, other control characters as \u00xx. */
+static void sb_json(sbuf *b, const char *s)
+{
+    static const char hex[] = "0123456789abcdef";
+    sb_put(b, "\"", 1);
+    size_t run = 0;
+    for (size_t i = 0;; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c && c >= 0x20 && c != '"' && c != '\\') { run++; continue; }
+        sb_put(b, s + i - run, run);
+        run = 0;
+        if (!c) break;
+        char e[7] = {'\\', 0};
+        size_t n = 2;
+        switch (c) {
+        case '"': e[1] = '"'; break;
+        case '\\': e[1] = '\\'; break;
+        case '\b': e[1] = 'b'; break;
+        case '\f': e[1] = 'f'; break;
+        case '\n': e[1] = 'n'; break;
+        case '\r': e[1] = 'r'; break;
+        case '\t': e[1] = 't'; break;
+        default:
+            memcpy(e + 1, "u00", 3);
+            e[4] = hex[c >> 4];
+            e[5] = hex[c & 15];
+            n = 6;
+        }
+        sb_put(b, e, n);
+    }
+    sb_put(b, "\"", 1);
+}
+
+/* Reference writer order: dtype descending, then name ascending (bytes). */
+static int cmp_layout(const void *a, const void *b)
+{
+    const st_tensor *x = *(const st_tensor *const *)a, *y = *(const st_tensor *const *)b;
+    if (x->dtype != y->dtype) return x->dtype > y->dtype ? -1 : 1;
+    return strcmp(x->name, y->name);
+}
+
+fl_status st_layout(const char *what, st_tensor *tensors, size_t n,
+                    const st_meta *meta, size_t n_meta, size_t *order,
+                    char **header, size_t *header_size, fl_error *err)
+{
+    *header = NULL;
+    *header_size = 0;
+    char nb[96];
+    if (n > ST_MAX_TENSORS)
+        return fl_fail(err, FL_EINPUT, "%s: %zu tensors, over the limit of %d", what, n,
+                       ST_MAX_TENSORS);
+    for (size_t i = 0; i < n; i++) {
+        const st_tensor *t = &tensors[i];
+        size_t len = strlen(t->name);
+        if (len == 0 || len > ST_MAX_NAME || strcmp(t->name, "__metadata__") == 0)
+            return fl_fail(err, FL_EINPUT, "%s: cannot write a tensor named '%s'", what,
+                           shown(t->name, nb, sizeof nb));
+        if ((unsigned)t->dtype >= ST_DTYPE_COUNT || t->ndim < 0 || t->ndim > ST_MAX_DIMS)
+            return fl_fail(err, FL_EINPUT, "%s: tensor '%s': bad dtype or rank", what,
+                           shown(t->name, nb, sizeof nb));
+        /* The sizes passed in must agree with the shape, or the file we write
+         * would not read back. */
+        if (check_size(what, t, err)) return err ? err->code : FL_EINPUT;
+    }
+    /* Same-name tensors would not read back. */
+    if (n > 1) {
+        char ***names = malloc(n * sizeof *names);
+        if (!names) return fl_fail(err, FL_EIO, "%s: out of memory", what);
+        for (size_t i = 0; i < n; i++) names[i] = &tensors[i].name;
+        const char *dup = find_duplicate(names, n);
+        fl_status st = dup ? fl_fail(err, FL_EINPUT, "%s: duplicate tensor name '%s'", what,
+                                     shown(dup, nb, sizeof nb)) : FL_OK;
+        free(names);
+        if (st) return st;
+    }
+    const st_tensor **sorted = malloc((n ? n : 1) * sizeof *sorted);
+    if (!sorted) return fl_fail(err, FL_EIO, "%s: out of memory", what);
+    for (size_t i = 0; i < n; i++) sorted[i] = &tensors[i];
+    qsort(sorted, n, sizeof *sorted, cmp_layout);
+    for (size_t k = 0; k < n; k++) order[k] = (size_t)(sorted[k] - tensors);
+    free(sorted);
+    uint64_t off = 0;
+    for (size_t k = 0; k < n; k++) {
+        st_tensor *t = &tensors[order[k]];
+        uint64_t size = t->end - t->begin;
+        if (size > UINT64_MAX - off)
+            return fl_fail(err, FL_EINPUT, "%s: data size overflows 64 bits", what);
+        t->begin = off;
+        t->end = off + size;
+        off += size;
+    }
+
+    sbuf b = {0};
+    sb_put(&b, "\0\0\0\0\0\0\0\0", 8); /* length prefix, filled in below */
+    sb_str(&b, "{\"__metadata__\":{");
+    int has_format = 0;
+    for (size_t i = 0; i < n_meta; i++)
+        if (strcmp(meta[i].key, "format") == 0) has_format = 1;
+    int first = 1;
+    if (!has_format) {
+        sb_str(&b, "\"format\":\"pt\"");
+        first = 0;
+    }
+    for (size_t i = 0; i < n_meta; i++) {
+        if (!first) sb_put(&b, ",", 1);
+        first = 0;
+        sb_json(&b, meta[i].key);
+        sb_put(&b, ":", 1);
+        sb_json(&b, meta[i].value);
+    }
+    sb_put(&b, "}", 1);
+    for (size_t k = 0; k < n; k++) {
+        const st_tensor *t = &tensors[order[k]];
+        char num[48];
+        sb_put(&b, ",", 1);
+        sb_json(&b, t->name);
+        sb_str(&b, ":{\"dtype\":\"");
+        sb_str(&b, st_dtype_name(t->dtype));
+        sb_str(&b, "\",\"shape\":[");
+        for (int d = 0; d < t->ndim; d++) {
+            snprintf(num, sizeof num, d ? ",%llu" : "%llu", (unsigned long long)t->shape[d]);
+            sb_str(&b, num);
+        }
+        snprintf(num, sizeof num, "],\"data_offsets\":[%llu,%llu]}",
+                 (unsigned long long)t->begin, (unsigned long long)t->end);
+        sb_str(&b, num);
+    }
+    sb_put(&b, "}", 1);
+    while (!b.oom && (b.len - 8) % 8) sb_put(&b, " ", 1);
+    if (b.oom) {
+        free(b.p);
+        return fl_fail(err, FL_EIO, "%s: out of memory building the header", what);
+    }
+    uint64_t hn = b.len - 8;
+    if (hn > ST_MAX_HEADER_SIZE) {
+        free(b.p);
+        return fl_fail(err, FL_EINPUT, "%s: header would be %llu bytes, over the limit of %llu",
+                       what, (unsigned long long)hn, ST_MAX_HEADER_SIZE);
+    }
+    for (int i = 0; i < 8; i++) b.p[i] = (char)(hn >> (8 * i));
+    *header = b.p;
+    *header_size = b.len;
+    return FL_OK;
+}
