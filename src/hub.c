@@ -1,0 +1,751 @@
+/* hub.c — resolving a Hugging Face repo id to a snapshot in the shared hub
+ * cache (see hub.h).  The flow follows snapshot_download (hub-protocol.md
+ * §6): revision -> commit, tree listing (paginated), file selection, then
+ * one HEAD per file the cache lacks and a verified transfer per blob the
+ * cache lacks, on `jobs` worker threads. */
+#include "flashify/hub.h"
+
+#include <cjson/cJSON.h>
+#include <curl/curl.h>
+#include <errno.h>
+#include <fnmatch.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "flashify/cache.h"
+#include "flashify/download.h"
+
+#define MAX_JOBS 16
+#define MAX_TREE_PAGES 10000
+
+/* ----------------------------------------------------------------------------
+ * Repo ids and tokens */
+
+/* One part of a repo id: [A-Za-z0-9_.-]{1,96}, no "--" / "..", not
+ * starting with "." or "-". */
+static int id_part_ok(const char *s, size_t n)
+{
+    if (n < 1 || n > 96 || s[0] == '.' || s[0] == '-')
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '-' || c == '.'))
+            return 0;
+        if (i && (c == '-' || c == '.') && s[i - 1] == c)
+            return 0;
+    }
+    return 1;
+}
+
+int hub_is_repo_id(const char *s)
+{
+    if (!s)
+        return 0;
+    const char *at = strchr(s, '@');
+    size_t n = at ? (size_t)(at - s) : strlen(s);
+    if (at && !cache_safe_relpath(at + 1))
+        return 0;
+    const char *slash = memchr(s, '/', n);
+    if (!slash)
+        return 0; /* "org/name" only: a bare word is more likely a typo'd path */
+    size_t a = (size_t)(slash - s), b = n - a - 1;
+    if (!id_part_ok(s, a) || !id_part_ok(slash + 1, b))
+        return 0;
+    if (b >= 4 && !strncmp(slash + 1 + b - 4, ".git", 4))
+        return 0;
+    return 1;
+}
+
+/* get_token(): trims whitespace, drops CR/LF; "" means none. */
+static char *clean_token(const char *t)
+{
+    if (!t)
+        return NULL;
+    size_t n = strlen(t);
+    char *out = malloc(n + 1), *w = out;
+    if (!out)
+        return NULL;
+    for (size_t i = 0; i < n; i++)
+        if (t[i] != '\r' && t[i] != '\n')
+            *w++ = t[i];
+    *w = 0;
+    char *b = out;
+    while (*b == ' ' || *b == '\t')
+        b++;
+    size_t len = strlen(b);
+    while (len && (b[len - 1] == ' ' || b[len - 1] == '\t'))
+        b[--len] = 0;
+    if (!len) {
+        free(out);
+        return NULL;
+    }
+    memmove(out, b, len + 1);
+    return out;
+}
+
+/* --token, HF_TOKEN, HUGGING_FACE_HUB_TOKEN, then $HF_TOKEN_PATH or
+ * $HF_HOME/token (utils/_auth.py get_token). */
+static char *find_token(const char *given)
+{
+    char *t;
+    if ((t = clean_token(given)))
+        return t;
+    if ((t = clean_token(getenv("HF_TOKEN"))))
+        return t;
+    if ((t = clean_token(getenv("HUGGING_FACE_HUB_TOKEN"))))
+        return t;
+    char *path = NULL;
+    const char *p = getenv("HF_TOKEN_PATH");
+    if (p && *p) {
+        path = strdup(p);
+    } else {
+        char *home = cache_hf_home();
+        if (home) {
+            size_t n = strlen(home) + 8;
+            path = malloc(n);
+            if (path)
+                snprintf(path, n, "%s/token", home);
+            free(home);
+        }
+    }
+    if (!path)
+        return NULL;
+    FILE *f = fopen(path, "rb");
+    free(path);
+    if (!f)
+        return NULL;
+    char buf[4096];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    t = clean_token(buf);
+    memset(buf, 0, sizeof buf);
+    return t;
+}
+
+/* ----------------------------------------------------------------------------
+ * Files of the repo and which of them to fetch */
+
+typedef struct {
+    char *path;
+    int64_t size;        /* from the tree listing */
+    int want;
+    int is_weight;       /* fetched in the second phase */
+} hub_file;
+
+typedef struct {
+    hub_file *v;
+    size_t n, cap;
+} file_list;
+
+static void files_free(file_list *fl)
+{
+    for (size_t i = 0; i < fl->n; i++)
+        free(fl->v[i].path);
+    free(fl->v);
+    memset(fl, 0, sizeof *fl);
+}
+
+static hub_file *files_find(file_list *fl, const char *path)
+{
+    for (size_t i = 0; i < fl->n; i++)
+        if (!strcmp(fl->v[i].path, path))
+            return &fl->v[i];
+    return NULL;
+}
+
+static int ends_with(const char *s, const char *suf)
+{
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && !strcmp(s + a - b, suf);
+}
+
+/* The non-weight files a converter output needs (§6): configs, tokenizer
+ * and generation files; never original/ (Llama's consolidated .pth and
+ * params.json) or other runtimes' formats. */
+static int wanted_aux(const char *p)
+{
+    if (!strncmp(p, "original/", 9))
+        return 0;
+    const char *base = strrchr(p, '/');
+    base = base ? base + 1 : p;
+    static const char *pat[] = {"*.json", "tokenizer*", "*.model", "*.tiktoken",
+                                "vocab.txt", "merges.txt", "*.jinja"};
+    for (size_t i = 0; i < sizeof pat / sizeof *pat; i++)
+        if (fnmatch(pat[i], base, 0) == 0)
+            return !ends_with(p, ".safetensors") && !strchr(p, '/');
+    return 0;
+}
+
+/* Reads one page of the tree JSON into fl; validates every path. */
+static fl_status parse_tree_page(const char *body, const char *repo, file_list *fl,
+                                 fl_error *err)
+{
+    cJSON *j = cJSON_Parse(body);
+    if (!cJSON_IsArray(j)) {
+        cJSON_Delete(j);
+        return fl_fail(err, FL_ENET, "%s: the tree listing is not a JSON array", repo);
+    }
+    cJSON *e;
+    cJSON_ArrayForEach(e, j) {
+        const char *type = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(e, "type"));
+        const char *path = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(e, "path"));
+        cJSON *size = cJSON_GetObjectItemCaseSensitive(e, "size");
+        if (!type || !path) {
+            cJSON_Delete(j);
+            return fl_fail(err, FL_ENET, "%s: tree entry without type or path", repo);
+        }
+        if (strcmp(type, "file"))
+            continue;
+        if (!cache_safe_relpath(path)) {
+            fl_status st = fl_fail(err, FL_EINPUT,
+                                   "%s: the Hub lists an unsafe file name '%.200s' "
+                                   "(absolute, '..', backslash or control character)",
+                                   repo, path);
+            cJSON_Delete(j);
+            return st;
+        }
+        double sz = cJSON_IsNumber(size) ? size->valuedouble : -1;
+        if (fl->n == fl->cap) {
+            size_t cap = fl->cap ? fl->cap * 2 : 64;
+            hub_file *v = realloc(fl->v, cap * sizeof *v);
+            if (!v) {
+                cJSON_Delete(j);
+                return fl_fail(err, FL_EIO, "out of memory");
+            }
+            fl->v = v;
+            fl->cap = cap;
+        }
+        hub_file *f = &fl->v[fl->n++];
+        memset(f, 0, sizeof *f);
+        f->path = strdup(path);
+        /* Sizes are JSON doubles: exact only below 2^53. */
+        f->size = (sz >= 0 && sz < 9007199254740992.0 && sz == (double)(int64_t)sz) ? (int64_t)sz : -1;
+        if (!f->path) {
+            cJSON_Delete(j);
+            return fl_fail(err, FL_EIO, "out of memory");
+        }
+    }
+    cJSON_Delete(j);
+    return FL_OK;
+}
+
+/* ----------------------------------------------------------------------------
+ * The fetch run */
+
+typedef struct {
+    dl_client dc;
+    const char *repo_id;
+    char *hub_dir, *folder, *repo_dir;
+    char commit[41];
+    file_list files;
+    /* work queue of one phase */
+    hub_file **queue;
+    size_t nq, next;
+    pthread_mutex_t qmu;
+    fl_status st;
+    fl_error err;
+    int jobs;
+} run;
+
+static char *join3(const char *a, const char *b, const char *c)
+{
+    size_t n = strlen(a) + strlen(b) + strlen(c) + 1;
+    char *s = malloc(n);
+    if (s)
+        snprintf(s, n, "%s%s%s", a, b, c);
+    return s;
+}
+
+/* One file: HEAD, then (unless the blob is already there) a locked
+ * transfer into blobs/, then the snapshot symlink. */
+static fl_status fetch_one(run *R, CURL *h, int slot, hub_file *f, fl_error *err)
+{
+    char *qrev = dl_quote(R->commit, "");
+    char *qpath = dl_quote(f->path, "/");
+    char *url = NULL;
+    fl_status st = FL_OK;
+    if (qrev && qpath) {
+        size_t n = strlen(R->dc.endpoint) + strlen(R->repo_id) + strlen(qrev) + strlen(qpath) + 16;
+        url = malloc(n);
+        if (url)
+            snprintf(url, n, "%s/%s/resolve/%s/%s", R->dc.endpoint, R->repo_id, qrev, qpath);
+    }
+    free(qrev);
+    free(qpath);
+    if (!url)
+        return fl_fail(err, FL_EIO, "out of memory");
+
+    dl_meta m;
+    dl_response r;
+    st = dl_head(&R->dc, h, url, &m, &r, err);
+    free(url);
+    if (st)
+        return st;
+    if (r.status < 200 || r.status >= 400) {
+        st = dl_http_error(&R->dc, &r, f->path, err);
+        dl_response_free(&r);
+        return st;
+    }
+    if (strcmp(m.commit, R->commit)) {
+        st = fl_fail(err, FL_ENET, "%s: the Hub answered for commit %s, expected %s", f->path,
+                     m.commit, R->commit);
+        dl_meta_free(&m);
+        return st;
+    }
+    if (f->size >= 0 && m.size != f->size) {
+        st = fl_fail(err, FL_ENET, "%s: the Hub says %lld bytes, the tree listing %lld", f->path,
+                     (long long)m.size, (long long)f->size);
+        dl_meta_free(&m);
+        return st;
+    }
+    char *blob = join3(R->repo_dir, "/blobs/", m.etag);
+    char *partial = blob ? join3(blob, ".incomplete", "") : NULL;
+    cache_lock lk = {.fd = -1};
+    struct stat sb;
+    if (!partial) {
+        st = fl_fail(err, FL_EIO, "out of memory");
+        goto out;
+    }
+    if ((st = cache_lock_acquire(R->hub_dir, R->folder, m.etag, &lk, err)))
+        goto out;
+    /* Another process or thread may have completed it while we waited. */
+    if (!(stat(blob, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_size == m.size))
+        st = dl_blob(&R->dc, h, slot, f->path, &m, partial, blob, err);
+    if (st == FL_OK)
+        st = cache_link(R->repo_dir, R->commit, f->path, m.etag, err);
+    cache_lock_release(&lk);
+out:
+    free(blob);
+    free(partial);
+    dl_meta_free(&m);
+    return st;
+}
+
+typedef struct {
+    run *R;
+    int slot;
+} worker_arg;
+
+static void *worker(void *p)
+{
+    worker_arg *a = p;
+    run *R = a->R;
+    CURL *h = curl_easy_init();
+    for (;;) {
+        pthread_mutex_lock(&R->qmu);
+        hub_file *f = (R->st || R->next >= R->nq || !h) ? NULL : R->queue[R->next++];
+        if (!h && !R->st)
+            R->st = fl_fail(&R->err, FL_EIO, "cannot initialise libcurl");
+        pthread_mutex_unlock(&R->qmu);
+        if (!f)
+            break;
+        fl_error e = {0};
+        fl_status st = fetch_one(R, h, a->slot, f, &e);
+        if (st) {
+            pthread_mutex_lock(&R->qmu);
+            if (!R->st) { /* the first error wins; the others stop */
+                R->st = st;
+                R->err = e;
+            }
+            pthread_mutex_unlock(&R->qmu);
+        }
+    }
+    if (h)
+        curl_easy_cleanup(h);
+    return NULL;
+}
+
+/* Fetches the wanted files of one phase (is_weight == phase) that the
+ * snapshot does not hold yet. */
+static fl_status fetch_phase(run *R, int phase, fl_error *err)
+{
+    R->nq = R->next = 0;
+    free(R->queue);
+    R->queue = calloc(R->files.n ? R->files.n : 1, sizeof *R->queue);
+    if (!R->queue)
+        return fl_fail(err, FL_EIO, "out of memory");
+    int64_t total = 0;
+    for (size_t i = 0; i < R->files.n; i++) {
+        hub_file *f = &R->files.v[i];
+        if (!f->want || f->is_weight != phase)
+            continue;
+        if (cache_pointer_ok(R->repo_dir, R->commit, f->path, f->size)) {
+            dl_log(&R->dc, "%s: in the cache", f->path);
+            continue;
+        }
+        R->queue[R->nq++] = f;
+        if (f->size > 0)
+            total += f->size;
+    }
+    if (!R->nq)
+        return FL_OK;
+    pthread_mutex_lock(&R->dc.mu);
+    R->dc.all_total += total;
+    pthread_mutex_unlock(&R->dc.mu);
+    int nt = R->jobs < (int)R->nq ? R->jobs : (int)R->nq;
+    pthread_t th[MAX_JOBS];
+    worker_arg args[MAX_JOBS];
+    int started = 0;
+    for (int i = 0; i < nt; i++) {
+        args[i] = (worker_arg){R, i};
+        if (pthread_create(&th[i], NULL, worker, &args[i]) != 0)
+            break;
+        started++;
+    }
+    if (!started)
+        worker(&(worker_arg){R, 0});
+    for (int i = 0; i < started; i++)
+        pthread_join(th[i], NULL);
+    if (R->st) {
+        *err = R->err;
+        return R->st;
+    }
+    return FL_OK;
+}
+
+/* Reads the snapshot's model.safetensors.index.json and marks the shards
+ * of its weight_map wanted (the index decides, which drops e.g. Mistral's
+ * consolidated.safetensors). */
+static fl_status want_index_shards(const char *snap, file_list *fl, const char *repo,
+                                   fl_error *err)
+{
+    char *path = join3(snap, "/", "model.safetensors.index.json");
+    FILE *f = path ? fopen(path, "rb") : NULL;
+    if (!f) {
+        fl_status st = fl_fail(err, FL_EIO, "cannot open %s: %s", path ? path : "index",
+                               strerror(errno));
+        free(path);
+        return st;
+    }
+    free(path);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    if (n < 0 || n > (64L << 20)) {
+        fclose(f);
+        return fl_fail(err, FL_EINPUT, "%s: model.safetensors.index.json is %ld bytes", repo, n);
+    }
+    char *buf = malloc((size_t)n + 1);
+    size_t got = buf ? fread(buf, 1, (size_t)n, f) : 0;
+    fclose(f);
+    if (!buf || got != (size_t)n) {
+        free(buf);
+        return fl_fail(err, FL_EIO, "%s: cannot read model.safetensors.index.json", repo);
+    }
+    buf[n] = 0;
+    cJSON *j = cJSON_Parse(buf);
+    free(buf);
+    cJSON *wm = cJSON_GetObjectItemCaseSensitive(j, "weight_map");
+    if (!cJSON_IsObject(wm)) {
+        cJSON_Delete(j);
+        return fl_fail(err, FL_EINPUT, "%s: model.safetensors.index.json has no weight_map", repo);
+    }
+    fl_status st = FL_OK;
+    size_t nshards = 0;
+    cJSON *e;
+    cJSON_ArrayForEach(e, wm) {
+        const char *file = cJSON_GetStringValue(e);
+        if (!file || !cache_safe_relpath(file)) {
+            st = fl_fail(err, FL_EINPUT, "%s: weight_map entry '%s' names an unsafe file '%.200s'",
+                         repo, e->string ? e->string : "?", file ? file : "(not a string)");
+            break;
+        }
+        hub_file *hf = files_find(fl, file);
+        if (!hf) {
+            st = fl_fail(err, FL_EINPUT,
+                         "%s: weight_map maps '%s' to %s, which is not in the repository", repo,
+                         e->string ? e->string : "?", file);
+            break;
+        }
+        if (!hf->want)
+            nshards++;
+        hf->want = 1;
+        hf->is_weight = 1;
+    }
+    cJSON_Delete(j);
+    if (!st && !nshards)
+        st = fl_fail(err, FL_EINPUT, "%s: model.safetensors.index.json lists no shards", repo);
+    return st;
+}
+
+/* Picks the files: aux files now; the weights either from the index
+ * (after phase 0 fetched it) or all top-level *.safetensors. */
+static fl_status select_files(run *R, int *has_index, fl_error *err)
+{
+    file_list *fl = &R->files;
+    int config = 0, st_files = 0;
+    *has_index = 0;
+    for (size_t i = 0; i < fl->n; i++) {
+        hub_file *f = &fl->v[i];
+        if (!strcmp(f->path, "config.json"))
+            config = 1;
+        if (!strcmp(f->path, "model.safetensors.index.json"))
+            *has_index = 1;
+        if (ends_with(f->path, ".safetensors") && !strchr(f->path, '/'))
+            st_files++;
+        f->want = wanted_aux(f->path);
+    }
+    if (!config)
+        return fl_fail(err, FL_EINPUT, "%s has no config.json at revision %s: not a "
+                       "transformers checkpoint", R->repo_id, R->commit);
+    if (!st_files && !*has_index)
+        return fl_fail(err, FL_EINPUT, "%s has no safetensors weights at revision %s "
+                       "(only other formats): cannot convert", R->repo_id, R->commit);
+    if (!*has_index)
+        for (size_t i = 0; i < fl->n; i++)
+            if (ends_with(fl->v[i].path, ".safetensors") && !strchr(fl->v[i].path, '/')) {
+                fl->v[i].want = 1;
+                fl->v[i].is_weight = 1;
+            }
+    return FL_OK;
+}
+
+/* Lists the tree of R->commit, following Link rel="next". */
+static fl_status list_tree(run *R, CURL *h, fl_error *err)
+{
+    char *qrev = dl_quote(R->commit, "");
+    char *url = qrev ? malloc(strlen(R->dc.endpoint) + strlen(R->repo_id) + strlen(qrev) + 64) : NULL;
+    if (!url) {
+        free(qrev);
+        return fl_fail(err, FL_EIO, "out of memory");
+    }
+    sprintf(url, "%s/api/models/%s/tree/%s?recursive=true&expand=false", R->dc.endpoint,
+            R->repo_id, qrev);
+    free(qrev);
+    fl_status st = FL_OK;
+    for (int page = 0; url; page++) {
+        if (page >= MAX_TREE_PAGES) {
+            st = fl_fail(err, FL_ENET, "%s: more than %d tree pages", R->repo_id, MAX_TREE_PAGES);
+            break;
+        }
+        dl_response r;
+        if ((st = dl_api_get(&R->dc, h, url, &r, err)))
+            break;
+        free(url);
+        url = NULL;
+        if (r.status != 200) {
+            st = dl_http_error(&R->dc, &r, NULL, err);
+        } else {
+            st = parse_tree_page(r.body, R->repo_id, &R->files, err);
+            url = r.link_next;
+            r.link_next = NULL;
+        }
+        dl_response_free(&r);
+        if (st)
+            break;
+    }
+    free(url);
+    return st;
+}
+
+/* GET /api/models/{id}/revision/{rev} -> sha. */
+static fl_status resolve_commit(run *R, CURL *h, const char *rev, fl_error *err)
+{
+    char *qrev = dl_quote(rev, "");
+    char *url = qrev ? malloc(strlen(R->dc.endpoint) + strlen(R->repo_id) + strlen(qrev) + 32) : NULL;
+    if (!url) {
+        free(qrev);
+        return fl_fail(err, FL_EIO, "out of memory");
+    }
+    sprintf(url, "%s/api/models/%s/revision/%s", R->dc.endpoint, R->repo_id, qrev);
+    free(qrev);
+    dl_response r;
+    fl_status st = dl_api_get(&R->dc, h, url, &r, err);
+    free(url);
+    if (st)
+        return st;
+    if (r.status != 200) {
+        st = dl_http_error(&R->dc, &r, NULL, err);
+    } else {
+        cJSON *j = cJSON_Parse(r.body);
+        const char *sha = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "sha"));
+        if (!cache_is_commit(sha))
+            st = fl_fail(err, FL_ENET, "%s: the revision API gave no commit sha for '%s'",
+                         R->repo_id, rev);
+        else
+            memcpy(R->commit, sha, 41);
+        cJSON_Delete(j);
+    }
+    dl_response_free(&r);
+    return st;
+}
+
+/* The snapshot from the cache alone: refs/<rev> (or a commit id), and the
+ * files the converter needs present (config.json and the weights). */
+static fl_status offline_snapshot(run *R, const char *rev, char **out, fl_error *err)
+{
+    char commit[41];
+    if (cache_is_commit(rev))
+        memcpy(commit, rev, 41);
+    else if (!cache_read_ref(R->repo_dir, rev, commit))
+        return fl_fail(err, FL_ENET, "%s@%s is not in the cache %s (offline mode)", R->repo_id,
+                       rev, R->hub_dir);
+    char *snap = join3(R->repo_dir, "/snapshots/", commit);
+    if (!snap)
+        return fl_fail(err, FL_EIO, "out of memory");
+    if (!cache_pointer_ok(R->repo_dir, commit, "config.json", -1)) {
+        fl_status st = fl_fail(err, FL_ENET, "%s: snapshot %s in the cache has no config.json "
+                               "(offline mode)", R->repo_id, commit);
+        free(snap);
+        return st;
+    }
+    if (cache_pointer_ok(R->repo_dir, commit, "model.safetensors.index.json", -1)) {
+        /* Every shard of the index must be there. */
+        fl_status st;
+        char *idx = join3(snap, "/", "model.safetensors.index.json");
+        FILE *f = idx ? fopen(idx, "rb") : NULL;
+        free(idx);
+        char *buf = NULL;
+        size_t n = 0;
+        if (f) {
+            buf = malloc(64 << 20);
+            n = buf ? fread(buf, 1, (64 << 20) - 1, f) : 0;
+            fclose(f);
+            if (buf)
+                buf[n] = 0;
+        }
+        cJSON *j = buf ? cJSON_Parse(buf) : NULL;
+        free(buf);
+        cJSON *wm = cJSON_GetObjectItemCaseSensitive(j, "weight_map"), *it;
+        int ok = cJSON_IsObject(wm);
+        cJSON_ArrayForEach(it, wm) {
+            const char *file = cJSON_GetStringValue(it);
+            if (!file || !cache_pointer_ok(R->repo_dir, commit, file, -1)) {
+                ok = 0;
+                break;
+            }
+        }
+        cJSON_Delete(j);
+        if (!ok) {
+            st = fl_fail(err, FL_ENET, "%s: snapshot %s in the cache lacks shards of its index "
+                         "(offline mode)", R->repo_id, commit);
+            free(snap);
+            return st;
+        }
+    }
+    *out = snap;
+    return FL_OK;
+}
+
+static void run_free(run *R)
+{
+    dl_client_free(&R->dc);
+    free(R->hub_dir);
+    free(R->folder);
+    free(R->repo_dir);
+    files_free(&R->files);
+    free(R->queue);
+    pthread_mutex_destroy(&R->qmu);
+}
+
+fl_status hub_fetch_snapshot(const hub_request *req, char **snapshot_dir, fl_error *err)
+{
+    *snapshot_dir = NULL;
+    if (!hub_is_repo_id(req->repo_id))
+        return fl_fail(err, FL_EUSAGE, "'%s' is not a Hugging Face repo id (org/name[@revision])",
+                       req->repo_id);
+    /* Split "org/name@rev". */
+    char repo_id[256], rev[512];
+    const char *at = strchr(req->repo_id, '@');
+    snprintf(repo_id, sizeof repo_id, "%.*s", (int)(at ? at - req->repo_id : 200), req->repo_id);
+    snprintf(rev, sizeof rev, "%s",
+             req->revision && *req->revision ? req->revision : at ? at + 1 : "main");
+    if (!cache_safe_relpath(rev))
+        return fl_fail(err, FL_EUSAGE, "invalid revision '%s'", rev);
+
+    run R;
+    memset(&R, 0, sizeof R);
+    pthread_mutex_init(&R.qmu, NULL);
+    R.repo_id = repo_id;
+    R.jobs = req->jobs > 0 ? (req->jobs > MAX_JOBS ? MAX_JOBS : req->jobs) : 4;
+    const char *ep = getenv("HF_ENDPOINT");
+    char *token = find_token(req->token);
+    fl_status st = dl_client_init(&R.dc, ep && *ep ? ep : "https://huggingface.co", token, err);
+    if (token) {
+        memset(token, 0, strlen(token));
+        free(token);
+    }
+    if (st) {
+        pthread_mutex_destroy(&R.qmu);
+        return st;
+    }
+    R.dc.repo_id = repo_id;
+    R.dc.revision = rev;
+    R.dc.verbose = req->verbose;
+    R.dc.progress = req->progress;
+    R.dc.progress_ctx = req->progress_ctx;
+    R.hub_dir = cache_hub_dir();
+    R.folder = cache_repo_folder(repo_id);
+    R.repo_dir = R.hub_dir && R.folder ? join3(R.hub_dir, "/", R.folder) : NULL;
+    if (!R.repo_dir) {
+        run_free(&R);
+        return fl_fail(err, FL_EIO, "out of memory");
+    }
+    dl_log(&R.dc, "endpoint %s, cache %s, token %s", R.dc.endpoint, R.repo_dir,
+           R.dc.token ? "set (hidden)" : "none");
+
+    if (req->offline || cache_offline_env()) {
+        st = offline_snapshot(&R, rev, snapshot_dir, err);
+        run_free(&R);
+        return st;
+    }
+
+    CURL *h = curl_easy_init();
+    if (!h) {
+        run_free(&R);
+        return fl_fail(err, FL_EIO, "cannot initialise libcurl");
+    }
+    if (cache_is_commit(rev))
+        memcpy(R.commit, rev, 41);
+    else if ((st = resolve_commit(&R, h, rev, err)) == FL_ENET) {
+        /* Hub unreachable: like Python, fall back to what the cache has. */
+        fl_error e2;
+        if (offline_snapshot(&R, rev, snapshot_dir, &e2) == FL_OK) {
+            dl_log(&R.dc, "Hub unreachable (%s); using the cached snapshot", err->msg);
+            curl_easy_cleanup(h);
+            run_free(&R);
+            return FL_OK;
+        }
+    }
+    if (!st)
+        st = list_tree(&R, h, err);
+    curl_easy_cleanup(h);
+    int has_index = 0;
+    if (!st)
+        st = select_files(&R, &has_index, err);
+    char *snap = NULL;
+    if (!st) {
+        snap = join3(R.repo_dir, "/snapshots/", R.commit);
+        char *blobs = join3(R.repo_dir, "/blobs", "");
+        if (!snap || !blobs)
+            st = fl_fail(err, FL_EIO, "out of memory");
+        if (!st)
+            st = cache_mkdirs(blobs, err);
+        if (!st)
+            st = cache_mkdirs(snap, err);
+        free(blobs);
+    }
+    if (!st) {
+        cache_write_tag(R.hub_dir);
+        if (strcmp(rev, R.commit))
+            st = cache_write_ref(R.repo_dir, rev, R.commit, err);
+    }
+    if (!st)
+        st = fetch_phase(&R, 0, err);
+    if (!st && has_index)
+        st = want_index_shards(snap, &R.files, repo_id, err);
+    if (!st)
+        st = fetch_phase(&R, 1, err);
+    run_free(&R);
+    if (st) {
+        free(snap);
+        return st;
+    }
+    *snapshot_dir = snap;
+    return FL_OK;
+}
