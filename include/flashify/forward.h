@@ -1,0 +1,50 @@
+/* forward.h — a reference forward pass over a checkpoint directory.
+ *
+ * Computes the logits a Hugging Face *ForCausalLM would compute for a token
+ * sequence (one causal pass, no KV cache), for every family the fold
+ * supports.  It is the "does the output still compute what the source
+ * computes" half of `flashify verify`, so it deliberately does NOT read the
+ * architecture table of arch.h: its own layout table below is written from
+ * the modeling files (../shared/docs/architectures.md §0, §1), and a wrong
+ * fold rule in arch.c shows up as a logit difference here.
+ *
+ * Numerics: activations are float32 and every dot product accumulates in
+ * float32 (AVX2/FMA when the CPU has it); norm statistics, softmax and
+ * RoPE angles in double.  Weights are never cast to the activation dtype
+ * (HF bf16 models round every activation to bf16; we do not), so the
+ * comparison sees the fold's rounding and nothing else.  Matrices are
+ * streamed from the safetensors files with pread in blocks of rows by a few
+ * threads; only norm and bias vectors are held in memory. */
+#ifndef FLASHIFY_FORWARD_H
+#define FLASHIFY_FORWARD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "flashify/checkpoint.h"
+#include "flashify/error.h"
+
+typedef struct fwd_model fwd_model;
+
+/* Builds the forward pass for the open checkpoint `ck` (which must outlive
+ * the model).  `threads` <= 0 means one per online CPU.  Fails with
+ * FL_EINPUT and a message naming the tensor or config key when the family,
+ * a rope_scaling type or a shape is not supported, FL_EIO on read errors. */
+fl_status fwd_open(const checkpoint *ck, int threads, fwd_model **out,
+                   fl_error *err);
+void fwd_close(fwd_model *m);
+
+/* Vocabulary size (rows of the output head) and the config's BOS id (or 1
+ * when absent / out of range, clamped into the vocabulary). */
+long fwd_vocab(const fwd_model *m);
+long fwd_bos(const fwd_model *m);
+/* A short description ("llama, 5 layers, hidden 64, bf16"), static per model. */
+const char *fwd_describe(const fwd_model *m);
+
+/* Runs the model causally over tokens[0..n) and writes n * fwd_vocab(m)
+ * logits (row t = the prediction after tokens[0..t]).  Every id must be in
+ * [0, vocab).  Returns FL_OK, FL_EINPUT (bad id), FL_EIO, or FL_EINTR. */
+fl_status fwd_logits(fwd_model *m, const int32_t *tokens, size_t n,
+                     float *logits, fl_error *err);
+
+#endif
