@@ -1,3 +1,480 @@
-/* cli.c — the flashify command line (placeholder until the converter lands). */
+/* cli.c — the flashify command line.
+ *
+ * A thin layer over the library: parse argv (options anywhere), call the
+ * stages, print the library's error line and turn its status into the exit
+ * code.  Nothing here knows about tensors. */
+#include "flashify/checkpoint.h"
+#include "flashify/error.h"
+#include "flashify/plan.h"
+#include "flashify/write.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <signal.h>
 #include <stdio.h>
-int main(void) { puts("flashify " FLASHIFY_VERSION); return 0; }
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char USAGE[] =
+    "usage: flashify SOURCE [-o OUTPUT] [options]\n"
+    "       flashify inspect PATH\n"
+    "       flashify verify SOURCE OUTPUT [--json] [--tokens IDS] [--tolerance X]\n"
+    "       flashify download REPO_ID [--revision REV]\n"
+    "\n"
+    "Folds every RMSNorm weight of a Hugging Face checkpoint into the linear layers\n"
+    "that read it (FlashNorm, arXiv 2407.09577) and writes a new checkpoint that\n"
+    "computes the same function without norm weights.\n"
+    "\n"
+    "SOURCE is a checkpoint directory (config.json + *.safetensors) or a Hugging\n"
+    "Face repo id (org/name[@revision]), downloaded into the shared HF cache.\n"
+    "\n"
+    "Options:\n"
+    "  -o, --output DIR   output directory (default: ./<name>-FlashNorm)\n"
+    "  --keep-tied        keep tied embeddings; leave the final norm unfolded\n"
+    "  --keep-norms       write folded norms as identity (1, or 0 for Gemma's 1+w)\n"
+    "                     instead of removing them, for loaders that need them\n"
+    "  --strict           verify the output against the source before it is moved\n"
+    "                     into place (exit 3 if not equivalent)\n"
+    "  --plan FILE        fold plan for a model_type flashify does not know (README)\n"
+    "  --dry-run          print the plan and sizes; write nothing\n"
+    "  --force            replace an existing output directory\n"
+    "  --threads N        worker threads (default: one per core)\n"
+    "  --memory SIZE      buffer budget, e.g. 64MiB, 1GiB (default 64MiB)\n"
+    "  --no-fsync         skip fsync before the final rename (faster, less safe)\n"
+    "  -q, --quiet        print errors only\n"
+    "  -h, --help         this help;  --version  the version\n"
+    "\n"
+    "Examples:\n"
+    "  flashify ./Llama-3.2-1B -o ./Llama-3.2-1B-FlashNorm\n"
+    "  flashify ./Llama-3.2-1B --dry-run\n"
+    "  flashify ./gemma-2-2b --keep-norms --strict\n"
+    "  flashify meta-llama/Llama-3.2-1B -o out\n"
+    "  flashify verify ./Llama-3.2-1B ./Llama-3.2-1B-FlashNorm\n"
+    "\n"
+    "Exit status: 0 success, 1 usage, 2 bad or unsupported input, 3 not equivalent,\n"
+    "4 network, 5 I/O, 130/143 interrupted.\n";
+
+typedef struct {
+    const char *source, *output, *plan_file;
+    int keep_tied, keep_norms, force, dry_run, strict, quiet, no_fsync;
+    int threads;
+    uint64_t memory;
+} cli_args;
+
+static volatile sig_atomic_t last_signal;
+
+static void on_signal(int sig)
+{
+    if (fl_interrupted) {
+        /* Second Ctrl-C: the user insists. */
+        signal(sig, SIG_DFL);
+        raise(sig);
+    }
+    last_signal = sig;
+    fl_interrupted = 1;
+}
+
+static int exit_code(fl_status s)
+{
+    if (s == FL_EINTR)
+        return last_signal == SIGTERM ? 143 : 130;
+    return (int)s;
+}
+
+static int fail(const fl_error *err)
+{
+    fprintf(stderr, "flashify: error: %s\n", err->msg);
+    return exit_code(err->code);
+}
+
+static int usage_error(const char *fmt, const char *arg)
+{
+    fprintf(stderr, "flashify: ");
+    fprintf(stderr, fmt, arg);
+    fprintf(stderr, "\nTry 'flashify --help'.\n");
+    return FL_EUSAGE;
+}
+
+/* "64MiB", "1GiB", "500MB", "1048576" -> bytes; 0 on error. */
+static uint64_t parse_size(const char *s)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || v <= 0 || !isfinite(v))
+        return 0;
+    static const struct { const char *suffix; double mult; } units[] = {
+        {"", 1}, {"B", 1}, {"K", 1024.0}, {"KiB", 1024.0}, {"KB", 1e3},
+        {"M", 1048576.0}, {"MiB", 1048576.0}, {"MB", 1e6},
+        {"G", 1073741824.0}, {"GiB", 1073741824.0}, {"GB", 1e9},
+        {"T", 1099511627776.0}, {"TiB", 1099511627776.0}, {"TB", 1e12}};
+    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
+        if (strcmp(end, units[i].suffix) == 0) {
+            double b = v * units[i].mult;
+            return b >= 1 && b < 1.8e19 ? (uint64_t)b : 0;
+        }
+    return 0;
+}
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* ---------------------------------------------------------------------------
+ * progress */
+
+typedef struct {
+    int tty;
+    double start, last;
+} progress_state;
+
+static void on_progress(void *ctx, uint64_t done, uint64_t total)
+{
+    progress_state *p = ctx;
+    if (!p->tty)
+        return;
+    double t = now_seconds();
+    if (done < total && t - p->last < 0.2)
+        return;
+    p->last = t;
+    double rate = done / (t - p->start + 1e-9);
+    double eta = rate > 0 ? (double)(total - done) / rate : 0;
+    fprintf(stderr, "\rflashify: writing %5.1f%%  %.2f / %.2f GB  %.0f MB/s  ETA %.0fs   ",
+            total ? 100.0 * (double)done / (double)total : 100.0, done / 1e9, total / 1e9,
+            rate / 1e6, eta);
+    if (done >= total)
+        fputc('\n', stderr);
+}
+
+/* ---------------------------------------------------------------------------
+ * printing the plan */
+
+/* Groups are printed once per layer pattern ("layers.{i}") with a count. */
+static void pattern_of(const char *name, char *out, size_t cap)
+{
+    const char *l = strstr(name, "layers.");
+    if (!l) {
+        snprintf(out, cap, "%s", name);
+        return;
+    }
+    const char *d = l + 7, *e = d;
+    while (*e >= '0' && *e <= '9')
+        e++;
+    snprintf(out, cap, "%.*s{i}%s", (int)(d - name), name, e);
+}
+
+static void print_plan(FILE *f, const checkpoint *ck, const fold_plan *p)
+{
+    fprintf(f, "model_type %s (%s), %ld layers, hidden %ld\n", ck->cfg.model_type,
+            p->arch->model_type, p->n_layers, ck->cfg.hidden_size);
+    fprintf(f, "fold plan (%zu norms into %s):\n", p->n_groups,
+            p->arch->gain == GAIN_ONE_PLUS_W ? "gain 1 + w" : "gain w");
+    for (size_t i = 0; i < p->n_groups;) {
+        char pat[512], pat2[512];
+        pattern_of(p->groups[i].norm, pat, sizeof pat);
+        size_t j = i + 1;
+        while (j < p->n_groups) {
+            pattern_of(p->groups[j].norm, pat2, sizeof pat2);
+            if (strcmp(pat, pat2) != 0 || p->groups[j].n_consumers != p->groups[i].n_consumers)
+                break;
+            j++;
+        }
+        fprintf(f, "  %s", pat);
+        if (j - i > 1)
+            fprintf(f, " (x%zu)", j - i);
+        fprintf(f, " ->");
+        for (size_t c = 0; c < p->groups[i].n_consumers; c++) {
+            if (c == 8) {
+                fprintf(f, " ... (%zu consumers)", p->groups[i].n_consumers);
+                break;
+            }
+            char cp[512];
+            pattern_of(p->groups[i].consumers[c], cp, sizeof cp);
+            fprintf(f, " %s", cp);
+        }
+        fputc('\n', f);
+        i = j;
+    }
+    if (p->n_kept) {
+        fprintf(f, "kept (not folded):\n");
+        for (size_t i = 0; i < p->n_kept;) {
+            char pat[512], pat2[512];
+            pattern_of(p->kept[i].name, pat, sizeof pat);
+            size_t j = i + 1;
+            while (j < p->n_kept && (pattern_of(p->kept[j].name, pat2, sizeof pat2), strcmp(pat, pat2) == 0))
+                j++;
+            fprintf(f, "  %s%s: %s\n", pat, j - i > 1 ? " (per layer)" : "", p->kept[i].reason);
+            i = j;
+        }
+    }
+    uint64_t total = 0;
+    size_t folded = 0;
+    for (size_t i = 0; i < p->n_out; i++) {
+        total += st_nbytes(p->out[i].src->t);
+        folded += p->out[i].op == OUT_FOLD;
+    }
+    fprintf(f, "%zu tensors folded, %zu norms %s", folded, p->n_dropped,
+            p->keep_norms ? "written as identity" : "removed");
+    if (p->untie)
+        fprintf(f, ", lm_head materialised from the embedding (+%.1f MB)", p->added_bytes / 1e6);
+    fprintf(f, "\noutput: %zu tensors, %.3f GB of tensor data in %zu file(s); FlashNorm marker: %s\n",
+            p->n_out, total / 1e9, ck->n_shards, p->marker ? "yes" : "no");
+}
+
+/* ---------------------------------------------------------------------------
+ * commands */
+
+static void default_output(const char *source, char *out, size_t cap)
+{
+    char buf[PATH_MAX];
+    snprintf(buf, sizeof buf, "%s", source);
+    size_t n = strlen(buf);
+    while (n > 1 && buf[n - 1] == '/')
+        buf[--n] = '\0';
+    const char *name = strrchr(buf, '/');
+    name = name ? name + 1 : buf;
+    if (!*name || strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
+        name = "model";
+    snprintf(out, cap, "./%s-FlashNorm", name);
+}
+
+/* Resolves SOURCE to a local checkpoint directory.  (The Hub download path
+ * plugs in here: a repo id becomes its snapshot directory.) */
+static fl_status resolve_source(const cli_args *a, char **dir, fl_error *err)
+{
+    struct stat st;
+    if (stat(a->source, &st) == 0) {
+        *dir = strdup(a->source);
+        return *dir ? FL_OK : fl_fail(err, FL_EIO, "out of memory");
+    }
+    return fl_fail(err, FL_EINPUT, "%s: no such directory", a->source);
+}
+
+static int cmd_convert(const cli_args *a)
+{
+    fl_error err = {0};
+    char *dir = NULL;
+    fl_status s = resolve_source(a, &dir, &err);
+    if (s != FL_OK)
+        return fail(&err);
+    checkpoint ck;
+    s = ckpt_open(dir, &ck, &err);
+    if (s != FL_OK) {
+        free(dir);
+        return fail(&err);
+    }
+    plan_options po = {.keep_tied = a->keep_tied, .keep_norms = a->keep_norms, .plan_file = a->plan_file};
+    fold_plan plan;
+    s = plan_build(&ck, &po, &plan, &err);
+    if (s != FL_OK) {
+        plan_free(&plan);
+        ckpt_close(&ck);
+        free(dir);
+        return fail(&err);
+    }
+    char out[PATH_MAX];
+    if (a->output)
+        snprintf(out, sizeof out, "%s", a->output);
+    else
+        default_output(a->source, out, sizeof out);
+
+    if (a->dry_run) {
+        print_plan(stdout, &ck, &plan);
+        s = convert_check_output(&ck, out, a->force, &err);
+        if (s == FL_OK)
+            printf("would write %s (dry run: nothing written)\n", out);
+        else
+            fprintf(stderr, "flashify: note: %s\n", err.msg);
+        plan_free(&plan);
+        ckpt_close(&ck);
+        free(dir);
+        return 0;
+    }
+    if (!a->quiet) {
+        if (plan.untie)
+            fprintf(stderr,
+                    "flashify: %s is tied to the embedding: writing a separate %s with the final norm folded "
+                    "in (+%.1f MB) and setting tie_word_embeddings to false (--keep-tied keeps the tie)\n",
+                    plan.head_name, plan.head_name, plan.added_bytes / 1e6);
+        if (plan.tied && !plan.final_folded)
+            fprintf(stderr,
+                    "flashify: --keep-tied: the final norm stays unfolded, so no FlashNorm marker "
+                    "(flashnorm_folded) is written\n");
+        if (plan.arch->warning && !plan.keep_norms && plan.n_dropped)
+            fprintf(stderr, "flashify: warning: %s\n", plan.arch->warning);
+        if (plan.untie && plan.arch->gain == GAIN_ONE_PLUS_W)
+            fprintf(stderr,
+                    "flashify: warning: vLLM's Gemma loaders assert tied embeddings; this untied "
+                    "checkpoint will not load there (use --keep-tied for vLLM)\n");
+    }
+    progress_state ps = {.tty = !a->quiet && isatty(2), .start = now_seconds()};
+    convert_options co = {.out_dir = out, .force = a->force, .threads = a->threads,
+                          .memory = a->memory, .fsync = !a->no_fsync,
+                          .progress = on_progress, .ctx = &ps};
+    double t0 = now_seconds();
+    s = convert_write(&ck, &plan, &co, &err);
+    if (s == FL_OK && !a->quiet) {
+        size_t folded = 0;
+        uint64_t bytes = 0;
+        for (size_t i = 0; i < plan.n_out; i++) {
+            folded += plan.out[i].op == OUT_FOLD;
+            bytes += st_nbytes(plan.out[i].src->t);
+        }
+        fprintf(stderr, "flashify: wrote %s: %zu tensors folded, %zu norms %s, %.2f GB in %.1f s\n",
+                out, folded, plan.n_dropped, plan.keep_norms ? "set to identity" : "removed",
+                bytes / 1e9, now_seconds() - t0);
+    }
+    plan_free(&plan);
+    ckpt_close(&ck);
+    free(dir);
+    return s == FL_OK ? 0 : fail(&err);
+}
+
+static int cmd_inspect(const char *path)
+{
+    fl_error err = {0};
+    checkpoint ck;
+    fl_status s = ckpt_open(path, &ck, &err);
+    if (s != FL_OK)
+        return fail(&err);
+    printf("%s: model_type %s, %zu file(s), %zu tensors\n", path, ck.cfg.model_type, ck.n_shards,
+           ck.n_tensors);
+    for (size_t i = 0; i < ck.n_tensors; i++) {
+        const ckpt_tensor *t = &ck.tensors[i];
+        printf("  %-60s %-6s [", t->name, st_dtype_name(t->t->dtype));
+        for (int d = 0; d < t->t->ndim; d++)
+            printf("%s%llu", d ? ", " : "", (unsigned long long)t->t->shape[d]);
+        printf("]  %s%s%s\n", ck.shards[t->shard].file, t->is_alias ? " (alias of " : "",
+               t->is_alias ? t->t->name : "");
+        if (t->is_alias)
+            printf("\b)\n");
+    }
+    plan_options po = {0};
+    fold_plan plan;
+    s = plan_build(&ck, &po, &plan, &err);
+    if (s == FL_OK)
+        print_plan(stdout, &ck, &plan);
+    else
+        printf("no fold plan: %s\n", err.msg);
+    plan_free(&plan);
+    ckpt_close(&ck);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * argv */
+
+static int parse_args(int argc, char **argv, int first, cli_args *a, const char **positional,
+                      int *n_positional, int max_positional)
+{
+    *n_positional = 0;
+    for (int i = first; i < argc; i++) {
+        const char *o = argv[i];
+        const char *val = NULL;
+#define NEEDS_VALUE()                                              \
+    do {                                                           \
+        if (i + 1 >= argc)                                         \
+            return usage_error("option %s needs a value", o);      \
+        val = argv[++i];                                           \
+    } while (0)
+        if (strcmp(o, "-o") == 0 || strcmp(o, "--output") == 0) {
+            NEEDS_VALUE();
+            a->output = val;
+        } else if (strncmp(o, "--output=", 9) == 0) {
+            a->output = o + 9;
+        } else if (strcmp(o, "--keep-tied") == 0) {
+            a->keep_tied = 1;
+        } else if (strcmp(o, "--keep-norms") == 0) {
+            a->keep_norms = 1;
+        } else if (strcmp(o, "--force") == 0 || strcmp(o, "-f") == 0) {
+            a->force = 1;
+        } else if (strcmp(o, "--dry-run") == 0 || strcmp(o, "-n") == 0) {
+            a->dry_run = 1;
+        } else if (strcmp(o, "--strict") == 0) {
+            a->strict = 1;
+        } else if (strcmp(o, "--no-fsync") == 0) {
+            a->no_fsync = 1;
+        } else if (strcmp(o, "-q") == 0 || strcmp(o, "--quiet") == 0) {
+            a->quiet = 1;
+        } else if (strcmp(o, "--plan") == 0) {
+            NEEDS_VALUE();
+            a->plan_file = val;
+        } else if (strcmp(o, "--threads") == 0) {
+            NEEDS_VALUE();
+            char *end;
+            long n = strtol(val, &end, 10);
+            if (*end || n < 1 || n > 256)
+                return usage_error("--threads wants 1..256, got '%s'", val);
+            a->threads = (int)n;
+        } else if (strcmp(o, "--memory") == 0) {
+            NEEDS_VALUE();
+            a->memory = parse_size(val);
+            if (a->memory < (1u << 20))
+                return usage_error("--memory wants a size of at least 1MiB, like 64MiB or 1GiB; got '%s'", val);
+        } else if (strcmp(o, "--") == 0) {
+            for (i++; i < argc; i++) {
+                if (*n_positional >= max_positional)
+                    return usage_error("unexpected argument '%s'", argv[i]);
+                positional[(*n_positional)++] = argv[i];
+            }
+        } else if (o[0] == '-' && o[1]) {
+            return usage_error("unknown option '%s'", o);
+        } else {
+            if (*n_positional >= max_positional)
+                return usage_error("unexpected argument '%s'", o);
+            positional[(*n_positional)++] = o;
+        }
+#undef NEEDS_VALUE
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+            fputs(USAGE, stdout);
+            return 0;
+        }
+        if (strcmp(argv[i], "--version") == 0) {
+            printf("flashify %s\n", FLASHIFY_VERSION);
+            return 0;
+        }
+    }
+    if (argc < 2) {
+        fputs(USAGE, stderr);
+        return FL_EUSAGE;
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+
+    cli_args a = {0};
+    const char *pos[4];
+    int n_pos = 0;
+    if (strcmp(argv[1], "inspect") == 0) {
+        int r = parse_args(argc, argv, 2, &a, pos, &n_pos, 1);
+        if (r)
+            return r;
+        if (n_pos != 1)
+            return usage_error("%s", "inspect needs one PATH");
+        return cmd_inspect(pos[0]);
+    }
+    int r = parse_args(argc, argv, 1, &a, pos, &n_pos, 1);
+    if (r)
+        return r;
+    if (n_pos != 1)
+        return usage_error("%s", "expected one SOURCE (a checkpoint directory or a repo id)");
+    a.source = pos[0];
+    return cmd_convert(&a);
+}

@@ -15,7 +15,8 @@ typedef struct {
     fl_gain gain;
     size_t n_consumers;
     const char **consumers;     /* logical names of the consuming matrices */
-    double *g;                  /* the gain vector (1+w for Gemma), exact */
+    double *w;                  /* the norm weight exactly as stored; the gain
+                                   applied is w or 1 + w according to `gain` */
     size_t len;                 /* its length = consumers' input dimension */
 } fold_group;
 
@@ -27,7 +28,7 @@ typedef struct {
 /* What happens to one output tensor. */
 typedef enum {
     OUT_COPY,      /* bytes copied verbatim from src */
-    OUT_FOLD,      /* src folded with group->g, rounded once */
+    OUT_FOLD,      /* src folded with group's gain, rounded once */
     OUT_IDENTITY   /* --keep-norms: a norm rewritten to its identity value */
 } out_op;
 
@@ -65,7 +66,7 @@ typedef struct {
     uint64_t added_bytes;       /* size of a materialised lm_head */
     size_t n_out;
     out_tensor *out;            /* every output tensor, by shard then name */
-    char *arena;                /* owns the strings above */
+    void *arena;                /* owns the strings above */
 } fold_plan;
 
 fl_status plan_build(const checkpoint *ck, const plan_options *opt,

@@ -1,0 +1,702 @@
+/* checkpoint.c — opening a Hugging Face checkpoint directory (see checkpoint.h).
+ *
+ * Everything that comes from the directory is validated before it is used:
+ * config.json's types and ranges, every weight_map entry of the index
+ * (huggingface_hub's rules: no absolute path, no "..", a .safetensors name,
+ * the file exists and holds the tensor), each shard's header, shard
+ * symlinks that leave the directory, and tensor names stored twice. */
+#include "flashify/checkpoint.h"
+#include "flashify/dtype.h"
+
+#include <cjson/cJSON.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define CONFIG_MAX_BYTES (16u << 20)   /* a config.json is a few KB */
+#define INDEX_MAX_BYTES (256u << 20)   /* 405B index: ~100 KB; leave room */
+#define MAX_LAYERS 100000
+#define MAX_OTHER_FILES 10000
+#define MAX_DIR_DEPTH 8
+
+/* ---------------------------------------------------------------------------
+ * small helpers */
+
+static char *xstrdup(const char *s)
+{
+    size_t n = strlen(s) + 1;
+    char *p = malloc(n);
+    if (p)
+        memcpy(p, s, n);
+    return p;
+}
+
+static char *path_join(const char *a, const char *b)
+{
+    size_t na = strlen(a), nb = strlen(b);
+    char *p = malloc(na + nb + 2);
+    if (!p)
+        return NULL;
+    memcpy(p, a, na);
+    p[na] = '/';
+    memcpy(p + na + 1, b, nb + 1);
+    return p;
+}
+
+/* Reads a whole small file (at most `max` bytes) into a NUL-terminated
+ * buffer.  Returns FL_OK, FL_EINPUT (too large / not a regular file) or
+ * FL_EIO. */
+static fl_status read_small_file(const char *path, size_t max, char **out,
+                                 size_t *len, fl_error *err)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return fl_fail(err, FL_EIO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return fl_fail(err, FL_EINPUT, "%s: not a regular file", path);
+    }
+    if ((uint64_t)st.st_size > max) {
+        close(fd);
+        return fl_fail(err, FL_EINPUT, "%s: %lld bytes, larger than the %zu byte limit",
+                       path, (long long)st.st_size, max);
+    }
+    size_t n = (size_t)st.st_size;
+    char *buf = malloc(n + 1);
+    if (!buf) {
+        close(fd);
+        return fl_fail(err, FL_EIO, "%s: out of memory", path);
+    }
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = read(fd, buf + got, n - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            free(buf);
+            close(fd);
+            return fl_fail(err, FL_EIO, "%s: read failed: %s", path,
+                           r < 0 ? strerror(errno) : "unexpected end of file");
+        }
+        got += (size_t)r;
+    }
+    close(fd);
+    buf[n] = '\0';
+    *out = buf;
+    *len = n;
+    return FL_OK;
+}
+
+static int file_exists(const char *dir, const char *name)
+{
+    char *p = path_join(dir, name);
+    struct stat st;
+    int ok = p && stat(p, &st) == 0;
+    free(p);
+    return ok;
+}
+
+/* Duplicate keys in a JSON object: cJSON keeps both silently. */
+static const char *json_duplicate_key(const cJSON *obj)
+{
+    for (const cJSON *a = obj->child; a; a = a->next)
+        for (const cJSON *b = a->next; b; b = b->next)
+            if (a->string && b->string && strcmp(a->string, b->string) == 0)
+                return a->string;
+    return NULL;
+}
+
+/* ---------------------------------------------------------------------------
+ * config.json */
+
+double ckpt_config_num(const ckpt_config *cfg, const char *key, double def)
+{
+    const cJSON *v = cfg->text ? cJSON_GetObjectItemCaseSensitive(cfg->text, key) : NULL;
+    if (!cJSON_IsNumber(v) && cfg->json)
+        v = cJSON_GetObjectItemCaseSensitive(cfg->json, key);
+    return cJSON_IsNumber(v) ? v->valuedouble : def;
+}
+
+long ckpt_config_int(const ckpt_config *cfg, const char *key, long def)
+{
+    double d = ckpt_config_num(cfg, key, NAN);
+    if (isnan(d) || d != floor(d) || d < (double)LONG_MIN / 2 || d > (double)LONG_MAX / 2)
+        return def;
+    return (long)d;
+}
+
+/* Reads a positive integer field that must be present and sane. */
+static fl_status config_count(const char *path, const ckpt_config *cfg,
+                              const char *key, long max, long *out, fl_error *err)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(cfg->text, key);
+    if (!v && cfg->text != cfg->json)
+        v = cJSON_GetObjectItemCaseSensitive(cfg->json, key);
+    if (!v)
+        return fl_fail(err, FL_EINPUT, "%s: \"%s\" is missing", path, key);
+    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble))
+        return fl_fail(err, FL_EINPUT, "%s: \"%s\" must be an integer", path, key);
+    if (v->valuedouble < 1 || v->valuedouble > (double)max)
+        return fl_fail(err, FL_EINPUT, "%s: \"%s\" is %.17g, expected 1..%ld",
+                       path, key, v->valuedouble, max);
+    *out = (long)v->valuedouble;
+    return FL_OK;
+}
+
+static fl_status config_load(const char *dir, ckpt_config *cfg, fl_error *err)
+{
+    char *path = path_join(dir, "config.json");
+    if (!path)
+        return fl_fail(err, FL_EIO, "out of memory");
+    struct stat st;
+    if (stat(path, &st) != 0) {
+        fl_status s = fl_fail(err, FL_EINPUT,
+                              "%s: no config.json: not a Hugging Face checkpoint directory", dir);
+        free(path);
+        return s;
+    }
+    fl_status s = read_small_file(path, CONFIG_MAX_BYTES, &cfg->raw, &cfg->raw_len, err);
+    if (s != FL_OK)
+        goto out;
+    cfg->json = cJSON_ParseWithLength(cfg->raw, cfg->raw_len);
+    if (!cfg->json || !cJSON_IsObject(cfg->json)) {
+        s = fl_fail(err, FL_EINPUT, "%s: not a JSON object", path);
+        goto out;
+    }
+    const char *dup = json_duplicate_key(cfg->json);
+    if (dup) {
+        s = fl_fail(err, FL_EINPUT, "%s: key \"%s\" appears twice", path, dup);
+        goto out;
+    }
+    cfg->text = cfg->json;
+    cJSON *tc = cJSON_GetObjectItemCaseSensitive(cfg->json, "text_config");
+    if (tc && !cJSON_IsNull(tc)) {
+        if (!cJSON_IsObject(tc)) {
+            s = fl_fail(err, FL_EINPUT, "%s: \"text_config\" must be an object", path);
+            goto out;
+        }
+        cfg->text = tc;
+    }
+    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(cfg->json, "model_type");
+    if (!cJSON_IsString(mt) || !mt->valuestring[0]) {
+        s = fl_fail(err, FL_EINPUT, "%s: \"model_type\" is missing or not a string", path);
+        goto out;
+    }
+    if (strlen(mt->valuestring) >= sizeof cfg->model_type) {
+        s = fl_fail(err, FL_EINPUT, "%s: \"model_type\" is too long", path);
+        goto out;
+    }
+    strcpy(cfg->model_type, mt->valuestring);
+    strcpy(cfg->text_model_type, cfg->model_type);
+    if (cfg->text != cfg->json) {
+        const cJSON *tmt = cJSON_GetObjectItemCaseSensitive(cfg->text, "model_type");
+        if (cJSON_IsString(tmt) && strlen(tmt->valuestring) < sizeof cfg->text_model_type)
+            strcpy(cfg->text_model_type, tmt->valuestring);
+    }
+    if ((s = config_count(path, cfg, "num_hidden_layers", MAX_LAYERS, &cfg->num_hidden_layers, err)) ||
+        (s = config_count(path, cfg, "hidden_size", 1L << 24, &cfg->hidden_size, err)))
+        goto out;
+
+    /* The top-level flag is what transformers v4 reads through
+     * get_text_config(); text_config's is the fallback. */
+    cfg->tie_word_embeddings = -1;
+    const cJSON *tie = cJSON_GetObjectItemCaseSensitive(cfg->json, "tie_word_embeddings");
+    if (!tie && cfg->text != cfg->json)
+        tie = cJSON_GetObjectItemCaseSensitive(cfg->text, "tie_word_embeddings");
+    if (tie && !cJSON_IsNull(tie)) {
+        if (!cJSON_IsBool(tie)) {
+            s = fl_fail(err, FL_EINPUT, "%s: \"tie_word_embeddings\" must be true or false", path);
+            goto out;
+        }
+        cfg->tie_word_embeddings = cJSON_IsTrue(tie);
+    }
+    const cJSON *dt = cJSON_GetObjectItemCaseSensitive(cfg->text, "torch_dtype");
+    if (!dt)
+        dt = cJSON_GetObjectItemCaseSensitive(cfg->json, "torch_dtype");
+    if (!dt)
+        dt = cJSON_GetObjectItemCaseSensitive(cfg->json, "dtype");
+    if (cJSON_IsString(dt) && strlen(dt->valuestring) < sizeof cfg->torch_dtype)
+        strcpy(cfg->torch_dtype, dt->valuestring);
+    s = FL_OK;
+out:
+    free(path);
+    return s;
+}
+
+/* ---------------------------------------------------------------------------
+ * shards */
+
+/* huggingface_hub's _load_sharded_checkpoint rules for weight_map values. */
+static fl_status check_shard_name(const char *index_path, const char *tensor,
+                                  const char *file, fl_error *err)
+{
+    size_t n = strlen(file);
+    if (n == 0 || file[0] == '/' || file[0] == '\\' ||
+        (n >= 2 && file[1] == ':'))
+        return fl_fail(err, FL_EINPUT, "%s: tensor '%s' maps to \"%s\", an absolute path",
+                       index_path, tensor, file);
+    for (const char *p = file; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == '\\')
+            return fl_fail(err, FL_EINPUT, "%s: tensor '%s' maps to a file name with a control character or backslash",
+                           index_path, tensor);
+    const char *seg = file;
+    for (;;) {
+        const char *slash = strchr(seg, '/');
+        size_t len = slash ? (size_t)(slash - seg) : strlen(seg);
+        if ((len == 2 && seg[0] == '.' && seg[1] == '.') || len == 0)
+            return fl_fail(err, FL_EINPUT, "%s: tensor '%s' maps to \"%s\", which leaves the checkpoint directory",
+                           index_path, tensor, file);
+        if (!slash)
+            break;
+        seg = slash + 1;
+    }
+    if (n < 12 || strcmp(file + n - 12, ".safetensors") != 0)
+        return fl_fail(err, FL_EINPUT, "%s: tensor '%s' maps to \"%s\", not a .safetensors file",
+                       index_path, tensor, file);
+    return FL_OK;
+}
+
+/* A shard may be a symlink (the Hugging Face cache links snapshots to
+ * ../../blobs/<sha256>), but it must not lead anywhere else. */
+static fl_status check_shard_location(const char *dir_real, const char *path,
+                                      fl_error *err)
+{
+    char real[PATH_MAX];
+    if (!realpath(path, real))
+        return fl_fail(err, FL_EINPUT, "%s: cannot resolve: %s", path, strerror(errno));
+    size_t nd = strlen(dir_real);
+    if (strncmp(real, dir_real, nd) == 0 && real[nd] == '/')
+        return FL_OK;
+    /* <repo>/snapshots/<commit> may point into <repo>/blobs/. */
+    char repo[PATH_MAX];
+    snprintf(repo, sizeof repo, "%s", dir_real);
+    char *last = strrchr(repo, '/');
+    if (last && last > repo) {
+        *last = '\0';
+        char *snap = strrchr(repo, '/');
+        if (snap && strcmp(snap, "/snapshots") == 0) {
+            *snap = '\0';
+            size_t nr = strlen(repo);
+            if (strncmp(real, repo, nr) == 0 && strncmp(real + nr, "/blobs/", 7) == 0)
+                return FL_OK;
+        }
+    }
+    return fl_fail(err, FL_EINPUT, "%s: resolves to %s, outside the checkpoint directory",
+                   path, real);
+}
+
+static fl_status shard_open(const char *dir, const char *dir_real, const char *file,
+                            ckpt_shard *sh, fl_error *err)
+{
+    sh->fd = -1;
+    sh->file = xstrdup(file);
+    sh->path = path_join(dir, file);
+    if (!sh->file || !sh->path)
+        return fl_fail(err, FL_EIO, "out of memory");
+    struct stat st;
+    if (stat(sh->path, &st) != 0)
+        return fl_fail(err, FL_EINPUT, "%s: shard is missing", sh->path);
+    fl_status s = check_shard_location(dir_real, sh->path, err);
+    if (s != FL_OK)
+        return s;
+    sh->fd = open(sh->path, O_RDONLY | O_CLOEXEC);
+    if (sh->fd < 0)
+        return fl_fail(err, FL_EIO, "%s: cannot open: %s", sh->path, strerror(errno));
+    return st_read_header(sh->path, sh->fd, &sh->st, err);
+}
+
+/* ---------------------------------------------------------------------------
+ * tensor table */
+
+static int cmp_tensor_name(const void *a, const void *b)
+{
+    return strcmp(((const ckpt_tensor *)a)->name, ((const ckpt_tensor *)b)->name);
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+const ckpt_tensor *ckpt_find(const checkpoint *ck, const char *name)
+{
+    size_t lo = 0, hi = ck->n_tensors;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(ck->tensors[mid].name, name);
+        if (c == 0)
+            return &ck->tensors[mid];
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return NULL;
+}
+
+/* Builds the sorted table of logical tensors: every stored tensor, then the
+ * aliases recorded in __metadata__ ("<missing name>": "<stored name>", as
+ * transformers writes for shared tensors).  A metadata entry counts as an
+ * alias only when its value names a tensor of the same shard and its key
+ * names none. */
+static fl_status build_tensor_table(checkpoint *ck, fl_error *err)
+{
+    size_t cap = 0;
+    for (size_t i = 0; i < ck->n_shards; i++) {
+        cap += ck->shards[i].st.n_tensors + ck->shards[i].st.n_meta;
+    }
+    ck->tensors = calloc(cap ? cap : 1, sizeof *ck->tensors);
+    if (!ck->tensors)
+        return fl_fail(err, FL_EIO, "out of memory for %zu tensors", cap);
+    size_t n = 0;
+    for (size_t i = 0; i < ck->n_shards; i++) {
+        const st_header *h = &ck->shards[i].st;
+        for (size_t j = 0; j < h->n_tensors; j++)
+            ck->tensors[n++] = (ckpt_tensor){h->tensors[j].name, i, &h->tensors[j], 0};
+    }
+    size_t n_stored = n;
+    qsort(ck->tensors, n, sizeof *ck->tensors, cmp_tensor_name);
+    for (size_t i = 1; i < n; i++)
+        if (strcmp(ck->tensors[i - 1].name, ck->tensors[i].name) == 0)
+            return fl_fail(err, FL_EINPUT, "%s: tensor '%s' is stored in both %s and %s",
+                           ck->dir, ck->tensors[i].name,
+                           ck->shards[ck->tensors[i - 1].shard].file,
+                           ck->shards[ck->tensors[i].shard].file);
+    ck->n_tensors = n;
+    for (size_t i = 0; i < ck->n_shards; i++) {
+        const st_header *h = &ck->shards[i].st;
+        for (size_t j = 0; j < h->n_meta; j++) {
+            const char *k = h->meta[j].key, *v = h->meta[j].value;
+            if (strcmp(k, "format") == 0 || ckpt_find(ck, k))
+                continue;
+            const st_tensor *t = st_header_find(h, v);
+            if (!t)
+                continue;
+            ck->tensors[n++] = (ckpt_tensor){k, i, t, 1};
+        }
+    }
+    if (n > n_stored) {
+        ck->n_tensors = n;
+        qsort(ck->tensors, n, sizeof *ck->tensors, cmp_tensor_name);
+        for (size_t i = 1; i < n; i++)
+            if (strcmp(ck->tensors[i - 1].name, ck->tensors[i].name) == 0)
+                return fl_fail(err, FL_EINPUT, "%s: alias '%s' is declared by two shards",
+                               ck->dir, ck->tensors[i].name);
+    }
+    return FL_OK;
+}
+
+/* ---------------------------------------------------------------------------
+ * other files */
+
+/* Weights in other formats and other runtimes' files are not copied: the
+ * output holds FlashNorm safetensors only, and stale unfolded weights next
+ * to them would be loaded by some tools. */
+static int is_skipped_file(const char *name)
+{
+    static const char *const suffixes[] = {
+        ".bin", ".pth", ".pt", ".gguf", ".h5", ".msgpack", ".ckpt", ".onnx",
+        ".safetensors", ".safetensors.index.json", ".incomplete", ".lock", NULL};
+    size_t n = strlen(name);
+    for (int i = 0; suffixes[i]; i++) {
+        size_t m = strlen(suffixes[i]);
+        if (n >= m && strcmp(name + n - m, suffixes[i]) == 0)
+            return 1;
+    }
+    /* Regenerated, not copied. */
+    return strcmp(name, "config.json") == 0 || strcmp(name, "README.md") == 0;
+}
+
+static fl_status collect_other(checkpoint *ck, const char *rel, int depth, fl_error *err)
+{
+    char *path = rel[0] ? path_join(ck->dir, rel) : xstrdup(ck->dir);
+    if (!path)
+        return fl_fail(err, FL_EIO, "out of memory");
+    DIR *d = opendir(path);
+    if (!d) {
+        fl_status s = fl_fail(err, FL_EIO, "%s: cannot list: %s", path, strerror(errno));
+        free(path);
+        return s;
+    }
+    fl_status s = FL_OK;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL && s == FL_OK) {
+        const char *name = e->d_name;
+        if (name[0] == '.')
+            continue;  /* ., .., .git, .cache: never part of a model */
+        char *r = rel[0] ? path_join(rel, name) : xstrdup(name);
+        char *full = r ? path_join(ck->dir, r) : NULL;
+        struct stat st;
+        if (!r || !full) {
+            s = fl_fail(err, FL_EIO, "out of memory");
+        } else if (stat(full, &st) != 0) {
+            /* dangling symlink: nothing to copy */
+        } else if (S_ISDIR(st.st_mode)) {
+            /* original/ holds Meta's consolidated .pth weights. */
+            if (depth < MAX_DIR_DEPTH && !(depth == 0 && strcmp(name, "original") == 0))
+                s = collect_other(ck, r, depth + 1, err);
+        } else if (S_ISREG(st.st_mode) && !is_skipped_file(name)) {
+            if (ck->n_other >= MAX_OTHER_FILES) {
+                s = fl_fail(err, FL_EINPUT, "%s: more than %d files", ck->dir, MAX_OTHER_FILES);
+            } else {
+                char **grown = realloc(ck->other_files, (ck->n_other + 1) * sizeof *grown);
+                if (!grown) {
+                    s = fl_fail(err, FL_EIO, "out of memory");
+                } else {
+                    ck->other_files = grown;
+                    ck->other_files[ck->n_other++] = r;
+                    r = NULL;
+                }
+            }
+        }
+        free(r);
+        free(full);
+    }
+    closedir(d);
+    free(path);
+    return s;
+}
+
+/* ---------------------------------------------------------------------------
+ * index */
+
+static fl_status index_load(checkpoint *ck, const char *dir_real, fl_error *err)
+{
+    char *path = path_join(ck->dir, "model.safetensors.index.json");
+    char *raw = NULL;
+    size_t len = 0;
+    char **files = NULL;
+    size_t n_files = 0;
+    fl_status s = read_small_file(path, INDEX_MAX_BYTES, &raw, &len, err);
+    if (s != FL_OK)
+        goto out;
+    ck->index = cJSON_ParseWithLength(raw, len);
+    if (!ck->index || !cJSON_IsObject(ck->index)) {
+        s = fl_fail(err, FL_EINPUT, "%s: not a JSON object", path);
+        goto out;
+    }
+    const cJSON *wm = cJSON_GetObjectItemCaseSensitive(ck->index, "weight_map");
+    if (!cJSON_IsObject(wm) || !wm->child) {
+        s = fl_fail(err, FL_EINPUT, "%s: \"weight_map\" is missing, empty or not an object", path);
+        goto out;
+    }
+    size_t n_entries = 0;
+    for (const cJSON *e = wm->child; e; e = e->next)
+        n_entries++;
+    if (n_entries > ST_MAX_TENSORS) {
+        s = fl_fail(err, FL_EINPUT, "%s: %zu weight_map entries, more than %d",
+                    path, n_entries, ST_MAX_TENSORS);
+        goto out;
+    }
+    files = calloc(n_entries, sizeof *files);
+    if (!files) {
+        s = fl_fail(err, FL_EIO, "out of memory");
+        goto out;
+    }
+    for (const cJSON *e = wm->child; e; e = e->next) {
+        if (!cJSON_IsString(e)) {
+            s = fl_fail(err, FL_EINPUT, "%s: weight_map entry '%s' is not a string", path, e->string);
+            goto out;
+        }
+        if ((s = check_shard_name(path, e->string, e->valuestring, err)) != FL_OK)
+            goto out;
+        files[n_files++] = e->valuestring;
+    }
+    /* Tensor names are unique in a JSON object only if we check. */
+    {
+        const char **names = malloc(n_entries * sizeof *names);
+        if (!names) {
+            s = fl_fail(err, FL_EIO, "out of memory");
+            goto out;
+        }
+        size_t k = 0;
+        for (const cJSON *e = wm->child; e; e = e->next)
+            names[k++] = e->string;
+        qsort(names, k, sizeof *names, cmp_str);
+        for (size_t i = 1; i < k; i++)
+            if (strcmp(names[i - 1], names[i]) == 0) {
+                s = fl_fail(err, FL_EINPUT, "%s: tensor '%s' appears twice in weight_map",
+                            path, names[i]);
+                free(names);
+                goto out;
+            }
+        free(names);
+    }
+    qsort(files, n_files, sizeof *files, cmp_str);
+    size_t u = 0;
+    for (size_t i = 0; i < n_files; i++)
+        if (u == 0 || strcmp(files[u - 1], files[i]) != 0)
+            files[u++] = files[i];
+    ck->shards = calloc(u, sizeof *ck->shards);
+    if (!ck->shards) {
+        s = fl_fail(err, FL_EIO, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < u; i++) {
+        ck->n_shards = i + 1;
+        if ((s = shard_open(ck->dir, dir_real, files[i], &ck->shards[i], err)) != FL_OK)
+            goto out;
+    }
+    s = FL_OK;
+out:
+    free(files);
+    free(raw);
+    free(path);
+    return s;
+}
+
+/* Every weight_map entry must be stored in the shard it names. */
+static fl_status index_check(const checkpoint *ck, fl_error *err)
+{
+    const cJSON *wm = cJSON_GetObjectItemCaseSensitive(ck->index, "weight_map");
+    for (const cJSON *e = wm->child; e; e = e->next) {
+        const ckpt_tensor *t = ckpt_find(ck, e->string);
+        if (!t)
+            return fl_fail(err, FL_EINPUT,
+                           "%s/model.safetensors.index.json: tensor '%s' is mapped to %s, which does not hold it",
+                           ck->dir, e->string, e->valuestring);
+        if (strcmp(ck->shards[t->shard].file, e->valuestring) != 0)
+            return fl_fail(err, FL_EINPUT,
+                           "%s/model.safetensors.index.json: tensor '%s' is mapped to %s but stored in %s",
+                           ck->dir, e->string, e->valuestring, ck->shards[t->shard].file);
+    }
+    return FL_OK;
+}
+
+/* ---------------------------------------------------------------------------
+ * public */
+
+fl_status ckpt_open(const char *dir, checkpoint *ck, fl_error *err)
+{
+    memset(ck, 0, sizeof *ck);
+    struct stat st;
+    if (stat(dir, &st) != 0)
+        return fl_fail(err, FL_EINPUT, "%s: %s", dir, strerror(errno));
+    if (!S_ISDIR(st.st_mode))
+        return fl_fail(err, FL_EINPUT, "%s: not a directory", dir);
+    char dir_real[PATH_MAX];
+    if (!realpath(dir, dir_real))
+        return fl_fail(err, FL_EINPUT, "%s: cannot resolve: %s", dir, strerror(errno));
+    ck->dir = xstrdup(dir);
+    if (!ck->dir)
+        return fl_fail(err, FL_EIO, "out of memory");
+
+    fl_status s = config_load(dir, &ck->cfg, err);
+    if (s != FL_OK)
+        goto fail;
+    if (file_exists(dir, "model.safetensors.index.json")) {
+        ck->has_index = 1;
+        if ((s = index_load(ck, dir_real, err)) != FL_OK)
+            goto fail;
+    } else if (file_exists(dir, "model.safetensors")) {
+        ck->shards = calloc(1, sizeof *ck->shards);
+        if (!ck->shards) {
+            s = fl_fail(err, FL_EIO, "out of memory");
+            goto fail;
+        }
+        ck->n_shards = 1;
+        if ((s = shard_open(dir, dir_real, "model.safetensors", &ck->shards[0], err)) != FL_OK)
+            goto fail;
+    } else {
+        const char *hint = file_exists(dir, "pytorch_model.bin") ||
+                                   file_exists(dir, "pytorch_model.bin.index.json")
+                               ? ": it has only PyTorch .bin weights; convert them to safetensors first"
+                               : "";
+        s = fl_fail(err, FL_EINPUT, "%s: no model.safetensors or model.safetensors.index.json%s",
+                    dir, hint);
+        goto fail;
+    }
+    if ((s = build_tensor_table(ck, err)) != FL_OK)
+        goto fail;
+    if (ck->has_index && (s = index_check(ck, err)) != FL_OK)
+        goto fail;
+    if ((s = collect_other(ck, "", 0, err)) != FL_OK)
+        goto fail;
+    qsort(ck->other_files, ck->n_other, sizeof *ck->other_files, cmp_str);
+    return FL_OK;
+fail:
+    ckpt_close(ck);
+    return s;
+}
+
+void ckpt_close(checkpoint *ck)
+{
+    if (!ck)
+        return;
+    for (size_t i = 0; i < ck->n_shards; i++) {
+        if (ck->shards[i].fd >= 0 && ck->shards[i].path)
+            close(ck->shards[i].fd);
+        st_header_free(&ck->shards[i].st);
+        free(ck->shards[i].file);
+        free(ck->shards[i].path);
+    }
+    free(ck->shards);
+    free(ck->tensors);
+    for (size_t i = 0; i < ck->n_other; i++)
+        free(ck->other_files[i]);
+    free(ck->other_files);
+    cJSON_Delete(ck->index);
+    cJSON_Delete(ck->cfg.json);
+    free(ck->cfg.raw);
+    free(ck->dir);
+    memset(ck, 0, sizeof *ck);
+}
+
+fl_status ckpt_read(const checkpoint *ck, const ckpt_tensor *t, uint64_t off,
+                    void *buf, size_t n, fl_error *err)
+{
+    const ckpt_shard *sh = &ck->shards[t->shard];
+    uint64_t size = st_nbytes(t->t);
+    if (off > size || n > size - off)
+        return fl_fail(err, FL_EIO, "%s: read of %zu bytes at %llu is past the end of tensor '%s' (%llu bytes)",
+                       sh->path, n, (unsigned long long)off, t->name, (unsigned long long)size);
+    uint64_t pos = sh->st.data_start + t->t->begin + off;
+    char *p = buf;
+    while (n > 0) {
+        ssize_t r = pread(sh->fd, p, n > (1u << 30) ? (1u << 30) : n, (off_t)pos);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return fl_fail(err, FL_EIO, "%s: read failed in tensor '%s': %s",
+                           sh->path, t->name, strerror(errno));
+        if (r == 0)
+            return fl_fail(err, FL_EIO, "%s: file shrank while reading tensor '%s'",
+                           sh->path, t->name);
+        p += r;
+        pos += (uint64_t)r;
+        n -= (size_t)r;
+    }
+    return FL_OK;
+}
+
+fl_status ckpt_read_vector(const checkpoint *ck, const ckpt_tensor *t,
+                           double *out, size_t max, size_t *n_out, fl_error *err)
+{
+    uint64_t numel;
+    if (st_numel(t->t, &numel) != 0 || numel > max)
+        return fl_fail(err, FL_EINPUT, "%s: tensor '%s' has too many elements for a norm (limit %zu)",
+                       ck->shards[t->shard].path, t->name, max);
+    if (!st_dtype_is_foldable(t->t->dtype))
+        return fl_fail(err, FL_EINPUT, "%s: tensor '%s' is %s, expected a float dtype",
+                       ck->shards[t->shard].path, t->name, st_dtype_name(t->t->dtype));
+    size_t bytes = (size_t)st_nbytes(t->t);
+    void *buf = malloc(bytes ? bytes : 1);
+    if (!buf)
+        return fl_fail(err, FL_EIO, "out of memory");
+    fl_status s = ckpt_read(ck, t, 0, buf, bytes, err);
+    if (s == FL_OK) {
+        for (size_t i = 0; i < numel; i++)
+            out[i] = dtype_load(t->t->dtype, buf, i);
+        *n_out = (size_t)numel;
+    }
+    free(buf);
+    return s;
+}

@@ -1,0 +1,186 @@
+/* fold.c — the fold kernel: W*[o,i] = W[o,i] * g[i], rounded once (fold.h).
+ *
+ * Exactness argument.  A weight of at most 24 significant bits (F32, BF16,
+ * F16) times a norm weight of at most 24 bits is exact in a double (48 <= 53
+ * bits).  Rounding that double straight to F32 is one rounding.  For BF16
+ * the fast path goes double -> F32 with round-to-odd, then F32 -> BF16 with
+ * round-to-nearest-even: round-to-odd at >= p+2 bits followed by RNE to p
+ * bits equals a single RNE (Boldo & Melquiond, "Emulation of FMA and
+ * correctly rounded sums: proved algorithms using rounding to odd").
+ * Gemma's gain 1 + w: W + W*w is a sum of two exact doubles; TwoSum gives
+ * the rounding error, which turns the sum into its round-to-odd double, and
+ * the same argument applies.  F64 operands use fma. */
+#include "flashify/fold.h"
+#include "flashify/arch.h"
+#include "flashify/dtype.h"
+#include "flashify/safetensors.h"
+
+#include <math.h>
+#include <string.h>
+
+/* The double nearest-odd to a + b (a, b doubles): round-to-odd. */
+static inline double sum_round_odd(double a, double b)
+{
+    double s = a + b;
+    double bb = s - a;
+    double e = (a - (s - bb)) + (b - bb);
+    if (e != 0) {
+        uint64_t u;
+        memcpy(&u, &s, 8);
+        if ((u & 1) == 0) {
+            /* Move one ulp towards the exact value: in sign-magnitude
+             * bits, +1 grows |s|, -1 shrinks it. */
+            if ((e > 0) == (s > 0))
+                u += 1;
+            else
+                u -= 1;
+            memcpy(&s, &u, 8);
+        }
+    }
+    return s;
+}
+
+/* a * b + residual as a round-to-odd double (a*b not necessarily exact). */
+static inline double prod_round_odd(double a, double b)
+{
+    double p = a * b;
+    double e = fma(a, b, -p);
+    if (e != 0) {
+        uint64_t u;
+        memcpy(&u, &p, 8);
+        if ((u & 1) == 0) {
+            if ((e > 0) == (p > 0))
+                u += 1;
+            else
+                u -= 1;
+            memcpy(&p, &u, 8);
+        }
+    }
+    return p;
+}
+
+/* F32 bits of x rounded to odd (exact when x fits). */
+static inline uint32_t f32_bits_round_odd(double x)
+{
+    float f = (float)x;
+    uint32_t u = f32_bits(f);
+    double back = (double)f;
+    if (back != x) {
+        if (fabs(back) > fabs(x))
+            u -= 1;   /* one step towards zero */
+        u |= 1;
+    }
+    return u;
+}
+
+static inline uint16_t bf16_from_f32_bits_rne(uint32_t u)
+{
+    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
+/* The exact (or round-to-odd) value of W * gain(w). */
+static inline double product(double W, double w, int one_plus, int wide)
+{
+    if (!one_plus)
+        return wide ? prod_round_odd(W, w) : W * w;
+    if (wide)
+        return sum_round_odd(W, prod_round_odd(W, w));
+    return sum_round_odd(W, W * w);
+}
+
+static void fold_bf16(const uint16_t *in, uint16_t *out, size_t rows, size_t cols,
+                      const double *w, int one_plus, int wide)
+{
+    for (size_t r = 0; r < rows; r++) {
+        const uint16_t *x = in + r * cols;
+        uint16_t *y = out + r * cols;
+        if (!one_plus && !wide) {
+            /* Hot path: kept branch-free so the compiler vectorises it. */
+            for (size_t c = 0; c < cols; c++) {
+                double p = bf16_to_double(x[c]) * w[c];
+                y[c] = bf16_from_f32_bits_rne(f32_bits_round_odd(p));
+            }
+        } else {
+            for (size_t c = 0; c < cols; c++) {
+                double p = product(bf16_to_double(x[c]), w[c], one_plus, wide);
+                y[c] = bf16_from_f32_bits_rne(f32_bits_round_odd(p));
+            }
+        }
+    }
+}
+
+static void fold_f32(const uint32_t *in, uint32_t *out, size_t rows, size_t cols,
+                     const double *w, int one_plus, int wide)
+{
+    for (size_t r = 0; r < rows; r++) {
+        const uint32_t *x = in + r * cols;
+        uint32_t *y = out + r * cols;
+        for (size_t c = 0; c < cols; c++) {
+            double p = product((double)f32_from_bits(x[c]), w[c], one_plus, wide);
+            y[c] = f32_bits((float)p);
+        }
+    }
+}
+
+static void fold_f16(const uint16_t *in, uint16_t *out, size_t rows, size_t cols,
+                     const double *w, int one_plus, int wide)
+{
+    for (size_t r = 0; r < rows; r++)
+        for (size_t c = 0; c < cols; c++)
+            out[r * cols + c] =
+                double_to_f16(product(f16_to_double(in[r * cols + c]), w[c], one_plus, wide));
+}
+
+static void fold_f64(const double *in, double *out, size_t rows, size_t cols,
+                     const double *w, int one_plus)
+{
+    for (size_t r = 0; r < rows; r++)
+        for (size_t c = 0; c < cols; c++) {
+            double x = in[r * cols + c];
+            /* fma rounds x*w + x once: exactly x * (1 + w) rounded. */
+            out[r * cols + c] = one_plus ? fma(x, w[c], x) : x * w[c];
+        }
+}
+
+/* Index of the first non-finite element, or -1. */
+static long first_nonfinite(int d, const void *buf, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        int bad;
+        switch (d) {
+        case ST_BF16: bad = (((const uint16_t *)buf)[i] & 0x7F80u) == 0x7F80u; break;
+        case ST_F16: bad = (((const uint16_t *)buf)[i] & 0x7C00u) == 0x7C00u; break;
+        case ST_F32: bad = (((const uint32_t *)buf)[i] & 0x7F800000u) == 0x7F800000u; break;
+        default: bad = !isfinite(((const double *)buf)[i]); break;
+        }
+        if (bad)
+            return (long)i;
+    }
+    return -1;
+}
+
+long fold_rows(int d, const void *in, void *out, size_t rows, size_t cols,
+               const double *w, int gain, int w_is_f64)
+{
+    int one_plus = gain == GAIN_ONE_PLUS_W;
+    switch (d) {
+    case ST_BF16: fold_bf16(in, out, rows, cols, w, one_plus, w_is_f64); break;
+    case ST_F16: fold_f16(in, out, rows, cols, w, one_plus, w_is_f64); break;
+    case ST_F32: fold_f32(in, out, rows, cols, w, one_plus, w_is_f64); break;
+    case ST_F64: fold_f64(in, out, rows, cols, w, one_plus); break;
+    default: return 0;
+    }
+    return first_nonfinite(d, out, rows * cols);
+}
+
+void fill_value(int d, void *out, size_t n, double value)
+{
+    for (size_t i = 0; i < n; i++) {
+        switch (d) {
+        case ST_BF16: ((uint16_t *)out)[i] = double_to_bf16(value); break;
+        case ST_F16: ((uint16_t *)out)[i] = double_to_f16(value); break;
+        case ST_F32: ((uint32_t *)out)[i] = f32_bits((float)value); break;
+        default: ((double *)out)[i] = value; break;
+        }
+    }
+}

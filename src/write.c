@@ -1,0 +1,1121 @@
+/* write.c — writing the FlashNorm checkpoint (see write.h).
+ *
+ * Output layout mirrors the source: the same shard file names, each shard's
+ * tensors minus the dropped norms (a materialised lm_head goes into the
+ * shard that holds the embedding), an updated index, config.json with only
+ * the FlashNorm keys changed, the other files copied, a model card. */
+#include "flashify/write.h"
+#include "flashify/dtype.h"
+#include "flashify/fold.h"
+
+#include <cjson/cJSON.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define DEFAULT_MEMORY (64ull << 20)
+#define COPY_CHUNK (64ull << 20)      /* interrupt checks between chunks */
+#define MAX_THREADS 256
+
+/* ---------------------------------------------------------------------------
+ * small file helpers */
+
+static char *join(const char *a, const char *b)
+{
+    size_t na = strlen(a), nb = strlen(b);
+    char *p = malloc(na + nb + 2);
+    if (p) {
+        memcpy(p, a, na);
+        p[na] = '/';
+        memcpy(p + na + 1, b, nb + 1);
+    }
+    return p;
+}
+
+static fl_status write_all(int fd, const void *buf, size_t n, uint64_t off,
+                           const char *path, fl_error *err)
+{
+    const char *p = buf;
+    while (n > 0) {
+        ssize_t w = pwrite(fd, p, n > (1u << 30) ? (1u << 30) : n, (off_t)off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return fl_fail(err, FL_EIO, "%s: write failed: %s", path,
+                           w < 0 ? strerror(errno) : "no progress");
+        p += w;
+        off += (uint64_t)w;
+        n -= (size_t)w;
+    }
+    return FL_OK;
+}
+
+/* mkdir -p for the directories of a relative file name under root. */
+static fl_status make_parents(const char *root, const char *rel, fl_error *err)
+{
+    char path[PATH_MAX];
+    int n = snprintf(path, sizeof path, "%s/%s", root, rel);
+    if (n < 0 || (size_t)n >= sizeof path)
+        return fl_fail(err, FL_EIO, "%s/%s: path too long", root, rel);
+    for (char *p = path + strlen(root) + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(path, 0755) != 0 && errno != EEXIST)
+            return fl_fail(err, FL_EIO, "%s: cannot create directory: %s", path, strerror(errno));
+        *p = '/';
+    }
+    return FL_OK;
+}
+
+static fl_status create_file(const char *path, int *fd, fl_error *err)
+{
+    *fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (*fd < 0)
+        return fl_fail(err, FL_EIO, "Failed to create the file %s: %s", path, strerror(errno));
+    return FL_OK;
+}
+
+static fl_status close_file(int fd, const char *path, int sync, fl_error *err)
+{
+    if (sync && fsync(fd) != 0) {
+        int e = errno;
+        close(fd);
+        return fl_fail(err, FL_EIO, "%s: fsync failed: %s", path, strerror(e));
+    }
+    if (close(fd) != 0)
+        return fl_fail(err, FL_EIO, "%s: close failed: %s", path, strerror(errno));
+    return FL_OK;
+}
+
+static fl_status write_whole_file(const char *path, const char *buf, size_t n, int sync,
+                                  fl_error *err)
+{
+    int fd;
+    fl_status s = create_file(path, &fd, err);
+    if (s != FL_OK)
+        return s;
+    if ((s = write_all(fd, buf, n, 0, path, err)) != FL_OK) {
+        close(fd);
+        return s;
+    }
+    return close_file(fd, path, sync, err);
+}
+
+/* Copies n bytes between two open files: copy_file_range where the kernel
+ * does it (no trip through user space; reflinks on filesystems that can),
+ * pread/pwrite otherwise. */
+static fl_status copy_range(int in, uint64_t in_off, int out, uint64_t out_off, uint64_t n,
+                            const char *in_path, const char *out_path, char *buf,
+                            size_t buf_size, fl_error *err)
+{
+    int use_cfr = 1;
+    while (n > 0) {
+        if (fl_interrupted)
+            return fl_fail(err, FL_EINTR, "interrupted");
+        size_t want = n > COPY_CHUNK ? COPY_CHUNK : (size_t)n;
+        if (use_cfr) {
+            loff_t a = (loff_t)in_off, b = (loff_t)out_off;
+            ssize_t r = copy_file_range(in, &a, out, &b, want, 0);
+            if (r > 0) {
+                in_off += (uint64_t)r;
+                out_off += (uint64_t)r;
+                n -= (uint64_t)r;
+                continue;
+            }
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r < 0 && (errno == ENOSPC || errno == EFBIG || errno == EDQUOT || errno == EIO))
+                return fl_fail(err, FL_EIO, "%s: write failed: %s", out_path, strerror(errno));
+            if (r == 0)
+                return fl_fail(err, FL_EIO, "%s: file shrank while copying", in_path);
+            use_cfr = 0;  /* EXDEV, EINVAL, ENOSYS, EOPNOTSUPP: fall back */
+        }
+        if (want > buf_size)
+            want = buf_size;
+        ssize_t r = pread(in, buf, want, (off_t)in_off);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return fl_fail(err, FL_EIO, "%s: read failed: %s", in_path,
+                           r < 0 ? strerror(errno) : "unexpected end of file");
+        fl_status s = write_all(out, buf, (size_t)r, out_off, out_path, err);
+        if (s != FL_OK)
+            return s;
+        in_off += (uint64_t)r;
+        out_off += (uint64_t)r;
+        n -= (uint64_t)r;
+    }
+    return FL_OK;
+}
+
+void remove_tree(const char *path)
+{
+    struct stat st;
+    if (lstat(path, &st) != 0)
+        return;
+    if (S_ISDIR(st.st_mode)) {
+        DIR *d = opendir(path);
+        if (d) {
+            struct dirent *e;
+            while ((e = readdir(d)) != NULL) {
+                if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+                    continue;
+                char *p = join(path, e->d_name);
+                if (p)
+                    remove_tree(p);
+                free(p);
+            }
+            closedir(d);
+        }
+        rmdir(path);
+    } else {
+        unlink(path);
+    }
+}
+
+/* ---------------------------------------------------------------------------
+ * output path checks */
+
+/* Absolute, symlink-free form of a path that may not exist yet (its parent
+ * must). */
+static fl_status resolve_future(const char *path, char *out, fl_error *err)
+{
+    if (realpath(path, out))
+        return FL_OK;
+    char tmp[PATH_MAX], tmp2[PATH_MAX], parent[PATH_MAX];
+    snprintf(tmp, sizeof tmp, "%s", path);
+    snprintf(tmp2, sizeof tmp2, "%s", path);
+    const char *base = basename(tmp);
+    const char *dir = dirname(tmp2);
+    if (!realpath(dir, parent))
+        return fl_fail(err, FL_EUSAGE, "%s: the parent directory %s does not exist", path, dir);
+    if (strcmp(base, ".") == 0 || strcmp(base, "..") == 0 || strcmp(base, "/") == 0)
+        return fl_fail(err, FL_EUSAGE, "%s: not a usable output directory name", path);
+    int n = snprintf(out, PATH_MAX, "%s/%s", strcmp(parent, "/") == 0 ? "" : parent, base);
+    if (n < 0 || n >= PATH_MAX)
+        return fl_fail(err, FL_EUSAGE, "%s: path too long", path);
+    return FL_OK;
+}
+
+static int is_inside(const char *inner, const char *outer)
+{
+    size_t n = strlen(outer);
+    return strncmp(inner, outer, n) == 0 && (inner[n] == '/' || (n == 1 && outer[0] == '/'));
+}
+
+fl_status convert_check_output(const checkpoint *ck, const char *out_dir, int force,
+                               fl_error *err)
+{
+    char src[PATH_MAX], out[PATH_MAX];
+    if (!realpath(ck->dir, src))
+        return fl_fail(err, FL_EINPUT, "%s: cannot resolve: %s", ck->dir, strerror(errno));
+    fl_status s = resolve_future(out_dir, out, err);
+    if (s != FL_OK)
+        return s;
+    if (strcmp(src, out) == 0)
+        return fl_fail(err, FL_EUSAGE, "%s: the output directory is the source; choose another -o", out_dir);
+    if (is_inside(out, src))
+        return fl_fail(err, FL_EUSAGE, "%s: the output directory is inside the source %s; choose another -o",
+                       out_dir, ck->dir);
+    if (is_inside(src, out))
+        return fl_fail(err, FL_EUSAGE, "%s: the output directory contains the source %s; choose another -o",
+                       out_dir, ck->dir);
+    struct stat st;
+    if (lstat(out_dir, &st) == 0 && !force)
+        return fl_fail(err, FL_EUSAGE, "%s: already exists (use --force to replace it)", out_dir);
+    if (lstat(out_dir, &st) == 0 && !S_ISDIR(st.st_mode))
+        return fl_fail(err, FL_EUSAGE, "%s: exists and is not a directory", out_dir);
+    return FL_OK;
+}
+
+/* ---------------------------------------------------------------------------
+ * JSON text helpers */
+
+/* Appends s to a growing buffer. */
+typedef struct {
+    char *p;
+    size_t n, cap;
+    int oom;
+} sbuf;
+
+static void sb_put(sbuf *b, const char *s, size_t n)
+{
+    if (b->oom)
+        return;
+    if (b->n + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->n + n + 1)
+            cap *= 2;
+        char *q = realloc(b->p, cap);
+        if (!q) {
+            b->oom = 1;
+            return;
+        }
+        b->p = q;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+    b->p[b->n] = '\0';
+}
+
+static void sb_str(sbuf *b, const char *s) { sb_put(b, s, strlen(s)); }
+
+static void sb_printf(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void sb_printf(sbuf *b, const char *fmt, ...)
+{
+    char tmp[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if ((size_t)n < sizeof tmp) {
+        sb_put(b, tmp, (size_t)n);
+        return;
+    }
+    char *big = malloc((size_t)n + 1);
+    if (!big) {
+        b->oom = 1;
+        return;
+    }
+    va_start(ap, fmt);
+    vsnprintf(big, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    sb_put(b, big, (size_t)n);
+    free(big);
+}
+
+static void sb_json_string(sbuf *b, const char *s)
+{
+    sb_put(b, "\"", 1);
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\') {
+            char e[2] = {'\\', (char)*p};
+            sb_put(b, e, 2);
+        } else if (*p < 0x20) {
+            sb_printf(b, "\\u%04x", *p);
+        } else {
+            sb_put(b, (const char *)p, 1);
+        }
+    }
+    sb_put(b, "\"", 1);
+}
+
+/* A minimal scanner over JSON text that finds the spans of an object's
+ * members, so config.json can be edited in place: the rest of the file
+ * stays byte for byte (numbers like 10000.0 keep their spelling). */
+typedef struct {
+    size_t key_start;     /* the opening quote of the key */
+    size_t value_start, value_end;
+    char key[64];
+} json_member;
+
+static size_t skip_ws(const char *s, size_t n, size_t i)
+{
+    while (i < n && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r'))
+        i++;
+    return i;
+}
+
+static size_t skip_string(const char *s, size_t n, size_t i)
+{
+    for (i++; i < n; i++) {
+        if (s[i] == '\\')
+            i++;
+        else if (s[i] == '"')
+            return i + 1;
+    }
+    return n;
+}
+
+/* End of the JSON value starting at i (the text is known to parse). */
+static size_t skip_value(const char *s, size_t n, size_t i)
+{
+    if (i >= n)
+        return n;
+    if (s[i] == '"')
+        return skip_string(s, n, i);
+    if (s[i] == '{' || s[i] == '[') {
+        int depth = 0;
+        for (; i < n; i++) {
+            if (s[i] == '"') {
+                i = skip_string(s, n, i) - 1;
+            } else if (s[i] == '{' || s[i] == '[') {
+                depth++;
+            } else if (s[i] == '}' || s[i] == ']') {
+                if (--depth == 0)
+                    return i + 1;
+            }
+        }
+        return n;
+    }
+    while (i < n && s[i] != ',' && s[i] != '}' && s[i] != ']' && s[i] != ' ' &&
+           s[i] != '\n' && s[i] != '\r' && s[i] != '\t')
+        i++;
+    return i;
+}
+
+/* Lists the members of the object whose '{' is at `open`; returns their
+ * count (at most max) and sets *close to the index of its '}'. */
+static size_t object_members(const char *s, size_t n, size_t open, json_member *m,
+                             size_t max, size_t *close)
+{
+    size_t count = 0, i = skip_ws(s, n, open + 1);
+    while (i < n && s[i] == '"') {
+        size_t ks = i, ke = skip_string(s, n, i);
+        i = skip_ws(s, n, ke);
+        if (i >= n || s[i] != ':')
+            break;
+        i = skip_ws(s, n, i + 1);
+        size_t vs = i, ve = skip_value(s, n, i);
+        if (count < max) {
+            json_member *mm = &m[count];
+            size_t kl = ke - ks - 2;
+            if (kl >= sizeof mm->key)
+                kl = sizeof mm->key - 1;
+            memcpy(mm->key, s + ks + 1, kl);
+            mm->key[kl] = '\0';
+            mm->key_start = ks;
+            mm->value_start = vs;
+            mm->value_end = ve;
+        }
+        count++;
+        i = skip_ws(s, n, ve);
+        if (i < n && s[i] == ',')
+            i = skip_ws(s, n, i + 1);
+    }
+    *close = i;
+    return count < max ? count : max;
+}
+
+typedef struct {
+    size_t pos, del;
+    char text[160];
+} text_edit;
+
+static const json_member *member(const json_member *m, size_t n, const char *key)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(m[i].key, key) == 0)
+            return &m[i];
+    return NULL;
+}
+
+/* Sets key to `value` in the object at `open`: replaces the value if the
+ * key exists, else appends a member in the indentation of the last one. */
+static void set_member(const char *s, size_t n, size_t open, const char *key,
+                       const char *value, text_edit *edits, size_t *n_edits)
+{
+    json_member m[512];
+    size_t close;
+    size_t count = object_members(s, n, open, m, 512, &close);
+    const json_member *hit = member(m, count, key);
+    text_edit *e = &edits[(*n_edits)++];
+    if (hit) {
+        e->pos = hit->value_start;
+        e->del = hit->value_end - hit->value_start;
+        snprintf(e->text, sizeof e->text, "%s", value);
+        return;
+    }
+    e->del = 0;
+    if (count == 0) {
+        e->pos = open + 1;
+        snprintf(e->text, sizeof e->text, "\"%s\": %s", key, value);
+        return;
+    }
+    const json_member *last = &m[count - 1];
+    size_t ls = last->key_start;
+    while (ls > 0 && s[ls - 1] != '\n' && (s[ls - 1] == ' ' || s[ls - 1] == '\t'))
+        ls--;
+    int indent = (int)(last->key_start - ls);
+    int newline = ls > 0 && s[ls - 1] == '\n';
+    e->pos = last->value_end;
+    snprintf(e->text, sizeof e->text, ",%s%.*s\"%s\": %s", newline ? "\n" : " ",
+             newline ? indent : 0, s + ls, key, value);
+}
+
+static int cmp_edit_desc(const void *a, const void *b)
+{
+    const text_edit *x = a, *y = b;
+    return x->pos < y->pos ? 1 : x->pos > y->pos ? -1 : 0;
+}
+
+fl_status config_rewrite(const checkpoint *ck, const fold_plan *plan, char **out,
+                         size_t *out_len, fl_error *err)
+{
+    const char *s = ck->cfg.raw;
+    size_t n = ck->cfg.raw_len;
+    size_t open = skip_ws(s, n, 0);
+    if (open >= n || s[open] != '{')
+        return fl_fail(err, FL_EINPUT, "%s/config.json: not a JSON object", ck->dir);
+    text_edit edits[8];
+    size_t n_edits = 0;
+    if (plan->untie) {
+        set_member(s, n, open, "tie_word_embeddings", "false", edits, &n_edits);
+        json_member m[512];
+        size_t close;
+        size_t count = object_members(s, n, open, m, 512, &close);
+        const json_member *tc = member(m, count, "text_config");
+        if (tc && s[tc->value_start] == '{')
+            set_member(s, n, tc->value_start, "tie_word_embeddings", "false", edits, &n_edits);
+    }
+    if (plan->marker) {
+        set_member(s, n, open, "flashnorm_folded", "true", edits, &n_edits);
+        set_member(s, n, open, "flash_norm", "true", edits, &n_edits);
+    }
+    /* Two appends at the same position must keep their order: apply from
+     * the end, and for equal positions the later edit first. */
+    for (size_t i = 0; i < n_edits; i++)
+        edits[i].pos = edits[i].pos * 8 + i;
+    qsort(edits, n_edits, sizeof *edits, cmp_edit_desc);
+    sbuf b = {0};
+    sb_put(&b, s, n);
+    for (size_t i = 0; i < n_edits && !b.oom; i++) {
+        size_t pos = edits[i].pos / 8;
+        size_t add = strlen(edits[i].text);
+        sbuf nb = {0};
+        sb_put(&nb, b.p, pos);
+        sb_put(&nb, edits[i].text, add);
+        sb_put(&nb, b.p + pos + edits[i].del, b.n - pos - edits[i].del);
+        free(b.p);
+        b = nb;
+    }
+    if (b.oom) {
+        free(b.p);
+        return fl_fail(err, FL_EIO, "out of memory");
+    }
+    /* The edited text must still parse (belt and braces). */
+    cJSON *j = cJSON_ParseWithLength(b.p, b.n);
+    if (!j) {
+        free(b.p);
+        return fl_fail(err, FL_EINPUT, "%s/config.json: could not be rewritten as valid JSON", ck->dir);
+    }
+    cJSON_Delete(j);
+    *out = b.p;
+    *out_len = b.n;
+    return FL_OK;
+}
+
+/* ---------------------------------------------------------------------------
+ * the streaming tensor writer */
+
+/* One unit of work: a byte range of one output tensor. */
+typedef struct {
+    const out_tensor *o;
+    uint64_t dst_off;       /* absolute offset in the output file */
+    uint64_t first, count;  /* element range within the tensor */
+} work_item;
+
+typedef struct {
+    const checkpoint *ck;
+    int out_fd;
+    const char *out_path;
+    work_item *items;
+    size_t n_items;
+    atomic_size_t next;
+    atomic_int failed;
+    atomic_ullong done;
+    uint64_t done_base, total;
+    size_t buf_size;
+    pthread_mutex_t err_lock;
+    fl_error err;
+    const convert_options *opt;
+    double identity;        /* --keep-norms value: 1, or 0 for 1+w norms */
+} shard_job;
+
+static void job_fail(shard_job *j, const fl_error *e)
+{
+    pthread_mutex_lock(&j->err_lock);
+    if (!atomic_load(&j->failed)) {
+        j->err = *e;
+        atomic_store(&j->failed, 1);
+    }
+    pthread_mutex_unlock(&j->err_lock);
+}
+
+/* Folds elements [first, first+count) of a row-major [rows, cols] tensor
+ * whose bytes are in buf: a leading partial row, whole rows, a trailing
+ * partial row.  Returns the flat index (within the range) of the first
+ * non-finite result, or -1. */
+static long fold_range(int d, void *buf, uint64_t first, uint64_t count, uint64_t cols,
+                       const fold_group *g, int wide)
+{
+    size_t es = st_dtype_bits(d) / 8;
+    char *p = buf;
+    uint64_t done = 0;
+    while (done < count) {
+        uint64_t col = (first + done) % cols;
+        uint64_t rows, len;
+        if (col != 0 || count - done < cols) {
+            rows = 1;
+            len = cols - col < count - done ? cols - col : count - done;
+        } else {
+            rows = (count - done) / cols;
+            len = cols;
+        }
+        long bad = fold_rows(d, p, p, (size_t)rows, (size_t)len, g->w + col, g->gain, wide);
+        if (bad >= 0)
+            return (long)(done + (uint64_t)bad);
+        p += rows * len * es;
+        done += rows * len;
+    }
+    return -1;
+}
+
+static int norm_is_wide(const checkpoint *ck, const fold_group *g)
+{
+    const ckpt_tensor *t = ckpt_find(ck, g->norm);
+    return t && t->t->dtype == ST_F64;
+}
+
+static void *shard_worker(void *arg)
+{
+    shard_job *j = arg;
+    char *buf = malloc(j->buf_size);
+    fl_error e = {0};
+    if (!buf) {
+        fl_fail(&e, FL_EIO, "out of memory for a %zu byte buffer", j->buf_size);
+        job_fail(j, &e);
+        return NULL;
+    }
+    for (;;) {
+        size_t k = atomic_fetch_add(&j->next, 1);
+        if (k >= j->n_items || atomic_load(&j->failed))
+            break;
+        if (fl_interrupted) {
+            fl_fail(&e, FL_EINTR, "interrupted");
+            job_fail(j, &e);
+            break;
+        }
+        const work_item *w = &j->items[k];
+        const out_tensor *o = w->o;
+        const st_tensor *t = o->src->t;
+        size_t es = st_dtype_bits(t->dtype) / 8;
+        uint64_t bytes = w->count * (es ? es : 1);
+        fl_status s = FL_OK;
+        if (o->op == OUT_COPY) {
+            const ckpt_shard *sh = &j->ck->shards[o->src->shard];
+            s = copy_range(sh->fd, sh->st.data_start + t->begin + w->first, j->out_fd, w->dst_off,
+                           st_nbytes(t), sh->path, j->out_path, buf, j->buf_size, &e);
+        } else if (o->op == OUT_IDENTITY) {
+            fill_value(t->dtype, buf, (size_t)w->count, j->identity);
+            s = write_all(j->out_fd, buf, (size_t)bytes, w->dst_off, j->out_path, &e);
+        } else {
+            s = ckpt_read(j->ck, o->src, w->first * es, buf, (size_t)bytes, &e);
+            if (s == FL_OK) {
+                uint64_t cols = t->shape[1];
+                long bad = fold_range(t->dtype, buf, w->first, w->count, cols, o->group,
+                                      norm_is_wide(j->ck, o->group));
+                if (bad >= 0) {
+                    uint64_t idx = w->first + (uint64_t)bad;
+                    uint64_t row = idx / cols, col = idx % cols;
+                    char src_val[64] = "?";
+                    double W;
+                    unsigned char raw[8];
+                    if (ckpt_read(j->ck, o->src, idx * es, raw, es, &e) == FL_OK) {
+                        W = dtype_load(t->dtype, raw, 0);
+                        snprintf(src_val, sizeof src_val, "%g", W);
+                    }
+                    s = fl_fail(&e, FL_EINPUT,
+                                "%s: tensor '%s' element [%llu, %llu] = %s times gain %g of '%s' is not finite in %s",
+                                j->ck->shards[o->src->shard].path, o->name, (unsigned long long)row,
+                                (unsigned long long)col, src_val,
+                                o->group->w[col] + (o->group->gain == GAIN_ONE_PLUS_W ? 1.0 : 0.0),
+                                o->group->norm, st_dtype_name(t->dtype));
+                } else {
+                    s = write_all(j->out_fd, buf, (size_t)bytes, w->dst_off, j->out_path, &e);
+                }
+            }
+        }
+        if (s != FL_OK) {
+            job_fail(j, &e);
+            break;
+        }
+        uint64_t d = atomic_fetch_add(&j->done, bytes) + bytes;
+        if (j->opt->progress && k % 8 == 0)
+            j->opt->progress(j->opt->ctx, j->done_base + d, j->total);
+    }
+    free(buf);
+    return NULL;
+}
+
+static int threads_to_use(const convert_options *opt)
+{
+    long n = opt->threads > 0 ? opt->threads : sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1)
+        n = 1;
+    if (n > MAX_THREADS)
+        n = MAX_THREADS;
+    return (int)n;
+}
+
+/* Writes one output shard: header from st_layout, then every tensor. */
+static fl_status write_shard(const checkpoint *ck, const fold_plan *plan, size_t shard,
+                             const out_tensor *outs, size_t n_outs, const char *tmp,
+                             const convert_options *opt, uint64_t *done_base, uint64_t total,
+                             uint64_t *shard_bytes, fl_error *err)
+{
+    const ckpt_shard *src = &ck->shards[shard];
+    char *path = join(tmp, src->file);
+    st_tensor *ts = calloc(n_outs ? n_outs : 1, sizeof *ts);
+    size_t *order = calloc(n_outs ? n_outs : 1, sizeof *order);
+    st_meta *meta = calloc(src->st.n_meta + 1, sizeof *meta);
+    char *header = NULL;
+    size_t header_size = 0, n_meta = 0;
+    work_item *items = NULL;
+    int fd = -1;
+    fl_status s = FL_OK;
+    if (!path || !ts || !order || !meta) {
+        s = fl_fail(err, FL_EIO, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < n_outs; i++) {
+        const st_tensor *t = outs[i].src->t;
+        ts[i] = *t;
+        ts[i].name = (char *)outs[i].name;
+        ts[i].begin = 0;
+        ts[i].end = st_nbytes(t);
+    }
+    /* Metadata: "format": "pt" first, then the source's entries, less the
+     * aliases that became real tensors or whose target is gone. */
+    meta[n_meta++] = (st_meta){"format", "pt"};
+    for (size_t i = 0; i < src->st.n_meta; i++) {
+        const st_meta *m = &src->st.meta[i];
+        if (strcmp(m->key, "format") == 0)
+            continue;
+        const ckpt_tensor *alias = ckpt_find(ck, m->key);
+        if (alias && alias->is_alias) {
+            if (plan_find_out(plan, m->key))
+                continue;  /* materialised (untied) */
+            const out_tensor *target = plan_find_out(plan, m->value);
+            if (!target || target->op != OUT_COPY) {
+                s = fl_fail(err, FL_EINPUT,
+                            "%s: alias '%s' -> '%s' would point at a %s tensor; refusing to change what it means",
+                            src->path, m->key, m->value, target ? "folded" : "removed");
+                goto out;
+            }
+        }
+        meta[n_meta++] = *m;
+    }
+    if ((s = st_layout(path, ts, n_outs, meta, n_meta, order, &header, &header_size, err)) != FL_OK)
+        goto out;
+    if ((s = make_parents(tmp, src->file, err)) != FL_OK || (s = create_file(path, &fd, err)) != FL_OK)
+        goto out;
+    uint64_t data_bytes = 0;
+    for (size_t i = 0; i < n_outs; i++)
+        if (ts[i].end > data_bytes)
+            data_bytes = ts[i].end;
+    *shard_bytes = data_bytes;
+    /* Reserve the space up front: a full disk fails here, not halfway. */
+    int fa = posix_fallocate(fd, 0, (off_t)(header_size + data_bytes));
+    if (fa == ENOSPC || fa == EFBIG) {
+        s = fl_fail(err, FL_EIO, "%s: cannot reserve %llu bytes: %s", path,
+                    (unsigned long long)(header_size + data_bytes), strerror(fa));
+        goto out;
+    }
+    if ((s = write_all(fd, header, header_size, 0, path, err)) != FL_OK)
+        goto out;
+
+    /* Work items: chunks of at most buf_size bytes per folded tensor, whole
+     * tensors for copies (copy_range chunks those itself). */
+    int threads = threads_to_use(opt);
+    uint64_t memory = opt->memory ? opt->memory : DEFAULT_MEMORY;
+    size_t buf_size = (size_t)(memory / (uint64_t)threads);
+    if (buf_size < (1u << 16))
+        buf_size = 1u << 16;
+    size_t cap = 0, n_items = 0;
+    for (size_t i = 0; i < n_outs; i++) {
+        const out_tensor *o = &outs[order[i]];
+        const st_tensor *t = o->src->t;
+        uint64_t numel;
+        st_numel(t, &numel);
+        size_t es = st_dtype_bits(t->dtype) / 8;
+        uint64_t per = (o->op == OUT_COPY || es == 0) ? (numel ? numel : 1) : buf_size / es;
+        if (per == 0)
+            per = 1;
+        for (uint64_t first = 0; first < numel || (numel == 0 && first == 0); first += per) {
+            if (n_items == cap) {
+                cap = cap ? cap * 2 : 64;
+                work_item *grown = realloc(items, cap * sizeof *items);
+                if (!grown) {
+                    s = fl_fail(err, FL_EIO, "out of memory");
+                    goto out;
+                }
+                items = grown;
+            }
+            uint64_t count = numel - first < per ? numel - first : per;
+            items[n_items++] = (work_item){o, header_size + ts[order[i]].begin + first * es, first, count};
+            if (numel == 0 || o->op == OUT_COPY)
+                break;
+        }
+    }
+    shard_job job = {.ck = ck, .out_fd = fd, .out_path = path, .items = items, .n_items = n_items,
+                     .done_base = *done_base, .total = total, .buf_size = buf_size, .opt = opt,
+                     .identity = plan->arch->gain == GAIN_ONE_PLUS_W ? 0.0 : 1.0};
+    atomic_init(&job.next, 0);
+    atomic_init(&job.failed, 0);
+    atomic_init(&job.done, 0);
+    pthread_mutex_init(&job.err_lock, NULL);
+    pthread_t tids[MAX_THREADS];
+    int started = 0;
+    for (int i = 1; i < threads; i++)
+        if (pthread_create(&tids[started], NULL, shard_worker, &job) == 0)
+            started++;
+    shard_worker(&job);
+    for (int i = 0; i < started; i++)
+        pthread_join(tids[i], NULL);
+    pthread_mutex_destroy(&job.err_lock);
+    if (atomic_load(&job.failed)) {
+        if (err)
+            *err = job.err;
+        s = job.err.code;
+        goto out;
+    }
+    *done_base += header_size + data_bytes;
+    s = close_file(fd, path, opt->fsync, err);
+    fd = -1;
+out:
+    if (fd >= 0)
+        close(fd);
+    free(items);
+    free(header);
+    free(meta);
+    free(order);
+    free(ts);
+    free(path);
+    return s;
+}
+
+/* ---------------------------------------------------------------------------
+ * index, model card, other files */
+
+static int cmp_cstr(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* model.safetensors.index.json in huggingface_hub's format (indent 2,
+ * weight_map sorted), keeping the source's extra metadata keys. */
+static fl_status write_index(const checkpoint *ck, const fold_plan *plan, const char *tmp,
+                             uint64_t total_size, int sync, fl_error *err)
+{
+    sbuf b = {0};
+    sb_str(&b, "{\n  \"metadata\": {\n");
+    sb_printf(&b, "    \"total_size\": %llu", (unsigned long long)total_size);
+    const cJSON *meta = cJSON_GetObjectItemCaseSensitive(ck->index, "metadata");
+    if (cJSON_IsObject(meta))
+        for (const cJSON *m = meta->child; m; m = m->next) {
+            if (!m->string || strcmp(m->string, "total_size") == 0)
+                continue;
+            char *v = cJSON_PrintUnformatted(m);
+            if (!v)
+                continue;
+            sb_str(&b, ",\n    ");
+            sb_json_string(&b, m->string);
+            sb_str(&b, ": ");
+            sb_str(&b, v);
+            cJSON_free(v);
+        }
+    sb_str(&b, "\n  },\n  \"weight_map\": {\n");
+    /* Every output tensor, plus the aliases that remain. */
+    size_t n = 0;
+    const char **names = calloc(plan->n_out + ck->n_tensors + 1, sizeof *names);
+    const char **files = calloc(plan->n_out + ck->n_tensors + 1, sizeof *files);
+    if (!names || !files) {
+        free(names);
+        free(files);
+        free(b.p);
+        return fl_fail(err, FL_EIO, "out of memory");
+    }
+    for (size_t i = 0; i < plan->n_out; i++)
+        names[n++] = plan->out[i].name;
+    const cJSON *wm = cJSON_GetObjectItemCaseSensitive(ck->index, "weight_map");
+    for (const cJSON *e = wm ? wm->child : NULL; e; e = e->next) {
+        const ckpt_tensor *t = ckpt_find(ck, e->string);
+        if (t && t->is_alias && !plan_find_out(plan, e->string))
+            names[n++] = t->name;
+    }
+    qsort(names, n, sizeof *names, cmp_cstr);
+    for (size_t i = 0; i < n; i++) {
+        const out_tensor *o = plan_find_out(plan, names[i]);
+        const char *file = o ? ck->shards[o->shard].file : ck->shards[ckpt_find(ck, names[i])->shard].file;
+        sb_str(&b, "    ");
+        sb_json_string(&b, names[i]);
+        sb_str(&b, ": ");
+        sb_json_string(&b, file);
+        sb_str(&b, i + 1 < n ? ",\n" : "\n");
+    }
+    sb_str(&b, "  }\n}\n");
+    free(names);
+    free(files);
+    if (b.oom) {
+        free(b.p);
+        return fl_fail(err, FL_EIO, "out of memory");
+    }
+    char *path = join(tmp, "model.safetensors.index.json");
+    fl_status s = path ? write_whole_file(path, b.p, b.n, sync, err) : fl_fail(err, FL_EIO, "out of memory");
+    free(path);
+    free(b.p);
+    return s;
+}
+
+/* "model.layers.12.input_layernorm.weight" -> "model.layers.{i}.input_layernorm" */
+static void layer_pattern(const char *name, char *out, size_t cap)
+{
+    const char *l = strstr(name, "layers.");
+    size_t n = strlen(name);
+    if (n > 7 && strcmp(name + n - 7, ".weight") == 0)
+        n -= 7;
+    if (!l || (size_t)(l - name) >= n) {
+        snprintf(out, cap, "%.*s", (int)n, name);
+        return;
+    }
+    const char *d = l + 7;
+    const char *e = d;
+    while (*e >= '0' && *e <= '9')
+        e++;
+    if (e == d) {
+        snprintf(out, cap, "%.*s", (int)n, name);
+        return;
+    }
+    snprintf(out, cap, "%.*s{i}%.*s", (int)(d - name), name, (int)(n - (size_t)(e - name)), e);
+}
+
+static const char *last_component(const char *path)
+{
+    size_t n = strlen(path);
+    while (n > 1 && path[n - 1] == '/')
+        n--;
+    static char buf[PATH_MAX];
+    snprintf(buf, sizeof buf, "%.*s", (int)n, path);
+    char *s = strrchr(buf, '/');
+    return s ? s + 1 : buf;
+}
+
+static fl_status write_model_card(const checkpoint *ck, const fold_plan *plan, const char *tmp,
+                                  const convert_options *opt, fl_error *err)
+{
+    const char *base = opt->base_model ? opt->base_model : last_component(ck->dir);
+    sbuf b = {0};
+    sb_str(&b, "---\nbase_model: ");
+    sb_str(&b, base);
+    sb_str(&b, "\ntags:\n- flashnorm\n");
+    if (plan->marker)
+        sb_str(&b, "- weightless-rmsnorm\n");
+    sb_str(&b, "---\n\n");
+    sb_printf(&b, "# %s (FlashNorm)\n\n", last_component(opt->out_dir));
+    sb_printf(&b,
+              "This is `%s` with its RMSNorm weights folded into the linear layers that read them "
+              "(FlashNorm, arXiv 2407.09577): `W*[o,i] = W[o,i] * g[i]`, computed exactly and rounded "
+              "once to nearest-even in each tensor's dtype. The model computes what the source "
+              "computes; the folded norms %s.\n\n",
+              base, plan->keep_norms ? "are kept as identity weights (`--keep-norms`)"
+                                     : "run without a weight and their tensors are removed");
+    sb_printf(&b, "Converted by flashify %s (model_type `%s`).\n\n", FLASHIFY_VERSION, plan->arch->model_type);
+    sb_str(&b, "## Folded norms\n\n| norm | folded into | gain |\n|---|---|---|\n");
+    char last[512] = "";
+    for (size_t i = 0; i < plan->n_groups; i++) {
+        const fold_group *g = &plan->groups[i];
+        char pat[512];
+        layer_pattern(g->norm, pat, sizeof pat);
+        if (strcmp(pat, last) == 0)
+            continue;
+        snprintf(last, sizeof last, "%s", pat);
+        sb_printf(&b, "| `%s` | ", pat);
+        for (size_t c = 0; c < g->n_consumers && c < 6; c++) {
+            char cp[512];
+            layer_pattern(g->consumers[c], cp, sizeof cp);
+            sb_printf(&b, "%s`%s`", c ? ", " : "", cp);
+        }
+        if (g->n_consumers > 6)
+            sb_printf(&b, " and %zu more", g->n_consumers - 6);
+        sb_printf(&b, " | %s |\n", g->gain == GAIN_ONE_PLUS_W ? "1 + w" : "w");
+    }
+    if (plan->untie)
+        sb_printf(&b, "\nThe source ties `lm_head` to the embedding. The final norm was folded into a new "
+                      "`%s` (the embedding times the norm weight), so `tie_word_embeddings` is now "
+                      "`false` and the checkpoint is %.1f MB larger.\n",
+                  plan->head_name, (double)plan->added_bytes / 1e6);
+    if (plan->n_kept) {
+        sb_str(&b, "\n## Norms that keep their weights\n\n| norm | why |\n|---|---|\n");
+        last[0] = '\0';
+        for (size_t i = 0; i < plan->n_kept; i++) {
+            char pat[512];
+            layer_pattern(plan->kept[i].name, pat, sizeof pat);
+            if (strstr(last, pat))
+                continue;
+            size_t used = strlen(last);
+            snprintf(last + used, sizeof last - used, "|%s", pat);
+            sb_printf(&b, "| `%s` | %s |\n", pat, plan->kept[i].reason);
+        }
+    }
+    sb_str(&b, "\n## How to load\n\n");
+    if (plan->marker)
+        sb_str(&b, "`config.json` carries `\"flashnorm_folded\": true` and `\"flash_norm\": true`. Loaders "
+                   "with FlashNorm support (transformers and vLLM FlashNorm PRs, nano-vllm) build the "
+                   "folded norms without weights.\n\n");
+    else
+        sb_str(&b, "`config.json` has no FlashNorm marker: some norms of this model keep their weights "
+                   "(see above), and loaders keyed on the marker would drop them.\n\n");
+    sb_str(&b, "With stock transformers, `AutoModelForCausalLM.from_pretrained(path)` loads it: missing "
+               "norm weights are initialised to the identity on current releases.");
+    if (plan->arch->warning)
+        sb_printf(&b, " **Note:** %s.", plan->arch->warning);
+    sb_str(&b, " For loaders that require every tensor, convert with `--keep-norms`, which writes the "
+               "identity values explicitly.\n");
+    if (b.oom) {
+        free(b.p);
+        return fl_fail(err, FL_EIO, "out of memory");
+    }
+    char *path = join(tmp, "README.md");
+    fl_status s = path ? write_whole_file(path, b.p, b.n, opt->fsync, err) : fl_fail(err, FL_EIO, "out of memory");
+    free(path);
+    free(b.p);
+    return s;
+}
+
+static fl_status copy_other_files(const checkpoint *ck, const char *tmp, int sync, fl_error *err)
+{
+    char buf[1 << 16];
+    for (size_t i = 0; i < ck->n_other; i++) {
+        const char *rel = ck->other_files[i];
+        char *src = join(ck->dir, rel), *dst = join(tmp, rel);
+        fl_status s = FL_OK;
+        int in = -1, out = -1;
+        struct stat st;
+        if (!src || !dst)
+            s = fl_fail(err, FL_EIO, "out of memory");
+        else if ((in = open(src, O_RDONLY | O_CLOEXEC)) < 0 || fstat(in, &st) != 0)
+            s = fl_fail(err, FL_EIO, "%s: cannot open: %s", src, strerror(errno));
+        else if ((s = make_parents(tmp, rel, err)) == FL_OK && (s = create_file(dst, &out, err)) == FL_OK) {
+            s = copy_range(in, 0, out, 0, (uint64_t)st.st_size, src, dst, buf, sizeof buf, err);
+            int fd = out;
+            out = -1;
+            if (s == FL_OK)
+                s = close_file(fd, dst, sync, err);
+            else
+                close(fd);
+        }
+        if (in >= 0)
+            close(in);
+        if (out >= 0)
+            close(out);
+        free(src);
+        free(dst);
+        if (s != FL_OK)
+            return s;
+    }
+    return FL_OK;
+}
+
+static void sync_dir(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        fsync(fd);
+        close(fd);
+    }
+}
+
+static fl_status write_everything(const checkpoint *ck, const fold_plan *plan, const char *tmp,
+                                  const convert_options *opt, fl_error *err)
+{
+    uint64_t total = 0;
+    for (size_t i = 0; i < plan->n_out; i++)
+        total += st_nbytes(plan->out[i].src->t);
+    uint64_t done = 0, tensor_bytes = 0;
+    fl_status s = FL_OK;
+    for (size_t sh = 0, i = 0; sh < ck->n_shards && s == FL_OK; sh++) {
+        size_t j = i;
+        while (j < plan->n_out && plan->out[j].shard == sh)
+            j++;
+        uint64_t shard_bytes = 0;
+        s = write_shard(ck, plan, sh, plan->out + i, j - i, tmp, opt, &done, total, &shard_bytes, err);
+        tensor_bytes += shard_bytes;
+        i = j;
+    }
+    if (s == FL_OK && ck->has_index)
+        s = write_index(ck, plan, tmp, tensor_bytes, opt->fsync, err);
+    if (s == FL_OK) {
+        char *cfg = NULL;
+        size_t len = 0;
+        char *path = join(tmp, "config.json");
+        s = path ? config_rewrite(ck, plan, &cfg, &len, err) : fl_fail(err, FL_EIO, "out of memory");
+        if (s == FL_OK)
+            s = write_whole_file(path, cfg, len, opt->fsync, err);
+        free(cfg);
+        free(path);
+    }
+    if (s == FL_OK)
+        s = copy_other_files(ck, tmp, opt->fsync, err);
+    if (s == FL_OK)
+        s = write_model_card(ck, plan, tmp, opt, err);
+    if (s == FL_OK && fl_interrupted)
+        s = fl_fail(err, FL_EINTR, "interrupted");
+    if (s == FL_OK && opt->progress)
+        opt->progress(opt->ctx, total, total);
+    return s;
+}
+
+fl_status convert_write(const checkpoint *ck, const fold_plan *plan, const convert_options *opt,
+                        fl_error *err)
+{
+    fl_status s = convert_check_output(ck, opt->out_dir, opt->force, err);
+    if (s != FL_OK)
+        return s;
+    char out[PATH_MAX], tmp[PATH_MAX], old[PATH_MAX];
+    if ((s = resolve_future(opt->out_dir, out, err)) != FL_OK)
+        return s;
+    char dirbuf[PATH_MAX], basebuf[PATH_MAX];
+    snprintf(dirbuf, sizeof dirbuf, "%s", out);
+    snprintf(basebuf, sizeof basebuf, "%s", out);
+    const char *parent = dirname(dirbuf), *base = basename(basebuf);
+    /* A hidden sibling on the same filesystem, so the final rename is atomic. */
+    int n = snprintf(tmp, sizeof tmp, "%s/.%s.flashify-tmp-%ld", parent, base, (long)getpid());
+    int m = snprintf(old, sizeof old, "%s/.%s.flashify-old-%ld", parent, base, (long)getpid());
+    if (n < 0 || n >= (int)sizeof tmp || m < 0 || m >= (int)sizeof old)
+        return fl_fail(err, FL_EUSAGE, "%s: path too long", opt->out_dir);
+    remove_tree(tmp);  /* only ever ours: the name carries our pid */
+    if (mkdir(tmp, 0755) != 0)
+        return fl_fail(err, FL_EIO, "%s: cannot create the temporary directory: %s", tmp, strerror(errno));
+
+    s = write_everything(ck, plan, tmp, opt, err);
+    if (s == FL_OK && opt->fsync)
+        sync_dir(tmp);
+    if (s == FL_OK && opt->before_commit)
+        s = opt->before_commit(tmp, opt->ctx, err);
+    if (s == FL_OK && fl_interrupted)
+        s = fl_fail(err, FL_EINTR, "interrupted");
+    if (s == FL_OK) {
+        struct stat st;
+        int replacing = lstat(out, &st) == 0;
+        if (replacing && rename(out, old) != 0)
+            s = fl_fail(err, FL_EIO, "%s: cannot move the existing output aside: %s", out, strerror(errno));
+        else if (rename(tmp, out) != 0) {
+            s = fl_fail(err, FL_EIO, "%s: cannot rename the finished output into place: %s", out, strerror(errno));
+            if (replacing)
+                rename(old, out);
+        } else {
+            if (replacing)
+                remove_tree(old);
+            if (opt->fsync)
+                sync_dir(parent);
+        }
+    }
+    if (s != FL_OK)
+        remove_tree(tmp);
+    return s;
+}
