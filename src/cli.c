@@ -156,62 +156,85 @@ static void on_progress(void *ctx, uint64_t done, uint64_t total)
 /* ---------------------------------------------------------------------------
  * printing the plan */
 
-/* Groups are printed once per layer pattern ("layers.{i}") with a count. */
+/* Names are printed once per layer pattern ("layers.{i}"), without the
+ * ".weight" suffix, so a 126-layer plan stays a few lines. */
 static void pattern_of(const char *name, char *out, size_t cap)
 {
+    size_t n = strlen(name);
+    if (n > 7 && strcmp(name + n - 7, ".weight") == 0)
+        n -= 7;
     const char *l = strstr(name, "layers.");
-    if (!l) {
-        snprintf(out, cap, "%s", name);
+    if (!l || (size_t)(l - name) >= n) {
+        snprintf(out, cap, "%.*s", (int)n, name);
         return;
     }
     const char *d = l + 7, *e = d;
     while (*e >= '0' && *e <= '9')
         e++;
-    snprintf(out, cap, "%.*s{i}%s", (int)(d - name), name, e);
+    snprintf(out, cap, "%.*s{i}%.*s", (int)(d - name), name, (int)(n - (size_t)(e - name)), e);
+}
+
+/* The description of group i: its norm and consumer patterns. */
+static void group_line(const fold_group *g, char *out, size_t cap)
+{
+    size_t n = 0;
+    char pat[512];
+    pattern_of(g->norm, pat, sizeof pat);
+    n += (size_t)snprintf(out + n, cap - n, "%s ->", pat);
+    for (size_t c = 0; c < g->n_consumers && n < cap; c++) {
+        if (c == 8) {
+            snprintf(out + n, cap - n, " ... (%zu matrices)", g->n_consumers);
+            return;
+        }
+        pattern_of(g->consumers[c], pat, sizeof pat);
+        n += (size_t)snprintf(out + n, cap - n, " %s", pat);
+    }
 }
 
 static void print_plan(FILE *f, const checkpoint *ck, const fold_plan *p)
 {
-    fprintf(f, "model_type %s (%s), %ld layers, hidden %ld\n", ck->cfg.model_type,
+    fprintf(f, "model_type %s (table entry %s), %ld layers, hidden %ld\n", ck->cfg.model_type,
             p->arch->model_type, p->n_layers, ck->cfg.hidden_size);
-    fprintf(f, "fold plan (%zu norms into %s):\n", p->n_groups,
-            p->arch->gain == GAIN_ONE_PLUS_W ? "gain 1 + w" : "gain w");
-    for (size_t i = 0; i < p->n_groups;) {
-        char pat[512], pat2[512];
-        pattern_of(p->groups[i].norm, pat, sizeof pat);
-        size_t j = i + 1;
-        while (j < p->n_groups) {
-            pattern_of(p->groups[j].norm, pat2, sizeof pat2);
-            if (strcmp(pat, pat2) != 0 || p->groups[j].n_consumers != p->groups[i].n_consumers)
-                break;
-            j++;
-        }
-        fprintf(f, "  %s", pat);
-        if (j - i > 1)
-            fprintf(f, " (x%zu)", j - i);
-        fprintf(f, " ->");
-        for (size_t c = 0; c < p->groups[i].n_consumers; c++) {
-            if (c == 8) {
-                fprintf(f, " ... (%zu consumers)", p->groups[i].n_consumers);
-                break;
+    fprintf(f, "fold plan: %zu norms, gain %s\n", p->n_groups,
+            p->arch->gain == GAIN_ONE_PLUS_W ? "1 + w" : "w");
+    char *seen = calloc(p->n_groups + 1, 1);
+    char line[2048], other[2048];
+    for (size_t i = 0; seen && i < p->n_groups; i++) {
+        if (seen[i])
+            continue;
+        group_line(&p->groups[i], line, sizeof line);
+        size_t count = 0;
+        for (size_t j = i; j < p->n_groups; j++) {
+            if (seen[j])
+                continue;
+            group_line(&p->groups[j], other, sizeof other);
+            if (strcmp(line, other) == 0) {
+                seen[j] = 1;
+                count++;
             }
-            char cp[512];
-            pattern_of(p->groups[i].consumers[c], cp, sizeof cp);
-            fprintf(f, " %s", cp);
         }
+        fprintf(f, "  %s", line);
+        if (count > 1)
+            fprintf(f, "   (%zu layers)", count);
         fputc('\n', f);
-        i = j;
     }
+    free(seen);
     if (p->n_kept) {
-        fprintf(f, "kept (not folded):\n");
-        for (size_t i = 0; i < p->n_kept;) {
-            char pat[512], pat2[512];
+        fprintf(f, "kept, not folded:\n");
+        char last[512] = "", pat[512];
+        for (size_t i = 0; i < p->n_kept; i++) {
             pattern_of(p->kept[i].name, pat, sizeof pat);
-            size_t j = i + 1;
-            while (j < p->n_kept && (pattern_of(p->kept[j].name, pat2, sizeof pat2), strcmp(pat, pat2) == 0))
-                j++;
-            fprintf(f, "  %s%s: %s\n", pat, j - i > 1 ? " (per layer)" : "", p->kept[i].reason);
-            i = j;
+            if (strcmp(pat, last) == 0)
+                continue;
+            int dup = 0;
+            for (size_t j = 0; j < i && !dup; j++) {
+                char q[512];
+                pattern_of(p->kept[j].name, q, sizeof q);
+                dup = strcmp(q, pat) == 0;
+            }
+            if (!dup)
+                fprintf(f, "  %s: %s\n", pat, p->kept[i].reason);
+            snprintf(last, sizeof last, "%s", pat);
         }
     }
     uint64_t total = 0;
@@ -223,7 +246,7 @@ static void print_plan(FILE *f, const checkpoint *ck, const fold_plan *p)
     fprintf(f, "%zu tensors folded, %zu norms %s", folded, p->n_dropped,
             p->keep_norms ? "written as identity" : "removed");
     if (p->untie)
-        fprintf(f, ", lm_head materialised from the embedding (+%.1f MB)", p->added_bytes / 1e6);
+        fprintf(f, ", %s materialised from the embedding (+%.1f MB)", p->head_name, p->added_bytes / 1e6);
     fprintf(f, "\noutput: %zu tensors, %.3f GB of tensor data in %zu file(s); FlashNorm marker: %s\n",
             p->n_out, total / 1e9, ck->n_shards, p->marker ? "yes" : "no");
 }
