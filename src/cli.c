@@ -5,6 +5,8 @@
  * code.  Nothing here knows about tensors. */
 #include "flashify/checkpoint.h"
 #include "flashify/error.h"
+#include "flashify/hub.h"
+#include "flashify/progress.h"
 #include "flashify/plan.h"
 #include "flashify/write.h"
 
@@ -46,6 +48,12 @@ static const char USAGE[] =
     "  --memory SIZE      buffer budget, e.g. 64MiB, 1GiB (default 64MiB)\n"
     "  --no-fsync         skip fsync before the final rename (faster, less safe)\n"
     "  -q, --quiet        print errors only\n"
+    "Hub (SOURCE or download is a repo id; HF_ENDPOINT, HF_TOKEN, HF_HOME apply):\n"
+    "  --revision REV     branch, tag or commit (default: main, or org/name@REV)\n"
+    "  --token TOKEN      Hugging Face token (default: HF_TOKEN or $HF_HOME/token)\n"
+    "  --offline          use the HF cache only (also HF_HUB_OFFLINE=1)\n"
+    "  --jobs N           parallel downloads (default 4)\n"
+    "  --verbose          log every request (the token is never shown)\n"
     "  -h, --help         this help;  --version  the version\n"
     "\n"
     "Examples:\n"
@@ -63,6 +71,8 @@ typedef struct {
     int keep_tied, keep_norms, force, dry_run, strict, quiet, no_fsync;
     int threads;
     uint64_t memory;
+    const char *revision, *token;  /* hub options */
+    int offline, verbose, jobs;
 } cli_args;
 
 static volatile sig_atomic_t last_signal;
@@ -261,6 +271,9 @@ static void default_output(const char *source, char *out, size_t cap)
     size_t n = strlen(buf);
     while (n > 1 && buf[n - 1] == '/')
         buf[--n] = '\0';
+    struct stat sb;
+    if (stat(source, &sb) != 0 && hub_is_repo_id(source))
+        buf[strcspn(buf, "@")] = '\0'; /* "org/name@rev" -> "name" */
     const char *name = strrchr(buf, '/');
     name = name ? name + 1 : buf;
     if (!*name || strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
@@ -268,8 +281,22 @@ static void default_output(const char *source, char *out, size_t cap)
     snprintf(out, cap, "./%s-FlashNorm", name);
 }
 
-/* Resolves SOURCE to a local checkpoint directory.  (The Hub download path
- * plugs in here: a repo id becomes its snapshot directory.) */
+/* Downloads repo id `repo` (or finds it in the HF cache) and sets *dir to
+ * its snapshot directory, with the hub's progress on stderr. */
+static fl_status fetch_repo(const cli_args *a, const char *repo, char **dir, fl_error *err)
+{
+    hub_progress hp;
+    hub_progress_init(&hp, stderr, -1, a->quiet);
+    hub_request req = {.repo_id = repo, .revision = a->revision, .token = a->token,
+                       .offline = a->offline, .quiet = a->quiet, .verbose = a->verbose,
+                       .jobs = a->jobs, .progress = hub_progress_render, .progress_ctx = &hp};
+    fl_status s = hub_fetch_snapshot(&req, dir, err);
+    hub_progress_finish(&hp);
+    return s;
+}
+
+/* Resolves SOURCE to a local checkpoint directory: an existing path, or a
+ * repo id (org/name[@rev]) that becomes its snapshot in the HF cache. */
 static fl_status resolve_source(const cli_args *a, char **dir, fl_error *err)
 {
     struct stat st;
@@ -277,7 +304,24 @@ static fl_status resolve_source(const cli_args *a, char **dir, fl_error *err)
         *dir = strdup(a->source);
         return *dir ? FL_OK : fl_fail(err, FL_EIO, "out of memory");
     }
+    if (hub_is_repo_id(a->source))
+        return fetch_repo(a, a->source, dir, err);
     return fl_fail(err, FL_EINPUT, "%s: no such directory", a->source);
+}
+
+/* flashify download REPO: fetch into the HF cache, print the snapshot. */
+static int cmd_download(const cli_args *a, const char *repo)
+{
+    if (!hub_is_repo_id(repo))
+        return usage_error("'%s' is not a repo id (org/name[@revision])", repo);
+    fl_error err = {0};
+    char *dir = NULL;
+    fl_status s = fetch_repo(a, repo, &dir, &err);
+    if (s != FL_OK)
+        return fail(&err);
+    printf("%s\n", dir);
+    free(dir);
+    return 0;
 }
 
 static int cmd_convert(const cli_args *a)
@@ -426,6 +470,23 @@ static int parse_args(int argc, char **argv, int first, cli_args *a, const char 
             a->no_fsync = 1;
         } else if (strcmp(o, "-q") == 0 || strcmp(o, "--quiet") == 0) {
             a->quiet = 1;
+        } else if (strcmp(o, "--revision") == 0) {
+            NEEDS_VALUE();
+            a->revision = val;
+        } else if (strcmp(o, "--token") == 0) {
+            NEEDS_VALUE();
+            a->token = val;
+        } else if (strcmp(o, "--offline") == 0) {
+            a->offline = 1;
+        } else if (strcmp(o, "--verbose") == 0) {
+            a->verbose = 1;
+        } else if (strcmp(o, "--jobs") == 0) {
+            NEEDS_VALUE();
+            char *end;
+            long n = strtol(val, &end, 10);
+            if (*end || n < 1 || n > 16)
+                return usage_error("--jobs wants 1..16, got '%s'", val);
+            a->jobs = (int)n;
         } else if (strcmp(o, "--plan") == 0) {
             NEEDS_VALUE();
             a->plan_file = val;
@@ -492,6 +553,14 @@ int main(int argc, char **argv)
         if (n_pos != 1)
             return usage_error("%s", "inspect needs one PATH");
         return cmd_inspect(pos[0]);
+    }
+    if (strcmp(argv[1], "download") == 0) {
+        int r = parse_args(argc, argv, 2, &a, pos, &n_pos, 1);
+        if (r)
+            return r;
+        if (n_pos != 1)
+            return usage_error("%s", "download needs one REPO_ID");
+        return cmd_download(&a, pos[0]);
     }
     int r = parse_args(argc, argv, 1, &a, pos, &n_pos, 1);
     if (r)

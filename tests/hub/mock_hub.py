@@ -108,7 +108,7 @@ class MockHub:
         self.hub.daemon_threads = self.cdn.daemon_threads = True
         self.endpoint = "http://127.0.0.1:%d" % self.hub.server_address[1]
         self.cdn_base = "http://%s:%d" % (cdn_host, self.cdn.server_address[1])
-        self.threads = [threading.Thread(target=s.serve_forever, daemon=True)
+        self.threads = [threading.Thread(target=s.serve_forever, args=(0.05,), daemon=True)
                         for s in (self.hub, self.cdn)]
         for t in self.threads:
             t.start()
@@ -178,6 +178,7 @@ def _handler(hub, server):
             return e
 
         def _send(self, status, headers=(), body=b""):
+            self._e["status"] = status  # before the client can see the reply
             self.send_response(status)
             for k, v in headers:
                 self.send_header(k, v)
@@ -185,6 +186,7 @@ def _handler(hub, server):
             self.end_headers()
             if self.command != "HEAD" and body:
                 self.wfile.write(body)
+            return status
 
         def _error(self, status, code, msg, extra=()):
             body = json.dumps({"error": msg}).encode()
@@ -208,14 +210,14 @@ def _handler(hub, server):
 
         def _dispatch(self):
             f = hub._fault(server, self.command, self.path)
-            e = self._record(None)
+            e = self._e = self._record(None)
             if f is not None and self._pre_fault(f, e):
                 return
             try:
                 if server == "cdn":
-                    e["status"] = self._cdn(f)
+                    self._cdn(f)
                 else:
-                    e["status"] = self._hub(f)
+                    self._hub(f)
             except (BrokenPipeError, ConnectionResetError):
                 e["status"] = "client-gone"
 
@@ -400,6 +402,8 @@ def _handler(hub, server):
                 total = len(data)
             body = data[a:] if a is not None else data
             status = 206 if a is not None else 200
+            drop = f is not None and f.action == "drop"
+            self._e["status"] = "drop" if drop else status
             self.send_response(status)
             for k, v in hdrs:
                 self.send_header(k, v)
