@@ -213,6 +213,11 @@ fl_status dl_client_init(dl_client *c, const char *endpoint, const char *token,
         c->backoff_scale = 1.0;
     c->etag_timeout = env_long("HF_HUB_ETAG_TIMEOUT", 10);
     c->download_timeout = env_long("HF_HUB_DOWNLOAD_TIMEOUT", 10);
+    /* umask can only be read by setting it: do it here, before the worker
+     * threads exist, not next to their file creations. */
+    mode_t um = umask(0);
+    umask(um);
+    c->blob_mode = 0666 & ~um;
     pthread_mutex_init(&c->mu, NULL);
     return FL_OK;
 }
@@ -986,9 +991,7 @@ fl_status dl_blob(dl_client *c, void *curl, int slot, const char *name,
                          (long long)x.written);
             if (!why[0] && xfer_verify(&x, m->etag, why, sizeof why)) {
                 /* Python chmods to what a fresh file in blobs/ would get. */
-                mode_t um = umask(0);
-                umask(um);
-                if (fchmod(x.fd, 0666 & ~um) != 0 || rename(partial, blob) != 0) {
+                if (fchmod(x.fd, (mode_t)c->blob_mode) != 0 || rename(partial, blob) != 0) {
                     st = fl_fail(err, FL_EIO, "cannot move %s into place: %s", partial,
                                  strerror(errno));
                     break;

@@ -23,6 +23,7 @@ typedef struct {
     long download_timeout;   /* HF_HUB_DOWNLOAD_TIMEOUT, s (no-progress limit) */
     hub_progress_fn progress;
     void *progress_ctx;
+    unsigned blob_mode;      /* 0666 & ~umask, read once before any thread */
     pthread_mutex_t mu;      /* guards the fields below and event delivery */
     int64_t all_done, all_total;
 } dl_client;
