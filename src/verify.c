@@ -621,7 +621,7 @@ double verify_default_tolerance(const char *dtype)
         return 1e-1;
     if (!strcmp(dtype, "F16"))
         return 2e-2;
-    return 1e-3;
+    return 1e-4;
 }
 
 /* The narrowest float dtype the output's folded tensors use (the one whose
@@ -935,7 +935,7 @@ fl_status verify_pair(const char *source_dir, const char *output_dir, const veri
     /* The output either untied the head (default) or kept the tie
      * (--keep-tied); the plan of the source for that choice says what every
      * tensor must be. */
-    plan_options po = {0};
+    plan_options po = {.plan_file = opt->plan_file};
     if ((s = plan_build(&src, &po, &plan, err)) != FL_OK)
         goto done;
     if (plan.untie && !ckpt_find(&out, plan.head_name)) {
@@ -954,6 +954,8 @@ fl_status verify_pair(const char *source_dir, const char *output_dir, const veri
     if (!opt->skip_forward && (s = forward_check(&src, &out, &plan, opt, &f, err)) != FL_OK)
         goto done;
     int ok = t.ok && t.config_ok && (opt->skip_forward || !f.ran || f.ok);
+    if (opt->output_label)
+        output_dir = opt->output_label;
     *report = opt->json ? report_json(source_dir, output_dir, &t, &f, opt->skip_forward, ok, tsecs)
                         : report_text(source_dir, output_dir, &t, &f, opt->skip_forward, ok, tsecs);
     if (!*report)
