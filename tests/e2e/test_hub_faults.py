@@ -46,6 +46,44 @@ def test_drop_mid_body_resumes_at_exact_byte():
             check(gets[-1]["status"] == 206, "last GET status %r" % gets[-1]["status"])
 
 
+def test_drops_without_progress_give_up():
+    with Env() as env:
+        big_repo(env)
+        env.hub.add_fault("drop", server="cdn", method="GET", after=3 << 20, times=None)
+        r = env.download("org/big")
+        check_fail(r, 4, ["model.safetensors", "no progress"], "endless drops")
+        gets = cdn_gets(env)
+        check(len(gets) == 7, "expected 1 + 1 + 5 GETs, got %d" % len(gets))
+        part = [n for n in os.listdir(os.path.join(env.repo_dir("org/big"), "blobs"))
+                if n.endswith(".incomplete")]
+        check(len(part) == 1, "the partial file should be kept for the next run: %r" % part)
+
+
+def test_redirect_chain_and_416():
+    with Env() as env:
+        repo, files = big_repo(env)
+        env.hub.add_fault("hop", server="cdn", method="GET", times=1)
+        r = env.download("org/big")
+        check_ok(r, "Hub -> CDN -> CDN2")
+        hops = env.hub.requests(server="cdn2")
+        check(len(hops) == 1 and hops[0]["status"] == 200, "CDN2 log %r" % hops)
+        for e in env.hub.requests():
+            if e["server"] != "hub":
+                check("authorization" not in e["headers"], "token sent to %s" % e["server"])
+        check_layout(env, repo, wanted(files))
+    with Env() as env:
+        repo, files = big_repo(env)
+        env.hub.add_fault("drop", server="cdn", method="GET", after=3 << 20, times=1)
+        env.hub.add_fault("status", server="cdn", method="GET", status=416, times=1,
+                          code="InvalidRange", message="range not satisfiable")
+        r = env.download("org/big")
+        check_ok(r, "416 on resume")
+        gets = cdn_gets(env)
+        check([g["headers"].get("range") for g in gets] == [None, "bytes=%d-" % (3 << 20), None],
+              "ranges %r" % [g["headers"].get("range") for g in gets])
+        check_layout(env, repo, wanted(files))
+
+
 def test_200_instead_of_206_restarts_cleanly():
     with Env() as env:
         repo, files = big_repo(env)
@@ -173,6 +211,10 @@ def test_access_errors():
         check_fail(r, 2, ["org/private", "not found", "HF_TOKEN"], "private, no token")
         r = env.download("org/missing")
         check_fail(r, 2, ["org/missing", "not found"], "missing repo")
+        env.hub.add_fault("status", server="hub", path="/revision/", status=403, code="Forbidden",
+                          message="Access to this resource is disabled.")
+        r = env.download("org/gated", token="hf_approved")
+        check_fail(r, 2, ["org/gated", "disabled"], "disabled repo")
         env.hub.valid_tokens = {"hf_good"}
         r = env.download("org/gated")
         check_fail(r, 2, ["Invalid credentials", "hf auth login"], "invalid token")
@@ -189,6 +231,11 @@ def test_metadata_faults():
         env.hub.add_fault("no_commit", server="hub", method="HEAD", path="/config.json$", times=None)
         r = env.download("org/tiny")
         check_fail(r, 4, ["X-Repo-Commit"], "HEAD without X-Repo-Commit")
+    with Env() as env:
+        env.hub.add_repo("org/tiny", stories_files())
+        env.hub.add_fault("no_etag", server="hub", method="HEAD", path="/config.json$", times=None)
+        r = env.download("org/tiny")
+        check_fail(r, 4, ["ETag"], "HEAD without an etag")
     with Env() as env:
         env.hub.add_repo("org/tiny", stories_files())
         env.hub.add_fault("status", server="hub", method="HEAD", path="/config.json$", status=404,
@@ -226,7 +273,8 @@ def test_disk_full_keeps_cache_consistent():
 
 
 if __name__ == "__main__":
-    run_tests([test_drop_mid_body_resumes_at_exact_byte, test_200_instead_of_206_restarts_cleanly,
+    run_tests([test_drop_mid_body_resumes_at_exact_byte, test_drops_without_progress_give_up,
+               test_redirect_chain_and_416, test_200_instead_of_206_restarts_cleanly,
                test_retry_after_and_ratelimit_are_honoured, test_transient_server_errors,
                test_stall_is_cut_by_the_low_speed_timeout, test_wrong_bytes_are_rejected,
                test_access_errors, test_metadata_faults, test_disk_full_keeps_cache_consistent])

@@ -8,14 +8,16 @@ Implements what docs/hub-protocol.md §8 asks of a faithful mock:
   302 to the CDN carrying X-Linked-Etag = sha256 and X-Linked-Size; renamed
   repos answered with a relative 307), and the Hub's error replies
   (X-Error-Code, X-Error-Message and a JSON body);
-* the CDN on 127.0.0.2:Q (another loopback address, so another origin): it
-  serves blobs with Range support, an unrelated ETag, and rejects any request
+* the CDN on 127.0.0.2:Q (another loopback address, so another origin), and
+  a second CDN on 127.0.0.3 for two-hop redirects (fault "hop"): they
+  serve blobs with Range support, an unrelated ETag, and rejects any request
   carrying Authorization with 400 (token-leak detector);
 * faults toggled per test with add_fault(): a status (429 with Retry-After
   or RateLimit, 408, 5xx, 401/403/404 ...), a connection reset before the
   headers, a stall, a dropped connection after K body bytes, a 200 to a
   Range request, wrong bytes with the right length, a short body, a slow
-  body;
+  body, a redirect to a third host, a HEAD without X-Repo-Commit, etag or
+  X-Linked-Size;
 * a request log with every header, for assertions.
 
 Python standard library only.  Use it in-process:
@@ -105,11 +107,16 @@ class MockHub:
         self.lock = threading.Lock()
         self.hub = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self, "hub"))
         self.cdn = ThreadingHTTPServer((cdn_host, 0), _handler(self, "cdn"))
-        self.hub.daemon_threads = self.cdn.daemon_threads = True
+        # A second CDN host, for a redirect chain Hub -> CDN -> CDN2.
+        self.cdn2 = ThreadingHTTPServer(("127.0.0.3", 0), _handler(self, "cdn2"))
+        self.servers = (self.hub, self.cdn, self.cdn2)
+        for s in self.servers:
+            s.daemon_threads = True
         self.endpoint = "http://127.0.0.1:%d" % self.hub.server_address[1]
         self.cdn_base = "http://%s:%d" % (cdn_host, self.cdn.server_address[1])
+        self.cdn2_base = "http://127.0.0.3:%d" % self.cdn2.server_address[1]
         self.threads = [threading.Thread(target=s.serve_forever, args=(0.05,), daemon=True)
-                        for s in (self.hub, self.cdn)]
+                        for s in self.servers]
         for t in self.threads:
             t.start()
 
@@ -131,7 +138,7 @@ class MockHub:
             self.log = []
 
     def close(self):
-        for s in (self.hub, self.cdn):
+        for s in self.servers:
             s.shutdown()
             s.server_close()
 
@@ -214,7 +221,7 @@ def _handler(hub, server):
             if f is not None and self._pre_fault(f, e):
                 return
             try:
-                if server == "cdn":
+                if server in ("cdn", "cdn2"):
                     self._cdn(f)
                 else:
                     self._hub(f)
@@ -375,6 +382,8 @@ def _handler(hub, server):
                     hdrs = [h for h in hdrs if h[0] != "X-Linked-Size"]
                 if f is not None and f.action == "no_commit":
                     hdrs = [h for h in hdrs if h[0] != "X-Repo-Commit"]
+                if f is not None and f.action == "no_etag":
+                    hdrs = [h for h in hdrs if h[0] not in ("X-Linked-Etag", "ETag")]
                 self._send(302, hdrs, b"Found. Redirecting")
                 return 302
             etag = repo.gitsha[path]
@@ -382,6 +391,8 @@ def _handler(hub, server):
             hdrs = [("X-Repo-Commit", sha), ("ETag", etag), ("Accept-Ranges", "bytes")]
             if f is not None and f.action == "no_commit":
                 hdrs = [h for h in hdrs if h[0] != "X-Repo-Commit"]
+            if f is not None and f.action == "no_etag":
+                hdrs = [h for h in hdrs if h[0] != "ETag"]
             return self._body(data, hdrs, f)
 
         # -- bodies (Hub git files and the CDN) ------------------------------
@@ -441,6 +452,9 @@ def _handler(hub, server):
             m = re.match(r"^/blobs/([0-9a-f]{64})$", u.path)
             if not m or "X-Amz-Signature" not in u.query:
                 return self._error(404, "NoSuchKey", "no such blob")
+            if f is not None and f.action == "hop":
+                # Another host again: the chain is Hub -> CDN -> CDN2.
+                return self._send(302, [("Location", hub.cdn2_base + self.path)], b"")
             for repo in hub.repos.values():
                 for p, h in repo.sha256.items():
                     if h == m.group(1):

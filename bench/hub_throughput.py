@@ -1,0 +1,120 @@
+#!/usr/bin/env python3
+"""hub_throughput.py -- download throughput of `flashify download` against
+`curl` fetching the same files from the same loopback mock Hub.
+
+    bench/hub_throughput.py [--flashify build/flashify] [--shards 4] [--mib 256] [--runs 3]
+
+Starts tests/hub/mock_hub.py in its own process with a repo of config.json +
+N safetensors shards (random bytes; LFS files, so every byte goes Hub 302 ->
+CDN), then times, best of --runs, each from an empty cache / directory:
+
+  * flashify download, --jobs 1 and --jobs 4 (fresh HF_HOME each run: HEADs,
+    transfer, sha256 of every byte, rename, symlinks);
+  * curl -L for the same /resolve URLs, one after another, and with
+    --parallel --parallel-max 4 (no hashing, no cache).
+
+Prints MiB/s for each and the flashify/curl ratios.  Python standard library.
+"""
+
+import argparse
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def best(fn, runs):
+    """(best wall seconds, CPU seconds of that run's child processes)."""
+    out = []
+    for _ in range(runs):
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t = fn()
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        out.append((t, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)))
+    return min(out)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--flashify", default=os.path.join(ROOT, "build", "flashify"))
+    ap.add_argument("--shards", type=int, default=4)
+    ap.add_argument("--mib", type=int, default=256, help="MiB per shard")
+    ap.add_argument("--runs", type=int, default=3)
+    a = ap.parse_args()
+
+    tmp = tempfile.mkdtemp(prefix="hub-bench-")
+    try:
+        repo = os.path.join(tmp, "repo")
+        os.makedirs(repo)
+        shutil.copy(os.path.join(ROOT, "examples", "stories260K", "config.json"), repo)
+        names = []
+        for i in range(a.shards):
+            n = "model-%05d-of-%05d.safetensors" % (i + 1, a.shards)
+            with open(os.path.join(repo, n), "wb") as f:
+                for _ in range(a.mib):
+                    f.write(os.urandom(1 << 20))
+            names.append(n)
+        total = a.shards * a.mib * (1 << 20)
+
+        mock = subprocess.Popen([sys.executable, "-B", os.path.join(ROOT, "tests", "hub", "mock_hub.py"),
+                                 repo, "bench/model"], stdout=subprocess.PIPE, text=True)
+        endpoint, cdn, commit = mock.stdout.readline().split()
+        env = dict(os.environ, HF_ENDPOINT=endpoint, no_proxy="*")
+        env.pop("HF_TOKEN", None)
+        try:
+            def run_flashify(jobs):
+                def once():
+                    home = os.path.join(tmp, "hf")
+                    shutil.rmtree(home, ignore_errors=True)
+                    t0 = time.monotonic()
+                    subprocess.run([a.flashify, "download", "bench/model", "-q", "--jobs", str(jobs)],
+                                   env=dict(env, HF_HOME=home), check=True, stdout=subprocess.DEVNULL)
+                    return time.monotonic() - t0
+                return once
+
+            urls = ["%s/bench/model/resolve/%s/%s" % (endpoint, commit, n) for n in names]
+
+            def run_curl(parallel):
+                def once():
+                    out = os.path.join(tmp, "curl")
+                    shutil.rmtree(out, ignore_errors=True)
+                    os.makedirs(out)
+                    cmd = ["curl", "-sSfL", "--no-progress-meter"]
+                    if parallel:
+                        cmd += ["--parallel", "--parallel-max", "4"]
+                    for u, n in zip(urls, names):
+                        cmd += ["-o", os.path.join(out, n), u]
+                    t0 = time.monotonic()
+                    subprocess.run(cmd, env=env, check=True)
+                    return time.monotonic() - t0
+                return once
+
+            res = {}
+            res["flashify --jobs 1"] = best(run_flashify(1), a.runs)
+            res["curl sequential"] = best(run_curl(False), a.runs)
+            res["flashify --jobs 4"] = best(run_flashify(4), a.runs)
+            res["curl --parallel 4"] = best(run_curl(True), a.runs)
+        finally:
+            mock.terminate()
+            mock.wait()
+        mib = total / (1 << 20)
+        print("%d shards x %d MiB = %.0f MiB over loopback (Hub 302 -> CDN), best of %d"
+              % (a.shards, a.mib, mib, a.runs))
+        for k, (t, cpu) in res.items():
+            print("  %-20s %7.2f s  %8.1f MiB/s   client CPU %.2f s (%.2f s/GiB)"
+                  % (k, t, mib / t, cpu, cpu / (mib / 1024)))
+        print("ratio flashify/curl (throughput): sequential %.2f, parallel %.2f"
+              % (res["curl sequential"][0] / res["flashify --jobs 1"][0],
+                 res["curl --parallel 4"][0] / res["flashify --jobs 4"][0]))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
