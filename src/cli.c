@@ -8,6 +8,7 @@
 #include "flashify/hub.h"
 #include "flashify/progress.h"
 #include "flashify/plan.h"
+#include "flashify/verify.h"
 #include "flashify/write.h"
 
 #include <errno.h>
@@ -41,12 +42,23 @@ static const char USAGE[] =
     "                     instead of removing them, for loaders that need them\n"
     "  --strict           verify the output against the source before it is moved\n"
     "                     into place (exit 3 if not equivalent)\n"
+    "verify and --strict:\n"
+    "  --json             print the equivalence report as JSON\n"
+    "  --tokens IDS       token ids for the forward check, e.g. 1,2,3 (default: BOS\n"
+    "                     and 16 fixed ids)\n"
+    "  --tolerance X      max logit difference relative to the logit scale (default\n"
+    "                     by dtype: BF16 0.1, F16 0.02, F32/F64 1e-4)\n"
+    "  --skip-forward     tensor and config check only\n"
     "  --plan FILE        fold plan for a model_type flashify does not know (README)\n"
     "  --dry-run          print the plan and sizes; write nothing\n"
     "  --force            replace an existing output directory\n"
     "  --threads N        worker threads (default: one per core)\n"
     "  --memory SIZE      buffer budget, e.g. 64MiB, 1GiB (default 64MiB)\n"
     "  --no-fsync         skip fsync before the final rename (faster, less safe)\n"
+    "  --max-shard-size SIZE  re-shard the output (e.g. 5GB, decimal like the Hub;\n"
+    "                     default: keep the source's files)\n"
+    "  --resume           continue an interrupted conversion from its finished\n"
+    "                     shards (and keep them if this run is interrupted too)\n"
     "  -q, --quiet        print errors only\n"
     "Hub (SOURCE or download is a repo id; HF_ENDPOINT, HF_TOKEN, HF_HOME apply):\n"
     "  --revision REV     branch, tag or commit (default: main, or org/name@REV)\n"
@@ -68,11 +80,15 @@ static const char USAGE[] =
 
 typedef struct {
     const char *source, *output, *plan_file;
-    int keep_tied, keep_norms, force, dry_run, strict, quiet, no_fsync;
+    int keep_tied, keep_norms, force, dry_run, strict, quiet, no_fsync, resume;
+    uint64_t max_shard_size;
     int threads;
     uint64_t memory;
     const char *revision, *token;  /* hub options */
     int offline, verbose, jobs;
+    int json, skip_forward;        /* verify / --strict */
+    const char *tokens;
+    double tolerance;
 } cli_args;
 
 static volatile sig_atomic_t last_signal;
@@ -141,7 +157,7 @@ static double now_seconds(void)
  * progress */
 
 typedef struct {
-    int tty;
+    int tty, quiet;
     double start, last;
 } progress_state;
 
@@ -161,6 +177,13 @@ static void on_progress(void *ctx, uint64_t done, uint64_t total)
             rate / 1e6, eta);
     if (done >= total)
         fputc('\n', stderr);
+}
+
+static void on_note(void *ctx, const char *msg)
+{
+    progress_state *p = ctx;
+    if (!p->quiet)
+        fprintf(stderr, "%sflashify: %s\n", p->tty ? "\r" : "", msg);
 }
 
 /* ---------------------------------------------------------------------------
@@ -324,6 +347,40 @@ static int cmd_download(const cli_args *a, const char *repo)
     return 0;
 }
 
+/* --strict: the complete temporary output is verified against the source
+ * before write.c renames it into place; a failure removes it (exit 3). */
+static const char *strict_source;
+static verify_options strict_opt;
+static int strict_quiet;
+
+static fl_status strict_check(const char *tmp_dir, void *ctx, fl_error *err)
+{
+    (void)ctx;
+    char *report = NULL;
+    fl_status s = verify_pair(strict_source, tmp_dir, &strict_opt, &report, err);
+    if (report && (s != FL_OK || !strict_quiet || strict_opt.json))
+        fputs(report, strict_opt.json ? stdout : stderr);
+    free(report);
+    return s;
+}
+
+/* flashify verify SOURCE OUTPUT: prints the report (stdout), exit 0 or 3. */
+static int cmd_verify(const cli_args *a, const char *source, const char *output)
+{
+    fl_error err = {0};
+    verify_options vo = {.tokens = a->tokens, .tolerance = a->tolerance, .json = a->json,
+                         .threads = a->threads, .skip_forward = a->skip_forward,
+                         .plan_file = a->plan_file};
+    char *report = NULL;
+    fl_status s = verify_pair(source, output, &vo, &report, &err);
+    if (report)
+        fputs(report, stdout);
+    free(report);
+    if (s == FL_ENOTEQUIV)
+        return exit_code(s);
+    return s == FL_OK ? 0 : fail(&err);
+}
+
 static int cmd_convert(const cli_args *a)
 {
     fl_error err = {0};
@@ -381,10 +438,20 @@ static int cmd_convert(const cli_args *a)
                     "flashify: warning: vLLM's Gemma loaders assert tied embeddings; this untied "
                     "checkpoint will not load there (use --keep-tied for vLLM)\n");
     }
-    progress_state ps = {.tty = !a->quiet && isatty(2), .start = now_seconds()};
+    progress_state ps = {.tty = !a->quiet && isatty(2), .quiet = a->quiet, .start = now_seconds()};
     convert_options co = {.out_dir = out, .force = a->force, .threads = a->threads,
                           .memory = a->memory, .fsync = !a->no_fsync,
-                          .progress = on_progress, .ctx = &ps};
+                          .max_shard_size = a->max_shard_size, .resume = a->resume,
+                          .progress = on_progress, .note = on_note, .ctx = &ps};
+    if (a->strict) {
+        strict_source = dir;
+        strict_opt = (verify_options){.tokens = a->tokens, .tolerance = a->tolerance,
+                                      .json = a->json, .threads = a->threads,
+                                      .skip_forward = a->skip_forward, .exact = 1,
+                                      .plan_file = a->plan_file, .output_label = out};
+        strict_quiet = a->quiet;
+        co.before_commit = strict_check;
+    }
     double t0 = now_seconds();
     s = convert_write(&ck, &plan, &co, &err);
     if (s == FL_OK && !a->quiet) {
@@ -466,8 +533,28 @@ static int parse_args(int argc, char **argv, int first, cli_args *a, const char 
             a->dry_run = 1;
         } else if (strcmp(o, "--strict") == 0) {
             a->strict = 1;
+        } else if (strcmp(o, "--json") == 0) {
+            a->json = 1;
+        } else if (strcmp(o, "--skip-forward") == 0) {
+            a->skip_forward = 1;
+        } else if (strcmp(o, "--tokens") == 0) {
+            NEEDS_VALUE();
+            a->tokens = val;
+        } else if (strcmp(o, "--tolerance") == 0) {
+            NEEDS_VALUE();
+            char *end;
+            a->tolerance = strtod(val, &end);
+            if (*end || !(a->tolerance > 0) || a->tolerance > 1e6)
+                return usage_error("--tolerance wants a positive number, got '%s'", val);
         } else if (strcmp(o, "--no-fsync") == 0) {
             a->no_fsync = 1;
+        } else if (strcmp(o, "--resume") == 0) {
+            a->resume = 1;
+        } else if (strcmp(o, "--max-shard-size") == 0) {
+            NEEDS_VALUE();
+            a->max_shard_size = parse_size(val);
+            if (!a->max_shard_size)
+                return usage_error("--max-shard-size wants a size like 5GB or 500MB; got '%s'", val);
         } else if (strcmp(o, "-q") == 0 || strcmp(o, "--quiet") == 0) {
             a->quiet = 1;
         } else if (strcmp(o, "--revision") == 0) {
@@ -561,6 +648,14 @@ int main(int argc, char **argv)
         if (n_pos != 1)
             return usage_error("%s", "download needs one REPO_ID");
         return cmd_download(&a, pos[0]);
+    }
+    if (strcmp(argv[1], "verify") == 0) {
+        int r = parse_args(argc, argv, 2, &a, pos, &n_pos, 2);
+        if (r)
+            return r;
+        if (n_pos != 2)
+            return usage_error("%s", "verify needs SOURCE and OUTPUT directories");
+        return cmd_verify(&a, pos[0], pos[1]);
     }
     int r = parse_args(argc, argv, 1, &a, pos, &n_pos, 1);
     if (r)
