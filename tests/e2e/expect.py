@@ -1,0 +1,296 @@
+"""expect.py -- a naive, independent expectation of what flashify writes.
+
+The fold map below was written from ../shared/docs/architectures.md §1 (not
+from src/arch.c).  Every folded element is computed exactly as a rational
+(W[o,i] * g[i], g = w or 1 + w) and rounded once to nearest-even by
+fixtures.round_ratio_bits -- our own rounding, not the converter's.
+
+expected(src, keep_tied, keep_norms) -> Expectation: every output tensor's
+exact bytes, the norms dropped and kept, what config.json must say.
+"""
+
+import math
+
+from fixtures import (FLOAT_FORMATS, Tensor, decode_values, encode_bits,
+                      encode_values, round_ratio_bits, numel)
+
+
+def sign_bit(dtype):
+    p, _, _, ebits = FLOAT_FORMATS[dtype]
+    return 1 << (p + ebits - 1)
+
+QKV = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]
+GATE_UP = ["mlp.gate_proj", "mlp.up_proj"]
+
+# model_type -> gain form and whether the loaders' marker may be written
+# (flashnorm_folded makes the input, post-attention and final norms
+# weightless: wrong where post_attention_layernorm is a kept sandwich norm)
+GAIN = {"gemma": "1+w", "gemma2": "1+w", "gemma3_text": "1+w", "gemma3": "1+w"}
+NO_MARKER = {"gemma2", "gemma3_text", "gemma3", "olmo2"}
+SUPPORTED = ["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2",
+             "gemma3_text", "gemma3", "olmo2", "granite", "smollm3", "mixtral",
+             "qwen2_moe", "qwen3_moe", "deepseek_v3", "cohere"]
+
+
+def _text_cfg(cfg):
+    return cfg.get("text_config") or cfg
+
+
+def _qwen_moe_sparse(tc, i):
+    # Qwen2MoeDecoderLayer: (i not in mlp_only_layers) and num_experts > 0
+    # and (i + 1) % decoder_sparse_step == 0
+    return (i not in (tc.get("mlp_only_layers") or [])) and tc.get("num_experts", 0) > 0 \
+        and (i + 1) % tc.get("decoder_sparse_step", 1) == 0
+
+
+def layer_plan(mt, tc, i):
+    """([(norm, [consumers])], [kept norms]) of layer i, names relative to
+    the layer prefix without ".weight" (architectures.md §1)."""
+    if mt in ("llama", "mistral", "qwen2", "granite", "smollm3", "gemma"):
+        return [("input_layernorm", QKV), ("post_attention_layernorm", GATE_UP)], []
+    if mt == "qwen3":
+        return [("input_layernorm", QKV), ("post_attention_layernorm", GATE_UP)], \
+            ["self_attn.q_norm", "self_attn.k_norm"]
+    if mt == "phi3":
+        return [("input_layernorm", ["self_attn.qkv_proj"]),
+                ("post_attention_layernorm", ["mlp.gate_up_proj"])], []
+    if mt == "gemma2":
+        return [("input_layernorm", QKV), ("pre_feedforward_layernorm", GATE_UP)], \
+            ["post_attention_layernorm", "post_feedforward_layernorm"]
+    if mt in ("gemma3_text", "gemma3"):
+        return [("input_layernorm", QKV), ("pre_feedforward_layernorm", GATE_UP)], \
+            ["post_attention_layernorm", "post_feedforward_layernorm",
+             "self_attn.q_norm", "self_attn.k_norm"]
+    if mt == "olmo2":
+        return [], ["post_attention_layernorm", "post_feedforward_layernorm",
+                    "self_attn.q_norm", "self_attn.k_norm"]
+    if mt == "cohere":
+        kept = ["self_attn.q_norm", "self_attn.k_norm"] if tc.get("use_qk_norm") else []
+        return [("input_layernorm", QKV + GATE_UP)], kept
+    if mt == "mixtral":
+        E = tc["num_local_experts"]
+        moe = ["block_sparse_moe.gate"]
+        for j in range(E):
+            moe += ["block_sparse_moe.experts.%d.w1" % j, "block_sparse_moe.experts.%d.w3" % j]
+        return [("input_layernorm", QKV), ("post_attention_layernorm", moe)], []
+    if mt in ("qwen2_moe", "qwen3_moe"):
+        kept = ["self_attn.q_norm", "self_attn.k_norm"] if mt == "qwen3_moe" else []
+        if not _qwen_moe_sparse(tc, i):
+            return [("input_layernorm", QKV), ("post_attention_layernorm", GATE_UP)], kept
+        moe = ["mlp.gate"]
+        for j in range(tc["num_experts"]):
+            moe += ["mlp.experts.%d.gate_proj" % j, "mlp.experts.%d.up_proj" % j]
+        if mt == "qwen2_moe":
+            moe += ["mlp.shared_expert.gate_proj", "mlp.shared_expert.up_proj",
+                    "mlp.shared_expert_gate"]
+        return [("input_layernorm", QKV), ("post_attention_layernorm", moe)], kept
+    if mt == "deepseek_v3":
+        groups = []
+        if tc.get("q_lora_rank") is None:
+            groups.append(("input_layernorm", ["self_attn.q_proj", "self_attn.kv_a_proj_with_mqa"]))
+        else:
+            groups.append(("input_layernorm", ["self_attn.q_a_proj", "self_attn.kv_a_proj_with_mqa"]))
+            groups.append(("self_attn.q_a_layernorm", ["self_attn.q_b_proj"]))
+        groups.append(("self_attn.kv_a_layernorm", ["self_attn.kv_b_proj"]))
+        if i < tc["first_k_dense_replace"]:
+            groups.append(("post_attention_layernorm", GATE_UP))
+        else:
+            moe = ["mlp.gate"]   # the router; NOT mlp.gate.e_score_correction_bias
+            for j in range(tc["n_routed_experts"]):
+                moe += ["mlp.experts.%d.gate_proj" % j, "mlp.experts.%d.up_proj" % j]
+            moe += ["mlp.shared_experts.gate_proj", "mlp.shared_experts.up_proj"]
+            groups.append(("post_attention_layernorm", moe))
+        return groups, []
+    raise KeyError(mt)
+
+
+def _expand_experts(consumers, lp, names):
+    """A --plan consumer with "{e}" stands for experts 0, 1, ... as far as
+    the checkpoint has them."""
+    out = []
+    for c in consumers:
+        if "{e}" not in c:
+            out.append(c)
+            continue
+        j = 0
+        while lp + c.replace("{e}", str(j)) + ".weight" in names:
+            out.append(c.replace("{e}", str(j)))
+            j += 1
+        if j == 0:
+            raise AssertionError("fixture has no expert for " + c)
+    return out
+
+
+def text_layout(cfg, names):
+    """(layer prefix root, embedding, final norm, head) for the checkpoint."""
+    if cfg["model_type"] == "gemma3":
+        if any(n.startswith("language_model.model.") for n in names):
+            return "language_model.model.", "language_model.model.embed_tokens.weight", \
+                "language_model.model.norm.weight", "language_model.lm_head.weight"
+        return "model.language_model.", "model.language_model.embed_tokens.weight", \
+            "model.language_model.norm.weight", "lm_head.weight"
+    return "model.", "model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"
+
+
+class Expectation:
+    def __init__(self):
+        self.tensors = {}       # output logical name -> Tensor (exact)
+        self.optional = set()   # names that may be absent (aliases kept tied)
+        self.groups = []        # (norm, [consumers]) full names, incl. final
+        self.dropped = []       # norms folded: absent, or identity w/ keep_norms
+        self.kept = []          # norms that must be byte-identical
+        self.untie = False
+        self.marker = False
+        self.head = self.embed = self.final = None
+
+
+def gain_ratios(norm, gain):
+    """[(num, den)] exact gain per element: w, or 1 + w."""
+    out = []
+    for v in decode_values(norm.dtype, norm.data):
+        n, d = v.as_integer_ratio()
+        if gain == "1+w":
+            out.append((n + d, d, (n + d) < 0))
+        else:   # keep the sign of -0.0, which the ratio loses
+            out.append((n, d, math.copysign(1.0, v) < 0))
+    return out
+
+
+def fold(t, g, axis="cols"):
+    """The expected bytes of matrix t with gain g folded: each element
+    W[o,i]*g[i] (axis cols, nn.Linear [out,in]) or W[i,o]*g[i] (axis rows,
+    x @ W layouts), exact, rounded once to t's dtype."""
+    rows, cols = t.shape
+    vals = decode_values(t.dtype, t.data)
+    bits = []
+    for idx, v in enumerate(vals):
+        o, i = divmod(idx, cols)
+        gn, gd, gneg = g[i] if axis == "cols" else g[o]
+        n, d = v.as_integer_ratio()
+        if n == 0 or gn == 0:
+            # IEEE: the sign of a zero product is the xor of the signs
+            neg = (math.copysign(1.0, v) < 0) != gneg
+            bits.append(round_ratio_bits(0, 1, t.dtype) | (sign_bit(t.dtype) if neg else 0))
+        else:
+            bits.append(round_ratio_bits(n * gn, d * gd, t.dtype))
+    return Tensor(t.dtype, t.shape, encode_bits(t.dtype, bits))
+
+
+def identity(norm, gain):
+    return Tensor(norm.dtype, norm.shape,
+                  encode_values(norm.dtype, [0.0 if gain == "1+w" else 1.0] * numel(norm.shape)))
+
+
+def expected(src, keep_tied=False, keep_norms=False, extra_groups=(), plan=None):
+    """Expectation for source checkpoint `src` (fixtures.Checkpoint).
+    extra_groups: more (norm, [consumers], axis) groups to fold (with the
+    family's gain) -- e.g. Gemma3's mm_soft_emb_norm when the converter
+    folds it."""
+    cfg = src.config
+    mt = cfg["model_type"]
+    tc = _text_cfg(cfg)
+    gain = GAIN.get(mt, "w")
+    if plan is not None:
+        # a --plan file: {"gain", "layers": [{"norm", "consumers"}], "keep":
+        # [{"norm"}], "flashnorm_marker"}; names relative to model.layers.{i}.
+        gain = plan.get("gain", "w")
+    names = set(src.tensors)
+    root, embed, final, head = text_layout(cfg, names)
+    ex = Expectation()
+    ex.head, ex.embed, ex.final = head, embed, final
+    folds = {}       # consumer -> (gain vector, axis)
+
+    def add_group(norm, consumers, axis="cols"):
+        if norm not in src.tensors:
+            raise AssertionError("fixture lacks norm " + norm)
+        g = gain_ratios(src.tensors[norm], gain)
+        for c in consumers:
+            if c not in src.tensors:
+                raise AssertionError("fixture lacks consumer " + c)
+            t = src.tensors[c]
+            if len(t.shape) != 2 or t.shape[1 if axis == "cols" else 0] != len(g):
+                raise AssertionError("fixture: %s %s does not read %s" % (c, t.shape, norm))
+            if c in folds:
+                raise AssertionError("two norms fold into " + c)
+            folds[c] = (g, axis)
+        ex.groups.append((norm, list(consumers)))
+        ex.dropped.append(norm)
+
+    for i in range(tc["num_hidden_layers"]):
+        lp = "%slayers.%d." % (root, i)
+        if plan is not None:
+            groups = [(g["norm"], _expand_experts(g["consumers"], lp, names)) for g in plan["layers"]]
+            kept = [k["norm"] for k in plan.get("keep", [])]
+        else:
+            groups, kept = layer_plan(mt, tc, i)
+        for norm, cons in groups:
+            add_group(lp + norm + ".weight", [lp + c + ".weight" for c in cons])
+        ex.kept += [lp + k + ".weight" for k in kept]
+    for norm, cons, axis in extra_groups:
+        add_group(norm, cons, axis)
+
+    tied = head not in src.stored or embed not in src.stored
+    ex.untie = tied and not keep_tied
+    final_g = None
+    if tied and keep_tied:
+        ex.kept.append(final)
+    else:
+        final_g = gain_ratios(src.tensors[final], gain)
+        ex.groups.append((final, [head]))
+        ex.dropped.append(final)
+    marker_ok = plan.get("flashnorm_marker", True) if plan is not None else mt not in NO_MARKER
+    ex.marker = marker_ok and not (tied and keep_tied)
+
+    # every source tensor (logical) goes out: folded, identity, or verbatim
+    for name, t in src.tensors.items():
+        if name in folds:
+            g, axis = folds[name]
+            ex.tensors[name] = fold(t, g, axis)
+        elif name in ex.dropped:
+            if keep_norms:
+                ex.tensors[name] = identity(t, gain)
+        else:
+            ex.tensors[name] = t
+    if final_g is not None:
+        # untied: fold the head; tied: materialise it from the embedding,
+        # which itself stays unchanged
+        e = src.tensors[embed]
+        ex.tensors[head] = fold(src.tensors[head] if not tied else e, final_g)
+        ex.tensors[embed] = e
+    elif tied:
+        # --keep-tied: the alias (or its absence) may stay as in the source
+        ex.optional.update(src.aliases)
+    for k in ex.kept:
+        if k not in src.tensors:
+            raise AssertionError("fixture lacks kept norm " + k)
+    return ex
+
+
+def expected_config(src_cfg, ex):
+    """config.json as the converter must write it (minus extra keys named
+    flash*, which the caller tolerates)."""
+    import copy
+    cfg = copy.deepcopy(src_cfg)
+    if ex.untie:
+        cfg["tie_word_embeddings"] = False
+        if "text_config" in cfg:
+            cfg["text_config"]["tie_word_embeddings"] = False
+    if ex.marker:
+        cfg["flashnorm_folded"] = True
+        cfg["flash_norm"] = True
+    return cfg
+
+
+def first_difference(exp, got):
+    """Human-readable first differing element of two same-shaped tensors."""
+    if exp.dtype != got.dtype or exp.shape != got.shape:
+        return "dtype/shape %s %s != expected %s %s" % (got.dtype, list(got.shape), exp.dtype, list(exp.shape))
+    try:
+        ev, gv = decode_values(exp.dtype, exp.data), decode_values(got.dtype, got.data)
+    except ValueError:
+        ev, gv = list(exp.data), list(got.data)
+    ndiff = sum(1 for a, b in zip(exp.data, got.data) if a != b)
+    for i, (a, b) in enumerate(zip(ev, gv)):
+        if repr(a) != repr(b):
+            return "element %d: got %r expected %r (%d bytes differ)" % (i, b, a, ndiff)
+    return "bytes differ"

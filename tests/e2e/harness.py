@@ -1,0 +1,154 @@
+"""harness.py -- run the flashify binary and check what it wrote.
+
+run(args)            -> subprocess.CompletedProcess (text, 60 s timeout)
+convert(tc, src, out, *flags) -> runs flashify, asserts the source tree is
+                        byte-identical afterwards, returns the process
+check_output(tc, src, out, ...) -> compares the output directory with
+                        expect.expected(): every tensor, the shard layout,
+                        the index, config.json, README.md, copied files
+"""
+
+import fnmatch
+import json
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from fixtures import read_checkpoint, tree_digest  # noqa: E402
+from expect import expected, expected_config, first_difference  # noqa: E402
+
+ROOT = os.environ.get("FLASHIFY_ROOT") or os.path.dirname(os.path.dirname(HERE))
+FLASHIFY = os.environ.get("FLASHIFY") or os.path.join(ROOT, "build", "flashify")
+
+WEIGHT_FILES = {"config.json", "model.safetensors.index.json", "README.md"}
+# source weights in other formats, never copied (issue 2)
+NOT_COPIED = ["*.bin", "*.pth", "*.pt", "*.gguf", "original/*"]
+
+
+def run(args, cwd=None, timeout=60):
+    return subprocess.run([FLASHIFY] + list(args), cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def describe(p):
+    return "exit %d\n--- stdout:\n%s\n--- stderr:\n%s" % (p.returncode, p.stdout[-3000:], p.stderr[-3000:])
+
+
+def convert(tc, src, out, *flags, expect_rc=0, cwd=None):
+    """Runs `flashify src -o out flags...` (out None: no -o) and checks the
+    exit status and that src was not modified."""
+    before = tree_digest(src)
+    args = [src] + (["-o", out] if out is not None else []) + list(flags)
+    p = run(args, cwd=cwd)
+    after = tree_digest(src)
+    tc.assertEqual(before, after, "flashify modified the source directory %s" % src)
+    if expect_rc is not None:
+        tc.assertEqual(p.returncode, expect_rc, "flashify %s\n%s" % (" ".join(args), describe(p)))
+    return p
+
+
+def _is_weight_file(rel):
+    return rel.endswith(".safetensors") or rel in WEIGHT_FILES
+
+
+def check_output(tc, src_dir, out_dir, keep_tied=False, keep_norms=False,
+                 extra_groups=(), ex=None, plan=None):
+    """Asserts everything about a successful conversion; returns the
+    Expectation and the output Checkpoint."""
+    src = read_checkpoint(src_dir)
+    if ex is None:
+        ex = expected(src, keep_tied=keep_tied, keep_norms=keep_norms,
+                      extra_groups=extra_groups, plan=plan)
+    out = read_checkpoint(out_dir, strict=True)
+
+    # ---- the set of tensors
+    got = set(out.tensors)
+    want = set(ex.tensors)
+    required = want - ex.optional
+    tc.assertEqual(sorted(required - got), [], "tensors missing from the output")
+    tc.assertEqual(sorted(got - want), [], "unexpected tensors in the output (dropped norms must be gone)")
+
+    # ---- every tensor, exactly
+    bad = []
+    for name in sorted(got):
+        e, g = ex.tensors[name], out.tensors[name]
+        if (e.dtype, e.shape, e.data) != (g.dtype, g.shape, g.data):
+            bad.append("%s: %s" % (name, first_difference(e, g)))
+    tc.assertEqual(bad, [], "%d tensors differ from the expectation:\n  %s" % (len(bad), "\n  ".join(bad[:8])))
+    for k in ex.kept:
+        tc.assertEqual(out.tensors[k].data, src.tensors[k].data, "kept norm %s changed" % k)
+
+    # ---- shard layout mirrors the source
+    tc.assertEqual(out.files, src.files, "output shard files differ from the source's")
+    for name, fn in out.stored.items():
+        if name in src.stored:
+            tc.assertEqual(fn, src.stored[name], "%s moved to another shard" % name)
+    if ex.untie:
+        efile = src.stored.get(ex.embed) or src.stored[src.aliases[ex.embed]]
+        tc.assertEqual(out.stored.get(ex.head), efile,
+                       "materialised %s must be stored in the embedding's shard" % ex.head)
+    if src.index is not None:
+        tc.assertIsNotNone(out.index, "sharded source but no output index")
+        wm = out.index["weight_map"]
+        tc.assertTrue(set(out.stored) <= set(wm), "index lacks %s" % sorted(set(out.stored) - set(wm)))
+        tc.assertTrue(set(wm) <= set(out.stored) | set(out.aliases),
+                      "index names tensors that are not stored: %s" % sorted(set(wm) - set(out.stored) - set(out.aliases)))
+        for k, fn in wm.items():
+            if k in out.stored:
+                tc.assertEqual(fn, out.stored[k], "index puts %s in the wrong file" % k)
+        total = sum(len(out.tensors[k].data) for k in out.stored)
+        tc.assertEqual(out.index["metadata"]["total_size"], total, "index total_size != sum of tensor bytes")
+    else:
+        tc.assertFalse(os.path.exists(os.path.join(out_dir, "model.safetensors.index.json")))
+
+    # ---- config.json
+    want_cfg = expected_config(src.config, ex)
+    got_cfg = dict(out.config)
+    extra = [k for k in got_cfg if k not in want_cfg]
+    tc.assertEqual([k for k in extra if not k.startswith("flash")], [], "unexpected config keys")
+    if not ex.marker:
+        tc.assertFalse(got_cfg.get("flashnorm_folded"), "flashnorm_folded written without a full fold")
+        tc.assertFalse(got_cfg.get("flash_norm"), "flash_norm written without a full fold")
+    for k, v in want_cfg.items():
+        tc.assertIn(k, got_cfg, "config.json lost key %s" % k)
+        if k == "text_config":
+            tv = dict(got_cfg[k])
+            for kk, vv in v.items():
+                tc.assertEqual(tv.get(kk, "<absent>"), vv, "text_config.%s" % kk)
+        else:
+            tc.assertEqual(got_cfg[k], v, "config.json key %s" % k)
+
+    # ---- model card
+    rp = os.path.join(out_dir, "README.md")
+    tc.assertTrue(os.path.exists(rp), "no README.md model card")
+    with open(rp) as f:
+        card = f.read()
+    tc.assertTrue(card.startswith("---\n"), "model card lacks YAML front matter")
+    front = card.split("---", 2)[1]
+    tc.assertIn("base_model", front)
+    tc.assertIn("flashnorm", front)
+    if ex.marker:
+        tc.assertIn("weightless-rmsnorm", front, "marker written but tag weightless-rmsnorm missing")
+    else:
+        tc.assertNotIn("weightless-rmsnorm", front, "tag weightless-rmsnorm without the marker")
+
+    # ---- other files: copied verbatim, except other weight formats
+    src_files = tree_digest(src_dir)
+    out_files = tree_digest(out_dir)
+    for rel, h in src_files.items():
+        if _is_weight_file(rel):
+            continue
+        if any(fnmatch.fnmatch(rel, pat) for pat in NOT_COPIED):
+            tc.assertNotIn(rel, out_files, "%s must not be copied" % rel)
+        else:
+            tc.assertEqual(out_files.get(rel), h, "%s not copied verbatim" % rel)
+    stray = [rel for rel in out_files if rel not in src_files and not _is_weight_file(rel)]
+    tc.assertEqual(stray, [], "unexpected files in the output")
+    return ex, out
+
+
+def stderr_of(p):
+    return p.stderr or ""

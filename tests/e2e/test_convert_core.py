@@ -1,0 +1,407 @@
+"""End-to-end tests of the core converter (issue 2) on real directories.
+
+Every output tensor is checked against expect.py, a naive exact
+expectation (rational arithmetic, one rounding), and everything else byte
+for byte.  Runs $FLASHIFY (the built binary); Python standard library only.
+"""
+
+import json
+import math
+import os
+import shutil
+import struct
+import sys
+import tempfile
+import unittest
+from fractions import Fraction
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from fixtures import (FLOAT_FORMATS, Tensor, bf16_bits_from_double, build_model,  # noqa: E402
+                      decode_values, float_tensor, read_checkpoint, read_safetensors,
+                      round_fraction_bits, safetensors_bytes, tree_digest, write_checkpoint,
+                      FormatError)
+from expect import expected, fold, gain_ratios  # noqa: E402
+from harness import FLASHIFY, ROOT, check_output, convert, describe, run  # noqa: E402
+
+
+class FixtureSelfCheck(unittest.TestCase):
+    """The test tools themselves (no binary needed): if these are wrong,
+    nothing else means anything."""
+
+    def test_rounding_agrees_with_struct(self):
+        import random
+        rng = random.Random(7)
+        for _ in range(20000):
+            x = math.ldexp(rng.uniform(-1, 1), rng.randint(-150, 20))
+            for fmt, code, ucode in (("F32", "f", "I"), ("F16", "e", "H")):
+                try:
+                    ref = struct.unpack("<" + ucode, struct.pack("<" + code, x))[0]
+                except OverflowError:
+                    continue
+                self.assertEqual(round_fraction_bits(x, fmt), ref, (fmt, x))
+            self.assertEqual(round_fraction_bits(x, "BF16"), bf16_bits_from_double(x), x)
+
+    def test_bf16_ties_to_even(self):
+        self.assertEqual(round_fraction_bits(1 + 2 ** -8, "BF16"), 0x3F80)
+        self.assertEqual(round_fraction_bits(1 + 3 * 2 ** -8, "BF16"), 0x3F82)
+        self.assertEqual(round_fraction_bits(-(1 + Fraction(1, 2 ** 8) + Fraction(1, 2 ** 70)), "BF16"), 0xBF81)
+
+    def test_fold_is_exact_product_rounded_once(self):
+        # F32 x F32 products are exact in double, so struct's rounding of the
+        # double product is a second opinion on fold()
+        m = float_tensor("F32", (3, 4), [0.1 * k - 0.5 for k in range(12)])
+        g = float_tensor("F32", (4,), [1.7, 0.3, 2.2, 0.9])
+        f = fold(m, gain_ratios(g, "w"))
+        want = [struct.unpack("<f", struct.pack("<f", a * b))[0]
+                for a, b in zip(m.values(), g.values() * 3)]
+        self.assertEqual(f.values(), want)
+
+    def test_reader_reads_writer_and_rejects_holes(self):
+        ts = {"a": float_tensor("F32", (2,), [1.0, 2.0]), "b": float_tensor("BF16", (3,), [1, 2, 3])}
+        raw = safetensors_bytes(ts, {"x": "a"})
+        self.assertEqual(struct.unpack("<Q", raw[:8])[0] % 8, 0)
+        with tempfile.TemporaryDirectory() as d:
+            p = os.path.join(d, "m.safetensors")
+            with open(p, "wb") as f:
+                f.write(raw)
+            meta, back = read_safetensors(p, strict=True)
+            self.assertEqual(meta, {"format": "pt", "x": "a"})
+            self.assertEqual({k: (t.dtype, t.shape, t.data) for k, t in back.items()},
+                             {k: (t.dtype, t.shape, t.data) for k, t in ts.items()})
+            with open(p, "wb") as f:
+                f.write(raw + b"\0")
+            with self.assertRaises(FormatError):
+                read_safetensors(p)
+
+
+def setUpModule():
+    if not os.access(FLASHIFY, os.X_OK):
+        raise RuntimeError("FLASHIFY=%s is not an executable" % FLASHIFY)
+
+
+class Base(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="flashify-e2e-")
+
+    def tearDown(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def fixture(self, name, model, **kw):
+        d = os.path.join(self.tmp, name)
+        write_checkpoint(model, d, **kw)
+        return d
+
+    def out(self, name):
+        return os.path.join(self.tmp, name)
+
+    def roundtrip(self, model, name="m", flags=(), keep_tied=False, keep_norms=False, **kw):
+        src = self.fixture(name, model, **kw)
+        out = self.out(name + "-out")
+        p = convert(self, src, out, *flags)
+        ex, ck = check_output(self, src, out, keep_tied=keep_tied, keep_norms=keep_norms)
+        return src, out, p, ex, ck
+
+
+class Stories(Base):
+    """The bundled real model (Llama, tied, trained norms)."""
+
+    def _stories(self, sub):
+        src = os.path.join(ROOT, "examples", sub)
+        out = self.out(sub + "-FlashNorm")
+        p = convert(self, src, out)
+        ex, ck = check_output(self, src, out)
+        self.assertTrue(ex.untie and ex.marker)
+        self.assertIn("lm_head.weight", ck.tensors)
+        self.assertFalse(any("layernorm" in k or k.endswith(".norm.weight") for k in ck.tensors))
+        n_src = len(read_checkpoint(src).tensors)
+        self.assertEqual(len(ck.tensors), n_src - 11 + 1)   # 11 norms dropped, lm_head added
+        return ck
+
+    def test_stories260K_f32(self):
+        self._stories("stories260K")
+
+    def test_stories260K_bf16(self):
+        self._stories("stories260K-bf16")
+
+
+class LlamaFixtures(Base):
+    def test_dtypes_tied_and_untied(self):
+        for dt in ("F32", "BF16", "F16"):
+            for tied in (True, False):
+                with self.subTest(dtype=dt, tied=tied):
+                    m = build_model("llama", dtype=dt, tied=tied, seed=3, inv_freq=True)
+                    _, _, p, ex, ck = self.roundtrip(m, "llama-%s-%d" % (dt, tied))
+                    self.assertEqual(ex.untie, tied)
+                    self.assertTrue(ck.config["flashnorm_folded"] is True and ck.config["flash_norm"] is True)
+                    self.assertIs(ck.config["tie_word_embeddings"], False)
+                    if tied:
+                        self.assertIn("lm_head", p.stderr, "untying must be said on stderr")
+
+    def test_f32_norms_bf16_weights(self):
+        m = build_model("llama", dtype="BF16", norm_dtype="F32", tied=False, seed=4)
+        _, _, _, ex, ck = self.roundtrip(m, "mixed")
+        self.assertEqual(ck.tensors["model.layers.0.self_attn.q_proj.weight"].dtype, "BF16")
+
+    def test_three_shards_norms_apart_from_consumers(self):
+        for tied in (False, True):
+            with self.subTest(tied=tied):
+                m = build_model("llama", dtype="BF16", tied=tied, seed=5)
+                src = self.fixture("sh%d" % tied, m, shards=3)
+                s = read_checkpoint(src)
+                self.assertEqual(len(s.files), 3)
+                # the fixture really separates a norm from its consumers
+                self.assertNotEqual(s.stored["model.layers.0.input_layernorm.weight"],
+                                    s.stored["model.layers.0.self_attn.q_proj.weight"])
+                self.assertNotEqual(s.stored["model.norm.weight"], s.stored["model.embed_tokens.weight"])
+                out = self.out("sh%d-out" % tied)
+                convert(self, src, out)
+                ex, ck = check_output(self, src, out)
+                self.assertIsNotNone(ck.index)
+                if tied:
+                    self.assertIn("lm_head.weight", ck.index["weight_map"])
+
+    def test_norms_and_consumers_in_different_shards_custom(self):
+        # every norm alone in the last shard, all matrices in the first two
+        m = build_model("llama", dtype="F16", tied=False, seed=6)
+        src = self.fixture("apart", m, shards=3,
+                           shard_of=lambda k: 2 if "norm" in k else (0 if "layers.0" in k else 1))
+        out = self.out("apart-out")
+        convert(self, src, out)
+        check_output(self, src, out)
+
+    def test_qwen2_biases_untouched(self):
+        m = build_model("qwen2", dtype="BF16", tied=True, seed=7)
+        src, out, _, ex, ck = self.roundtrip(m, "qwen2")
+        s = read_checkpoint(src)
+        for k in s.tensors:
+            if k.endswith(".bias"):
+                self.assertEqual(ck.tensors[k].data, s.tensors[k].data, k)
+
+    def test_aliased_tied_embedding(self):
+        for alias in ("embed", "head"):
+            with self.subTest(stored=alias):
+                m = build_model("llama", dtype="BF16", tied=True, seed=8)
+                src = self.fixture("alias-" + alias, m, alias=alias)
+                s = read_checkpoint(src)
+                self.assertEqual(len(s.aliases), 1)
+                out = self.out("alias-%s-out" % alias)
+                convert(self, src, out)
+                ex, ck = check_output(self, src, out)
+                self.assertTrue(ex.untie)
+                # both are real, different tensors now
+                self.assertIn("lm_head.weight", ck.stored)
+                self.assertIn("model.embed_tokens.weight", ck.stored)
+                out2 = self.out("alias-%s-kt" % alias)
+                convert(self, src, out2, "--keep-tied")
+                ex, ck = check_output(self, src, out2, keep_tied=True)
+                self.assertEqual(ck.tensors["lm_head.weight"].data, s.tensors["model.embed_tokens.weight"].data)
+
+
+class Options(Base):
+    def test_keep_tied(self):
+        m = build_model("llama", dtype="BF16", tied=True, seed=9)
+        src = self.fixture("kt", m)
+        out = self.out("kt-out")
+        p = convert(self, src, out, "--keep-tied")
+        ex, ck = check_output(self, src, out, keep_tied=True)
+        self.assertNotIn("lm_head.weight", ck.tensors)
+        self.assertIn("model.norm.weight", ck.tensors)
+        self.assertEqual(ck.tensors["model.norm.weight"].data, m.tensors["model.norm.weight"].data)
+        self.assertNotIn("flashnorm_folded", ck.config)
+        self.assertNotIn("flash_norm", ck.config)
+        self.assertIs(ck.config["tie_word_embeddings"], True)
+        self.assertNotIn("model.layers.0.input_layernorm.weight", ck.tensors)
+        self.assertTrue(p.stderr.strip(), "--keep-tied must say on stderr that no marker is written")
+
+    def test_keep_norms_identity(self):
+        for dt in ("BF16", "F32"):
+            with self.subTest(dtype=dt):
+                m = build_model("llama", dtype=dt, tied=True, seed=10)
+                src = self.fixture("kn" + dt, m)
+                out = self.out("kn%s-out" % dt)
+                convert(self, src, out, "--keep-norms")
+                ex, ck = check_output(self, src, out, keep_norms=True)
+                for k in ex.dropped:
+                    self.assertEqual(set(ck.tensors[k].values()), {1.0}, k)
+                    self.assertEqual(ck.tensors[k].dtype, m.tensors[k].dtype)
+
+    def test_dry_run_writes_nothing(self):
+        m = build_model("llama", dtype="BF16", tied=True, seed=11)
+        src = self.fixture("dry", m)
+        out = self.out("dry-out")
+        before = sorted(os.listdir(self.tmp))
+        p = convert(self, src, out, "--dry-run")
+        self.assertFalse(os.path.exists(out), "--dry-run created the output")
+        self.assertEqual(sorted(os.listdir(self.tmp)), before, "--dry-run left files behind")
+        text = p.stdout + p.stderr
+        for word in ("input_layernorm", "q_proj", "post_attention_layernorm", "gate_proj", "lm_head"):
+            self.assertIn(word, text, "the plan printed by --dry-run should mention " + word)
+
+    def test_existing_output_refused_then_forced(self):
+        m = build_model("llama", dtype="BF16", tied=False, seed=12)
+        src = self.fixture("ex", m)
+        out = self.out("ex-out")
+        os.makedirs(out)
+        with open(os.path.join(out, "keep.txt"), "w") as f:
+            f.write("mine")
+        p = convert(self, src, out, expect_rc=None)
+        self.assertIn(p.returncode, (1, 2), describe(p))
+        self.assertTrue("exist" in p.stderr.lower() or "--force" in p.stderr, describe(p))
+        self.assertEqual(os.listdir(out), ["keep.txt"], "refused run touched the existing output")
+        convert(self, src, out, "--force")
+        check_output(self, src, out)
+        # an existing regular file is refused too
+        fpath = self.out("a-file")
+        with open(fpath, "w") as f:
+            f.write("x")
+        p = convert(self, src, fpath, expect_rc=None)
+        self.assertIn(p.returncode, (1, 2), describe(p))
+
+    def test_output_inside_source_refused(self):
+        m = build_model("llama", dtype="BF16", tied=False, seed=13)
+        src = self.fixture("in", m)
+        for out in (src, os.path.join(src, "sub"), os.path.join(src, "sub", "deeper"), src + "/."):
+            with self.subTest(out=out):
+                before = tree_digest(src)
+                p = convert(self, src, out, "--force", expect_rc=None)
+                self.assertIn(p.returncode, (1, 2), describe(p))
+                self.assertEqual(tree_digest(src), before)
+                self.assertFalse(os.path.exists(os.path.join(src, "sub")))
+
+    def test_other_files_copied_weights_in_other_formats_not(self):
+        m = build_model("llama", dtype="BF16", tied=True, seed=14)
+        src = self.fixture("files", m, forbidden_files=True)
+        out = self.out("files-out")
+        convert(self, src, out)
+        check_output(self, src, out)
+        for rel in ("tokenizer.json", "tokenizer_config.json", "generation_config.json",
+                    "special_tokens_map.json", "chat_template.jinja", "tokenizer.model"):
+            self.assertTrue(os.path.exists(os.path.join(out, rel)), rel)
+        for rel in ("pytorch_model.bin", "original", "model.gguf"):
+            self.assertFalse(os.path.exists(os.path.join(out, rel)), rel)
+
+    def test_default_output_path(self):
+        m = build_model("llama", dtype="BF16", tied=False, seed=15)
+        src = self.fixture("TinyLlama", m)
+        cwd = os.path.join(self.tmp, "cwd")
+        os.makedirs(cwd)
+        convert(self, src, None, cwd=cwd)
+        out = os.path.join(cwd, "TinyLlama-FlashNorm")
+        self.assertTrue(os.path.isdir(out), os.listdir(cwd))
+        check_output(self, src, out)
+
+    def test_failure_leaves_nothing(self):
+        # a non-finite product (F16 overflow) is refused, nothing is written
+        m = build_model("llama", dtype="F16", tied=False, seed=16)
+        k = "model.layers.1.mlp.up_proj.weight"
+        vals = m.tensors[k].values()
+        vals[5] = 60000.0
+        m.tensors[k] = float_tensor("F16", m.tensors[k].shape, vals)
+        g = m.tensors["model.layers.1.post_attention_layernorm.weight"].values()
+        g[5] = 2.0
+        m.tensors["model.layers.1.post_attention_layernorm.weight"] = float_tensor("F16", (len(g),), g)
+        src = self.fixture("inf", m)
+        out = self.out("inf-out")
+        before = sorted(os.listdir(self.tmp))
+        p = convert(self, src, out, expect_rc=None)
+        self.assertEqual(p.returncode, 2, describe(p))
+        self.assertIn("up_proj", p.stderr, "the error should name the tensor")
+        self.assertEqual(sorted(os.listdir(self.tmp)), before, "a failed run left files behind")
+
+    def test_quantized_consumer_refused(self):
+        m = build_model("llama", dtype="BF16", tied=False, seed=17)
+        k = "model.layers.0.self_attn.k_proj.weight"
+        m.tensors[k] = Tensor("I8", m.tensors[k].shape, bytes(len(m.tensors[k].data) // 2))
+        src = self.fixture("i8", m)
+        out = self.out("i8-out")
+        p = convert(self, src, out, expect_rc=None)
+        self.assertEqual(p.returncode, 2, describe(p))
+        self.assertIn("k_proj", p.stderr)
+        self.assertFalse(os.path.exists(out))
+
+    def test_missing_or_mismatched_consumer_refused(self):
+        for what in ("missing", "shape"):
+            with self.subTest(what=what):
+                m = build_model("llama", dtype="BF16", tied=False, seed=18)
+                k = "model.layers.1.mlp.gate_proj.weight"
+                if what == "missing":
+                    del m.tensors[k]
+                else:
+                    m.tensors[k] = float_tensor("BF16", (32, 48), [0.5] * (32 * 48))
+                src = self.fixture("bad-" + what, m)
+                out = self.out("bad-%s-out" % what)
+                p = convert(self, src, out, expect_rc=None)
+                self.assertEqual(p.returncode, 2, describe(p))
+                self.assertIn("gate_proj", p.stderr)
+                self.assertFalse(os.path.exists(out))
+
+    def test_unknown_model_type_refused(self):
+        m = build_model("llama", dtype="BF16", tied=False, seed=19)
+        m.config["model_type"] = "frobnicator"
+        src = self.fixture("unk", m)
+        out = self.out("unk-out")
+        p = convert(self, src, out, expect_rc=None)
+        self.assertEqual(p.returncode, 2, describe(p))
+        self.assertIn("frobnicator", p.stderr)
+        for t in ("llama", "gemma2", "deepseek_v3", "qwen3_moe"):
+            self.assertIn(t, p.stderr, "the refusal should list the supported model_types")
+        self.assertFalse(os.path.exists(out))
+
+
+class ModelCard(Base):
+    # KNOWN CONVERTER BUG (reported to the lead): write.c de-duplicates a
+    # card row only against the previous one, so rows alternate per layer.
+    # Remove this decorator when fixed ("unexpected success" fails the run).
+    @unittest.expectedFailure
+    def test_card_rows_not_repeated_per_layer(self):
+        # the card says what was folded and kept; a row per layer with the
+        # same {i} pattern is repetition, not information
+        m = build_model("llama", dtype="BF16", tied=True, layers=3, seed=22)
+        src = self.fixture("card", m)
+        out = self.out("card-out")
+        convert(self, src, out)
+        with open(os.path.join(out, "README.md")) as f:
+            rows = [l for l in f.read().splitlines() if l.startswith("| `")]
+        self.assertTrue(rows, "the card has no table of folded norms")
+        dup = sorted({r for r in rows if rows.count(r) > 1})
+        self.assertEqual(dup, [], "model card repeats table rows")
+
+
+class Cli(Base):
+    def test_help_version_usage(self):
+        p = run(["--help"])
+        self.assertEqual(p.returncode, 0, describe(p))
+        for opt in ("--keep-tied", "--keep-norms", "--force", "--dry-run", "inspect", "-o"):
+            self.assertIn(opt, p.stdout + p.stderr)
+        p = run(["--version"])
+        self.assertEqual(p.returncode, 0, describe(p))
+        self.assertRegex(p.stdout + p.stderr, r"\d+\.\d+\.\d+")
+        self.assertEqual(run([]).returncode, 1)
+        self.assertEqual(run(["--no-such-option", "x"]).returncode, 1)
+        p = run([os.path.join(self.tmp, "does-not-exist"), "-o", self.out("x")])
+        self.assertIn(p.returncode, (2, 5), describe(p))
+        self.assertFalse(os.path.exists(self.out("x")))
+
+    def test_inspect(self):
+        m = build_model("llama", dtype="BF16", tied=True, seed=20)
+        src = self.fixture("insp", m)
+        before = tree_digest(self.tmp)
+        p = run(["inspect", src])
+        self.assertEqual(p.returncode, 0, describe(p))
+        for word in ("model.layers.1.self_attn.q_proj.weight", "BF16", "input_layernorm"):
+            self.assertIn(word, p.stdout + p.stderr)
+        self.assertEqual(tree_digest(self.tmp), before, "inspect wrote something")
+
+    def test_quiet(self):
+        m = build_model("llama", dtype="BF16", tied=True, seed=21)
+        src = self.fixture("q", m)
+        loud = convert(self, src, self.out("q1"))
+        quiet = convert(self, src, self.out("q2"), "-q")
+        self.assertEqual(quiet.stdout, "")
+        self.assertLessEqual(len(quiet.stderr), len(loud.stderr))
+        check_output(self, src, self.out("q2"))
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
