@@ -83,6 +83,8 @@ static inline double product(double W, double w, int one_plus, int wide)
 {
     if (!one_plus)
         return wide ? prod_round_odd(W, w) : W * w;
+    if (W == 0 || w == -1.0)
+        return W * (1.0 + w); /* exact zero: W + W*w would lose the IEEE sign */
     if (wide)
         return sum_round_odd(W, prod_round_odd(W, w));
     return sum_round_odd(W, W * w);
