@@ -281,6 +281,14 @@ static int cmp_out(const void *a, const void *b)
     return strcmp(x->name, y->name);
 }
 
+/* qsort has no context argument: the plan being sorted, per thread. */
+static _Thread_local const fold_plan *sorting_plan;
+
+static int cmp_by_name(const void *a, const void *b)
+{
+    return strcmp(sorting_plan->out[*(const size_t *)a].name, sorting_plan->out[*(const size_t *)b].name);
+}
+
 static int config_key_set(const ckpt_config *cfg, const char *key)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(cfg->text, key);
@@ -637,6 +645,14 @@ fl_status plan_build(const checkpoint *ck, const plan_options *opt, fold_plan *p
     }
     free(refs);
     qsort(p->out, p->n_out, sizeof *p->out, cmp_out);
+    p->by_name = malloc((p->n_out ? p->n_out : 1) * sizeof *p->by_name);
+    if (!p->by_name)
+        return fl_fail(err, FL_EIO, "out of memory");
+    for (size_t i = 0; i < p->n_out; i++)
+        p->by_name[i] = i;
+    sorting_plan = p;
+    qsort(p->by_name, p->n_out, sizeof *p->by_name, cmp_by_name);
+    sorting_plan = NULL;
     return FL_OK;
 }
 
@@ -652,6 +668,7 @@ void plan_free(fold_plan *p)
     free(p->kept);
     free(p->dropped);
     free(p->out);
+    free(p->by_name);
     arena *a = p->arena;
     if (a) {
         for (size_t i = 0; i < a->n; i++)
@@ -664,8 +681,17 @@ void plan_free(fold_plan *p)
 
 const out_tensor *plan_find_out(const fold_plan *p, const char *name)
 {
-    for (size_t i = 0; i < p->n_out; i++)
-        if (strcmp(p->out[i].name, name) == 0)
-            return &p->out[i];
+    size_t lo = 0, hi = p->n_out;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        const out_tensor *o = &p->out[p->by_name[mid]];
+        int c = strcmp(o->name, name);
+        if (c == 0)
+            return o;
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
     return NULL;
 }

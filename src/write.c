@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -80,6 +81,7 @@ static fl_status make_parents(const char *root, const char *rel, fl_error *err)
 
 static fl_status create_file(const char *path, int *fd, fl_error *err)
 {
+    unlink(path);  /* a file of an interrupted run being resumed */
     *fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (*fd < 0)
         return fl_fail(err, FL_EIO, "Failed to create the file %s: %s", path, strerror(errno));
@@ -662,71 +664,232 @@ static int threads_to_use(const convert_options *opt)
     return (int)n;
 }
 
-/* Writes one output shard: header from st_layout, then every tensor. */
-static fl_status write_shard(const checkpoint *ck, const fold_plan *plan, size_t shard,
-                             const out_tensor *outs, size_t n_outs, const char *tmp,
-                             const convert_options *opt, uint64_t *done_base, uint64_t total,
-                             uint64_t *shard_bytes, fl_error *err)
+/* ---------------------------------------------------------------------------
+ * output layout: which tensors go into which output file */
+
+typedef struct {
+    char *file;                 /* output file name (relative) */
+    const out_tensor **t;       /* its tensors, in plan order */
+    size_t n, cap;
+    const ckpt_shard *meta_src; /* same-name layout: metadata comes from here */
+} out_shard;
+
+typedef struct {
+    out_shard *s;
+    size_t n;
+    size_t *file_of;            /* plan->out[i] is written to s[file_of[i]] */
+} out_layout;
+
+static void layout_free(out_layout *l)
 {
-    const ckpt_shard *src = &ck->shards[shard];
-    char *path = join(tmp, src->file);
-    st_tensor *ts = calloc(n_outs ? n_outs : 1, sizeof *ts);
-    size_t *order = calloc(n_outs ? n_outs : 1, sizeof *order);
-    st_meta *meta = calloc(src->st.n_meta + 1, sizeof *meta);
-    char *header = NULL;
-    size_t header_size = 0, n_meta = 0;
-    work_item *items = NULL;
-    int fd = -1;
-    fl_status s = FL_OK;
-    if (!path || !ts || !order || !meta) {
-        s = fl_fail(err, FL_EIO, "out of memory");
-        goto out;
+    for (size_t i = 0; i < l->n; i++) {
+        free(l->s[i].file);
+        free(l->s[i].t);
     }
-    for (size_t i = 0; i < n_outs; i++) {
-        const st_tensor *t = outs[i].src->t;
-        ts[i] = *t;
-        ts[i].name = (char *)outs[i].name;
-        ts[i].begin = 0;
-        ts[i].end = st_nbytes(t);
+    free(l->s);
+    free(l->file_of);
+    memset(l, 0, sizeof *l);
+}
+
+static int shard_add(out_shard *sh, const out_tensor *o)
+{
+    if (sh->n == sh->cap) {
+        size_t cap = sh->cap ? sh->cap * 2 : 16;
+        const out_tensor **t = realloc(sh->t, cap * sizeof *t);
+        if (!t)
+            return -1;
+        sh->t = t;
+        sh->cap = cap;
+    }
+    sh->t[sh->n++] = o;
+    return 0;
+}
+
+/* The default layout mirrors the source: same file names, each with its
+ * own tensors (a materialised lm_head sits with the embedding).  With
+ * max_shard_size the tensors are re-packed greedily in order, as
+ * huggingface_hub's split_state_dict_into_shards does, a tensor larger than
+ * the limit alone in its shard, named model-%05d-of-%05d.safetensors. */
+static fl_status layout_build(const checkpoint *ck, const fold_plan *plan, uint64_t max_shard_size,
+                              out_layout *l, fl_error *err)
+{
+    memset(l, 0, sizeof *l);
+    size_t cap = max_shard_size ? plan->n_out + 1 : ck->n_shards;
+    l->s = calloc(cap ? cap : 1, sizeof *l->s);
+    l->file_of = calloc(plan->n_out ? plan->n_out : 1, sizeof *l->file_of);
+    if (!l->s || !l->file_of)
+        return fl_fail(err, FL_EIO, "out of memory");
+    if (!max_shard_size) {
+        for (size_t i = 0; i < ck->n_shards; i++) {
+            l->s[i].file = strdup(ck->shards[i].file);
+            l->s[i].meta_src = &ck->shards[i];
+            if (!l->s[i].file)
+                return fl_fail(err, FL_EIO, "out of memory");
+        }
+        l->n = ck->n_shards;
+        for (size_t i = 0; i < plan->n_out; i++) {
+            l->file_of[i] = plan->out[i].shard;
+            if (shard_add(&l->s[plan->out[i].shard], &plan->out[i]) != 0)
+                return fl_fail(err, FL_EIO, "out of memory");
+        }
+        return FL_OK;
+    }
+    uint64_t used = 0;
+    for (size_t i = 0; i < plan->n_out; i++) {
+        uint64_t bytes = st_nbytes(plan->out[i].src->t);
+        if (l->n == 0 || (used + bytes > max_shard_size && used > 0)) {
+            l->n++;
+            used = 0;
+        }
+        l->file_of[i] = l->n - 1;
+        if (shard_add(&l->s[l->n - 1], &plan->out[i]) != 0)
+            return fl_fail(err, FL_EIO, "out of memory");
+        used += bytes;
+    }
+    if (l->n == 0)
+        l->n = 1;
+    for (size_t i = 0; i < l->n; i++) {
+        char name[64];
+        if (l->n == 1)
+            snprintf(name, sizeof name, "model.safetensors");
+        else
+            snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", i + 1, l->n);
+        if (!(l->s[i].file = strdup(name)))
+            return fl_fail(err, FL_EIO, "out of memory");
+    }
+    return FL_OK;
+}
+
+/* The output file that holds tensor `name`, or NULL. */
+static const char *layout_file_of(const out_layout *l, const fold_plan *plan, const char *name)
+{
+    const out_tensor *o = plan_find_out(plan, name);
+    return o ? l->s[l->file_of[o - plan->out]].file : NULL;
+}
+
+/* The planned header of one output shard.  Everything is derived from the
+ * source headers and the plan, so a resumed run can compare a finished
+ * shard's header with this one byte for byte. */
+typedef struct {
+    st_tensor *ts;
+    size_t *order;
+    st_meta *meta;
+    size_t n_meta;
+    char *header;
+    size_t header_size;
+    uint64_t data_bytes;
+} shard_header;
+
+static void shard_header_free(shard_header *h)
+{
+    free(h->ts);
+    free(h->order);
+    free(h->meta);
+    free(h->header);
+    memset(h, 0, sizeof *h);
+}
+
+static fl_status shard_header_build(const checkpoint *ck, const fold_plan *plan, const out_layout *l,
+                                    const out_shard *sh, const char *path, shard_header *h,
+                                    fl_error *err)
+{
+    memset(h, 0, sizeof *h);
+    size_t n_meta_cap = 1 + (sh->meta_src ? sh->meta_src->st.n_meta : ck->n_tensors);
+    h->ts = calloc(sh->n ? sh->n : 1, sizeof *h->ts);
+    h->order = calloc(sh->n ? sh->n : 1, sizeof *h->order);
+    h->meta = calloc(n_meta_cap, sizeof *h->meta);
+    if (!h->ts || !h->order || !h->meta)
+        return fl_fail(err, FL_EIO, "out of memory");
+    for (size_t i = 0; i < sh->n; i++) {
+        const st_tensor *t = sh->t[i]->src->t;
+        h->ts[i] = *t;
+        h->ts[i].name = (char *)sh->t[i]->name;
+        h->ts[i].begin = 0;
+        h->ts[i].end = st_nbytes(t);
     }
     /* Metadata: "format": "pt" first, then the source's entries, less the
-     * aliases that became real tensors or whose target is gone. */
-    meta[n_meta++] = (st_meta){"format", "pt"};
-    for (size_t i = 0; i < src->st.n_meta; i++) {
-        const st_meta *m = &src->st.meta[i];
-        if (strcmp(m->key, "format") == 0)
-            continue;
-        const ckpt_tensor *alias = ckpt_find(ck, m->key);
-        if (alias && alias->is_alias) {
-            if (plan_find_out(plan, m->key))
-                continue;  /* materialised (untied) */
-            const out_tensor *target = plan_find_out(plan, m->value);
-            if (!target || target->op != OUT_COPY) {
-                s = fl_fail(err, FL_EINPUT,
-                            "%s: alias '%s' -> '%s' would point at a %s tensor; refusing to change what it means",
-                            src->path, m->key, m->value, target ? "folded" : "removed");
-                goto out;
+     * aliases that became real tensors or whose target is gone.  Re-sharded
+     * output keeps only the aliases, each in the file of its target. */
+    h->meta[h->n_meta++] = (st_meta){"format", "pt"};
+    if (sh->meta_src) {
+        for (size_t i = 0; i < sh->meta_src->st.n_meta; i++) {
+            const st_meta *m = &sh->meta_src->st.meta[i];
+            if (strcmp(m->key, "format") == 0)
+                continue;
+            const ckpt_tensor *alias = ckpt_find(ck, m->key);
+            if (alias && alias->is_alias) {
+                if (plan_find_out(plan, m->key))
+                    continue;  /* materialised (untied) */
+                const out_tensor *target = plan_find_out(plan, m->value);
+                if (!target || target->op != OUT_COPY)
+                    return fl_fail(err, FL_EINPUT,
+                                   "%s: alias '%s' -> '%s' would point at a %s tensor; refusing to change what it means",
+                                   sh->meta_src->path, m->key, m->value, target ? "folded" : "removed");
             }
+            h->meta[h->n_meta++] = *m;
         }
-        meta[n_meta++] = *m;
+    } else {
+        for (size_t i = 0; i < ck->n_tensors; i++) {
+            const ckpt_tensor *a = &ck->tensors[i];
+            if (!a->is_alias || plan_find_out(plan, a->name))
+                continue;
+            const out_tensor *target = plan_find_out(plan, a->t->name);
+            if (!target || target->op != OUT_COPY)
+                return fl_fail(err, FL_EINPUT, "%s: alias '%s' -> '%s' would point at a %s tensor",
+                               ck->shards[a->shard].path, a->name, a->t->name,
+                               target ? "folded" : "removed");
+            const char *file = layout_file_of(l, plan, a->t->name);
+            if (file && strcmp(file, sh->file) == 0)
+                h->meta[h->n_meta++] = (st_meta){(char *)a->name, a->t->name};
+        }
     }
-    if ((s = st_layout(path, ts, n_outs, meta, n_meta, order, &header, &header_size, err)) != FL_OK)
-        goto out;
-    if ((s = make_parents(tmp, src->file, err)) != FL_OK || (s = create_file(path, &fd, err)) != FL_OK)
-        goto out;
-    uint64_t data_bytes = 0;
-    for (size_t i = 0; i < n_outs; i++)
-        if (ts[i].end > data_bytes)
-            data_bytes = ts[i].end;
-    *shard_bytes = data_bytes;
+    fl_status s = st_layout(path, h->ts, sh->n, h->meta, h->n_meta, h->order, &h->header,
+                            &h->header_size, err);
+    if (s != FL_OK)
+        return s;
+    for (size_t i = 0; i < sh->n; i++)
+        if (h->ts[i].end > h->data_bytes)
+            h->data_bytes = h->ts[i].end;
+    return FL_OK;
+}
+
+/* 1 when `path` already holds the finished shard: size and header as
+ * planned (used by --resume, after the journal said it was completed). */
+static int shard_is_complete(const char *path, const shard_header *h)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    struct stat st;
+    int ok = fstat(fd, &st) == 0 && (uint64_t)st.st_size == h->header_size + h->data_bytes;
+    char *buf = ok ? malloc(h->header_size) : NULL;
+    ok = ok && buf && pread(fd, buf, h->header_size, 0) == (ssize_t)h->header_size &&
+         memcmp(buf, h->header, h->header_size) == 0;
+    free(buf);
+    close(fd);
+    return ok;
+}
+
+/* Writes one output shard: the planned header, then every tensor, on
+ * `threads` workers pulling chunks from a shared list. */
+static fl_status write_shard(const checkpoint *ck, const fold_plan *plan, const out_shard *sh,
+                             const shard_header *h, const char *path, const convert_options *opt,
+                             uint64_t done_base, uint64_t total, fl_error *err)
+{
+    work_item *items = NULL;
+    int fd = -1;
+    fl_status s;
+    unlink(path);  /* a partial file from an interrupted run */
+    if ((s = create_file(path, &fd, err)) != FL_OK)
+        return s;
     /* Reserve the space up front: a full disk fails here, not halfway. */
-    int fa = posix_fallocate(fd, 0, (off_t)(header_size + data_bytes));
+    int fa = posix_fallocate(fd, 0, (off_t)(h->header_size + h->data_bytes));
     if (fa == ENOSPC || fa == EFBIG) {
         s = fl_fail(err, FL_EIO, "%s: cannot reserve %llu bytes: %s", path,
-                    (unsigned long long)(header_size + data_bytes), strerror(fa));
+                    (unsigned long long)(h->header_size + h->data_bytes), strerror(fa));
         goto out;
     }
-    if ((s = write_all(fd, header, header_size, 0, path, err)) != FL_OK)
+    if ((s = write_all(fd, h->header, h->header_size, 0, path, err)) != FL_OK)
         goto out;
 
     /* Work items: chunks of at most buf_size bytes per folded tensor, whole
@@ -737,8 +900,8 @@ static fl_status write_shard(const checkpoint *ck, const fold_plan *plan, size_t
     if (buf_size < (1u << 16))
         buf_size = 1u << 16;
     size_t cap = 0, n_items = 0;
-    for (size_t i = 0; i < n_outs; i++) {
-        const out_tensor *o = &outs[order[i]];
+    for (size_t i = 0; i < sh->n; i++) {
+        const out_tensor *o = sh->t[h->order[i]];
         const st_tensor *t = o->src->t;
         uint64_t numel;
         st_numel(t, &numel);
@@ -757,13 +920,14 @@ static fl_status write_shard(const checkpoint *ck, const fold_plan *plan, size_t
                 items = grown;
             }
             uint64_t count = numel - first < per ? numel - first : per;
-            items[n_items++] = (work_item){o, header_size + ts[order[i]].begin + first * es, first, count};
+            items[n_items++] = (work_item){o, h->header_size + h->ts[h->order[i]].begin + first * es,
+                                           first, count};
             if (numel == 0 || o->op == OUT_COPY)
                 break;
         }
     }
     shard_job job = {.ck = ck, .out_fd = fd, .out_path = path, .items = items, .n_items = n_items,
-                     .done_base = *done_base, .total = total, .buf_size = buf_size, .opt = opt,
+                     .done_base = done_base, .total = total, .buf_size = buf_size, .opt = opt,
                      .identity = plan->arch->gain == GAIN_ONE_PLUS_W ? 0.0 : 1.0};
     atomic_init(&job.next, 0);
     atomic_init(&job.failed, 0);
@@ -784,38 +948,35 @@ static fl_status write_shard(const checkpoint *ck, const fold_plan *plan, size_t
         s = job.err.code;
         goto out;
     }
-    *done_base += header_size + data_bytes;
     s = close_file(fd, path, opt->fsync, err);
     fd = -1;
 out:
     if (fd >= 0)
         close(fd);
     free(items);
-    free(header);
-    free(meta);
-    free(order);
-    free(ts);
-    free(path);
     return s;
 }
 
 /* ---------------------------------------------------------------------------
  * index, model card, other files */
 
-static int cmp_cstr(const void *a, const void *b)
+/* qsort has no context argument: the names being sorted, per thread. */
+static _Thread_local const char **sorting_names;
+
+static int cmp_name_idx(const void *a, const void *b)
 {
-    return strcmp(*(const char *const *)a, *(const char *const *)b);
+    return strcmp(sorting_names[*(const size_t *)a], sorting_names[*(const size_t *)b]);
 }
 
 /* model.safetensors.index.json in huggingface_hub's format (indent 2,
  * weight_map sorted), keeping the source's extra metadata keys. */
-static fl_status write_index(const checkpoint *ck, const fold_plan *plan, const char *tmp,
-                             uint64_t total_size, int sync, fl_error *err)
+static fl_status write_index(const checkpoint *ck, const fold_plan *plan, const out_layout *l,
+                             const char *tmp, uint64_t total_size, int sync, fl_error *err)
 {
     sbuf b = {0};
     sb_str(&b, "{\n  \"metadata\": {\n");
     sb_printf(&b, "    \"total_size\": %llu", (unsigned long long)total_size);
-    const cJSON *meta = cJSON_GetObjectItemCaseSensitive(ck->index, "metadata");
+    const cJSON *meta = ck->index ? cJSON_GetObjectItemCaseSensitive(ck->index, "metadata") : NULL;
     if (cJSON_IsObject(meta))
         for (const cJSON *m = meta->child; m; m = m->next) {
             if (!m->string || strcmp(m->string, "total_size") == 0)
@@ -830,7 +991,8 @@ static fl_status write_index(const checkpoint *ck, const fold_plan *plan, const 
             cJSON_free(v);
         }
     sb_str(&b, "\n  },\n  \"weight_map\": {\n");
-    /* Every output tensor, plus the aliases that remain. */
+    /* Every output tensor, plus the aliases that remain (in their target's
+     * file, where the alias is recorded). */
     size_t n = 0;
     const char **names = calloc(plan->n_out + ck->n_tensors + 1, sizeof *names);
     const char **files = calloc(plan->n_out + ck->n_tensors + 1, sizeof *files);
@@ -840,25 +1002,43 @@ static fl_status write_index(const checkpoint *ck, const fold_plan *plan, const 
         free(b.p);
         return fl_fail(err, FL_EIO, "out of memory");
     }
-    for (size_t i = 0; i < plan->n_out; i++)
-        names[n++] = plan->out[i].name;
-    const cJSON *wm = cJSON_GetObjectItemCaseSensitive(ck->index, "weight_map");
+    for (size_t i = 0; i < plan->n_out; i++) {
+        names[n] = plan->out[i].name;
+        files[n++] = l->s[l->file_of[i]].file;
+    }
+    const cJSON *wm = ck->index ? cJSON_GetObjectItemCaseSensitive(ck->index, "weight_map") : NULL;
     for (const cJSON *e = wm ? wm->child : NULL; e; e = e->next) {
         const ckpt_tensor *t = ckpt_find(ck, e->string);
-        if (t && t->is_alias && !plan_find_out(plan, e->string))
-            names[n++] = t->name;
+        const char *file = t && t->is_alias && !plan_find_out(plan, e->string)
+                               ? layout_file_of(l, plan, t->t->name) : NULL;
+        if (file) {
+            names[n] = t->name;
+            files[n++] = file;
+        }
     }
-    qsort(names, n, sizeof *names, cmp_cstr);
-    for (size_t i = 0; i < n; i++) {
-        const out_tensor *o = plan_find_out(plan, names[i]);
-        const char *file = o ? ck->shards[o->shard].file : ck->shards[ckpt_find(ck, names[i])->shard].file;
+    /* Sort names and files together (names are unique). */
+    size_t *idx = malloc((n ? n : 1) * sizeof *idx);
+    if (!idx) {
+        free(names);
+        free(files);
+        free(b.p);
+        return fl_fail(err, FL_EIO, "out of memory");
+    }
+    for (size_t i = 0; i < n; i++)
+        idx[i] = i;
+    sorting_names = names;
+    qsort(idx, n, sizeof *idx, cmp_name_idx);
+    sorting_names = NULL;
+    for (size_t k = 0; k < n; k++) {
+        size_t i = idx[k];
         sb_str(&b, "    ");
         sb_json_string(&b, names[i]);
         sb_str(&b, ": ");
-        sb_json_string(&b, file);
-        sb_str(&b, i + 1 < n ? ",\n" : "\n");
+        sb_json_string(&b, files[i]);
+        sb_str(&b, k + 1 < n ? ",\n" : "\n");
     }
     sb_str(&b, "  }\n}\n");
+    free(idx);
     free(names);
     free(files);
     if (b.oom) {
@@ -1030,25 +1210,160 @@ static void sync_dir(const char *path)
     }
 }
 
+/* ---------------------------------------------------------------------------
+ * the journal: which shards of the temporary directory are complete
+ *
+ * .flashify-journal starts with a fingerprint of the source (shard names,
+ * sizes, mtimes) and of everything that shapes the output; each finished,
+ * fsynced shard appends "done <file>".  --resume trusts a shard only when
+ * the fingerprint matches, the journal lists it, and its size and header
+ * are exactly the planned ones. */
+
+#define JOURNAL ".flashify-journal"
+#define LOCKFILE ".flashify-lock"
+
+static uint64_t fnv1a(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * 0x100000001b3ull;
+    return h;
+}
+
+static uint64_t fingerprint(const checkpoint *ck, const fold_plan *plan, const convert_options *opt)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    h = fnv1a(h, FLASHIFY_VERSION, strlen(FLASHIFY_VERSION));
+    char real[PATH_MAX];
+    if (realpath(ck->dir, real))
+        h = fnv1a(h, real, strlen(real) + 1);
+    for (size_t i = 0; i < ck->n_shards; i++) {
+        struct stat st;
+        h = fnv1a(h, ck->shards[i].file, strlen(ck->shards[i].file) + 1);
+        if (fstat(ck->shards[i].fd, &st) == 0) {
+            h = fnv1a(h, &st.st_size, sizeof st.st_size);
+            h = fnv1a(h, &st.st_mtim, sizeof st.st_mtim);
+        }
+    }
+    int flags[4] = {plan->untie, plan->final_folded, plan->keep_norms, (int)plan->n_groups};
+    h = fnv1a(h, flags, sizeof flags);
+    h = fnv1a(h, plan->arch->model_type, strlen(plan->arch->model_type));
+    h = fnv1a(h, &opt->max_shard_size, sizeof opt->max_shard_size);
+    return h;
+}
+
+/* Reads the journal; fills done[i] for the shards it lists.  Returns 1 when
+ * it exists and its fingerprint matches. */
+static int journal_read(const char *tmp, uint64_t fp, const out_layout *l, char *done)
+{
+    char *path = join(tmp, JOURNAL);
+    FILE *f = path ? fopen(path, "r") : NULL;
+    free(path);
+    if (!f)
+        return 0;
+    char line[PATH_MAX + 16];
+    int ok = 0;
+    unsigned long long got;
+    if (fgets(line, sizeof line, f) && sscanf(line, "flashify-journal 1 %llx", &got) == 1 && got == fp) {
+        ok = 1;
+        while (fgets(line, sizeof line, f)) {
+            line[strcspn(line, "\n")] = '\0';
+            if (strncmp(line, "done ", 5) != 0)
+                continue;
+            for (size_t i = 0; i < l->n; i++)
+                if (strcmp(l->s[i].file, line + 5) == 0)
+                    done[i] = 1;
+        }
+    }
+    fclose(f);
+    return ok;
+}
+
+static fl_status journal_append(int fd, const char *text, const char *tmp, fl_error *err)
+{
+    fl_status s = write_all(fd, text, strlen(text), (uint64_t)lseek(fd, 0, SEEK_END), tmp, err);
+    if (s == FL_OK && fdatasync(fd) != 0)
+        return fl_fail(err, FL_EIO, "%s/" JOURNAL ": fsync failed: %s", tmp, strerror(errno));
+    return s;
+}
+
+/* Removes everything in the temporary directory but the lock file. */
+static void clear_dir_except_lock(const char *tmp)
+{
+    DIR *d = opendir(tmp);
+    if (!d)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0 ||
+            strcmp(e->d_name, LOCKFILE) == 0)
+            continue;
+        char *p = join(tmp, e->d_name);
+        if (p)
+            remove_tree(p);
+        free(p);
+    }
+    closedir(d);
+}
+
+static void note(const convert_options *opt, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void note(const convert_options *opt, const char *fmt, ...)
+{
+    if (!opt->note)
+        return;
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    opt->note(opt->ctx, msg);
+}
+
 static fl_status write_everything(const checkpoint *ck, const fold_plan *plan, const char *tmp,
-                                  const convert_options *opt, fl_error *err)
+                                  const convert_options *opt, int journal_fd, const char *done_before,
+                                  const out_layout *l, fl_error *err)
 {
     uint64_t total = 0;
     for (size_t i = 0; i < plan->n_out; i++)
         total += st_nbytes(plan->out[i].src->t);
     uint64_t done = 0, tensor_bytes = 0;
     fl_status s = FL_OK;
-    for (size_t sh = 0, i = 0; sh < ck->n_shards && s == FL_OK; sh++) {
-        size_t j = i;
-        while (j < plan->n_out && plan->out[j].shard == sh)
-            j++;
-        uint64_t shard_bytes = 0;
-        s = write_shard(ck, plan, sh, plan->out + i, j - i, tmp, opt, &done, total, &shard_bytes, err);
-        tensor_bytes += shard_bytes;
-        i = j;
+    size_t resumed = 0;
+    for (size_t i = 0; i < l->n && s == FL_OK; i++) {
+        const out_shard *sh = &l->s[i];
+        if (sh->n == 0 && l->n > 1)
+            continue;  /* a source shard that held only norms */
+        char *path = join(tmp, sh->file);
+        shard_header h;
+        if (!path) {
+            s = fl_fail(err, FL_EIO, "out of memory");
+            break;
+        }
+        s = shard_header_build(ck, plan, l, sh, path, &h, err);
+        if (s == FL_OK)
+            s = make_parents(tmp, sh->file, err);
+        if (s == FL_OK && done_before[i] && shard_is_complete(path, &h)) {
+            resumed++;
+        } else if (s == FL_OK) {
+            s = write_shard(ck, plan, sh, &h, path, opt, done, total, err);
+            if (s == FL_OK && journal_fd >= 0) {
+                char line[PATH_MAX + 16];
+                snprintf(line, sizeof line, "done %s\n", sh->file);
+                s = journal_append(journal_fd, line, tmp, err);
+            }
+        }
+        if (s == FL_OK) {
+            tensor_bytes += h.data_bytes;
+            done += h.header_size + h.data_bytes;
+        }
+        shard_header_free(&h);
+        free(path);
     }
-    if (s == FL_OK && ck->has_index)
-        s = write_index(ck, plan, tmp, tensor_bytes, opt->fsync, err);
+    if (resumed)
+        note(opt, "resumed: %zu of %zu shard(s) were already complete in the partial output", resumed, l->n);
+    int want_index = opt->max_shard_size ? l->n > 1 : ck->has_index;
+    if (s == FL_OK && want_index)
+        s = write_index(ck, plan, l, tmp, tensor_bytes, opt->fsync, err);
     if (s == FL_OK) {
         char *cfg = NULL;
         size_t len = 0;
@@ -1083,24 +1398,84 @@ fl_status convert_write(const checkpoint *ck, const fold_plan *plan, const conve
     snprintf(dirbuf, sizeof dirbuf, "%s", out);
     snprintf(basebuf, sizeof basebuf, "%s", out);
     const char *parent = dirname(dirbuf), *base = basename(basebuf);
-    /* A hidden sibling on the same filesystem, so the final rename is atomic. */
-    int n = snprintf(tmp, sizeof tmp, "%s/.%s.flashify-tmp-%ld", parent, base, (long)getpid());
+    /* A hidden sibling on the same filesystem, so the final rename is
+     * atomic; its name is fixed so that --resume finds it again. */
+    int n = snprintf(tmp, sizeof tmp, "%s/.%s.flashify-partial", parent, base);
     int m = snprintf(old, sizeof old, "%s/.%s.flashify-old-%ld", parent, base, (long)getpid());
     if (n < 0 || n >= (int)sizeof tmp || m < 0 || m >= (int)sizeof old)
         return fl_fail(err, FL_EUSAGE, "%s: path too long", opt->out_dir);
-    remove_tree(tmp);  /* only ever ours: the name carries our pid */
-    if (mkdir(tmp, 0755) != 0)
+    struct stat st;
+    int existed = lstat(tmp, &st) == 0;
+    if (existed && !S_ISDIR(st.st_mode))
+        return fl_fail(err, FL_EUSAGE, "%s: exists and is not a directory; remove it", tmp);
+    if (!existed && mkdir(tmp, 0755) != 0)
         return fl_fail(err, FL_EIO, "%s: cannot create the temporary directory: %s", tmp, strerror(errno));
+    /* One writer per output: a second flashify on the same -o waits for no
+     * one and fails here. */
+    char *lock_path = join(tmp, LOCKFILE);
+    int lock_fd = lock_path ? open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644) : -1;
+    if (lock_fd < 0 || flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
+        s = fl_fail(err, FL_EUSAGE, "%s: another flashify is writing this output (%s is locked)",
+                    opt->out_dir, tmp);
+        if (lock_fd >= 0)
+            close(lock_fd);
+        free(lock_path);
+        return s;
+    }
+    out_layout l;
+    char *done_before = NULL;
+    int journal_fd = -1;
+    if ((s = layout_build(ck, plan, opt->max_shard_size, &l, err)) != FL_OK)
+        goto finish;
+    done_before = calloc(l.n + 1, 1);
+    if (!done_before) {
+        s = fl_fail(err, FL_EIO, "out of memory");
+        goto finish;
+    }
+    uint64_t fp = fingerprint(ck, plan, opt);
+    int resuming = existed && opt->resume && journal_read(tmp, fp, &l, done_before);
+    if (existed && !resuming) {
+        if (opt->resume)
+            note(opt, "--resume: the partial output in %s was made from other input or options; starting over", tmp);
+        else
+            note(opt, "removing a partial output left by an interrupted run (%s); use --resume to continue one", tmp);
+        clear_dir_except_lock(tmp);
+        memset(done_before, 0, l.n + 1);
+    }
+    {
+        char *jpath = join(tmp, JOURNAL);
+        journal_fd = jpath ? open(jpath, O_WRONLY | O_CREAT | O_CLOEXEC | (resuming ? O_APPEND : O_TRUNC), 0644) : -1;
+        free(jpath);
+        if (journal_fd < 0) {
+            s = fl_fail(err, FL_EIO, "%s/" JOURNAL ": cannot create: %s", tmp, strerror(errno));
+            goto finish;
+        }
+        if (!resuming) {
+            char head[64];
+            snprintf(head, sizeof head, "flashify-journal 1 %016llx\n", (unsigned long long)fp);
+            if ((s = journal_append(journal_fd, head, tmp, err)) != FL_OK)
+                goto finish;
+        }
+    }
 
-    s = write_everything(ck, plan, tmp, opt, err);
-    if (s == FL_OK && opt->fsync)
-        sync_dir(tmp);
+    s = write_everything(ck, plan, tmp, opt, journal_fd, done_before, &l, err);
+    if (s == FL_OK) {
+        /* The bookkeeping files are not part of the output. */
+        close(journal_fd);
+        journal_fd = -1;
+        char *jpath = join(tmp, JOURNAL);
+        if (jpath)
+            unlink(jpath);
+        free(jpath);
+        unlink(lock_path);  /* still held: flock follows the open file */
+        if (opt->fsync)
+            sync_dir(tmp);
+    }
     if (s == FL_OK && opt->before_commit)
         s = opt->before_commit(tmp, opt->ctx, err);
     if (s == FL_OK && fl_interrupted)
         s = fl_fail(err, FL_EINTR, "interrupted");
     if (s == FL_OK) {
-        struct stat st;
         int replacing = lstat(out, &st) == 0;
         if (replacing && rename(out, old) != 0)
             s = fl_fail(err, FL_EIO, "%s: cannot move the existing output aside: %s", out, strerror(errno));
@@ -1115,7 +1490,21 @@ fl_status convert_write(const checkpoint *ck, const fold_plan *plan, const conve
                 sync_dir(parent);
         }
     }
-    if (s != FL_OK)
-        remove_tree(tmp);
+finish:
+    if (journal_fd >= 0)
+        close(journal_fd);
+    if (s != FL_OK) {
+        /* With --resume, an interrupted or failed write (full disk, Ctrl-C)
+         * keeps its finished shards for the next run; otherwise nothing is
+         * left behind. */
+        if (opt->resume && (s == FL_EINTR || s == FL_EIO))
+            note(opt, "kept the partial output in %s; run the same command with --resume to continue", tmp);
+        else
+            remove_tree(tmp);
+    }
+    close(lock_fd);
+    free(lock_path);
+    free(done_before);
+    layout_free(&l);
     return s;
 }

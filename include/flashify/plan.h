@@ -66,6 +66,7 @@ typedef struct {
     uint64_t added_bytes;       /* size of a materialised lm_head */
     size_t n_out;
     out_tensor *out;            /* every output tensor, by shard then name */
+    size_t *by_name;            /* indices into out, sorted by name */
     void *arena;                /* owns the strings above */
 } fold_plan;
 
@@ -73,7 +74,7 @@ fl_status plan_build(const checkpoint *ck, const plan_options *opt,
                      fold_plan *plan, fl_error *err);
 void plan_free(fold_plan *plan);
 
-/* The output tensor of that name, or NULL (dropped or unknown). */
+/* The output tensor of that name, or NULL (dropped or unknown); O(log n). */
 const out_tensor *plan_find_out(const fold_plan *plan, const char *name);
 
 #endif

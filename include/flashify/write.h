@@ -20,6 +20,8 @@ typedef struct {
     int threads;                /* 0: one per core */
     uint64_t memory;            /* buffer budget in bytes; 0: 64 MiB */
     int fsync;                  /* fsync files and directories before the rename */
+    uint64_t max_shard_size;    /* 0: keep the source's shard layout */
+    int resume;                 /* continue a partial output (--resume) */
     const char *base_model;     /* for the model card; NULL: source dir name */
     /* Called on the complete temporary directory before it is renamed into
      * place (--strict); a non-FL_OK return aborts and removes it. */
@@ -27,6 +29,8 @@ typedef struct {
     void *ctx;
     /* Progress: bytes written so far of `total`; may be NULL. */
     void (*progress)(void *ctx, uint64_t done, uint64_t total);
+    /* Informational messages (resuming, stale partial output); may be NULL. */
+    void (*note)(void *ctx, const char *msg);
 } convert_options;
 
 /* Checks that out_dir is a sane place for the output of ck: not the source,

@@ -1,0 +1,211 @@
+"""Streaming writer (issue 6): output bytes independent of --threads and
+--memory, re-sharding round trips, --resume after a killed conversion, and
+what an interrupted run leaves behind.
+
+Fixtures come from bench/gen_fixture (a second, independent safetensors
+writer in C) so they can be tens of MB without slowing the suite."""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from fixtures import read_checkpoint  # noqa: E402
+from harness import FLASHIFY, ROOT, describe, run  # noqa: E402
+
+GEN = os.environ.get("FLASHIFY_GEN_FIXTURE") or os.path.join(os.path.dirname(FLASHIFY), "bench", "gen_fixture")
+
+
+def gen(dest, *args):
+    subprocess.run([GEN, "--quiet", *args, dest], check=True, capture_output=True)
+
+
+def file_digests(d):
+    """{relative path: sha256} of every file under d.  The model card's
+    title is the output directory's name, so README.md is compared with
+    that name taken out."""
+    out = {}
+    for root, _, files in os.walk(d):
+        for f in files:
+            p = os.path.join(root, f)
+            with open(p, "rb") as fh:
+                data = fh.read()
+            if f == "README.md":
+                data = data.replace(os.path.basename(d).encode(), b"<OUT>")
+            out[os.path.relpath(p, d)] = hashlib.sha256(data).hexdigest()
+    return out
+
+
+def tensors(d):
+    """{name: (dtype, shape, bytes)} as a reader sees the checkpoint."""
+    ck = read_checkpoint(d, strict=True)
+    return {k: (t.dtype, tuple(t.shape), bytes(t.data)) for k, t in ck.tensors.items()}
+
+
+class Streaming(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        if not os.path.exists(GEN):
+            raise unittest.SkipTest("bench/gen_fixture not built")
+        cls.tmp = tempfile.mkdtemp(prefix="flashify-stream-")
+        # ~13 MB, 4 source shards, tensors larger than the smallest buffers
+        # so chunks split rows mid-tensor.
+        cls.src = os.path.join(cls.tmp, "src")
+        gen(cls.src, "--layers", "3", "--hidden", "512", "--intermediate", "1536",
+            "--heads", "8", "--kv-heads", "2", "--head-dim", "64", "--vocab", "4096",
+            "--tied", "--max-shard-size", "4MB")
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def out(self, name):
+        return os.path.join(self.tmp, name)
+
+    def convert(self, src, out, *flags):
+        p = run([src, "-o", out, "-q", *flags], timeout=120)
+        self.assertEqual(p.returncode, 0, describe(p))
+        return p
+
+    def test_bytes_independent_of_threads_and_memory(self):
+        ref = self.out("t1")
+        self.convert(self.src, ref, "--threads", "1", "--memory", "1MiB")
+        want = file_digests(ref)
+        self.assertGreater(len([f for f in want if f.endswith(".safetensors")]), 1)
+        for i, flags in enumerate([("--threads", "2"), ("--threads", "7", "--memory", "3MiB"),
+                                   ("--threads", "3", "--memory", "1GiB"), ("--no-fsync",)]):
+            o = self.out("tN%d" % i)
+            self.convert(self.src, o, *flags)
+            self.assertEqual(file_digests(o), want, "output differs with %s" % (flags,))
+
+    def test_reshard_round_trip(self):
+        # --keep-norms writes identity norms, so the output can be converted
+        # again: folding by exactly 1 changes nothing, only the layout moves.
+        base = self.out("rs-base")
+        self.convert(self.src, base, "--keep-norms")
+        small = self.out("rs-small")
+        self.convert(self.src, small, "--keep-norms", "--max-shard-size", "1MB")
+        files = sorted(f for f in os.listdir(small) if f.endswith(".safetensors"))
+        n = len(files)
+        self.assertGreater(n, 4)
+        self.assertEqual(files, ["model-%05d-of-%05d.safetensors" % (i + 1, n) for i in range(n)])
+        with open(os.path.join(small, "model.safetensors.index.json")) as f:
+            index = json.load(f)
+        ts_small = tensors(small)
+        self.assertEqual(set(index["weight_map"]), set(ts_small))
+        self.assertEqual(index["metadata"]["total_size"], sum(len(v[2]) for v in ts_small.values()))
+        for fn in files:
+            ck = read_checkpoint(small)  # noqa: F841 (validated above)
+            size = os.path.getsize(os.path.join(small, fn))
+            in_file = [k for k, v in index["weight_map"].items() if v == fn]
+            data = sum(len(ts_small[k][2]) for k in in_file)
+            # over the limit only when a single tensor is larger than it
+            self.assertTrue(data <= 1_000_000 or len(in_file) == 1, (fn, data, in_file))
+            self.assertLess(data, size)
+        back = self.out("rs-back")
+        self.convert(small, back, "--keep-norms", "--max-shard-size", "1GB")
+        self.assertTrue(os.path.exists(os.path.join(back, "model.safetensors")))
+        self.assertFalse(os.path.exists(os.path.join(back, "model.safetensors.index.json")))
+        ts_base = tensors(base)
+        self.assertEqual(ts_small, ts_base)
+        self.assertEqual(tensors(back), ts_base)
+
+    def test_resume_after_kill(self):
+        src = self.out("big")
+        if not os.path.exists(src):
+            # ~60 MB in 8 shards: with one thread, 1 MiB of buffer and fsync
+            # the conversion takes long enough to be killed halfway.
+            gen(src, "--layers", "8", "--hidden", "768", "--intermediate", "2048",
+                "--heads", "12", "--kv-heads", "4", "--head-dim", "64", "--vocab", "8192",
+                "--untied", "--max-shard-size", "8MB")
+        whole = self.out("big-whole")
+        self.convert(src, whole)
+        out = self.out("big-resumed")
+        partial = os.path.join(self.tmp, ".big-resumed.flashify-partial")
+        journal = os.path.join(partial, ".flashify-journal")
+        proc = subprocess.Popen([FLASHIFY, src, "-o", out, "-q", "--resume", "--threads", "1",
+                                 "--memory", "1MiB"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        killed = False
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                with open(journal) as f:
+                    if f.read().count("\ndone ") >= 2:
+                        proc.kill()
+                        killed = True
+                        break
+            except FileNotFoundError:
+                pass
+            time.sleep(0.002)
+        proc.wait()
+        if not killed:
+            self.skipTest("the conversion finished before it could be killed")
+        self.assertFalse(os.path.exists(out), "a killed conversion left something at the output path")
+        self.assertTrue(os.path.isdir(partial))
+        p = run([src, "-o", out, "--resume"], timeout=120)
+        self.assertEqual(p.returncode, 0, describe(p))
+        self.assertIn("resumed:", p.stderr)
+        self.assertFalse(os.path.exists(partial))
+        self.assertEqual(file_digests(out), file_digests(whole))
+
+    def test_stale_partial_without_resume_is_replaced(self):
+        out = self.out("stale")
+        partial = os.path.join(self.tmp, ".stale.flashify-partial")
+        os.makedirs(partial)
+        with open(os.path.join(partial, "model-00001-of-00004.safetensors"), "wb") as f:
+            f.write(b"garbage from a crashed run")
+        p = run([self.src, "-o", out], timeout=120)
+        self.assertEqual(p.returncode, 0, describe(p))
+        self.assertIn("partial output", p.stderr)
+        self.assertFalse(os.path.exists(partial))
+        ref = self.out("stale-ref")
+        self.convert(self.src, ref)
+        self.assertEqual(file_digests(out), file_digests(ref))
+
+    def test_resume_with_other_options_starts_over(self):
+        out = self.out("changed")
+        partial = os.path.join(self.tmp, ".changed.flashify-partial")
+        os.makedirs(partial)
+        with open(os.path.join(partial, ".flashify-journal"), "w") as f:
+            f.write("flashify-journal 1 0123456789abcdef\ndone model-00001-of-00004.safetensors\n")
+        with open(os.path.join(partial, "model-00001-of-00004.safetensors"), "wb") as f:
+            f.write(b"not the right bytes")
+        p = run([self.src, "-o", out, "--resume"], timeout=120)
+        self.assertEqual(p.returncode, 0, describe(p))
+        self.assertIn("starting over", p.stderr)
+        ref = self.out("changed-ref")
+        self.convert(self.src, ref)
+        self.assertEqual(file_digests(out), file_digests(ref))
+
+    def test_sigterm_leaves_nothing(self):
+        src = self.out("big")
+        if not os.path.exists(src):
+            self.skipTest("needs the fixture of test_resume_after_kill")
+        out = self.out("term")
+        proc = subprocess.Popen([FLASHIFY, src, "-o", out, "-q", "--threads", "1", "--memory", "1MiB"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        partial = os.path.join(self.tmp, ".term.flashify-partial")
+        deadline = time.time() + 30
+        while not os.path.exists(partial) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.001)
+        time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait()
+        if rc == 0:
+            self.skipTest("the conversion finished before the signal")
+        self.assertEqual(rc, 143)
+        self.assertFalse(os.path.exists(out))
+        self.assertFalse(os.path.exists(partial))
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
