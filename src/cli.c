@@ -485,10 +485,10 @@ static int cmd_inspect(const char *path)
         printf("  %-60s %-6s [", t->name, st_dtype_name(t->t->dtype));
         for (int d = 0; d < t->t->ndim; d++)
             printf("%s%llu", d ? ", " : "", (unsigned long long)t->t->shape[d]);
-        printf("]  %s%s%s\n", ck.shards[t->shard].file, t->is_alias ? " (alias of " : "",
-               t->is_alias ? t->t->name : "");
         if (t->is_alias)
-            printf("\b)\n");
+            printf("]  %s (alias of %s)\n", ck.shards[t->shard].file, t->t->name);
+        else
+            printf("]  %s\n", ck.shards[t->shard].file);
     }
     plan_options po = {0};
     fold_plan plan;

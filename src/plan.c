@@ -302,6 +302,10 @@ static fl_status add_group(const checkpoint *ck, fold_plan *p, size_t *cap_group
                            const char **consumer_bases, size_t n_bases, fl_error *err)
 {
     const ckpt_tensor *nt = ckpt_find(ck, norm_name);
+    if (!nt && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(ck->cfg.json, "flashnorm_folded")))
+        return fl_fail(err, FL_EINPUT, "%s: already a FlashNorm checkpoint (config.json has \"flashnorm_folded\": true "
+                       "and norm '%s' is absent); nothing to fold",
+                       ck->dir, norm_name);
     if (!nt)
         return fl_fail(err, FL_EINPUT, "%s: norm '%s' is missing (model_type %s expects it)",
                        ck->dir, norm_name, p->arch->model_type);
