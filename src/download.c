@@ -515,7 +515,8 @@ static size_t on_body_mem(char *p, size_t size, size_t nmemb, void *ud)
 
 static int on_xfer_abort(void *ud, curl_off_t a, curl_off_t b, curl_off_t c_, curl_off_t d)
 {
-    return fl_interrupted ? 1 : 0;
+    const dl_client *c = ud;
+    return fl_interrupted || c->stop ? 1 : 0;
 }
 
 static void fill_response(dl_response *r, const hdrs *hd, long status)
@@ -544,6 +545,7 @@ static fl_status exchange(dl_client *c, CURL *h, const char *url, int head,
         curl_easy_setopt(h, CURLOPT_WRITEDATA, body ? body : &sink);
         curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
         curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_xfer_abort);
+        curl_easy_setopt(h, CURLOPT_XFERINFODATA, c);
         double t0 = now_s();
         CURLcode rc = curl_easy_perform(h);
         curl_slist_free_all(l);
@@ -553,6 +555,8 @@ static fl_status exchange(dl_client *c, CURL *h, const char *url, int head,
         hd->status = status;
         if (fl_interrupted)
             return fl_fail(err, FL_EINTR, "interrupted");
+        if (c->stop)
+            return fl_fail(err, FL_EINTR, "abandoned after another transfer failed");
         if (body && body->overflow)
             return fl_fail(err, FL_ENET, "%s: reply larger than %u MiB", lu, API_BODY_MAX >> 20);
         dl_log(c, "%s %s -> %s%ld (%.0f ms)", head ? "HEAD" : "GET", lu,
@@ -579,13 +583,27 @@ fl_status dl_api_get(dl_client *c, void *curl, const char *url, dl_response *r,
     hdrs hd = {0};
     hdrs_reset(&hd);
     membuf body = {0};
-    fl_status st = exchange(c, curl, url, 0, &hd, &body, err);
+    char *cur = strdup(url);
+    fl_status st = cur ? FL_OK : fl_fail(err, FL_EIO, "out of memory");
+    /* A renamed repo redirects API calls too; the token follows only to
+     * the endpoint's origin (setup() decides per request). */
+    for (int hop = 0; st == FL_OK; hop++) {
+        st = exchange(c, curl, cur, 0, &hd, &body, err);
+        if (st || hd.status < 300 || hd.status >= 400 || !hd.location || hop >= MAX_HOPS)
+            break;
+        char *next = resolve_location(cur, hd.location, 0);
+        free(cur);
+        cur = next;
+        if (!cur)
+            st = fl_fail(err, FL_ENET, "%s: unusable redirect", url);
+    }
+    free(cur);
     if (st == FL_OK) {
         fill_response(r, &hd, hd.status);
         r->body = body.buf ? body.buf : strdup("");
         r->len = body.len;
-        r->link_next = hd.link_next;
-        hd.link_next = NULL;
+        /* Link may be relative: resolve it against the request URL. */
+        r->link_next = hd.link_next ? resolve_location(url, hd.link_next, 0) : NULL;
         body.buf = NULL;
     }
     free(body.buf);
@@ -896,6 +914,7 @@ static CURLcode xfer_get(xfer *x, const char *url, long *status)
         curl_easy_setopt(x->h, CURLOPT_WRITEDATA, x);
         curl_easy_setopt(x->h, CURLOPT_NOPROGRESS, 0L);
         curl_easy_setopt(x->h, CURLOPT_XFERINFOFUNCTION, on_xfer_abort);
+        curl_easy_setopt(x->h, CURLOPT_XFERINFODATA, c);
         curl_easy_setopt(x->h, CURLOPT_BUFFERSIZE, 512L * 1024);
         x->started = 0;
         x->errlen = 0;
@@ -972,8 +991,10 @@ fl_status dl_blob(dl_client *c, void *curl, int slot, const char *name,
         x.range_bad = x.too_long = x.io_errno = 0;
         if (x.written < x.expected || x.expected == 0)
             rc = xfer_get(&x, m->location, &status);
-        if (fl_interrupted) {
-            st = fl_fail(err, FL_EINTR, "interrupted while downloading %s", name);
+        if (fl_interrupted || c->stop) {
+            /* The partial file stays: the next run resumes it. */
+            st = fl_fail(err, FL_EINTR, "%s while downloading %s",
+                         fl_interrupted ? "interrupted" : "stopped after another error", name);
             break;
         }
         if (x.io_errno) {

@@ -351,6 +351,7 @@ static void *worker(void *p)
             if (!R->st) { /* the first error wins; the others stop */
                 R->st = st;
                 R->err = e;
+                R->dc.stop = 1;
             }
             pthread_mutex_unlock(&R->qmu);
         }

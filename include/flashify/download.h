@@ -24,6 +24,7 @@ typedef struct {
     hub_progress_fn progress;
     void *progress_ctx;
     unsigned blob_mode;      /* 0666 & ~umask, read once before any thread */
+    volatile int stop;       /* set when another worker failed: abandon transfers */
     pthread_mutex_t mu;      /* guards the fields below and event delivery */
     int64_t all_done, all_total;
 } dl_client;

@@ -160,6 +160,8 @@ def test_pagination_revisions_and_rename():
         check(any(e["path"].startswith("/oldorg/") and e["status"] == 307 for e in heads),
               "no 307 from the old name")
         check(any(e["path"].startswith("/neworg/") for e in heads), "relative Location not followed")
+        api = env.hub.requests(path="^/api/models/oldorg/tiny/")
+        check(api and all(e["status"] == 307 for e in api), "API of the old name: %r" % api)
         rd = os.path.join(env.cache, "models--oldorg--tiny")
         with open(os.path.join(rd, "blobs", __import__("hubtest").git_blob_sha1(files["config.json"])),
                   "rb") as f:

@@ -286,6 +286,13 @@ def _handler(hub, server):
             parts = u.path.split("/")
             q = urllib.parse.parse_qs(u.query)
             if len(parts) >= 5 and parts[1] == "api" and parts[2] == "models":
+                rid = parts[3] + "/" + parts[4]
+                if rid in hub.renames:
+                    # The Hub redirects API calls of a renamed repo too.
+                    loc = "/api/models/%s/%s" % (hub.renames[rid], "/".join(parts[5:]))
+                    if u.query:
+                        loc += "?" + u.query
+                    return self._send(307, [("Location", loc)], b"")
                 repo = self._repo(parts[3], parts[4])
                 if repo is None:
                     return self._error(401 if self._token() is None else 404,
