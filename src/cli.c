@@ -87,7 +87,7 @@ typedef struct {
     const char *revision, *token;  /* hub options */
     int offline, verbose, jobs;
     int json, skip_forward;        /* verify / --strict */
-    const char *tokens;
+    const char *tokens, *dump_logits;
     double tolerance;
 } cli_args;
 
@@ -370,7 +370,7 @@ static int cmd_verify(const cli_args *a, const char *source, const char *output)
     fl_error err = {0};
     verify_options vo = {.tokens = a->tokens, .tolerance = a->tolerance, .json = a->json,
                          .threads = a->threads, .skip_forward = a->skip_forward,
-                         .plan_file = a->plan_file};
+                         .plan_file = a->plan_file, .dump_logits = a->dump_logits};
     char *report = NULL;
     fl_status s = verify_pair(source, output, &vo, &report, &err);
     if (report)
@@ -537,6 +537,9 @@ static int parse_args(int argc, char **argv, int first, cli_args *a, const char 
             a->json = 1;
         } else if (strcmp(o, "--skip-forward") == 0) {
             a->skip_forward = 1;
+        } else if (strcmp(o, "--dump-logits") == 0) {
+            NEEDS_VALUE();
+            a->dump_logits = val;
         } else if (strcmp(o, "--tokens") == 0) {
             NEEDS_VALUE();
             a->tokens = val;

@@ -790,6 +790,15 @@ static fl_status forward_check(const checkpoint *src, const checkpoint *out, con
         (s = fwd_logits(mo, f->tokens, T, lb, err)) == FL_OK) {
         f->ran = 1;
         compare_logits(la, lb, V, T, f);
+        if (opt->dump_logits) {
+            FILE *fp = fopen(opt->dump_logits, "wb");
+            if (!fp || fwrite(la, sizeof *la, T * (size_t)V, fp) != T * (size_t)V)
+                s = fl_fail(err, FL_EIO, "%s: cannot write the logits: %s", opt->dump_logits,
+                            strerror(errno));
+            if (fp && fclose(fp) != 0 && s == FL_OK)
+                s = fl_fail(err, FL_EIO, "%s: cannot write the logits: %s", opt->dump_logits,
+                            strerror(errno));
+        }
     }
     free(la);
     free(lb);

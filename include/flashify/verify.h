@@ -48,6 +48,9 @@ typedef struct {
     const char *plan_file; /* --plan FILE the output was made with, or NULL */
     const char *output_label; /* shown for OUTPUT in the report (--strict
                                  checks a temporary directory), or NULL */
+    const char *dump_logits; /* write the SOURCE's logits there (raw
+                                little-endian float32, positions x vocab),
+                                for tests/interop; or NULL */
 } verify_options;
 
 /* Checks OUTPUT against SOURCE.  *report receives a malloc'd human (or
