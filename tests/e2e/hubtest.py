@@ -124,9 +124,11 @@ def check_fail(r, code, needles, what):
     check(TOKEN not in r.stdout + r.stderr, "%s: the token was printed" % what)
 
 
-def check_layout(env, repo, files, rev="main"):
+def check_layout(env, repo, files, rev="main", other_blobs=()):
     """The cache holds `files` (path -> bytes) for `repo` exactly as
-    huggingface_hub lays it out (hub-protocol.md §4). Returns the snapshot."""
+    huggingface_hub lays it out (hub-protocol.md §4), and blobs/ holds
+    nothing else but other_blobs (etags of earlier commits).  Returns the
+    snapshot directory."""
     rd = env.repo_dir(repo.id)
     with open(os.path.join(env.cache, "CACHEDIR.TAG"), "rb") as f:
         check(f.read().startswith(b"Signature: 8a477f597d28d172789f06886806bc55"),
@@ -151,7 +153,7 @@ def check_layout(env, repo, files, rev="main"):
         with open(os.path.join(rd, "blobs", etag), "rb") as f:
             check(f.read() == data, "blob %s of %s has wrong bytes" % (etag, path))
     got_blobs = set(os.listdir(os.path.join(rd, "blobs")))
-    check(got_blobs == expected_blobs, "blobs/ holds %s, expected %s"
+    check(got_blobs == expected_blobs | set(other_blobs), "blobs/ holds %s, expected %s"
           % (sorted(got_blobs), sorted(expected_blobs)))
     snap_files = set()
     for root, dirs, names in os.walk(snap):

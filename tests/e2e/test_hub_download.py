@@ -79,6 +79,62 @@ def test_second_run_no_transfer_and_offline():
         check(r7.stdout == r1.stdout, "fallback gave another snapshot")
 
 
+def test_reuses_blobs_and_python_caches():
+    with Env() as env:
+        files = stories_files()
+        env.hub.add_repo("org/tiny", files)
+        check_ok(env.download("org/tiny"), "first commit")
+        # A new commit on main that only changes config.json: the weights'
+        # blob is reused, only config.json travels.
+        files2 = dict(files)
+        files2["config.json"] = files["config.json"].replace(b"}", b', "note": "v2"}', 1)
+        check(files2["config.json"] != files["config.json"], "config not changed")
+        repo2 = env.hub.add_repo("org/tiny", files2, commit="c" * 40)
+        env.hub.clear()
+        r = env.download("org/tiny")
+        check_ok(r, "second commit")
+        check(r.stdout.strip().endswith("/snapshots/" + "c" * 40), "snapshot %r" % r.stdout)
+        check(not env.hub.requests(server="cdn"), "the unchanged weights were transferred again")
+        gets = env.hub.requests(method="GET", path="/resolve/")
+        check([g["path"].rsplit("/", 1)[1] for g in gets] == ["config.json"],
+              "transferred %r" % [g["path"] for g in gets])
+        with open(os.path.join(env.repo_dir("org/tiny"), "refs", "main")) as f:
+            check(f.read() == "c" * 40, "refs/main not moved to the new commit")
+        check_layout(env, repo2, wanted(files2),
+                     other_blobs=[__import__("hubtest").git_blob_sha1(files["config.json"])])
+    with Env() as env:
+        # A cache written by hand exactly as huggingface_hub writes it
+        # (hub-protocol.md §4): flashify reuses it without a transfer.
+        files = stories_files()
+        repo = env.hub.add_repo("org/py", files)
+        rd = env.repo_dir("org/py")
+        os.makedirs(os.path.join(rd, "blobs"))
+        os.makedirs(os.path.join(rd, "refs"))
+        snap = os.path.join(rd, "snapshots", repo.commit)
+        os.makedirs(snap)
+        with open(os.path.join(rd, "refs", "main"), "w") as f:
+            f.write(repo.commit)
+        for n in WANTED:
+            etag = repo.etag(n)
+            with open(os.path.join(rd, "blobs", etag), "wb") as f:
+                f.write(files[n])
+            os.symlink("../../blobs/" + etag, os.path.join(snap, n))
+        r = env.download("org/py")
+        check_ok(r, "Python-made cache")
+        check(r.stdout.strip() == snap, "snapshot %r, expected %r" % (r.stdout, snap))
+        check(not env.hub.requests(path="/resolve/") and not env.hub.requests(server="cdn"),
+              "a Python-made cache was downloaded again")
+        r = env.download("org/py", HF_HUB_OFFLINE="1")
+        check_ok(r, "Python-made cache, offline")
+        # Without symlinks (HF_HUB_DISABLE_SYMLINKS / Windows): regular files.
+        os.unlink(os.path.join(snap, "config.json"))
+        with open(os.path.join(snap, "config.json"), "wb") as f:
+            f.write(files["config.json"])
+        env.hub.clear()
+        check_ok(env.download("org/py"), "regular file in snapshots/")
+        check(not env.hub.requests(path="/resolve/"), "a regular-file pointer was re-fetched")
+
+
 def test_sharded_index_selects_shards():
     with Env() as env:
         files = stories_files()
@@ -201,6 +257,6 @@ def test_repo_id_grammar():
 
 if __name__ == "__main__":
     run_tests([test_layout_and_headers, test_second_run_no_transfer_and_offline,
-               test_sharded_index_selects_shards, test_no_safetensors_and_unsafe_names,
+               test_reuses_blobs_and_python_caches, test_sharded_index_selects_shards, test_no_safetensors_and_unsafe_names,
                test_pagination_revisions_and_rename, test_xet_and_token_sources,
                test_repo_id_grammar])
