@@ -19,7 +19,7 @@ ROOT = os.environ.get("FLASHIFY_ROOT") or os.path.dirname(os.path.dirname(
     os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "tests", "hub"))
 
-from mock_hub import MockHub, git_blob_sha1  # noqa: E402
+from mock_hub import MockHub, git_blob_sha1  # noqa: E402,F401
 
 FLASHIFY = os.environ.get("FLASHIFY", os.path.join(ROOT, "build", "flashify"))
 TOKEN = "hf_TestTokenDoNotLeak_0123456789"

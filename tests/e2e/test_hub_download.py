@@ -5,7 +5,7 @@ renamed repo, no transfer on a second run, offline runs, token hygiene."""
 import json
 import os
 
-from hubtest import (Env, TOKEN, WANTED, blob_bytes, check, check_fail, check_layout,
+from hubtest import (Env, TOKEN, WANTED, blob_bytes, check, check_fail, check_layout, git_blob_sha1,
                      check_ok, run_tests, stories_files)
 
 
@@ -101,7 +101,7 @@ def test_reuses_blobs_and_python_caches():
         with open(os.path.join(env.repo_dir("org/tiny"), "refs", "main")) as f:
             check(f.read() == "c" * 40, "refs/main not moved to the new commit")
         check_layout(env, repo2, wanted(files2),
-                     other_blobs=[__import__("hubtest").git_blob_sha1(files["config.json"])])
+                     other_blobs=[git_blob_sha1(files["config.json"])])
     with Env() as env:
         # A cache written by hand exactly as huggingface_hub writes it
         # (hub-protocol.md §4): flashify reuses it without a transfer.
@@ -219,7 +219,7 @@ def test_pagination_revisions_and_rename():
         api = env.hub.requests(path="^/api/models/oldorg/tiny/")
         check(api and all(e["status"] == 307 for e in api), "API of the old name: %r" % api)
         rd = os.path.join(env.cache, "models--oldorg--tiny")
-        with open(os.path.join(rd, "blobs", __import__("hubtest").git_blob_sha1(files["config.json"])),
+        with open(os.path.join(rd, "blobs", git_blob_sha1(files["config.json"])),
                   "rb") as f:
             check(f.read() == files["config.json"], "weak etag blob")
 
