@@ -2,7 +2,7 @@
 # bench_convert.sh — times `flashify SRC -o OUT` against `cp -r SRC OUT` on
 # the same Llama-shaped checkpoint, alternately in one run, page cache warm.
 #
-# Usage: bench/bench_convert.sh [--preset 1b|8b|tiny] [--dir DIR] [--runs N]
+# Usage: bench/bench_convert.sh [--preset 1b|8b|tiny] [--dir DIR] [--runs N] [--gen-arg ARG]...
 #            [--threads N] [--memory SIZE] [--sync] [--no-nice] [--clean]
 #            [-- extra flashify arguments]
 #
@@ -10,6 +10,8 @@
 #              8b: Llama-3.1-8B, 4 shards, 16 GB; tiny: a few hundred KB)
 #   --dir      where the fixture and the outputs live (default /tmp/flashify-bench);
 #              the fixture is generated once and reused
+#   --gen-arg  one extra gen_fixture argument (repeat), e.g. --gen-arg --untied;
+#              such a fixture gets its own directory
 #   --runs     timed runs of each command (default 5); medians are printed
 #   --threads, --memory   passed to flashify
 #   --sync     time `CMD && sync` for both, so data still dirty in the page
@@ -23,11 +25,12 @@ set -u
 . "$(dirname "$0")/common.sh"
 
 preset=1b dir=/tmp/flashify-bench runs=5 sync=0 clean=0
-fl_args=()
+fl_args=() gen_args=()
 while [ $# -gt 0 ]; do
     case $1 in
         --preset) preset=$2; shift 2 ;;
         --dir) dir=$2; shift 2 ;;
+        --gen-arg) gen_args+=("$2"); shift 2 ;;
         --runs) runs=$2; shift 2 ;;
         --threads|--memory) fl_args+=("$1" "$2"); shift 2 ;;
         --sync) sync=1; shift ;;
@@ -42,7 +45,7 @@ case $runs in ''|*[!0-9]*|0) die "--runs needs a positive integer" ;; esac
 
 find_binaries
 ensure_time
-ensure_fixture "$preset" "$dir"
+ensure_fixture "$preset" "$dir" ${gen_args[@]+"${gen_args[@]}"}
 
 src=$FIXTURE out_fl=$dir/out-flashify out_cp=$dir/out-cp
 bytes=$(dir_bytes "$src")
@@ -75,7 +78,7 @@ prepare() { rm -rf "$out_fl" "$out_cp"; sync; warm "$src"; }
 
 prepare
 log=$(mktemp)
-fl_times=() cp_times=() fl_rss=() cp_rss=()
+fl_times=() cp_times=() fl_rss=() cp_rss=() fl_cpu=() cp_cpu=()
 for i in $(seq 1 "$runs"); do
     # alternate which goes first, so slow drift (thermal, other jobs) hits both
     order="fl cp"; [ $((i % 2)) = 0 ] && order="cp fl"
@@ -84,14 +87,16 @@ for i in $(seq 1 "$runs"); do
         if [ $which = fl ]; then
             timed_run "$log" "${fl_cmd[@]}"
             [ "$RUN_RC" = 0 ] || { cat "$log" >&2; die "flashify failed (exit $RUN_RC)"; }
-            fl_times+=("$RUN_SEC"); fl_rss+=("$RUN_RSS_KB")
+            out_bytes=$(dir_bytes "$out_fl")
+            fl_times+=("$RUN_SEC"); fl_rss+=("$RUN_RSS_KB"); fl_cpu+=("$RUN_CPU")
         else
             timed_run "$log" "${cp_cmd[@]}"
             [ "$RUN_RC" = 0 ] || { cat "$log" >&2; die "cp failed (exit $RUN_RC)"; }
-            cp_times+=("$RUN_SEC"); cp_rss+=("$RUN_RSS_KB")
+            cp_times+=("$RUN_SEC"); cp_rss+=("$RUN_RSS_KB"); cp_cpu+=("$RUN_CPU")
         fi
-        printf '  run %d %-8s %7.3f s  %8.1f MiB peak RSS\n' "$i" \
-            "$([ $which = fl ] && echo flashify || echo cp)" "$RUN_SEC" "$(awk -v k="$RUN_RSS_KB" 'BEGIN {print k/1024}')"
+        printf '  run %d %-8s %7.3f s wall %7.2f s cpu  %8.1f MiB peak RSS\n' "$i" \
+            "$([ $which = fl ] && echo flashify || echo cp)" "$RUN_SEC" "$RUN_CPU" \
+            "$(awk -v k="$RUN_RSS_KB" 'BEGIN {print k/1024}')"
     done
 done
 rm -f "$log"
@@ -100,12 +105,16 @@ fl_med=$(printf '%s\n' "${fl_times[@]}" | median)
 cp_med=$(printf '%s\n' "${cp_times[@]}" | median)
 fl_max=$(printf '%s\n' "${fl_rss[@]}" | sort -n | tail -1)
 cp_max=$(printf '%s\n' "${cp_rss[@]}" | sort -n | tail -1)
+fl_cmed=$(printf '%s\n' "${fl_cpu[@]}" | median)
+cp_cmed=$(printf '%s\n' "${cp_cpu[@]}" | median)
 echo
-awk -v f="$fl_med" -v c="$cp_med" -v fr="$fl_max" -v cr="$cp_max" -v b="$bytes" -v p="$preset" 'BEGIN {
-    printf "preset %s, %.3f GB\n", p, b/1e9
-    printf "%-10s median %7.3f s  %6.2f GB/s  peak RSS %8.1f MiB\n", "flashify", f, b/1e9/f, fr/1024
-    printf "%-10s median %7.3f s  %6.2f GB/s  peak RSS %8.1f MiB\n", "cp -r", c, b/1e9/c, cr/1024
-    printf "ratio flashify/cp: %.2f\n", f/c
+awk -v f="$fl_med" -v c="$cp_med" -v fr="$fl_max" -v cr="$cp_max" -v b="$bytes" -v p="$preset" \
+    -v fc="$fl_cmed" -v cc="$cp_cmed" -v l="$(cut -d' ' -f1-3 /proc/loadavg)" -v ob="$out_bytes" 'BEGIN {
+    printf "preset %s: %.3f GB in, flashify writes %.3f GB (GB/s below = source bytes / wall time)\n", p, b/1e9, ob/1e9
+    printf "%-10s median %7.3f s  %6.2f GB/s  cpu %6.2f s  peak RSS %8.1f MiB\n", "flashify", f, b/1e9/f, fc, fr/1024
+    printf "%-10s median %7.3f s  %6.2f GB/s  cpu %6.2f s  peak RSS %8.1f MiB\n", "cp -r", c, b/1e9/c, cc, cr/1024
+    printf "ratio flashify/cp: %.2f (wall)   load average at end: %s\n", f/c, l
+    if (ob != b) printf "ratio per byte written: %.2f (flashify time/output bytes over cp time/source bytes)\n", (f/ob)/(c/b)
 }'
 
 if [ $clean = 1 ]; then rm -rf "$FIXTURE" "$dir/$preset.stamp"; fi

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # bench_verify.sh — times `flashify verify SRC OUT` on a Llama-shaped fixture.
 #
-# Usage: bench/bench_verify.sh [--preset 1b|8b|tiny] [--dir DIR] [--runs N]
+# Usage: bench/bench_verify.sh [--preset 1b|8b|tiny] [--dir DIR] [--runs N] [--gen-arg ARG]...
 #            [--no-nice] [-- extra arguments for flashify verify]
 #
 #   --preset   fixture shape (default 1b); generated once under --dir and reused
 #   --dir      default /tmp/flashify-bench
+#   --gen-arg  one extra gen_fixture argument (repeat), e.g. --gen-arg --untied;
+#              such a fixture gets its own directory
 #   --runs     timed runs (default 1; the median is printed)
 # The converted checkpoint is made once with `flashify SRC -o OUT` (not
 # timed) and removed at the end.  Page cache warm.
@@ -14,11 +16,12 @@ set -u
 . "$(dirname "$0")/common.sh"
 
 preset=1b dir=/tmp/flashify-bench runs=1
-v_args=()
+v_args=() gen_args=()
 while [ $# -gt 0 ]; do
     case $1 in
         --preset) preset=$2; shift 2 ;;
         --dir) dir=$2; shift 2 ;;
+        --gen-arg) gen_args+=("$2"); shift 2 ;;
         --runs) runs=$2; shift 2 ;;
         --no-nice) NICE=0; shift ;;
         --) shift; v_args+=("$@"); break ;;
@@ -30,7 +33,7 @@ case $runs in ''|*[!0-9]*|0) die "--runs needs a positive integer" ;; esac
 
 find_binaries
 ensure_time
-ensure_fixture "$preset" "$dir"
+ensure_fixture "$preset" "$dir" ${gen_args[@]+"${gen_args[@]}"}
 src=$FIXTURE out=$dir/out-verify
 trap 'rm -rf "$out"' EXIT
 trap 'exit 130' INT TERM

@@ -3,7 +3,8 @@
 # Finds the binaries, makes sure /usr/bin/time exists, generates the fixture
 # once (reused while its stamp file matches the generator's arguments), and
 # provides timed_run, which runs a command under /usr/bin/time -v and sets
-# RUN_SEC (wall seconds, nanosecond clock) and RUN_RSS_KB (peak RSS).
+# RUN_SEC (wall seconds, nanosecond clock), RUN_CPU (user+sys seconds) and
+# RUN_RSS_KB (peak RSS).
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$BENCH_DIR/.." && pwd)
@@ -34,10 +35,14 @@ ensure_time() {
 # A stamp file next to it (outside the checkpoint, so cp -r and flashify
 # never see it) records the arguments; a missing or different stamp means a
 # half-written or stale fixture, which is regenerated from scratch.
+# Extra generator arguments get their own directory name, so the plain
+# preset fixture is not regenerated back and forth.
 ensure_fixture() {
     local preset=$1 dir=$2; shift 2
-    FIXTURE=$dir/$preset
-    local stamp="$dir/$preset.stamp" want="gen_fixture --preset $preset $*"
+    local name=$preset
+    [ $# -gt 0 ] && name=$preset$(printf '%s' "$*" | tr -c 'A-Za-z0-9' '_')
+    FIXTURE=$dir/$name
+    local stamp="$dir/$name.stamp" want="gen_fixture --preset $preset $*"
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -d "$FIXTURE" ]; then
         echo "fixture: reusing $FIXTURE"
         return 0
@@ -57,7 +62,8 @@ dir_bytes() { find "$1" -type f -printf '%s\n' | awk '{s+=$1} END {printf "%.0f\
 warm() { find "$1" -type f -exec cat {} + > /dev/null; }
 
 # timed_run LOG CMD...: runs CMD under /usr/bin/time -v (niced unless
-# NICE=0), stdout+stderr of CMD to LOG.  Sets RUN_SEC, RUN_RSS_KB, RUN_RC.
+# NICE=0), stdout+stderr of CMD to LOG.  Sets RUN_SEC, RUN_CPU, RUN_RSS_KB,
+# RUN_RC.
 timed_run() {
     local log=$1; shift
     local tv; tv=$(mktemp)
@@ -68,6 +74,7 @@ timed_run() {
     t1=$(date +%s.%N)
     RUN_SEC=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", b - a}')
     RUN_RSS_KB=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$tv")
+    RUN_CPU=$(awk -F': ' '/User time|System time/ {s += $2} END {printf "%.2f", s}' "$tv")
     rm -f "$tv"
 }
 
