@@ -143,6 +143,32 @@ class LlamaFixtures(Base):
         _, _, _, ex, ck = self.roundtrip(m, "mixed")
         self.assertEqual(ck.tensors["model.layers.0.self_attn.q_proj.weight"].dtype, "BF16")
 
+    def test_mixed_and_f64_dtypes(self):
+        for fam in ("llama", "gemma"):
+            for dt, nd in (("F64", "F64"), ("BF16", "F64"), ("F32", "F64"), ("F64", "F32"),
+                           ("F16", "F32"), ("F32", "BF16"), ("BF16", "F16")):
+                with self.subTest(family=fam, dtype=dt, norm_dtype=nd):
+                    m = build_model(fam, dtype=dt, norm_dtype=nd, tied=False, seed=35)
+                    self.roundtrip(m, "%s-%s-%s" % (fam, dt, nd))
+
+    # KNOWN CONVERTER LIMITATION (reported to the lead): with an F64 norm
+    # ("wide"), Gemma's W + W*w rounds W*w to odd before the sum; under
+    # cancellation (w near -1) that first rounding is not absorbed and the
+    # result is not the once-rounded W*(1+w).  Contrived (F64 norms, dead
+    # channel), kept as a record.  Remove the decorator when fixed.
+    @unittest.expectedFailure
+    def test_gemma_f64_norm_cancellation(self):
+        m = build_model("gemma", dtype="BF16", norm_dtype="F64", tied=False, seed=36)
+        q, n = "model.layers.0.self_attn.q_proj.weight", "model.layers.0.input_layernorm.weight"
+        v = m.tensors[q].values()
+        v[7] = 1 + 2 ** -7
+        m.tensors[q] = float_tensor("BF16", m.tensors[q].shape, v)
+        g = m.tensors[n].values()
+        g[7] = -1 + 2 ** -53
+        m.tensors[n] = float_tensor("F64", (len(g),), g)
+        _, _, _, ex, ck = self.roundtrip(m, "cancel")
+        self.assertEqual(ck.tensors[q].values()[7], (1 + 2 ** -7) * 2 ** -53)
+
     def test_three_shards_norms_apart_from_consumers(self):
         for tied in (False, True):
             with self.subTest(tied=tied):
@@ -198,6 +224,37 @@ class LlamaFixtures(Base):
                 self.assertEqual(ck.tensors["lm_head.weight"].data, s.tensors["model.embed_tokens.weight"].data)
 
 
+class TieEdgeCases(Base):
+    def test_tie_key_absent(self):
+        # no lm_head and no tie_word_embeddings key: tied (HF v4 treats the
+        # absent key as true), so the output must say false explicitly
+        m = build_model("llama", dtype="BF16", tied=True, seed=30)
+        del m.config["tie_word_embeddings"]
+        src, out, p, ex, ck = self.roundtrip(m, "notiekey")
+        self.assertTrue(ex.untie)
+        self.assertIs(ck.config.get("tie_word_embeddings"), False)
+
+    def test_sharded_alias(self):
+        for alias in ("embed", "head"):
+            with self.subTest(stored=alias):
+                m = build_model("llama", dtype="BF16", tied=True, seed=31)
+                src = self.fixture("shal-" + alias, m, shards=3, alias=alias)
+                out = self.out("shal-%s-out" % alias)
+                convert(self, src, out)
+                ex, ck = check_output(self, src, out)
+                self.assertIn("lm_head.weight", ck.index["weight_map"])
+                self.assertIn("model.embed_tokens.weight", ck.index["weight_map"])
+
+    def test_default_output_name_with_trailing_slash(self):
+        m = build_model("llama", dtype="BF16", tied=False, seed=32)
+        src = self.fixture("Slashy", m)
+        cwd = os.path.join(self.tmp, "cwd")
+        os.makedirs(cwd)
+        convert(self, src + "/", None, cwd=cwd)
+        self.assertEqual(os.listdir(cwd), ["Slashy-FlashNorm"])
+        check_output(self, src, os.path.join(cwd, "Slashy-FlashNorm"))
+
+
 class Options(Base):
     def test_keep_tied(self):
         m = build_model("llama", dtype="BF16", tied=True, seed=9)
@@ -225,6 +282,26 @@ class Options(Base):
                 for k in ex.dropped:
                     self.assertEqual(set(ck.tensors[k].values()), {1.0}, k)
                     self.assertEqual(ck.tensors[k].dtype, m.tensors[k].dtype)
+
+    def test_keep_tied_and_keep_norms(self):
+        m = build_model("llama", dtype="F16", tied=True, seed=33)
+        src = self.fixture("ktkn", m)
+        out = self.out("ktkn-out")
+        convert(self, src, out, "--keep-tied", "--keep-norms")
+        ex, ck = check_output(self, src, out, keep_tied=True, keep_norms=True)
+        # the final norm is kept as it is (not written as the identity)
+        self.assertEqual(ck.tensors["model.norm.weight"].data, m.tensors["model.norm.weight"].data)
+        self.assertEqual(set(ck.tensors["model.layers.0.input_layernorm.weight"].values()), {1.0})
+
+    def test_dry_run_with_force_keeps_existing_output(self):
+        m = build_model("llama", dtype="BF16", tied=False, seed=34)
+        src = self.fixture("dryf", m)
+        out = self.out("dryf-out")
+        os.makedirs(out)
+        with open(os.path.join(out, "precious.txt"), "w") as f:
+            f.write("keep me")
+        convert(self, src, out, "--dry-run", "--force")
+        self.assertEqual(os.listdir(out), ["precious.txt"])
 
     def test_dry_run_writes_nothing(self):
         m = build_model("llama", dtype="BF16", tied=True, seed=11)
@@ -261,7 +338,11 @@ class Options(Base):
     def test_output_inside_source_refused(self):
         m = build_model("llama", dtype="BF16", tied=False, seed=13)
         src = self.fixture("in", m)
-        for out in (src, os.path.join(src, "sub"), os.path.join(src, "sub", "deeper"), src + "/."):
+        link = os.path.join(self.tmp, "link-to-in")
+        os.symlink(src, link)
+        up = os.path.join(src, "..", os.path.basename(src))
+        for out in (src, os.path.join(src, "sub"), os.path.join(src, "sub", "deeper"), src + "/.",
+                    up, os.path.join(up, "sub"), link, os.path.join(link, "sub")):
             with self.subTest(out=out):
                 before = tree_digest(src)
                 p = convert(self, src, out, "--force", expect_rc=None)

@@ -145,6 +145,34 @@ class Specifics(Base):
                 self.assertIn("model.layers.0.mlp.gate_proj.weight", ck.tensors)
                 self.assertIn("model.layers.2.mlp.experts.2.up_proj.weight", ck.tensors)
 
+    def test_deepseek_v3_mtp_layer_left_alone(self):
+        # DeepSeek-V3 checkpoints carry a multi-token-prediction layer after
+        # the last decoder layer (model.layers.{num_hidden_layers}.*: enorm,
+        # hnorm, eh_proj, shared_head.norm, plus a full decoder block).  The
+        # v4 loader ignores it; architectures.md pitfall 6: leave it alone.
+        m = build_model("deepseek_v3", dtype="BF16", seed=409)
+        L = m.config["num_hidden_layers"]
+        extra = {}
+        for k, t in m.tensors.items():
+            if k.startswith("model.layers.%d." % (L - 1)):
+                extra[k.replace("model.layers.%d." % (L - 1), "model.layers.%d." % L)] = t
+        p = "model.layers.%d." % L
+        extra[p + "enorm.weight"] = m.tensors["model.norm.weight"]
+        extra[p + "hnorm.weight"] = m.tensors["model.norm.weight"]
+        extra[p + "eh_proj.weight"] = float_tensor("BF16", (32, 64), [0.25] * (32 * 64))
+        extra[p + "shared_head.norm.weight"] = m.tensors["model.norm.weight"]
+        m.tensors.update(extra)
+        _, _, _, ex, ck = self.convert_and_check(m, "dsv3-mtp")
+        for k in extra:
+            self.assertEqual(ck.tensors[k].data, m.tensors[k].data, k)
+
+    def test_gemma3_untied_source(self):
+        m = build_model("gemma3", dtype="BF16", tied=False, seed=410)
+        m.config["text_config"]["tie_word_embeddings"] = False
+        _, _, p, ex, ck = self.convert_and_check(m, "g3-untied")
+        self.assertFalse(ex.untie)
+        self.assertIn("language_model.lm_head.weight", ex.groups[-1][1])
+
     def test_phi3_fused(self):
         m = build_model("phi3", dtype="BF16", seed=405)
         _, _, _, ex, ck = self.convert_and_check(m, "phi3")
