@@ -140,7 +140,7 @@ static void fold_f64(const double *in, double *out, size_t rows, size_t cols,
         for (size_t c = 0; c < cols; c++) {
             double x = in[r * cols + c];
             /* fma rounds x*w + x once: exactly x * (1 + w) rounded. */
-            out[r * cols + c] = one_plus ? fma(x, w[c], x) : x * w[c];
+            out[r * cols + c] = !one_plus ? x * w[c] : (x == 0 || w[c] == -1.0) ? x * (1.0 + w[c]) : fma(x, w[c], x);
         }
 }
 
