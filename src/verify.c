@@ -947,7 +947,9 @@ fl_status verify_pair(const char *source_dir, const char *output_dir, const veri
     plan_options po = {.plan_file = opt->plan_file};
     if ((s = plan_build(&src, &po, &plan, err)) != FL_OK)
         goto done;
-    if (plan.untie && !ckpt_find(&out, plan.head_name)) {
+    const ckpt_tensor *oh = ckpt_find(&out, plan.head_name), *oe = ckpt_find(&out, plan.embed_name);
+    int out_tied = !oh || oh->is_alias || (oe && oh->shard == oe->shard && oh->t == oe->t);
+    if (plan.untie && out_tied) {
         plan_free(&plan);
         po.keep_tied = 1;
         if ((s = plan_build(&src, &po, &plan, err)) != FL_OK)

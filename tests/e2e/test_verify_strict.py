@@ -71,6 +71,20 @@ class Strict(unittest.TestCase):
                     p, rep = self.strict(src, out, *extra)
                     self.assertEqual(p.returncode, 0, "%s\n%s" % (extra, describe(p)))
 
+    def test_alias_tied_sharded_source(self):
+        """transformers' alias for a tied head, over three shards: the
+        default unties, --keep-tied keeps the alias; both pass."""
+        from fixtures import build_model, write_checkpoint
+        from verify_fixtures import tame
+        src = os.path.join(self.tmp, "alias")
+        write_checkpoint(tame(build_model("llama", "BF16", tied=True)), src, shards=3, alias="embed",
+                         extra_files=False)
+        for flags in ([], ["--keep-tied"]):
+            with self.subTest(flags=flags):
+                p, rep = self.strict(src, src + "-out%d" % len(flags), *flags)
+                self.assertEqual(p.returncode, 0, describe(p))
+                self.assertTrue(rep["forward_check"]["passed"])
+
     def wrong_plan(self, plan, family="llama"):
         src = os.path.join(self.tmp, family + "-src")
         if not os.path.exists(src):
