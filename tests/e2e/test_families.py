@@ -93,6 +93,32 @@ class Specifics(Base):
                             k = "model.layers.%d.%s.weight" % (i, n)
                             self.assertEqual(ck.tensors[k].data, m.tensors[k].data, k)
 
+    def test_plan_and_card_say_which_norms_are_kept(self):
+        cases = {"qwen3": ["q_norm", "k_norm"],
+                 "gemma2": ["post_attention_layernorm", "post_feedforward_layernorm"],
+                 "gemma3_text": ["post_attention_layernorm", "post_feedforward_layernorm", "q_norm", "k_norm"],
+                 "olmo2": ["post_attention_layernorm", "post_feedforward_layernorm", "q_norm", "k_norm"],
+                 "cohere": ["q_norm", "k_norm"]}
+        for fam, kept in cases.items():
+            with self.subTest(family=fam):
+                m = build_model(fam, dtype="BF16", seed=411)
+                src = os.path.join(self.tmp, fam + "-dry")
+                write_checkpoint(m, src)
+                out = src + "-out"
+                p = convert(self, src, out, "--dry-run")
+                self.assertFalse(os.path.exists(out))
+                # the kept norms are named after the folded ones, with a reason
+                text = p.stdout + p.stderr
+                for n in kept:
+                    self.assertIn(n, text, "--dry-run should list the kept norm " + n)
+                convert(self, src, out)
+                with open(os.path.join(out, "README.md")) as f:
+                    card = f.read()
+                for n in kept:
+                    self.assertIn(n, card, "the model card should list the kept norm " + n)
+                if fam.startswith("gemma"):
+                    self.assertIn("--keep-norms", card, "the Gemma load warning belongs in the card too")
+
     def test_olmo2_only_final_norm(self):
         m = build_model("olmo2", dtype="BF16", seed=401)
         _, _, _, ex, ck = self.convert_and_check(m, "olmo2")
