@@ -1,0 +1,272 @@
+"""ref_forward.py -- a second, deliberately plain reference forward pass.
+
+Pure Python (double precision, lists), written from the Hugging Face
+modeling classes (models/<family>/modeling_<family>.py) independently of
+src/forward.c, for the tiny generated models of fixtures.py.  test_forward_
+families.py compares the C pass (`flashify verify --dump-logits`) with it.
+
+ref_logits(ck, tokens) -> [[logit] * vocab] * len(tokens), where ck is a
+fixtures.Checkpoint (read_checkpoint).
+"""
+
+import math
+import struct
+
+from fixtures import decode_values
+
+GEMMA = ("gemma", "gemma2", "gemma3_text")
+
+
+def _round_to(dtype, x):
+    if dtype == "F32":
+        return struct.unpack("<f", struct.pack("<f", x))[0]
+    if dtype == "F16":
+        return struct.unpack("<e", struct.pack("<e", x))[0]
+    if dtype == "BF16":
+        # round to nearest even on the top 16 bits of the float32 (x here is
+        # sqrt(hidden): a normal number, and float32 rounding of it is exact
+        # enough that the double rounding cannot hit a tie)
+        b = struct.unpack("<I", struct.pack("<f", x))[0]
+        b = (b + 0x7FFF + ((b >> 16) & 1)) >> 16
+        return struct.unpack("<f", struct.pack("<I", b << 16))[0]
+    return x
+
+
+class _M:
+    def __init__(self, ck):
+        self.ck = ck
+        cfg = ck.config
+        self.tc = cfg.get("text_config", cfg)
+        self.mt = self.tc["model_type"]
+        self.cache = {}
+
+    def has(self, name):
+        return name in self.ck.tensors
+
+    def vals(self, name):
+        if name not in self.cache:
+            t = self.ck.tensors[name]
+            self.cache[name] = decode_values(t.dtype, t.data)
+        return self.cache[name]
+
+    def linear(self, x, name):
+        """nn.Linear: y[o] = sum_i W[o, i] x[i] (+ bias)."""
+        t = self.ck.tensors[name + ".weight"]
+        rows, cols = t.shape
+        w = self.vals(name + ".weight")
+        y = [sum(w[o * cols + i] * x[i] for i in range(cols)) for o in range(rows)]
+        if self.has(name + ".bias"):
+            b = self.vals(name + ".bias")
+            y = [a + c for a, c in zip(y, b)]
+        return y
+
+    def norm(self, x, name, eps, centred=False, gemma=False, weight_offset=0):
+        n = len(x)
+        mu = sum(x) / n if centred else 0.0
+        var = sum((v - mu) ** 2 for v in x) / n
+        r = 1.0 / math.sqrt(var + eps)
+        xh = [(v - mu) * r for v in x]
+        if name is None or not self.has(name):
+            return xh
+        w = self.vals(name)[weight_offset:weight_offset + n]
+        return [a * ((1.0 + g) if gemma else g) for a, g in zip(xh, w)]
+
+
+def _act(name, x):
+    if name in ("silu", "swish"):
+        return x / (1.0 + math.exp(-x))
+    if name in ("gelu_pytorch_tanh", "gelu_new"):
+        return 0.5 * x * (1.0 + math.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1.0 + math.erf(x / math.sqrt(2.0)))
+
+
+def ref_logits(ck, tokens):
+    m = _M(ck)
+    tc, mt = m.tc, m.mt
+    H = tc["hidden_size"]
+    nh = tc["num_attention_heads"]
+    nkv = tc.get("num_key_value_heads") or nh
+    hd = tc.get("head_dim") or H // nh
+    L = tc["num_hidden_layers"]
+    gemma = mt in GEMMA
+    centred = mt == "cohere"
+    eps = tc.get("layer_norm_eps", 1e-5) if centred else tc.get("rms_norm_eps", 1e-6)
+    act = tc.get("hidden_activation") or "gelu_pytorch_tanh" if gemma else tc.get("hidden_act", "silu")
+    pre = next(p for p in ("model.", "language_model.model.", "model.language_model.")
+               if m.has(p + "embed_tokens.weight"))
+    emb_t = ck.tensors[pre + "embed_tokens.weight"]
+    V = emb_t.shape[0]
+    rot = int(hd * tc.get("partial_rotary_factor", 1.0))
+    rot -= rot % 2
+
+    def freqs(theta):
+        return [1.0 / theta ** (2 * i / rot) for i in range(rot // 2)]
+
+    f_global = freqs(tc.get("rope_theta", 10000.0))
+    f_local = freqs(tc.get("rope_local_base_freq", 10000.0))
+    scale = 1.0 / math.sqrt(hd)
+    if mt in ("gemma2", "gemma3_text"):
+        scale = tc.get("query_pre_attn_scalar", 256) ** -0.5
+    if mt == "granite":
+        scale = tc.get("attention_multiplier", 1.0)
+    attn_cap = tc.get("attn_logit_softcapping") if mt in ("gemma2", "gemma3_text") else None
+    res_mult = tc.get("residual_multiplier", 1.0) if mt == "granite" else 1.0
+
+    # embeddings
+    E = m.vals(pre + "embed_tokens.weight")
+    xs = [E[t * H:(t + 1) * H] for t in tokens]
+    if gemma:
+        s = _round_to(emb_t.dtype, math.sqrt(H))
+        xs = [[v * s for v in x] for x in xs]
+    if mt == "granite":
+        xs = [[v * tc.get("embedding_multiplier", 1.0) for v in x] for x in xs]
+
+    def rope(v, pos, fr):
+        v = list(v)
+        for i in range(rot // 2):
+            a, b = (2 * i, 2 * i + 1) if mt == "cohere" else (i, i + rot // 2)
+            c, s_ = math.cos(pos * fr[i]), math.sin(pos * fr[i])
+            v[a], v[b] = v[a] * c - v[b] * s_, v[b] * c + v[a] * s_
+        return v
+
+    def attention(p, hs, layer):
+        sliding = False
+        if mt == "gemma3_text":
+            sliding = (layer + 1) % tc.get("sliding_window_pattern", 6) != 0
+        fr = f_local if sliding else f_global
+        qs, ks, vs = [], [], []
+        for h in hs:
+            if m.has(p + "self_attn.qkv_proj.weight"):
+                qkv = m.linear(h, p + "self_attn.qkv_proj")
+                q, k, v = qkv[:nh * hd], qkv[nh * hd:(nh + nkv) * hd], qkv[(nh + nkv) * hd:]
+            else:
+                q = m.linear(h, p + "self_attn.q_proj")
+                k = m.linear(h, p + "self_attn.k_proj")
+                v = m.linear(h, p + "self_attn.v_proj")
+            qn, kn = p + "self_attn.q_norm.weight", p + "self_attn.k_norm.weight"
+            if mt == "olmo2":
+                q, k = m.norm(q, qn, eps), m.norm(k, kn, eps)
+            elif mt in ("qwen3", "qwen3_moe", "gemma3_text"):
+                q = sum((m.norm(q[j * hd:(j + 1) * hd], qn, eps, gemma=gemma) for j in range(nh)), [])
+                k = sum((m.norm(k[j * hd:(j + 1) * hd], kn, eps, gemma=gemma) for j in range(nkv)), [])
+            elif mt == "cohere" and tc.get("use_qk_norm"):
+                q = sum((m.norm(q[j * hd:(j + 1) * hd], qn, eps, centred=True, weight_offset=j * hd)
+                         for j in range(nh)), [])
+                k = sum((m.norm(k[j * hd:(j + 1) * hd], kn, eps, centred=True, weight_offset=j * hd)
+                         for j in range(nkv)), [])
+            pos = len(qs)
+            use_rope = True
+            if mt == "smollm3" and "no_rope_layers" in tc:
+                use_rope = bool(tc["no_rope_layers"][layer])
+            if use_rope:
+                q = sum((rope(q[j * hd:(j + 1) * hd], pos, fr) for j in range(nh)), [])
+                k = sum((rope(k[j * hd:(j + 1) * hd], pos, fr) for j in range(nkv)), [])
+            qs.append(q)
+            ks.append(k)
+            vs.append(v)
+        outs = []
+        for i in range(len(hs)):
+            ctx = []
+            for h in range(nh):
+                kh = h // (nh // nkv)
+                sc = []
+                for j in range(i + 1):
+                    d = sum(qs[i][h * hd + c] * ks[j][kh * hd + c] for c in range(hd)) * scale
+                    if attn_cap:
+                        d = math.tanh(d / attn_cap) * attn_cap
+                    sc.append(d)
+                mx = max(sc)
+                e = [math.exp(s_ - mx) for s_ in sc]
+                z = sum(e)
+                ctx += [sum(e[j] / z * vs[j][kh * hd + c] for j in range(i + 1)) for c in range(hd)]
+            outs.append(m.linear(ctx, p + "self_attn.o_proj"))
+        return outs
+
+    def gated(h, g, u, d):
+        a = m.linear(h, g)
+        b = m.linear(h, u)
+        return m.linear([_act(act, x) * y for x, y in zip(a, b)], d)
+
+    def mlp(p, h):
+        if m.has(p + "mlp.gate_up_proj.weight"):
+            gu = m.linear(h, p + "mlp.gate_up_proj")
+            n = len(gu) // 2
+            return m.linear([_act(act, gu[i]) * gu[n + i] for i in range(n)], p + "mlp.down_proj")
+        if m.has(p + "block_sparse_moe.gate.weight"):
+            router, ex = p + "block_sparse_moe.gate", p + "block_sparse_moe.experts.%d."
+            names = ("w1", "w3", "w2")
+            normalize = True
+        elif m.has(p + "mlp.gate.weight"):
+            router, ex = p + "mlp.gate", p + "mlp.experts.%d."
+            names = ("gate_proj", "up_proj", "down_proj")
+            normalize = tc.get("norm_topk_prob", False)
+        else:
+            return gated(h, p + "mlp.gate_proj", p + "mlp.up_proj", p + "mlp.down_proj")
+        logits = m.linear(h, router)
+        mx = max(logits)
+        probs = [math.exp(v - mx) for v in logits]
+        z = sum(probs)
+        probs = [v / z for v in probs]
+        k = tc["num_experts_per_tok"]
+        top = sorted(range(len(probs)), key=lambda e: (-probs[e], e))[:k]
+        w = [probs[e] for e in top]
+        if normalize:
+            w = [v / sum(w) for v in w]
+        out = [0.0] * H
+        for e, we in zip(top, w):
+            y = gated(h, ex % e + names[0], ex % e + names[1], ex % e + names[2])
+            out = [a + we * b for a, b in zip(out, y)]
+        if m.has(p + "mlp.shared_expert.gate_proj.weight"):
+            y = gated(h, p + "mlp.shared_expert.gate_proj", p + "mlp.shared_expert.up_proj",
+                      p + "mlp.shared_expert.down_proj")
+            gsc = 1.0 / (1.0 + math.exp(-m.linear(h, p + "mlp.shared_expert_gate")[0]))
+            out = [a + gsc * b for a, b in zip(out, y)]
+        return out
+
+    def nrm(x, name):
+        return m.norm(x, name, eps, centred=centred, gemma=gemma)
+
+    for layer in range(L):
+        p = "%slayers.%d." % (pre, layer)
+        if mt == "cohere":
+            hs = [nrm(x, p + "input_layernorm.weight") for x in xs]
+            a = attention(p, hs, layer)
+            xs = [[x0 + a0 + m0 for x0, a0, m0 in zip(x, ai, mlp(p, h))] for x, ai, h in zip(xs, a, hs)]
+            continue
+        if mt == "olmo2":
+            a = [nrm(v, p + "post_attention_layernorm.weight") for v in attention(p, xs, layer)]
+            xs = [[u + v for u, v in zip(x, ai)] for x, ai in zip(xs, a)]
+            xs = [[u + v for u, v in zip(x, nrm(mlp(p, x), p + "post_feedforward_layernorm.weight"))] for x in xs]
+            continue
+        a = attention(p, [nrm(x, p + "input_layernorm.weight") for x in xs], layer)
+        if mt in ("gemma2", "gemma3_text"):
+            a = [nrm(v, p + "post_attention_layernorm.weight") for v in a]
+            xs = [[u + v for u, v in zip(x, ai)] for x, ai in zip(xs, a)]
+            xs = [[u + v for u, v in zip(x, nrm(mlp(p, nrm(x, p + "pre_feedforward_layernorm.weight")),
+                                                p + "post_feedforward_layernorm.weight"))] for x in xs]
+            continue
+        xs = [[u + res_mult * v for u, v in zip(x, ai)] for x, ai in zip(xs, a)]
+        xs = [[u + res_mult * v for u, v in zip(x, mlp(p, nrm(x, p + "post_attention_layernorm.weight")))]
+              for x in xs]
+
+    head = None
+    for hn in ("lm_head.weight", "language_model.lm_head.weight"):
+        if m.has(hn) and not ck.config.get("tie_word_embeddings", tc.get("tie_word_embeddings", False)) \
+                and not tc.get("tie_word_embeddings", False):
+            head = hn
+    if head is None:
+        head = pre + "embed_tokens.weight"
+    W = m.vals(head)
+    out = []
+    for x in xs:
+        h = nrm(x, pre + "norm.weight")
+        lg = [sum(W[v * H + i] * h[i] for i in range(H)) for v in range(V)]
+        if mt == "cohere":
+            lg = [v * tc.get("logit_scale", 0.0625) for v in lg]
+        if mt == "granite":
+            lg = [v / tc.get("logits_scaling", 1.0) for v in lg]
+        cap = tc.get("final_logit_softcapping") if mt in ("gemma2", "gemma3_text") else None
+        if cap:
+            lg = [math.tanh(v / cap) * cap for v in lg]
+        out.append(lg)
+    return out
