@@ -620,7 +620,8 @@ fl_status ckpt_open(const char *dir, checkpoint *ck, fl_error *err)
         goto fail;
     if ((s = collect_other(ck, "", 0, err)) != FL_OK)
         goto fail;
-    qsort(ck->other_files, ck->n_other, sizeof *ck->other_files, cmp_str);
+    if (ck->n_other) /* qsort(NULL, 0) is undefined */
+        qsort(ck->other_files, ck->n_other, sizeof *ck->other_files, cmp_str);
     return FL_OK;
 fail:
     ckpt_close(ck);

@@ -7,6 +7,15 @@
 
 volatile int fl_interrupted = 0;
 
+/* Messages quote names taken from hostile files (tensor names, JSON keys,
+ * paths): control characters become '?' so a message stays one line. */
+static void one_line(char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f)
+            *s = '?';
+}
+
 fl_status fl_fail(fl_error *err, fl_status code, const char *fmt, ...)
 {
     if (err) {
@@ -14,6 +23,7 @@ fl_status fl_fail(fl_error *err, fl_status code, const char *fmt, ...)
         va_start(ap, fmt);
         vsnprintf(err->msg, sizeof err->msg, fmt, ap);
         va_end(ap);
+        one_line(err->msg);
         err->code = code;
     }
     return code;
@@ -30,5 +40,6 @@ fl_status fl_prefix(fl_error *err, const char *fmt, ...)
     va_end(ap);
     memcpy(old, err->msg, sizeof old);
     snprintf(err->msg, sizeof err->msg, "%s: %s", prefix, old);
+    one_line(err->msg);
     return err->code;
 }
