@@ -327,8 +327,12 @@ static fl_status resolve_source(const cli_args *a, char **dir, fl_error *err)
         *dir = strdup(a->source);
         return *dir ? FL_OK : fl_fail(err, FL_EIO, "out of memory");
     }
-    if (hub_is_repo_id(a->source))
-        return fetch_repo(a, a->source, dir, err);
+    if (hub_is_repo_id(a->source)) {
+        fl_status s = fetch_repo(a, a->source, dir, err);
+        if (s != FL_OK && s != FL_EINTR)
+            fl_prefix(err, "%s is not a local directory, so it was fetched as a Hub repo id", a->source);
+        return s;
+    }
     return fl_fail(err, FL_EINPUT, "%s: no such directory", a->source);
 }
 

@@ -561,7 +561,14 @@ static fl_status exchange(dl_client *c, CURL *h, const char *url, int head,
             return fl_fail(err, FL_ENET, "%s: reply larger than %u MiB", lu, API_BODY_MAX >> 20);
         dl_log(c, "%s %s -> %s%ld (%.0f ms)", head ? "HEAD" : "GET", lu,
                rc ? curl_easy_strerror(rc) : "", rc ? 0L : status, (now_s() - t0) * 1e3);
-        if (!transient(rc, status))
+        if (rc == CURLE_OK)
+            c->contacted = 1;
+        /* A name that does not resolve before anything ever answered is a
+         * machine without network (or a typo'd local path taken for a repo
+         * id): say so now instead of after 23 s of backoff. */
+        int no_dns = !c->contacted && (rc == CURLE_COULDNT_RESOLVE_HOST ||
+                                       rc == CURLE_COULDNT_RESOLVE_PROXY);
+        if (!transient(rc, status) || no_dns)
             return rc == CURLE_OK ? FL_OK
                                   : fl_fail(err, FL_ENET, "%s: %s", lu, curl_easy_strerror(rc));
         if (attempt >= MAX_RETRIES) {

@@ -25,6 +25,7 @@ typedef struct {
     void *progress_ctx;
     unsigned blob_mode;      /* 0666 & ~umask, read once before any thread */
     volatile int stop;       /* set when another worker failed: abandon transfers */
+    int contacted;           /* a reply has arrived from some server */
     pthread_mutex_t mu;      /* guards the fields below and event delivery */
     int64_t all_done, all_total;
 } dl_client;
