@@ -72,6 +72,7 @@ static const fwd_family families[] = {
     {"gemma3_text",  1, 0, LAYOUT_SANDWICH, QK_HEAD,    1,    0,  1,  6,    1},
     {"olmo2",        0, 0, LAYOUT_POST,     QK_FULL,    0,    0,  0,  0,    0},
     {"cohere",       0, 1, LAYOUT_PARALLEL, QK_HEAD_2D, 0,    1,  1,  0,    0},
+    {"deepseek_v3",  0, 0, LAYOUT_PRE,      QK_NONE,    0,    1,  0,  0,    0}, /* MLA */
 };
 
 enum { ACT_SILU, ACT_GELU_TANH, ACT_GELU_ERF };
@@ -104,7 +105,10 @@ typedef struct {
     long n_experts;          /* 0: dense MLP */
     fwd_mat router;
     fwd_mat *e_gate, *e_up, *e_down;
-    fwd_mat sh_gate, sh_up, sh_down, sh_scalar; /* qwen2_moe shared expert */
+    fwd_mat sh_gate, sh_up, sh_down, sh_scalar; /* shared expert(s); scalar gate: Qwen2-MoE */
+    float *e_bias;           /* DeepSeek router e_score_correction_bias (choice only) */
+    fwd_mat q_a, q_b, kv_a, kv_b; /* DeepSeek MLA projections */
+    fwd_norm q_a_norm, kv_a_norm;
     const float *inv_freq;   /* rot/2 frequencies; NULL: no RoPE (SmolLM3 NoPE) */
     long window;             /* sliding window (0: none) */
 } fwd_layer;
@@ -118,6 +122,12 @@ struct fwd_model {
     long max_inter;                   /* widest MLP / expert intermediate */
     long max_experts, topk;
     int norm_topk;                    /* renormalise the top-k routing weights */
+    int ds_router;                    /* DeepSeek: sigmoid scores, group-limited top-k */
+    long n_group, topk_group;
+    double routed_scale;
+    int mla;                          /* DeepSeek multi-head latent attention */
+    long q_lora, kv_lora, nope, vdim; /* MLA dims (rope part = rot) */
+    int interleaved;                  /* RoPE on pairs (2i, 2i+1) */
     int act;
     int qk_norm_on;
     double eps;
@@ -437,20 +447,31 @@ static fl_status bind_mlp(fwd_model *m, fwd_layer *ly, const char *pre, fl_error
         }
         if (E > m->max_experts)
             m->max_experts = E;
-        /* Qwen2-MoE's shared expert and its sigmoid gate. */
+        if (m->ds_router) {
+            snprintf(name, sizeof name, "%smlp.gate.e_score_correction_bias", pre);
+            if ((s = bind_vec(m, name, E, 0, &ly->e_bias, err)) != FL_OK)
+                return s;
+        }
+        /* Shared expert: Qwen2-MoE's "shared_expert" with a sigmoid gate,
+         * DeepSeek's "shared_experts" without one. */
+        const char *sh = "shared_expert";
         snprintf(name, sizeof name, "%smlp.shared_expert.gate_proj.weight", pre);
+        if (!ckpt_find(m->ck, name))
+            sh = "shared_experts";
+        snprintf(name, sizeof name, "%smlp.%s.gate_proj.weight", pre, sh);
         if ((s = bind_mat(m, name, -1, H, 0, &ly->sh_gate, err)) != FL_OK)
             return s;
         if (ly->sh_gate.t) {
             long I = ly->sh_gate.rows;
-            snprintf(name, sizeof name, "%smlp.shared_expert.up_proj.weight", pre);
+            snprintf(name, sizeof name, "%smlp.%s.up_proj.weight", pre, sh);
             if ((s = bind_mat(m, name, I, H, 1, &ly->sh_up, err)) != FL_OK)
                 return s;
-            snprintf(name, sizeof name, "%smlp.shared_expert.down_proj.weight", pre);
+            snprintf(name, sizeof name, "%smlp.%s.down_proj.weight", pre, sh);
             if ((s = bind_mat(m, name, H, I, 1, &ly->sh_down, err)) != FL_OK)
                 return s;
             snprintf(name, sizeof name, "%smlp.shared_expert_gate.weight", pre);
-            if ((s = bind_mat(m, name, 1, H, 1, &ly->sh_scalar, err)) != FL_OK)
+            if (!strcmp(sh, "shared_expert") &&
+                (s = bind_mat(m, name, 1, H, 1, &ly->sh_scalar, err)) != FL_OK)
                 return s;
             if (I > m->max_inter)
                 m->max_inter = I;
@@ -544,6 +565,28 @@ static fl_status bind_layer(fwd_model *m, const char *prefix, long i, fl_error *
         break;
     }
 
+    if (m->mla) {
+        /* DeepseekV3Attention: q_proj, or q_a_proj -> q_a_layernorm ->
+         * q_b_proj; kv_a_proj_with_mqa -> [latent | k_rot], the latent
+         * through kv_a_layernorm -> kv_b_proj -> per head [k_nope | v]. */
+        long qk = m->nope + m->rot;
+        if (m->q_lora > 0) {
+            if ((s = bind_mat(m, NAME("self_attn.q_a_proj.weight"), m->q_lora, H, 1, &ly->q_a, err)) != FL_OK ||
+                (s = bind_norm(m, NAME("self_attn.q_a_layernorm.weight"), m->q_lora, &ly->q_a_norm, err)) != FL_OK ||
+                (s = bind_mat(m, NAME("self_attn.q_b_proj.weight"), m->nh * qk, m->q_lora, 1, &ly->q_b, err)) != FL_OK)
+                return s;
+        } else if ((s = bind_mat(m, NAME("self_attn.q_proj.weight"), m->nh * qk, H, 1, &ly->q, err)) != FL_OK) {
+            return s;
+        }
+        if ((s = bind_mat(m, NAME("self_attn.kv_a_proj_with_mqa.weight"), m->kv_lora + m->rot, H, 1,
+                          &ly->kv_a, err)) != FL_OK ||
+            (s = bind_norm(m, NAME("self_attn.kv_a_layernorm.weight"), m->kv_lora, &ly->kv_a_norm, err)) != FL_OK ||
+            (s = bind_mat(m, NAME("self_attn.kv_b_proj.weight"), m->nh * (m->nope + m->vdim), m->kv_lora, 1,
+                          &ly->kv_b, err)) != FL_OK ||
+            (s = bind_mat(m, NAME("self_attn.o_proj.weight"), H, m->nh * m->vdim, 1, &ly->o, err)) != FL_OK)
+            return s;
+        return bind_mlp(m, ly, pre, err);
+    }
     /* Attention projections: separate, or Phi3's fused qkv_proj. */
     if ((s = bind_mat(m, NAME("self_attn.qkv_proj.weight"), qd + 2 * kd, H, 0, &ly->qkv, err)) != FL_OK)
         return s;
@@ -609,7 +652,7 @@ fl_status fwd_open(const checkpoint *ck, int threads, fwd_model **out, fl_error 
             fam = &families[i]; /* the multimodal wrapper's text model */
     if (!fam)
         return fl_fail(err, FL_EINPUT, "%s/config.json: model_type '%s' has no reference forward "
-                       "pass (deepseek_v3's MLA is not implemented)", ck->dir, type);
+                       "pass", ck->dir, type);
 
     fwd_model *m = calloc(1, sizeof *m);
     if (!m)
@@ -670,6 +713,37 @@ fl_status fwd_open(const checkpoint *ck, int threads, fwd_model **out, fl_error 
                     ck->dir, prf, m->rot);
         goto fail;
     }
+    m->interleaved = fam->interleaved;
+    if (strcmp(type, "deepseek_v3") == 0) {
+        /* DeepseekV3Config: MLA dims; scaling qk_head_dim^-0.5; RoPE on
+         * qk_rope_head_dim dims, interleaved unless rope_interleave false. */
+        m->mla = 1;
+        m->q_lora = ckpt_config_int(cfg, "q_lora_rank", 0);
+        m->kv_lora = ckpt_config_int(cfg, "kv_lora_rank", 0);
+        m->nope = ckpt_config_int(cfg, "qk_nope_head_dim", 0);
+        m->rot = ckpt_config_int(cfg, "qk_rope_head_dim", 0);
+        m->vdim = ckpt_config_int(cfg, "v_head_dim", 0);
+        if (m->kv_lora <= 0 || m->kv_lora > 65536 || m->nope < 0 || m->nope > 65536 || m->rot <= 0 ||
+            m->rot > 65536 || m->rot % 2 || m->vdim <= 0 || m->vdim > 65536 || m->q_lora < 0 ||
+            m->q_lora > 65536) {
+            s = fl_fail(err, FL_EINPUT, "%s/config.json: MLA dims kv_lora_rank %ld, qk_nope_head_dim %ld, "
+                        "qk_rope_head_dim %ld, v_head_dim %ld are not valid", ck->dir, m->kv_lora,
+                        m->nope, m->rot, m->vdim);
+            goto fail;
+        }
+        m->nkv = m->nh;
+        m->interleaved = cfg_bool(cfg, "rope_interleave", 1);
+        m->ds_router = 1;
+        m->n_group = ckpt_config_int(cfg, "n_group", 1);
+        m->topk_group = ckpt_config_int(cfg, "topk_group", 1);
+        m->routed_scale = cfg_num(cfg, "routed_scaling_factor", 1.0, 1.0);
+        const cJSON *sf = cfg_item(cfg, "scoring_func");
+        if (cJSON_IsString(sf) && strcmp(sf->valuestring, "sigmoid") != 0) {
+            s = fl_fail(err, FL_EINPUT, "%s/config.json: scoring_func '%s' is not supported by the "
+                        "reference forward pass (sigmoid)", ck->dir, sf->valuestring);
+            goto fail;
+        }
+    }
     m->eps = cfg_num(cfg, fam->layernorm ? "layer_norm_eps" : "rms_norm_eps", 1e-6, 1e-6);
     if (!fam->layernorm && !cJSON_IsNumber(cfg_item(cfg, "rms_norm_eps")) &&
         (strcmp(type, "phi3") == 0 || strcmp(type, "olmo2") == 0))
@@ -686,7 +760,7 @@ fl_status fwd_open(const checkpoint *ck, int threads, fwd_model **out, fl_error 
         m->embed_mult = round_to_dtype(m->embed.dtype, sqrt((double)m->H));
     m->residual_mult = 1.0;
     m->logit_mult = 1.0;
-    m->attn_scale = 1.0 / sqrt((double)m->hd);
+    m->attn_scale = 1.0 / sqrt((double)(m->mla ? m->nope + m->rot : m->hd));
     if (strcmp(type, "granite") == 0) {
         /* GraniteModel: embeddings * embedding_multiplier; residual +
          * sublayer * residual_multiplier; scores * attention_multiplier;
@@ -711,7 +785,7 @@ fl_status fwd_open(const checkpoint *ck, int threads, fwd_model **out, fl_error 
 
     /* MoE routing. */
     m->topk = ckpt_config_int(cfg, "num_experts_per_tok", 2);
-    m->norm_topk = strcmp(type, "mixtral") == 0 ? 1 : cfg_bool(cfg, "norm_topk_prob", 0);
+    m->norm_topk = strcmp(type, "mixtral") == 0 ? 1 : cfg_bool(cfg, "norm_topk_prob", m->mla);
 
     /* RoPE: global frequencies from rope_theta + rope_scaling; Gemma3's
      * sliding layers use rope_local_base_freq with default scaling. */
@@ -808,6 +882,7 @@ static void free_layer(fwd_layer *ly)
     free(ly->bq); free(ly->bk); free(ly->bv); free(ly->bo);
     free(ly->b_gate); free(ly->b_up); free(ly->b_down);
     free(ly->e_gate); free(ly->e_up); free(ly->e_down);
+    free(ly->e_bias); free(ly->q_a_norm.g); free(ly->kv_a_norm.g);
 }
 
 void fwd_close(fwd_model *m)
@@ -1073,8 +1148,8 @@ static fl_status matmul(const fwd_model *m, const fwd_mat *w, const float *bias,
  * (x * rsqrt(mean(x^2) + eps)) or mean-centred LayerNorm without bias, then
  * multiplies by the gain (g_stride 0: one gain for every vector; n: Cohere's
  * per-head 2-D weight).  Statistics in double. */
-static void norm_apply(const fwd_model *m, float *x, long count, long n, const float *g,
-                       long g_stride)
+static void norm_apply_eps(const fwd_model *m, float *x, long count, long n, const float *g,
+                           long g_stride, double eps)
 {
     for (long c = 0; c < count; c++) {
         float *v = x + c * n;
@@ -1088,13 +1163,19 @@ static void norm_apply(const fwd_model *m, float *x, long count, long n, const f
             double d = v[i] - mean;
             ss += d * d;
         }
-        double inv = 1.0 / sqrt(ss / (double)n + m->eps);
+        double inv = 1.0 / sqrt(ss / (double)n + eps);
         const float *gc = g ? g + (g_stride ? c * g_stride : 0) : NULL;
         for (long i = 0; i < n; i++) {
             float xh = (float)((v[i] - mean) * inv);
             v[i] = gc ? xh * gc[i] : xh;
         }
     }
+}
+
+static void norm_apply(const fwd_model *m, float *x, long count, long n, const float *g,
+                       long g_stride)
+{
+    norm_apply_eps(m, x, count, n, g, g_stride, m->eps);
 }
 
 static void norm_rows(const fwd_model *m, const fwd_norm *nm, float *x, long T, long n)
@@ -1124,7 +1205,7 @@ static void rope_head(const fwd_model *m, const float *inv_freq, float *v, long 
     for (long i = 0; i < half; i++) {
         float ang = (float)pos * inv_freq[i]; /* HF: positions x inv_freq in fp32 */
         float c = (float)cos(ang), s = (float)sin(ang);
-        long a = m->fam->interleaved ? 2 * i : i, b = m->fam->interleaved ? 2 * i + 1 : i + half;
+        long a = m->interleaved ? 2 * i : i, b = m->interleaved ? 2 * i + 1 : i + half;
         float x1 = v[a], x2 = v[b];
         v[a] = x1 * c - x2 * s;
         v[b] = x2 * c + x1 * s;
@@ -1138,9 +1219,108 @@ typedef struct {
     float *selw;
 } fwd_bufs;
 
+/* Causal softmax attention over T positions: query head h reads kv head
+ * h / (nh / nkv) (GQA).  Row t of head h of q is at q + t*ldq + h*dqk (k
+ * and v alike, with dqk and dv); ctx gets [T][nh * dv].  Scores and
+ * softmax in double; Gemma2's soft cap; sliding window when the layer has
+ * one. */
+static void sdpa(const fwd_model *m, const fwd_layer *ly, const float *q, long ldq,
+                 const float *k, long ldk, const float *v, long ldv, long nh, long nkv,
+                 long dqk, long dv, long T, float *att, float *ctx)
+{
+    long group = nh / nkv;
+    for (long hh = 0; hh < nh; hh++) {
+        long kh = hh / group;
+        for (long i = 0; i < T; i++) {
+            const float *qi = q + i * ldq + hh * dqk;
+            long j0 = ly->window > 0 && i - ly->window + 1 > 0 ? i - ly->window + 1 : 0;
+            double mx = -INFINITY;
+            for (long j = j0; j <= i; j++) {
+                const float *kj = k + j * ldk + kh * dqk;
+                double d = 0;
+                for (long c = 0; c < dqk; c++)
+                    d += (double)qi[c] * kj[c];
+                d *= m->attn_scale;
+                if (m->attn_softcap > 0)
+                    d = tanh(d / m->attn_softcap) * m->attn_softcap;
+                att[j] = (float)d;
+                if (d > mx)
+                    mx = d;
+            }
+            double sum = 0;
+            for (long j = j0; j <= i; j++) {
+                double e = exp((double)att[j] - mx);
+                att[j] = (float)e;
+                sum += e;
+            }
+            float *ci = ctx + i * nh * dv + hh * dv;
+            for (long c = 0; c < dv; c++) {
+                double acc = 0;
+                for (long j = j0; j <= i; j++)
+                    acc += (double)att[j] * v[j * ldv + kh * dv + c];
+                ci[c] = (float)(acc / sum);
+            }
+        }
+    }
+}
+
+/* DeepseekV3Attention (multi-head latent attention), see bind_layer.  The
+ * latent and q_a norms are DeepseekV3RMSNorm built without eps: 1e-6. */
+static fl_status attention_mla(const fwd_model *m, const fwd_layer *ly, const float *h, long T,
+                               fwd_bufs *b, float *out, fl_error *err)
+{
+    long nh = m->nh, R = m->rot, qk = m->nope + R, kvw = m->kv_lora + R, kb = m->nope + m->vdim;
+    size_t tz = (size_t)T;
+    float *q = malloc(tz * nh * qk * sizeof *q), *k = malloc(tz * nh * qk * sizeof *k);
+    float *v = malloc(tz * nh * m->vdim * sizeof *v), *kva = malloc(tz * kvw * sizeof *kva);
+    float *lat = malloc(tz * m->kv_lora * sizeof *lat), *kvb = malloc(tz * nh * kb * sizeof *kvb);
+    float *qa = malloc(tz * (m->q_lora > 0 ? m->q_lora : 1) * sizeof *qa);
+    float *ctx = malloc(tz * nh * m->vdim * sizeof *ctx);
+    fl_status s = FL_OK;
+    if (!q || !k || !v || !kva || !lat || !kvb || !qa || !ctx) {
+        s = fl_fail(err, FL_EIO, "out of memory");
+        goto done;
+    }
+    if (ly->q_a.t) {
+        if ((s = matmul(m, &ly->q_a, NULL, h, T, qa, err)) != FL_OK)
+            goto done;
+        norm_apply_eps(m, qa, T, m->q_lora, ly->q_a_norm.g, 0, 1e-6);
+        s = matmul(m, &ly->q_b, NULL, qa, T, q, err);
+    } else {
+        s = matmul(m, &ly->q, NULL, h, T, q, err);
+    }
+    if (s != FL_OK || (s = matmul(m, &ly->kv_a, NULL, h, T, kva, err)) != FL_OK)
+        goto done;
+    for (long t = 0; t < T; t++)
+        memcpy(lat + t * m->kv_lora, kva + t * kvw, (size_t)m->kv_lora * sizeof *lat);
+    norm_apply_eps(m, lat, T, m->kv_lora, ly->kv_a_norm.g, 0, 1e-6);
+    if ((s = matmul(m, &ly->kv_b, NULL, lat, T, kvb, err)) != FL_OK)
+        goto done;
+    for (long t = 0; t < T; t++) {
+        float *kr = kva + t * kvw + m->kv_lora; /* one k_rot shared by all heads */
+        rope_head(m, ly->inv_freq, kr, t);
+        for (long hh = 0; hh < nh; hh++) {
+            float *qh = q + (t * nh + hh) * qk, *kh = k + (t * nh + hh) * qk;
+            const float *src = kvb + (t * nh + hh) * kb;
+            rope_head(m, ly->inv_freq, qh + m->nope, t);
+            memcpy(kh, src, (size_t)m->nope * sizeof *kh);
+            memcpy(kh + m->nope, kr, (size_t)R * sizeof *kh);
+            memcpy(v + (t * nh + hh) * m->vdim, src + m->nope, (size_t)m->vdim * sizeof *v);
+        }
+    }
+    sdpa(m, ly, q, nh * qk, k, nh * qk, v, nh * m->vdim, nh, nh, qk, m->vdim, T, b->att, ctx);
+    s = matmul(m, &ly->o, ly->bo, ctx, T, out, err);
+done:
+    free(q); free(k); free(v); free(kva); free(lat); free(kvb); free(qa); free(ctx);
+    return s;
+}
+
+
 static fl_status attention(const fwd_model *m, const fwd_layer *ly, const float *h, long T,
                            fwd_bufs *b, float *out, fl_error *err)
 {
+    if (m->mla)
+        return attention_mla(m, ly, h, T, b, out, err);
     long hd = m->hd, qd = m->nh * hd, kd = m->nkv * hd;
     fl_status s;
     if (ly->qkv.t) {
@@ -1183,41 +1363,7 @@ static fl_status attention(const fwd_model *m, const fwd_layer *ly, const float 
             for (long hh = 0; hh < m->nkv; hh++)
                 rope_head(m, ly->inv_freq, b->k + t * kd + hh * hd, t);
         }
-    /* Causal softmax attention, GQA: query head hh reads kv head hh / group. */
-    long group = m->nh / m->nkv;
-    for (long hh = 0; hh < m->nh; hh++) {
-        long kh = hh / group;
-        for (long i = 0; i < T; i++) {
-            const float *qi = b->q + i * qd + hh * hd;
-            long j0 = ly->window > 0 && i - ly->window + 1 > 0 ? i - ly->window + 1 : 0;
-            double mx = -INFINITY;
-            for (long j = j0; j <= i; j++) {
-                const float *kj = b->k + j * kd + kh * hd;
-                double d = 0;
-                for (long c = 0; c < hd; c++)
-                    d += (double)qi[c] * kj[c];
-                d *= m->attn_scale;
-                if (m->attn_softcap > 0)
-                    d = tanh(d / m->attn_softcap) * m->attn_softcap;
-                b->att[j] = (float)d;
-                if (d > mx)
-                    mx = d;
-            }
-            double sum = 0;
-            for (long j = j0; j <= i; j++) {
-                double e = exp((double)b->att[j] - mx);
-                b->att[j] = (float)e;
-                sum += e;
-            }
-            float *ci = b->ctx + i * qd + hh * hd;
-            for (long c = 0; c < hd; c++) {
-                double acc = 0;
-                for (long j = j0; j <= i; j++)
-                    acc += (double)b->att[j] * b->v[j * kd + kh * hd + c];
-                ci[c] = (float)(acc / sum);
-            }
-        }
-    }
+    sdpa(m, ly, b->q, qd, b->k, kd, b->v, kd, m->nh, m->nkv, hd, hd, T, b->att, b->ctx);
     return matmul(m, &ly->o, ly->bo, b->ctx, T, out, err);
 }
 
@@ -1248,6 +1394,69 @@ static fl_status gated_mlp(const fwd_model *m, const fwd_mat *gate, const fwd_ma
     return matmul(m, down, bd, b->g, T, out, err);
 }
 
+/* DeepseekV3TopkRouter: scores = sigmoid(logits); the choice adds
+ * e_score_correction_bias; groups ranked by the sum of their two best
+ * choices, experts outside the topk_group best groups masked to 0; top-k of
+ * the choice; weights are the plain scores, renormalised (+1e-20) when
+ * norm_topk_prob, times routed_scaling_factor. */
+static void ds_route(const fwd_model *m, const fwd_layer *ly, const float *r, long E, long K,
+                     long *sel, float *sw)
+{
+    double score[E], choice[E];
+    for (long e = 0; e < E; e++) {
+        score[e] = 1.0 / (1.0 + exp(-(double)r[e]));
+        choice[e] = score[e] + (ly->e_bias ? ly->e_bias[e] : 0.0);
+    }
+    long G = m->n_group > 0 && E % m->n_group == 0 ? m->n_group : 1, per = E / G;
+    long keep = m->topk_group > 0 && m->topk_group < G ? m->topk_group : G;
+    if (keep < G && per >= 2) {
+        double gs[G];
+        int kept[G];
+        for (long g = 0; g < G; g++) {
+            double b1 = -INFINITY, b2 = -INFINITY;
+            for (long e = g * per; e < (g + 1) * per; e++) {
+                if (choice[e] > b1) {
+                    b2 = b1;
+                    b1 = choice[e];
+                } else if (choice[e] > b2) {
+                    b2 = choice[e];
+                }
+            }
+            gs[g] = b1 + b2;
+            kept[g] = 0;
+        }
+        for (long n = 0; n < keep; n++) {
+            long best = -1;
+            for (long g = 0; g < G; g++)
+                if (!kept[g] && (best < 0 || gs[g] > gs[best]))
+                    best = g;
+            kept[best] = 1;
+        }
+        for (long e = 0; e < E; e++)
+            if (!kept[e / per])
+                choice[e] = 0.0;
+    }
+    double tot = 0;
+    for (long k = 0; k < K; k++) {
+        long best = -1;
+        for (long e = 0; e < E; e++) {
+            int taken = 0;
+            for (long q = 0; q < k; q++)
+                taken |= sel[q] == e;
+            if (!taken && (best < 0 || choice[e] > choice[best]))
+                best = e;
+        }
+        sel[k] = best;
+        tot += score[best];
+    }
+    for (long k = 0; k < K; k++) {
+        double w = score[sel[k]];
+        if (m->norm_topk)
+            w /= tot + 1e-20;
+        sw[k] = (float)(w * m->routed_scale);
+    }
+}
+
 /* Sparse MoE block: softmax router over all experts in fp32, top-k,
  * optional renormalisation (MixtralSparseMoeBlock always; Qwen*MoE when
  * norm_topk_prob), each expert on its tokens, plus Qwen2-MoE's shared
@@ -1261,14 +1470,18 @@ static fl_status moe(const fwd_model *m, const fwd_layer *ly, const float *x, lo
         return s;
     for (long t = 0; t < T; t++) {
         const float *r = b->router + t * E;
+        long *sel = b->sel + t * K;
+        float *sw = b->selw + t * K;
+        if (m->ds_router) {
+            ds_route(m, ly, r, E, K, sel, sw);
+            continue;
+        }
         double mx = -INFINITY, sum = 0;
         for (long e = 0; e < E; e++)
             if (r[e] > mx)
                 mx = r[e];
         for (long e = 0; e < E; e++)
             sum += exp((double)r[e] - mx);
-        long *sel = b->sel + t * K;
-        float *sw = b->selw + t * K;
         double tot = 0;
         for (long k = 0; k < K; k++) {
             long best = -1;
@@ -1320,10 +1533,10 @@ static fl_status moe(const fwd_model *m, const fwd_layer *ly, const float *x, lo
         return s;
     if ((s = gated_mlp(m, &ly->sh_gate, &ly->sh_up, NULL, &ly->sh_down, NULL, NULL, NULL, x, T,
                        b, b->tmp2, err)) != FL_OK ||
-        (s = matmul(m, &ly->sh_scalar, NULL, x, T, b->router, err)) != FL_OK)
+        (ly->sh_scalar.t && (s = matmul(m, &ly->sh_scalar, NULL, x, T, b->router, err)) != FL_OK))
         return s;
     for (long t = 0; t < T; t++) {
-        float gsc = (float)(1.0 / (1.0 + exp(-(double)b->router[t])));
+        float gsc = ly->sh_scalar.t ? (float)(1.0 / (1.0 + exp(-(double)b->router[t]))) : 1.0f;
         for (long c = 0; c < H; c++)
             out[t * H + c] += gsc * b->tmp2[t * H + c];
     }

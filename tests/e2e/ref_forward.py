@@ -129,7 +129,49 @@ def ref_logits(ck, tokens):
             v[a], v[b] = v[a] * c - v[b] * s_, v[b] * c + v[a] * s_
         return v
 
+    def mla(p, hs):
+        """DeepseekV3Attention, with apply_rotary_pos_emb_interleave done
+        literally: de-interleave (view d/2 x 2, transpose), then rotate_half."""
+        nope, R, vd, klr = tc["qk_nope_head_dim"], tc["qk_rope_head_dim"], tc["v_head_dim"], tc["kv_lora_rank"]
+        qk = nope + R
+        fr = [1.0 / tc.get("rope_theta", 10000.0) ** (2 * i / R) for i in range(R // 2)]
+
+        def rot(x, pos):
+            y = [x[2 * i] for i in range(R // 2)] + [x[2 * i + 1] for i in range(R // 2)]
+            out = list(y)
+            for i in range(R // 2):
+                c, s_ = math.cos(pos * fr[i]), math.sin(pos * fr[i])
+                out[i] = y[i] * c - y[i + R // 2] * s_
+                out[i + R // 2] = y[i + R // 2] * c + y[i] * s_
+            return out
+        Q, K, Vs = [], [], []
+        for pos, h in enumerate(hs):
+            if m.has(p + "self_attn.q_a_proj.weight"):
+                qa = m.norm(m.linear(h, p + "self_attn.q_a_proj"), p + "self_attn.q_a_layernorm.weight", 1e-6)
+                q = m.linear(qa, p + "self_attn.q_b_proj")
+            else:
+                q = m.linear(h, p + "self_attn.q_proj")
+            kva = m.linear(h, p + "self_attn.kv_a_proj_with_mqa")
+            kvb = m.linear(m.norm(kva[:klr], p + "self_attn.kv_a_layernorm.weight", 1e-6), p + "self_attn.kv_b_proj")
+            kr = rot(kva[klr:], pos)
+            Q.append([q[j * qk:j * qk + nope] + rot(q[j * qk + nope:(j + 1) * qk], pos) for j in range(nh)])
+            K.append([kvb[j * (nope + vd):j * (nope + vd) + nope] + kr for j in range(nh)])
+            Vs.append([kvb[j * (nope + vd) + nope:(j + 1) * (nope + vd)] for j in range(nh)])
+        outs = []
+        for i in range(len(hs)):
+            ctx = []
+            for h in range(nh):
+                sc = [sum(a * b for a, b in zip(Q[i][h], K[j][h])) * qk ** -0.5 for j in range(i + 1)]
+                mx = max(sc)
+                e = [math.exp(v - mx) for v in sc]
+                z = sum(e)
+                ctx += [sum(e[j] / z * Vs[j][h][c] for j in range(i + 1)) for c in range(vd)]
+            outs.append(m.linear(ctx, p + "self_attn.o_proj"))
+        return outs
+
     def attention(p, hs, layer):
+        if mt == "deepseek_v3":
+            return mla(p, hs)
         sliding = False
         if mt == "gemma3_text":
             sliding = (layer + 1) % tc.get("sliding_window_pattern", 6) != 0
@@ -203,6 +245,31 @@ def ref_logits(ck, tokens):
         else:
             return gated(h, p + "mlp.gate_proj", p + "mlp.up_proj", p + "mlp.down_proj")
         logits = m.linear(h, router)
+        if mt == "deepseek_v3":
+            # DeepseekV3TopkRouter.forward / get_topk_indices
+            E = len(logits)
+            scores = [1.0 / (1.0 + math.exp(-v)) for v in logits]
+            bias = m.vals(router + ".e_score_correction_bias") if m.has(router + ".e_score_correction_bias") \
+                else [0.0] * E
+            choice = [a + b for a, b in zip(scores, bias)]
+            G = tc.get("n_group", 1)
+            per = E // G
+            gs = [sum(sorted(choice[g * per:(g + 1) * per])[-2:]) for g in range(G)]
+            keep = sorted(range(G), key=lambda g: -gs[g])[:tc.get("topk_group", 1)]
+            choice = [c if e // per in keep else 0.0 for e, c in enumerate(choice)]
+            top = sorted(range(E), key=lambda e: (-choice[e], e))[:tc["num_experts_per_tok"]]
+            w = [scores[e] for e in top]
+            if tc.get("norm_topk_prob", True):
+                den = sum(w) + 1e-20
+                w = [v / den for v in w]
+            w = [v * tc.get("routed_scaling_factor", 1.0) for v in w]
+            out = [0.0] * H
+            for e, we in zip(top, w):
+                y = gated(h, ex % e + names[0], ex % e + names[1], ex % e + names[2])
+                out = [a + we * b for a, b in zip(out, y)]
+            y = gated(h, p + "mlp.shared_experts.gate_proj", p + "mlp.shared_experts.up_proj",
+                      p + "mlp.shared_experts.down_proj")
+            return [a + b for a, b in zip(out, y)]
         mx = max(logits)
         probs = [math.exp(v - mx) for v in logits]
         z = sum(probs)

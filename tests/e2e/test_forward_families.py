@@ -1,6 +1,6 @@
 """test_forward_families.py -- the C reference forward pass against a second,
 independent implementation (ref_forward.py, pure Python in double) on a
-generated model of every family with a reference pass.
+generated model of every family (DeepSeek-V3 with and without q_lora_rank).
 
 `flashify verify --dump-logits` writes the source's logits as computed by
 src/forward.c; they must agree with ref_forward.ref_logits to 1e-4 of the
@@ -37,6 +37,9 @@ class ForwardFamilies(unittest.TestCase):
         src = os.path.join(self.tmp, "%s-%s" % (fam, dtype))
         opt = {"mm_projector": False} if fam == "gemma3" else {}
         write_source(src, fam, dtype, **opt)
+        self.check_dir(src, fam, dtype)
+
+    def check_dir(self, src, fam="", dtype=""):
         write_output(src, src + "-out")
         dump = src + ".logits"
         p = run(["verify", src, src + "-out", "--tokens", ",".join(map(str, TOKENS)),
@@ -61,10 +64,13 @@ class ForwardFamilies(unittest.TestCase):
 
     def test_every_family(self):
         for fam in FAMILIES:
-            if fam == "deepseek_v3":
-                continue
             with self.subTest(family=fam):
                 self.check(fam, "F32")
+
+    def test_deepseek_q_proj_variant(self):
+        src = os.path.join(self.tmp, "ds-q")
+        write_source(src, "deepseek_v3", "F32", q_lora_rank=None)
+        self.check_dir(src)
 
     def test_gemma_bf16(self):
         for fam in ("gemma", "gemma2", "gemma3_text"):
