@@ -173,7 +173,9 @@ def encode_values(dtype, values):
     if dtype == "F64":
         return struct.pack("<%dd" % n, *values)
     if dtype == "BF16":
-        return encode_bits("BF16", [round_fraction_bits(v, "BF16") for v in values])
+        # bit manipulation of the double (cross-checked against the
+        # rational rounding in the self-test), faster than Fractions
+        return encode_bits("BF16", [bf16_bits_from_double(v) for v in values])
     raise ValueError("not a float dtype: " + dtype)
 
 

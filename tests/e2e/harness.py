@@ -17,7 +17,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from fixtures import read_checkpoint, tree_digest  # noqa: E402
+from fixtures import read_checkpoint, safetensors_bytes, tree_digest  # noqa: E402
 from expect import expected, expected_config, first_difference  # noqa: E402
 
 ROOT = os.environ.get("FLASHIFY_ROOT") or os.path.dirname(os.path.dirname(HERE))
@@ -80,6 +80,17 @@ def check_output(tc, src_dir, out_dir, keep_tied=False, keep_norms=False,
     tc.assertEqual(bad, [], "%d tensors differ from the expectation:\n  %s" % (len(bad), "\n  ".join(bad[:8])))
     for k in ex.kept:
         tc.assertEqual(out.tensors[k].data, src.tensors[k].data, "kept norm %s changed" % k)
+
+    # ---- each file is what the reference writer (safetensors save_file)
+    # would write for its tensors: dtype descending then name, compact JSON
+    # with __metadata__ first, space padding (safetensors.md §1 "Writer")
+    for fn in out.files:
+        ts = {k: out.tensors[k] for k, f in out.stored.items() if f == fn}
+        extra = {k: v for k, v in out.metadata[fn].items() if k != "format"}
+        with open(os.path.join(out_dir, fn), "rb") as f:
+            raw = f.read()
+        tc.assertTrue(raw == safetensors_bytes(ts, extra, order="reference"),
+                      "%s is not laid out as the reference writer would" % fn)
 
     # ---- shard layout mirrors the source
     # same file names; a shard whose every tensor was a dropped norm may be
