@@ -157,7 +157,7 @@ static void check_stream(const tpool *p, tcheck *c, unsigned char *a, unsigned c
         const ckpt_tensor *nt = ckpt_find(p->src, c->group->norm);
         w_f64 = nt && nt->t->dtype == ST_F64;
     }
-    int have_first = 0;
+    int have_first = 0, have_far = 0;
     uint64_t off = 0;
     while (off < total) {
         uint64_t n = c->kind == TC_FOLD ? block_rows * row_bytes : BLOCK_BYTES;
@@ -191,8 +191,11 @@ static void check_stream(const tpool *p, tcheck *c, unsigned char *a, unsigned c
                     c->n_ulp1++;
                 else
                     c->n_far++;
-                if (!have_first) {
+                /* Report the first element that differs by more than 1
+                 * ulp, or else the first that differs at all. */
+                if (!have_first || (dist != 1 && !have_far)) {
                     have_first = 1;
+                    have_far = dist != 1;
                     c->first = (is_float ? off / esz : off) + i;
                     c->want = is_float ? dtype_load(d, want, i) : want[i];
                     c->have = is_float ? dtype_load(d, b, i) : b[i];
@@ -438,12 +441,14 @@ static fl_status tensor_check(const checkpoint *src, const checkpoint *out, cons
             add_problem(s, "%s", c->msg);
             continue;
         }
-        if (c->kind == TC_COPY)
-            s->n_copy++;
-        else
-            s->n_fold++;
-        if (!c->n_far && !c->n_ulp1)
+        /* The counts are of tensors that passed; the others are problems. */
+        if (!c->n_far && !c->n_ulp1) {
+            if (c->kind == TC_COPY)
+                s->n_copy++;
+            else
+                s->n_fold++;
             continue;
+        }
         char at[64];
         describe_index(c->src->t, c->first, at, sizeof at);
         if (c->kind == TC_COPY) {
@@ -457,6 +462,7 @@ static fl_status tensor_check(const checkpoint *src, const checkpoint *out, cons
                         c->name, at, c->have, c->want, (unsigned long long)c->n_far,
                         (unsigned long long)c->n_ulp1);
         } else {
+            s->n_fold++;
             s->n_ulp_tensors++;
             s->n_ulp_elems += c->n_ulp1;
         }
