@@ -85,7 +85,8 @@ def round_ratio_bits(num, den, fmt):
 
 
 def round_fraction_bits(x, fmt):
-    """round_ratio_bits for a Fraction, int or (exact) float."""
+    """round_ratio_bits for a Fraction, int or (exact) float.  A zero comes
+    out as +0 (a Fraction has no signed zero)."""
     x = Fraction(x)
     return round_ratio_bits(x.numerator, x.denominator, fmt)
 
@@ -174,7 +175,8 @@ def encode_values(dtype, values):
         return struct.pack("<%dd" % n, *values)
     if dtype == "BF16":
         # bit manipulation of the double (cross-checked against the
-        # rational rounding in the self-test), faster than Fractions
+        # rational rounding in the self-test), faster than Fractions, and
+        # it keeps the sign of -0.0, which a Fraction cannot carry
         return encode_bits("BF16", [bf16_bits_from_double(v) for v in values])
     raise ValueError("not a float dtype: " + dtype)
 
