@@ -56,7 +56,8 @@ static char *path_join(const char *a, const char *b)
 static fl_status read_small_file(const char *path, size_t max, char **out,
                                  size_t *len, fl_error *err)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO in place of the file must not hang the open. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0)
         return fl_fail(err, FL_EIO, "%s: cannot open: %s", path, strerror(errno));
     struct stat st;
@@ -89,6 +90,14 @@ static fl_status read_small_file(const char *path, size_t max, char **out,
         got += (size_t)r;
     }
     close(fd);
+    /* JSON is UTF-8 (RFC 8259); cJSON does not check. */
+    size_t bad = st_utf8_check(buf, n);
+    if (bad < n) {
+        fl_status s = fl_fail(err, FL_EINPUT, "%s: not valid UTF-8 (byte %zu is 0x%02x)", path,
+                              bad, (unsigned char)buf[bad]);
+        free(buf);
+        return s;
+    }
     buf[n] = '\0';
     *out = buf;
     *len = n;
@@ -307,7 +316,7 @@ static fl_status shard_open(const char *dir, const char *dir_real, const char *f
     fl_status s = check_shard_location(dir_real, sh->path, err);
     if (s != FL_OK)
         return s;
-    sh->fd = open(sh->path, O_RDONLY | O_CLOEXEC);
+    sh->fd = open(sh->path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not hang */
     if (sh->fd < 0)
         return fl_fail(err, FL_EIO, "%s: cannot open: %s", sh->path, strerror(errno));
     return st_read_header(sh->path, sh->fd, &sh->st, err);
@@ -415,6 +424,21 @@ static int is_skipped_file(const char *name)
     return strcmp(name, "config.json") == 0 || strcmp(name, "README.md") == 0;
 }
 
+/* A file or directory to copy that is a symlink must stay inside the
+ * checkpoint (or the HF cache's blobs/), like a shard: a hostile
+ * tokenizer.json -> ~/.ssh/id_rsa would otherwise be copied into the
+ * output, ready to be uploaded. */
+static fl_status check_link(const checkpoint *ck, const char *full, fl_error *err)
+{
+    struct stat lst;
+    if (lstat(full, &lst) != 0 || !S_ISLNK(lst.st_mode))
+        return FL_OK;
+    char dir_real[PATH_MAX];
+    if (!realpath(ck->dir, dir_real))
+        return fl_fail(err, FL_EINPUT, "%s: cannot resolve: %s", ck->dir, strerror(errno));
+    return check_shard_location(dir_real, full, err);
+}
+
 static fl_status collect_other(checkpoint *ck, const char *rel, int depth, fl_error *err)
 {
     char *path = rel[0] ? path_join(ck->dir, rel) : xstrdup(ck->dir);
@@ -439,6 +463,8 @@ static fl_status collect_other(checkpoint *ck, const char *rel, int depth, fl_er
             s = fl_fail(err, FL_EIO, "out of memory");
         } else if (stat(full, &st) != 0) {
             /* dangling symlink: nothing to copy */
+        } else if ((s = check_link(ck, full, err)) != FL_OK) {
+            /* a link out of the checkpoint: refused */
         } else if (S_ISDIR(st.st_mode)) {
             /* original/ holds Meta's consolidated .pth weights. */
             if (depth < MAX_DIR_DEPTH && !(depth == 0 && strcmp(name, "original") == 0))

@@ -526,6 +526,12 @@ fl_status plan_build(const checkpoint *ck, const plan_options *opt, fold_plan *p
     if (!final)
         return fl_fail(err, FL_EINPUT, "%s: final norm '%s' is missing", ck->dir,
                        final_name ? final_name : "model.norm.weight");
+    /* config.json must describe these tensors: the final norm scales the
+     * hidden state, so its length is hidden_size in every family. */
+    if (final->t->ndim != 1 || final->t->shape[0] != (uint64_t)cfg->hidden_size)
+        return fl_fail(err, FL_EINPUT, "%s/config.json: hidden_size is %ld, but '%s' has %d dimensions, %llu elements",
+                       ck->dir, cfg->hidden_size, final->name, final->t->ndim,
+                       (unsigned long long)(final->t->ndim ? final->t->shape[0] : 1));
     if ((s = plan_final(ck, opt, p, err)) != FL_OK)
         return s;
     size_t cap_groups = p->n_groups;

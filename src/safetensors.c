@@ -117,6 +117,11 @@ static size_t utf8_check(const unsigned char *s, size_t len)
     return len;
 }
 
+size_t st_utf8_check(const void *s, size_t len)
+{
+    return utf8_check(s, len);
+}
+
 /* ---- the JSON reader ------------------------------------------------------ */
 
 typedef struct {
