@@ -303,6 +303,15 @@ class Options(Base):
         convert(self, src, out, "--dry-run", "--force")
         self.assertEqual(os.listdir(out), ["precious.txt"])
 
+    def test_converting_an_output_again_is_refused(self):
+        m = build_model("llama", dtype="BF16", tied=False, seed=37)
+        src = self.fixture("twice", m)
+        out = self.out("twice-out")
+        convert(self, src, out)
+        p = convert(self, out, self.out("twice-again"), expect_rc=2)
+        self.assertIn("FlashNorm", p.stderr)
+        self.assertFalse(os.path.exists(self.out("twice-again")))
+
     def test_dry_run_writes_nothing(self):
         m = build_model("llama", dtype="BF16", tied=True, seed=11)
         src = self.fixture("dry", m)
