@@ -9,6 +9,7 @@
 #include <curl/curl.h>
 #include <errno.h>
 #include <fnmatch.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -644,7 +645,28 @@ static void run_free(run *R)
     pthread_mutex_destroy(&R->qmu);
 }
 
+static fl_status fetch_snapshot(const hub_request *req, char **snapshot_dir, fl_error *err);
+
+/* With CURLOPT_NOSIGNAL (needed with threads) libcurl no longer ignores
+ * SIGPIPE, and a TLS write to a peer that hung up would kill the process.
+ * Block it in this thread (the workers inherit the mask) and swallow any
+ * that arrived before restoring the caller's mask. */
 fl_status hub_fetch_snapshot(const hub_request *req, char **snapshot_dir, fl_error *err)
+{
+    sigset_t pipe_set, old;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+    fl_status st = fetch_snapshot(req, snapshot_dir, err);
+    sigset_t pending;
+    struct timespec zero = {0, 0};
+    if (sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE))
+        sigtimedwait(&pipe_set, NULL, &zero);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return st;
+}
+
+static fl_status fetch_snapshot(const hub_request *req, char **snapshot_dir, fl_error *err)
 {
     *snapshot_dir = NULL;
     if (!hub_is_repo_id(req->repo_id))

@@ -95,6 +95,14 @@ class Fault:
         return True
 
 
+class QuietServer(ThreadingHTTPServer):
+    """Clients that hang up (killed downloads) are normal here."""
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
+
+
 class MockHub:
     def __init__(self, page_size=2, cdn_host="127.0.0.2"):
         self.repos = {}
@@ -105,10 +113,10 @@ class MockHub:
         self.faults = []
         self.log = []
         self.lock = threading.Lock()
-        self.hub = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self, "hub"))
-        self.cdn = ThreadingHTTPServer((cdn_host, 0), _handler(self, "cdn"))
+        self.hub = QuietServer(("127.0.0.1", 0), _handler(self, "hub"))
+        self.cdn = QuietServer((cdn_host, 0), _handler(self, "cdn"))
         # A second CDN host, for a redirect chain Hub -> CDN -> CDN2.
-        self.cdn2 = ThreadingHTTPServer(("127.0.0.3", 0), _handler(self, "cdn2"))
+        self.cdn2 = QuietServer(("127.0.0.3", 0), _handler(self, "cdn2"))
         self.servers = (self.hub, self.cdn, self.cdn2)
         for s in self.servers:
             s.daemon_threads = True
