@@ -246,6 +246,34 @@ def test_xet_and_token_sources():
               "--token not sent")
 
 
+def test_tls_is_verified():
+    import shutil
+    import subprocess
+    import tempfile
+    if not shutil.which("openssl"):
+        print("skip test_tls_is_verified: no openssl command")
+        return
+    d = tempfile.mkdtemp()
+    cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+                    "-out", cert, "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    env = Env()
+    env.hub.close()
+    env.hub = __import__("mock_hub").MockHub(tls=(cert, key))
+    with env:
+        repo = env.hub.add_repo("org/tiny", stories_files())
+        check(env.hub.endpoint.startswith("https://"), env.hub.endpoint)
+        r = env.download("org/tiny", CURL_CA_BUNDLE="", SSL_CERT_FILE="")
+        check_fail(r, 4, ["certificate"], "self-signed certificate accepted")
+        r = env.download("org/tiny", CURL_CA_BUNDLE=cert)
+        check_ok(r, "CURL_CA_BUNDLE")
+        r = env.download("org/tiny", SSL_CERT_FILE=cert, CURL_CA_BUNDLE="")
+        check_ok(r, "SSL_CERT_FILE")
+        check_layout(env, repo, wanted(stories_files()))
+    shutil.rmtree(d, ignore_errors=True)
+
+
 def test_repo_id_grammar():
     with Env() as env:
         for bad in ["org//x", "org/x/y", "org/x--y", "org/x..y", "org/x.git", "-org/x",
@@ -259,4 +287,4 @@ if __name__ == "__main__":
     run_tests([test_layout_and_headers, test_second_run_no_transfer_and_offline,
                test_reuses_blobs_and_python_caches, test_sharded_index_selects_shards, test_no_safetensors_and_unsafe_names,
                test_pagination_revisions_and_rename, test_xet_and_token_sources,
-               test_repo_id_grammar])
+               test_tls_is_verified, test_repo_id_grammar])

@@ -104,7 +104,8 @@ class QuietServer(ThreadingHTTPServer):
 
 
 class MockHub:
-    def __init__(self, page_size=2, cdn_host="127.0.0.2"):
+    def __init__(self, page_size=2, cdn_host="127.0.0.2", tls=None):
+        """tls: (certfile, keyfile) to serve the Hub over https."""
         self.repos = {}
         self.renames = {}          # old id -> new id (resolve answers a relative 307)
         self.valid_tokens = None   # None: any token is valid; else a set
@@ -120,7 +121,14 @@ class MockHub:
         self.servers = (self.hub, self.cdn, self.cdn2)
         for s in self.servers:
             s.daemon_threads = True
-        self.endpoint = "http://127.0.0.1:%d" % self.hub.server_address[1]
+        scheme = "http"
+        if tls:
+            import ssl
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            self.hub.socket = ctx.wrap_socket(self.hub.socket, server_side=True)
+            scheme = "https"
+        self.endpoint = "%s://127.0.0.1:%d" % (scheme, self.hub.server_address[1])
         self.cdn_base = "http://%s:%d" % (cdn_host, self.cdn.server_address[1])
         self.cdn2_base = "http://127.0.0.3:%d" % self.cdn2.server_address[1]
         self.threads = [threading.Thread(target=s.serve_forever, args=(0.05,), daemon=True)
