@@ -110,6 +110,7 @@ typedef struct {
     fwd_mat q_a, q_b, kv_a, kv_b; /* DeepSeek MLA projections */
     fwd_norm q_a_norm, kv_a_norm;
     const float *inv_freq;   /* rot/2 frequencies; NULL: no RoPE (SmolLM3 NoPE) */
+    float rope_af;           /* multiplies cos and sin */
     long window;             /* sliding window (0: none) */
 } fwd_layer;
 
@@ -140,6 +141,7 @@ struct fwd_model {
     fwd_norm final_norm;
     fwd_layer *layers;
     float *freq_global, *freq_local;
+    double af_global, af_local;       /* RoPE attention factor (YaRN, LongRoPE) */
     char desc[160];
 };
 
@@ -307,13 +309,29 @@ static const cJSON *rope_params(const ckpt_config *cfg, const char *layer_type)
     return NULL;
 }
 
-/* Builds the inverse frequencies for `rot` rotary dims: HF's
- * _compute_default_rope_parameters, _compute_linear_scaling_rope_parameters
- * and _compute_llama3_parameters (modeling_rope_utils.py).  Any other
- * rope_type is refused, since silently ignoring it would change the model. */
-static fl_status build_freqs(const fwd_model *m, const cJSON *scaling, double theta,
-                             float **out, fl_error *err)
+static double json_num(const cJSON *o, const char *key, double def)
 {
+    const cJSON *v = cJSON_IsObject(o) ? cJSON_GetObjectItemCaseSensitive(o, key) : NULL;
+    return cJSON_IsNumber(v) ? v->valuedouble : def;
+}
+
+/* YaRN's attention temperature (modeling_rope_utils.py get_mscale). */
+static double yarn_mscale(double scale, double mscale)
+{
+    return scale <= 1 ? 1.0 : 0.1 * mscale * log(scale) + 1.0;
+}
+
+/* Builds the inverse frequencies for `rot` rotary dims and the factor that
+ * multiplies cos and sin (*af), as HF's modeling_rope_utils.py does for
+ * rope_type default, linear, llama3, dynamic (which only rescales beyond
+ * max_position_embeddings: default for the sequences verify runs), yarn,
+ * and longrope (the short factors: sequences up to
+ * original_max_position_embeddings).  Any other rope_type is refused, since
+ * silently ignoring it would change the model. */
+static fl_status build_freqs(const fwd_model *m, const cJSON *scaling, double theta,
+                             float **out, double *af, fl_error *err)
+{
+    *af = 1.0;
     long half = m->rot / 2;
     float *f = malloc((size_t)(half ? half : 1) * sizeof *f);
     if (!f)
@@ -362,11 +380,74 @@ static fl_status build_freqs(const fwd_model *m, const cJSON *scaling, double th
             }
             f[i] = (float)r;
         }
+    } else if (strcmp(type, "dynamic") == 0) {
+        /* _compute_dynamic_ntk_parameters at seq_len = max_position_embeddings */
+    } else if (strcmp(type, "yarn") == 0) {
+        /* _compute_yarn_parameters */
+        if (!(factor > 0))
+            goto bad_factor;
+        const ckpt_config *cfg = &m->ck->cfg;
+        double maxpos = cfg_num(cfg, "max_position_embeddings", 2048, 2048);
+        double orig = json_num(scaling, "original_max_position_embeddings", 0);
+        if (!(orig > 0))
+            orig = maxpos;
+        double ms = json_num(scaling, "mscale", 0), msad = json_num(scaling, "mscale_all_dim", 0);
+        *af = json_num(scaling, "attention_factor", 0);
+        if (!(*af > 0))
+            *af = ms && msad ? yarn_mscale(factor, ms) / yarn_mscale(factor, msad) : yarn_mscale(factor, 1);
+        double bf = json_num(scaling, "beta_fast", 32), bs = json_num(scaling, "beta_slow", 1);
+        const cJSON *tr = cJSON_GetObjectItemCaseSensitive(scaling, "truncate");
+        double dim = (double)m->rot;
+        double lo = dim * log(orig / (bf * 2 * M_PI)) / (2 * log(theta));
+        double hi = dim * log(orig / (bs * 2 * M_PI)) / (2 * log(theta));
+        if (!cJSON_IsFalse(tr)) {
+            lo = floor(lo);
+            hi = ceil(hi);
+        }
+        lo = fmax(lo, 0);
+        hi = fmin(hi, dim - 1);
+        if (lo == hi)
+            hi += 0.001;
+        for (long i = 0; i < half; i++) {
+            double pos_freq = pow(theta, (double)(2 * i) / dim);
+            double ramp = fmin(fmax(((double)i - lo) / (hi - lo), 0), 1);
+            double extra = 1 - ramp; /* share of the extrapolated (unscaled) frequency */
+            f[i] = (float)(1.0 / (factor * pos_freq) * (1 - extra) + 1.0 / pos_freq * extra);
+        }
+    } else if (strcmp(type, "longrope") == 0) {
+        /* _compute_longrope_parameters; Phi3 sets factor from the two
+         * context lengths when original_max_position_embeddings exists. */
+        const ckpt_config *cfg = &m->ck->cfg;
+        const cJSON *sf = cJSON_GetObjectItemCaseSensitive(scaling, "short_factor");
+        if (!cJSON_IsArray(sf) || cJSON_GetArraySize(sf) != half) {
+            free(f);
+            return fl_fail(err, FL_EINPUT, "%s/config.json: rope_scaling longrope needs short_factor "
+                           "with %ld entries", ckdir(m), half);
+        }
+        double maxpos = cfg_num(cfg, "max_position_embeddings", 2048, 2048);
+        double orig = cfg_num(cfg, "original_max_position_embeddings", 0, 0);
+        if (orig > 0)
+            factor = maxpos / orig;
+        else
+            orig = maxpos;
+        *af = json_num(scaling, "attention_factor", 0);
+        if (!(*af > 0))
+            *af = factor <= 1 ? 1.0 : sqrt(1 + log(factor) / log(orig));
+        for (long i = 0; i < half; i++) {
+            const cJSON *e = cJSON_GetArrayItem(sf, (int)i);
+            double ext = cJSON_IsNumber(e) ? e->valuedouble : 0;
+            if (!(ext > 0)) {
+                free(f);
+                return fl_fail(err, FL_EINPUT, "%s/config.json: longrope short_factor[%ld] must be positive",
+                               ckdir(m), i);
+            }
+            f[i] = (float)(1.0 / (ext * pow(theta, (double)(2 * i) / (double)m->rot)));
+        }
     } else {
         free(f);
         return fl_fail(err, FL_EINPUT, "%s/config.json: rope_scaling type '%s' is not supported by "
-                       "the reference forward pass (supported: default, linear, llama3)",
-                       ckdir(m), type);
+                       "the reference forward pass (supported: default, linear, llama3, dynamic, "
+                       "yarn, longrope)", ckdir(m), type);
     }
     *out = f;
     return FL_OK;
@@ -798,14 +879,19 @@ fl_status fwd_open(const checkpoint *ck, int threads, fwd_model **out, fl_error 
             s = fl_fail(err, FL_EINPUT, "%s/config.json: rope_theta %g must be > 1", ck->dir, theta);
             goto fail;
         }
-        if ((s = build_freqs(m, sc, theta, &m->freq_global, err)) != FL_OK)
+        if ((s = build_freqs(m, sc, theta, &m->freq_global, &m->af_global, err)) != FL_OK)
             goto fail;
+        /* DeepseekV3Attention: scaling *= mscale^2 with mscale_all_dim. */
+        double msad = json_num(sc, "mscale_all_dim", 0);
+        if (m->mla && msad)
+            m->attn_scale *= pow(yarn_mscale(json_num(sc, "factor", 1.0), msad), 2);
         if (fam->sliding == 6) {
             const cJSON *lp = rope_params(cfg, "sliding_attention");
             const cJSON *lt = lp && lp != rp ? cJSON_GetObjectItemCaseSensitive(lp, "rope_theta") : NULL;
             double local = cJSON_IsNumber(lt) ? lt->valuedouble
                                               : cfg_num(cfg, "rope_local_base_freq", 10000.0, 10000.0);
-            if ((s = build_freqs(m, lp && lp != rp ? lp : NULL, local, &m->freq_local, err)) != FL_OK)
+            if ((s = build_freqs(m, lp && lp != rp ? lp : NULL, local, &m->freq_local, &m->af_local,
+                                 err)) != FL_OK)
                 goto fail;
         }
     }
@@ -849,6 +935,7 @@ fl_status fwd_open(const checkpoint *ck, int threads, fwd_model **out, fl_error 
         fwd_layer *ly = &m->layers[i];
         int slides = layer_slides(m, i);
         ly->inv_freq = fam->sliding == 6 && slides ? m->freq_local : m->freq_global;
+        ly->rope_af = (float)(fam->sliding == 6 && slides ? m->af_local : m->af_global);
         if (cJSON_IsArray(nope) && i < cJSON_GetArraySize(nope)) {
             const cJSON *e = cJSON_GetArrayItem(nope, (int)i);
             if (cJSON_IsNumber(e) && e->valuedouble == 0)
@@ -1199,12 +1286,13 @@ static float act_fn(const fwd_model *m, float x)
 
 /* Rotates one head vector in place for position pos: rotate_half pairs
  * (i, i + rot/2) (apply_rotary_pos_emb), or (2i, 2i+1) for Cohere. */
-static void rope_head(const fwd_model *m, const float *inv_freq, float *v, long pos)
+static void rope_head(const fwd_model *m, const fwd_layer *ly, float *v, long pos)
 {
+    const float *inv_freq = ly->inv_freq;
     long half = m->rot / 2;
     for (long i = 0; i < half; i++) {
         float ang = (float)pos * inv_freq[i]; /* HF: positions x inv_freq in fp32 */
-        float c = (float)cos(ang), s = (float)sin(ang);
+        float c = (float)cos(ang) * ly->rope_af, s = (float)sin(ang) * ly->rope_af;
         long a = m->interleaved ? 2 * i : i, b = m->interleaved ? 2 * i + 1 : i + half;
         float x1 = v[a], x2 = v[b];
         v[a] = x1 * c - x2 * s;
@@ -1298,11 +1386,11 @@ static fl_status attention_mla(const fwd_model *m, const fwd_layer *ly, const fl
         goto done;
     for (long t = 0; t < T; t++) {
         float *kr = kva + t * kvw + m->kv_lora; /* one k_rot shared by all heads */
-        rope_head(m, ly->inv_freq, kr, t);
+        rope_head(m, ly, kr, t);
         for (long hh = 0; hh < nh; hh++) {
             float *qh = q + (t * nh + hh) * qk, *kh = k + (t * nh + hh) * qk;
             const float *src = kvb + (t * nh + hh) * kb;
-            rope_head(m, ly->inv_freq, qh + m->nope, t);
+            rope_head(m, ly, qh + m->nope, t);
             memcpy(kh, src, (size_t)m->nope * sizeof *kh);
             memcpy(kh + m->nope, kr, (size_t)R * sizeof *kh);
             memcpy(v + (t * nh + hh) * m->vdim, src + m->nope, (size_t)m->vdim * sizeof *v);
@@ -1359,9 +1447,9 @@ static fl_status attention(const fwd_model *m, const fwd_layer *ly, const float 
     if (ly->inv_freq)
         for (long t = 0; t < T; t++) {
             for (long hh = 0; hh < m->nh; hh++)
-                rope_head(m, ly->inv_freq, b->q + t * qd + hh * hd, t);
+                rope_head(m, ly, b->q + t * qd + hh * hd, t);
             for (long hh = 0; hh < m->nkv; hh++)
-                rope_head(m, ly->inv_freq, b->k + t * kd + hh * hd, t);
+                rope_head(m, ly, b->k + t * kd + hh * hd, t);
         }
     sdpa(m, ly, b->q, qd, b->k, kd, b->v, kd, m->nh, m->nkv, hd, hd, T, b->att, b->ctx);
     return matmul(m, &ly->o, ly->bo, b->ctx, T, out, err);

@@ -80,6 +80,69 @@ def _act(name, x):
     return 0.5 * x * (1.0 + math.erf(x / math.sqrt(2.0)))
 
 
+def rope_freqs(tc, base, dim, sc):
+    """(inv_freq list, attention factor) as modeling_rope_utils.py computes
+    them for short sequences."""
+    inv = [1.0 / base ** (2 * i / dim) for i in range(dim // 2)]
+    if not sc:
+        return inv, 1.0
+    t = sc.get("rope_type", sc.get("type", "default"))
+    f = sc.get("factor", 1.0)
+    if t in ("default", "dynamic"):
+        return inv, 1.0
+    if t == "linear":
+        return [v / f for v in inv], 1.0
+    if t == "llama3":
+        lf, hf, old = sc["low_freq_factor"], sc["high_freq_factor"], sc["original_max_position_embeddings"]
+        out = []
+        for v in inv:
+            wl = 2 * math.pi / v
+            if wl < old / hf:
+                out.append(v)
+            elif wl > old / lf:
+                out.append(v / f)
+            else:
+                s = (old / wl - lf) / (hf - lf)
+                out.append((1 - s) * v / f + s * v)
+        return out, 1.0
+    if t == "yarn":
+        orig = sc.get("original_max_position_embeddings") or tc["max_position_embeddings"]
+
+        def ms(scale, m=1.0):
+            return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+        af = sc.get("attention_factor")
+        if af is None:
+            af = ms(f, sc["mscale"]) / ms(f, sc["mscale_all_dim"]) \
+                if sc.get("mscale") and sc.get("mscale_all_dim") else ms(f)
+        bf, bs = sc.get("beta_fast") or 32, sc.get("beta_slow") or 1
+
+        def corr(rot):
+            return dim * math.log(orig / (rot * 2 * math.pi)) / (2 * math.log(base))
+        lo, hi = corr(bf), corr(bs)
+        if sc.get("truncate", True):
+            lo, hi = math.floor(lo), math.ceil(hi)
+        lo, hi = max(lo, 0), min(hi, dim - 1)
+        if lo == hi:
+            hi += 0.001
+        out = []
+        for i in range(dim // 2):
+            pf = base ** (2 * i / dim)
+            extra = 1 - min(max((i - lo) / (hi - lo), 0), 1)
+            out.append(1 / (f * pf) * (1 - extra) + 1 / pf * extra)
+        return out, af
+    if t == "longrope":
+        if "original_max_position_embeddings" in tc:
+            orig = tc["original_max_position_embeddings"]
+            f = tc["max_position_embeddings"] / orig
+        else:
+            orig = tc["max_position_embeddings"]
+        af = sc.get("attention_factor")
+        if af is None:
+            af = 1.0 if f <= 1 else math.sqrt(1 + math.log(f) / math.log(orig))
+        return [1.0 / (e * base ** (2 * i / dim)) for i, e in enumerate(sc["short_factor"])], af
+    raise ValueError("rope type " + t)
+
+
 def ref_logits(ck, tokens):
     m = _M(ck)
     tc, mt = m.tc, m.mt
@@ -99,11 +162,8 @@ def ref_logits(ck, tokens):
     rot = int(hd * tc.get("partial_rotary_factor", 1.0))
     rot -= rot % 2
 
-    def freqs(theta):
-        return [1.0 / theta ** (2 * i / rot) for i in range(rot // 2)]
-
-    f_global = freqs(tc.get("rope_theta", 10000.0))
-    f_local = freqs(tc.get("rope_local_base_freq", 10000.0))
+    f_global, af = rope_freqs(tc, tc.get("rope_theta", 10000.0), rot, tc.get("rope_scaling"))
+    f_local, _ = rope_freqs(tc, tc.get("rope_local_base_freq", 10000.0), rot, None)
     scale = 1.0 / math.sqrt(hd)
     if mt in ("gemma2", "gemma3_text"):
         scale = tc.get("query_pre_attn_scalar", 256) ** -0.5
@@ -125,7 +185,7 @@ def ref_logits(ck, tokens):
         v = list(v)
         for i in range(rot // 2):
             a, b = (2 * i, 2 * i + 1) if mt == "cohere" else (i, i + rot // 2)
-            c, s_ = math.cos(pos * fr[i]), math.sin(pos * fr[i])
+            c, s_ = math.cos(pos * fr[i]) * af, math.sin(pos * fr[i]) * af
             v[a], v[b] = v[a] * c - v[b] * s_, v[b] * c + v[a] * s_
         return v
 
@@ -134,13 +194,17 @@ def ref_logits(ck, tokens):
         literally: de-interleave (view d/2 x 2, transpose), then rotate_half."""
         nope, R, vd, klr = tc["qk_nope_head_dim"], tc["qk_rope_head_dim"], tc["v_head_dim"], tc["kv_lora_rank"]
         qk = nope + R
-        fr = [1.0 / tc.get("rope_theta", 10000.0) ** (2 * i / R) for i in range(R // 2)]
+        fr, maf = rope_freqs(tc, tc.get("rope_theta", 10000.0), R, tc.get("rope_scaling"))
+        sc_ = tc.get("rope_scaling") or {}
+        qscale = qk ** -0.5
+        if sc_.get("mscale_all_dim"):
+            qscale *= (0.1 * sc_["mscale_all_dim"] * math.log(sc_["factor"]) + 1.0) ** 2
 
         def rot(x, pos):
             y = [x[2 * i] for i in range(R // 2)] + [x[2 * i + 1] for i in range(R // 2)]
             out = list(y)
             for i in range(R // 2):
-                c, s_ = math.cos(pos * fr[i]), math.sin(pos * fr[i])
+                c, s_ = math.cos(pos * fr[i]) * maf, math.sin(pos * fr[i]) * maf
                 out[i] = y[i] * c - y[i + R // 2] * s_
                 out[i + R // 2] = y[i + R // 2] * c + y[i] * s_
             return out
@@ -161,7 +225,7 @@ def ref_logits(ck, tokens):
         for i in range(len(hs)):
             ctx = []
             for h in range(nh):
-                sc = [sum(a * b for a, b in zip(Q[i][h], K[j][h])) * qk ** -0.5 for j in range(i + 1)]
+                sc = [sum(a * b for a, b in zip(Q[i][h], K[j][h])) * qscale for j in range(i + 1)]
                 mx = max(sc)
                 e = [math.exp(v - mx) for v in sc]
                 z = sum(e)
