@@ -7,6 +7,7 @@
 
 #include <cjson/cJSON.h>
 #include <curl/curl.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fnmatch.h>
 #include <signal.h>
@@ -596,7 +597,23 @@ static fl_status offline_snapshot(run *R, const char *rev, char **out, fl_error 
         free(snap);
         return st;
     }
-    if (cache_pointer_ok(R->repo_dir, commit, "model.safetensors.index.json", -1)) {
+    if (!cache_pointer_ok(R->repo_dir, commit, "model.safetensors.index.json", -1)) {
+        /* No index: some top-level *.safetensors must be there. */
+        int found = 0;
+        DIR *d = opendir(snap);
+        struct dirent *de;
+        while (d && !found && (de = readdir(d)))
+            found = ends_with(de->d_name, ".safetensors") &&
+                    cache_pointer_ok(R->repo_dir, commit, de->d_name, -1);
+        if (d)
+            closedir(d);
+        if (!found) {
+            fl_status st = fl_fail(err, FL_ENET, "%s: snapshot %s in the cache has no "
+                                   "safetensors weights (offline mode)", R->repo_id, commit);
+            free(snap);
+            return st;
+        }
+    } else {
         /* Every shard of the index must be there. */
         fl_status st;
         char *idx = join3(snap, "/", "model.safetensors.index.json");
@@ -722,6 +739,15 @@ static fl_status fetch_snapshot(const hub_request *req, char **snapshot_dir, fl_
     if (!h) {
         run_free(&R);
         return fl_fail(err, FL_EIO, "cannot initialise libcurl");
+    }
+    fl_error quiet;
+    if (cache_is_commit(rev) && offline_snapshot(&R, rev, snapshot_dir, &quiet) == FL_OK) {
+        /* A commit is immutable: when its snapshot holds what a conversion
+         * needs, no request at all (file_download.py does the same). */
+        dl_log(&R.dc, "commit %s is in the cache", rev);
+        curl_easy_cleanup(h);
+        run_free(&R);
+        return FL_OK;
     }
     if (cache_is_commit(rev))
         memcpy(R.commit, rev, 41);
