@@ -245,6 +245,26 @@ def test_xet_and_token_sources():
         check_ok(r, "--token")
         check(env.hub.requests()[0]["headers"].get("authorization") == "Bearer " + TOKEN,
               "--token not sent")
+        # HUGGING_FACE_HUB_TOKEN, and HF_TOKEN_PATH pointing elsewhere.
+        env.hub.clear()
+        r = env.download("org/xet", token=None, HUGGING_FACE_HUB_TOKEN=TOKEN)
+        check_ok(r, "HUGGING_FACE_HUB_TOKEN")
+        check(env.hub.requests()[0]["headers"].get("authorization") == "Bearer " + TOKEN,
+              "HUGGING_FACE_HUB_TOKEN not sent")
+        tp = os.path.join(env.tmp, "elsewhere-token")
+        with open(tp, "w") as f:
+            f.write("  " + TOKEN + "\r\n")
+        env.hub.clear()
+        r = env.download("org/xet", token=None, HF_TOKEN_PATH=tp)
+        check_ok(r, "HF_TOKEN_PATH")
+        check(env.hub.requests()[0]["headers"].get("authorization") == "Bearer " + TOKEN,
+              "HF_TOKEN_PATH token not sent (or not trimmed)")
+        # HF_HUB_CACHE moves the cache, HF_HOME stays for the token.
+        other = os.path.join(env.tmp, "other-cache")
+        r = env.download("org/xet", HF_HUB_CACHE=other)
+        check_ok(r, "HF_HUB_CACHE")
+        check(r.stdout.strip().startswith(os.path.join(other, "models--org--xet", "snapshots")),
+              "HF_HUB_CACHE ignored: %r" % r.stdout)
 
 
 def test_tls_is_verified():
