@@ -440,10 +440,6 @@ class Options(Base):
 
 
 class ModelCard(Base):
-    # KNOWN CONVERTER BUG (reported to the lead): write.c de-duplicates a
-    # card row only against the previous one, so rows alternate per layer.
-    # Remove this decorator when fixed ("unexpected success" fails the run).
-    @unittest.expectedFailure
     def test_card_rows_not_repeated_per_layer(self):
         # the card says what was folded and kept; a row per layer with the
         # same {i} pattern is repetition, not information
