@@ -189,37 +189,19 @@ static void on_note(void *ctx, const char *msg)
 /* ---------------------------------------------------------------------------
  * printing the plan */
 
-/* Names are printed once per layer pattern ("layers.{i}"), without the
- * ".weight" suffix, so a 126-layer plan stays a few lines. */
-static void pattern_of(const char *name, char *out, size_t cap)
-{
-    size_t n = strlen(name);
-    if (n > 7 && strcmp(name + n - 7, ".weight") == 0)
-        n -= 7;
-    const char *l = strstr(name, "layers.");
-    if (!l || (size_t)(l - name) >= n) {
-        snprintf(out, cap, "%.*s", (int)n, name);
-        return;
-    }
-    const char *d = l + 7, *e = d;
-    while (*e >= '0' && *e <= '9')
-        e++;
-    snprintf(out, cap, "%.*s{i}%.*s", (int)(d - name), name, (int)(n - (size_t)(e - name)), e);
-}
-
 /* The description of group i: its norm and consumer patterns. */
 static void group_line(const fold_group *g, char *out, size_t cap)
 {
     size_t n = 0;
     char pat[512];
-    pattern_of(g->norm, pat, sizeof pat);
+    plan_name_pattern(g->norm, pat, sizeof pat);
     n += (size_t)snprintf(out + n, cap - n, "%s ->", pat);
     for (size_t c = 0; c < g->n_consumers && n < cap; c++) {
         if (c == 8) {
             snprintf(out + n, cap - n, " ... (%zu matrices)", g->n_consumers);
             return;
         }
-        pattern_of(g->consumers[c], pat, sizeof pat);
+        plan_name_pattern(g->consumers[c], pat, sizeof pat);
         n += (size_t)snprintf(out + n, cap - n, " %s", pat);
     }
 }
@@ -256,13 +238,13 @@ static void print_plan(FILE *f, const checkpoint *ck, const fold_plan *p)
         fprintf(f, "kept, not folded:\n");
         char last[512] = "", pat[512];
         for (size_t i = 0; i < p->n_kept; i++) {
-            pattern_of(p->kept[i].name, pat, sizeof pat);
+            plan_name_pattern(p->kept[i].name, pat, sizeof pat);
             if (strcmp(pat, last) == 0)
                 continue;
             int dup = 0;
             for (size_t j = 0; j < i && !dup; j++) {
                 char q[512];
-                pattern_of(p->kept[j].name, q, sizeof q);
+                plan_name_pattern(p->kept[j].name, q, sizeof q);
                 dup = strcmp(q, pat) == 0;
             }
             if (!dup)

@@ -78,6 +78,38 @@ static inline uint16_t bf16_from_f32_bits_rne(uint32_t u)
     return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
 }
 
+/* W * (1 + w) for an F64 norm weight w, as a round-to-odd double.
+ * 1 + w = hi + lo exactly (TwoSum), W*hi = p + e and W*lo = q + eq exactly
+ * (TwoProduct), so x = p + e + q + eq.  s = RN(p + (e + q)) is within an
+ * ulp of x, and the sign of x - s, assembled from the exact rounding
+ * errors, picks the odd neighbour.  Unlike W + W*w this does not cancel
+ * when w is close to -1 (1 + w = 2^-53 is exact in hi). */
+static inline double one_plus_wide_round_odd(double W, double w)
+{
+    double hi = 1.0 + w, bb = hi - 1.0;
+    double lo = (1.0 - (hi - bb)) + (w - bb);
+    double p = W * hi, e = fma(W, hi, -p);
+    double q = W * lo, eq = fma(W, lo, -q);
+    double rem = e + q, t = rem - e;
+    double rem_err = (e - (rem - t)) + (q - t);
+    double s = p + rem;
+    double tail = (rem - (s - p)) + (rem_err + eq);
+    if (tail == 0)
+        return s;
+    if (s == 0)
+        return tail > 0 ? 4.9406564584124654e-324 : -4.9406564584124654e-324;
+    uint64_t u;
+    memcpy(&u, &s, 8);
+    if ((u & 1) == 0) {
+        if ((tail > 0) == (s > 0))
+            u += 1;
+        else
+            u -= 1;
+        memcpy(&s, &u, 8);
+    }
+    return s;
+}
+
 /* The exact (or round-to-odd) value of W * gain(w). */
 static inline double product(double W, double w, int one_plus, int wide)
 {
@@ -86,7 +118,7 @@ static inline double product(double W, double w, int one_plus, int wide)
     if (W == 0 || w == -1.0)
         return W * (1.0 + w); /* exact zero: W + W*w would lose the IEEE sign */
     if (wide)
-        return sum_round_odd(W, prod_round_odd(W, w));
+        return one_plus_wide_round_odd(W, w);
     return sum_round_odd(W, W * w);
 }
 

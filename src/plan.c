@@ -689,6 +689,27 @@ void plan_free(fold_plan *p)
     memset(p, 0, sizeof *p);
 }
 
+void plan_name_pattern(const char *name, char *out, size_t cap)
+{
+    const char *l = strstr(name, "layers.");
+    size_t n = strlen(name);
+    if (n > 7 && strcmp(name + n - 7, ".weight") == 0)
+        n -= 7;
+    if (!l || (size_t)(l - name) >= n) {
+        snprintf(out, cap, "%.*s", (int)n, name);
+        return;
+    }
+    const char *d = l + 7;
+    const char *e = d;
+    while (*e >= '0' && *e <= '9')
+        e++;
+    if (e == d) {
+        snprintf(out, cap, "%.*s", (int)n, name);
+        return;
+    }
+    snprintf(out, cap, "%.*s{i}%.*s", (int)(d - name), name, (int)(n - (size_t)(e - name)), e);
+}
+
 const out_tensor *plan_find_out(const fold_plan *p, const char *name)
 {
     size_t lo = 0, hi = p->n_out;

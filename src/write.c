@@ -5,6 +5,9 @@
  * shard that holds the embedding), an updated index, config.json with only
  * the FlashNorm keys changed, the other files copied, a model card. */
 #include "flashify/write.h"
+#include "flashify/card.h"
+#include "flashify/config_edit.h"
+#include "flashify/strbuf.h"
 #include "flashify/dtype.h"
 #include "flashify/fold.h"
 
@@ -238,276 +241,6 @@ fl_status convert_check_output(const checkpoint *ck, const char *out_dir, int fo
         return fl_fail(err, FL_EUSAGE, "%s: already exists (use --force to replace it)", out_dir);
     if (lstat(out_dir, &st) == 0 && !S_ISDIR(st.st_mode))
         return fl_fail(err, FL_EUSAGE, "%s: exists and is not a directory", out_dir);
-    return FL_OK;
-}
-
-/* ---------------------------------------------------------------------------
- * JSON text helpers */
-
-/* Appends s to a growing buffer. */
-typedef struct {
-    char *p;
-    size_t n, cap;
-    int oom;
-} sbuf;
-
-static void sb_put(sbuf *b, const char *s, size_t n)
-{
-    if (b->oom)
-        return;
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->n + n + 1)
-            cap *= 2;
-        char *q = realloc(b->p, cap);
-        if (!q) {
-            b->oom = 1;
-            return;
-        }
-        b->p = q;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = '\0';
-}
-
-static void sb_str(sbuf *b, const char *s) { sb_put(b, s, strlen(s)); }
-
-static void sb_printf(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void sb_printf(sbuf *b, const char *fmt, ...)
-{
-    char tmp[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
-    va_end(ap);
-    if (n < 0)
-        return;
-    if ((size_t)n < sizeof tmp) {
-        sb_put(b, tmp, (size_t)n);
-        return;
-    }
-    char *big = malloc((size_t)n + 1);
-    if (!big) {
-        b->oom = 1;
-        return;
-    }
-    va_start(ap, fmt);
-    vsnprintf(big, (size_t)n + 1, fmt, ap);
-    va_end(ap);
-    sb_put(b, big, (size_t)n);
-    free(big);
-}
-
-static void sb_json_string(sbuf *b, const char *s)
-{
-    sb_put(b, "\"", 1);
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\') {
-            char e[2] = {'\\', (char)*p};
-            sb_put(b, e, 2);
-        } else if (*p < 0x20) {
-            sb_printf(b, "\\u%04x", *p);
-        } else {
-            sb_put(b, (const char *)p, 1);
-        }
-    }
-    sb_put(b, "\"", 1);
-}
-
-/* A minimal scanner over JSON text that finds the spans of an object's
- * members, so config.json can be edited in place: the rest of the file
- * stays byte for byte (numbers like 10000.0 keep their spelling). */
-typedef struct {
-    size_t key_start;     /* the opening quote of the key */
-    size_t value_start, value_end;
-    char key[64];
-} json_member;
-
-static size_t skip_ws(const char *s, size_t n, size_t i)
-{
-    while (i < n && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r'))
-        i++;
-    return i;
-}
-
-static size_t skip_string(const char *s, size_t n, size_t i)
-{
-    for (i++; i < n; i++) {
-        if (s[i] == '\\')
-            i++;
-        else if (s[i] == '"')
-            return i + 1;
-    }
-    return n;
-}
-
-/* End of the JSON value starting at i (the text is known to parse). */
-static size_t skip_value(const char *s, size_t n, size_t i)
-{
-    if (i >= n)
-        return n;
-    if (s[i] == '"')
-        return skip_string(s, n, i);
-    if (s[i] == '{' || s[i] == '[') {
-        int depth = 0;
-        for (; i < n; i++) {
-            if (s[i] == '"') {
-                i = skip_string(s, n, i) - 1;
-            } else if (s[i] == '{' || s[i] == '[') {
-                depth++;
-            } else if (s[i] == '}' || s[i] == ']') {
-                if (--depth == 0)
-                    return i + 1;
-            }
-        }
-        return n;
-    }
-    while (i < n && s[i] != ',' && s[i] != '}' && s[i] != ']' && s[i] != ' ' &&
-           s[i] != '\n' && s[i] != '\r' && s[i] != '\t')
-        i++;
-    return i;
-}
-
-/* Lists the members of the object whose '{' is at `open`; returns their
- * count (at most max) and sets *close to the index of its '}'. */
-static size_t object_members(const char *s, size_t n, size_t open, json_member *m,
-                             size_t max, size_t *close)
-{
-    size_t count = 0, i = skip_ws(s, n, open + 1);
-    while (i < n && s[i] == '"') {
-        size_t ks = i, ke = skip_string(s, n, i);
-        i = skip_ws(s, n, ke);
-        if (i >= n || s[i] != ':')
-            break;
-        i = skip_ws(s, n, i + 1);
-        size_t vs = i, ve = skip_value(s, n, i);
-        if (count < max) {
-            json_member *mm = &m[count];
-            size_t kl = ke - ks - 2;
-            if (kl >= sizeof mm->key)
-                kl = sizeof mm->key - 1;
-            memcpy(mm->key, s + ks + 1, kl);
-            mm->key[kl] = '\0';
-            mm->key_start = ks;
-            mm->value_start = vs;
-            mm->value_end = ve;
-        }
-        count++;
-        i = skip_ws(s, n, ve);
-        if (i < n && s[i] == ',')
-            i = skip_ws(s, n, i + 1);
-    }
-    *close = i;
-    return count < max ? count : max;
-}
-
-typedef struct {
-    size_t pos, del;
-    char text[160];
-} text_edit;
-
-static const json_member *member(const json_member *m, size_t n, const char *key)
-{
-    for (size_t i = 0; i < n; i++)
-        if (strcmp(m[i].key, key) == 0)
-            return &m[i];
-    return NULL;
-}
-
-/* Sets key to `value` in the object at `open`: replaces the value if the
- * key exists, else appends a member in the indentation of the last one. */
-static void set_member(const char *s, size_t n, size_t open, const char *key,
-                       const char *value, text_edit *edits, size_t *n_edits)
-{
-    json_member m[512];
-    size_t close;
-    size_t count = object_members(s, n, open, m, 512, &close);
-    const json_member *hit = member(m, count, key);
-    text_edit *e = &edits[(*n_edits)++];
-    if (hit) {
-        e->pos = hit->value_start;
-        e->del = hit->value_end - hit->value_start;
-        snprintf(e->text, sizeof e->text, "%s", value);
-        return;
-    }
-    e->del = 0;
-    if (count == 0) {
-        e->pos = open + 1;
-        snprintf(e->text, sizeof e->text, "\"%s\": %s", key, value);
-        return;
-    }
-    const json_member *last = &m[count - 1];
-    size_t ls = last->key_start;
-    while (ls > 0 && s[ls - 1] != '\n' && (s[ls - 1] == ' ' || s[ls - 1] == '\t'))
-        ls--;
-    int indent = (int)(last->key_start - ls);
-    int newline = ls > 0 && s[ls - 1] == '\n';
-    e->pos = last->value_end;
-    snprintf(e->text, sizeof e->text, ",%s%.*s\"%s\": %s", newline ? "\n" : " ",
-             newline ? indent : 0, s + ls, key, value);
-}
-
-static int cmp_edit_desc(const void *a, const void *b)
-{
-    const text_edit *x = a, *y = b;
-    return x->pos < y->pos ? 1 : x->pos > y->pos ? -1 : 0;
-}
-
-fl_status config_rewrite(const checkpoint *ck, const fold_plan *plan, char **out,
-                         size_t *out_len, fl_error *err)
-{
-    const char *s = ck->cfg.raw;
-    size_t n = ck->cfg.raw_len;
-    size_t open = skip_ws(s, n, 0);
-    if (open >= n || s[open] != '{')
-        return fl_fail(err, FL_EINPUT, "%s/config.json: not a JSON object", ck->dir);
-    text_edit edits[8];
-    size_t n_edits = 0;
-    if (plan->untie) {
-        set_member(s, n, open, "tie_word_embeddings", "false", edits, &n_edits);
-        json_member m[512];
-        size_t close;
-        size_t count = object_members(s, n, open, m, 512, &close);
-        const json_member *tc = member(m, count, "text_config");
-        if (tc && s[tc->value_start] == '{')
-            set_member(s, n, tc->value_start, "tie_word_embeddings", "false", edits, &n_edits);
-    }
-    if (plan->marker) {
-        set_member(s, n, open, "flashnorm_folded", "true", edits, &n_edits);
-        set_member(s, n, open, "flash_norm", "true", edits, &n_edits);
-    }
-    /* Two appends at the same position must keep their order: apply from
-     * the end, and for equal positions the later edit first. */
-    for (size_t i = 0; i < n_edits; i++)
-        edits[i].pos = edits[i].pos * 8 + i;
-    qsort(edits, n_edits, sizeof *edits, cmp_edit_desc);
-    sbuf b = {0};
-    sb_put(&b, s, n);
-    for (size_t i = 0; i < n_edits && !b.oom; i++) {
-        size_t pos = edits[i].pos / 8;
-        size_t add = strlen(edits[i].text);
-        sbuf nb = {0};
-        sb_put(&nb, b.p, pos);
-        sb_put(&nb, edits[i].text, add);
-        sb_put(&nb, b.p + pos + edits[i].del, b.n - pos - edits[i].del);
-        free(b.p);
-        b = nb;
-    }
-    if (b.oom) {
-        free(b.p);
-        return fl_fail(err, FL_EIO, "out of memory");
-    }
-    /* The edited text must still parse (belt and braces). */
-    cJSON *j = cJSON_ParseWithLength(b.p, b.n);
-    if (!j) {
-        free(b.p);
-        return fl_fail(err, FL_EINPUT, "%s/config.json: could not be rewritten as valid JSON", ck->dir);
-    }
-    cJSON_Delete(j);
-    *out = b.p;
-    *out_len = b.n;
     return FL_OK;
 }
 
@@ -973,7 +706,7 @@ static int cmp_name_idx(const void *a, const void *b)
 static fl_status write_index(const checkpoint *ck, const fold_plan *plan, const out_layout *l,
                              const char *tmp, uint64_t total_size, int sync, fl_error *err)
 {
-    sbuf b = {0};
+    strbuf b = {0};
     sb_str(&b, "{\n  \"metadata\": {\n");
     sb_printf(&b, "    \"total_size\": %llu", (unsigned long long)total_size);
     const cJSON *meta = ck->index ? cJSON_GetObjectItemCaseSensitive(ck->index, "metadata") : NULL;
@@ -1052,34 +785,12 @@ static fl_status write_index(const checkpoint *ck, const fold_plan *plan, const 
     return s;
 }
 
-/* "model.layers.12.input_layernorm.weight" -> "model.layers.{i}.input_layernorm" */
-static void layer_pattern(const char *name, char *out, size_t cap)
-{
-    const char *l = strstr(name, "layers.");
-    size_t n = strlen(name);
-    if (n > 7 && strcmp(name + n - 7, ".weight") == 0)
-        n -= 7;
-    if (!l || (size_t)(l - name) >= n) {
-        snprintf(out, cap, "%.*s", (int)n, name);
-        return;
-    }
-    const char *d = l + 7;
-    const char *e = d;
-    while (*e >= '0' && *e <= '9')
-        e++;
-    if (e == d) {
-        snprintf(out, cap, "%.*s", (int)n, name);
-        return;
-    }
-    snprintf(out, cap, "%.*s{i}%.*s", (int)(d - name), name, (int)(n - (size_t)(e - name)), e);
-}
-
 static const char *last_component(const char *path)
 {
     size_t n = strlen(path);
     while (n > 1 && path[n - 1] == '/')
         n--;
-    static char buf[PATH_MAX];
+    static _Thread_local char buf[PATH_MAX];
     snprintf(buf, sizeof buf, "%.*s", (int)n, path);
     char *s = strrchr(buf, '/');
     return s ? s + 1 : buf;
@@ -1088,82 +799,16 @@ static const char *last_component(const char *path)
 static fl_status write_model_card(const checkpoint *ck, const fold_plan *plan, const char *tmp,
                                   const convert_options *opt, fl_error *err)
 {
-    const char *base = opt->base_model ? opt->base_model : last_component(ck->dir);
-    sbuf b = {0};
-    sb_str(&b, "---\nbase_model: ");
-    sb_str(&b, base);
-    sb_str(&b, "\ntags:\n- flashnorm\n");
-    if (plan->marker)
-        sb_str(&b, "- weightless-rmsnorm\n");
-    sb_str(&b, "---\n\n");
-    sb_printf(&b, "# %s (FlashNorm)\n\n", last_component(opt->out_dir));
-    sb_printf(&b,
-              "This is `%s` with its RMSNorm weights folded into the linear layers that read them "
-              "(FlashNorm, arXiv 2407.09577): `W*[o,i] = W[o,i] * g[i]`, computed exactly and rounded "
-              "once to nearest-even in each tensor's dtype. The model computes what the source "
-              "computes; the folded norms %s.\n\n",
-              base, plan->keep_norms ? "are kept as identity weights (`--keep-norms`)"
-                                     : "run without a weight and their tensors are removed");
-    sb_printf(&b, "Converted by flashify %s (model_type `%s`).\n\n", FLASHIFY_VERSION, plan->arch->model_type);
-    sb_str(&b, "## Folded norms\n\n| norm | folded into | gain |\n|---|---|---|\n");
-    char last[512] = "";
-    for (size_t i = 0; i < plan->n_groups; i++) {
-        const fold_group *g = &plan->groups[i];
-        char pat[512];
-        layer_pattern(g->norm, pat, sizeof pat);
-        if (strcmp(pat, last) == 0)
-            continue;
-        snprintf(last, sizeof last, "%s", pat);
-        sb_printf(&b, "| `%s` | ", pat);
-        for (size_t c = 0; c < g->n_consumers && c < 6; c++) {
-            char cp[512];
-            layer_pattern(g->consumers[c], cp, sizeof cp);
-            sb_printf(&b, "%s`%s`", c ? ", " : "", cp);
-        }
-        if (g->n_consumers > 6)
-            sb_printf(&b, " and %zu more", g->n_consumers - 6);
-        sb_printf(&b, " | %s |\n", g->gain == GAIN_ONE_PLUS_W ? "1 + w" : "w");
-    }
-    if (plan->untie)
-        sb_printf(&b, "\nThe source ties `lm_head` to the embedding. The final norm was folded into a new "
-                      "`%s` (the embedding times the norm weight), so `tie_word_embeddings` is now "
-                      "`false` and the checkpoint is %.1f MB larger.\n",
-                  plan->head_name, (double)plan->added_bytes / 1e6);
-    if (plan->n_kept) {
-        sb_str(&b, "\n## Norms that keep their weights\n\n| norm | why |\n|---|---|\n");
-        last[0] = '\0';
-        for (size_t i = 0; i < plan->n_kept; i++) {
-            char pat[512];
-            layer_pattern(plan->kept[i].name, pat, sizeof pat);
-            if (strstr(last, pat))
-                continue;
-            size_t used = strlen(last);
-            snprintf(last + used, sizeof last - used, "|%s", pat);
-            sb_printf(&b, "| `%s` | %s |\n", pat, plan->kept[i].reason);
-        }
-    }
-    sb_str(&b, "\n## How to load\n\n");
-    if (plan->marker)
-        sb_str(&b, "`config.json` carries `\"flashnorm_folded\": true` and `\"flash_norm\": true`. Loaders "
-                   "with FlashNorm support (transformers and vLLM FlashNorm PRs, nano-vllm) build the "
-                   "folded norms without weights.\n\n");
-    else
-        sb_str(&b, "`config.json` has no FlashNorm marker: some norms of this model keep their weights "
-                   "(see above), and loaders keyed on the marker would drop them.\n\n");
-    sb_str(&b, "With stock transformers, `AutoModelForCausalLM.from_pretrained(path)` loads it: missing "
-               "norm weights are initialised to the identity on current releases.");
-    if (plan->arch->warning)
-        sb_printf(&b, " **Note:** %s.", plan->arch->warning);
-    sb_str(&b, " For loaders that require every tensor, convert with `--keep-norms`, which writes the "
-               "identity values explicitly.\n");
-    if (b.oom) {
-        free(b.p);
-        return fl_fail(err, FL_EIO, "out of memory");
-    }
+    char base[PATH_MAX];
+    snprintf(base, sizeof base, "%s", opt->base_model ? opt->base_model : last_component(ck->dir));
+    char *text = NULL;
+    fl_status s = model_card(plan, base, last_component(opt->out_dir), &text, err);
+    if (s != FL_OK)
+        return s;
     char *path = join(tmp, "README.md");
-    fl_status s = path ? write_whole_file(path, b.p, b.n, opt->fsync, err) : fl_fail(err, FL_EIO, "out of memory");
+    s = path ? write_whole_file(path, text, strlen(text), opt->fsync, err) : fl_fail(err, FL_EIO, "out of memory");
     free(path);
-    free(b.p);
+    free(text);
     return s;
 }
 

@@ -77,4 +77,8 @@ void plan_free(fold_plan *plan);
 /* The output tensor of that name, or NULL (dropped or unknown); O(log n). */
 const out_tensor *plan_find_out(const fold_plan *plan, const char *name);
 
+/* "model.layers.12.input_layernorm.weight" -> "model.layers.{i}.input_layernorm":
+ * how plans are shown (dry run, model card), one line per layer pattern. */
+void plan_name_pattern(const char *name, char *out, size_t cap);
+
 #endif

@@ -44,11 +44,6 @@ fl_status convert_check_output(const checkpoint *ck, const char *out_dir, int fo
 fl_status convert_write(const checkpoint *ck, const fold_plan *plan,
                         const convert_options *opt, fl_error *err);
 
-/* The bytes config.json gets: the source text with only tie_word_embeddings
- * and the FlashNorm marker keys changed (the rest byte for byte). */
-fl_status config_rewrite(const checkpoint *ck, const fold_plan *plan, char **out,
-                         size_t *out_len, fl_error *err);
-
 /* Removes a directory tree (used for cleanup). */
 void remove_tree(const char *path);
 

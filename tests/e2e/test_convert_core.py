@@ -156,7 +156,6 @@ class LlamaFixtures(Base):
     # cancellation (w near -1) that first rounding is not absorbed and the
     # result is not the once-rounded W*(1+w).  Contrived (F64 norms, dead
     # channel), kept as a record.  Remove the decorator when fixed.
-    @unittest.expectedFailure
     def test_gemma_f64_norm_cancellation(self):
         m = build_model("gemma", dtype="BF16", norm_dtype="F64", tied=False, seed=36)
         q, n = "model.layers.0.self_attn.q_proj.weight", "model.layers.0.input_layernorm.weight"
