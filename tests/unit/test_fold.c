@@ -1,0 +1,170 @@
+/* test_fold.c — the fold kernel against an independent reference.
+ *
+ * The reference multiplies in x87 long double (64-bit significand: every
+ * product of a 24-bit weight and a 24-bit gain, and W + W*w for the 1+w
+ * gains used here, is exact) and rounds once with rintl() at the target
+ * format's last bit, handling subnormals and overflow by hand.  It shares
+ * no code with src/fold.c (no round-to-odd, no bit tricks). */
+#include "flashify/arch.h"
+#include "flashify/dtype.h"
+#include "flashify/fold.h"
+#include "flashify/safetensors.h"
+
+#include <fenv.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int failures;
+#define CHECK(cond, ...)                                 \
+    do {                                                 \
+        if (!(cond)) {                                   \
+            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
+            fprintf(stderr, __VA_ARGS__);                \
+            fputc('\n', stderr);                         \
+            failures++;                                  \
+        }                                                \
+    } while (0)
+
+/* x rounded to nearest-even in a binary format with `p` significand bits,
+ * minimum normal exponent emin (x = m * 2^e, 1 <= m < 2), max finite
+ * exponent emax; returns +-inf on overflow. */
+static long double round_format(long double x, int p, int emin, int emax)
+{
+    if (x == 0 || !isfinite(x))
+        return x;
+    int e;
+    frexpl(x, &e);   /* x = f * 2^e, 0.5 <= |f| < 1 */
+    e -= 1;          /* now 1 <= |m| < 2 */
+    if (e < emin)
+        e = emin;    /* subnormal: fixed quantum */
+    long double quantum = ldexpl(1.0L, e - (p - 1));
+    long double r = rintl(x / quantum) * quantum;   /* FE_TONEAREST: ties to even */
+    long double max = ldexpl(2.0L - ldexpl(1.0L, 1 - p), emax);
+    if (fabsl(r) > max)
+        return x > 0 ? INFINITY : -INFINITY;
+    return r;
+}
+
+static uint64_t rng = 0x9E3779B97F4A7C15ull;
+static uint32_t next32(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (uint32_t)(rng >> 16);
+}
+
+/* A "trained-looking" weight: random sign, exponent in [-12, 2], random bits. */
+static float random_weight(void)
+{
+    float m = 1.0f + (float)(next32() & 0x7FFFFF) / 8388608.0f;
+    int e = -12 + (int)(next32() % 15);
+    return (next32() & 1 ? -1 : 1) * ldexpf(m, e);
+}
+
+static void test_dtype(int d, int p, int emin, int emax, int gain)
+{
+    enum { ROWS = 64, COLS = 257 };
+    size_t es = st_dtype_bits(d) / 8;
+    unsigned char *in = malloc(ROWS * COLS * es), *out = malloc(ROWS * COLS * es);
+    double w[COLS];
+    for (int c = 0; c < COLS; c++) {
+        float g = gain == GAIN_ONE_PLUS_W ? random_weight() / 4 : 0.5f + 2.0f * (float)(next32() % 1000) / 1000;
+        w[c] = g;
+    }
+    /* Columns 0..3: gains that force exact ties at the target precision:
+     * W * (1 + 2^-p) = W + W*2^-p lies halfway for an odd last bit. */
+    w[0] = gain == GAIN_ONE_PLUS_W ? ldexp(1.0, -p) : 1.0 + ldexp(1.0, -p);
+    w[1] = gain == GAIN_ONE_PLUS_W ? -ldexp(1.0, -p) : 1.0 - ldexp(1.0, -p - 1);
+    w[2] = gain == GAIN_ONE_PLUS_W ? -1.0 : 0.0;   /* zero gain: signed zeros */
+    w[3] = gain == GAIN_ONE_PLUS_W ? 3.0 : 4.0;
+    for (int i = 0; i < ROWS * COLS; i++) {
+        double v = round_format(random_weight(), p, emin, emax);
+        if (i % 7 == 0)
+            v = -v;
+        if (i % 97 == 0)
+            v = -0.0;
+        switch (d) {
+        case ST_BF16: ((uint16_t *)in)[i] = double_to_bf16(v); break;
+        case ST_F16: ((uint16_t *)in)[i] = double_to_f16(v); break;
+        case ST_F32: ((uint32_t *)in)[i] = f32_bits((float)v); break;
+        }
+    }
+    long bad = fold_rows(d, in, out, ROWS, COLS, w, gain, 0);
+    CHECK(bad == -1, "dtype %s gain %d: unexpected non-finite at %ld", st_dtype_name(d), gain, bad);
+    int wrong = 0;
+    for (int i = 0; i < ROWS * COLS; i++) {
+        long double W = dtype_load(d, in, (size_t)i);
+        long double g = gain == GAIN_ONE_PLUS_W ? 1.0L + (long double)w[i % COLS] : (long double)w[i % COLS];
+        long double want = round_format(W * g, p, emin, emax);
+        long double got = dtype_load(d, out, (size_t)i);
+        if (got != want || signbit(got) != signbit(want)) {
+            if (wrong++ < 5)
+                CHECK(0, "dtype %s gain %d: element %d: W=%.20Lg g=%.20Lg got %.20Lg want %.20Lg",
+                      st_dtype_name(d), gain, i, W, g, got, want);
+        }
+    }
+    CHECK(wrong == 0, "dtype %s gain %d: %d of %d elements wrong", st_dtype_name(d), gain, wrong, ROWS * COLS);
+    free(in);
+    free(out);
+}
+
+static void test_nonfinite_reported(void)
+{
+    uint16_t in[4] = {double_to_bf16(1.0), double_to_bf16(3e38), double_to_bf16(2.0), 0};
+    uint16_t out[4];
+    double w[4] = {1.0, 4.0, 1.0, 1.0};
+    CHECK(fold_rows(ST_BF16, in, out, 1, 4, w, GAIN_W, 0) == 1, "overflow to inf not reported at index 1");
+    float fin[3] = {1.0f, 2.0f, 3.0f}, fout[3];
+    double wn[3] = {1.0, 1.0, NAN};
+    CHECK(fold_rows(ST_F32, fin, fout, 1, 3, wn, GAIN_W, 0) == 2, "NaN gain not reported at index 2");
+}
+
+static void test_in_place_and_row_split(void)
+{
+    /* Folding 8 rows at once, one row at a time, or in place gives the same bits. */
+    enum { ROWS = 8, COLS = 33 };
+    uint16_t a[ROWS * COLS], b[ROWS * COLS], c[ROWS * COLS];
+    double w[COLS];
+    for (int i = 0; i < COLS; i++)
+        w[i] = 0.25 + (double)(next32() % 4096) / 1024;
+    for (int i = 0; i < ROWS * COLS; i++)
+        a[i] = c[i] = double_to_bf16(random_weight());
+    fold_rows(ST_BF16, a, b, ROWS, COLS, w, GAIN_W, 0);
+    for (int r = 0; r < ROWS; r++)
+        fold_rows(ST_BF16, c + r * COLS, c + r * COLS, 1, COLS, w, GAIN_W, 0);
+    CHECK(memcmp(b, c, sizeof b) == 0, "row-by-row in-place fold differs from the block fold");
+}
+
+static void test_identity_fill(void)
+{
+    uint16_t h[3];
+    fill_value(ST_BF16, h, 3, 1.0);
+    CHECK(h[0] == 0x3F80 && h[2] == 0x3F80, "BF16 identity 1 is 0x3F80, got 0x%04X", h[0]);
+    fill_value(ST_F16, h, 3, 1.0);
+    CHECK(h[1] == 0x3C00, "F16 identity 1 is 0x3C00, got 0x%04X", h[1]);
+    uint32_t f[2];
+    fill_value(ST_F32, f, 2, 0.0);
+    CHECK(f[0] == 0 && f[1] == 0, "F32 identity 0 is all-zero bits");
+}
+
+int main(void)
+{
+    fesetround(FE_TONEAREST);
+    for (int gain = GAIN_W; gain <= GAIN_ONE_PLUS_W; gain++) {
+        test_dtype(ST_BF16, 8, -126, 127, gain);
+        test_dtype(ST_F16, 11, -14, 15, gain);
+        test_dtype(ST_F32, 24, -126, 127, gain);
+    }
+    test_nonfinite_reported();
+    test_in_place_and_row_split();
+    test_identity_fill();
+    if (failures) {
+        fprintf(stderr, "test_fold: %d failure(s)\n", failures);
+        return 1;
+    }
+    printf("test_fold: ok\n");
+    return 0;
+}
