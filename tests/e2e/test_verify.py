@@ -64,7 +64,7 @@ class Base(unittest.TestCase):
         if forward:
             fc = rep["forward_check"]
             self.assertTrue(fc["passed"], fc)
-            self.assertLess(fc["max_rel_diff"], fc["tolerance"] / 5,
+            self.assertLess(fc["max_rel_diff"], fc["tolerance"] / 4,
                             "a correct fold should be far inside the tolerance: %s" % fc)
         return rep
 
