@@ -157,7 +157,10 @@ def test_stall_is_cut_by_the_low_speed_timeout():
         env.hub.add_fault("stall", server="cdn", method="GET", seconds=4, times=1)
         r = env.download("org/tiny", HF_HUB_DOWNLOAD_TIMEOUT="1")
         check_ok(r, "stalled CDN")
-        check(len(cdn_gets(env)) == 2, "expected a retry after the stall")
+        gets = cdn_gets(env)
+        # >= 2: a heavily loaded CI machine may time out once more.
+        check(len(gets) >= 2 and gets[-1]["status"] == 200, "expected a retry after the stall: %r"
+              % [g["status"] for g in gets])
         check_layout(env, repo, wanted(stories_files()))
 
 
