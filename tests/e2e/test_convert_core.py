@@ -151,11 +151,9 @@ class LlamaFixtures(Base):
                     m = build_model(fam, dtype=dt, norm_dtype=nd, tied=False, seed=35)
                     self.roundtrip(m, "%s-%s-%s" % (fam, dt, nd))
 
-    # KNOWN CONVERTER LIMITATION (reported to the lead): with an F64 norm
-    # ("wide"), Gemma's W + W*w rounds W*w to odd before the sum; under
-    # cancellation (w near -1) that first rounding is not absorbed and the
-    # result is not the once-rounded W*(1+w).  Contrived (F64 norms, dead
-    # channel), kept as a record.  Remove the decorator when fixed.
+    # With an F64 norm ("wide"), rounding W*w before adding W is not
+    # absorbed under cancellation (w near -1): the result must still be the
+    # once-rounded W*(1+w).
     def test_gemma_f64_norm_cancellation(self):
         m = build_model("gemma", dtype="BF16", norm_dtype="F64", tied=False, seed=36)
         q, n = "model.layers.0.self_attn.q_proj.weight", "model.layers.0.input_layernorm.weight"
