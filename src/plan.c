@@ -169,6 +169,11 @@ static fl_status custom_arch_load(const char *path, fold_plan *p, fl_error *err)
         }
     }
     a->tie_default = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "tie_word_embeddings_default"));
+    const cJSON *ek = cJSON_GetObjectItemCaseSensitive(j, "experts_key");
+    if (ek && !(a->experts_key = custom_str(p, ek))) {
+        fl_fail(err, FL_EINPUT, "%s: \"experts_key\" must be a string (the config key holding the expert count)", path);
+        goto out;
+    }
     const cJSON *marker = cJSON_GetObjectItemCaseSensitive(j, "flashnorm_marker");
     a->marker_ok = marker ? cJSON_IsTrue(marker) : 1;
     s = FL_OK;
@@ -364,6 +369,11 @@ static fl_status expand_consumer(const checkpoint *ck, fold_plan *p, const char 
     }
     const char *e = strstr(choice, "{e}");
     long count = e ? n_experts : 1;
+    if (e && n_experts <= 0)
+        return fl_fail(err, FL_EINPUT,
+                       "%s: consumer '%s%s' expands over experts, but the expert count is 0 "
+                       "(set \"experts_key\" in the plan to the config key that holds it)",
+                       ck->dir, lp, choice);
     for (long j = 0; j < count; j++) {
         char *name = e ? arena_printf(p, "%s%.*s%ld%s", lp, (int)(e - choice), choice, j, e + 3)
                        : arena_printf(p, "%s%s", lp, choice);
