@@ -71,6 +71,15 @@ class Strict(unittest.TestCase):
                     p, rep = self.strict(src, out, *extra)
                     self.assertEqual(p.returncode, 0, "%s\n%s" % (extra, describe(p)))
 
+    def test_resharded_output(self):
+        """The check goes by tensor name, not by file: a re-sharded output
+        verifies like the single-file one."""
+        out = os.path.join(self.tmp, "resharded")
+        p, rep = self.strict(os.path.join(MODELS, "stories260K"), out, "--max-shard-size", "200KB")
+        self.assertEqual(p.returncode, 0, describe(p))
+        self.assertTrue(os.path.exists(os.path.join(out, "model.safetensors.index.json")))
+        self.assertEqual(rep["tensor_check"]["folded"], 26)
+
     def test_alias_tied_sharded_source(self):
         """transformers' alias for a tied head, over three shards: the
         default unties, --keep-tied keeps the alias; both pass."""
