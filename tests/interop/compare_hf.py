@@ -145,7 +145,8 @@ def check_pair(name, src, out, flashify, device, work):
     except Exception as e:  # report and go on: one family must not stop the table
         row["error"] = "load: %s: %s" % (type(e).__name__, str(e).splitlines()[0][:200])
         return row
-    row["missing"] = len(info.get("missing_keys", []))
+    missing = info.get("missing_keys", []) if isinstance(info, dict) else getattr(info, "missing_keys", [])
+    row["missing"] = len(missing or [])
     a, b = logits_of(ms, tokens, device), logits_of(mo, tokens, device)
     row["rel"], row["kl"], row["top1"] = compare(a, b)
     row["positions"] = len(tokens)
