@@ -506,9 +506,12 @@ static const char *find_duplicate(char ***ptrs, size_t n)
     return NULL;
 }
 
-/* Parses "__metadata__": an object of string -> string. */
+/* Parses "__metadata__": an object of string -> string, or null (the
+ * reference reads it as Option<HashMap<String, String>>: null is None). */
 static fl_status jmetadata(jreader *j, st_header *h)
 {
+    if (jpeek(j) == 'n')
+        return jliteral(j, "null");
     if (jpeek(j) != '{')
         return fl_fail(j->err, FL_EINPUT, "%s: \"__metadata__\" is not a JSON object of strings",
                        j->what);

@@ -89,6 +89,7 @@ static void test_valid(void)
     OK("{" T("z", "F32", "[0,3]", 0, 0) "," T("s", "F64", "[]", 0, 8) "}", 8, 2);
     OK("{\"__metadata__\":{\"format\":\"pt\",\"k\":\"v\"}," T("a", "U8", "[3]", 0, 3) "}", 3, 1);
     OK("{\"__metadata__\":{}}", 0, 0);
+    OK("{\"__metadata__\":null," T("a", "U8", "[1]", 0, 1) "}", 1, 1); /* Option: null is None */
     /* Sub-byte dtypes: 2 x F4 = 1 byte, 4 x F6 = 3 bytes. */
     OK("{" T("f4", "F4", "[2]", 0, 1) "," T("f6", "F6_E2M3", "[2,2]", 1, 4) "}", 4, 2);
     /* Unknown fields are ignored like the reference does. */
@@ -180,6 +181,8 @@ static void test_malformed(void)
     BAD("{\"__metadata__\":{\"a\":{\"b\":\"c\"}}}", 0, "not a string");
     BAD("{\"__metadata__\":[]}", 0, "not a JSON object");
     BAD("{\"__metadata__\":\"pt\"}", 0, "not a JSON object");
+    BAD("{\"__metadata__\":nul}", 0, "expected a JSON value");
+    BAD("{\"__metadata__\":null,\"__metadata__\":{}}", 0, "duplicate key \"__metadata__\"");
     /* A tensor cannot be named __metadata__ (reference issue #849). */
     BAD("{\"__metadata__\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4, "not a string");
     /* tensor entries */
