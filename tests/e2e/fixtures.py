@@ -578,6 +578,9 @@ def build_model(family, dtype="BF16", norm_dtype=None, tied=None, seed=1,
         "torch_dtype": TORCH_DTYPE[dtype],
         "bos_token_id": 1,
         "eos_token_id": 2,
+        # Phi3's and SmolLM3's config classes default pad_token_id to ids
+        # beyond a tiny vocabulary, which transformers refuses to load.
+        "pad_token_id": 0,
         "transformers_version": "4.57.1",
     }
     if family in ("llama", "granite", "smollm3", "olmo2", "qwen3", "qwen3_moe", "gemma3_text", "gemma3", "cohere", "deepseek_v3"):
