@@ -732,7 +732,16 @@ typedef struct {
     int fd;
     int64_t written, expected;
     int hash_kind;
-    EVP_MD_CTX *md;
+    EVP_MD_CTX *md;       /* owned by the hasher thread while h_busy */
+    /* The hasher thread reads back [h_done, h_avail) of the partial file
+     * and digests it, so sha256 runs on another core than recv+write.
+     * h_avail only grows by what the write callback has put in the file;
+     * the digest always covers exactly bytes [0, h_done) of the file. */
+    pthread_t h_thread;
+    int h_running, h_busy, h_quit, h_errno;
+    pthread_mutex_t h_mu;
+    pthread_cond_t h_cv;
+    int64_t h_avail, h_done;
     int started;          /* the body of the current reply has begun */
     int range_bad;        /* 206 at the wrong offset */
     int too_long;
@@ -774,16 +783,152 @@ static void add_done(dl_client *c, int64_t n)
     pthread_mutex_unlock(&c->mu);
 }
 
-/* Truncates the partial file to 0 (a fresh start). */
+#define HASH_CHUNK (1u << 20)
+#ifndef HASH_LAG_MAX   /* a test build may shrink it to exercise the waits */
+#define HASH_LAG_MAX ((int64_t)64 << 20)   /* written but not yet hashed */
+#endif
+
+/* The hasher thread: digests the partial file's bytes [h_done, h_avail)
+ * in HASH_CHUNK reads as they appear, until h_quit.  A read or digest
+ * failure stops it with h_errno set (reported by hasher_drain). */
+static void *hasher_main(void *ud)
+{
+    xfer *x = ud;
+    char *buf = malloc(HASH_CHUNK);
+    pthread_mutex_lock(&x->h_mu);
+    if (!buf)
+        x->h_errno = ENOMEM;
+    for (;;) {
+        while (!x->h_quit && (x->h_errno || x->h_done >= x->h_avail))
+            pthread_cond_wait(&x->h_cv, &x->h_mu);
+        if (x->h_quit)
+            break;
+        int64_t off = x->h_done, left = x->h_avail - x->h_done;
+        size_t want = left < (int64_t)HASH_CHUNK ? (size_t)left : HASH_CHUNK;
+        x->h_busy = 1;
+        pthread_mutex_unlock(&x->h_mu);
+        ssize_t r;
+        do
+            r = pread(x->fd, buf, want, (off_t)off);
+        while (r < 0 && errno == EINTR);
+        int e = r < 0 ? errno : r == 0 ? EIO : 0;
+        if (!e && !EVP_DigestUpdate(x->md, buf, (size_t)r))
+            e = EIO;
+        pthread_mutex_lock(&x->h_mu);
+        x->h_busy = 0;
+        if (e)
+            x->h_errno = e;
+        else
+            x->h_done += r;
+        pthread_cond_broadcast(&x->h_cv);
+    }
+    pthread_mutex_unlock(&x->h_mu);
+    free(buf);
+    return NULL;
+}
+
+/* Starts the hasher on a digest just reset, to cover the file's first
+ * x->written bytes (a resumed download) and whatever follows.  No thread
+ * when nothing is to be hashed.  0 on failure. */
+static int hasher_start(xfer *x)
+{
+    if (x->hash_kind == HASH_NONE)
+        return 1;
+    if (!hash_reset(x))
+        return 0;
+    x->h_avail = x->written;
+    x->h_done = 0;
+    pthread_mutex_init(&x->h_mu, NULL);
+    pthread_cond_init(&x->h_cv, NULL);
+    if (pthread_create(&x->h_thread, NULL, hasher_main, x) != 0) {
+        pthread_cond_destroy(&x->h_cv);
+        pthread_mutex_destroy(&x->h_mu);
+        return 0;
+    }
+    x->h_running = 1;
+    return 1;
+}
+
+/* Ends the hasher thread (after its current read, if any); the digest
+ * keeps what it had.  A no-op when none runs. */
+static void hasher_stop(xfer *x)
+{
+    if (!x->h_running)
+        return;
+    pthread_mutex_lock(&x->h_mu);
+    x->h_quit = 1;
+    pthread_cond_broadcast(&x->h_cv);
+    pthread_mutex_unlock(&x->h_mu);
+    pthread_join(x->h_thread, NULL);
+    pthread_cond_destroy(&x->h_cv);
+    pthread_mutex_destroy(&x->h_mu);
+    x->h_running = 0;
+}
+
+/* The file now holds `avail` good bytes: hand them to the hasher.  Waits
+ * while it lags more than HASH_LAG_MAX behind, so the bytes it reads back
+ * are still in the page cache and the socket slows the sender instead. */
+static void hasher_feed(xfer *x, int64_t avail)
+{
+    if (!x->h_running)
+        return;
+    pthread_mutex_lock(&x->h_mu);
+    x->h_avail = avail;
+    pthread_cond_broadcast(&x->h_cv);
+    while (!x->h_errno && x->h_avail - x->h_done > HASH_LAG_MAX && !fl_interrupted &&
+           !x->c->stop)
+        pthread_cond_wait(&x->h_cv, &x->h_mu);
+    pthread_mutex_unlock(&x->h_mu);
+}
+
+/* Waits until every byte handed over is in the digest.  0 if the hasher
+ * failed (x->io_errno set) or an interrupt / another worker's failure cut
+ * the wait short (x->io_errno 0): a complete partial of many GB from an
+ * earlier run is hashed here, and Ctrl-C must still work. */
+static int hasher_drain(xfer *x)
+{
+    if (!x->h_running)
+        return 1;
+    pthread_mutex_lock(&x->h_mu);
+    while (!x->h_errno && x->h_done < x->h_avail && !fl_interrupted && !x->c->stop)
+        pthread_cond_wait(&x->h_cv, &x->h_mu);
+    int e = x->h_errno, done = x->h_done >= x->h_avail;
+    pthread_mutex_unlock(&x->h_mu);
+    x->io_errno = e;
+    return !e && done;
+}
+
+/* Back to an empty digest over an empty file: waits for the hasher to be
+ * between reads (it must not read what is about to be truncated), then
+ * resets its counters and the digest under its lock. */
+static int hasher_reset(xfer *x)
+{
+    if (!x->h_running)
+        return hash_reset(x);
+    pthread_mutex_lock(&x->h_mu);
+    while (x->h_busy)
+        pthread_cond_wait(&x->h_cv, &x->h_mu);
+    x->h_avail = x->h_done = 0;
+    x->h_errno = 0;
+    int ok = hash_reset(x);
+    pthread_mutex_unlock(&x->h_mu);
+    return ok;
+}
+
+/* Truncates the partial file to 0 (a fresh start), the digest with it. */
 static int xfer_restart(xfer *x)
 {
+    if (!hasher_reset(x)) {
+        x->io_errno = EIO;
+        return 0;
+    }
     if (ftruncate(x->fd, 0) != 0) {
         x->io_errno = errno;
         return 0;
     }
     add_done(x->c, -x->written);
     x->written = 0;
-    return hash_reset(x);
+    return 1;
 }
 
 static size_t on_body_file(char *p, size_t size, size_t nmemb, void *ud)
@@ -831,9 +976,8 @@ static size_t on_body_file(char *p, size_t size, size_t nmemb, void *ud)
         }
         off += (size_t)w;
     }
-    if (x->hash_kind != HASH_NONE && !EVP_DigestUpdate(x->md, p, n))
-        return 0;
     x->written += (int64_t)n;
+    hasher_feed(x, x->written);
     add_done(x->c, (int64_t)n);
     double t = now_s();
     if (t - x->last_emit >= 0.1) {
@@ -843,36 +987,7 @@ static size_t on_body_file(char *p, size_t size, size_t nmemb, void *ud)
     return n;
 }
 
-/* Hashes the bytes already in the partial file (a resumed download). */
-static int hash_prefix(xfer *x)
-{
-    if (!hash_reset(x))
-        return 0;
-    if (x->hash_kind == HASH_NONE || x->written == 0)
-        return 1;
-    size_t bufn = 1 << 20;
-    char *buf = malloc(bufn);
-    if (!buf)
-        return 0;
-    int64_t off = 0;
-    while (off < x->written) {
-        size_t want = (size_t)((x->written - off) < (int64_t)bufn ? (x->written - off) : (int64_t)bufn);
-        ssize_t r = pread(x->fd, buf, want, (off_t)off);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0) {
-            x->io_errno = r < 0 ? errno : EIO;
-            free(buf);
-            return 0;
-        }
-        EVP_DigestUpdate(x->md, buf, (size_t)r);
-        off += r;
-    }
-    free(buf);
-    return 1;
-}
-
-/* Checks size and digest; fills why[] on mismatch. */
+/* Checks size and digest (the hasher drained); fills why[] on mismatch. */
 static int xfer_verify(xfer *x, const char *etag, char *why, size_t n)
 {
     if (x->written != x->expected) {
@@ -980,8 +1095,9 @@ fl_status dl_blob(dl_client *c, void *curl, int slot, const char *name,
         }
         x.written = 0;
     }
-    if (!hash_prefix(&x)) {
-        st = fl_fail(err, FL_EIO, "cannot read %s: %s", partial, strerror(x.io_errno));
+    /* A resumed file's first bytes are hashed while the rest arrives. */
+    if (!hasher_start(&x)) {
+        st = fl_fail(err, FL_EIO, "cannot start hashing %s", partial);
         goto out;
     }
     add_done(c, x.written);
@@ -1017,6 +1133,16 @@ fl_status dl_blob(dl_client *c, void *curl, int slot, const char *name,
             else if (status == 416)
                 snprintf(why, sizeof why, "the server refused the range at byte %lld",
                          (long long)x.written);
+            /* The digest must cover every byte before it is read. */
+            if (!why[0] && x.written == x.expected && !hasher_drain(&x)) {
+                st = x.io_errno ? fl_fail(err, FL_EIO, "cannot read %s back to hash it: %s",
+                                          partial, strerror(x.io_errno))
+                                : fl_fail(err, FL_EINTR, "%s while checking %s",
+                                          fl_interrupted ? "interrupted"
+                                                         : "stopped after another error",
+                                          name);
+                break;
+            }
             if (!why[0] && xfer_verify(&x, m->etag, why, sizeof why)) {
                 /* Python chmods to what a fresh file in blobs/ would get. */
                 if (fchmod(x.fd, (mode_t)c->blob_mode) != 0 || rename(partial, blob) != 0) {
@@ -1073,6 +1199,7 @@ fl_status dl_blob(dl_client *c, void *curl, int slot, const char *name,
         sleep_s(w);
     }
 out:
+    hasher_stop(&x);
     if (st)
         add_done(c, -x.written);
     if (x.fd >= 0)

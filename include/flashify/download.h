@@ -74,7 +74,9 @@ void dl_meta_free(dl_meta *m);
 /* Downloads m->location into `partial` (resuming from its current length
  * with Range; a 200 reply restarts from 0), checks the size and the hash
  * implied by the etag (64 hex: sha256, 40 hex: git blob sha1) and renames
- * it to `blob`.  A mismatch deletes the partial file, retries once from
+ * it to `blob`.  The hash is computed while the bytes arrive, by a second
+ * thread that reads back what was written (the resumed prefix first), so
+ * it covers exactly the bytes on disk and costs no pass after the end.  A mismatch deletes the partial file, retries once from
  * scratch, then fails with FL_ENET.  `name` and `slot` label the events. */
 fl_status dl_blob(dl_client *c, void *curl, int slot, const char *name,
                   const dl_meta *m, const char *partial, const char *blob,
