@@ -16,6 +16,7 @@
 #include "flashify/safetensors.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* The double nearest-odd to a + b (a, b doubles): round-to-odd. */
@@ -122,14 +123,54 @@ static inline double product(double W, double w, int one_plus, int wide)
     return sum_round_odd(W, W * w);
 }
 
-static void fold_bf16(const uint16_t *in, uint16_t *out, size_t rows, size_t cols,
-                      const double *w, int one_plus, int wide)
+/* The BF16 fast path: when every gain g has at most 16 significant bits
+ * (a BF16 or F16 norm, and Gemma's 1 + w for most BF16 w), a BF16 weight
+ * (8 bits) times g is exact in F32, so one F32 multiply and one integer
+ * round-to-nearest-even give the correctly rounded BF16.  The exception is
+ * a product in F32's subnormal range (or Inf/NaN), which the return value
+ * flags so the caller redoes that row on the exact path.  Compiled twice,
+ * for AVX2 and for baseline x86-64, and picked at load time. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+static int fold_bf16_row_f32(const uint16_t *restrict x, uint16_t *restrict y, size_t n,
+                             const float *restrict g)
+{
+    uint32_t flagged = 0;
+    for (size_t c = 0; c < n; c++) {
+        float p = f32_from_bits((uint32_t)x[c] << 16) * g[c];
+        uint32_t b = f32_bits(p);
+        uint32_t e = (b >> 23) & 0xFFu;
+        flagged |= (e == 0xFFu) | ((e == 0) & ((b & 0x7FFFFFu) != 0));
+        y[c] = bf16_from_f32_bits_rne(b);
+    }
+    return flagged != 0;
+}
+
+/* Fills g[c] with the gain as a float when every gain has at most 16
+ * significant bits; returns 0 (and the fast path is not taken) otherwise. */
+static int gains_fit_16_bits(const double *w, int one_plus, size_t cols, float *g)
+{
+    for (size_t c = 0; c < cols; c++) {
+        double v = one_plus ? 1.0 + w[c] : w[c];
+        if (one_plus && v - 1.0 != w[c])
+            return 0;   /* 1 + w was not exact in double */
+        float f = (float)v;
+        if ((double)f != v || (f32_bits(f) & 0xFFu) != 0)
+            return 0;
+        g[c] = f;
+    }
+    return 1;
+}
+
+static void fold_bf16_exact(const uint16_t *in, uint16_t *out, size_t rows, size_t cols,
+                            const double *w, int one_plus, int wide)
 {
     for (size_t r = 0; r < rows; r++) {
         const uint16_t *x = in + r * cols;
         uint16_t *y = out + r * cols;
         if (!one_plus && !wide) {
-            /* Hot path: kept branch-free so the compiler vectorises it. */
+            /* Kept branch-free so the compiler vectorises it. */
             for (size_t c = 0; c < cols; c++) {
                 double p = bf16_to_double(x[c]) * w[c];
                 y[c] = bf16_from_f32_bits_rne(f32_bits_round_odd(p));
@@ -140,6 +181,35 @@ static void fold_bf16(const uint16_t *in, uint16_t *out, size_t rows, size_t col
                 y[c] = bf16_from_f32_bits_rne(f32_bits_round_odd(p));
             }
         }
+    }
+}
+
+static void fold_bf16(const uint16_t *in, uint16_t *out, size_t rows, size_t cols,
+                      const double *w, int one_plus, int wide)
+{
+    /* The fast path folds into a scratch row, so a flagged row can be
+     * redone from its input even when in == out. */
+    enum { STACK_COLS = 8192 };
+    float stack_g[STACK_COLS];
+    uint16_t stack_row[STACK_COLS];
+    int heap = cols > STACK_COLS;
+    float *g = heap ? malloc(cols * sizeof *g) : stack_g;
+    uint16_t *row = heap ? malloc(cols * sizeof *row) : stack_row;
+    if (g && row && !wide && gains_fit_16_bits(w, one_plus, cols, g)) {
+        for (size_t r = 0; r < rows; r++) {
+            const uint16_t *x = in + r * cols;
+            uint16_t *y = out + r * cols;
+            if (fold_bf16_row_f32(x, row, cols, g))
+                fold_bf16_exact(x, y, 1, cols, w, one_plus, wide);
+            else
+                memcpy(y, row, cols * sizeof *row);
+        }
+    } else {
+        fold_bf16_exact(in, out, rows, cols, w, one_plus, wide);
+    }
+    if (heap) {
+        free(g);
+        free(row);
     }
 }
 

@@ -111,6 +111,47 @@ static void test_dtype(int d, int p, int emin, int emax, int gain)
     free(out);
 }
 
+/* BF16 gains (<= 16 significant bits) take the F32 fast path; products in
+ * F32's subnormal range must fall back to the exact path, in place too. */
+static void test_bf16_fast_path(int gain)
+{
+    enum { ROWS = 48, COLS = 129 };
+    uint16_t in[ROWS * COLS], out[ROWS * COLS], inplace[ROWS * COLS];
+    double w[COLS];
+    for (int c = 0; c < COLS; c++) {
+        /* Gemma: 1 + w must fit 16 bits too for the fast path. */
+        double g = gain == GAIN_ONE_PLUS_W ? ((double)(next32() % 512) - 256) / 256
+                                           : 0.5 + (double)(next32() % 4096) / 1024;
+        w[c] = bf16_to_double(double_to_bf16(g));
+    }
+    w[0] = gain == GAIN_ONE_PLUS_W ? ldexp(1.0, -8) : 1.0 + ldexp(1.0, -8);   /* ties */
+    w[1] = gain == GAIN_ONE_PLUS_W ? -0.75 : ldexp(1.0, -20);                /* tiny gain */
+    for (int i = 0; i < ROWS * COLS; i++) {
+        double v = random_weight();
+        if ((i / COLS) % 3 == 0 && i % 5 == 0)
+            v = ldexp(v, -122);   /* these rows have products in F32's subnormal range */
+        if (i % 97 == 0)
+            v = -0.0;
+        if (i % COLS == 0 && i % 2 == 0)
+            v = ldexp(i % 4 ? -1.0 : 1.0, (int)(next32() % 8) - 4);   /* exact ties in column 0 */
+        in[i] = inplace[i] = double_to_bf16(v);
+    }
+    CHECK(fold_rows(ST_BF16, in, out, ROWS, COLS, w, gain, 0) == -1, "fast path: unexpected non-finite");
+    fold_rows(ST_BF16, inplace, inplace, ROWS, COLS, w, gain, 0);
+    CHECK(memcmp(out, inplace, sizeof out) == 0, "fast path: in-place fold differs");
+    int wrong = 0;
+    for (int i = 0; i < ROWS * COLS; i++) {
+        long double W = bf16_to_double(in[i]);
+        long double g = gain == GAIN_ONE_PLUS_W ? 1.0L + (long double)w[i % COLS] : (long double)w[i % COLS];
+        long double want = round_format(W * g, 8, -126, 127);
+        long double got = bf16_to_double(out[i]);
+        if ((got != want || signbit(got) != signbit(want)) && wrong++ < 5)
+            CHECK(0, "fast path gain %d: element %d: W=%.20Lg g=%.20Lg got %.20Lg want %.20Lg",
+                  gain, i, W, g, got, want);
+    }
+    CHECK(wrong == 0, "fast path gain %d: %d elements wrong", gain, wrong);
+}
+
 static void test_nonfinite_reported(void)
 {
     uint16_t in[4] = {double_to_bf16(1.0), double_to_bf16(3e38), double_to_bf16(2.0), 0};
@@ -158,6 +199,8 @@ int main(void)
         test_dtype(ST_F16, 11, -14, 15, gain);
         test_dtype(ST_F32, 24, -126, 127, gain);
     }
+    test_bf16_fast_path(GAIN_W);
+    test_bf16_fast_path(GAIN_ONE_PLUS_W);
     test_nonfinite_reported();
     test_in_place_and_row_split();
     test_identity_fill();
