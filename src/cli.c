@@ -53,7 +53,7 @@ static const char USAGE[] =
     "  --dry-run          print the plan and sizes; write nothing\n"
     "  --force            replace an existing output directory\n"
     "  --threads N        worker threads (default: one per core)\n"
-    "  --memory SIZE      buffer budget, e.g. 64MiB, 1GiB (default 64MiB)\n"
+    "  --memory SIZE      fold buffer budget, e.g. 16MiB, 1GiB (default 48MiB)\n"
     "  --no-fsync         skip fsync before the final rename (faster, less safe)\n"
     "  --max-shard-size SIZE  re-shard the output (e.g. 5GB, decimal like the Hub;\n"
     "                     default: keep the source's files)\n"

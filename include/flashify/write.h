@@ -18,7 +18,7 @@ typedef struct {
     const char *out_dir;
     int force;                  /* replace an existing output directory */
     int threads;                /* 0: one per core */
-    uint64_t memory;            /* buffer budget in bytes; 0: 64 MiB */
+    uint64_t memory;            /* buffer budget in bytes; 0: 48 MiB */
     int fsync;                  /* fsync files and directories before the rename */
     uint64_t max_shard_size;    /* 0: keep the source's shard layout */
     int resume;                 /* continue a partial output (--resume) */
