@@ -38,11 +38,11 @@ static void exercise_dir(const char *dir)
         const ckpt_tensor *t = &ck.tensors[i];
         if (ckpt_find(&ck, t->name) == NULL) abort();
         if (t->shard >= ck.n_shards) abort();
-        double v[64];
+        double v[256];
         size_t n;
         if (st_dtype_is_foldable(t->t->dtype) && st_nbytes(t->t) <= 512) {
             fl_error e2 = {0};
-            fl_status s2 = ckpt_read_vector(&ck, t, v, 64, &n, &e2);
+            fl_status s2 = ckpt_read_vector(&ck, t, v, 256, &n, &e2);
             if (s2 != FL_OK) check_message(s2, &e2);
         }
     }

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import struct
+import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "corpus")
@@ -170,6 +171,14 @@ def checkpoint_dir_corpus():
     w("sub-shard", enc(config(), [("sub/" + n1, st(a)), (n2, st(b)),
                                    ("model.safetensors.index.json", index(dict(wm, **{x[0]: "sub/" + n1 for x in a})))]))
     w("empty", b"")
+    # One tiny model of every family the architecture table knows, from the
+    # e2e fixture generator, so the plan's per-family paths are reached.
+    sys.path.insert(0, os.path.join(HERE, "..", "e2e"))
+    import fixtures as F
+    for fam in sorted(F.ARCH_CLASS):
+        m = F.build_model(fam, dtype="BF16", hidden=8, vocab=16)
+        w("family-" + fam, enc(json.dumps(m.config).encode(),
+                               [("model.safetensors", F.safetensors_bytes(m.tensors))]))
 
 
 def main():
