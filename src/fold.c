@@ -184,9 +184,12 @@ static void fold_bf16_exact(const uint16_t *in, uint16_t *out, size_t rows, size
     }
 }
 
-static void fold_bf16(const uint16_t *in, uint16_t *out, size_t rows, size_t cols,
-                      const double *w, int one_plus, int wide)
+/* Returns 1 when the output may hold Inf/NaN and must be scanned: the fast
+ * path flags those itself, so all-fast-path output needs no second pass. */
+static int fold_bf16(const uint16_t *in, uint16_t *out, size_t rows, size_t cols,
+                     const double *w, int one_plus, int wide)
 {
+    int scan = 0;
     /* The fast path folds into a scratch row, so a flagged row can be
      * redone from its input even when in == out. */
     enum { STACK_COLS = 8192 };
@@ -199,18 +202,21 @@ static void fold_bf16(const uint16_t *in, uint16_t *out, size_t rows, size_t col
         for (size_t r = 0; r < rows; r++) {
             const uint16_t *x = in + r * cols;
             uint16_t *y = out + r * cols;
-            if (fold_bf16_row_f32(x, row, cols, g))
+            if (fold_bf16_row_f32(x, row, cols, g)) {
                 fold_bf16_exact(x, y, 1, cols, w, one_plus, wide);
-            else
+                scan = 1;
+            } else
                 memcpy(y, row, cols * sizeof *row);
         }
     } else {
         fold_bf16_exact(in, out, rows, cols, w, one_plus, wide);
+        scan = 1;
     }
     if (heap) {
         free(g);
         free(row);
     }
+    return scan;
 }
 
 static void fold_f32(const uint32_t *in, uint32_t *out, size_t rows, size_t cols,
@@ -282,7 +288,10 @@ long fold_rows(int d, const void *in, void *out, size_t rows, size_t cols,
 {
     int one_plus = gain == GAIN_ONE_PLUS_W;
     switch (d) {
-    case ST_BF16: fold_bf16(in, out, rows, cols, w, one_plus, w_is_f64); break;
+    case ST_BF16:
+        if (!fold_bf16(in, out, rows, cols, w, one_plus, w_is_f64))
+            return -1;
+        break;
     case ST_F16: fold_f16(in, out, rows, cols, w, one_plus, w_is_f64); break;
     case ST_F32: fold_f32(in, out, rows, cols, w, one_plus, w_is_f64); break;
     case ST_F64: fold_f64(in, out, rows, cols, w, one_plus); break;
