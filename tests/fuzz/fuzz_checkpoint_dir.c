@@ -108,7 +108,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (!cut) break;
         p = cut + 5;
     }
-    exercise_dir(dir);
+    exercise_dir(dir, NULL);
     fuzz_rm_tree(dir);
     return 0;
 }

@@ -1,6 +1,6 @@
 /* fuzz_ckpt_common.h — what the checkpoint harnesses do with a directory:
  * open it, and when that succeeds, look every tensor up, read the small
- * float ones, and build the fold plan.  A rejection must be a one-line
+ * float ones, and build the fold plan (from the table or a --plan file).  A rejection must be a one-line
  * message; nothing may crash, leak or read out of bounds. */
 #ifndef FLASHIFY_FUZZ_CKPT_COMMON_H
 #define FLASHIFY_FUZZ_CKPT_COMMON_H
@@ -25,7 +25,8 @@ static void check_message(fl_status st, const fl_error *err)
     }
 }
 
-static void exercise_dir(const char *dir)
+/* plan_file: a --plan FILE to build the plan from, or NULL for the table. */
+static void exercise_dir(const char *dir, const char *plan_file)
 {
     checkpoint ck;
     fl_error err = {0};
@@ -49,6 +50,7 @@ static void exercise_dir(const char *dir)
     (void)ckpt_config_num(&ck.cfg, "rms_norm_eps", 1e-6);
     (void)ckpt_config_int(&ck.cfg, "vocab_size", 0);
     plan_options opt = {0};
+    opt.plan_file = plan_file;
     fold_plan plan;
     memset(&plan, 0, sizeof plan);
     fl_error e3 = {0};

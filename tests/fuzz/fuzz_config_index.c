@@ -2,13 +2,14 @@
  * model.safetensors.index.json.
  *
  * The input is config.json, optionally followed by "\n@@@\n" and the
- * index.  They are written into a scratch checkpoint directory that already
+ * index, and optionally ending with "\n@@plan\n" and a --plan file (the
+ * custom architecture parser).  They are written into a scratch checkpoint directory that already
  * holds valid shards of a tiny Llama (model.safetensors, two hub-style
  * shards, a copy in sub/, and a decoy outside the directory), so the fuzzer
  * spends its time on the JSON files and the index's cross-checks. */
 #include "fuzz_ckpt_common.h"
 
-static char dir[128], cfg_path[160], idx_path[160];
+static char dir[128], cfg_path[160], idx_path[160], plan_path[160];
 
 /* Tiny Llama tensors: hidden 4, intermediate 6, vocab 8, one layer. */
 static const struct { const char *name; int rows, cols; int shard; } tiny[] = {
@@ -82,19 +83,25 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     write_shard(p, -1);
     snprintf(cfg_path, sizeof cfg_path, "%s/config.json", dir);
     snprintf(idx_path, sizeof idx_path, "%s/model.safetensors.index.json", dir);
+    snprintf(plan_path, sizeof plan_path, "%s/plan.json", root);
     return 0;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    const char *sep = "\n@@@\n";
-    const uint8_t *cut = memmem(data, size, sep, 5);
+    const char *plan_sep = "\n@@plan\n";
+    const uint8_t *plan = memmem(data, size, plan_sep, 8);
+    if (plan) {
+        fuzz_write(plan_path, plan + 8, size - (size_t)(plan - data) - 8);
+        size = (size_t)(plan - data);
+    }
+    const uint8_t *cut = memmem(data, size, "\n@@@\n", 5);
     size_t cfg_len = cut ? (size_t)(cut - data) : size;
     fuzz_write(cfg_path, data, cfg_len);
     if (cut)
         fuzz_write(idx_path, cut + 5, size - cfg_len - 5);
     else
         unlink(idx_path);
-    exercise_dir(dir);
+    exercise_dir(dir, plan ? plan_path : NULL);
     return 0;
 }

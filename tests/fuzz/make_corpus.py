@@ -140,6 +140,17 @@ def config_index_corpus():
     w("missing", config() + sep + index(dict(wm, **{"model.norm.weight": "model-00003-of-00003.safetensors"})))
     w("bad-layers", config(layers=2))
     w("hidden-mismatch", config(hidden_size=8))
+    plan = {"model_type": "mymodel", "gain": "w",
+            "layers": [{"norm": "input_layernorm", "consumers": ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]},
+                       {"norm": "post_attention_layernorm", "consumers": ["mlp.gate_proj", "mlp.up_proj"]}],
+            "keep": [{"norm": "self_attn.q_norm", "reason": "feeds RoPE"}],
+            "tie_word_embeddings_default": False, "flashnorm_marker": True}
+    psep = b"\n@@plan\n"
+    w("plan", config("mymodel") + psep + json.dumps(plan, indent=2).encode())
+    w("plan-sharded", config("mymodel") + sep + index(wm) + psep + json.dumps(dict(plan, gain="1+w")).encode())
+    w("plan-experts", config("mymodel", num_local_experts=2) + psep + json.dumps(dict(
+        plan, experts_key="num_local_experts",
+        layers=[{"norm": "post_attention_layernorm", "consumers": ["mlp.experts.{e}.w1"]}])).encode())
 
 
 def checkpoint_dir_corpus():
