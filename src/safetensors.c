@@ -81,6 +81,9 @@ static const char *shown(const char *s, char *buf, size_t cap)
     for (size_t i = 0; s[i] && j < limit; i++)
         buf[j++] = ((unsigned char)s[i] < 0x20 || s[i] == 0x7f) ? '?' : s[i];
     if (strlen(s) > j) {
+        /* Cut at a character boundary, not inside a UTF-8 sequence. */
+        while (j > 0 && ((unsigned char)s[j] & 0xC0) == 0x80)
+            j--;
         memcpy(buf + j, "...", 3);
         j += 3;
     }

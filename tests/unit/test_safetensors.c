@@ -268,6 +268,23 @@ static void test_malformed(void)
         OK(long_name, 1, 1);
         free(long_name);
     }
+    /* A long name is cut in messages at a character boundary: the message
+     * stays valid UTF-8.  (81 bytes of 'a' + 2-byte characters, so byte 80
+     * falls inside one.) */
+    {
+        char name[400], j[1200];
+        size_t k = 0;
+        name[k++] = 'a';
+        for (int i = 0; i < 100; i++) { name[k++] = (char)0xc3; name[k++] = (char)0xa9; }
+        name[k] = 0;
+        snprintf(j, sizeof j, "{\"%s\":{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]},"
+                 "\"%s\":{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]}}", name, name);
+        st_header h;
+        fl_error err;
+        CHECK(parse(j, strlen(j), 0, &h, &err) == FL_EINPUT && strstr(err.msg, "duplicate") &&
+              strstr(err.msg, "...") && st_utf8_check(err.msg, strlen(err.msg)) == strlen(err.msg),
+              "%s", err.msg);
+    }
     /* The header-size limit is checked before anything is read. */
     {
         st_header h;
