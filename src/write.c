@@ -18,6 +18,9 @@
 #include <libgen.h>
 #include <limits.h>
 #include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <sys/mman.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -287,10 +290,11 @@ static void job_fail(shard_job *j, const fl_error *e)
  * whose bytes are in buf: a leading partial row, whole rows, a trailing
  * partial row.  Returns the flat index (within the range) of the first
  * non-finite result, or -1. */
-static long fold_range(int d, void *buf, uint64_t first, uint64_t count, uint64_t cols,
-                       const fold_group *g, int wide)
+static long fold_range(int d, const void *src, void *buf, uint64_t first, uint64_t count,
+                       uint64_t cols, const fold_group *g, int wide)
 {
     size_t es = st_dtype_bits(d) / 8;
+    const char *q = src;
     char *p = buf;
     uint64_t done = 0;
     while (done < count) {
@@ -303,13 +307,78 @@ static long fold_range(int d, void *buf, uint64_t first, uint64_t count, uint64_
             rows = (count - done) / cols;
             len = cols;
         }
-        long bad = fold_rows(d, p, p, (size_t)rows, (size_t)len, g->w + col, g->gain, wide);
+        long bad = fold_rows(d, q, p, (size_t)rows, (size_t)len, g->w + col, g->gain, wide);
         if (bad >= 0)
             return (long)(done + (uint64_t)bad);
         p += rows * len * es;
+        q += rows * len * es;
         done += rows * len;
     }
     return -1;
+}
+
+static int norm_is_wide(const checkpoint *ck, const fold_group *g);
+
+/* A source file that shrinks while it is mapped raises SIGBUS on access;
+ * the worker that touched it jumps back and reports an error instead of
+ * the process dying. */
+static _Thread_local sigjmp_buf *bus_jump;
+
+static void on_sigbus(int sig)
+{
+    if (bus_jump)
+        siglongjmp(*bus_jump, 1);
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+static void install_sigbus_handler(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_sigbus;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGBUS, &sa, NULL);
+}
+
+/* Folds one chunk of a tensor into buf.  The source bytes are read through
+ * a read-only mapping when the kernel allows it (the page cache is folded
+ * directly, saving pread's copy into user space), else with pread.
+ * Returns FL_OK with *bad = index of a non-finite result or -1. */
+static fl_status fold_chunk(const checkpoint *ck, const out_tensor *o, uint64_t first,
+                            uint64_t count, char *buf, long *bad, fl_error *e)
+{
+    const st_tensor *t = o->src->t;
+    const ckpt_shard *sh = &ck->shards[o->src->shard];
+    size_t es = st_dtype_bits(t->dtype) / 8;
+    size_t bytes = (size_t)(count * es);
+    int wide = norm_is_wide(ck, o->group);
+    uint64_t off = sh->st.data_start + t->begin + first * es;
+    static long page;
+    if (!page)
+        page = sysconf(_SC_PAGESIZE);
+    uint64_t aligned = off - off % (uint64_t)page;
+    size_t map_len = bytes + (size_t)(off - aligned);
+    void *map = bytes ? mmap(NULL, map_len, PROT_READ, MAP_SHARED | MAP_POPULATE, sh->fd, (off_t)aligned)
+                      : MAP_FAILED;
+    if (map == MAP_FAILED) {
+        fl_status s = ckpt_read(ck, o->src, first * es, buf, bytes, e);
+        if (s == FL_OK)
+            *bad = fold_range(t->dtype, buf, buf, first, count, t->shape[1], o->group, wide);
+        return s;
+    }
+    sigjmp_buf jump;
+    if (sigsetjmp(jump, 1)) {
+        bus_jump = NULL;
+        munmap(map, map_len);
+        return fl_fail(e, FL_EIO, "%s: the file changed size while tensor '%s' was read", sh->path, o->name);
+    }
+    bus_jump = &jump;
+    *bad = fold_range(t->dtype, (const char *)map + (off - aligned), buf, first, count, t->shape[1],
+                      o->group, wide);
+    bus_jump = NULL;
+    munmap(map, map_len);
+    return FL_OK;
 }
 
 static int norm_is_wide(const checkpoint *ck, const fold_group *g)
@@ -351,11 +420,10 @@ static void *shard_worker(void *arg)
             fill_value(t->dtype, buf, (size_t)w->count, j->identity);
             s = write_all(j->out_fd, buf, (size_t)bytes, w->dst_off, j->out_path, &e);
         } else {
-            s = ckpt_read(j->ck, o->src, w->first * es, buf, (size_t)bytes, &e);
+            long bad = -1;
+            s = fold_chunk(j->ck, o, w->first, w->count, buf, &bad, &e);
             if (s == FL_OK) {
                 uint64_t cols = t->shape[1];
-                long bad = fold_range(t->dtype, buf, w->first, w->count, cols, o->group,
-                                      norm_is_wide(j->ck, o->group));
                 if (bad >= 0) {
                     uint64_t idx = w->first + (uint64_t)bad;
                     uint64_t row = idx / cols, col = idx % cols;
@@ -631,7 +699,9 @@ static fl_status write_shard(const checkpoint *ck, const fold_plan *plan, const 
      * tensors for copies (copy_range chunks those itself). */
     int threads = threads_to_use(opt);
     uint64_t memory = opt->memory ? opt->memory : DEFAULT_MEMORY;
-    size_t buf_size = (size_t)(memory / (uint64_t)threads);
+    /* Each worker holds its output buffer and, while folding, a mapped
+     * window of the source of the same size: both count as resident. */
+    size_t buf_size = (size_t)(memory / (2 * (uint64_t)threads));
     if (buf_size < (1u << 16))
         buf_size = 1u << 16;
     size_t cap = 0, n_items = 0;
@@ -1035,6 +1105,8 @@ static fl_status write_everything(const checkpoint *ck, const fold_plan *plan, c
 fl_status convert_write(const checkpoint *ck, const fold_plan *plan, const convert_options *opt,
                         fl_error *err)
 {
+    static pthread_once_t sigbus_once = PTHREAD_ONCE_INIT;
+    pthread_once(&sigbus_once, install_sigbus_handler);
     fl_status s = convert_check_output(ck, opt->out_dir, opt->force, err);
     if (s != FL_OK)
         return s;
