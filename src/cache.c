@@ -118,6 +118,11 @@ int cache_offline_env(void)
     return env_true("HF_HUB_OFFLINE") || env_true("TRANSFORMERS_OFFLINE");
 }
 
+int cache_symlinks_disabled(void)
+{
+    return env_true("HF_HUB_DISABLE_SYMLINKS");
+}
+
 int cache_is_commit(const char *s)
 {
     if (!s || strlen(s) != 40)
@@ -327,6 +332,105 @@ done:
     free(snap);
     free(dst);
     free(target);
+    return st;
+}
+
+/* Copies src to a temporary name next to dst, then renames it onto dst:
+ * a reader (or a crash) never leaves half a file at dst. */
+static fl_status copy_into_place(const char *src, const char *dst, fl_error *err)
+{
+    char *tmp = malloc(strlen(dst) + 16);
+    char *buf = malloc(1 << 20);
+    int in = open(src, O_RDONLY | O_CLOEXEC), out = -1, created = 0;
+    fl_status st = FL_OK;
+    if (!tmp || !buf) {
+        st = fl_fail(err, FL_EIO, "out of memory");
+        goto done;
+    }
+    sprintf(tmp, "%s.%08x.tmp", dst,
+            (unsigned)((unsigned)getpid() * 2654435761u ^ (unsigned)time(NULL)));
+    if (in < 0) {
+        st = fl_fail(err, FL_EIO, "cannot open %s: %s", src, strerror(errno));
+        goto done;
+    }
+    out = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+    if (out < 0) {
+        st = fl_fail(err, FL_EIO, "cannot create %s: %s", tmp, strerror(errno));
+        goto done;
+    }
+    created = 1;
+    for (;;) {
+        ssize_t r = read(in, buf, 1 << 20);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            st = fl_fail(err, FL_EIO, "cannot read %s: %s", src, strerror(errno));
+            goto done;
+        }
+        if (r == 0)
+            break;
+        for (ssize_t off = 0; off < r;) {
+            ssize_t w = write(out, buf + off, (size_t)(r - off));
+            if (w < 0 && errno == EINTR)
+                continue;
+            if (w < 0) {
+                st = fl_fail(err, FL_EIO, "cannot write %s: %s", tmp, strerror(errno));
+                goto done;
+            }
+            off += w;
+        }
+    }
+    if (close(out) != 0) {
+        out = -1;
+        st = fl_fail(err, FL_EIO, "cannot write %s: %s", tmp, strerror(errno));
+        goto done;
+    }
+    out = -1;
+    if (rename(tmp, dst) != 0)
+        st = fl_fail(err, FL_EIO, "cannot move %s into place: %s", tmp, strerror(errno));
+done:
+    if (out >= 0)
+        close(out);
+    if (in >= 0)
+        close(in);
+    if (st && created)
+        unlink(tmp);
+    free(tmp);
+    free(buf);
+    return st;
+}
+
+fl_status cache_place_file(const char *repo_dir, const char *commit, const char *path,
+                           const char *etag, int new_blob, fl_error *err)
+{
+    if (!cache_safe_relpath(path) || !cache_safe_relpath(etag) || strchr(etag, '/'))
+        return fl_fail(err, FL_EINPUT, "unsafe file name '%s' or etag '%s'", path, etag);
+    char *snap = xfmt("%s/snapshots/%s", repo_dir, commit);
+    char *dst = snap ? xfmt("%s/%s", snap, path) : NULL;
+    char *blob = xfmt("%s/blobs/%s", repo_dir, etag);
+    fl_status st = FL_OK;
+    if (!dst || !blob) {
+        st = fl_fail(err, FL_EIO, "out of memory");
+        goto done;
+    }
+    char *slash = strrchr(dst, '/');
+    *slash = 0;
+    st = cache_mkdirs(dst, err);
+    *slash = '/';
+    if (st)
+        goto done;
+    /* rename() replaces a file or a symlink left at dst; a directory there
+     * is an error, as it is for Python. */
+    if (new_blob) {
+        if (rename(blob, dst) != 0)
+            st = fl_fail(err, FL_EIO, "cannot move %s to %s: %s", blob, dst, strerror(errno));
+    } else {
+        st = copy_into_place(blob, dst, err);
+    }
+done:
+    free(snap);
+    free(dst);
+    free(blob);
     return st;
 }
 

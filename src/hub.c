@@ -252,6 +252,7 @@ typedef struct {
     fl_status st;
     fl_error err;
     int jobs;
+    int no_symlinks;          /* HF_HUB_DISABLE_SYMLINKS: regular files in snapshots/ */
 } run;
 
 static char *join3(const char *a, const char *b, const char *c)
@@ -264,7 +265,8 @@ static char *join3(const char *a, const char *b, const char *c)
 }
 
 /* One file: HEAD, then (unless the blob is already there) a locked
- * transfer into blobs/, then the snapshot symlink. */
+ * transfer into blobs/, then the snapshot symlink (or, without symlinks,
+ * the blob moved there when new, copied when it was already there). */
 static fl_status fetch_one(run *R, CURL *h, int slot, hub_file *f, fl_error *err)
 {
     char *qrev = dl_quote(R->commit, "");
@@ -315,11 +317,17 @@ static fl_status fetch_one(run *R, CURL *h, int slot, hub_file *f, fl_error *err
     }
     if ((st = cache_lock_acquire(R->hub_dir, R->folder, m.etag, &lk, err)))
         goto out;
-    /* Another process or thread may have completed it while we waited. */
-    if (!(stat(blob, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_size == m.size))
+    /* Another process or thread may have completed it while we waited
+     * (without symlinks it moved the blob away: look at the snapshot). */
+    int fresh = 0, there = R->no_symlinks &&
+                           cache_pointer_ok(R->repo_dir, R->commit, f->path, m.size);
+    if (!there && !(stat(blob, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_size == m.size)) {
         st = dl_blob(&R->dc, h, slot, f->path, &m, partial, blob, err);
-    if (st == FL_OK)
-        st = cache_link(R->repo_dir, R->commit, f->path, m.etag, err);
+        fresh = 1;
+    }
+    if (st == FL_OK && !there)
+        st = R->no_symlinks ? cache_place_file(R->repo_dir, R->commit, f->path, m.etag, fresh, err)
+                            : cache_link(R->repo_dir, R->commit, f->path, m.etag, err);
     cache_lock_release(&lk);
 out:
     free(blob);
@@ -719,6 +727,7 @@ static fl_status fetch_snapshot(const hub_request *req, char **snapshot_dir, fl_
     R.dc.verbose = req->verbose;
     R.dc.progress = req->progress;
     R.dc.progress_ctx = req->progress_ctx;
+    R.no_symlinks = cache_symlinks_disabled();
     R.hub_dir = cache_hub_dir();
     R.folder = cache_repo_folder(repo_id);
     R.repo_dir = R.hub_dir && R.folder ? join3(R.hub_dir, "/", R.folder) : NULL;

@@ -7,6 +7,7 @@
  *   <hub>/models--<ns>--<name>/blobs/<etag>
  *   <hub>/models--<ns>--<name>/refs/<revision>        (commit, no newline)
  *   <hub>/models--<ns>--<name>/snapshots/<commit>/<path> -> ../../blobs/<etag>
+ *       (a regular file instead with HF_HUB_DISABLE_SYMLINKS=1)
  *
  * Every function takes paths it builds itself from validated names: callers
  * pass a file name from the API through cache_safe_relpath() first. */
@@ -28,6 +29,10 @@ char *cache_repo_folder(const char *repo_id);
 
 /* 1 when HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is 1/ON/YES/TRUE. */
 int cache_offline_env(void);
+
+/* 1 when HF_HUB_DISABLE_SYMLINKS is 1/ON/YES/TRUE: snapshots/ then holds
+ * regular files (cache_place_file) instead of symlinks. */
+int cache_symlinks_disabled(void);
 
 /* 1 when s is a 40-character lowercase hex commit id. */
 int cache_is_commit(const char *s);
@@ -61,6 +66,14 @@ int cache_pointer_ok(const char *repo_dir, const char *commit,
  * whatever was there. */
 fl_status cache_link(const char *repo_dir, const char *commit,
                      const char *path, const char *etag, fl_error *err);
+
+/* No-symlink mode (hub-protocol.md §4, file_download.py _create_symlink):
+ * puts blobs/<etag> at snapshots/<commit>/<path> as a regular file.  A blob
+ * just downloaded (new_blob) is moved there, so blobs/<etag> is gone, as
+ * Python leaves it; an existing blob is copied (through a temporary file
+ * and a rename) and stays.  Whatever was at the path is replaced. */
+fl_status cache_place_file(const char *repo_dir, const char *commit, const char *path,
+                           const char *etag, int new_blob, fl_error *err);
 
 /* An exclusive flock on <hub>/.locks/<folder>/<etag>.lock, as py-filelock
  * takes it; released by unlinking then closing. */

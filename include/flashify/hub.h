@@ -11,8 +11,10 @@
  *
  * Environment: HF_ENDPOINT (default https://huggingface.co), HF_TOKEN,
  * HUGGING_FACE_HUB_TOKEN, HF_TOKEN_PATH, HF_HOME, HF_HUB_CACHE,
- * HF_HUB_OFFLINE, HF_HUB_ETAG_TIMEOUT / HF_HUB_DOWNLOAD_TIMEOUT (seconds of
- * no progress before a transfer is abandoned and retried, default 10),
+ * HF_HUB_OFFLINE, HF_HUB_DISABLE_SYMLINKS (regular files in snapshots/: a
+ * new blob is moved there, an existing one copied), HF_HUB_ETAG_TIMEOUT /
+ * HF_HUB_DOWNLOAD_TIMEOUT (seconds of no progress before a transfer is
+ * abandoned and retried, default 10),
  * CURL_CA_BUNDLE / SSL_CERT_FILE, the usual proxy variables, and
  * FLASHIFY_HUB_BACKOFF_SCALE (multiplies the 1,2,4,8,8 s retry backoff; the
  * tests set it small; Retry-After and RateLimit waits are never scaled). */
