@@ -2,11 +2,11 @@
 """hub_throughput.py -- download throughput of `flashify download` against
 `curl` fetching the same files from the same loopback mock Hub.
 
-    bench/hub_throughput.py [--flashify build/flashify] [--shards 4] [--mib 256] [--runs 3]
+    bench/hub_throughput.py [--flashify build/flashify ...] [--shards 4] [--mib 256] [--runs 3]
 
 Starts tests/hub/mock_hub.py in its own process with a repo of config.json +
 N safetensors shards (random bytes; LFS files, so every byte goes Hub 302 ->
-CDN), then times, median of --runs, each from an empty cache / directory:
+CDN), then times, median of --runs (interleaved), each from an empty cache / directory:
 
   * flashify download, --jobs 1 and --jobs 4 (fresh HF_HOME each run: HEADs,
     transfer, sha256 of every byte, rename, symlinks);
@@ -29,28 +29,40 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
-def median(fn, runs):
-    """(median wall seconds, median client CPU seconds, every run's
-    (wall, cpu)).  The median, not the best: the machine is shared, and one
-    lucky run says little; wall and CPU medians are taken separately."""
-    out = []
+def timed(fn):
+    """(wall seconds, CPU seconds of the child processes) of one call."""
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = fn()
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return t, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+
+
+def interleaved(variants, runs):
+    """{name: (median wall, median CPU, [(wall, cpu) per run])}.  Round k
+    runs every variant once, so a load change on this shared machine hits
+    all of them alike; medians, not the best, for the same reason (wall and
+    CPU medians are taken separately)."""
+    got = {k: [] for k in variants}
     for _ in range(runs):
-        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        t = fn()
-        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        out.append((t, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)))
-    walls = sorted(t for t, _ in out)
-    cpus = sorted(c for _, c in out)
-    return walls[len(walls) // 2], cpus[len(cpus) // 2], out
+        for k, fn in variants.items():
+            got[k].append(timed(fn))
+    out = {}
+    for k, rs in got.items():
+        walls = sorted(t for t, _ in rs)
+        cpus = sorted(c for _, c in rs)
+        out[k] = (walls[len(walls) // 2], cpus[len(cpus) // 2], rs)
+    return out
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--flashify", default=os.path.join(ROOT, "build", "flashify"))
+    ap.add_argument("--flashify", action="append",
+                    help="binary to time (repeat to compare builds; default build/flashify)")
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--mib", type=int, default=256, help="MiB per shard")
     ap.add_argument("--runs", type=int, default=3)
     a = ap.parse_args()
+    bins = a.flashify or [os.path.join(ROOT, "build", "flashify")]
 
     tmp = tempfile.mkdtemp(prefix="hub-bench-")
     try:
@@ -72,12 +84,12 @@ def main():
         env = dict(os.environ, HF_ENDPOINT=endpoint, no_proxy="*")
         env.pop("HF_TOKEN", None)
         try:
-            def run_flashify(jobs):
+            def run_flashify(binary, jobs):
                 def once():
                     home = os.path.join(tmp, "hf")
                     shutil.rmtree(home, ignore_errors=True)
                     t0 = time.monotonic()
-                    subprocess.run([a.flashify, "download", "bench/model", "-q", "--jobs", str(jobs)],
+                    subprocess.run([binary, "download", "bench/model", "-q", "--jobs", str(jobs)],
                                    env=dict(env, HF_HOME=home), check=True, stdout=subprocess.DEVNULL)
                     return time.monotonic() - t0
                 return once
@@ -102,11 +114,16 @@ def main():
             # One untimed fetch first: the mock computes its own (unrelated)
             # ETags on first use, which no variant should be timed for.
             run_curl(True)()
-            res = {}
-            res["flashify --jobs 1"] = median(run_flashify(1), a.runs)
-            res["curl sequential"] = median(run_curl(False), a.runs)
-            res["flashify --jobs 4"] = median(run_flashify(4), a.runs)
-            res["curl --parallel 4"] = median(run_curl(True), a.runs)
+            def label(b, what):
+                return "flashify%s %s" % ("" if len(bins) == 1 else "[%d]" % bins.index(b), what)
+            variants = {}
+            for b in bins:
+                variants[label(b, "--jobs 1")] = run_flashify(b, 1)
+            variants["curl sequential"] = run_curl(False)
+            for b in bins:
+                variants[label(b, "--jobs 4")] = run_flashify(b, 4)
+            variants["curl --parallel 4"] = run_curl(True)
+            res = interleaved(variants, a.runs)
         finally:
             mock.terminate()
             mock.wait()
@@ -114,12 +131,16 @@ def main():
         print("%d shards x %d MiB = %.0f MiB over loopback (Hub 302 -> CDN), median of %d"
               % (a.shards, a.mib, mib, a.runs))
         for k, (t, cpu, runs) in res.items():
-            print("  %-20s %7.2f s  %8.1f MiB/s   client CPU %.2f s (%.2f s/GiB)   runs: %s"
+            print("  %-24s %7.2f s  %8.1f MiB/s   client CPU %.2f s (%.2f s/GiB)   runs: %s"
                   % (k, t, mib / t, cpu, cpu / (mib / 1024),
                      ", ".join("%.2f s/%.2f cpu" % r for r in runs)))
-        print("ratio flashify/curl (throughput): sequential %.2f, parallel %.2f"
-              % (res["curl sequential"][0] / res["flashify --jobs 1"][0],
-                 res["curl --parallel 4"][0] / res["flashify --jobs 4"][0]))
+        for i, b in enumerate(bins):
+            if len(bins) > 1:
+                print("[%d] = %s" % (i, b))
+            print("ratio flashify%s/curl (throughput): sequential %.2f, parallel %.2f"
+                  % ("" if len(bins) == 1 else "[%d]" % i,
+                     res["curl sequential"][0] / res[label(b, "--jobs 1")][0],
+                     res["curl --parallel 4"][0] / res[label(b, "--jobs 4")][0]))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

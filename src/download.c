@@ -783,9 +783,12 @@ static void add_done(dl_client *c, int64_t n)
     pthread_mutex_unlock(&c->mu);
 }
 
-#define HASH_CHUNK (1u << 20)
-#ifndef HASH_LAG_MAX   /* a test build may shrink it to exercise the waits */
-#define HASH_LAG_MAX ((int64_t)64 << 20)   /* written but not yet hashed */
+/* A test build may change these (to exercise the waits, or to measure). */
+#ifndef HASH_CHUNK
+#define HASH_CHUNK (1u << 20)                /* one read-back */
+#endif
+#ifndef HASH_LAG_MAX
+#define HASH_LAG_MAX ((int64_t)64 << 20)     /* written but not yet hashed */
 #endif
 
 /* The hasher thread: digests the partial file's bytes [h_done, h_avail)
