@@ -5,6 +5,7 @@
  * tensors, streamed in blocks), the config check, the forward check, and
  * the report (text or JSON). */
 #include "flashify/verify.h"
+#include "flashify/strbuf.h"
 
 #include "flashify/checkpoint.h"
 #include "flashify/dtype.h"
@@ -28,44 +29,6 @@
 #define MAX_PROBLEMS 10          /* problems listed in the report */
 #define BLOCK_BYTES (4u << 20)   /* tensor bytes compared per read */
 #define MAX_TOKENS 4096
-
-/* ----------------------------------------------------------------------------
- * String builder */
-
-typedef struct {
-    char *s;
-    size_t len, cap;
-    int oom;
-} sbuf;
-
-static void sb_printf(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void sb_printf(sbuf *b, const char *fmt, ...)
-{
-    if (b->oom)
-        return;
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(b->s ? b->s + b->len : NULL, b->s ? b->cap - b->len : 0, fmt, ap);
-        va_end(ap);
-        if (n < 0) {
-            b->oom = 1;
-            return;
-        }
-        if (b->s && b->len + (size_t)n < b->cap) {
-            b->len += (size_t)n;
-            return;
-        }
-        size_t cap = (b->cap ? b->cap * 2 : 256) + (size_t)n + 1;
-        char *s = realloc(b->s, cap);
-        if (!s) {
-            b->oom = 1;
-            return;
-        }
-        b->s = s;
-        b->cap = cap;
-    }
-}
 
 /* ----------------------------------------------------------------------------
  * Tensor check */
@@ -821,7 +784,7 @@ done:
 static char *report_text(const char *src_dir, const char *out_dir, const tsummary *t,
                          const fsummary *f, int skip_forward, int ok, double tsecs)
 {
-    sbuf b = {0};
+    strbuf b = {0};
     sb_printf(&b, "flashify verify: %s -> %s\n", src_dir, out_dir);
     sb_printf(&b, "tensors: %s: %zu copied byte-identical, %zu folded %s, %zu norms removed",
               t->ok ? "ok" : "FAILED", t->n_copy, t->n_fold,
@@ -850,7 +813,11 @@ static char *report_text(const char *src_dir, const char *out_dir, const tsummar
             sb_printf(&b, "  - %s\n", f->bad);
     }
     sb_printf(&b, "result: %s\n", ok ? "EQUIVALENT" : "NOT EQUIVALENT");
-    return b.oom ? NULL : b.s;
+    if (b.oom) {
+        free(b.p);
+        return NULL;
+    }
+    return b.p;
 }
 
 static char *report_json(const char *src_dir, const char *out_dir, const tsummary *t,
