@@ -113,14 +113,40 @@ static int file_exists(const char *dir, const char *name)
     return ok;
 }
 
-/* Duplicate keys in a JSON object: cJSON keeps both silently. */
+static int cmp_key(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* A key that appears twice in an object of the tree (cJSON keeps both
+ * silently), or NULL. */
 static const char *json_duplicate_key(const cJSON *obj)
 {
+    /* Sorted, not pairwise: a 16 MiB config.json can hold a million keys,
+     * and a quadratic scan of them would never finish.  Nested objects are
+     * checked too (cJSON caps nesting at CJSON_NESTING_LIMIT). */
+    const char *dup = NULL;
+    size_t n = 0;
     for (const cJSON *a = obj->child; a; a = a->next)
-        for (const cJSON *b = a->next; b; b = b->next)
-            if (a->string && b->string && strcmp(a->string, b->string) == 0)
-                return a->string;
-    return NULL;
+        n++;
+    if (cJSON_IsObject(obj) && n > 1) {
+        const char **keys = malloc(n * sizeof *keys);
+        if (!keys)
+            return NULL;
+        size_t k = 0;
+        for (const cJSON *a = obj->child; a; a = a->next)
+            if (a->string)
+                keys[k++] = a->string;
+        qsort(keys, k, sizeof *keys, cmp_key);
+        for (size_t i = 1; i < k && !dup; i++)
+            if (strcmp(keys[i - 1], keys[i]) == 0)
+                dup = keys[i];
+        free(keys);
+    }
+    for (const cJSON *a = obj->child; a && !dup; a = a->next)
+        if (a->child)
+            dup = json_duplicate_key(a);
+    return dup;
 }
 
 /* ---------------------------------------------------------------------------
@@ -555,6 +581,13 @@ static fl_status index_load(checkpoint *ck, const char *dir_real, fl_error *err)
                 goto out;
             }
         free(names);
+    }
+    /* Elsewhere too: Python's json keeps the last of two keys, cJSON the
+     * first, so a duplicate means two readers see two different indexes. */
+    const char *dup = json_duplicate_key(ck->index);
+    if (dup) {
+        s = fl_fail(err, FL_EINPUT, "%s: key \"%s\" appears twice", path, dup);
+        goto out;
     }
     qsort(files, n_files, sizeof *files, cmp_str);
     size_t u = 0;

@@ -404,6 +404,26 @@ def _(d):
     edit_config(d, raw=text.replace('"num_hidden_layers": 2', '"num_hidden_layers": 2, "num_hidden_layers": 3'))
 
 
+@case("config-nested-duplicate-key", [CFG, "rope_type"])
+def _(d):
+    # Python's json keeps the last, cJSON the first: refuse, at any depth.
+    write_base(d)
+    with open(os.path.join(d, CFG)) as f:
+        text = f.read()
+    edit_config(d, raw=text.replace('"rope_theta"', '"rope_scaling": {"rope_type": "linear", "factor": 2.0, "rope_type": "dynamic"}, "rope_theta"'))
+
+
+@case("config-million-keys-one-duplicate", [CFG, "k999999"])
+def _(d):
+    # 14 MB of keys: duplicate detection must not be quadratic (this took
+    # hours, deaf to SIGTERM, with a pairwise scan).
+    write_base(d)
+    with open(os.path.join(d, CFG)) as f:
+        cfg = json.load(f)
+    text = json.dumps(cfg)[:-1] + "".join(', "k%d": 0' % i for i in range(1_000_000)) + ', "k999999": 1}'
+    edit_config(d, raw=text)
+
+
 @case("config-is-directory", [CFG])
 def _(d):
     write_base(d)
@@ -466,6 +486,16 @@ idx_case("index-value-number", _set_map(NORM, 1), [IDX, NORM])
 idx_case("index-not-json", lambda d: put(os.path.join(d, IDX), b'{"weight_map": {'), [IDX])
 idx_case("index-no-weight-map", lambda d: edit_index(d, lambda i: i.pop("weight_map")), [IDX, "weight_map"])
 idx_case("index-weight-map-array", lambda d: edit_index(d, lambda i: i.update(weight_map=[])), [IDX, "weight_map"])
+
+
+@case("index-duplicate-weight-map", [IDX, "weight_map"])
+def _(d):
+    write_base(d, shards=2)
+    with open(os.path.join(d, IDX)) as f:
+        idx = json.load(f)
+    text = json.dumps(idx)
+    other = json.dumps({"weight_map": {NORM: SHARD1}})[1:-1]
+    put(os.path.join(d, IDX), (text[:-1] + ", " + other + "}").encode())
 
 
 @case("index-duplicate-key", [IDX, NORM])
