@@ -12,6 +12,7 @@
 #include "flashify/write.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <math.h>
 #include <signal.h>
@@ -459,9 +460,43 @@ static int cmd_convert(const cli_args *a)
     return s == FL_OK ? 0 : fail(&err);
 }
 
+/* One .safetensors file: its metadata and tensors (no plan without a
+ * config.json). */
+static int inspect_file(const char *path)
+{
+    fl_error err = {0};
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        fprintf(stderr, "flashify: error: %s: cannot open: %s\n", path, strerror(errno));
+        return FL_EINPUT;
+    }
+    st_header h;
+    memset(&h, 0, sizeof h);
+    fl_status s = st_read_header(path, fd, &h, &err);
+    close(fd);
+    if (s != FL_OK)
+        return fail(&err);
+    printf("%s: %zu tensors, header %llu bytes, file %llu bytes\n", path, h.n_tensors,
+           (unsigned long long)h.header_len, (unsigned long long)h.file_size);
+    for (size_t i = 0; i < h.n_meta; i++)
+        printf("  __metadata__ %s = %s\n", h.meta[i].key, h.meta[i].value);
+    for (size_t i = 0; i < h.n_tensors; i++) {
+        const st_tensor *t = &h.tensors[i];
+        printf("  %-60s %-6s [", t->name, st_dtype_name(t->dtype));
+        for (int d = 0; d < t->ndim; d++)
+            printf("%s%llu", d ? ", " : "", (unsigned long long)t->shape[d]);
+        printf("]  bytes %llu..%llu\n", (unsigned long long)t->begin, (unsigned long long)t->end);
+    }
+    st_header_free(&h);
+    return 0;
+}
+
 static int cmd_inspect(const char *path)
 {
     fl_error err = {0};
+    struct stat pst;
+    if (stat(path, &pst) == 0 && S_ISREG(pst.st_mode))
+        return inspect_file(path);
     checkpoint ck;
     fl_status s = ckpt_open(path, &ck, &err);
     if (s != FL_OK)
