@@ -57,7 +57,9 @@ def interleaved(variants, runs):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--flashify", action="append",
-                    help="binary to time (repeat to compare builds; default build/flashify)")
+                    help="binary to time, optionally followed by ,VAR=VALUE settings for it "
+                         "(e.g. build/flashify,FLASHIFY_HASH_THREAD=1); repeat to compare "
+                         "builds or settings; default build/flashify")
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--mib", type=int, default=256, help="MiB per shard")
     ap.add_argument("--runs", type=int, default=3)
@@ -84,13 +86,17 @@ def main():
         env = dict(os.environ, HF_ENDPOINT=endpoint, no_proxy="*")
         env.pop("HF_TOKEN", None)
         try:
-            def run_flashify(binary, jobs):
+            def run_flashify(spec, jobs):
+                binary, *sets = spec.split(",")
+                extra = dict(kv.split("=", 1) for kv in sets)
+
                 def once():
                     home = os.path.join(tmp, "hf")
                     shutil.rmtree(home, ignore_errors=True)
                     t0 = time.monotonic()
                     subprocess.run([binary, "download", "bench/model", "-q", "--jobs", str(jobs)],
-                                   env=dict(env, HF_HOME=home), check=True, stdout=subprocess.DEVNULL)
+                                   env=dict(env, HF_HOME=home, **extra), check=True,
+                                   stdout=subprocess.DEVNULL)
                     return time.monotonic() - t0
                 return once
 

@@ -211,6 +211,11 @@ fl_status dl_client_init(dl_client *c, const char *endpoint, const char *token,
     c->backoff_scale = s && *s ? atof(s) : 1.0;
     if (!(c->backoff_scale >= 0 && c->backoff_scale <= 100))
         c->backoff_scale = 1.0;
+    /* FLASHIFY_HASH_THREAD: 1 always hashes on a thread of its own, 0
+     * never, unset: when the machine has a core to spare (dl_blob). */
+    const char *ht = getenv("FLASHIFY_HASH_THREAD");
+    c->hash_thread = ht && *ht ? atoi(ht) != 0 : -1;
+    c->ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     c->etag_timeout = env_long("HF_HUB_ETAG_TIMEOUT", 10);
     c->download_timeout = env_long("HF_HUB_DOWNLOAD_TIMEOUT", 10);
     /* umask can only be read by setting it: do it here, before the worker
@@ -733,12 +738,14 @@ typedef struct {
     int64_t written, expected;
     int hash_kind;
     EVP_MD_CTX *md;       /* owned by the hasher thread while h_busy */
-    /* The hasher thread reads back [h_done, h_avail) of the partial file
-     * and digests it, so sha256 runs on another core than recv+write.
-     * h_avail only grows by what the write callback has put in the file;
-     * the digest always covers exactly bytes [0, h_done) of the file. */
+    /* Inline (h_running 0) the write callback digests each piece it has
+     * written.  With a spare core, a hasher thread instead reads back
+     * [h_done, h_avail) of the partial file and digests it, so sha256 runs
+     * beside recv+write.  h_avail only grows by what the write callback has
+     * put in the file; the digest covers exactly bytes [0, h_done) of it. */
     pthread_t h_thread;
     int h_running, h_busy, h_quit, h_errno;
+    int h_flush;          /* hash a tail shorter than HASH_CHUNK too */
     pthread_mutex_t h_mu;
     pthread_cond_t h_cv;
     int64_t h_avail, h_done;
@@ -790,10 +797,14 @@ static void add_done(dl_client *c, int64_t n)
 #ifndef HASH_LAG_MAX
 #define HASH_LAG_MAX ((int64_t)64 << 20)     /* written but not yet hashed */
 #endif
+/* What wakes the hasher: never more than the lag a writer waits on. */
+#define HASH_WAKE ((int64_t)HASH_CHUNK < HASH_LAG_MAX ? (int64_t)HASH_CHUNK : HASH_LAG_MAX)
 
 /* The hasher thread: digests the partial file's bytes [h_done, h_avail)
- * in HASH_CHUNK reads as they appear, until h_quit.  A read or digest
- * failure stops it with h_errno set (reported by hasher_drain). */
+ * in HASH_CHUNK reads as they appear, until h_quit; it wakes only for
+ * HASH_WAKE bytes (or for the tail once h_flush is set), not for each of the
+ * write callback's small pieces.  A read or digest failure stops it with
+ * h_errno set (reported by hasher_drain). */
 static void *hasher_main(void *ud)
 {
     xfer *x = ud;
@@ -802,7 +813,8 @@ static void *hasher_main(void *ud)
     if (!buf)
         x->h_errno = ENOMEM;
     for (;;) {
-        while (!x->h_quit && (x->h_errno || x->h_done >= x->h_avail))
+        while (!x->h_quit && (x->h_errno || !(x->h_avail - x->h_done >= HASH_WAKE ||
+                                               (x->h_flush && x->h_done < x->h_avail))))
             pthread_cond_wait(&x->h_cv, &x->h_mu);
         if (x->h_quit)
             break;
@@ -830,23 +842,60 @@ static void *hasher_main(void *ud)
     return NULL;
 }
 
-/* Starts the hasher on a digest just reset, to cover the file's first
- * x->written bytes (a resumed download) and whatever follows.  No thread
- * when nothing is to be hashed.  0 on failure. */
-static int hasher_start(xfer *x)
+/* Digests the file's first x->written bytes here (inline mode, a
+ * resumed download).  0 (x->io_errno) on failure. */
+static int hash_prefix(xfer *x)
+{
+    char *buf = malloc(HASH_CHUNK);
+    if (!buf) {
+        x->io_errno = ENOMEM;
+        return 0;
+    }
+    for (int64_t off = 0; off < x->written;) {
+        int64_t left = x->written - off;
+        ssize_t r = pread(x->fd, buf, left < (int64_t)HASH_CHUNK ? (size_t)left : HASH_CHUNK,
+                          (off_t)off);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0 || !EVP_DigestUpdate(x->md, buf, (size_t)r)) {
+            x->io_errno = r < 0 ? errno : EIO;
+            free(buf);
+            return 0;
+        }
+        off += r;
+    }
+    free(buf);
+    return 1;
+}
+
+/* Starts hashing on a digest just reset, to cover the file's first
+ * x->written bytes (a resumed download) and whatever follows: on a hasher
+ * thread when `threaded` (the prefix then overlaps the transfer too), else
+ * inline.  Nothing when there is nothing to hash.  0 (x->io_errno) on
+ * failure. */
+static int hasher_start(xfer *x, int threaded)
 {
     if (x->hash_kind == HASH_NONE)
         return 1;
-    if (!hash_reset(x))
+    if (!hash_reset(x)) {
+        x->io_errno = EIO;
         return 0;
+    }
     x->h_avail = x->written;
     x->h_done = 0;
+    if (!threaded) {
+        if (!hash_prefix(x))
+            return 0;
+        x->h_done = x->written;
+        return 1;
+    }
     pthread_mutex_init(&x->h_mu, NULL);
     pthread_cond_init(&x->h_cv, NULL);
     if (pthread_create(&x->h_thread, NULL, hasher_main, x) != 0) {
+        /* No thread: hash inline, as on a machine without a spare core. */
         pthread_cond_destroy(&x->h_cv);
         pthread_mutex_destroy(&x->h_mu);
-        return 0;
+        return hasher_start(x, 0);
     }
     x->h_running = 1;
     return 1;
@@ -868,20 +917,28 @@ static void hasher_stop(xfer *x)
     x->h_running = 0;
 }
 
-/* The file now holds `avail` good bytes: hand them to the hasher.  Waits
- * while it lags more than HASH_LAG_MAX behind, so the bytes it reads back
- * are still in the page cache and the socket slows the sender instead. */
-static void hasher_feed(xfer *x, int64_t avail)
+/* The n bytes at p were just written, and the file now holds `avail`
+ * good bytes: digest them here (inline), or hand them to the hasher thread,
+ * waiting while it lags more than HASH_LAG_MAX behind, so the bytes it
+ * reads back are still in the page cache and the socket slows the sender
+ * instead.  0 if the inline digest failed. */
+static int hasher_feed(xfer *x, const char *p, size_t n, int64_t avail)
 {
-    if (!x->h_running)
-        return;
+    if (x->hash_kind == HASH_NONE)
+        return 1;
+    if (!x->h_running) {
+        x->h_avail = x->h_done = avail;
+        return EVP_DigestUpdate(x->md, p, n);
+    }
     pthread_mutex_lock(&x->h_mu);
     x->h_avail = avail;
-    pthread_cond_broadcast(&x->h_cv);
+    if (x->h_avail - x->h_done >= HASH_WAKE)
+        pthread_cond_broadcast(&x->h_cv);
     while (!x->h_errno && x->h_avail - x->h_done > HASH_LAG_MAX && !fl_interrupted &&
            !x->c->stop)
         pthread_cond_wait(&x->h_cv, &x->h_mu);
     pthread_mutex_unlock(&x->h_mu);
+    return 1;
 }
 
 /* Waits until every byte handed over is in the digest.  0 if the hasher
@@ -893,6 +950,8 @@ static int hasher_drain(xfer *x)
     if (!x->h_running)
         return 1;
     pthread_mutex_lock(&x->h_mu);
+    x->h_flush = 1;
+    pthread_cond_broadcast(&x->h_cv);
     while (!x->h_errno && x->h_done < x->h_avail && !fl_interrupted && !x->c->stop)
         pthread_cond_wait(&x->h_cv, &x->h_mu);
     int e = x->h_errno, done = x->h_done >= x->h_avail;
@@ -912,7 +971,7 @@ static int hasher_reset(xfer *x)
     while (x->h_busy)
         pthread_cond_wait(&x->h_cv, &x->h_mu);
     x->h_avail = x->h_done = 0;
-    x->h_errno = 0;
+    x->h_errno = x->h_flush = 0;
     int ok = hash_reset(x);
     pthread_mutex_unlock(&x->h_mu);
     return ok;
@@ -979,8 +1038,9 @@ static size_t on_body_file(char *p, size_t size, size_t nmemb, void *ud)
         }
         off += (size_t)w;
     }
+    if (!hasher_feed(x, p, n, x->written + (int64_t)n))
+        return 0;
     x->written += (int64_t)n;
-    hasher_feed(x, x->written);
     add_done(x->c, (int64_t)n);
     double t = now_s();
     if (t - x->last_emit >= 0.1) {
@@ -1080,6 +1140,7 @@ fl_status dl_blob(dl_client *c, void *curl, int slot, const char *name,
         dl_log(c, "%s: etag %s is not a sha256 or git sha1; checking the size only", name, m->etag);
     x.md = EVP_MD_CTX_new();
     fl_status st = FL_OK;
+    int counted = 0;          /* in c->active */
     x.fd = open(partial, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
     if (!x.md || x.fd < 0) {
         st = fl_fail(err, FL_EIO, "cannot open %s: %s", partial, strerror(errno));
@@ -1098,9 +1159,14 @@ fl_status dl_blob(dl_client *c, void *curl, int slot, const char *name,
         }
         x.written = 0;
     }
-    /* A resumed file's first bytes are hashed while the rest arrives. */
-    if (!hasher_start(&x)) {
-        st = fl_fail(err, FL_EIO, "cannot start hashing %s", partial);
+    /* A hasher thread only where it gets a core of its own: beside 2 busy
+     * threads per transfer and one for the rest.  Without one it would
+     * only add its read-back and its switches to the same cores. */
+    int active = atomic_fetch_add(&c->active, 1) + 1;
+    counted = 1;
+    int threaded = c->hash_thread > 0 || (c->hash_thread < 0 && 2L * active + 1 <= c->ncpu);
+    if (!hasher_start(&x, threaded)) {
+        st = fl_fail(err, FL_EIO, "cannot hash %s: %s", partial, strerror(x.io_errno));
         goto out;
     }
     add_done(c, x.written);
@@ -1203,6 +1269,8 @@ fl_status dl_blob(dl_client *c, void *curl, int slot, const char *name,
     }
 out:
     hasher_stop(&x);
+    if (counted)
+        atomic_fetch_sub(&c->active, 1);
     if (st)
         add_done(c, -x.written);
     if (x.fd >= 0)

@@ -6,6 +6,7 @@
 #define FLASHIFY_DOWNLOAD_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include "flashify/error.h"
@@ -24,8 +25,12 @@ typedef struct {
     hub_progress_fn progress;
     void *progress_ctx;
     unsigned blob_mode;      /* 0666 & ~umask, read once before any thread */
-    volatile int stop;       /* set when another worker failed: abandon transfers */
-    int contacted;           /* a reply has arrived from some server */
+    /* Written and read by several workers without the mutex: atomic. */
+    atomic_int stop;         /* set when another worker failed: abandon transfers */
+    atomic_int contacted;    /* a reply has arrived from some server */
+    atomic_int active;       /* dl_blob calls in progress */
+    int hash_thread;         /* FLASHIFY_HASH_THREAD: 1, 0, or -1 (auto) */
+    long ncpu;               /* online CPUs */
     pthread_mutex_t mu;      /* guards the fields below and event delivery */
     int64_t all_done, all_total;
 } dl_client;
@@ -74,9 +79,11 @@ void dl_meta_free(dl_meta *m);
 /* Downloads m->location into `partial` (resuming from its current length
  * with Range; a 200 reply restarts from 0), checks the size and the hash
  * implied by the etag (64 hex: sha256, 40 hex: git blob sha1) and renames
- * it to `blob`.  The hash is computed while the bytes arrive, by a second
- * thread that reads back what was written (the resumed prefix first), so
- * it covers exactly the bytes on disk and costs no pass after the end.  A mismatch deletes the partial file, retries once from
+ * it to `blob`.  The hash is computed while the bytes arrive, so it
+ * costs no pass after the end: in the write callback, or, when the machine
+ * has a core to spare (FLASHIFY_HASH_THREAD=1/0 forces it on/off), by a
+ * second thread that reads back what was written (the resumed prefix
+ * first, beside the transfer) and covers exactly the bytes on disk.  A mismatch deletes the partial file, retries once from
  * scratch, then fails with FL_ENET.  `name` and `slot` label the events. */
 fl_status dl_blob(dl_client *c, void *curl, int slot, const char *name,
                   const dl_meta *m, const char *partial, const char *blob,

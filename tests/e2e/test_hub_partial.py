@@ -7,7 +7,9 @@ Range and accepted, a prefix with wrong bytes is caught by the final check,
 deleted and fetched again from byte 0, a complete partial costs no transfer,
 an oversized one is restarted.  Each case runs for an LFS file (sha256,
 served by the CDN) and a git file (sha1 over "blob <total>\\0" + data, whose
-header needs the full size even when only the tail is transferred)."""
+header needs the full size even when only the tail is transferred), and
+with the digest computed inline and on the hasher thread
+(FLASHIFY_HASH_THREAD=0 / 1; unset, flashify picks by the cores free)."""
 
 import os
 
@@ -16,6 +18,7 @@ from hubtest import (Env, WANTED, blob_bytes, check, check_layout, check_ok, git
 
 BIG = 12 << 20
 GIT = 3 << 20
+MODES = ("0", "1")   # FLASHIFY_HASH_THREAD: inline, hasher thread
 
 
 def repo_with_partials(env, lfs_part=None, git_part=None):
@@ -55,78 +58,108 @@ def no_partials(env):
 
 
 def test_good_prefix_is_resumed():
-    a, b = (5 << 20) + 3, (1 << 20) + 7
-    with Env() as env:
-        repo, files = repo_with_partials(env, lambda d: d[:a], lambda d: d[:b])
-        r = env.download("org/part")
-        check_ok(r, "resume both")
-        check(ranges(env, "cdn", "model.safetensors") == [("bytes=%d-" % a, 206)],
-              "LFS GETs %r" % ranges(env, "cdn", "model.safetensors"))
-        check(ranges(env, "hub", "tokenizer.json") == [("bytes=%d-" % b, 206)],
-              "git file GETs %r" % ranges(env, "hub", "tokenizer.json"))
-        check_layout(env, repo, {n: files[n] for n in WANTED})
-        no_partials(env)
+    for mode in MODES:
+        a, b = (5 << 20) + 3, (1 << 20) + 7
+        with Env() as env:
+            repo, files = repo_with_partials(env, lambda d: d[:a], lambda d: d[:b])
+            r = env.download("org/part", FLASHIFY_HASH_THREAD=mode)
+            check_ok(r, "resume both, mode %s" % mode)
+            check(ranges(env, "cdn", "model.safetensors") == [("bytes=%d-" % a, 206)],
+                  "LFS GETs %r" % ranges(env, "cdn", "model.safetensors"))
+            check(ranges(env, "hub", "tokenizer.json") == [("bytes=%d-" % b, 206)],
+                  "git file GETs %r" % ranges(env, "hub", "tokenizer.json"))
+            check_layout(env, repo, {n: files[n] for n in WANTED})
+            no_partials(env)
 
 
 def test_bad_prefix_is_caught_and_fetched_again():
-    a, b = (5 << 20) + 3, (1 << 20) + 7
-    with Env() as env:
-        repo, files = repo_with_partials(env, lambda d: flip(d[:a], a - 1000),
-                                         lambda d: flip(d[:b], 17))
-        r = env.download("org/part")
-        check_ok(r, "bad prefixes")
-        check(ranges(env, "cdn", "model.safetensors") == [("bytes=%d-" % a, 206), (None, 200)],
-              "LFS GETs %r" % ranges(env, "cdn", "model.safetensors"))
-        check(ranges(env, "hub", "tokenizer.json") == [("bytes=%d-" % b, 206), (None, 200)],
-              "git file GETs %r" % ranges(env, "hub", "tokenizer.json"))
-        check_layout(env, repo, {n: files[n] for n in WANTED})
-        no_partials(env)
+    for mode in MODES:
+        a, b = (5 << 20) + 3, (1 << 20) + 7
+        with Env() as env:
+            repo, files = repo_with_partials(env, lambda d: flip(d[:a], a - 1000),
+                                             lambda d: flip(d[:b], 17))
+            r = env.download("org/part", FLASHIFY_HASH_THREAD=mode)
+            check_ok(r, "bad prefixes")
+            check(ranges(env, "cdn", "model.safetensors") == [("bytes=%d-" % a, 206), (None, 200)],
+                  "LFS GETs %r" % ranges(env, "cdn", "model.safetensors"))
+            check(ranges(env, "hub", "tokenizer.json") == [("bytes=%d-" % b, 206), (None, 200)],
+                  "git file GETs %r" % ranges(env, "hub", "tokenizer.json"))
+            check_layout(env, repo, {n: files[n] for n in WANTED})
+            no_partials(env)
 
 
 def test_complete_and_oversized_partials():
-    with Env() as env:
-        # A complete, correct LFS partial (a run killed just before the
-        # rename) costs no transfer; an oversized git partial restarts.
-        repo, files = repo_with_partials(env, lambda d: d, lambda d: d + b"extra")
-        r = env.download("org/part")
-        check_ok(r, "complete / oversized")
-        check(ranges(env, "cdn", "model.safetensors") == [], "LFS GETs %r"
-              % ranges(env, "cdn", "model.safetensors"))
-        check(ranges(env, "hub", "tokenizer.json") == [(None, 200)],
-              "git file GETs %r" % ranges(env, "hub", "tokenizer.json"))
-        check_layout(env, repo, {n: files[n] for n in WANTED})
-        no_partials(env)
-    with Env() as env:
-        # Complete length, wrong bytes: rejected without a request, then
-        # fetched once from byte 0.
-        repo, files = repo_with_partials(env, lambda d: flip(d, BIG // 2),
-                                         lambda d: flip(d, GIT - 1))
-        r = env.download("org/part")
-        check_ok(r, "complete but wrong")
-        check(ranges(env, "cdn", "model.safetensors") == [(None, 200)], "LFS GETs %r"
-              % ranges(env, "cdn", "model.safetensors"))
-        check(ranges(env, "hub", "tokenizer.json") == [(None, 200)],
-              "git file GETs %r" % ranges(env, "hub", "tokenizer.json"))
-        check_layout(env, repo, {n: files[n] for n in WANTED})
+    for mode in MODES:
+        with Env() as env:
+            # A complete, correct LFS partial (a run killed just before the
+            # rename) costs no transfer; an oversized git partial restarts.
+            repo, files = repo_with_partials(env, lambda d: d, lambda d: d + b"extra")
+            r = env.download("org/part", FLASHIFY_HASH_THREAD=mode)
+            check_ok(r, "complete / oversized")
+            check(ranges(env, "cdn", "model.safetensors") == [], "LFS GETs %r"
+                  % ranges(env, "cdn", "model.safetensors"))
+            check(ranges(env, "hub", "tokenizer.json") == [(None, 200)],
+                  "git file GETs %r" % ranges(env, "hub", "tokenizer.json"))
+            check_layout(env, repo, {n: files[n] for n in WANTED})
+            no_partials(env)
+        with Env() as env:
+            # Complete length, wrong bytes: rejected without a request, then
+            # fetched once from byte 0.
+            repo, files = repo_with_partials(env, lambda d: flip(d, BIG // 2),
+                                             lambda d: flip(d, GIT - 1))
+            r = env.download("org/part", FLASHIFY_HASH_THREAD=mode)
+            check_ok(r, "complete but wrong")
+            check(ranges(env, "cdn", "model.safetensors") == [(None, 200)], "LFS GETs %r"
+                  % ranges(env, "cdn", "model.safetensors"))
+            check(ranges(env, "hub", "tokenizer.json") == [(None, 200)],
+                  "git file GETs %r" % ranges(env, "hub", "tokenizer.json"))
+            check_layout(env, repo, {n: files[n] for n in WANTED})
 
 
 def test_200_to_a_resumed_request_restarts_the_digest():
-    a, b = (5 << 20) + 3, (1 << 20) + 7
-    with Env() as env:
-        repo, files = repo_with_partials(env, lambda d: d[:a], lambda d: d[:b])
-        env.hub.add_fault("ignore_range", server="cdn", method="GET", times=1)
-        env.hub.add_fault("ignore_range", server="hub", method="GET", path="/tokenizer.json$",
-                          times=1)
-        r = env.download("org/part")
-        check_ok(r, "200 to Range")
-        check(ranges(env, "cdn", "model.safetensors") == [("bytes=%d-" % a, 200)],
-              "LFS GETs %r" % ranges(env, "cdn", "model.safetensors"))
-        check(ranges(env, "hub", "tokenizer.json") == [("bytes=%d-" % b, 200)],
-              "git file GETs %r" % ranges(env, "hub", "tokenizer.json"))
-        check_layout(env, repo, {n: files[n] for n in WANTED})
+    for mode in MODES:
+        a, b = (5 << 20) + 3, (1 << 20) + 7
+        with Env() as env:
+            repo, files = repo_with_partials(env, lambda d: d[:a], lambda d: d[:b])
+            env.hub.add_fault("ignore_range", server="cdn", method="GET", times=1)
+            env.hub.add_fault("ignore_range", server="hub", method="GET", path="/tokenizer.json$",
+                              times=1)
+            r = env.download("org/part", FLASHIFY_HASH_THREAD=mode)
+            check_ok(r, "200 to Range")
+            check(ranges(env, "cdn", "model.safetensors") == [("bytes=%d-" % a, 200)],
+                  "LFS GETs %r" % ranges(env, "cdn", "model.safetensors"))
+            check(ranges(env, "hub", "tokenizer.json") == [("bytes=%d-" % b, 200)],
+                  "git file GETs %r" % ranges(env, "hub", "tokenizer.json"))
+            check_layout(env, repo, {n: files[n] for n in WANTED})
+
+
+def test_corrupt_then_drop_in_one_run():
+    # One process: wrong bytes of the right length (caught, fetched again
+    # from 0 on a fresh digest), then a drop mid-body on that second GET
+    # (resumed at the exact byte, the digest carrying on).
+    after, gafter = (3 << 20) + 5, (1 << 20) + 9
+    for mode in MODES:
+        with Env() as env:
+            repo, files = repo_with_partials(env)
+            env.hub.add_fault("corrupt", server="cdn", method="GET", times=1)
+            env.hub.add_fault("drop", server="cdn", method="GET", after=after, times=1)
+            env.hub.add_fault("corrupt", server="hub", method="GET", path="/tokenizer.json$", times=1)
+            env.hub.add_fault("drop", server="hub", method="GET", path="/tokenizer.json$",
+                              after=gafter, times=1)
+            r = env.download("org/part", FLASHIFY_HASH_THREAD=mode)
+            check_ok(r, "corrupt then drop, mode %s" % mode)
+            check(ranges(env, "cdn", "model.safetensors")
+                  == [(None, 200), (None, "drop"), ("bytes=%d-" % after, 206)],
+                  "LFS GETs %r" % ranges(env, "cdn", "model.safetensors"))
+            check(ranges(env, "hub", "tokenizer.json")
+                  == [(None, 200), (None, "drop"), ("bytes=%d-" % gafter, 206)],
+                  "git file GETs %r" % ranges(env, "hub", "tokenizer.json"))
+            check_layout(env, repo, {n: files[n] for n in WANTED})
+            no_partials(env)
 
 
 if __name__ == "__main__":
     run_tests([test_good_prefix_is_resumed, test_bad_prefix_is_caught_and_fetched_again,
                test_complete_and_oversized_partials,
-               test_200_to_a_resumed_request_restarts_the_digest])
+               test_200_to_a_resumed_request_restarts_the_digest,
+               test_corrupt_then_drop_in_one_run])
