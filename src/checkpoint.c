@@ -412,10 +412,13 @@ static fl_status build_tensor_table(checkpoint *ck, fl_error *err)
             const char *k = h->meta[j].key, *v = h->meta[j].value;
             if (strcmp(k, "format") == 0 || ckpt_find(ck, k))
                 continue;
-            const st_tensor *t = st_header_find(h, v);
-            if (!t)
+            /* Binary search among the stored tensors (sorted above), not
+             * st_header_find's linear scan: a million metadata entries
+             * times a million tensors would take hours. */
+            const ckpt_tensor *target = ckpt_find(ck, v);
+            if (!target || target->shard != i || target->is_alias)
                 continue;
-            ck->tensors[n++] = (ckpt_tensor){k, i, t, 1};
+            ck->tensors[n++] = (ckpt_tensor){k, i, target->t, 1};
         }
     }
     if (n > n_stored) {
