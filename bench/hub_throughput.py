@@ -2,18 +2,23 @@
 """hub_throughput.py -- download throughput of `flashify download` against
 `curl` fetching the same files from the same loopback mock Hub.
 
-    bench/hub_throughput.py [--flashify build/flashify ...] [--shards 4] [--mib 256] [--runs 3]
+    bench/hub_throughput.py [--flashify build/flashify[,VAR=VALUE...] ...]
+                            [--shards 4] [--mib 256] [--runs 3]
 
 Starts tests/hub/mock_hub.py in its own process with a repo of config.json +
 N safetensors shards (random bytes; LFS files, so every byte goes Hub 302 ->
 CDN), then times, median of --runs (interleaved), each from an empty cache / directory:
 
   * flashify download, --jobs 1 and --jobs 4 (fresh HF_HOME each run: HEADs,
-    transfer, sha256 of every byte, rename, symlinks);
+    transfer, sha256 of every byte while it arrives, rename, symlinks);
   * curl -L for the same /resolve URLs, one after another, and with
     --parallel --parallel-max 4 (no hashing, no cache).
 
-Prints MiB/s for each and the flashify/curl ratios.  Python standard library.
+Prints MiB/s and client CPU for each and the flashify/curl ratios.  Compare
+builds or settings in one run, e.g.
+    --flashify old/flashify --flashify build/flashify,FLASHIFY_HASH_THREAD=1
+The mock shares the machine: on 2 cores, the client's CPU (sha256 is about
+1 s/GiB of it) slows the server too.  Python standard library.
 """
 
 import argparse
