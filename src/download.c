@@ -843,7 +843,8 @@ static void *hasher_main(void *ud)
 }
 
 /* Digests the file's first x->written bytes here (inline mode, a
- * resumed download).  0 (x->io_errno) on failure. */
+ * resumed download).  0 (x->io_errno) on failure, or EINTR when an
+ * interrupt or another worker's failure stops it: it may be many GB. */
 static int hash_prefix(xfer *x)
 {
     char *buf = malloc(HASH_CHUNK);
@@ -852,6 +853,11 @@ static int hash_prefix(xfer *x)
         return 0;
     }
     for (int64_t off = 0; off < x->written;) {
+        if (fl_interrupted || x->c->stop) {
+            x->io_errno = EINTR;
+            free(buf);
+            return 0;
+        }
         int64_t left = x->written - off;
         ssize_t r = pread(x->fd, buf, left < (int64_t)HASH_CHUNK ? (size_t)left : HASH_CHUNK,
                           (off_t)off);
@@ -1166,7 +1172,10 @@ fl_status dl_blob(dl_client *c, void *curl, int slot, const char *name,
     counted = 1;
     int threaded = c->hash_thread > 0 || (c->hash_thread < 0 && 2L * active + 1 <= c->ncpu);
     if (!hasher_start(&x, threaded)) {
-        st = fl_fail(err, FL_EIO, "cannot hash %s: %s", partial, strerror(x.io_errno));
+        st = fl_interrupted || c->stop
+                 ? fl_fail(err, FL_EINTR, "%s while checking %s",
+                           fl_interrupted ? "interrupted" : "stopped after another error", name)
+                 : fl_fail(err, FL_EIO, "cannot hash %s: %s", partial, strerror(x.io_errno));
         goto out;
     }
     add_done(c, x.written);
