@@ -98,13 +98,15 @@ static volatile sig_atomic_t last_signal;
 
 static void on_signal(int sig)
 {
-    if (fl_interrupted) {
+    int saved = errno;   /* the interrupted code may be about to read errno */
+    if (atomic_load(&fl_interrupted)) {
         /* Second Ctrl-C: the user insists. */
         signal(sig, SIG_DFL);
         raise(sig);
     }
     last_signal = sig;
-    fl_interrupted = 1;
+    atomic_store(&fl_interrupted, 1);
+    errno = saved;
 }
 
 static int exit_code(fl_status s)

@@ -5,7 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
-volatile int fl_interrupted = 0;
+atomic_int fl_interrupted = 0;
 
 /* Messages quote names taken from hostile files (tensor names, JSON keys,
  * paths): control characters become '?' so a message stays one line. */

@@ -130,7 +130,8 @@ static inline double product(double W, double w, int one_plus, int wide)
  * a product in F32's subnormal range (or Inf/NaN), which the return value
  * flags so the caller redoes that row on the exact path.  Compiled twice,
  * for AVX2 and for baseline x86-64, and picked at load time. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__) && \
+    !defined(__SANITIZE_THREAD__)
 __attribute__((target_clones("avx2", "default")))
 #endif
 static int fold_bf16_row_f32(const uint16_t *restrict x, uint16_t *restrict y, size_t n,

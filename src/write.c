@@ -354,9 +354,7 @@ static fl_status fold_chunk(const checkpoint *ck, const out_tensor *o, uint64_t 
     size_t bytes = (size_t)(count * es);
     int wide = norm_is_wide(ck, o->group);
     uint64_t off = sh->st.data_start + t->begin + first * es;
-    static long page;
-    if (!page)
-        page = sysconf(_SC_PAGESIZE);
+    long page = sysconf(_SC_PAGESIZE);
     uint64_t aligned = off - off % (uint64_t)page;
     size_t map_len = bytes + (size_t)(off - aligned);
     void *map = bytes ? mmap(NULL, map_len, PROT_READ, MAP_SHARED | MAP_POPULATE, sh->fd, (off_t)aligned)

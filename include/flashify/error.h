@@ -7,6 +7,7 @@
 #ifndef FLASHIFY_ERROR_H
 #define FLASHIFY_ERROR_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 
 /* The status doubles as the process exit code (documented in --help). */
@@ -38,7 +39,8 @@ fl_status fl_prefix(fl_error *err, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
 /* Set by the CLI's SIGINT/SIGTERM handler; long loops poll it and fail with
- * FL_EINTR so temporary output is cleaned up by the normal error path. */
-extern volatile int fl_interrupted;
+ * FL_EINTR so temporary output is cleaned up by the normal error path.
+ * Atomic (lock-free), so worker threads see the handler's store. */
+extern atomic_int fl_interrupted;
 
 #endif
