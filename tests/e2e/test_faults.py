@@ -1,0 +1,119 @@
+"""Faults during a conversion (issue 7): Ctrl-C, a full disk.  Whatever
+happens, nothing is left at the output path, no temporary directory stays
+behind (unless --resume asked to keep finished shards), and the source is
+untouched."""
+
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from fixtures import Tensor, build_model, tree_digest, write_checkpoint  # noqa: E402
+from harness import FLASHIFY, describe, run  # noqa: E402
+
+GEN = os.environ.get("FLASHIFY_GEN_FIXTURE") or os.path.join(os.path.dirname(FLASHIFY), "bench", "gen_fixture")
+
+
+def limit_file_size(max_bytes):
+    """preexec_fn: files may not grow past max_bytes.  SIGXFSZ is ignored,
+    so a write past the limit fails with EFBIG as on a full disk."""
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+    return apply
+
+
+class Faults(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        if not os.path.exists(GEN):
+            raise unittest.SkipTest("bench/gen_fixture not built")
+        cls.tmp = tempfile.mkdtemp(prefix="flashify-faults-")
+        cls.src = os.path.join(cls.tmp, "src")
+        # ~40 MB in 5 shards of at most 8 MB each.
+        subprocess.run([GEN, "--quiet", "--layers", "6", "--hidden", "768", "--intermediate", "2048",
+                        "--heads", "12", "--kv-heads", "4", "--head-dim", "64", "--vocab", "8192",
+                        "--untied", "--max-shard-size", "8MB", cls.src], check=True)
+        cls.digest = tree_digest(cls.src)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def leftovers(self, name):
+        return [f for f in os.listdir(self.tmp) if f != "src" and name in f]
+
+    def tearDown(self):
+        self.assertEqual(tree_digest(self.src), self.digest, "the source changed")
+
+    def test_sigint_removes_everything(self):
+        out = os.path.join(self.tmp, "int")
+        proc = subprocess.Popen([FLASHIFY, self.src, "-o", out, "--threads", "1", "--memory", "1MiB"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        partial = os.path.join(self.tmp, ".int.flashify-partial")
+        deadline = time.time() + 30
+        while not os.path.exists(partial) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.001)
+        time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        if proc.returncode == 0:
+            self.skipTest("the conversion finished before the signal")
+        self.assertEqual(proc.returncode, 130, err)
+        self.assertIn("interrupted", err)
+        self.assertEqual(self.leftovers("int"), [])
+
+    def test_full_disk(self):
+        out = os.path.join(self.tmp, "full")
+        p = subprocess.run([FLASHIFY, self.src, "-o", out], capture_output=True, text=True,
+                           preexec_fn=limit_file_size(3_000_000), timeout=120)
+        self.assertEqual(p.returncode, 5, describe(p))
+        lines = p.stderr.strip().splitlines()
+        self.assertEqual(len(lines), 1, p.stderr)
+        self.assertIn(".safetensors", lines[0])
+        self.assertRegex(lines[0], "too large|No space|reserve")
+        self.assertEqual(self.leftovers("full"), [])
+
+    def test_full_disk_then_resume(self):
+        # With --resume the finished shards survive the failure, and the
+        # next run (with room) completes what is missing.  The fixture's
+        # last shard holds a 2 MB pass-through tensor, so a 1 MB file size
+        # limit lets the first two shards finish and stops the third.
+        m = build_model("llama", dtype="BF16", tied=False, seed=7)
+        m.tensors["extra.buffer"] = Tensor("U8", (2_000_000,), bytes(range(256)) * 7812 + bytes(128))
+        src = os.path.join(self.tmp, "room-src")
+        write_checkpoint(m, src, shards=3, shard_of=lambda k: 2 if k == "extra.buffer" else sum(map(ord, k)) % 2,
+                         extra_files=False)
+        out = os.path.join(self.tmp, "room")
+        p = subprocess.run([FLASHIFY, src, "-o", out, "--resume"], capture_output=True, text=True,
+                           preexec_fn=limit_file_size(1_000_000), timeout=120)
+        self.assertEqual(p.returncode, 5, describe(p))
+        self.assertFalse(os.path.exists(out))
+        partial = os.path.join(self.tmp, ".room.flashify-partial")
+        self.assertTrue(os.path.isdir(partial), "--resume should keep the finished shards")
+        self.assertIn("--resume", p.stderr)
+        with open(os.path.join(partial, ".flashify-journal")) as f:
+            self.assertEqual(f.read().count("\ndone "), 2)
+        p = run([src, "-o", out, "--resume"], timeout=120)
+        self.assertEqual(p.returncode, 0, describe(p))
+        self.assertIn("resumed: 2 of 3 shard(s)", p.stderr)
+        ref = os.path.join(self.tmp, "room-ref")
+        p = run([src, "-o", ref, "-q"], timeout=120)
+        self.assertEqual(p.returncode, 0, describe(p))
+        for f in sorted(os.listdir(ref)):
+            if f.endswith(".safetensors") or f.endswith(".json"):
+                with open(os.path.join(ref, f), "rb") as a, open(os.path.join(out, f), "rb") as b:
+                    self.assertEqual(a.read(), b.read(), f)
+        self.assertFalse(os.path.exists(partial))
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
