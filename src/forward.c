@@ -1482,6 +1482,23 @@ static fl_status gated_mlp(const fwd_model *m, const fwd_mat *gate, const fwd_ma
     return matmul(m, down, bd, b->g, T, out, err);
 }
 
+/* The indices of the K largest of E scores, best first; among equal scores
+ * the lowest index wins, as torch.topk picks them.  Both routers use it. */
+static void top_k(const double *score, long E, long K, long *sel)
+{
+    for (long k = 0; k < K; k++) {
+        long best = -1;
+        for (long e = 0; e < E; e++) {
+            int taken = 0;
+            for (long q = 0; q < k; q++)
+                taken |= sel[q] == e;
+            if (!taken && (best < 0 || score[e] > score[best]))
+                best = e;
+        }
+        sel[k] = best;
+    }
+}
+
 /* DeepseekV3TopkRouter: scores = sigmoid(logits); the choice adds
  * e_score_correction_bias; groups ranked by the sum of their two best
  * choices, experts outside the topk_group best groups masked to 0; top-k of
@@ -1524,19 +1541,10 @@ static void ds_route(const fwd_model *m, const fwd_layer *ly, const float *r, lo
             if (!kept[e / per])
                 choice[e] = 0.0;
     }
+    top_k(choice, E, K, sel);
     double tot = 0;
-    for (long k = 0; k < K; k++) {
-        long best = -1;
-        for (long e = 0; e < E; e++) {
-            int taken = 0;
-            for (long q = 0; q < k; q++)
-                taken |= sel[q] == e;
-            if (!taken && (best < 0 || choice[e] > choice[best]))
-                best = e;
-        }
-        sel[k] = best;
-        tot += score[best];
-    }
+    for (long k = 0; k < K; k++)
+        tot += score[sel[k]];
     for (long k = 0; k < K; k++) {
         double w = score[sel[k]];
         if (m->norm_topk)
@@ -1570,17 +1578,13 @@ static fl_status moe(const fwd_model *m, const fwd_layer *ly, const float *x, lo
                 mx = r[e];
         for (long e = 0; e < E; e++)
             sum += exp((double)r[e] - mx);
+        double rd[E];
+        for (long e = 0; e < E; e++)
+            rd[e] = r[e];   /* exact: the same order as the float logits */
+        top_k(rd, E, K, sel);
         double tot = 0;
         for (long k = 0; k < K; k++) {
-            long best = -1;
-            for (long e = 0; e < E; e++) {
-                int taken = 0;
-                for (long q = 0; q < k; q++)
-                    taken |= sel[q] == e;
-                if (!taken && (best < 0 || r[e] > r[best]))
-                    best = e;
-            }
-            sel[k] = best;
+            long best = sel[k];
             double p = exp((double)r[best] - mx) / sum;
             sw[k] = (float)p;
             tot += p;
