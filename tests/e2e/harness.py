@@ -22,6 +22,14 @@ from expect import expected, expected_config, first_difference  # noqa: E402
 
 ROOT = os.environ.get("FLASHIFY_ROOT") or os.path.dirname(os.path.dirname(HERE))
 FLASHIFY = os.environ.get("FLASHIFY") or os.path.join(ROOT, "build", "flashify")
+# bench/gen_fixture: a second, independent safetensors writer in C, for
+# fixtures of tens of MB (Llama-shaped, deterministic values).
+GEN_FIXTURE = (os.environ.get("FLASHIFY_GEN_FIXTURE") or
+               os.path.join(os.path.dirname(FLASHIFY), "bench", "gen_fixture"))
+
+
+def gen_fixture(dest, *args):
+    subprocess.run([GEN_FIXTURE, "--quiet", *args, dest], check=True, capture_output=True)
 
 WEIGHT_FILES = {"config.json", "model.safetensors.index.json", "README.md"}
 # source weights in other formats, never copied (issue 2)

@@ -17,9 +17,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from fixtures import Tensor, build_model, tree_digest, write_checkpoint  # noqa: E402
-from harness import FLASHIFY, describe, run  # noqa: E402
-
-GEN = os.environ.get("FLASHIFY_GEN_FIXTURE") or os.path.join(os.path.dirname(FLASHIFY), "bench", "gen_fixture")
+from harness import FLASHIFY, GEN_FIXTURE, describe, gen_fixture, run  # noqa: E402
 
 
 def limit_file_size(max_bytes):
@@ -34,14 +32,14 @@ def limit_file_size(max_bytes):
 class Faults(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        if not os.path.exists(GEN):
+        if not os.path.exists(GEN_FIXTURE):
             raise unittest.SkipTest("bench/gen_fixture not built")
         cls.tmp = tempfile.mkdtemp(prefix="flashify-faults-")
         cls.src = os.path.join(cls.tmp, "src")
         # ~40 MB in 5 shards of at most 8 MB each.
-        subprocess.run([GEN, "--quiet", "--layers", "6", "--hidden", "768", "--intermediate", "2048",
-                        "--heads", "12", "--kv-heads", "4", "--head-dim", "64", "--vocab", "8192",
-                        "--untied", "--max-shard-size", "8MB", cls.src], check=True)
+        gen_fixture(cls.src, "--layers", "6", "--hidden", "768", "--intermediate", "2048",
+                    "--heads", "12", "--kv-heads", "4", "--head-dim", "64", "--vocab", "8192",
+                    "--untied", "--max-shard-size", "8MB")
         cls.digest = tree_digest(cls.src)
 
     @classmethod

@@ -20,13 +20,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from fixtures import read_checkpoint  # noqa: E402
-from harness import FLASHIFY, ROOT, describe, run  # noqa: E402
-
-GEN = os.environ.get("FLASHIFY_GEN_FIXTURE") or os.path.join(os.path.dirname(FLASHIFY), "bench", "gen_fixture")
-
-
-def gen(dest, *args):
-    subprocess.run([GEN, "--quiet", *args, dest], check=True, capture_output=True)
+from harness import FLASHIFY, GEN_FIXTURE, describe, gen_fixture as gen, run  # noqa: E402
 
 
 def file_digests(d):
@@ -54,7 +48,7 @@ def tensors(d):
 class Streaming(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        if not os.path.exists(GEN):
+        if not os.path.exists(GEN_FIXTURE):
             raise unittest.SkipTest("bench/gen_fixture not built")
         cls.tmp = tempfile.mkdtemp(prefix="flashify-stream-")
         # ~13 MB, 4 source shards, tensors larger than the smallest buffers
