@@ -2,6 +2,7 @@
  * hub-protocol.md §4; the facts come from huggingface_hub constants.py,
  * file_download.py and utils/_fixes.py). */
 #include "flashify/cache.h"
+#include "flashify/util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -17,21 +18,6 @@
 /* ----------------------------------------------------------------------------
  * Small string helpers */
 
-static char *xstrdup(const char *s)
-{
-    return s ? strdup(s) : NULL;
-}
-
-/* printf into a fresh malloc'd string (NULL on allocation failure). */
-static char *xfmt(const char *fmt, const char *a, const char *b)
-{
-    size_t n = strlen(fmt) + strlen(a) + (b ? strlen(b) : 0) + 1;
-    char *s = malloc(n);
-    if (s)
-        snprintf(s, n, fmt, a, b ? b : "");
-    return s;
-}
-
 static const char *nonempty_env(const char *name)
 {
     const char *v = getenv(name);
@@ -44,9 +30,9 @@ static char *expand_home(const char *p)
     if (p[0] == '~' && (p[1] == '/' || p[1] == 0)) {
         const char *home = nonempty_env("HOME");
         if (home)
-            return xfmt("%s%s", home, p + 1);
+            return fl_asprintf("%s%s", home, p + 1);
     }
-    return xstrdup(p);
+    return fl_strdup(p);
 }
 
 /* ----------------------------------------------------------------------------
@@ -60,12 +46,12 @@ char *cache_hf_home(void)
     const char *xdg = nonempty_env("XDG_CACHE_HOME");
     if (xdg) {
         char *x = expand_home(xdg);
-        char *r = x ? xfmt("%s/%s", x, "huggingface") : NULL;
+        char *r = x ? fl_asprintf("%s/%s", x, "huggingface") : NULL;
         free(x);
         return r;
     }
     const char *home = nonempty_env("HOME");
-    return xfmt("%s/%s", home ? home : ".", ".cache/huggingface");
+    return fl_asprintf("%s/%s", home ? home : ".", ".cache/huggingface");
 }
 
 char *cache_hub_dir(void)
@@ -76,7 +62,7 @@ char *cache_hub_dir(void)
     if (h)
         return expand_home(h);
     char *home = cache_hf_home();
-    char *r = home ? xfmt("%s/%s", home, "hub") : NULL;
+    char *r = home ? fl_asprintf("%s/%s", home, "hub") : NULL;
     free(home);
     return r;
 }
@@ -160,54 +146,28 @@ int cache_safe_relpath(const char *p)
 /* ----------------------------------------------------------------------------
  * Directories, refs, tag */
 
-fl_status cache_mkdirs(const char *path, fl_error *err)
-{
-    char *p = xstrdup(path);
-    if (!p)
-        return fl_fail(err, FL_EIO, "out of memory");
-    for (char *s = p + 1; ; s++) {
-        if (*s == '/' || *s == 0) {
-            char c = *s;
-            *s = 0;
-            if (mkdir(p, 0777) != 0 && errno != EEXIST) {
-                fl_status st = fl_fail(err, FL_EIO, "cannot create directory %s: %s",
-                                       p, strerror(errno));
-                free(p);
-                return st;
-            }
-            *s = c;
-            if (!c)
-                break;
-        }
-    }
-    struct stat sb;
-    int ok = stat(path, &sb) == 0 && S_ISDIR(sb.st_mode);
-    free(p);
-    return ok ? FL_OK : fl_fail(err, FL_EIO, "%s exists and is not a directory", path);
-}
-
 int cache_read_ref(const char *repo_dir, const char *rev, char commit[41])
 {
     if (!cache_safe_relpath(rev))
         return 0;
-    char *path = xfmt("%s/refs/%s", repo_dir, rev);
+    char *path = fl_asprintf("%s/refs/%s", repo_dir, rev);
     if (!path)
         return 0;
-    FILE *f = fopen(path, "rb");
+    char *buf = NULL;
+    size_t n = 0;
+    fl_error ignored;
+    fl_status rs = fl_read_file(path, 63, 0, &buf, &n, &ignored);
     free(path);
-    if (!f)
+    if (rs != FL_OK)
         return 0;
-    char buf[64];
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
     /* Python writes no newline but tolerate one written by other tools. */
     while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' '))
         buf[--n] = 0;
-    if (!cache_is_commit(buf))
-        return 0;
-    memcpy(commit, buf, 41);
-    return 1;
+    int ok = cache_is_commit(buf);
+    if (ok)
+        memcpy(commit, buf, 41);
+    free(buf);
+    return ok;
 }
 
 fl_status cache_write_ref(const char *repo_dir, const char *rev,
@@ -218,12 +178,12 @@ fl_status cache_write_ref(const char *repo_dir, const char *rev,
         return FL_OK;
     if (!cache_safe_relpath(rev))
         return fl_fail(err, FL_EINPUT, "invalid revision name '%s'", rev);
-    char *path = xfmt("%s/refs/%s", repo_dir, rev);
+    char *path = fl_asprintf("%s/refs/%s", repo_dir, rev);
     if (!path)
         return fl_fail(err, FL_EIO, "out of memory");
     char *slash = strrchr(path, '/');
     *slash = 0;
-    fl_status st = cache_mkdirs(path, err);
+    fl_status st = fl_mkdir_p(path, 0777, err);
     *slash = '/';
     if (st) {
         free(path);
@@ -255,7 +215,7 @@ fl_status cache_write_ref(const char *repo_dir, const char *rev,
 
 void cache_write_tag(const char *hub_dir)
 {
-    char *path = xfmt("%s/%s", hub_dir, "CACHEDIR.TAG");
+    char *path = fl_asprintf("%s/%s", hub_dir, "CACHEDIR.TAG");
     if (!path)
         return;
     int fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0666);
@@ -281,8 +241,8 @@ int cache_pointer_ok(const char *repo_dir, const char *commit,
 {
     if (!cache_safe_relpath(path) || !cache_is_commit(commit))
         return 0;
-    char *snap = xfmt("%s/snapshots/%s", repo_dir, commit);
-    char *full = snap ? xfmt("%s/%s", snap, path) : NULL;
+    char *snap = fl_asprintf("%s/snapshots/%s", repo_dir, commit);
+    char *full = snap ? fl_asprintf("%s/%s", snap, path) : NULL;
     free(snap);
     if (!full)
         return 0;
@@ -298,8 +258,8 @@ fl_status cache_link(const char *repo_dir, const char *commit,
 {
     if (!cache_safe_relpath(path) || !cache_safe_relpath(etag) || strchr(etag, '/'))
         return fl_fail(err, FL_EINPUT, "unsafe file name '%s' or etag '%s'", path, etag);
-    char *snap = xfmt("%s/snapshots/%s", repo_dir, commit);
-    char *dst = snap ? xfmt("%s/%s", snap, path) : NULL;
+    char *snap = fl_asprintf("%s/snapshots/%s", repo_dir, commit);
+    char *dst = snap ? fl_asprintf("%s/%s", snap, path) : NULL;
     /* "../../blobs/<etag>" from snapshots/<commit>/, one "../" per level. */
     size_t depth = 0;
     for (const char *c = path; *c; c++)
@@ -318,7 +278,7 @@ fl_status cache_link(const char *repo_dir, const char *commit,
 
     char *slash = strrchr(dst, '/');
     *slash = 0;
-    st = cache_mkdirs(dst, err);
+    st = fl_mkdir_p(dst, 0777, err);
     *slash = '/';
     if (st)
         goto done;
@@ -359,27 +319,13 @@ static fl_status copy_into_place(const char *src, const char *dst, fl_error *err
         goto done;
     }
     created = 1;
-    for (;;) {
-        ssize_t r = read(in, buf, 1 << 20);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0) {
-            st = fl_fail(err, FL_EIO, "cannot read %s: %s", src, strerror(errno));
-            goto done;
-        }
-        if (r == 0)
-            break;
-        for (ssize_t off = 0; off < r;) {
-            ssize_t w = write(out, buf + off, (size_t)(r - off));
-            if (w < 0 && errno == EINTR)
-                continue;
-            if (w < 0) {
-                st = fl_fail(err, FL_EIO, "cannot write %s: %s", tmp, strerror(errno));
-                goto done;
-            }
-            off += w;
-        }
+    struct stat sb;
+    if (fstat(in, &sb) != 0) {
+        st = fl_fail(err, FL_EIO, "cannot stat %s: %s", src, strerror(errno));
+        goto done;
     }
+    if ((st = fl_copy_range(in, 0, out, 0, (uint64_t)sb.st_size, src, tmp, buf, 1 << 20, err)))
+        goto done;
     if (close(out) != 0) {
         out = -1;
         st = fl_fail(err, FL_EIO, "cannot write %s: %s", tmp, strerror(errno));
@@ -405,9 +351,9 @@ fl_status cache_place_file(const char *repo_dir, const char *commit, const char 
 {
     if (!cache_safe_relpath(path) || !cache_safe_relpath(etag) || strchr(etag, '/'))
         return fl_fail(err, FL_EINPUT, "unsafe file name '%s' or etag '%s'", path, etag);
-    char *snap = xfmt("%s/snapshots/%s", repo_dir, commit);
-    char *dst = snap ? xfmt("%s/%s", snap, path) : NULL;
-    char *blob = xfmt("%s/blobs/%s", repo_dir, etag);
+    char *snap = fl_asprintf("%s/snapshots/%s", repo_dir, commit);
+    char *dst = snap ? fl_asprintf("%s/%s", snap, path) : NULL;
+    char *blob = fl_asprintf("%s/blobs/%s", repo_dir, etag);
     fl_status st = FL_OK;
     if (!dst || !blob) {
         st = fl_fail(err, FL_EIO, "out of memory");
@@ -415,7 +361,7 @@ fl_status cache_place_file(const char *repo_dir, const char *commit, const char 
     }
     char *slash = strrchr(dst, '/');
     *slash = 0;
-    st = cache_mkdirs(dst, err);
+    st = fl_mkdir_p(dst, 0777, err);
     *slash = '/';
     if (st)
         goto done;
@@ -442,11 +388,11 @@ fl_status cache_lock_acquire(const char *hub_dir, const char *folder,
 {
     lk->fd = -1;
     lk->path = NULL;
-    char *dir = xfmt("%s/.locks/%s", hub_dir, folder);
+    char *dir = fl_asprintf("%s/.locks/%s", hub_dir, folder);
     if (!dir)
         return fl_fail(err, FL_EIO, "out of memory");
-    fl_status st = cache_mkdirs(dir, err);
-    char *path = st ? NULL : xfmt("%s/%s.lock", dir, etag);
+    fl_status st = fl_mkdir_p(dir, 0777, err);
+    char *path = st ? NULL : fl_asprintf("%s/%s.lock", dir, etag);
     free(dir);
     if (st)
         return st;

@@ -4,7 +4,7 @@
  * and the tags FlashNorm checkpoints carry on the Hub, then what was
  * folded, what was kept and why, and how to load the result. */
 #include "flashify/card.h"
-#include "flashify/strbuf.h"
+#include "flashify/util.h"
 
 #include <stdio.h>
 #include <stdlib.h>

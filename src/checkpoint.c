@@ -7,6 +7,7 @@
  * symlinks that leave the directory, and tensor names stored twice. */
 #include "flashify/checkpoint.h"
 #include "flashify/dtype.h"
+#include "flashify/util.h"
 
 #include <cjson/cJSON.h>
 #include <dirent.h>
@@ -29,84 +30,9 @@
 /* ---------------------------------------------------------------------------
  * small helpers */
 
-static char *xstrdup(const char *s)
-{
-    size_t n = strlen(s) + 1;
-    char *p = malloc(n);
-    if (p)
-        memcpy(p, s, n);
-    return p;
-}
-
-static char *path_join(const char *a, const char *b)
-{
-    size_t na = strlen(a), nb = strlen(b);
-    char *p = malloc(na + nb + 2);
-    if (!p)
-        return NULL;
-    memcpy(p, a, na);
-    p[na] = '/';
-    memcpy(p + na + 1, b, nb + 1);
-    return p;
-}
-
-/* Reads a whole small file (at most `max` bytes) into a NUL-terminated
- * buffer.  Returns FL_OK, FL_EINPUT (too large / not a regular file) or
- * FL_EIO. */
-static fl_status read_small_file(const char *path, size_t max, char **out,
-                                 size_t *len, fl_error *err)
-{
-    /* O_NONBLOCK: a FIFO in place of the file must not hang the open. */
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    if (fd < 0)
-        return fl_fail(err, FL_EIO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return fl_fail(err, FL_EINPUT, "%s: not a regular file", path);
-    }
-    if ((uint64_t)st.st_size > max) {
-        close(fd);
-        return fl_fail(err, FL_EINPUT, "%s: %lld bytes, larger than the %zu byte limit",
-                       path, (long long)st.st_size, max);
-    }
-    size_t n = (size_t)st.st_size;
-    char *buf = malloc(n + 1);
-    if (!buf) {
-        close(fd);
-        return fl_fail(err, FL_EIO, "%s: out of memory", path);
-    }
-    size_t got = 0;
-    while (got < n) {
-        ssize_t r = read(fd, buf + got, n - got);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0) {
-            free(buf);
-            close(fd);
-            return fl_fail(err, FL_EIO, "%s: read failed: %s", path,
-                           r < 0 ? strerror(errno) : "unexpected end of file");
-        }
-        got += (size_t)r;
-    }
-    close(fd);
-    /* JSON is UTF-8 (RFC 8259); cJSON does not check. */
-    size_t bad = st_utf8_check(buf, n);
-    if (bad < n) {
-        fl_status s = fl_fail(err, FL_EINPUT, "%s: not valid UTF-8 (byte %zu is 0x%02x)", path,
-                              bad, (unsigned char)buf[bad]);
-        free(buf);
-        return s;
-    }
-    buf[n] = '\0';
-    *out = buf;
-    *len = n;
-    return FL_OK;
-}
-
 static int file_exists(const char *dir, const char *name)
 {
-    char *p = path_join(dir, name);
+    char *p = fl_path_join(dir, name);
     struct stat st;
     int ok = p && stat(p, &st) == 0;
     free(p);
@@ -188,7 +114,7 @@ static fl_status config_count(const char *path, const ckpt_config *cfg,
 
 static fl_status config_load(const char *dir, ckpt_config *cfg, fl_error *err)
 {
-    char *path = path_join(dir, "config.json");
+    char *path = fl_path_join(dir, "config.json");
     if (!path)
         return fl_fail(err, FL_EIO, "out of memory");
     struct stat st;
@@ -198,7 +124,7 @@ static fl_status config_load(const char *dir, ckpt_config *cfg, fl_error *err)
         free(path);
         return s;
     }
-    fl_status s = read_small_file(path, CONFIG_MAX_BYTES, &cfg->raw, &cfg->raw_len, err);
+    fl_status s = fl_read_file(path, CONFIG_MAX_BYTES, FL_READ_UTF8, &cfg->raw, &cfg->raw_len, err);
     if (s != FL_OK)
         goto out;
     cfg->json = cJSON_ParseWithLength(cfg->raw, cfg->raw_len);
@@ -332,8 +258,8 @@ static fl_status shard_open(const char *dir, const char *dir_real, const char *f
                             ckpt_shard *sh, fl_error *err)
 {
     sh->fd = -1;
-    sh->file = xstrdup(file);
-    sh->path = path_join(dir, file);
+    sh->file = fl_strdup(file);
+    sh->path = fl_path_join(dir, file);
     if (!sh->file || !sh->path)
         return fl_fail(err, FL_EIO, "out of memory");
     struct stat st;
@@ -470,7 +396,7 @@ static fl_status check_link(const checkpoint *ck, const char *full, fl_error *er
 
 static fl_status collect_other(checkpoint *ck, const char *rel, int depth, fl_error *err)
 {
-    char *path = rel[0] ? path_join(ck->dir, rel) : xstrdup(ck->dir);
+    char *path = rel[0] ? fl_path_join(ck->dir, rel) : fl_strdup(ck->dir);
     if (!path)
         return fl_fail(err, FL_EIO, "out of memory");
     DIR *d = opendir(path);
@@ -485,8 +411,8 @@ static fl_status collect_other(checkpoint *ck, const char *rel, int depth, fl_er
         const char *name = e->d_name;
         if (name[0] == '.')
             continue;  /* ., .., .git, .cache: never part of a model */
-        char *r = rel[0] ? path_join(rel, name) : xstrdup(name);
-        char *full = r ? path_join(ck->dir, r) : NULL;
+        char *r = rel[0] ? fl_path_join(rel, name) : fl_strdup(name);
+        char *full = r ? fl_path_join(ck->dir, r) : NULL;
         struct stat st;
         if (!r || !full) {
             s = fl_fail(err, FL_EIO, "out of memory");
@@ -525,12 +451,12 @@ static fl_status collect_other(checkpoint *ck, const char *rel, int depth, fl_er
 
 static fl_status index_load(checkpoint *ck, const char *dir_real, fl_error *err)
 {
-    char *path = path_join(ck->dir, "model.safetensors.index.json");
+    char *path = fl_path_join(ck->dir, "model.safetensors.index.json");
     char *raw = NULL;
     size_t len = 0;
     char **files = NULL;
     size_t n_files = 0;
-    fl_status s = read_small_file(path, INDEX_MAX_BYTES, &raw, &len, err);
+    fl_status s = fl_read_file(path, INDEX_MAX_BYTES, FL_READ_UTF8, &raw, &len, err);
     if (s != FL_OK)
         goto out;
     ck->index = cJSON_ParseWithLength(raw, len);
@@ -647,7 +573,7 @@ fl_status ckpt_open(const char *dir, checkpoint *ck, fl_error *err)
     char dir_real[PATH_MAX];
     if (!realpath(dir, dir_real))
         return fl_fail(err, FL_EINPUT, "%s: cannot resolve: %s", dir, strerror(errno));
-    ck->dir = xstrdup(dir);
+    ck->dir = fl_strdup(dir);
     if (!ck->dir)
         return fl_fail(err, FL_EIO, "out of memory");
 
@@ -722,20 +648,11 @@ fl_status ckpt_read(const checkpoint *ck, const ckpt_tensor *t, uint64_t off,
         return fl_fail(err, FL_EIO, "%s: read of %zu bytes at %llu is past the end of tensor '%s' (%llu bytes)",
                        sh->path, n, (unsigned long long)off, t->name, (unsigned long long)size);
     uint64_t pos = sh->st.data_start + t->t->begin + off;
-    char *p = buf;
-    while (n > 0) {
-        ssize_t r = pread(sh->fd, p, n > (1u << 30) ? (1u << 30) : n, (off_t)pos);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0)
-            return fl_fail(err, FL_EIO, "%s: read failed in tensor '%s': %s",
-                           sh->path, t->name, strerror(errno));
-        if (r == 0)
-            return fl_fail(err, FL_EIO, "%s: file shrank while reading tensor '%s'",
-                           sh->path, t->name);
-        p += r;
-        pos += (uint64_t)r;
-        n -= (size_t)r;
+    if (fl_pread_full(sh->fd, buf, n, pos) != 0) {
+        if (errno)
+            return fl_fail(err, FL_EIO, "%s: read failed in tensor '%s': %s", sh->path, t->name,
+                           strerror(errno));
+        return fl_fail(err, FL_EIO, "%s: file shrank while reading tensor '%s'", sh->path, t->name);
     }
     return FL_OK;
 }

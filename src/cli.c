@@ -7,6 +7,7 @@
 #include "flashify/error.h"
 #include "flashify/hub.h"
 #include "flashify/progress.h"
+#include "flashify/util.h"
 #include "flashify/plan.h"
 #include "flashify/verify.h"
 #include "flashify/write.h"
@@ -151,12 +152,6 @@ static uint64_t parse_size(const char *s)
     return 0;
 }
 
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 /* ---------------------------------------------------------------------------
  * progress */
@@ -171,7 +166,7 @@ static void on_progress(void *ctx, uint64_t done, uint64_t total)
     progress_state *p = ctx;
     if (!p->tty)
         return;
-    double t = now_seconds();
+    double t = fl_now();
     if (done < total && t - p->last < 0.2)
         return;
     p->last = t;
@@ -429,7 +424,7 @@ static int cmd_convert(const cli_args *a)
                     "flashify: warning: vLLM's Gemma loaders assert tied embeddings; this untied "
                     "checkpoint will not load there (use --keep-tied for vLLM)\n");
     }
-    progress_state ps = {.tty = !a->quiet && isatty(2), .quiet = a->quiet, .start = now_seconds()};
+    progress_state ps = {.tty = !a->quiet && isatty(2), .quiet = a->quiet, .start = fl_now()};
     convert_options co = {.out_dir = out, .force = a->force, .threads = a->threads,
                           .memory = a->memory, .fsync = !a->no_fsync,
                           .max_shard_size = a->max_shard_size, .resume = a->resume,
@@ -443,7 +438,7 @@ static int cmd_convert(const cli_args *a)
         strict_quiet = a->quiet;
         co.before_commit = strict_check;
     }
-    double t0 = now_seconds();
+    double t0 = fl_now();
     s = convert_write(&ck, &plan, &co, &err);
     if (s == FL_OK && !a->quiet) {
         size_t folded = 0;
@@ -454,7 +449,7 @@ static int cmd_convert(const cli_args *a)
         }
         fprintf(stderr, "flashify: wrote %s: %zu tensors folded, %zu norms %s, %.2f GB in %.1f s\n",
                 out, folded, plan.n_dropped, plan.keep_norms ? "set to identity" : "removed",
-                bytes / 1e9, now_seconds() - t0);
+                bytes / 1e9, fl_now() - t0);
     }
     plan_free(&plan);
     ckpt_close(&ck);

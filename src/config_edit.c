@@ -4,7 +4,7 @@
  * byte but the changed keys stays as it was: numbers keep their spelling
  * (10000.0 is not turned into 10000), key order and indentation stay. */
 #include "flashify/config_edit.h"
-#include "flashify/strbuf.h"
+#include "flashify/util.h"
 
 #include <cjson/cJSON.h>
 #include <stdio.h>

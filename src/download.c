@@ -4,6 +4,7 @@
  * is attached only to requests whose origin is the Hub endpoint's: the CDN
  * never sees the token, whatever libcurl's own redirect rules are. */
 #include "flashify/download.h"
+#include "flashify/util.h"
 
 #include <ctype.h>
 #include <curl/curl.h>
@@ -25,28 +26,6 @@
 
 /* ----------------------------------------------------------------------------
  * Helpers */
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-/* Sleeps `s` seconds in small steps so an interrupt cuts it short. */
-static void sleep_s(double s)
-{
-    double end = now_s() + s;
-    while (!fl_interrupted) {
-        double left = end - now_s();
-        if (left <= 0)
-            break;
-        if (left > 0.1)
-            left = 0.1;
-        struct timespec ts = {(time_t)left, (long)((left - (time_t)left) * 1e9)};
-        nanosleep(&ts, NULL);
-    }
-}
 
 char *dl_quote(const char *s, const char *keep)
 {
@@ -488,34 +467,14 @@ static double backoff(const dl_client *c, int attempt, const hdrs *hd)
     return w * c->backoff_scale;
 }
 
-typedef struct {
-    char *buf;
-    size_t len, cap;
-    int overflow;
-} membuf;
-
+/* Collects a reply body; past API_BODY_MAX (the buffer's limit) the
+ * transfer is aborted. */
 static size_t on_body_mem(char *p, size_t size, size_t nmemb, void *ud)
 {
-    membuf *m = ud;
+    strbuf *m = ud;
     size_t n = size * nmemb;
-    if (m->len + n + 1 > API_BODY_MAX) {
-        m->overflow = 1;
-        return 0;
-    }
-    if (m->len + n + 1 > m->cap) {
-        size_t cap = m->cap ? m->cap : 4096;
-        while (cap < m->len + n + 1)
-            cap *= 2;
-        char *b = realloc(m->buf, cap);
-        if (!b)
-            return 0;
-        m->buf = b;
-        m->cap = cap;
-    }
-    memcpy(m->buf + m->len, p, n);
-    m->len += n;
-    m->buf[m->len] = 0;
-    return n;
+    sb_put(m, p, n);
+    return m->oom ? 0 : n;
 }
 
 static int on_xfer_abort(void *ud, curl_off_t a, curl_off_t b, curl_off_t c_, curl_off_t d)
@@ -534,27 +493,27 @@ static void fill_response(dl_response *r, const hdrs *hd, long status)
 /* Performs one request with retries; no redirect is followed.  On FL_OK,
  * hd holds the final headers and *body (if wanted) the final body. */
 static fl_status exchange(dl_client *c, CURL *h, const char *url, int head,
-                          hdrs *hd, membuf *body, fl_error *err)
+                          hdrs *hd, strbuf *body, fl_error *err)
 {
     char lu[512];
     log_url(lu, sizeof lu, url);
     for (int attempt = 0;; attempt++) {
         hdrs_reset(hd);
         if (body) {
-            body->len = 0;
-            body->overflow = 0;
+            sb_free(body);
+            body->limit = API_BODY_MAX;
         }
         struct curl_slist *l = setup(c, h, url, head, c->etag_timeout, hd, NULL);
-        membuf sink = {0};
+        strbuf sink = {.limit = API_BODY_MAX};
         curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body_mem);
         curl_easy_setopt(h, CURLOPT_WRITEDATA, body ? body : &sink);
         curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
         curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_xfer_abort);
         curl_easy_setopt(h, CURLOPT_XFERINFODATA, c);
-        double t0 = now_s();
+        double t0 = fl_now();
         CURLcode rc = curl_easy_perform(h);
         curl_slist_free_all(l);
-        free(sink.buf);
+        sb_free(&sink);
         long status = 0;
         curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
         hd->status = status;
@@ -562,10 +521,10 @@ static fl_status exchange(dl_client *c, CURL *h, const char *url, int head,
             return fl_fail(err, FL_EINTR, "interrupted");
         if (c->stop)
             return fl_fail(err, FL_EINTR, "abandoned after another transfer failed");
-        if (body && body->overflow)
+        if (body && body->oom)
             return fl_fail(err, FL_ENET, "%s: reply larger than %u MiB", lu, API_BODY_MAX >> 20);
         dl_log(c, "%s %s -> %s%ld (%.0f ms)", head ? "HEAD" : "GET", lu,
-               rc ? curl_easy_strerror(rc) : "", rc ? 0L : status, (now_s() - t0) * 1e3);
+               rc ? curl_easy_strerror(rc) : "", rc ? 0L : status, (fl_now() - t0) * 1e3);
         if (rc == CURLE_OK)
             c->contacted = 1;
         /* A name that does not resolve before anything ever answered is a
@@ -584,7 +543,7 @@ static fl_status exchange(dl_client *c, CURL *h, const char *url, int head,
         }
         double w = backoff(c, attempt, rc == CURLE_OK ? hd : NULL);
         dl_log(c, "retrying in %.2f s", w);
-        sleep_s(w);
+        fl_sleep(w);
     }
 }
 
@@ -594,7 +553,7 @@ fl_status dl_api_get(dl_client *c, void *curl, const char *url, dl_response *r,
     memset(r, 0, sizeof *r);
     hdrs hd = {0};
     hdrs_reset(&hd);
-    membuf body = {0};
+    strbuf body = {.limit = API_BODY_MAX};
     char *cur = strdup(url);
     fl_status st = cur ? FL_OK : fl_fail(err, FL_EIO, "out of memory");
     /* A renamed repo redirects API calls too; the token follows only to
@@ -612,13 +571,12 @@ fl_status dl_api_get(dl_client *c, void *curl, const char *url, dl_response *r,
     free(cur);
     if (st == FL_OK) {
         fill_response(r, &hd, hd.status);
-        r->body = body.buf ? body.buf : strdup("");
-        r->len = body.len;
+        r->len = body.n;
+        r->body = sb_take(&body);
         /* Link may be relative: resolve it against the request URL. */
         r->link_next = hd.link_next ? resolve_location(url, hd.link_next, 0) : NULL;
-        body.buf = NULL;
-    }
-    free(body.buf);
+            }
+    sb_free(&body);
     hdrs_reset(&hd);
     return st;
 }
@@ -779,7 +737,7 @@ static void xfer_emit(xfer *x, hub_event_kind kind)
 {
     hub_event ev = {.kind = kind, .slot = x->slot, .name = x->name,
                     .done = x->written, .total = x->expected,
-                    .elapsed = now_s() - x->t0};
+                    .elapsed = fl_now() - x->t0};
     emit(x->c, &ev);
 }
 
@@ -1034,21 +992,15 @@ static size_t on_body_file(char *p, size_t size, size_t nmemb, void *ud)
         x->too_long = 1;
         return 0;
     }
-    for (size_t off = 0; off < n;) {
-        ssize_t w = pwrite(x->fd, p + off, n - off, (off_t)(x->written + (int64_t)off));
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            x->io_errno = errno;
-            return 0;
-        }
-        off += (size_t)w;
+    if (fl_pwrite_full(x->fd, p, n, (uint64_t)x->written) != 0) {
+        x->io_errno = errno;
+        return 0;
     }
     if (!hasher_feed(x, p, n, x->written + (int64_t)n))
         return 0;
     x->written += (int64_t)n;
     add_done(x->c, (int64_t)n);
-    double t = now_s();
+    double t = fl_now();
     if (t - x->last_emit >= 0.1) {
         x->last_emit = t;
         xfer_emit(x, HUB_EV_BYTES);
@@ -1137,7 +1089,7 @@ fl_status dl_blob(dl_client *c, void *curl, int slot, const char *name,
                   fl_error *err)
 {
     xfer x = {.c = c, .h = curl, .slot = slot, .name = name, .partial = partial,
-              .expected = m->size, .t0 = now_s()};
+              .expected = m->size, .t0 = fl_now()};
     hdrs hd = {0};
     hdrs_reset(&hd);
     x.hd = &hd;
@@ -1274,7 +1226,7 @@ fl_status dl_blob(dl_client *c, void *curl, int slot, const char *name,
         double w = backoff(c, stalls > 0 ? stalls - 1 : 0, rc == CURLE_OK ? &hd : NULL);
         dl_log(c, "%s: %s at byte %lld; retrying in %.2f s", name,
                rc ? curl_easy_strerror(rc) : "HTTP error", (long long)x.written, w);
-        sleep_s(w);
+        fl_sleep(w);
     }
 out:
     hasher_stop(&x);

@@ -7,6 +7,7 @@
 #include "flashify/forward.h"
 
 #include "flashify/dtype.h"
+#include "flashify/pool.h"
 #include "flashify/safetensors.h"
 
 #include <cjson/cJSON.h>
@@ -114,10 +115,18 @@ typedef struct {
     long window;             /* sliding window (0: none) */
 } fwd_layer;
 
+/* A worker's conversion buffers, grown to the largest block it met. */
+struct mm_scratch {
+    void *raw;      /* the block as stored */
+    float *f;       /* ... and as floats */
+    size_t cap;     /* elements both can hold */
+};
+
 struct fwd_model {
     const checkpoint *ck;
     const fwd_family *fam;
-    int threads;
+    fl_pool *pool;                    /* kept across matrix products */
+    struct mm_scratch *scratch;       /* one per pool worker */
     gemm_fn gemm;                     /* the matrix kernel for this CPU */
     long H, L, nh, nkv, hd, V, rot;   /* rot: rotary dims per head */
     long max_inter;                   /* widest MLP / expert intermediate */
@@ -740,7 +749,12 @@ fl_status fwd_open(const checkpoint *ck, int threads, fwd_model **out, fl_error 
         return fl_fail(err, FL_EIO, "out of memory");
     m->ck = ck;
     m->fam = fam;
-    m->threads = threads > 0 ? (threads > 64 ? 64 : threads) : (int)cpu_count();
+    m->pool = fl_pool_new(threads > 0 ? (threads > 64 ? 64 : threads) : (cpu_count() > 64 ? 64 : cpu_count()));
+    m->scratch = m->pool ? calloc((size_t)fl_pool_size(m->pool), sizeof *m->scratch) : NULL;
+    if (!m->scratch) {
+        fwd_close(m);
+        return fl_fail(err, FL_EIO, "out of memory");
+    }
     m->gemm = pick_gemm();
     fl_status s = FL_OK;
     char name[512];
@@ -983,6 +997,12 @@ void fwd_close(fwd_model *m)
     free(m->final_norm.g);
     free(m->freq_global);
     free(m->freq_local);
+    for (int i = 0; m->scratch && i < fl_pool_size(m->pool); i++) {
+        free(m->scratch[i].raw);
+        free(m->scratch[i].f);
+    }
+    free(m->scratch);
+    fl_pool_free(m->pool);
     free(m);
 }
 
@@ -1148,79 +1168,59 @@ typedef struct {
     const float *x;
     long T;
     float *y;
-    long r0, r1;
-    fl_status st;
-    fl_error err;
+    long chunk;     /* rows per item */
 } mm_job;
 
 #define MM_BLOCK_FLOATS (1L << 15) /* 128 KiB of converted weights per block */
 
-static void *mm_worker(void *arg)
+/* One block of rows of y = x W^T (a pool item): read, convert, multiply. */
+static fl_status mm_item(void *ctx, size_t item, int worker, fl_error *err)
 {
-    mm_job *j = arg;
+    const mm_job *j = ctx;
     const fwd_mat *w = j->w;
-    gemm_fn gemm = j->m->gemm;
-    long chunk = MM_BLOCK_FLOATS / w->cols;
-    if (chunk < 1)
-        chunk = 1;
+    struct mm_scratch *sc = &j->m->scratch[worker];
+    long r = (long)item * j->chunk;
+    long n = w->rows - r < j->chunk ? w->rows - r : j->chunk;
+    size_t elems = (size_t)n * (size_t)w->cols;
+    if (elems > sc->cap) {
+        free(sc->raw);
+        free(sc->f);
+        sc->raw = malloc(elems * 8);
+        sc->f = malloc(elems * sizeof *sc->f);
+        sc->cap = sc->raw && sc->f ? elems : 0;
+        if (!sc->cap)
+            return fl_fail(err, FL_EIO, "out of memory");
+    }
     size_t row_bytes = (size_t)w->cols * w->esize;
-    void *raw = w->dtype == ST_F32 ? NULL : malloc((size_t)chunk * row_bytes);
-    float *f = malloc((size_t)chunk * (size_t)w->cols * sizeof *f);
-    j->st = FL_OK;
-    if ((!raw && w->dtype != ST_F32) || !f) {
-        j->st = fl_fail(&j->err, FL_EIO, "out of memory");
-        goto done;
-    }
-    for (long r = j->r0; r < j->r1; r += chunk) {
-        long n = j->r1 - r < chunk ? j->r1 - r : chunk;
-        void *dst = raw ? raw : (void *)f;
-        j->st = ckpt_read(j->m->ck, w->t, (uint64_t)r * row_bytes, dst, (size_t)n * row_bytes, &j->err);
-        if (j->st != FL_OK)
-            break;
-        if (raw)
-            to_float(w->dtype, raw, f, (size_t)n * (size_t)w->cols);
-        gemm(f, n, w->cols, j->x, j->T, j->y + r, w->rows);
-    }
-done:
-    free(raw);
-    free(f);
-    return NULL;
+    void *dst = w->dtype == ST_F32 ? (void *)sc->f : sc->raw;
+    fl_status s = ckpt_read(j->m->ck, w->t, (uint64_t)r * row_bytes, dst, (size_t)n * row_bytes, err);
+    if (s != FL_OK)
+        return s;
+    if (w->dtype != ST_F32)
+        to_float(w->dtype, sc->raw, sc->f, elems);
+    j->m->gemm(sc->f, n, w->cols, j->x, j->T, j->y + r, w->rows);
+    return FL_OK;
 }
 
 /* y[T][w->rows] = x[T][w->cols] * W^T (+ bias), streaming W from its file
- * in blocks of rows, split over the model's threads. */
+ * in blocks of rows, spread over the model's pool (one block for a small
+ * product, where waking the workers would cost more than it saves). */
 static fl_status matmul(const fwd_model *m, const fwd_mat *w, const float *bias,
                         const float *x, long T, float *y, fl_error *err)
 {
     if (fl_interrupted)
         return fl_fail(err, FL_EINTR, "interrupted");
-    long nt = m->threads;
+    long chunk = MM_BLOCK_FLOATS / w->cols;
+    if (chunk < 1)
+        chunk = 1;
     double work = (double)w->rows * (double)w->cols * (double)T;
     if (work < (1 << 20))
-        nt = 1;
-    if (nt > w->rows)
-        nt = w->rows;
-    mm_job jobs[64];
-    pthread_t tid[64];
-    int started[64] = {0};
-    for (long i = 0; i < nt; i++) {
-        jobs[i] = (mm_job){m, w, x, T, y, w->rows * i / nt, w->rows * (i + 1) / nt, FL_OK, {0}};
-        if (i > 0)
-            started[i] = pthread_create(&tid[i], NULL, mm_worker, &jobs[i]) == 0;
-    }
-    mm_worker(&jobs[0]);
-    for (long i = 1; i < nt; i++) {
-        if (started[i])
-            pthread_join(tid[i], NULL);
-        else
-            mm_worker(&jobs[i]); /* could not start a thread: do its share here */
-    }
-    for (long i = 0; i < nt; i++)
-        if (jobs[i].st != FL_OK) {
-            if (err)
-                *err = jobs[i].err;
-            return jobs[i].st;
-        }
+        chunk = w->rows;
+    mm_job job = {m, w, x, T, y, chunk};
+    size_t items = (size_t)((w->rows + chunk - 1) / chunk);
+    fl_status s = fl_pool_run(m->pool, items, mm_item, &job, err);
+    if (s != FL_OK)
+        return s;
     if (bias)
         for (long t = 0; t < T; t++)
             for (long r = 0; r < w->rows; r++)

@@ -19,6 +19,8 @@
 
 #include "flashify/cache.h"
 #include "flashify/download.h"
+#include "flashify/pool.h"
+#include "flashify/util.h"
 
 #define MAX_JOBS 16
 #define MAX_TREE_PAGES 10000
@@ -116,16 +118,16 @@ static char *find_token(const char *given)
     }
     if (!path)
         return NULL;
-    FILE *f = fopen(path, "rb");
+    char *buf = NULL;
+    size_t n = 0;
+    fl_error ignored;
+    fl_status rs = fl_read_file(path, 4096, 0, &buf, &n, &ignored);
     free(path);
-    if (!f)
+    if (rs != FL_OK)
         return NULL;
-    char buf[4096];
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
     t = clean_token(buf);
-    memset(buf, 0, sizeof buf);
+    memset(buf, 0, n);
+    free(buf);
     return t;
 }
 
@@ -160,11 +162,6 @@ static hub_file *files_find(file_list *fl, const char *path)
     return NULL;
 }
 
-static int ends_with(const char *s, const char *suf)
-{
-    size_t a = strlen(s), b = strlen(suf);
-    return a >= b && !strcmp(s + a - b, suf);
-}
 
 /* The non-weight files a converter output needs (§6): configs, tokenizer
  * and generation files; never original/ (Llama's consolidated .pth and
@@ -179,7 +176,7 @@ static int wanted_aux(const char *p)
                                 "vocab.txt", "merges.txt", "*.jinja"};
     for (size_t i = 0; i < sizeof pat / sizeof *pat; i++)
         if (fnmatch(pat[i], base, 0) == 0)
-            return !ends_with(p, ".safetensors") && !strchr(p, '/');
+            return !fl_ends_with(p, ".safetensors") && !strchr(p, '/');
     return 0;
 }
 
@@ -247,22 +244,10 @@ typedef struct {
     file_list files;
     /* work queue of one phase */
     hub_file **queue;
-    size_t nq, next;
-    pthread_mutex_t qmu;
-    fl_status st;
-    fl_error err;
+    size_t nq;
     int jobs;
     int no_symlinks;          /* HF_HUB_DISABLE_SYMLINKS: regular files in snapshots/ */
 } run;
-
-static char *join3(const char *a, const char *b, const char *c)
-{
-    size_t n = strlen(a) + strlen(b) + strlen(c) + 1;
-    char *s = malloc(n);
-    if (s)
-        snprintf(s, n, "%s%s%s", a, b, c);
-    return s;
-}
 
 /* One file: HEAD, then (unless the blob is already there) a locked
  * transfer into blobs/, then the snapshot symlink (or, without symlinks,
@@ -307,8 +292,8 @@ static fl_status fetch_one(run *R, CURL *h, int slot, hub_file *f, fl_error *err
         dl_meta_free(&m);
         return st;
     }
-    char *blob = join3(R->repo_dir, "/blobs/", m.etag);
-    char *partial = blob ? join3(blob, ".incomplete", "") : NULL;
+    char *blob = fl_asprintf("%s/blobs/%s", R->repo_dir, m.etag);
+    char *partial = blob ? fl_asprintf("%s.incomplete", blob) : NULL;
     cache_lock lk = {.fd = -1};
     struct stat sb;
     if (!partial) {
@@ -336,46 +321,28 @@ out:
     return st;
 }
 
+/* One file of a phase (a pool item) on the worker's own CURL handle.  A
+ * failure sets dc.stop, so the transfers still running on other workers
+ * give up instead of finishing. */
 typedef struct {
     run *R;
-    int slot;
-} worker_arg;
+    CURL **handles;
+} phase_job;
 
-static void *worker(void *p)
+static fl_status fetch_item(void *ctx, size_t item, int worker, fl_error *err)
 {
-    worker_arg *a = p;
-    run *R = a->R;
-    CURL *h = curl_easy_init();
-    for (;;) {
-        pthread_mutex_lock(&R->qmu);
-        hub_file *f = (R->st || R->next >= R->nq || !h) ? NULL : R->queue[R->next++];
-        if (!h && !R->st)
-            R->st = fl_fail(&R->err, FL_EIO, "cannot initialise libcurl");
-        pthread_mutex_unlock(&R->qmu);
-        if (!f)
-            break;
-        fl_error e = {0};
-        fl_status st = fetch_one(R, h, a->slot, f, &e);
-        if (st) {
-            pthread_mutex_lock(&R->qmu);
-            if (!R->st) { /* the first error wins; the others stop */
-                R->st = st;
-                R->err = e;
-                R->dc.stop = 1;
-            }
-            pthread_mutex_unlock(&R->qmu);
-        }
-    }
-    if (h)
-        curl_easy_cleanup(h);
-    return NULL;
+    phase_job *j = ctx;
+    fl_status st = fetch_one(j->R, j->handles[worker], worker, j->R->queue[item], err);
+    if (st != FL_OK)
+        atomic_store(&j->R->dc.stop, 1);
+    return st;
 }
 
 /* Fetches the wanted files of one phase (is_weight == phase) that the
  * snapshot does not hold yet. */
 static fl_status fetch_phase(run *R, int phase, fl_error *err)
 {
-    R->nq = R->next = 0;
+    R->nq = 0;
     free(R->queue);
     R->queue = calloc(R->files.n ? R->files.n : 1, sizeof *R->queue);
     if (!R->queue)
@@ -399,24 +366,21 @@ static fl_status fetch_phase(run *R, int phase, fl_error *err)
     R->dc.all_total += total;
     pthread_mutex_unlock(&R->dc.mu);
     int nt = R->jobs < (int)R->nq ? R->jobs : (int)R->nq;
-    pthread_t th[MAX_JOBS];
-    worker_arg args[MAX_JOBS];
-    int started = 0;
-    for (int i = 0; i < nt; i++) {
-        args[i] = (worker_arg){R, i};
-        if (pthread_create(&th[i], NULL, worker, &args[i]) != 0)
-            break;
-        started++;
-    }
-    if (!started)
-        worker(&(worker_arg){R, 0});
-    for (int i = 0; i < started; i++)
-        pthread_join(th[i], NULL);
-    if (R->st) {
-        *err = R->err;
-        return R->st;
-    }
-    return FL_OK;
+    fl_pool *pool = fl_pool_new(nt);
+    CURL **handles = pool ? calloc((size_t)fl_pool_size(pool), sizeof *handles) : NULL;
+    fl_status st = handles ? FL_OK : fl_fail(err, FL_EIO, "out of memory");
+    for (int i = 0; st == FL_OK && i < fl_pool_size(pool); i++)
+        if (!(handles[i] = curl_easy_init()))
+            st = fl_fail(err, FL_EIO, "cannot initialise libcurl");
+    phase_job job = {R, handles};
+    if (st == FL_OK)
+        st = fl_pool_run(pool, R->nq, fetch_item, &job, err);
+    for (int i = 0; handles && i < fl_pool_size(pool); i++)
+        if (handles[i])
+            curl_easy_cleanup(handles[i]);
+    free(handles);
+    fl_pool_free(pool);
+    return st;
 }
 
 /* Reads the snapshot's model.safetensors.index.json and marks the shards
@@ -425,30 +389,13 @@ static fl_status fetch_phase(run *R, int phase, fl_error *err)
 static fl_status want_index_shards(const char *snap, file_list *fl, const char *repo,
                                    fl_error *err)
 {
-    char *path = join3(snap, "/", "model.safetensors.index.json");
-    FILE *f = path ? fopen(path, "rb") : NULL;
-    if (!f) {
-        fl_status st = fl_fail(err, FL_EIO, "cannot open %s: %s", path ? path : "index",
-                               strerror(errno));
-        free(path);
-        return st;
-    }
+    char *path = fl_path_join(snap, "model.safetensors.index.json"), *buf = NULL;
+    if (!path)
+        return fl_fail(err, FL_EIO, "out of memory");
+    fl_status rs = fl_read_file(path, 64u << 20, FL_READ_UTF8, &buf, NULL, err);
     free(path);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    if (n < 0 || n > (64L << 20)) {
-        fclose(f);
-        return fl_fail(err, FL_EINPUT, "%s: model.safetensors.index.json is %ld bytes", repo, n);
-    }
-    char *buf = malloc((size_t)n + 1);
-    size_t got = buf ? fread(buf, 1, (size_t)n, f) : 0;
-    fclose(f);
-    if (!buf || got != (size_t)n) {
-        free(buf);
-        return fl_fail(err, FL_EIO, "%s: cannot read model.safetensors.index.json", repo);
-    }
-    buf[n] = 0;
+    if (rs != FL_OK)
+        return rs;
     cJSON *j = cJSON_Parse(buf);
     free(buf);
     cJSON *wm = cJSON_GetObjectItemCaseSensitive(j, "weight_map");
@@ -497,7 +444,7 @@ static fl_status select_files(run *R, int *has_index, fl_error *err)
             config = 1;
         if (!strcmp(f->path, "model.safetensors.index.json"))
             *has_index = 1;
-        if (ends_with(f->path, ".safetensors") && !strchr(f->path, '/'))
+        if (fl_ends_with(f->path, ".safetensors") && !strchr(f->path, '/'))
             st_files++;
         f->want = wanted_aux(f->path);
     }
@@ -509,7 +456,7 @@ static fl_status select_files(run *R, int *has_index, fl_error *err)
                        "(only other formats): cannot convert", R->repo_id, R->commit);
     if (!*has_index)
         for (size_t i = 0; i < fl->n; i++)
-            if (ends_with(fl->v[i].path, ".safetensors") && !strchr(fl->v[i].path, '/')) {
+            if (fl_ends_with(fl->v[i].path, ".safetensors") && !strchr(fl->v[i].path, '/')) {
                 fl->v[i].want = 1;
                 fl->v[i].is_weight = 1;
             }
@@ -596,7 +543,7 @@ static fl_status offline_snapshot(run *R, const char *rev, char **out, fl_error 
     else if (!cache_read_ref(R->repo_dir, rev, commit))
         return fl_fail(err, FL_ENET, "%s@%s is not in the cache %s (offline mode)", R->repo_id,
                        rev, R->hub_dir);
-    char *snap = join3(R->repo_dir, "/snapshots/", commit);
+    char *snap = fl_asprintf("%s/snapshots/%s", R->repo_dir, commit);
     if (!snap)
         return fl_fail(err, FL_EIO, "out of memory");
     if (!cache_pointer_ok(R->repo_dir, commit, "config.json", -1)) {
@@ -611,7 +558,7 @@ static fl_status offline_snapshot(run *R, const char *rev, char **out, fl_error 
         DIR *d = opendir(snap);
         struct dirent *de;
         while (d && !found && (de = readdir(d)))
-            found = ends_with(de->d_name, ".safetensors") &&
+            found = fl_ends_with(de->d_name, ".safetensors") &&
                     cache_pointer_ok(R->repo_dir, commit, de->d_name, -1);
         if (d)
             closedir(d);
@@ -624,18 +571,11 @@ static fl_status offline_snapshot(run *R, const char *rev, char **out, fl_error 
     } else {
         /* Every shard of the index must be there. */
         fl_status st;
-        char *idx = join3(snap, "/", "model.safetensors.index.json");
-        FILE *f = idx ? fopen(idx, "rb") : NULL;
+        char *idx = fl_path_join(snap, "model.safetensors.index.json"), *buf = NULL;
+        fl_error ignored;
+        if (idx && fl_read_file(idx, 64u << 20, FL_READ_UTF8, &buf, NULL, &ignored) != FL_OK)
+            buf = NULL;
         free(idx);
-        char *buf = NULL;
-        size_t n = 0;
-        if (f) {
-            buf = malloc(64 << 20);
-            n = buf ? fread(buf, 1, (64 << 20) - 1, f) : 0;
-            fclose(f);
-            if (buf)
-                buf[n] = 0;
-        }
         cJSON *j = buf ? cJSON_Parse(buf) : NULL;
         free(buf);
         cJSON *wm = cJSON_GetObjectItemCaseSensitive(j, "weight_map"), *it;
@@ -667,7 +607,6 @@ static void run_free(run *R)
     free(R->repo_dir);
     files_free(&R->files);
     free(R->queue);
-    pthread_mutex_destroy(&R->qmu);
 }
 
 static fl_status fetch_snapshot(const hub_request *req, char **snapshot_dir, fl_error *err);
@@ -708,7 +647,6 @@ static fl_status fetch_snapshot(const hub_request *req, char **snapshot_dir, fl_
 
     run R;
     memset(&R, 0, sizeof R);
-    pthread_mutex_init(&R.qmu, NULL);
     R.repo_id = repo_id;
     R.jobs = req->jobs > 0 ? (req->jobs > MAX_JOBS ? MAX_JOBS : req->jobs) : 4;
     const char *ep = getenv("HF_ENDPOINT");
@@ -719,7 +657,6 @@ static fl_status fetch_snapshot(const hub_request *req, char **snapshot_dir, fl_
         free(token);
     }
     if (st) {
-        pthread_mutex_destroy(&R.qmu);
         return st;
     }
     R.dc.repo_id = repo_id;
@@ -730,7 +667,7 @@ static fl_status fetch_snapshot(const hub_request *req, char **snapshot_dir, fl_
     R.no_symlinks = cache_symlinks_disabled();
     R.hub_dir = cache_hub_dir();
     R.folder = cache_repo_folder(repo_id);
-    R.repo_dir = R.hub_dir && R.folder ? join3(R.hub_dir, "/", R.folder) : NULL;
+    R.repo_dir = R.hub_dir && R.folder ? fl_path_join(R.hub_dir, R.folder) : NULL;
     if (!R.repo_dir) {
         run_free(&R);
         return fl_fail(err, FL_EIO, "out of memory");
@@ -778,14 +715,14 @@ static fl_status fetch_snapshot(const hub_request *req, char **snapshot_dir, fl_
         st = select_files(&R, &has_index, err);
     char *snap = NULL;
     if (!st) {
-        snap = join3(R.repo_dir, "/snapshots/", R.commit);
-        char *blobs = join3(R.repo_dir, "/blobs", "");
+        snap = fl_asprintf("%s/snapshots/%s", R.repo_dir, R.commit);
+        char *blobs = fl_path_join(R.repo_dir, "blobs");
         if (!snap || !blobs)
             st = fl_fail(err, FL_EIO, "out of memory");
         if (!st)
-            st = cache_mkdirs(blobs, err);
+            st = fl_mkdir_p(blobs, 0777, err);
         if (!st)
-            st = cache_mkdirs(snap, err);
+            st = fl_mkdir_p(snap, 0777, err);
         free(blobs);
     }
     if (!st) {

@@ -7,6 +7,7 @@
  * is written. */
 #include "flashify/plan.h"
 #include "flashify/dtype.h"
+#include "flashify/util.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -45,19 +46,12 @@ static char *arena_keep(fold_plan *p, char *s)
     return a->v[a->n++] = s;
 }
 
+static char *arena_printf(fold_plan *p, const char *fmt, ...) FL_PRINTF(2, 3);
 static char *arena_printf(fold_plan *p, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(NULL, 0, fmt, ap);
-    va_end(ap);
-    if (n < 0)
-        return NULL;
-    char *s = malloc((size_t)n + 1);
-    if (!s)
-        return NULL;
-    va_start(ap, fmt);
-    vsnprintf(s, (size_t)n + 1, fmt, ap);
+    char *s = fl_vasprintf(fmt, ap);
     va_end(ap);
     return arena_keep(p, s);
 }
@@ -89,18 +83,18 @@ static const char *custom_str(fold_plan *p, const cJSON *v)
  *  "flashnorm_marker": true} */
 static fl_status custom_arch_load(const char *path, fold_plan *p, fl_error *err)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return fl_fail(err, FL_EUSAGE, "%s: cannot open the plan file", path);
-    char *buf = malloc(CUSTOM_PLAN_MAX_BYTES + 1);
-    size_t n = buf ? fread(buf, 1, CUSTOM_PLAN_MAX_BYTES + 1, f) : 0;
-    fclose(f);
-    if (!buf)
-        return fl_fail(err, FL_EIO, "out of memory");
-    if (n > CUSTOM_PLAN_MAX_BYTES) {
-        free(buf);
-        return fl_fail(err, FL_EINPUT, "%s: plan file larger than %u bytes", path, CUSTOM_PLAN_MAX_BYTES);
+    char *buf = NULL;
+    size_t n = 0;
+    fl_status rs = fl_read_file(path, CUSTOM_PLAN_MAX_BYTES, FL_READ_UTF8, &buf, &n, err);
+    if (rs == FL_EIO) {
+        /* --plan names a file that cannot be read: a bad command line. */
+        fl_prefix(err, "--plan");
+        if (err)
+            err->code = FL_EUSAGE;
+        return FL_EUSAGE;
     }
+    if (rs != FL_OK)
+        return rs;
     cJSON *j = cJSON_ParseWithLength(buf, n);
     free(buf);
     fl_status s = FL_EINPUT;

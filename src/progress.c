@@ -2,17 +2,12 @@
  * This is presentation for the command line: it writes only to the stream
  * the caller hands it, never on its own. */
 #include "flashify/progress.h"
+#include "flashify/util.h"
 
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 /* "1.5 MiB" style, in a caller buffer. */
 static const char *human(char *buf, size_t n, double b)
@@ -31,7 +26,7 @@ void hub_progress_init(hub_progress *p, FILE *out, int tty, int quiet)
     p->out = out;
     p->tty = tty < 0 ? isatty(fileno(out)) : tty;
     p->quiet = quiet;
-    p->t0 = now_s();
+    p->t0 = fl_now();
 }
 
 static void erase(hub_progress *p)
@@ -55,7 +50,7 @@ static void draw(hub_progress *p)
                 human(b, sizeof b, (double)p->slot[i].total), human(r, sizeof r, rate));
         lines++;
     }
-    double el = now_s() - p->t0;
+    double el = fl_now() - p->t0;
     double rate = el > 0 ? p->all_done / el : 0;
     double left = p->all_total - p->all_done;
     char eta[32] = "--";
@@ -69,7 +64,7 @@ static void draw(hub_progress *p)
             human(r, sizeof r, rate), eta);
     lines++;
     p->drawn = lines;
-    p->last_draw = now_s();
+    p->last_draw = fl_now();
     fflush(p->out);
 }
 
@@ -99,7 +94,7 @@ void hub_progress_render(const hub_event *ev, void *ctx)
         p->slot[s].done = ev->done;
         p->slot[s].total = ev->total;
         p->slot[s].elapsed = ev->elapsed;
-        if (p->tty && (ev->kind == HUB_EV_START || now_s() - p->last_draw >= 0.1)) {
+        if (p->tty && (ev->kind == HUB_EV_START || fl_now() - p->last_draw >= 0.1)) {
             erase(p);
             draw(p);
         }

@@ -11,6 +11,7 @@
  * The grammar accepted is RFC 8259 JSON; what it may contain is the
  * reference's schema (safetensors/src/tensor.rs, see docs/safetensors.md §1). */
 #include "flashify/safetensors.h"
+#include "flashify/util.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -89,40 +90,6 @@ static const char *shown(const char *s, char *buf, size_t cap)
     }
     buf[j] = 0;
     return buf;
-}
-
-/* Strict UTF-8 (what Rust's str::from_utf8 accepts): no overlong forms, no
- * surrogates, nothing above U+10FFFF.  Returns the offset of the first bad
- * byte, or len when the whole buffer is valid. */
-static size_t utf8_check(const unsigned char *s, size_t len)
-{
-    size_t i = 0;
-    while (i < len) {
-        unsigned c = s[i];
-        if (c < 0x80) { i++; continue; }
-        size_t n;
-        unsigned lo = 0x80, hi = 0xBF;
-        if (c >= 0xC2 && c <= 0xDF) n = 1;
-        else if (c == 0xE0) { n = 2; lo = 0xA0; }
-        else if (c >= 0xE1 && c <= 0xEC) n = 2;
-        else if (c == 0xED) { n = 2; hi = 0x9F; }
-        else if (c >= 0xEE && c <= 0xEF) n = 2;
-        else if (c == 0xF0) { n = 3; lo = 0x90; }
-        else if (c >= 0xF1 && c <= 0xF3) n = 3;
-        else if (c == 0xF4) { n = 3; hi = 0x8F; }
-        else return i;
-        if (len - i - 1 < n) return i;
-        if (s[i + 1] < lo || s[i + 1] > hi) return i;
-        for (size_t k = 2; k <= n; k++)
-            if ((s[i + k] & 0xC0) != 0x80) return i;
-        i += n + 1;
-    }
-    return len;
-}
-
-size_t st_utf8_check(const void *s, size_t len)
-{
-    return utf8_check(s, len);
 }
 
 /* ---- the JSON reader ------------------------------------------------------ */
@@ -628,7 +595,7 @@ fl_status st_parse_header(const char *what, const char *json, size_t json_len,
         return fl_fail(err, FL_EINPUT, "%s: header is %zu bytes, over the limit of %llu",
                        what, json_len, ST_MAX_HEADER_SIZE);
     jreader jr = {what, (const unsigned char *)json, json_len, 0, err}, *j = &jr;
-    size_t bad = utf8_check(j->s, json_len);
+    size_t bad = fl_utf8_check(j->s, json_len);
     if (bad < json_len)
         return fl_fail(err, FL_EINPUT, "%s: header is not valid UTF-8 (byte %zu is 0x%02x)",
                        what, bad, j->s[bad]);
@@ -763,25 +730,6 @@ fail:
     return st;
 }
 
-/* pread exactly n bytes at off; EINTR retried, short reads continued.
- * Returns 0, or -1 with errno set (EIO-like 0 errno means unexpected EOF). */
-static int pread_full(int fd, void *buf, size_t n, uint64_t off)
-{
-    char *p = buf;
-    while (n) {
-        ssize_t r = pread(fd, p, n, (off_t)off);
-        if (r < 0) {
-            if (errno == EINTR) continue;
-            return -1;
-        }
-        if (r == 0) { errno = 0; return -1; }
-        p += r;
-        n -= (size_t)r;
-        off += (uint64_t)r;
-    }
-    return 0;
-}
-
 fl_status st_read_header(const char *path, int fd, st_header *out, fl_error *err)
 {
     memset(out, 0, sizeof *out);
@@ -795,7 +743,7 @@ fl_status st_read_header(const char *path, int fd, st_header *out, fl_error *err
         return fl_fail(err, FL_EINPUT, "%s: file is %llu bytes, too small for a safetensors header (8)",
                        path, (unsigned long long)size);
     unsigned char lb[8];
-    if (pread_full(fd, lb, 8, 0) < 0)
+    if (fl_pread_full(fd, lb, 8, 0) < 0)
         return fl_fail(err, FL_EIO, "%s: cannot read header length: %s", path,
                        errno ? strerror(errno) : "unexpected end of file");
     uint64_t n = 0;
@@ -810,7 +758,7 @@ fl_status st_read_header(const char *path, int fd, st_header *out, fl_error *err
     if (!buf)
         return fl_fail(err, FL_EIO, "%s: out of memory for a %llu-byte header", path,
                        (unsigned long long)n);
-    if (pread_full(fd, buf, n, 8) < 0) {
+    if (fl_pread_full(fd, buf, n, 8) < 0) {
         fl_status st = fl_fail(err, FL_EIO, "%s: cannot read header: %s", path,
                                errno ? strerror(errno) : "unexpected end of file (file shrank?)");
         free(buf);
@@ -849,66 +797,6 @@ const char *st_header_meta(const st_header *h, const char *key)
 }
 
 /* ---- writer --------------------------------------------------------------- */
-
-typedef struct {
-    char *p;
-    size_t len, cap;
-    int oom;
-} sbuf;
-
-static void sb_put(sbuf *b, const char *s, size_t n)
-{
-    if (b->oom) return;
-    if (b->cap - b->len < n + 1) {
-        size_t nc = b->cap ? b->cap : 256;
-        while (nc - b->len < n + 1) {
-            if (nc > SIZE_MAX / 2) { b->oom = 1; return; }
-            nc *= 2;
-        }
-        char *p = realloc(b->p, nc);
-        if (!p) { b->oom = 1; return; }
-        b->p = p;
-        b->cap = nc;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-}
-
-static void sb_str(sbuf *b, const char *s) { sb_put(b, s, strlen(s)); }
-
-/* Writes s as a JSON string the way serde_json does: '"' and '\\' escaped,
- * \b \f \n \r \t short forms, other control characters as \u00xx. */
-static void sb_json(sbuf *b, const char *s)
-{
-    static const char hex[] = "0123456789abcdef";
-    sb_put(b, "\"", 1);
-    size_t run = 0;
-    for (size_t i = 0;; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c && c >= 0x20 && c != '"' && c != '\\') { run++; continue; }
-        sb_put(b, s + i - run, run);
-        run = 0;
-        if (!c) break;
-        char e[7] = {'\\', 0};
-        size_t n = 2;
-        switch (c) {
-        case '"': e[1] = '"'; break;
-        case '\\': e[1] = '\\'; break;
-        case '\b': e[1] = 'b'; break;
-        case '\f': e[1] = 'f'; break;
-        case '\n': e[1] = 'n'; break;
-        case '\r': e[1] = 'r'; break;
-        case '\t': e[1] = 't'; break;
-        default:
-            memcpy(e + 1, "u00", 3);
-            e[4] = hex[c >> 4];
-            e[5] = hex[c & 15];
-            n = 6;
-        }
-        sb_put(b, e, n);
-    }
-    sb_put(b, "\"", 1);
-}
 
 /* Reference writer order: dtype descending, then name ascending (bytes). */
 static int cmp_layout(const void *a, const void *b)
@@ -969,7 +857,7 @@ fl_status st_layout(const char *what, st_tensor *tensors, size_t n,
         off += size;
     }
 
-    sbuf b = {0};
+    strbuf b = {0};
     sb_put(&b, "\0\0\0\0\0\0\0\0", 8); /* length prefix, filled in below */
     sb_str(&b, "{\"__metadata__\":{");
     int has_format = 0;
@@ -983,16 +871,16 @@ fl_status st_layout(const char *what, st_tensor *tensors, size_t n,
     for (size_t i = 0; i < n_meta; i++) {
         if (!first) sb_put(&b, ",", 1);
         first = 0;
-        sb_json(&b, meta[i].key);
+        sb_json_string(&b, meta[i].key);
         sb_put(&b, ":", 1);
-        sb_json(&b, meta[i].value);
+        sb_json_string(&b, meta[i].value);
     }
     sb_put(&b, "}", 1);
     for (size_t k = 0; k < n; k++) {
         const st_tensor *t = &tensors[order[k]];
         char num[48];
         sb_put(&b, ",", 1);
-        sb_json(&b, t->name);
+        sb_json_string(&b, t->name);
         sb_str(&b, ":{\"dtype\":\"");
         sb_str(&b, st_dtype_name(t->dtype));
         sb_str(&b, "\",\"shape\":[");
@@ -1005,12 +893,12 @@ fl_status st_layout(const char *what, st_tensor *tensors, size_t n,
         sb_str(&b, num);
     }
     sb_put(&b, "}", 1);
-    while (!b.oom && (b.len - 8) % 8) sb_put(&b, " ", 1);
+    while (!b.oom && (b.n - 8) % 8) sb_put(&b, " ", 1);
     if (b.oom) {
         free(b.p);
         return fl_fail(err, FL_EIO, "%s: out of memory building the header", what);
     }
-    uint64_t hn = b.len - 8;
+    uint64_t hn = b.n - 8;
     if (hn > ST_MAX_HEADER_SIZE) {
         free(b.p);
         return fl_fail(err, FL_EINPUT, "%s: header would be %llu bytes, over the limit of %llu",
@@ -1018,6 +906,6 @@ fl_status st_layout(const char *what, st_tensor *tensors, size_t n,
     }
     for (int i = 0; i < 8; i++) b.p[i] = (char)(hn >> (8 * i));
     *header = b.p;
-    *header_size = b.len;
+    *header_size = b.n;
     return FL_OK;
 }

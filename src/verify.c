@@ -5,21 +5,20 @@
  * tensors, streamed in blocks), the config check, the forward check, and
  * the report (text or JSON). */
 #include "flashify/verify.h"
-#include "flashify/strbuf.h"
+#include "flashify/util.h"
 
 #include "flashify/checkpoint.h"
 #include "flashify/dtype.h"
 #include "flashify/fold.h"
 #include "flashify/forward.h"
 #include "flashify/plan.h"
+#include "flashify/pool.h"
 #include "flashify/safetensors.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdarg.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,9 +53,10 @@ typedef struct {
 typedef struct {
     const checkpoint *src, *out;
     tcheck *checks;
-    size_t n;
-    atomic_size_t next;
+    unsigned char **bufs;   /* three BUF_BYTES buffers per pool worker */
 } tpool;
+
+#define BUF_BYTES (BLOCK_BYTES * 2u + 16)
 
 static uint64_t load_bits(int d, const unsigned char *buf, size_t i)
 {
@@ -210,39 +210,29 @@ static void check_norm(const tpool *p, tcheck *c)
     free(v);
 }
 
-static void *tcheck_worker(void *arg)
+/* One tensor of the check (a pool item).  Problems found are recorded in
+ * the tcheck; only I/O failures stop the pool. */
+static fl_status tcheck_item(void *ctx, size_t i, int worker, fl_error *err)
 {
-    tpool *p = arg;
-    unsigned char *a = malloc(BLOCK_BYTES * 2u + 16), *b = malloc(BLOCK_BYTES * 2u + 16),
-                  *e = malloc(BLOCK_BYTES * 2u + 16);
-    for (;;) {
-        size_t i = atomic_fetch_add(&p->next, 1);
-        if (i >= p->n)
-            break;
-        tcheck *c = &p->checks[i];
-        if (!a || !b || !e) {
-            c->io = fl_fail(&c->err, FL_EIO, "out of memory");
-            continue;
-        }
-        if (c->kind == TC_NORM) {
-            check_norm(p, c);
-            continue;
-        }
+    tpool *p = ctx;
+    tcheck *c = &p->checks[i];
+    unsigned char **buf = p->bufs + 3 * worker;
+    if (c->kind == TC_NORM) {
+        check_norm(p, c);
+    } else if (c->kind == TC_FOLD && st_nbytes(c->src->t) / c->src->t->shape[0] > BLOCK_BYTES * 2u) {
         /* A single row wider than the buffers cannot be folded in blocks. */
-        if (c->kind == TC_FOLD && st_nbytes(c->src->t) / c->src->t->shape[0] > BLOCK_BYTES * 2u) {
-            c->io = fl_fail(&c->err, FL_EINPUT, "tensor '%s' has rows wider than %u bytes",
-                            c->name, BLOCK_BYTES * 2u);
-            continue;
-        }
-        check_stream(p, c, a, b, e);
-        if (c->io != FL_OK || c->bad)
-            continue;
-        st_numel(c->src->t, &c->numel);
+        c->io = fl_fail(&c->err, FL_EINPUT, "tensor '%s' has rows wider than %u bytes",
+                        c->name, BLOCK_BYTES * 2u);
+    } else {
+        check_stream(p, c, buf[0], buf[1], buf[2]);
+        if (c->io == FL_OK && !c->bad)
+            st_numel(c->src->t, &c->numel);
     }
-    free(a);
-    free(b);
-    free(e);
-    return NULL;
+    if (c->io != FL_OK) {
+        *err = c->err;
+        return c->io;
+    }
+    return FL_OK;
 }
 
 typedef struct {
@@ -367,23 +357,28 @@ static fl_status tensor_check(const checkpoint *src, const checkpoint *out, cons
                     t->name);
     }
 
-    /* Compare contents, tensors spread over threads. */
-    tpool pool = {src, out, checks, n, 0};
-    long nt = threads > 0 ? threads : sysconf(_SC_NPROCESSORS_ONLN);
-    if (nt < 1)
-        nt = 1;
+    /* Compare contents, tensors spread over the workers. */
+    int nt = threads > 0 ? threads : fl_cpu_count();
     if (nt > 16)
         nt = 16;
     if ((size_t)nt > n)
-        nt = n ? (long)n : 1;
-    pthread_t tid[16];
-    int started[16] = {0};
-    for (long i = 1; i < nt; i++)
-        started[i] = pthread_create(&tid[i], NULL, tcheck_worker, &pool) == 0;
-    tcheck_worker(&pool);
-    for (long i = 1; i < nt; i++)
-        if (started[i])
-            pthread_join(tid[i], NULL);
+        nt = n ? (int)n : 1;
+    fl_pool *workers = fl_pool_new(nt);
+    unsigned char **bufs = workers ? calloc(3 * (size_t)fl_pool_size(workers), sizeof *bufs) : NULL;
+    int have_bufs = bufs != NULL;
+    for (int i = 0; have_bufs && i < 3 * fl_pool_size(workers); i++)
+        have_bufs = (bufs[i] = malloc(BUF_BYTES)) != NULL;
+    tpool pool = {src, out, checks, bufs};
+    fl_status run = have_bufs ? fl_pool_run(workers, n, tcheck_item, &pool, err)
+                              : fl_fail(err, FL_EIO, "out of memory");
+    for (int i = 0; bufs && i < 3 * fl_pool_size(workers); i++)
+        free(bufs[i]);
+    free(bufs);
+    fl_pool_free(workers);
+    if (run != FL_OK) {
+        free(checks);
+        return run;
+    }
 
     fl_status st = FL_OK;
     for (size_t i = 0; i < n; i++) {
@@ -672,13 +667,6 @@ static void compare_logits(const float *a, const float *b, long V, size_t T, fsu
     f->kl_mean = T ? kl_sum / (double)T : 0;
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static fl_status forward_check(const checkpoint *src, const checkpoint *out, const fold_plan *plan,
                                const verify_options *opt, fsummary *f, fl_error *err)
 {
@@ -686,7 +674,7 @@ static fl_status forward_check(const checkpoint *src, const checkpoint *out, con
     f->first_bad = -1;
     f->tol_dtype = fold_dtype(src, plan);
     f->tol = opt->tolerance > 0 ? opt->tolerance : verify_default_tolerance(f->tol_dtype);
-    double t0 = now_s();
+    double t0 = fl_now();
     fwd_model *ms = NULL, *mo = NULL;
     fl_error e2 = {0};
     fl_status s = fwd_open(src, opt->threads, &ms, &e2);
@@ -774,7 +762,7 @@ static fl_status forward_check(const checkpoint *src, const checkpoint *out, con
 done:
     fwd_close(ms);
     fwd_close(mo);
-    f->secs = now_s() - t0;
+    f->secs = fl_now() - t0;
     return s;
 }
 
@@ -885,16 +873,13 @@ static char *report_json(const char *src_dir, const char *out_dir, const tsummar
 
 static int made_by_flashify(const char *dir)
 {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/README.md", dir);
-    FILE *fp = fopen(path, "rb");
-    if (!fp)
-        return 0;
-    char buf[65536];
-    size_t n = fread(buf, 1, sizeof buf - 1, fp);
-    fclose(fp);
-    buf[n] = 0;
-    return strstr(buf, "Converted by flashify") != NULL;
+    char *path = fl_path_join(dir, "README.md"), *text = NULL;
+    fl_error ignored;
+    int yes = path && fl_read_file(path, 1u << 20, 0, &text, NULL, &ignored) == FL_OK &&
+              strstr(text, "Converted by flashify") != NULL;
+    free(text);
+    free(path);
+    return yes;
 }
 
 fl_status verify_pair(const char *source_dir, const char *output_dir, const verify_options *opt,
@@ -913,7 +898,7 @@ fl_status verify_pair(const char *source_dir, const char *output_dir, const veri
     }
     tsummary t = {0};
     fsummary f = {0};
-    double t0 = now_s(), tsecs = 0;
+    double t0 = fl_now(), tsecs = 0;
     /* The output either untied the head (default) or kept the tie
      * (--keep-tied); the plan of the source for that choice says what every
      * tensor must be. */
@@ -934,7 +919,7 @@ fl_status verify_pair(const char *source_dir, const char *output_dir, const veri
     int tensors_ok = t.ok;
     config_check(&src, &out, &plan, &t);
     t.ok = tensors_ok;
-    tsecs = now_s() - t0;
+    tsecs = fl_now() - t0;
     if (!opt->skip_forward && (s = forward_check(&src, &out, &plan, opt, &f, err)) != FL_OK)
         goto done;
     int ok = t.ok && t.config_ok && (opt->skip_forward || !f.ran || f.ok);

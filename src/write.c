@@ -7,9 +7,11 @@
 #include "flashify/write.h"
 #include "flashify/card.h"
 #include "flashify/config_edit.h"
-#include "flashify/strbuf.h"
+#include "flashify/pool.h"
+#include "flashify/util.h"
 #include "flashify/dtype.h"
 #include "flashify/fold.h"
+#include "flashify/util.h"
 
 #include <cjson/cJSON.h>
 #include <dirent.h>
@@ -33,57 +35,15 @@
 /* Fold buffers, shared by the threads; with the fixed ~9 MiB of the
  * process (libc, libcurl, OpenSSL, the plan) peak RSS stays under 64 MiB. */
 #define DEFAULT_MEMORY (48ull << 20)
-#define COPY_CHUNK (64ull << 20)      /* interrupt checks between chunks */
-#define MAX_THREADS 256
 
 /* ---------------------------------------------------------------------------
  * small file helpers */
 
-static char *join(const char *a, const char *b)
-{
-    size_t na = strlen(a), nb = strlen(b);
-    char *p = malloc(na + nb + 2);
-    if (p) {
-        memcpy(p, a, na);
-        p[na] = '/';
-        memcpy(p + na + 1, b, nb + 1);
-    }
-    return p;
-}
-
 static fl_status write_all(int fd, const void *buf, size_t n, uint64_t off,
                            const char *path, fl_error *err)
 {
-    const char *p = buf;
-    while (n > 0) {
-        ssize_t w = pwrite(fd, p, n > (1u << 30) ? (1u << 30) : n, (off_t)off);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return fl_fail(err, FL_EIO, "%s: write failed: %s", path,
-                           w < 0 ? strerror(errno) : "no progress");
-        p += w;
-        off += (uint64_t)w;
-        n -= (size_t)w;
-    }
-    return FL_OK;
-}
-
-/* mkdir -p for the directories of a relative file name under root. */
-static fl_status make_parents(const char *root, const char *rel, fl_error *err)
-{
-    char path[PATH_MAX];
-    int n = snprintf(path, sizeof path, "%s/%s", root, rel);
-    if (n < 0 || (size_t)n >= sizeof path)
-        return fl_fail(err, FL_EIO, "%s/%s: path too long", root, rel);
-    for (char *p = path + strlen(root) + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        if (mkdir(path, 0755) != 0 && errno != EEXIST)
-            return fl_fail(err, FL_EIO, "%s: cannot create directory: %s", path, strerror(errno));
-        *p = '/';
-    }
+    if (fl_pwrite_full(fd, buf, n, off) != 0)
+        return fl_fail(err, FL_EIO, "%s: write failed: %s", path, strerror(errno));
     return FL_OK;
 }
 
@@ -122,53 +82,6 @@ static fl_status write_whole_file(const char *path, const char *buf, size_t n, i
     return close_file(fd, path, sync, err);
 }
 
-/* Copies n bytes between two open files: copy_file_range where the kernel
- * does it (no trip through user space; reflinks on filesystems that can),
- * pread/pwrite otherwise. */
-static fl_status copy_range(int in, uint64_t in_off, int out, uint64_t out_off, uint64_t n,
-                            const char *in_path, const char *out_path, char *buf,
-                            size_t buf_size, fl_error *err)
-{
-    int use_cfr = 1;
-    while (n > 0) {
-        if (fl_interrupted)
-            return fl_fail(err, FL_EINTR, "interrupted");
-        size_t want = n > COPY_CHUNK ? COPY_CHUNK : (size_t)n;
-        if (use_cfr) {
-            loff_t a = (loff_t)in_off, b = (loff_t)out_off;
-            ssize_t r = copy_file_range(in, &a, out, &b, want, 0);
-            if (r > 0) {
-                in_off += (uint64_t)r;
-                out_off += (uint64_t)r;
-                n -= (uint64_t)r;
-                continue;
-            }
-            if (r < 0 && errno == EINTR)
-                continue;
-            if (r < 0 && (errno == ENOSPC || errno == EFBIG || errno == EDQUOT || errno == EIO))
-                return fl_fail(err, FL_EIO, "%s: write failed: %s", out_path, strerror(errno));
-            if (r == 0)
-                return fl_fail(err, FL_EIO, "%s: file shrank while copying", in_path);
-            use_cfr = 0;  /* EXDEV, EINVAL, ENOSYS, EOPNOTSUPP: fall back */
-        }
-        if (want > buf_size)
-            want = buf_size;
-        ssize_t r = pread(in, buf, want, (off_t)in_off);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            return fl_fail(err, FL_EIO, "%s: read failed: %s", in_path,
-                           r < 0 ? strerror(errno) : "unexpected end of file");
-        fl_status s = write_all(out, buf, (size_t)r, out_off, out_path, err);
-        if (s != FL_OK)
-            return s;
-        in_off += (uint64_t)r;
-        out_off += (uint64_t)r;
-        n -= (uint64_t)r;
-    }
-    return FL_OK;
-}
-
 void remove_tree(const char *path)
 {
     struct stat st;
@@ -181,7 +94,7 @@ void remove_tree(const char *path)
             while ((e = readdir(d)) != NULL) {
                 if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
                     continue;
-                char *p = join(path, e->d_name);
+                char *p = fl_path_join(path, e->d_name);
                 if (p)
                     remove_tree(p);
                 free(p);
@@ -265,26 +178,13 @@ typedef struct {
     const char *out_path;
     work_item *items;
     size_t n_items;
-    atomic_size_t next;
-    atomic_int failed;
     atomic_ullong done;
     uint64_t done_base, total;
     size_t buf_size;
-    pthread_mutex_t err_lock;
-    fl_error err;
+    char **bufs;            /* one buffer per pool worker */
     const convert_options *opt;
     double identity;        /* --keep-norms value: 1, or 0 for 1+w norms */
 } shard_job;
-
-static void job_fail(shard_job *j, const fl_error *e)
-{
-    pthread_mutex_lock(&j->err_lock);
-    if (!atomic_load(&j->failed)) {
-        j->err = *e;
-        atomic_store(&j->failed, 1);
-    }
-    pthread_mutex_unlock(&j->err_lock);
-}
 
 /* Folds elements [first, first+count) of a row-major [rows, cols] tensor
  * whose bytes are in buf: a leading partial row, whole rows, a trailing
@@ -385,84 +285,56 @@ static int norm_is_wide(const checkpoint *ck, const fold_group *g)
     return t && t->t->dtype == ST_F64;
 }
 
-static void *shard_worker(void *arg)
+/* One work item (a pool item): copy, fill or fold a range of a tensor. */
+static fl_status shard_item(void *ctx, size_t k, int worker, fl_error *e)
 {
-    shard_job *j = arg;
-    char *buf = malloc(j->buf_size);
-    fl_error e = {0};
-    if (!buf) {
-        fl_fail(&e, FL_EIO, "out of memory for a %zu byte buffer", j->buf_size);
-        job_fail(j, &e);
-        return NULL;
-    }
-    for (;;) {
-        size_t k = atomic_fetch_add(&j->next, 1);
-        if (k >= j->n_items || atomic_load(&j->failed))
-            break;
-        if (fl_interrupted) {
-            fl_fail(&e, FL_EINTR, "interrupted");
-            job_fail(j, &e);
-            break;
-        }
-        const work_item *w = &j->items[k];
-        const out_tensor *o = w->o;
-        const st_tensor *t = o->src->t;
-        size_t es = st_dtype_bits(t->dtype) / 8;
-        uint64_t bytes = w->count * (es ? es : 1);
-        fl_status s = FL_OK;
-        if (o->op == OUT_COPY) {
-            const ckpt_shard *sh = &j->ck->shards[o->src->shard];
-            s = copy_range(sh->fd, sh->st.data_start + t->begin + w->first, j->out_fd, w->dst_off,
-                           st_nbytes(t), sh->path, j->out_path, buf, j->buf_size, &e);
-        } else if (o->op == OUT_IDENTITY) {
-            fill_value(t->dtype, buf, (size_t)w->count, j->identity);
-            s = write_all(j->out_fd, buf, (size_t)bytes, w->dst_off, j->out_path, &e);
-        } else {
-            long bad = -1;
-            s = fold_chunk(j->ck, o, w->first, w->count, buf, &bad, &e);
-            if (s == FL_OK) {
-                uint64_t cols = t->shape[1];
-                if (bad >= 0) {
-                    uint64_t idx = w->first + (uint64_t)bad;
-                    uint64_t row = idx / cols, col = idx % cols;
-                    char src_val[64] = "?";
-                    double W;
-                    unsigned char raw[8];
-                    if (ckpt_read(j->ck, o->src, idx * es, raw, es, &e) == FL_OK) {
-                        W = dtype_load(t->dtype, raw, 0);
-                        snprintf(src_val, sizeof src_val, "%g", W);
-                    }
-                    s = fl_fail(&e, FL_EINPUT,
-                                "%s: tensor '%s' element [%llu, %llu] = %s times gain %g of '%s' is not finite in %s",
-                                j->ck->shards[o->src->shard].path, o->name, (unsigned long long)row,
-                                (unsigned long long)col, src_val,
-                                o->group->w[col] + (o->group->gain == GAIN_ONE_PLUS_W ? 1.0 : 0.0),
-                                o->group->norm, st_dtype_name(t->dtype));
-                } else {
-                    s = write_all(j->out_fd, buf, (size_t)bytes, w->dst_off, j->out_path, &e);
+    shard_job *j = ctx;
+    char *buf = j->bufs[worker];
+    const work_item *w = &j->items[k];
+    const out_tensor *o = w->o;
+    const st_tensor *t = o->src->t;
+    size_t es = st_dtype_bits(t->dtype) / 8;
+    uint64_t bytes = w->count * (es ? es : 1);
+    fl_status s = FL_OK;
+    if (o->op == OUT_COPY) {
+        const ckpt_shard *sh = &j->ck->shards[o->src->shard];
+        s = fl_copy_range(sh->fd, sh->st.data_start + t->begin + w->first, j->out_fd, w->dst_off,
+                          st_nbytes(t), sh->path, j->out_path, buf, j->buf_size, e);
+    } else if (o->op == OUT_IDENTITY) {
+        fill_value(t->dtype, buf, (size_t)w->count, j->identity);
+        s = write_all(j->out_fd, buf, (size_t)bytes, w->dst_off, j->out_path, e);
+    } else {
+        long bad = -1;
+        s = fold_chunk(j->ck, o, w->first, w->count, buf, &bad, e);
+        if (s == FL_OK) {
+            uint64_t cols = t->shape[1];
+            if (bad >= 0) {
+                uint64_t idx = w->first + (uint64_t)bad;
+                uint64_t row = idx / cols, col = idx % cols;
+                char src_val[64] = "?";
+                double W;
+                unsigned char raw[8];
+                if (ckpt_read(j->ck, o->src, idx * es, raw, es, e) == FL_OK) {
+                    W = dtype_load(t->dtype, raw, 0);
+                    snprintf(src_val, sizeof src_val, "%g", W);
                 }
+                s = fl_fail(e, FL_EINPUT,
+                            "%s: tensor '%s' element [%llu, %llu] = %s times gain %g of '%s' is not finite in %s",
+                            j->ck->shards[o->src->shard].path, o->name, (unsigned long long)row,
+                            (unsigned long long)col, src_val,
+                            o->group->w[col] + (o->group->gain == GAIN_ONE_PLUS_W ? 1.0 : 0.0),
+                            o->group->norm, st_dtype_name(t->dtype));
+            } else {
+                s = write_all(j->out_fd, buf, (size_t)bytes, w->dst_off, j->out_path, e);
             }
         }
-        if (s != FL_OK) {
-            job_fail(j, &e);
-            break;
-        }
-        uint64_t d = atomic_fetch_add(&j->done, bytes) + bytes;
-        if (j->opt->progress && k % 8 == 0)
-            j->opt->progress(j->opt->ctx, j->done_base + d, j->total);
     }
-    free(buf);
-    return NULL;
-}
-
-static int threads_to_use(const convert_options *opt)
-{
-    long n = opt->threads > 0 ? opt->threads : sysconf(_SC_NPROCESSORS_ONLN);
-    if (n < 1)
-        n = 1;
-    if (n > MAX_THREADS)
-        n = MAX_THREADS;
-    return (int)n;
+    if (s != FL_OK)
+        return s;
+    uint64_t d = atomic_fetch_add(&j->done, bytes) + bytes;
+    if (j->opt->progress && k % 8 == 0)
+        j->opt->progress(j->opt->ctx, j->done_base + d, j->total);
+    return FL_OK;
 }
 
 /* ---------------------------------------------------------------------------
@@ -673,9 +545,53 @@ static int shard_is_complete(const char *path, const shard_header *h)
 
 /* Writes one output shard: the planned header, then every tensor, on
  * `threads` workers pulling chunks from a shared list. */
+/* The workers that write shards: a pool and one buffer per worker. */
+typedef struct {
+    fl_pool *pool;
+    char **bufs;
+    size_t buf_size;
+} shard_workers;
+
+static void workers_free(shard_workers *w)
+{
+    if (w->bufs)
+        for (int i = 0; i < fl_pool_size(w->pool); i++)
+            free(w->bufs[i]);
+    free(w->bufs);
+    fl_pool_free(w->pool);
+    memset(w, 0, sizeof *w);
+}
+
+static fl_status workers_new(const convert_options *opt, shard_workers *w, fl_error *err)
+{
+    memset(w, 0, sizeof *w);
+    w->pool = fl_pool_new(opt->threads);
+    if (!w->pool)
+        return fl_fail(err, FL_EIO, "out of memory");
+    int n = fl_pool_size(w->pool);
+    uint64_t memory = opt->memory ? opt->memory : DEFAULT_MEMORY;
+    /* Each worker holds its output buffer and, while folding, a mapped
+     * window of the source of the same size: both count as resident. */
+    w->buf_size = (size_t)(memory / (2 * (uint64_t)n));
+    if (w->buf_size < (1u << 16))
+        w->buf_size = 1u << 16;
+    w->bufs = calloc((size_t)n, sizeof *w->bufs);
+    for (int i = 0; w->bufs && i < n; i++)
+        if (!(w->bufs[i] = malloc(w->buf_size))) {
+            workers_free(w);
+            return fl_fail(err, FL_EIO, "out of memory for a %zu byte buffer", w->buf_size);
+        }
+    if (!w->bufs) {
+        workers_free(w);
+        return fl_fail(err, FL_EIO, "out of memory");
+    }
+    return FL_OK;
+}
+
 static fl_status write_shard(const checkpoint *ck, const fold_plan *plan, const out_shard *sh,
                              const shard_header *h, const char *path, const convert_options *opt,
-                             uint64_t done_base, uint64_t total, fl_error *err)
+                             const shard_workers *wk, uint64_t done_base, uint64_t total,
+                             fl_error *err)
 {
     work_item *items = NULL;
     int fd = -1;
@@ -695,13 +611,7 @@ static fl_status write_shard(const checkpoint *ck, const fold_plan *plan, const 
 
     /* Work items: chunks of at most buf_size bytes per folded tensor, whole
      * tensors for copies (copy_range chunks those itself). */
-    int threads = threads_to_use(opt);
-    uint64_t memory = opt->memory ? opt->memory : DEFAULT_MEMORY;
-    /* Each worker holds its output buffer and, while folding, a mapped
-     * window of the source of the same size: both count as resident. */
-    size_t buf_size = (size_t)(memory / (2 * (uint64_t)threads));
-    if (buf_size < (1u << 16))
-        buf_size = 1u << 16;
+    size_t buf_size = wk->buf_size;
     size_t cap = 0, n_items = 0;
     for (size_t i = 0; i < sh->n; i++) {
         const out_tensor *o = sh->t[h->order[i]];
@@ -730,27 +640,12 @@ static fl_status write_shard(const checkpoint *ck, const fold_plan *plan, const 
         }
     }
     shard_job job = {.ck = ck, .out_fd = fd, .out_path = path, .items = items, .n_items = n_items,
-                     .done_base = done_base, .total = total, .buf_size = buf_size, .opt = opt,
+                     .done_base = done_base, .total = total, .buf_size = buf_size,
+                     .bufs = wk->bufs, .opt = opt,
                      .identity = plan->arch->gain == GAIN_ONE_PLUS_W ? 0.0 : 1.0};
-    atomic_init(&job.next, 0);
-    atomic_init(&job.failed, 0);
     atomic_init(&job.done, 0);
-    pthread_mutex_init(&job.err_lock, NULL);
-    pthread_t tids[MAX_THREADS];
-    int started = 0;
-    for (int i = 1; i < threads; i++)
-        if (pthread_create(&tids[started], NULL, shard_worker, &job) == 0)
-            started++;
-    shard_worker(&job);
-    for (int i = 0; i < started; i++)
-        pthread_join(tids[i], NULL);
-    pthread_mutex_destroy(&job.err_lock);
-    if (atomic_load(&job.failed)) {
-        if (err)
-            *err = job.err;
-        s = job.err.code;
+    if ((s = fl_pool_run(wk->pool, n_items, shard_item, &job, err)) != FL_OK)
         goto out;
-    }
     s = close_file(fd, path, opt->fsync, err);
     fd = -1;
 out:
@@ -848,34 +743,26 @@ static fl_status write_index(const checkpoint *ck, const fold_plan *plan, const 
         free(b.p);
         return fl_fail(err, FL_EIO, "out of memory");
     }
-    char *path = join(tmp, "model.safetensors.index.json");
+    char *path = fl_path_join(tmp, "model.safetensors.index.json");
     fl_status s = path ? write_whole_file(path, b.p, b.n, sync, err) : fl_fail(err, FL_EIO, "out of memory");
     free(path);
     free(b.p);
     return s;
 }
 
-static const char *last_component(const char *path)
-{
-    size_t n = strlen(path);
-    while (n > 1 && path[n - 1] == '/')
-        n--;
-    static _Thread_local char buf[PATH_MAX];
-    snprintf(buf, sizeof buf, "%.*s", (int)n, path);
-    char *s = strrchr(buf, '/');
-    return s ? s + 1 : buf;
-}
-
 static fl_status write_model_card(const checkpoint *ck, const fold_plan *plan, const char *tmp,
                                   const convert_options *opt, fl_error *err)
 {
-    char base[PATH_MAX];
-    snprintf(base, sizeof base, "%s", opt->base_model ? opt->base_model : last_component(ck->dir));
+    char base[PATH_MAX], title[PATH_MAX];
+    if (opt->base_model)
+        snprintf(base, sizeof base, "%s", opt->base_model);
+    else
+        fl_basename(ck->dir, base, sizeof base);
     char *text = NULL;
-    fl_status s = model_card(plan, base, last_component(opt->out_dir), &text, err);
+    fl_status s = model_card(plan, base, fl_basename(opt->out_dir, title, sizeof title), &text, err);
     if (s != FL_OK)
         return s;
-    char *path = join(tmp, "README.md");
+    char *path = fl_path_join(tmp, "README.md");
     s = path ? write_whole_file(path, text, strlen(text), opt->fsync, err) : fl_fail(err, FL_EIO, "out of memory");
     free(path);
     free(text);
@@ -887,7 +774,7 @@ static fl_status copy_other_files(const checkpoint *ck, const char *tmp, int syn
     char buf[1 << 16];
     for (size_t i = 0; i < ck->n_other; i++) {
         const char *rel = ck->other_files[i];
-        char *src = join(ck->dir, rel), *dst = join(tmp, rel);
+        char *src = fl_path_join(ck->dir, rel), *dst = fl_path_join(tmp, rel);
         fl_status s = FL_OK;
         int in = -1, out = -1;
         struct stat st;
@@ -895,8 +782,8 @@ static fl_status copy_other_files(const checkpoint *ck, const char *tmp, int syn
             s = fl_fail(err, FL_EIO, "out of memory");
         else if ((in = open(src, O_RDONLY | O_CLOEXEC)) < 0 || fstat(in, &st) != 0)
             s = fl_fail(err, FL_EIO, "%s: cannot open: %s", src, strerror(errno));
-        else if ((s = make_parents(tmp, rel, err)) == FL_OK && (s = create_file(dst, &out, err)) == FL_OK) {
-            s = copy_range(in, 0, out, 0, (uint64_t)st.st_size, src, dst, buf, sizeof buf, err);
+        else if ((s = fl_mkdir_parents(tmp, rel, 0755, err)) == FL_OK && (s = create_file(dst, &out, err)) == FL_OK) {
+            s = fl_copy_range(in, 0, out, 0, (uint64_t)st.st_size, src, dst, buf, sizeof buf, err);
             int fd = out;
             out = -1;
             if (s == FL_OK)
@@ -971,7 +858,7 @@ static uint64_t fingerprint(const checkpoint *ck, const fold_plan *plan, const c
  * it exists and its fingerprint matches. */
 static int journal_read(const char *tmp, uint64_t fp, const out_layout *l, char *done)
 {
-    char *path = join(tmp, JOURNAL);
+    char *path = fl_path_join(tmp, JOURNAL);
     FILE *f = path ? fopen(path, "r") : NULL;
     free(path);
     if (!f)
@@ -1013,7 +900,7 @@ static void clear_dir_except_lock(const char *tmp)
         if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0 ||
             strcmp(e->d_name, LOCKFILE) == 0)
             continue;
-        char *p = join(tmp, e->d_name);
+        char *p = fl_path_join(tmp, e->d_name);
         if (p)
             remove_tree(p);
         free(p);
@@ -1042,13 +929,14 @@ static fl_status write_everything(const checkpoint *ck, const fold_plan *plan, c
     for (size_t i = 0; i < plan->n_out; i++)
         total += st_nbytes(plan->out[i].src->t);
     uint64_t done = 0, tensor_bytes = 0;
-    fl_status s = FL_OK;
     size_t resumed = 0;
+    shard_workers wk;
+    fl_status s = workers_new(opt, &wk, err);
     for (size_t i = 0; i < l->n && s == FL_OK; i++) {
         const out_shard *sh = &l->s[i];
         if (sh->n == 0 && l->n > 1)
             continue;  /* a source shard that held only norms */
-        char *path = join(tmp, sh->file);
+        char *path = fl_path_join(tmp, sh->file);
         shard_header h;
         if (!path) {
             s = fl_fail(err, FL_EIO, "out of memory");
@@ -1056,11 +944,11 @@ static fl_status write_everything(const checkpoint *ck, const fold_plan *plan, c
         }
         s = shard_header_build(ck, plan, l, sh, path, &h, err);
         if (s == FL_OK)
-            s = make_parents(tmp, sh->file, err);
+            s = fl_mkdir_parents(tmp, sh->file, 0755, err);
         if (s == FL_OK && done_before[i] && shard_is_complete(path, &h)) {
             resumed++;
         } else if (s == FL_OK) {
-            s = write_shard(ck, plan, sh, &h, path, opt, done, total, err);
+            s = write_shard(ck, plan, sh, &h, path, opt, &wk, done, total, err);
             if (s == FL_OK && journal_fd >= 0) {
                 char line[PATH_MAX + 16];
                 snprintf(line, sizeof line, "done %s\n", sh->file);
@@ -1074,6 +962,7 @@ static fl_status write_everything(const checkpoint *ck, const fold_plan *plan, c
         shard_header_free(&h);
         free(path);
     }
+    workers_free(&wk);
     if (resumed)
         note(opt, "resumed: %zu of %zu shard(s) were already complete in the partial output", resumed, l->n);
     int want_index = opt->max_shard_size ? l->n > 1 : ck->has_index;
@@ -1082,7 +971,7 @@ static fl_status write_everything(const checkpoint *ck, const fold_plan *plan, c
     if (s == FL_OK) {
         char *cfg = NULL;
         size_t len = 0;
-        char *path = join(tmp, "config.json");
+        char *path = fl_path_join(tmp, "config.json");
         s = path ? config_rewrite(ck, plan, &cfg, &len, err) : fl_fail(err, FL_EIO, "out of memory");
         if (s == FL_OK)
             s = write_whole_file(path, cfg, len, opt->fsync, err);
@@ -1129,7 +1018,7 @@ fl_status convert_write(const checkpoint *ck, const fold_plan *plan, const conve
         return fl_fail(err, FL_EIO, "%s: cannot create the temporary directory: %s", tmp, strerror(errno));
     /* One writer per output: a second flashify on the same -o waits for no
      * one and fails here. */
-    char *lock_path = join(tmp, LOCKFILE);
+    char *lock_path = fl_path_join(tmp, LOCKFILE);
     int lock_fd = lock_path ? open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644) : -1;
     if (lock_fd < 0 || flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
         s = fl_fail(err, FL_EUSAGE, "%s: another flashify is writing this output (%s is locked)",
@@ -1160,7 +1049,7 @@ fl_status convert_write(const checkpoint *ck, const fold_plan *plan, const conve
         memset(done_before, 0, l.n + 1);
     }
     {
-        char *jpath = join(tmp, JOURNAL);
+        char *jpath = fl_path_join(tmp, JOURNAL);
         journal_fd = jpath ? open(jpath, O_WRONLY | O_CREAT | O_CLOEXEC | (resuming ? O_APPEND : O_TRUNC), 0644) : -1;
         free(jpath);
         if (journal_fd < 0) {
@@ -1180,7 +1069,7 @@ fl_status convert_write(const checkpoint *ck, const fold_plan *plan, const conve
         /* The bookkeeping files are not part of the output. */
         close(journal_fd);
         journal_fd = -1;
-        char *jpath = join(tmp, JOURNAL);
+        char *jpath = fl_path_join(tmp, JOURNAL);
         if (jpath)
             unlink(jpath);
         free(jpath);

@@ -41,9 +41,6 @@ int cache_is_commit(const char *s);
  * "." or ".." component, no backslash, no control character. */
 int cache_safe_relpath(const char *p);
 
-/* mkdir -p (mode 0777 & ~umask). */
-fl_status cache_mkdirs(const char *path, fl_error *err);
-
 /* Reads <repo_dir>/refs/<rev> into commit (41 bytes).  Returns 1 when the
  * ref exists and holds a commit id, 0 otherwise. */
 int cache_read_ref(const char *repo_dir, const char *rev, char commit[41]);

@@ -79,11 +79,6 @@ const st_tensor *st_header_find(const st_header *h, const char *name);
 /* The __metadata__ value for key, or NULL. */
 const char *st_header_meta(const st_header *h, const char *key);
 
-/* Offset of the first byte that is not strict UTF-8 (no overlong forms,
- * surrogates or code points above U+10FFFF: what Rust's str::from_utf8 and
- * JSON accept), or len when all of s is valid. */
-size_t st_utf8_check(const void *s, size_t len);
-
 /* Number of elements (checked: returns -1 on overflow). */
 int st_numel(const st_tensor *t, uint64_t *out);
 /* Byte size of a tensor (end - begin). */

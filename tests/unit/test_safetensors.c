@@ -6,6 +6,7 @@
  * be accepted with the fields read exactly.  The writer is checked against
  * hand-written JSON and by reading its output back. */
 #include "flashify/safetensors.h"
+#include "flashify/util.h"
 
 #include <fcntl.h>
 #include <stdio.h>
@@ -282,7 +283,7 @@ static void test_malformed(void)
         st_header h;
         fl_error err;
         CHECK(parse(j, strlen(j), 0, &h, &err) == FL_EINPUT && strstr(err.msg, "duplicate") &&
-              strstr(err.msg, "...") && st_utf8_check(err.msg, strlen(err.msg)) == strlen(err.msg),
+              strstr(err.msg, "...") && fl_utf8_check(err.msg, strlen(err.msg)) == strlen(err.msg),
               "%s", err.msg);
     }
     /* The header-size limit is checked before anything is read. */
