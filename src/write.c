@@ -184,6 +184,7 @@ typedef struct {
     char **bufs;            /* one buffer per pool worker */
     const convert_options *opt;
     double identity;        /* --keep-norms value: 1, or 0 for 1+w norms */
+    int use_mmap;           /* read folded sources through a mapping */
 } shard_job;
 
 /* Folds elements [first, first+count) of a row-major [rows, cols] tensor
@@ -224,7 +225,7 @@ static int norm_is_wide(const checkpoint *ck, const fold_group *g);
  * the process dying. */
 static _Thread_local sigjmp_buf *bus_jump;
 
-static void on_sigbus(int sig)
+void convert_sigbus_handler(int sig)
 {
     if (bus_jump)
         siglongjmp(*bus_jump, 1);
@@ -232,13 +233,13 @@ static void on_sigbus(int sig)
     raise(sig);
 }
 
-static void install_sigbus_handler(void)
+/* 1 when the program installed convert_sigbus_handler for SIGBUS: only
+ * then may the source be read through a mapping. */
+static int sigbus_handled(void)
 {
     struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_sigbus;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGBUS, &sa, NULL);
+    return sigaction(SIGBUS, NULL, &sa) == 0 && !(sa.sa_flags & SA_SIGINFO) &&
+           sa.sa_handler == convert_sigbus_handler;
 }
 
 /* Folds one chunk of a tensor into buf.  The source bytes are read through
@@ -246,7 +247,7 @@ static void install_sigbus_handler(void)
  * directly, saving pread's copy into user space), else with pread.
  * Returns FL_OK with *bad = index of a non-finite result or -1. */
 static fl_status fold_chunk(const checkpoint *ck, const out_tensor *o, uint64_t first,
-                            uint64_t count, char *buf, long *bad, fl_error *e)
+                            uint64_t count, char *buf, int use_mmap, long *bad, fl_error *e)
 {
     const st_tensor *t = o->src->t;
     const ckpt_shard *sh = &ck->shards[o->src->shard];
@@ -257,8 +258,9 @@ static fl_status fold_chunk(const checkpoint *ck, const out_tensor *o, uint64_t 
     long page = sysconf(_SC_PAGESIZE);
     uint64_t aligned = off - off % (uint64_t)page;
     size_t map_len = bytes + (size_t)(off - aligned);
-    void *map = bytes ? mmap(NULL, map_len, PROT_READ, MAP_SHARED | MAP_POPULATE, sh->fd, (off_t)aligned)
-                      : MAP_FAILED;
+    void *map = bytes && use_mmap ? mmap(NULL, map_len, PROT_READ, MAP_SHARED | MAP_POPULATE, sh->fd,
+                                         (off_t)aligned)
+                                  : MAP_FAILED;
     if (map == MAP_FAILED) {
         fl_status s = ckpt_read(ck, o->src, first * es, buf, bytes, e);
         if (s == FL_OK)
@@ -305,7 +307,7 @@ static fl_status shard_item(void *ctx, size_t k, int worker, fl_error *e)
         s = write_all(j->out_fd, buf, (size_t)bytes, w->dst_off, j->out_path, e);
     } else {
         long bad = -1;
-        s = fold_chunk(j->ck, o, w->first, w->count, buf, &bad, e);
+        s = fold_chunk(j->ck, o, w->first, w->count, buf, j->use_mmap, &bad, e);
         if (s == FL_OK) {
             uint64_t cols = t->shape[1];
             if (bad >= 0) {
@@ -333,7 +335,7 @@ static fl_status shard_item(void *ctx, size_t k, int worker, fl_error *e)
         return s;
     uint64_t d = atomic_fetch_add(&j->done, bytes) + bytes;
     if (j->opt->progress && k % 8 == 0)
-        j->opt->progress(j->opt->ctx, j->done_base + d, j->total);
+        j->opt->progress(j->opt->progress_ctx, j->done_base + d, j->total);
     return FL_OK;
 }
 
@@ -642,7 +644,8 @@ static fl_status write_shard(const checkpoint *ck, const fold_plan *plan, const 
     shard_job job = {.ck = ck, .out_fd = fd, .out_path = path, .items = items, .n_items = n_items,
                      .done_base = done_base, .total = total, .buf_size = buf_size,
                      .bufs = wk->bufs, .opt = opt,
-                     .identity = plan->arch->gain == GAIN_ONE_PLUS_W ? 0.0 : 1.0};
+                     .identity = plan->arch->gain == GAIN_ONE_PLUS_W ? 0.0 : 1.0,
+                     .use_mmap = sigbus_handled()};
     atomic_init(&job.done, 0);
     if ((s = fl_pool_run(wk->pool, n_items, shard_item, &job, err)) != FL_OK)
         goto out;
@@ -918,7 +921,7 @@ static void note(const convert_options *opt, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    opt->note(opt->ctx, msg);
+    opt->note(opt->progress_ctx, msg);
 }
 
 static fl_status write_everything(const checkpoint *ck, const fold_plan *plan, const char *tmp,
@@ -985,15 +988,13 @@ static fl_status write_everything(const checkpoint *ck, const fold_plan *plan, c
     if (s == FL_OK && fl_interrupted)
         s = fl_fail(err, FL_EINTR, "interrupted");
     if (s == FL_OK && opt->progress)
-        opt->progress(opt->ctx, total, total);
+        opt->progress(opt->progress_ctx, total, total);
     return s;
 }
 
 fl_status convert_write(const checkpoint *ck, const fold_plan *plan, const convert_options *opt,
                         fl_error *err)
 {
-    static pthread_once_t sigbus_once = PTHREAD_ONCE_INIT;
-    pthread_once(&sigbus_once, install_sigbus_handler);
     fl_status s = convert_check_output(ck, opt->out_dir, opt->force, err);
     if (s != FL_OK)
         return s;
@@ -1078,7 +1079,7 @@ fl_status convert_write(const checkpoint *ck, const fold_plan *plan, const conve
             sync_dir(tmp);
     }
     if (s == FL_OK && opt->before_commit)
-        s = opt->before_commit(tmp, opt->ctx, err);
+        s = opt->before_commit(tmp, opt->commit_ctx, err);
     if (s == FL_OK && fl_interrupted)
         s = fl_fail(err, FL_EINTR, "interrupted");
     if (s == FL_OK) {

@@ -24,13 +24,15 @@ typedef struct {
     int resume;                 /* continue a partial output (--resume) */
     const char *base_model;     /* for the model card; NULL: source dir name */
     /* Called on the complete temporary directory before it is renamed into
-     * place (--strict); a non-FL_OK return aborts and removes it. */
-    fl_status (*before_commit)(const char *tmp_dir, void *ctx, fl_error *err);
-    void *ctx;
+     * place (--strict), with commit_ctx; a non-FL_OK return aborts and
+     * removes it. */
+    fl_status (*before_commit)(const char *tmp_dir, void *commit_ctx, fl_error *err);
+    void *commit_ctx;
     /* Progress: bytes written so far of `total`; may be NULL. */
-    void (*progress)(void *ctx, uint64_t done, uint64_t total);
+    void (*progress)(void *progress_ctx, uint64_t done, uint64_t total);
     /* Informational messages (resuming, stale partial output); may be NULL. */
-    void (*note)(void *ctx, const char *msg);
+    void (*note)(void *progress_ctx, const char *msg);
+    void *progress_ctx;
 } convert_options;
 
 /* Checks that out_dir is a sane place for the output of ck: not the source,
@@ -43,6 +45,13 @@ fl_status convert_check_output(const checkpoint *ck, const char *out_dir, int fo
  * temporary directory is removed and nothing is left at out_dir. */
 fl_status convert_write(const checkpoint *ck, const fold_plan *plan,
                         const convert_options *opt, fl_error *err);
+
+/* The SIGBUS handler for reading the source through a mapping.  A source
+ * file truncated while it is mapped raises SIGBUS in the worker touching
+ * it; this handler turns that into an error for that tensor.  The library
+ * installs no signal handlers: a program that installs this one for SIGBUS
+ * (plain sa_handler) gets the mapped fast path, any other reads with pread. */
+void convert_sigbus_handler(int sig);
 
 /* Removes a directory tree (used for cleanup). */
 void remove_tree(const char *path);

@@ -1,8 +1,7 @@
-/* progress.c — the CLI's rendering of hub download events (progress.h).
- * This is presentation for the command line: it writes only to the stream
- * the caller hands it, never on its own. */
-#include "flashify/progress.h"
-#include "flashify/util.h"
+/* cli_progress.c — the command line's progress lines (see cli.h): hub
+ * download events and the conversion's bytes.  Presentation only; the
+ * library reports progress through callbacks and never prints. */
+#include "cli.h"
 
 #include <string.h>
 #include <time.h>
@@ -121,4 +120,40 @@ void hub_progress_finish(hub_progress *p)
     if (p->tty)
         erase(p);
     fflush(p->out);
+}
+
+/* ---------------------------------------------------------------------------
+ * conversion */
+
+void convert_progress_init(convert_progress *p, int quiet)
+{
+    memset(p, 0, sizeof *p);
+    p->quiet = quiet;
+    p->tty = !quiet && isatty(2);
+    p->start = fl_now();
+}
+
+void convert_progress_bytes(void *ctx, uint64_t done, uint64_t total)
+{
+    convert_progress *p = ctx;
+    if (!p->tty)
+        return;
+    double t = fl_now();
+    if (done < total && t - p->last < 0.2)
+        return;
+    p->last = t;
+    double rate = done / (t - p->start + 1e-9);
+    double eta = rate > 0 ? (double)(total - done) / rate : 0;
+    fprintf(stderr, "\rflashify: writing %5.1f%%  %.2f / %.2f GB  %.0f MB/s  ETA %.0fs   ",
+            total ? 100.0 * (double)done / (double)total : 100.0, done / 1e9, total / 1e9,
+            rate / 1e6, eta);
+    if (done >= total)
+        fputc('\n', stderr);
+}
+
+void convert_progress_note(void *ctx, const char *msg)
+{
+    convert_progress *p = ctx;
+    if (!p->quiet)
+        fprintf(stderr, "%sflashify: %s\n", p->tty ? "\r" : "", msg);
 }

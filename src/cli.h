@@ -1,0 +1,95 @@
+/* cli.h — the command line's own pieces (src/cli*.c; not the library).
+ *
+ * cli.c runs the commands, cli_opts.c parses argv against the option
+ * table and prints --help from it, cli_progress.c draws progress. */
+#ifndef FLASHIFY_CLI_H
+#define FLASHIFY_CLI_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "flashify/hub.h"
+#include "flashify/util.h"
+
+/* The subcommands, as bits: an option lists the ones it applies to. */
+enum {
+    CMD_CONVERT = 1,
+    CMD_INSPECT = 2,
+    CMD_VERIFY = 4,
+    CMD_DOWNLOAD = 8,
+    CMD_ALL = 15
+};
+
+/* Everything argv can set.  Zero is every option's default. */
+typedef struct {
+    const char *output, *plan_file;
+    int keep_tied, keep_norms, force, dry_run, strict, quiet, no_fsync, resume;
+    uint64_t max_shard_size;
+    int threads;
+    uint64_t memory;
+    const char *revision, *token;  /* hub */
+    int offline, verbose, jobs;
+    int json, skip_forward;        /* verify / --strict */
+    const char *tokens, *dump_logits;
+    double tolerance;
+    int help, version;
+} cli_args;
+
+/* Parses argv[first..] for command `cmd` (one CMD_* bit): options anywhere,
+ * "--opt value" and "--opt=value", "--" ends the options.  Positional
+ * arguments go to pos[0..max_pos).  Returns 0, or FL_EUSAGE after printing
+ * the problem to stderr. */
+int cli_parse(int argc, char **argv, int first, unsigned cmd, cli_args *a, const char **pos,
+              int *n_pos, int max_pos);
+
+/* The full --help text (usage, every option of the table, environment,
+ * exit status, examples). */
+void cli_help(FILE *f);
+
+/* "flashify: <message>\nTry 'flashify --help'." on stderr; returns FL_EUSAGE. */
+int cli_usage_error(const char *fmt, ...) FL_PRINTF(1, 2);
+
+/* "64MiB", "1GiB", "500MB", "1048576" -> bytes; 0 when not a size. */
+uint64_t cli_parse_size(const char *s);
+
+/* ---- progress (cli_progress.c) ------------------------------------------
+ * Hub downloads: on a terminal one live line per active transfer (bytes,
+ * rate, ETA) and a total line, redrawn at most 10 times a second;
+ * otherwise one line per completed file; quiet: nothing.  --verbose lines
+ * are printed in both modes. */
+#define PROGRESS_SLOTS 16
+
+typedef struct {
+    FILE *out;
+    int tty, quiet;
+    int drawn;                       /* live lines currently on screen */
+    double last_draw, t0;
+    int nfiles;                      /* files completed */
+    struct {
+        char name[96];
+        long long done, total;
+        double elapsed;
+        int active;
+    } slot[PROGRESS_SLOTS];
+    long long all_done, all_total;
+} hub_progress;
+
+/* tty < 0: decide with isatty(fileno(out)). */
+void hub_progress_init(hub_progress *p, FILE *out, int tty, int quiet);
+/* A hub_progress_fn: pass it with a hub_progress * as the context. */
+void hub_progress_render(const hub_event *ev, void *ctx);
+/* Erases the live lines (call once hub_fetch_snapshot returned). */
+void hub_progress_finish(hub_progress *p);
+
+/* Conversion: one line on a terminal, redrawn at most 5 times a second. */
+typedef struct {
+    int tty, quiet;
+    double start, last;
+} convert_progress;
+
+void convert_progress_init(convert_progress *p, int quiet);
+/* convert_options.progress and .note (write.h), with a convert_progress * */
+void convert_progress_bytes(void *ctx, uint64_t done, uint64_t total);
+void convert_progress_note(void *ctx, const char *msg);
+
+#endif
