@@ -5,6 +5,7 @@
  * its status into the exit code.  Nothing here knows about tensors. */
 #include "cli.h"
 
+#include "flashify/cache.h"
 #include "flashify/checkpoint.h"
 #include "flashify/error.h"
 #include "flashify/hub.h"
@@ -297,25 +298,41 @@ static void announce_plan(const fold_plan *plan)
                 "checkpoint will not load there (use --keep-tied for vLLM)\n");
 }
 
-static fl_status convert(const cli_args *a, const char *dir, const checkpoint *ck,
+/* --dry-run: the plan, then what the real run would refuse (its error and
+ * exit status), and which of the given options a dry run does not act on. */
+static fl_status dry_run(const cli_args *a, const checkpoint *ck, const fold_plan *plan,
+                         const convert_options *co, fl_error *err)
+{
+    print_plan(stdout, ck, plan);
+    if (a->strict)
+        fprintf(stderr, "flashify: note: --dry-run does not run --strict: it verifies the written output, "
+                        "and a dry run writes none\n");
+    if (a->resume)
+        fprintf(stderr, "flashify: note: --dry-run does not look into a partial output for --resume\n");
+    fl_status s = convert_dry_run(ck, plan, co, err);
+    if (s == FL_OK)
+        printf("would write %s (dry run: nothing written)\n", co->out_dir);
+    return s;
+}
+
+static fl_status convert(const cli_args *a, const char *dir, const char *repo_id, const checkpoint *ck,
                          const fold_plan *plan, const char *out, fl_error *err)
 {
-    if (a->dry_run) {
-        print_plan(stdout, ck, plan);
-        fl_error note = {0};
-        if (convert_check_output(ck, out, a->force, &note) == FL_OK)
-            printf("would write %s (dry run: nothing written)\n", out);
-        else
-            fprintf(stderr, "flashify: note: %s\n", note.msg);
-        return FL_OK;
-    }
-    if (!a->quiet)
-        announce_plan(plan);
     convert_progress progress;
     convert_progress_init(&progress, a->quiet);
+    /* --force never replaces the home directory or the HF home, and
+     * nothing is written into the hub cache (txn.h). */
+    char *hf_home = cache_hf_home(), *hub_cache = cache_hub_dir();
+    const char *keep_dirs[] = {getenv("HOME"), hf_home, NULL};
+    const char *managed_dirs[] = {hub_cache, NULL};
+    if (!keep_dirs[0]) {
+        keep_dirs[0] = hf_home;
+        keep_dirs[1] = NULL;
+    }
     convert_options co = {.out_dir = out, .force = a->force, .threads = a->threads,
                           .memory = a->memory, .fsync = !a->no_fsync,
                           .max_shard_size = a->max_shard_size, .resume = a->resume,
+                          .base_model = repo_id, .keep_dirs = keep_dirs, .managed_dirs = managed_dirs,
                           .progress = convert_progress_bytes, .note = convert_progress_note,
                           .progress_ctx = &progress};
     strict_ctx sc = {.source = dir, .opt = verify_options_of(a), .quiet = a->quiet};
@@ -326,19 +343,28 @@ static fl_status convert(const cli_args *a, const char *dir, const checkpoint *c
         co.before_commit = strict_check;
         co.commit_ctx = &sc;
     }
-    double t0 = fl_now();
-    fl_status s = convert_write(ck, plan, &co, err);
-    if (s == FL_OK && !a->quiet) {
-        size_t folded = 0;
-        uint64_t bytes = 0;
-        for (size_t i = 0; i < plan->n_out; i++) {
-            folded += plan->out[i].op == OUT_FOLD;
-            bytes += st_nbytes(plan->out[i].src->t);
+    fl_status s;
+    if (a->dry_run) {
+        s = dry_run(a, ck, plan, &co, err);
+    } else {
+        if (!a->quiet)
+            announce_plan(plan);
+        double t0 = fl_now();
+        s = convert_write(ck, plan, &co, err);
+        if (s == FL_OK && !a->quiet) {
+            size_t folded = 0;
+            uint64_t bytes = 0;
+            for (size_t i = 0; i < plan->n_out; i++) {
+                folded += plan->out[i].op == OUT_FOLD;
+                bytes += st_nbytes(plan->out[i].src->t);
+            }
+            fprintf(stderr, "flashify: wrote %s: %zu tensors folded, %zu norms %s, %.2f GB in %.1f s\n",
+                    out, folded, plan->n_dropped, plan->keep_norms ? "set to identity" : "removed",
+                    bytes / 1e9, fl_now() - t0);
         }
-        fprintf(stderr, "flashify: wrote %s: %zu tensors folded, %zu norms %s, %.2f GB in %.1f s\n",
-                out, folded, plan->n_dropped, plan->keep_norms ? "set to identity" : "removed",
-                bytes / 1e9, fl_now() - t0);
     }
+    free(hf_home);
+    free(hub_cache);
     return s;
 }
 
@@ -367,7 +393,13 @@ static int cmd_convert(const cli_args *a, const char *source)
             snprintf(out, sizeof out, "%s", a->output);
         else
             default_output(source, out, sizeof out);
-        s = convert(a, dir, &ck, &plan, out, &err);
+        /* A repo id (not a local path) names the model on the Hub: the
+         * card's base_model, without "@revision". */
+        char repo[PATH_MAX] = "";
+        struct stat st;
+        if (stat(source, &st) != 0 && hub_is_repo_id(source))
+            snprintf(repo, sizeof repo, "%.*s", (int)strcspn(source, "@"), source);
+        s = convert(a, dir, *repo ? repo : NULL, &ck, &plan, out, &err);
     }
     plan_free(&plan);
     ckpt_close(&ck);

@@ -291,13 +291,17 @@ class Options(Base):
         self.assertEqual(set(ck.tensors["model.layers.0.input_layernorm.weight"].values()), {1.0})
 
     def test_dry_run_with_force_keeps_existing_output(self):
+        # --force replaces only an earlier flashify output: the dry run
+        # says the real run would refuse this one (issue 11 item 2).
         m = build_model("llama", dtype="BF16", tied=False, seed=34)
         src = self.fixture("dryf", m)
         out = self.out("dryf-out")
         os.makedirs(out)
         with open(os.path.join(out, "precious.txt"), "w") as f:
             f.write("keep me")
-        convert(self, src, out, "--dry-run", "--force")
+        p = convert(self, src, out, "--dry-run", "--force", expect_rc=1)
+        self.assertIn("not a flashify model card", p.stderr)
+        self.assertIn("input_layernorm", p.stdout, "the plan is printed first")
         self.assertEqual(os.listdir(out), ["precious.txt"])
 
     def test_converting_an_output_again_is_refused(self):
@@ -328,18 +332,26 @@ class Options(Base):
         os.makedirs(out)
         with open(os.path.join(out, "keep.txt"), "w") as f:
             f.write("mine")
-        p = convert(self, src, out, expect_rc=None)
-        self.assertIn(p.returncode, (1, 2), describe(p))
-        self.assertTrue("exist" in p.stderr.lower() or "--force" in p.stderr, describe(p))
+        p = convert(self, src, out, expect_rc=1)
+        self.assertIn("already exists", p.stderr)
+        # not an earlier flashify output: --force refuses it too
+        p = convert(self, src, out, "--force", expect_rc=1)
+        self.assertIn("--force replaces only", p.stderr)
         self.assertEqual(os.listdir(out), ["keep.txt"], "refused run touched the existing output")
-        convert(self, src, out, "--force")
+        os.remove(os.path.join(out, "keep.txt"))
+        convert(self, src, out, "--force")          # an empty directory
         check_output(self, src, out)
+        other = build_model("llama", dtype="BF16", tied=False, seed=99)
+        src2 = self.fixture("ex2", other)
+        convert(self, src2, out, "--force")         # an earlier flashify output
+        check_output(self, src2, out)
         # an existing regular file is refused too
         fpath = self.out("a-file")
         with open(fpath, "w") as f:
             f.write("x")
-        p = convert(self, src, fpath, expect_rc=None)
-        self.assertIn(p.returncode, (1, 2), describe(p))
+        p = convert(self, src, fpath, expect_rc=1)
+        p = convert(self, src, fpath, "--force", expect_rc=1)
+        self.assertIn("not a directory", p.stderr)
 
     def test_output_inside_source_refused(self):
         m = build_model("llama", dtype="BF16", tied=False, seed=13)

@@ -98,7 +98,7 @@ class Faults(unittest.TestCase):
         partial = os.path.join(self.tmp, ".room.flashify-partial")
         self.assertTrue(os.path.isdir(partial), "--resume should keep the finished shards")
         self.assertIn("--resume", p.stderr)
-        with open(os.path.join(partial, ".flashify-journal")) as f:
+        with open(os.path.join(self.tmp, ".room.flashify-journal")) as f:
             self.assertEqual(f.read().count("\ndone "), 2)
         p = run([src, "-o", out, "--resume"], timeout=120)
         self.assertEqual(p.returncode, 0, describe(p))
