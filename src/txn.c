@@ -303,13 +303,16 @@ static fl_status adopt_existing(txn *t, int *have, fl_error *err)
     if (!recorded)
         return fl_fail(err, FL_EUSAGE, "%s: exists, and no journal of this user's flashify records it as its "
                        "temporary directory; remove it or choose another -o", t->tmp_path);
-    if (!S_ISDIR(st->st_mode) || st->st_uid != geteuid() || (st->st_mode & 0777) != 0700)
-        return fl_fail(err, FL_EUSAGE, "%s: is not a private directory of uid %u (owner %u, mode %04o); flashify "
-                       "reuses only its own; remove it", t->tmp_path, (unsigned)geteuid(),
+    /* Its mode is 0700 while it is written; a run killed just before the
+     * rename may have given it the output's mode already.  Writable by
+     * anyone else, it may hold anything. */
+    if (!S_ISDIR(st->st_mode) || st->st_uid != geteuid() || (st->st_mode & 022))
+        return fl_fail(err, FL_EUSAGE, "%s: is not a directory of uid %u that only it can write (owner %u, mode "
+                       "%04o); flashify reuses only its own; remove it", t->tmp_path, (unsigned)geteuid(),
                        (unsigned)st->st_uid, (unsigned)(st->st_mode & 07777));
     t->tmp_fd = openat(t->parent_fd, t->tmp_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     struct stat now;
-    if (t->tmp_fd < 0 || fstat(t->tmp_fd, &now) != 0 || now.st_ino != st->st_ino)
+    if (t->tmp_fd < 0 || fstat(t->tmp_fd, &now) != 0 || now.st_ino != st->st_ino || fchmod(t->tmp_fd, 0700) != 0)
         return fl_fail(err, FL_EIO, "%s: cannot open: %s", t->tmp_path, strerror(errno));
     return FL_OK;
 }
@@ -370,9 +373,7 @@ fl_status txn_begin(const txn_options *o, const unsigned char fingerprint[TXN_FP
 {
     *out = NULL;
     txn_out_path p;
-    fl_status s = txn_check_output(o, err);
-    if (s == FL_OK)
-        s = txn_resolve_out(o->out_dir, &p, err);
+    fl_status s = txn_check_location(o, &p, err);
     if (s != FL_OK)
         return s;
     txn *t = calloc(1, sizeof *t);
@@ -381,10 +382,12 @@ fl_status txn_begin(const txn_options *o, const unsigned char fingerprint[TXN_FP
     t->o = *o;
     t->parent_fd = t->tmp_fd = t->journal_fd = -1;
     if ((s = txn_names(t, &p, err)) == FL_OK && (s = journal_lock(t, err)) == FL_OK &&
-        (s = journal_read(t, err)) == FL_OK && (!t->j.has_publish || (s = repair_publish(t, err)) == FL_OK)) {
-        s = prepare_tmp(t, fingerprint, err);
+        (s = journal_read(t, err)) == FL_OK) {
+        if ((!t->j.has_publish || (s = repair_publish(t, err)) == FL_OK) &&
+            (s = txn_check_existing(o, &p, err)) == FL_OK)
+            s = prepare_tmp(t, fingerprint, err);
         /* A journal that records nothing on disk (made now, or restarted
-         * before a failed mkdir) goes; anything else stays for the user. */
+         * before a failed mkdir) goes; one that does stays for the user. */
         t->drop_journal = s != FL_OK && !t->j.has_partial && !t->j.has_publish;
     }
     if (s != FL_OK) {
@@ -730,8 +733,10 @@ void txn_end(txn *t, fl_status s)
     if (!t)
         return;
     int keep = !t->published && (t->keep || (t->o.resume && (s == FL_EINTR || s == FL_EIO)));
-    if (keep && t->began)
+    if (keep && t->began && !t->keep)  /* (txn_commit's refusal says so itself) */
         note(t, "kept the partial output in %s; run the same command with --resume to continue", t->tmp_path);
+    if (keep && t->began)
+        fchmod(t->tmp_fd, 0700);  /* private again until it is published */
     if (!keep && t->tmp_fd >= 0 && !t->published) {
         /* Only the directory this run made or adopted, wherever it is now. */
         struct stat st;

@@ -229,29 +229,33 @@ fl_status txn_check_replaceable(const txn_options *o, int dfd, const char *full,
                    "output, and %s", shown, why);
 }
 
-fl_status txn_check_output(const txn_options *o, fl_error *err)
+fl_status txn_check_location(const txn_options *o, txn_out_path *p, fl_error *err)
 {
-    txn_out_path p;
     char src[PATH_MAX], real[PATH_MAX];
-    fl_status s = txn_resolve_out(o->out_dir, &p, err);
+    fl_status s = txn_resolve_out(o->out_dir, p, err);
     if (s != FL_OK)
         return s;
     if (!realpath(o->src_dir, src))
         return fl_fail(err, FL_EINPUT, "%s: cannot resolve: %s", o->src_dir, strerror(errno));
-    if (strcmp(src, p.full) == 0)
+    if (strcmp(src, p->full) == 0)
         return fl_fail(err, FL_EUSAGE, "%s: the output directory is the source; choose another -o", o->out_dir);
-    if (is_inside(p.full, src))
+    if (is_inside(p->full, src))
         return fl_fail(err, FL_EUSAGE, "%s: the output directory is inside the source %s; choose another -o",
                        o->out_dir, o->src_dir);
-    if (is_inside(src, p.full))
+    if (is_inside(src, p->full))
         return fl_fail(err, FL_EUSAGE, "%s: the output directory contains the source %s; choose another -o",
                        o->out_dir, o->src_dir);
     for (size_t i = 0; o->managed_dirs && o->managed_dirs[i]; i++)
-        if (realpath(o->managed_dirs[i], real) && (strcmp(real, p.full) == 0 || is_inside(p.full, real)))
+        if (realpath(o->managed_dirs[i], real) && (strcmp(real, p->full) == 0 || is_inside(p->full, real)))
             return fl_fail(err, FL_EUSAGE, "%s: is inside the Hugging Face cache %s, which hub tools manage; "
                            "choose another -o", o->out_dir, o->managed_dirs[i]);
+    return FL_OK;
+}
+
+fl_status txn_check_existing(const txn_options *o, const txn_out_path *p, fl_error *err)
+{
     struct stat st;
-    if (lstat(p.full, &st) != 0)
+    if (lstat(p->full, &st) != 0)
         return errno == ENOENT ? FL_OK : fl_fail(err, FL_EUSAGE, "%s: %s", o->out_dir, strerror(errno));
     if (!o->force)
         return fl_fail(err, FL_EUSAGE, "%s: already exists (use --force to replace an earlier flashify output)",
@@ -260,12 +264,36 @@ fl_status txn_check_output(const txn_options *o, fl_error *err)
         return fl_fail(err, FL_EUSAGE, "%s: is %s; --force replaces only a directory (an earlier flashify "
                        "output or an empty one)", o->out_dir,
                        S_ISLNK(st.st_mode) ? "a symbolic link" : "not a directory");
-    int dfd = open(p.full, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    int dfd = open(p->full, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (dfd < 0)
         return fl_fail(err, FL_EUSAGE, "%s: cannot open: %s", o->out_dir, strerror(errno));
-    s = txn_check_replaceable(o, dfd, p.full, o->out_dir, err);
+    fl_status s = txn_check_replaceable(o, dfd, p->full, o->out_dir, err);
     close(dfd);
     return s;
+}
+
+fl_status txn_check_output(const txn_options *o, fl_error *err)
+{
+    txn_out_path p;
+    fl_status s = txn_check_location(o, &p, err);
+    if (s == FL_OK)
+        s = txn_check_existing(o, &p, err);
+    if (s != FL_OK || !o->note)
+        return s;
+    /* Read only: the repair is the next real run's (txn_begin). */
+    int pfd = open(p.parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    char *journal = pfd >= 0 ? txn_sibling(pfd, p.name, SUFFIX_JOURNAL) : NULL;
+    struct stat st;
+    if (journal && fstatat(pfd, journal, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+        char msg[PATH_MAX + 200];
+        snprintf(msg, sizeof msg, "an earlier run on this output was interrupted (%s/%s); the next conversion "
+                 "finishes or undoes what it left", p.parent, journal);
+        o->note(o->note_ctx, msg);
+    }
+    free(journal);
+    if (pfd >= 0)
+        close(pfd);
+    return FL_OK;
 }
 
 /* ---------------------------------------------------------------------------

@@ -25,6 +25,13 @@ typedef struct {
 
 fl_status txn_resolve_out(const char *out_dir, txn_out_path *p, fl_error *err);
 
+/* The two halves of txn_check_output: where -o is (resolved into p:
+ * the source and the hub cache stay apart from it), and what is there
+ * already (the --force rules).  txn_begin repairs a killed run between
+ * the two, so that a run without --force still finishes its swap. */
+fl_status txn_check_location(const txn_options *o, txn_out_path *p, fl_error *err);
+fl_status txn_check_existing(const txn_options *o, const txn_out_path *p, fl_error *err);
+
 /* "." + NAME + suffix, NAME shortened (a prefix and a hash) where that
  * would pass the file system's name limit; malloc'd. */
 char *txn_sibling(int parent_fd, const char *name, const char *suffix);
