@@ -46,8 +46,9 @@ static int plain_yaml(const char *s)
 }
 
 /* A YAML scalar: plain when it cannot mean anything but this string, else
- * double-quoted with every byte that is not printable text escaped (YAML
- * 1.2 §5.7); bytes that are not UTF-8 become U+FFFD. */
+ * double-quoted with every byte that is not printable text escaped as
+ * \uXXXX (YAML 1.2 §5.7; also a valid JSON string); bytes that are not
+ * UTF-8 become U+FFFD. */
 static void yaml_scalar(strbuf *b, const char *s)
 {
     if (plain_yaml(s)) {
@@ -65,7 +66,7 @@ static void yaml_scalar(strbuf *b, const char *s)
         if (c == '"' || c == '\\')
             sb_printf(b, "\\%c", c);
         else if (n == 1 && (c < 0x20 || c == 0x7F))
-            sb_printf(b, "\\x%02x", c);
+            sb_printf(b, "\\u%04x", c);
         else if (!n)
             sb_str(b, "\\ufffd");
         else if ((n == 2 && cp >= 0x80 && cp <= 0x9F) || line_sep || bom)

@@ -82,7 +82,7 @@ static int same_file(const struct stat *st, uint64_t dev, uint64_t ino)
  *   done <size> <sha256> <file>              a finished shard (--resume)
  *   publish <new|exchange|aside> <dev> <ino> <old dev> <old ino>
  *
- * Appended and fdatasync'd one record at a time; a torn last line (no
+ * Appended (and fdatasync'd) one record at a time; a torn last line (no
  * newline) is ignored.  The file is also the lock. */
 
 static void journal_free(journal *j)
@@ -177,8 +177,10 @@ static fl_status journal_append(txn *t, fl_error *err, const char *fmt, ...)
     char *line = fl_vasprintf(fmt, ap);
     va_end(ap);
     off_t end = line ? lseek(t->journal_fd, 0, SEEK_END) : -1;
+    /* Synced unless --no-fsync: then a crash of the machine may lose a
+     * record, and what it described is refused later, never trusted. */
     int ok = end >= 0 && fl_pwrite_full(t->journal_fd, line, strlen(line), (uint64_t)end) == 0 &&
-             fdatasync(t->journal_fd) == 0;
+             (!t->o.fsync || fdatasync(t->journal_fd) == 0);
     int e = errno;
     free(line);
     return ok ? FL_OK : fl_fail(err, FL_EIO, "%s/%s: write failed: %s", t->parent, t->journal_name, strerror(e));
