@@ -571,6 +571,24 @@ static fl_status collect_other(checkpoint *ck, fl_error *err)
 /* ---------------------------------------------------------------------------
  * index */
 
+/* Tensor names are unique in a JSON object only if we check. */
+static fl_status weight_map_unique(const char *path, const cJSON *wm, size_t n, fl_error *err)
+{
+    const char **names = malloc((n ? n : 1) * sizeof *names);
+    if (!names)
+        return fl_fail(err, FL_EIO, "out of memory");
+    size_t k = 0;
+    for (const cJSON *e = wm->child; e; e = e->next)
+        names[k++] = e->string;
+    qsort(names, k, sizeof *names, cmp_str);
+    fl_status s = FL_OK;
+    for (size_t i = 1; i < k && s == FL_OK; i++)
+        if (strcmp(names[i - 1], names[i]) == 0)
+            s = fl_fail(err, FL_EINPUT, "%s: tensor '%s' appears twice in weight_map", path, names[i]);
+    free(names);
+    return s;
+}
+
 static fl_status index_load(checkpoint *ck, const char *dir_real, fl_error *err)
 {
     char *path = fl_path_join(ck->dir, "model.safetensors.index.json");
@@ -613,26 +631,8 @@ static fl_status index_load(checkpoint *ck, const char *dir_real, fl_error *err)
             goto out;
         files[n_files++] = e->valuestring;
     }
-    /* Tensor names are unique in a JSON object only if we check. */
-    {
-        const char **names = malloc(n_entries * sizeof *names);
-        if (!names) {
-            s = fl_fail(err, FL_EIO, "out of memory");
-            goto out;
-        }
-        size_t k = 0;
-        for (const cJSON *e = wm->child; e; e = e->next)
-            names[k++] = e->string;
-        qsort(names, k, sizeof *names, cmp_str);
-        for (size_t i = 1; i < k; i++)
-            if (strcmp(names[i - 1], names[i]) == 0) {
-                s = fl_fail(err, FL_EINPUT, "%s: tensor '%s' appears twice in weight_map",
-                            path, names[i]);
-                free(names);
-                goto out;
-            }
-        free(names);
-    }
+    if ((s = weight_map_unique(path, wm, n_entries, err)) != FL_OK)
+        goto out;
     /* Elsewhere too: Python's json keeps the last of two keys, cJSON the
      * first, so a duplicate means two readers see two different indexes. */
     const char *dup = json_duplicate_key(ck->index);

@@ -579,9 +579,11 @@ static fl_status final_mode(txn *t, fl_error *err)
 static void journal_finished(txn *t)
 {
     fl_error ignored;
-    for (size_t i = 0; i < t->n_finished; i++)
-        if (journal_done(t, t->finished[i], &ignored) != FL_OK)
-            break;
+    int ok = 1;
+    for (size_t i = 0; i < t->n_finished; i++) {
+        ok = ok && journal_done(t, t->finished[i], &ignored) == FL_OK;
+        free(t->finished[i]);
+    }
     t->n_finished = 0;
 }
 
