@@ -311,8 +311,8 @@ static fl_status convert(const cli_args *a, const char *dir, const checkpoint *c
     }
     if (!a->quiet)
         announce_plan(plan);
-    convert_progress progress;
-    convert_progress_init(&progress, a->quiet);
+    cli_progress progress;
+    cli_progress_init(&progress, stderr, a->quiet, a->verbose);
     convert_options co = {.out_dir = out, .force = a->force, .threads = a->threads,
                           .memory = a->memory, .fsync = !a->no_fsync,
                           .max_shard_size = a->max_shard_size, .resume = a->resume,
@@ -328,6 +328,7 @@ static fl_status convert(const cli_args *a, const char *dir, const checkpoint *c
     }
     double t0 = fl_now();
     fl_status s = convert_write(ck, plan, &co, err);
+    cli_progress_finish(&progress);
     if (s == FL_OK && !a->quiet) {
         size_t folded = 0;
         uint64_t bytes = 0;
