@@ -423,7 +423,7 @@ static fl_status jtensor(jreader *j, st_tensor *t)
             if ((st = jint_array(j, tn, "shape", t->shape, ST_MAX_DIMS, &t->ndim))) goto out;
         } else if (seen == &have_off) {
             uint64_t off[2];
-            int n;
+            int n = 0;
             free(key);
             if ((st = jint_array(j, tn, "data_offsets", off, 2, &n))) goto out;
             if (n != 2) {
