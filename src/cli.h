@@ -33,7 +33,7 @@ typedef struct {
     int json, skip_forward;        /* verify / --strict */
     const char *tokens, *dump_logits;
     double tolerance;
-    int help, version;
+    int help, version, list_options;
 } cli_args;
 
 /* Parses argv[first..] for command `cmd` (one CMD_* bit): options anywhere,
@@ -46,6 +46,9 @@ int cli_parse(int argc, char **argv, int first, unsigned cmd, cli_args *a, const
 /* The full --help text (usage, every option of the table, environment,
  * exit status, examples). */
 void cli_help(FILE *f);
+
+/* The option table for programs (hidden: --list-options; see cli_opts.c). */
+void cli_list_options(FILE *f);
 
 /* "flashify: <message>\nTry 'flashify --help'." on stderr; returns FL_EUSAGE. */
 int cli_usage_error(const char *fmt, ...) FL_PRINTF(1, 2);
