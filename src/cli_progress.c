@@ -206,7 +206,7 @@ void convert_progress_note(void *ctx, const char *msg)
     if (p->quiet)
         return;
     cli_progress_clear(p);
-    fprintf(stderr, "flashify: %s\n", msg);
+    fprintf(p->out, "flashify: %s\n", msg);
 }
 
 /* ---------------------------------------------------------------------------
