@@ -56,13 +56,25 @@ static char *sink_take(sink *s, size_t *from)
     return t;
 }
 
+static void sink_close(sink *s)
+{
+    fclose(s->f);
+    free(s->buf);
+}
+
+/* One update, and what it wrote. */
+static char *step(sink *s, size_t *from, const char *phase, uint64_t done, uint64_t total)
+{
+    cli_progress_update(&s->p, phase, done, total);
+    return sink_take(s, from);
+}
+
 static void test_line(void)
 {
     sink s;
     size_t at = 0;
     sink_open(&s, 0, 1);
-    cli_progress_update(&s.p, "tensor check", 0, 1000);
-    char *t = sink_take(&s, &at);
+    char *t = step(&s, &at, "tensor check", 0, 1000);
     CHECK(!strcmp(t, "\rflashify: tensor check   0%  0 B / 1000 B  --  ETA --\033[K"), "first line: %s", t);
     free(t);
 
@@ -83,35 +95,30 @@ static void test_line(void)
     free(t);
 
     /* Routine updates within 0.1 s are not drawn. */
-    cli_progress_update(&s.p, "tensor check", 600, 1000);
-    t = sink_take(&s, &at);
+    t = step(&s, &at, "tensor check", 600, 1000);
     CHECK(!*t, "drawn again at once: %s", t);
     free(t);
 
     /* The end: the line goes, --verbose sums it up, later updates of the
      * same phase are ignored. */
-    cli_progress_update(&s.p, "tensor check", 1000, 1000);
-    t = sink_take(&s, &at);
+    t = step(&s, &at, "tensor check", 1000, 1000);
     CHECK(starts(t, "\r\033[Kflashify: tensor check: 1000 B in ") && strstr(t, "/s\n"),
           "end of phase: %s", t);
     free(t);
-    cli_progress_update(&s.p, "tensor check", 1000, 1000);
-    t = sink_take(&s, &at);
+    t = step(&s, &at, "tensor check", 1000, 1000);
     CHECK(!*t, "an ended phase drew again: %s", t);
     free(t);
 
     /* A new phase starts its own line; finishing erases it, no summary
      * for a phase that did not reach its total. */
-    cli_progress_update(&s.p, "forward pass (source)", 10, 4096);
-    t = sink_take(&s, &at);
+    t = step(&s, &at, "forward pass (source)", 10, 4096);
     CHECK(starts(t, "\rflashify: forward pass (source)   0%  10 B / 4.0 KiB  --  ETA --"), "new phase: %s", t);
     free(t);
     cli_progress_finish(&s.p);
     t = sink_take(&s, &at);
     CHECK(!strcmp(t, "\r\033[K"), "finish: %s", t);
     free(t);
-    fclose(s.f);
-    free(s.buf);
+    sink_close(&s);
 }
 
 static void test_hours_and_width(void)
@@ -122,8 +129,7 @@ static void test_hours_and_width(void)
     cli_progress_update(&s.p, "writing", 0, 2000000000000ull);
     free(sink_take(&s, &at));
     fl_sleep(0.6);
-    cli_progress_update(&s.p, "writing", 1000000, 2000000000000ull);
-    char *t = sink_take(&s, &at);
+    char *t = step(&s, &at, "writing", 1000000, 2000000000000ull);
     const char *e = strstr(t, "ETA ");
     int h = 0, m = -1, sec = -1;
     CHECK(e && sscanf(e, "ETA %d:%d:%d", &h, &m, &sec) == 3 && h > 100 && m < 60 && sec < 60,
@@ -131,43 +137,40 @@ static void test_hours_and_width(void)
     free(t);
     s.p.width = 24;
     fl_sleep(0.15);
-    cli_progress_update(&s.p, "writing", 2000000, 2000000000000ull);
-    t = sink_take(&s, &at);
+    t = step(&s, &at, "writing", 2000000, 2000000000000ull);
     CHECK(!strcmp(t, "\rflashify: writing   0% \033[K"), "cut to 23 columns: '%s'", t);
     free(t);
     cli_progress_finish(&s.p);
-    fclose(s.f);
-    free(s.buf);
+    sink_close(&s);
+}
+
+/* A whole phase and a note, and what they wrote. */
+static char *phase_and_note(sink *s)
+{
+    size_t at = 0;
+    cli_progress_update(&s->p, "writing", 0, 10);
+    cli_progress_update(&s->p, "writing", 10, 10);
+    convert_progress_note(&s->p, "a note");
+    cli_progress_finish(&s->p);
+    return sink_take(s, &at);
 }
 
 static void test_quiet(void)
 {
     sink s;
-    size_t at = 0;
     sink_open(&s, 1, 1);
-    cli_progress_update(&s.p, "writing", 0, 10);
-    cli_progress_update(&s.p, "writing", 10, 10);
-    convert_progress_note(&s.p, "a note");
-    cli_progress_finish(&s.p);
-    char *t = sink_take(&s, &at);
+    char *t = phase_and_note(&s);
     CHECK(!*t, "-q printed: %s", t);
     free(t);
-    fclose(s.f);
-    free(s.buf);
+    sink_close(&s);
 
     /* Not live (no terminal) and not verbose: nothing but notes. */
     sink_open(&s, 0, 0);
     s.p.live = 0;
-    at = 0;
-    cli_progress_update(&s.p, "writing", 0, 10);
-    cli_progress_update(&s.p, "writing", 10, 10);
-    convert_progress_note(&s.p, "a note");
-    t = sink_take(&s, &at);
+    t = phase_and_note(&s);
     CHECK(!strcmp(t, "flashify: a note\n"), "not a terminal: %s", t);
     free(t);
-    cli_progress_finish(&s.p);
-    fclose(s.f);
-    free(s.buf);
+    sink_close(&s);
 }
 
 /* Workers report at once, out of order: one summary, the phase ends. */
@@ -204,8 +207,7 @@ static void test_threads(void)
     CHECK(s.p.ended && s.p.done == 8000, "ended %d done %llu", s.p.ended, (unsigned long long)s.p.done);
     free(t);
     cli_progress_finish(&s.p);
-    fclose(s.f);
-    free(s.buf);
+    sink_close(&s);
 }
 
 /* TERM and NO_COLOR on a pseudo-terminal, and never on a pipe. */
