@@ -272,6 +272,20 @@ void hub_progress_render(const hub_event *ev, void *ctx)
     int s = ev->slot >= 0 && ev->slot < PROGRESS_SLOTS ? ev->slot : 0;
     char a[32], r[32];
     switch (ev->kind) {
+    case HUB_EV_HASH:
+        if (!p->slot[s].active) {
+            snprintf(p->slot[s].name, sizeof p->slot[s].name, "%s (checking)", ev->name);
+            p->slot[s].active = 1;
+            p->last_draw = 0;   /* draw the new line now */
+        }
+        p->slot[s].done = ev->done;
+        p->slot[s].total = ev->total;
+        p->slot[s].elapsed = ev->elapsed;
+        if (p->tty && fl_now() - p->last_draw >= 0.1) {
+            erase(p);
+            draw(p);
+        }
+        break;
     case HUB_EV_START:
         snprintf(p->slot[s].name, sizeof p->slot[s].name, "%s", ev->name);
         p->slot[s].active = 1;

@@ -800,6 +800,14 @@ static void *hasher_main(void *ud)
     return NULL;
 }
 
+/* Progress of hash_prefix, which may read many GB before the transfer. */
+static void hash_emit(xfer *x, int64_t hashed)
+{
+    hub_event ev = {.kind = HUB_EV_HASH, .slot = x->slot, .name = x->name, .done = hashed,
+                    .total = x->written, .elapsed = fl_now() - x->t0};
+    emit(x->c, &ev);
+}
+
 /* Digests the file's first x->written bytes here (inline mode, a
  * resumed download).  0 (x->io_errno) on failure, or EINTR when an
  * interrupt or another worker's failure stops it: it may be many GB. */
@@ -827,6 +835,8 @@ static int hash_prefix(xfer *x)
             return 0;
         }
         off += r;
+        if (off == x->written || off / (64 << 20) != (off - r) / (64 << 20))
+            hash_emit(x, off);
     }
     free(buf);
     return 1;

@@ -32,7 +32,9 @@ typedef enum {
     HUB_EV_START,   /* a transfer of `name` begins (done = resume offset) */
     HUB_EV_BYTES,   /* bytes arrived for `name` */
     HUB_EV_DONE,    /* `name` is verified and in the cache */
-    HUB_EV_LOG      /* a --verbose line in `msg` (never contains the token) */
+    HUB_EV_LOG,     /* a --verbose line in `msg` (never contains the token) */
+    HUB_EV_HASH     /* hashing what an earlier run left of `name` before the
+                       transfer resumes (done of total bytes hashed) */
 } hub_event_kind;
 
 typedef struct {
