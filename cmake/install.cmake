@@ -85,11 +85,14 @@ a reference forward pass in C), streams models of any size in bounded
 memory, and shares the Hugging Face cache with the Python tools.")
 set(CPACK_DEBIAN_PACKAGE_SUGGESTS "bash-completion, man-db")
 # The run-time dependencies from the binary's libraries (dpkg-shlibdeps, in
-# dpkg-dev); without it, the packages that hold them on Debian 12.
+# dpkg-dev; CPack also needs file(1) for it); without them, the packages
+# that hold those libraries on Debian 12, as dpkg-shlibdeps finds them.
 find_program(FLASHIFY_DPKG_SHLIBDEPS dpkg-shlibdeps)
-if(FLASHIFY_DPKG_SHLIBDEPS)
+find_program(FLASHIFY_FILE file)
+if(FLASHIFY_DPKG_SHLIBDEPS AND FLASHIFY_FILE)
   set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS ON)
 else()
+  message(STATUS "cpack -G DEB: no dpkg-shlibdeps or file(1); Depends are the Debian 12 ones")
   set(CPACK_DEBIAN_PACKAGE_DEPENDS "libc6 (>= 2.34), libcjson1 (>= 1.7.13), libcurl4 (>= 7.63.0), libssl3 (>= 3.0.0)")
 endif()
 include(CPack)
