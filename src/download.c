@@ -1031,7 +1031,8 @@ static int xfer_verify(xfer *x, const char *etag, char *why, size_t n)
     for (unsigned i = 0; i < dl; i++)
         sprintf(hex + 2 * i, "%02x", d[i]);
     if (strcasecmp(hex, etag)) {
-        snprintf(why, n, "%s is %s, expected %s",
+        /* Both are hex digests of at most 64 digits (the etag was checked). */
+        snprintf(why, n, "%s is %.64s, expected %.64s",
                  x->hash_kind == HASH_SHA256 ? "sha256" : "git blob sha1", hex, etag);
         return 0;
     }
