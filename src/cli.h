@@ -52,6 +52,11 @@ int cli_usage_error(const char *fmt, ...) FL_PRINTF(1, 2);
 /* "64MiB", "1GiB", "500MB", "1048576" -> bytes; 0 when not a size. */
 uint64_t cli_parse_size(const char *s);
 
+/* ---- the environment (cli_env.c) ---------------------------------------
+ * Fills every field of e from the environment (getenv; NULL when unset):
+ * the one place the program reads a variable the library interprets. */
+void cli_hub_env(hub_env *e);
+
 /* ---- progress (cli_progress.c) ------------------------------------------
  * Hub downloads: on a terminal one live line per active transfer (bytes,
  * rate, ETA) and a total line, redrawn at most 10 times a second;
