@@ -325,7 +325,7 @@ void cli_help(FILE *f)
 void cli_list_options(FILE *f)
 {
     for (size_t c = 0; c < sizeof CMD_NAME / sizeof CMD_NAME[0]; c++)
-        fprintf(f, "command\t%s\n", CMD_NAME[c]);
+        fprintf(f, "command\t%s\t%s\n", CMD_NAME[c], 1u << c == CMD_CONVERT ? "default" : "word");
     for (size_t i = 0; i < sizeof OPTIONS / sizeof OPTIONS[0]; i++) {
         const cli_option *o = &OPTIONS[i];
         fprintf(f, "option\t%s\t%s\t%s\t", o->name, o->alias ? o->alias : "-",
