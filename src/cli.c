@@ -19,6 +19,7 @@
 #include <limits.h>
 #include <openssl/crypto.h>
 #include <openssl/opensslv.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -65,6 +66,15 @@ static void install_signal_policy(void)
     /* Lets the writer read the source through a mapping (write.h). */
     sa.sa_handler = convert_sigbus_handler;
     sigaction(SIGBUS, &sa, NULL);
+    /* A libcurl that may raise SIGPIPE on a connection the peer closed
+     * (before 7.87, TLS writes) must not make that an interrupt: block it;
+     * writes to a closed pipe then fail with EPIPE (finish_stdout). */
+    if (!hub_sigpipe_safe()) {
+        sigset_t pipe_set;
+        sigemptyset(&pipe_set);
+        sigaddset(&pipe_set, SIGPIPE);
+        pthread_sigmask(SIG_BLOCK, &pipe_set, NULL);
+    }
 }
 
 static int exit_code(fl_status s)
@@ -195,7 +205,9 @@ static fl_status fetch_repo(const cli_args *a, const char *repo, char **dir, fl_
 {
     hub_progress hp;
     hub_progress_init(&hp, stderr, -1, a->quiet);
-    hub_request req = {.repo_id = repo, .revision = a->revision, .token = a->token,
+    hub_env env;
+    cli_hub_env(&env);
+    hub_request req = {.repo_id = repo, .revision = a->revision, .token = a->token, .env = &env,
                        .offline = a->offline, .quiet = a->quiet, .verbose = a->verbose,
                        .jobs = a->jobs, .progress = hub_progress_render, .progress_ctx = &hp};
     fl_status s = hub_fetch_snapshot(&req, dir, err);

@@ -67,6 +67,11 @@ int cli_term_color(FILE *f);
  * "note") in bold colour where cli_term_color(stderr) allows. */
 void cli_diag(const char *kind, const char *fmt, ...) FL_PRINTF(2, 3);
 
+/* ---- the environment (cli_env.c) ---------------------------------------
+ * Fills every field of e from the environment (getenv; NULL when unset):
+ * the one place the program reads a variable the library interprets. */
+void cli_hub_env(hub_env *e);
+
 /* ---- progress (cli_progress.c) ------------------------------------------
  * One generic line for any long operation that knows its total:
  *     flashify: tensor check  45%  1.2 GiB / 2.6 GiB  812.0 MiB/s  ETA 0:02

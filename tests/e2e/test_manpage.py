@@ -125,6 +125,8 @@ def env_read_by_sources():
         with open(path) as f:
             src = f.read()
         names |= set(re.findall(r'\b(?:getenv|\w*env\w*)\(\s*"([A-Za-z_][A-Za-z0-9_]*)"', src))
+        # src/cli_env.c reads the hub's variables from a table of V("NAME", field) rows
+        names |= set(re.findall(r'\bV\(\s*"([A-Za-z_][A-Za-z0-9_]*)"', src))
     return names
 
 

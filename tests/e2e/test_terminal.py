@@ -32,7 +32,6 @@ sys.path.insert(0, HERE)
 
 from fixtures import build_model, write_checkpoint  # noqa: E402
 from harness import FLASHIFY, ROOT, describe  # noqa: E402
-from hubtest import Env, blob_bytes, sha256, stories_files  # noqa: E402
 
 STORIES = os.path.join(ROOT, "examples", "stories260K")
 BIN = os.path.abspath(FLASHIFY)
@@ -213,24 +212,6 @@ class Terminal(unittest.TestCase):
         self.assertEqual([l.split(":")[1].strip() for l in p.stderr.splitlines()], PHASES)
         p = on_pipes(["inspect", STORIES, "--verbose"])
         self.assertEqual(p.returncode, 0, describe(p))
-
-
-class HubTerminal(unittest.TestCase):
-    def test_hashing_a_resumed_partial_shows_progress(self):
-        """Hashed inline before the transfer resumes (FLASHIFY_HASH_THREAD=0),
-        a partial of many GB used to be silent."""
-        with Env() as env:
-            files = stories_files()
-            files["model.safetensors"] = blob_bytes(12 << 20, 31)
-            env.hub.add_repo("org/part", files)
-            blobs = os.path.join(env.repo_dir("org/part"), "blobs")
-            os.makedirs(blobs)
-            with open(os.path.join(blobs, sha256(files["model.safetensors"]) + ".incomplete"), "wb") as f:
-                f.write(files["model.safetensors"][:5 << 20])
-            rc, text = on_pty(["download", "org/part"], base=env.env(), FLASHIFY_HASH_THREAD="0", TERM="xterm")
-            self.assertEqual(rc, 0, text)
-            self.assertRegex(text, r"model\.safetensors \(checking\) +5\.0 MiB / 5\.0 MiB ")
-            self.assertIn("downloaded model.safetensors", text)
 
 
 if __name__ == "__main__":

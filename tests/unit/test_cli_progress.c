@@ -211,6 +211,40 @@ static void test_threads(void)
     sink_close(&s);
 }
 
+/* The hub's lines name what each transfer does: a download, hashing a
+ * file, an upload. */
+static void test_hub_phases(void)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    hub_progress hp;
+    hub_progress_init(&hp, f, 1, 0);
+    static const struct {
+        hub_phase phase;
+        const char *running, *finished;
+    } cases[] = {{HUB_PHASE_DOWNLOAD, "  a.safetensors ", "downloaded a.safetensors (1.0 KiB, "},
+                 {HUB_PHASE_HASH, "  a.safetensors (hashing) ", "hashed a.safetensors (1.0 KiB, "},
+                 {HUB_PHASE_UPLOAD, "  a.safetensors (uploading) ", "uploaded a.safetensors (1.0 KiB, "}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        hub_event ev = {.kind = HUB_EV_START, .phase = cases[i].phase, .slot = 0, .name = "a.safetensors",
+                        .done = 0, .total = 1024, .all_done = 0, .all_total = 1024, .elapsed = 0.5};
+        size_t at = len;
+        hub_progress_render(&ev, &hp);
+        fflush(f);
+        CHECK(strstr(buf + at, cases[i].running), "phase %d running: %s", (int)cases[i].phase, buf + at);
+        at = len;
+        ev.kind = HUB_EV_DONE;
+        ev.done = ev.all_done = 1024;
+        hub_progress_render(&ev, &hp);
+        fflush(f);
+        CHECK(strstr(buf + at, cases[i].finished), "phase %d done: %s", (int)cases[i].phase, buf + at);
+    }
+    hub_progress_finish(&hp);
+    fclose(f);
+    free(buf);
+}
+
 /* TERM and NO_COLOR on a pseudo-terminal, and never on a pipe. */
 static void test_terminal_policy(void)
 {
@@ -253,6 +287,7 @@ int main(void)
     test_hours_and_width();
     test_quiet();
     test_threads();
+    test_hub_phases();
     test_terminal_policy();
     if (failures)
         fprintf(stderr, "%d failure(s)\n", failures);
