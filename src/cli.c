@@ -13,9 +13,14 @@
 #include "flashify/verify.h"
 #include "flashify/write.h"
 
+#include <cjson/cJSON.h>
+#include <curl/curl.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <openssl/crypto.h>
+#include <openssl/opensslv.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,6 +67,15 @@ static void install_signal_policy(void)
     /* Lets the writer read the source through a mapping (write.h). */
     sa.sa_handler = convert_sigbus_handler;
     sigaction(SIGBUS, &sa, NULL);
+    /* A libcurl that may raise SIGPIPE on a connection the peer closed
+     * (before 7.87, TLS writes) must not make that an interrupt: block it;
+     * writes to a closed pipe then fail with EPIPE (finish_stdout). */
+    if (!hub_sigpipe_safe()) {
+        sigset_t pipe_set;
+        sigemptyset(&pipe_set);
+        sigaddset(&pipe_set, SIGPIPE);
+        pthread_sigmask(SIG_BLOCK, &pipe_set, NULL);
+    }
 }
 
 static int exit_code(fl_status s)
@@ -73,7 +87,7 @@ static int exit_code(fl_status s)
 
 static int fail(const fl_error *err)
 {
-    fprintf(stderr, "flashify: error: %s\n", err->msg);
+    cli_diag("error", "%s", err->msg);
     return exit_code(err->code);
 }
 
@@ -85,7 +99,7 @@ static int finish_stdout(int code)
         return code;
     if (last_signal == SIGPIPE || errno == EPIPE)
         return code ? code : 128 + SIGPIPE;
-    fprintf(stderr, "flashify: error: standard output: write failed: %s\n", strerror(errno));
+    cli_diag("error", "standard output: write failed: %s", strerror(errno));
     return code ? code : FL_EIO;
 }
 
@@ -192,7 +206,9 @@ static fl_status fetch_repo(const cli_args *a, const char *repo, char **dir, fl_
 {
     hub_progress hp;
     hub_progress_init(&hp, stderr, -1, a->quiet);
-    hub_request req = {.repo_id = repo, .revision = a->revision, .token = a->token,
+    hub_env env;
+    cli_hub_env(&env);
+    hub_request req = {.repo_id = repo, .revision = a->revision, .token = a->token, .env = &env,
                        .offline = a->offline, .quiet = a->quiet, .verbose = a->verbose,
                        .jobs = a->jobs, .progress = hub_progress_render, .progress_ctx = &hp};
     fl_status s = hub_fetch_snapshot(&req, dir, err);
@@ -268,8 +284,13 @@ static int cmd_verify(const cli_args *a, const char *source, const char *output)
 {
     fl_error err = {0};
     verify_options vo = verify_options_of(a);
+    cli_progress progress;
+    cli_progress_init(&progress, stderr, a->quiet, a->verbose);
+    vo.progress = cli_progress_update;
+    vo.progress_ctx = &progress;
     char *report = NULL;
     fl_status s = verify_pair(source, output, &vo, &report, &err);
+    cli_progress_finish(&progress);
     if (report)
         fputs(report, stdout);
     free(report);
@@ -291,39 +312,44 @@ static void announce_plan(const fold_plan *plan)
                 "flashify: --keep-tied: the final norm stays unfolded, so no FlashNorm marker "
                 "(flashnorm_folded) is written\n");
     if (plan->arch->warning && !plan->keep_norms && plan->n_dropped)
-        fprintf(stderr, "flashify: warning: %s\n", plan->arch->warning);
+        cli_diag("warning", "%s", plan->arch->warning);
     if (plan->untie && plan->arch->gain == GAIN_ONE_PLUS_W)
-        fprintf(stderr,
-                "flashify: warning: vLLM's Gemma loaders assert tied embeddings; this untied "
-                "checkpoint will not load there (use --keep-tied for vLLM)\n");
+        cli_diag("warning", "vLLM's Gemma loaders assert tied embeddings; this untied "
+                 "checkpoint will not load there (use --keep-tied for vLLM)");
 }
 
-/* --dry-run: the plan, then what the real run would refuse (its error and
- * exit status), and which of the given options a dry run does not act on. */
+/* --dry-run: the plan, then the result on stdout: what the real run would
+ * write, or what it would refuse and why (every check the real run makes
+ * before writing: convert_dry_run); and on stderr which of the given
+ * options a dry run does not act on.  The plan was made, so exit 0. */
 static fl_status dry_run(const cli_args *a, const checkpoint *ck, const fold_plan *plan,
-                         const convert_options *co, fl_error *err)
+                         const convert_options *co)
 {
     print_plan(stdout, ck, plan);
-    if (a->strict)
-        fprintf(stderr, "flashify: note: --dry-run does not run --strict: it verifies the written output, "
-                        "and a dry run writes none\n");
-    if (a->resume)
-        fprintf(stderr, "flashify: note: --dry-run does not look into a partial output for --resume\n");
-    fl_status s = convert_dry_run(ck, plan, co, err);
-    if (s == FL_OK)
+    if (a->strict && !a->quiet)
+        cli_diag("note", "--dry-run does not run --strict: it verifies the written output, and a dry run "
+                         "writes none");
+    if (a->resume && !a->quiet)
+        cli_diag("note", "--dry-run does not look into a partial output for --resume");
+    fl_error why = {0};
+    if (convert_dry_run(ck, plan, co, &why) == FL_OK)
         printf("would write %s (dry run: nothing written)\n", co->out_dir);
-    return s;
+    else
+        printf("would refuse: %s (dry run: nothing written)\n", why.msg);
+    return FL_OK;
 }
 
 static fl_status convert(const cli_args *a, const char *dir, const char *repo_id, const checkpoint *ck,
                          const fold_plan *plan, const char *out, fl_error *err)
 {
-    convert_progress progress;
-    convert_progress_init(&progress, a->quiet);
+    cli_progress progress;
+    cli_progress_init(&progress, stderr, a->quiet, a->verbose);
     /* --force never replaces the home directory or the HF home, and
      * nothing is written into the hub cache (txn.h). */
-    char *hf_home = cache_hf_home(), *hub_cache = cache_hub_dir();
-    const char *keep_dirs[] = {getenv("HOME"), hf_home, NULL};
+    hub_env env;
+    cli_hub_env(&env);
+    char *hf_home = cache_hf_home(&env), *hub_cache = cache_hub_dir(&env);
+    const char *keep_dirs[] = {env.home, hf_home, NULL};
     const char *managed_dirs[] = {hub_cache, NULL};
     if (!keep_dirs[0]) {
         keep_dirs[0] = hf_home;
@@ -342,15 +368,18 @@ static fl_status convert(const cli_args *a, const char *dir, const char *repo_id
         sc.opt.dump_logits = NULL;
         co.before_commit = strict_check;
         co.commit_ctx = &sc;
+        sc.opt.progress = cli_progress_update;
+        sc.opt.progress_ctx = &progress;
     }
     fl_status s;
     if (a->dry_run) {
-        s = dry_run(a, ck, plan, &co, err);
+        s = dry_run(a, ck, plan, &co);
     } else {
         if (!a->quiet)
             announce_plan(plan);
         double t0 = fl_now();
         s = convert_write(ck, plan, &co, err);
+        cli_progress_finish(&progress);
         if (s == FL_OK && !a->quiet) {
             size_t folded = 0;
             uint64_t bytes = 0;
@@ -420,7 +449,7 @@ static int inspect_file(const char *path)
     fl_error err = {0};
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
-        fprintf(stderr, "flashify: error: %s: cannot open: %s\n", path, strerror(errno));
+        cli_diag("error", "%s: cannot open: %s", path, strerror(errno));
         return FL_EINPUT;
     }
     st_header h;
@@ -483,6 +512,20 @@ static int cmd_inspect(const cli_args *a, const char *path)
 /* ---------------------------------------------------------------------------
  * main */
 
+/* flashify --version: each library as built against and as loaded now
+ * (the shared library may have been upgraded since). */
+static void print_version(void)
+{
+    const curl_version_info_data *cv = curl_version_info(CURLVERSION_NOW);
+    printf("flashify %s\n", FLASHIFY_VERSION);
+    printf("cJSON %s (built with %d.%d.%d)\n", cJSON_Version(), CJSON_VERSION_MAJOR,
+           CJSON_VERSION_MINOR, CJSON_VERSION_PATCH);
+    printf("libcurl %s, TLS by %s (built with %s)\n", cv->version,
+           cv->ssl_version ? cv->ssl_version : "none", LIBCURL_VERSION);
+    printf("OpenSSL %s (built with %s)\n", OpenSSL_version(OPENSSL_VERSION_STRING),
+           OPENSSL_VERSION_STR);
+}
+
 static int run(int argc, char **argv)
 {
     static const struct {
@@ -512,7 +555,11 @@ static int run(int argc, char **argv)
             return 0;
         }
         if (!strcmp(argv[i], "--version")) {
-            printf("flashify %s\n", FLASHIFY_VERSION);
+            print_version();
+            return 0;
+        }
+        if (!strcmp(argv[i], "--list-options")) {
+            cli_list_options(stdout);
             return 0;
         }
     }
@@ -528,6 +575,8 @@ static int run(int argc, char **argv)
         return r;
     if (n_pos != n_want)
         return cli_usage_error("%s", want);
+    if (a.quiet && a.verbose)
+        return cli_usage_error("--quiet and --verbose contradict each other");
     switch (cmd) {
     case CMD_INSPECT: return cmd_inspect(&a, pos[0]);
     case CMD_DOWNLOAD: return cmd_download(&a, pos[0]);

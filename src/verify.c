@@ -237,6 +237,18 @@ static fl_status run_both(fwd_model *ms, fwd_model *mo, long V, const verify_opt
     return s;
 }
 
+/* verify_options.progress for one forward pass (a fwd_progress_fn). */
+typedef struct {
+    const verify_options *opt;
+    const char *phase;
+} fwd_phase;
+
+static void fwd_phase_progress(void *ctx, uint64_t done, uint64_t total)
+{
+    const fwd_phase *ph = ctx;
+    ph->opt->progress(ph->opt->progress_ctx, ph->phase, done, total);
+}
+
 static fl_status forward_check(const checkpoint *src, const checkpoint *out, const fold_plan *plan,
                                const verify_options *opt, fsummary *f, fl_error *err)
 {
@@ -253,12 +265,17 @@ static fl_status forward_check(const checkpoint *src, const checkpoint *out, con
         snprintf(f->skipped, sizeof f->skipped, "%.400s", e2.msg);
         return FL_OK;
     }
+    fwd_phase ps = {opt, "forward pass (source)"}, po = {opt, "forward pass (output)"};
     long V = s == FL_OK ? fwd_vocab(ms) : 0;
     if (s == FL_OK) {
+        if (opt->progress)
+            fwd_set_progress(ms, fwd_phase_progress, &ps);
         snprintf(f->desc, sizeof f->desc, "%s", fwd_describe(ms));
         s = choose_tokens(opt, ms, V, f, err);
         if (s == FL_OK)
             s = fwd_open(out, opt->threads, &mo, &e2);
+        if (s == FL_OK && opt->progress)
+            fwd_set_progress(mo, fwd_phase_progress, &po);
     } else if (err) {
         *err = e2;
     }
@@ -454,7 +471,7 @@ fl_status verify_pair(const char *source_dir, const char *output_dir, const veri
     if ((s = plan_for(&src, &out, opt, &plan, err)) != FL_OK)
         goto done;
     t.exact = opt->exact || made_by_flashify(output_dir);
-    if ((s = tensor_check(&src, &out, &plan, opt->threads, &t, err)) != FL_OK)
+    if ((s = tensor_check(&src, &out, &plan, opt, &t, err)) != FL_OK)
         goto done;
     int tensors_ok = t.ok;
     config_check(&src, &out, &plan, &t);

@@ -10,6 +10,7 @@
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +42,9 @@ typedef struct {
     const checkpoint *src, *out;
     tcheck *checks;
     unsigned char **bufs;   /* three BUF_BYTES buffers per pool worker */
+    const verify_options *opt;
+    _Atomic uint64_t done;  /* bytes compared, of total (progress) */
+    uint64_t total;
 } tpool;
 
 #define BUF_BYTES (BLOCK_BYTES * 2u + 16)
@@ -86,7 +90,7 @@ static void describe_index(const st_tensor *t, uint64_t i, char *buf, size_t cap
 /* Compares the output tensor with the expected bytes, block by block: a
  * verbatim copy (TC_COPY) or the source folded with the group's gain
  * (TC_FOLD, via fold_rows: the same single rounding the converter uses). */
-static void check_stream(const tpool *p, tcheck *c, unsigned char *a, unsigned char *b,
+static void check_stream(tpool *p, tcheck *c, unsigned char *a, unsigned char *b,
                          unsigned char *e)
 {
     const st_tensor *st = c->src->t;
@@ -153,6 +157,9 @@ static void check_stream(const tpool *p, tcheck *c, unsigned char *a, unsigned c
             }
         }
         off += n;
+        uint64_t done = atomic_fetch_add(&p->done, n) + n;
+        if (p->opt->progress)
+            p->opt->progress(p->opt->progress_ctx, "tensor check", done, p->total);
         if (fl_interrupted) {
             c->io = fl_fail(&c->err, FL_EINTR, "interrupted");
             return;
@@ -317,9 +324,9 @@ static size_t plan_checks(const checkpoint *src, const checkpoint *out, const fo
 /* Compares contents, the tensors spread over the workers (three buffers
  * each). */
 static fl_status run_checks(const checkpoint *src, const checkpoint *out, tcheck *checks, size_t n,
-                            int threads, fl_error *err)
+                            const verify_options *opt, fl_error *err)
 {
-    int nt = threads > 0 ? threads : fl_cpu_count();
+    int nt = opt->threads > 0 ? opt->threads : fl_cpu_count();
     if (nt > 16)
         nt = 16;
     if ((size_t)nt > n)
@@ -329,9 +336,13 @@ static fl_status run_checks(const checkpoint *src, const checkpoint *out, tcheck
     int have_bufs = bufs != NULL;
     for (int i = 0; have_bufs && i < 3 * fl_pool_size(workers); i++)
         have_bufs = (bufs[i] = malloc(BUF_BYTES)) != NULL;
-    tpool pool = {src, out, checks, bufs};
+    tpool pool = {src, out, checks, bufs, opt, 0, 0};
+    for (size_t i = 0; i < n; i++)
+        pool.total += checks[i].kind == TC_NORM ? 0 : st_nbytes(checks[i].got->t);
     fl_status run = have_bufs ? fl_pool_run(workers, n, tcheck_item, &pool, err)
                               : fl_fail(err, FL_EIO, "out of memory");
+    if (run == FL_OK && opt->progress)
+        opt->progress(opt->progress_ctx, "tensor check", pool.total, pool.total);
     for (int i = 0; bufs && i < 3 * fl_pool_size(workers); i++)
         free(bufs[i]);
     free(bufs);
@@ -376,15 +387,15 @@ static void record(const tcheck *c, tsummary *s)
     }
 }
 
-fl_status tensor_check(const checkpoint *src, const checkpoint *out, const fold_plan *plan, int threads,
-                       tsummary *s, fl_error *err)
+fl_status tensor_check(const checkpoint *src, const checkpoint *out, const fold_plan *plan,
+                       const verify_options *opt, tsummary *s, fl_error *err)
 {
     s->ok = 1;
     tcheck *checks = calloc(plan->n_out + plan->n_dropped + 1, sizeof *checks);
     if (!checks)
         return fl_fail(err, FL_EIO, "out of memory");
     size_t n = plan_checks(src, out, plan, checks, s);
-    fl_status st = run_checks(src, out, checks, n, threads, err);
+    fl_status st = run_checks(src, out, checks, n, opt, err);
     for (size_t i = 0; st == FL_OK && i < n; i++) {
         if (checks[i].io != FL_OK) {
             if (err)

@@ -6,6 +6,7 @@
 
 #include "flashify/checkpoint.h"
 #include "flashify/plan.h"
+#include "flashify/verify.h"
 
 #define VERIFY_MAX_PROBLEMS 10   /* problems listed in the report */
 
@@ -22,11 +23,12 @@ typedef struct {
     int ok;                      /* the tensors passed */
 } tsummary;
 
-/* Checks every tensor of `out` against the plan of `src` (threads workers,
- * <= 0: one per CPU) and fills s.  Problems found make s->ok 0; only I/O
- * failures (or an interrupt) return non-FL_OK. */
-fl_status tensor_check(const checkpoint *src, const checkpoint *out, const fold_plan *plan, int threads,
-                       tsummary *s, fl_error *err);
+/* Checks every tensor of `out` against the plan of `src` (opt->threads
+ * workers, <= 0: one per CPU; opt->progress gets phase "tensor check") and
+ * fills s.  Problems found make s->ok 0; only I/O failures (or an
+ * interrupt) return non-FL_OK. */
+fl_status tensor_check(const checkpoint *src, const checkpoint *out, const fold_plan *plan,
+                       const verify_options *opt, tsummary *s, fl_error *err);
 
 /* config.json of out equals src's except tie_word_embeddings and the marker
  * keys, and those are what the plan calls for; sets s->config_ok. */
