@@ -522,16 +522,6 @@ static fl_status check_inputs(const checkpoint *ck, fl_error *err)
     return FL_OK;
 }
 
-static fl_status check_memory(const convert_options *opt, fl_error *err)
-{
-    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-    double machine = pages > 0 && page > 0 ? (double)pages * (double)page : 0;
-    if (machine > 0 && (double)opt->memory > machine)
-        return fl_fail(err, FL_EUSAGE, "--memory %.1f GiB is more than this machine's %.1f GiB",
-                       (double)opt->memory / (1u << 30), machine / (1u << 30));
-    return FL_OK;
-}
-
 static fl_status prepare(const checkpoint *ck, const fold_plan *plan, const convert_options *opt,
                          prepared *p, fl_error *err)
 {
@@ -539,9 +529,7 @@ static fl_status prepare(const checkpoint *ck, const fold_plan *plan, const conv
     p->config_mode = source_mode(ck, "config.json", 0644);
     p->index_mode = source_mode(ck, "model.safetensors.index.json", p->config_mode);
     p->card_mode = p->config_mode;
-    fl_status s = check_memory(opt, err);
-    if (s == FL_OK)
-        s = layout_build(ck, plan, opt->max_shard_size, opt->out_dir, &p->layout, err);
+    fl_status s = layout_build(ck, plan, opt->max_shard_size, opt->out_dir, &p->layout, err);
     if (s == FL_OK && p->layout.want_index)
         s = layout_index(ck, plan, &p->layout, &p->index, &p->index_len, err);
     if (s == FL_OK)

@@ -45,9 +45,9 @@ typedef struct {
 } convert_options;
 
 /* Everything the real run checks before it writes a byte, without writing
- * anything: the memory budget, the output layout and headers, config.json's
- * rewrite, the model card, every other input file readable, and the output
- * path (txn_check_output: the --force rules).  Returns FL_OK or what the
+ * anything: the output layout and headers, config.json's rewrite, the
+ * model card, every other input file readable, and the output path
+ * (txn_check_output: the --force rules).  Returns FL_OK or what the
  * real run would fail with. */
 fl_status convert_dry_run(const checkpoint *ck, const fold_plan *plan, const convert_options *opt,
                           fl_error *err);
