@@ -93,13 +93,20 @@ static void journal_free(journal *j)
     memset(j, 0, sizeof *j);
 }
 
+static int hex_digit(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* Exactly 2n lowercase hex digits (as txn_hex writes them), then the end
+ * of the field. */
 static int parse_hex(const char *s, unsigned char *out, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
-        unsigned v;
-        if (sscanf(s + 2 * i, "%2x", &v) != 1)
+        int hi = hex_digit(s[2 * i]), lo = hi < 0 ? -1 : hex_digit(s[2 * i + 1]);
+        if (lo < 0)
             return -1;
-        out[i] = (unsigned char)v;
+        out[i] = (unsigned char)(hi << 4 | lo);
     }
     return s[2 * n] == '\0' || s[2 * n] == ' ' ? 0 : -1;
 }
@@ -277,8 +284,8 @@ static fl_status repair_publish(txn *t, fl_error *err)
         note(t, "%s: finished replacing it: removed the previous output, left in %s/%s by a run stopped during "
              "the swap", t->o.out_dir, t->parent, where);
     }
-    if (published) /* the temporary directory is the output now */
-        j->has_partial = j->has_fp = 0, j->n_done = 0;
+    if (published) /* the temporary directory is the output now: nothing left to describe */
+        journal_free(j);
     j->has_publish = 0;
     return FL_OK;
 }
