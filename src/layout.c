@@ -4,7 +4,6 @@
 #include "flashify/util.h"
 
 #include <cjson/cJSON.h>
-#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -298,73 +297,66 @@ fl_status layout_index(const checkpoint *ck, const fold_plan *plan, const out_la
 /* ---------------------------------------------------------------------------
  * the fingerprint */
 
-static void put(EVP_MD_CTX *md, const void *p, size_t n)
+static void put(txn_fp *f, const void *p, size_t n)
 {
-    EVP_DigestUpdate(md, p, n);
+    txn_fp_add(f, p, n);
 }
 
-static void put_str(EVP_MD_CTX *md, const char *s)
+static void put_str(txn_fp *f, const char *s)
 {
-    put(md, s, strlen(s) + 1);
+    put(f, s, strlen(s) + 1);
 }
 
-static void put_u64(EVP_MD_CTX *md, uint64_t v)
+static void put_u64(txn_fp *f, uint64_t v)
 {
-    put(md, &v, sizeof v);
+    put(f, &v, sizeof v);
 }
 
-static void put_tensor(EVP_MD_CTX *md, const checkpoint *ck, const out_tensor *o)
+static void put_tensor(txn_fp *f, const checkpoint *ck, const out_tensor *o)
 {
     const st_tensor *t = o->src->t;
-    put_str(md, o->name);
-    put_u64(md, (uint64_t)o->op);
-    put_str(md, ck->shards[o->src->shard].file);
-    put_u64(md, t->begin);
-    put_u64(md, t->end);
-    put_u64(md, (uint64_t)t->dtype);
+    put_str(f, o->name);
+    put_u64(f, (uint64_t)o->op);
+    put_str(f, ck->shards[o->src->shard].file);
+    put_u64(f, t->begin);
+    put_u64(f, t->end);
+    put_u64(f, (uint64_t)t->dtype);
     for (int d = 0; d < t->ndim; d++)
-        put_u64(md, t->shape[d]);
+        put_u64(f, t->shape[d]);
     if (o->op == OUT_FOLD) {
         const ckpt_tensor *norm = ckpt_find(ck, o->group->norm);
-        put_str(md, o->group->norm);
-        put_u64(md, (uint64_t)o->group->gain);
-        put_u64(md, norm ? (uint64_t)norm->t->dtype : UINT64_MAX);
-        put(md, o->group->w, o->group->len * sizeof *o->group->w);
+        put_str(f, o->group->norm);
+        put_u64(f, (uint64_t)o->group->gain);
+        put_u64(f, norm ? (uint64_t)norm->t->dtype : UINT64_MAX);
+        put(f, o->group->w, o->group->len * sizeof *o->group->w);
     }
 }
 
 void layout_fingerprint(const checkpoint *ck, const fold_plan *plan, const out_layout *l,
                         unsigned char fp[TXN_FP_BYTES])
 {
-    EVP_MD_CTX *md = EVP_MD_CTX_new();
-    if (!md || !EVP_DigestInit_ex(md, EVP_sha256(), NULL)) {
-        /* Without a digest nothing can be trusted: a fingerprint no journal
-         * holds (resume then starts over). */
-        memset(fp, 0xff, TXN_FP_BYTES);
-        EVP_MD_CTX_free(md);
-        return;
-    }
-    put_str(md, "flashify " FLASHIFY_VERSION);
+    txn_fp f;
+    txn_fp_init(&f);
+    put_str(&f, "flashify " FLASHIFY_VERSION);
     for (size_t i = 0; i < ck->n_shards; i++) {
         struct stat st;
         memset(&st, 0, sizeof st);
         fstat(ck->shards[i].fd, &st);
-        put_str(md, ck->shards[i].file);
-        put_u64(md, (uint64_t)st.st_dev);
-        put_u64(md, (uint64_t)st.st_ino);
-        put_u64(md, (uint64_t)st.st_size);
-        put_u64(md, (uint64_t)st.st_mtim.tv_sec);
-        put_u64(md, (uint64_t)st.st_mtim.tv_nsec);
+        put_str(&f, ck->shards[i].file);
+        put_u64(&f, (uint64_t)st.st_dev);
+        put_u64(&f, (uint64_t)st.st_ino);
+        put_u64(&f, (uint64_t)st.st_size);
+        put_u64(&f, (uint64_t)st.st_mtim.tv_sec);
+        put_u64(&f, (uint64_t)st.st_mtim.tv_nsec);
     }
-    put_u64(md, plan->arch->gain == GAIN_ONE_PLUS_W);  /* the identity value of --keep-norms */
+    put_u64(&f, plan->arch->gain == GAIN_ONE_PLUS_W);  /* the identity value of --keep-norms */
     for (size_t i = 0; i < plan->n_out; i++)
-        put_tensor(md, ck, &plan->out[i]);
+        put_tensor(&f, ck, &plan->out[i]);
     for (size_t i = 0; i < l->n; i++) {
-        put_str(md, l->f[i].file);
-        put_u64(md, (uint64_t)l->f[i].skip);
+        put_str(&f, l->f[i].file);
+        put_u64(&f, (uint64_t)l->f[i].skip);
         if (l->f[i].header)
-            put(md, l->f[i].header, l->f[i].header_size);
+            put(&f, l->f[i].header, l->f[i].header_size);
     }
-    EVP_DigestFinal_ex(md, fp, NULL);
-    EVP_MD_CTX_free(md);
+    txn_fp_final(&f, fp);
 }

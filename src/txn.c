@@ -6,13 +6,13 @@
  * --force may replace is txn_path.c. */
 #include "flashify/txn.h"
 #include "txn_path.h"
+#include "flashify/hash.h"
 #include "flashify/util.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <openssl/evp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,7 +27,7 @@
 typedef struct {
     char *name;
     uint64_t size;
-    unsigned char sha[TXN_FP_BYTES];
+    char sha256[65];         /* lowercase hex */
 } done_rec;
 
 /* What the journal says (the last record of each kind wins). */
@@ -134,13 +134,16 @@ static int journal_line(journal *j, char *line)
         return 0;
     }
     if (sscanf(line, "done %llu %64s %n", &size, sha, &used) == 2 && used > 0 && line[used]) {
-        done_rec *grown = realloc(j->done, (j->n_done + 1) * sizeof *grown);
+        unsigned char bin[32];
+        done_rec *grown = parse_hex(sha, bin, sizeof bin) == 0 ? realloc(j->done, (j->n_done + 1) * sizeof *grown)
+                                                             : NULL;
         if (!grown)
             return -1;
         j->done = grown;
         done_rec *r = &j->done[j->n_done];
-        if (parse_hex(sha, r->sha, TXN_FP_BYTES) != 0 || !(r->name = fl_strdup(line + used)))
+        if (!(r->name = fl_strdup(line + used)))
             return -1;
+        memcpy(r->sha256, sha, sizeof r->sha256);
         r->size = size;
         j->n_done++;
         return 0;
@@ -417,26 +420,22 @@ const char *txn_path(const txn *t)
 /* ---------------------------------------------------------------------------
  * files in the temporary directory */
 
-static int file_sha256(int fd, unsigned char out[TXN_FP_BYTES], uint64_t *size)
+/* The sha256 (hex) and size of the file rel in the temporary directory
+ * (hash.c's one read of a whole file). */
+static fl_status shard_digest(txn *t, const char *rel, char sha[65], uint64_t *size, fl_error *err)
 {
-    EVP_MD_CTX *md = EVP_MD_CTX_new();
-    char *buf = malloc(1u << 20);
-    int ok = md && buf && EVP_DigestInit_ex(md, EVP_sha256(), NULL);
-    uint64_t off = 0;
-    while (ok) {
-        ssize_t r = pread(fd, buf, 1u << 20, (off_t)off);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r == 0)
-            break;
-        ok = r > 0 && EVP_DigestUpdate(md, buf, (size_t)r) && !fl_interrupted;
-        off += r > 0 ? (uint64_t)r : 0;
-    }
-    ok = ok && EVP_DigestFinal_ex(md, out, NULL);
-    *size = off;
-    EVP_MD_CTX_free(md);
-    free(buf);
-    return ok ? 0 : -1;
+    int fd = openat(t->tmp_fd, rel, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    struct stat st;
+    char *path = fl_asprintf("%s/%s", t->tmp_path, rel);
+    fl_status s = FL_OK;
+    if (!path || fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
+        s = fl_fail(err, FL_EIO, "%s/%s: cannot open: %s", t->tmp_path, rel, strerror(errno));
+    else if ((s = fl_hash_fd(fd, path, (int64_t)st.st_size, sha, NULL, NULL, NULL, NULL, err)) == FL_OK)
+        *size = (uint64_t)st.st_size;
+    if (fd >= 0)
+        close(fd);
+    free(path);
+    return s;
 }
 
 /* Opens the directory that holds `rel` in the temporary directory, making
@@ -487,19 +486,10 @@ fl_status txn_create(txn *t, const char *rel, unsigned mode, int *fd, fl_error *
 /* Appends "done" for shard rel, with the digest of what is on disk now. */
 static fl_status journal_done(txn *t, const char *rel, fl_error *err)
 {
-    int fd = openat(t->tmp_fd, rel, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-    unsigned char d[TXN_FP_BYTES];
-    char h[2 * TXN_FP_BYTES + 1];
+    char sha[65];
     uint64_t size;
-    int ok = fd >= 0 && file_sha256(fd, d, &size) == 0;
-    int e = errno;
-    if (fd >= 0)
-        close(fd);
-    if (!ok)
-        return fl_interrupted ? fl_fail(err, FL_EINTR, "interrupted")
-                              : fl_fail(err, FL_EIO, "%s/%s: read failed: %s", t->tmp_path, rel, strerror(e));
-    txn_hex(d, TXN_FP_BYTES, h);
-    return journal_append(t, err, "done %llu %s %s\n", (unsigned long long)size, h, rel);
+    fl_status s = shard_digest(t, rel, sha, &size, err);
+    return s == FL_OK ? journal_append(t, err, "done %llu %s %s\n", (unsigned long long)size, sha, rel) : s;
 }
 
 fl_status txn_finish_file(txn *t, const char *rel, int fd, int shard, fl_error *err)
@@ -532,15 +522,11 @@ int txn_reusable(txn *t, const char *rel)
     for (size_t i = 0; i < t->j.n_done; i++)
         if (strcmp(t->j.done[i].name, rel) == 0)
             r = &t->j.done[i];
-    int fd = r ? openat(t->tmp_fd, rel, O_RDONLY | O_NOFOLLOW | O_CLOEXEC) : -1;
-    unsigned char d[TXN_FP_BYTES];
-    uint64_t size = 0;
-    struct stat st;
-    int ok = fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size == r->size &&
-             file_sha256(fd, d, &size) == 0 && size == r->size && memcmp(d, r->sha, TXN_FP_BYTES) == 0;
-    if (fd >= 0)
-        close(fd);
-    return ok;
+    char sha[65];
+    uint64_t size;
+    fl_error ignored;
+    return r && shard_digest(t, rel, sha, &size, &ignored) == FL_OK && size == r->size &&
+           strcmp(sha, r->sha256) == 0;
 }
 
 /* ---------------------------------------------------------------------------

@@ -8,7 +8,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,9 +17,41 @@
 #define CARD_MAX (1u << 20)
 #define MAX_TREE_FILES 100000
 
-void txn_sha256(const void *p, size_t n, unsigned char out[TXN_FP_BYTES])
+void txn_fp_init(txn_fp *f)
 {
-    EVP_Digest(p, n, out, NULL, EVP_sha256(), NULL);
+    f->a = 0xcbf29ce484222325ull;   /* FNV-1a's offset basis */
+    f->b = 0x84222325cbf29ce4ull;   /* another one */
+    f->n = 0;
+}
+
+void txn_fp_add(txn_fp *f, const void *p, size_t n)
+{
+    const unsigned char *c = p;
+    for (size_t i = 0; i < n; i++) {
+        f->a = (f->a ^ c[i]) * 0x100000001b3ull;   /* FNV-1a's 64-bit prime */
+        f->b = (f->b ^ c[i]) * 0x100000001b3ull;
+        f->b ^= f->b >> 29;
+    }
+    f->n += n;
+}
+
+/* splitmix64's finalizer: every input bit moves every output bit. */
+static uint64_t mix64(uint64_t x)
+{
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ull;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+void txn_fp_final(const txn_fp *f, unsigned char out[TXN_FP_BYTES])
+{
+    uint64_t a = mix64(f->a ^ f->n), b = mix64(f->b + mix64(f->n));
+    for (int i = 0; i < 8; i++) {
+        out[i] = (unsigned char)(a >> (8 * i));
+        out[8 + i] = (unsigned char)(b >> (8 * i));
+    }
 }
 
 void txn_hex(const unsigned char *b, size_t n, char *out)
@@ -98,7 +129,7 @@ static int is_inside(const char *inner, const char *outer)
 
 /* "." + stem + suffix, the stem being NAME, or where "." NAME and the
  * longest suffix would pass the file system's name limit, a prefix of NAME
- * (cut between UTF-8 characters) + "~" + 16 hex digits of its sha256, so
+ * (cut between UTF-8 characters) + "~" + 16 hex digits of its hash, so
  * that a long NAME still has siblings and a later run finds them again. */
 char *txn_sibling(int parent_fd, const char *name, const char *suffix)
 {
@@ -110,7 +141,10 @@ char *txn_sibling(int parent_fd, const char *name, const char *suffix)
         return fl_asprintf(".%s%s", name, suffix);
     unsigned char d[TXN_FP_BYTES];
     char h[2 * 8 + 1];
-    txn_sha256(name, n, d);
+    txn_fp f;
+    txn_fp_init(&f);
+    txn_fp_add(&f, name, n);
+    txn_fp_final(&f, d);
     txn_hex(d, 8, h);
     size_t keep = room - 1 - 16;
     while (keep > 0 && ((unsigned char)name[keep] & 0xC0) == 0x80)

@@ -49,8 +49,7 @@ int txn_remove_at(int dfd, const char *name, int depth);
 /* Removes everything in the directory fd but the entry `keep` (may be NULL). */
 int txn_clear_at(int fd, int depth, const char *keep);
 
-/* sha256 of n bytes, and its first n bytes in hex. */
-void txn_sha256(const void *p, size_t n, unsigned char out[TXN_FP_BYTES]);
+/* n bytes in lowercase hex (2n digits and a NUL). */
 void txn_hex(const unsigned char *b, size_t n, char *out);
 
 #endif

@@ -56,11 +56,11 @@ void layout_free(out_layout *l);
 fl_status layout_index(const checkpoint *ck, const fold_plan *plan, const out_layout *l, char **text,
                        size_t *len, fl_error *err);
 
-/* sha256 over everything that determines the output shards' bytes: the
- * flashify version, each source shard's identity (name, device, inode,
- * size, modification time), every output tensor's operation, source
- * location, dtype and shape, each fold's norm values and gain, and every
- * planned header. */
+/* The fingerprint (txn.h) of everything that determines the output
+ * shards' bytes: the flashify version, each source shard's identity (name,
+ * device, inode, size, modification time), every output tensor's
+ * operation, source location, dtype and shape, each fold's norm values and
+ * gain, and every planned header. */
 void layout_fingerprint(const checkpoint *ck, const fold_plan *plan, const out_layout *l,
                         unsigned char fp[TXN_FP_BYTES]);
 

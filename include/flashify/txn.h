@@ -17,11 +17,26 @@
 #ifndef FLASHIFY_TXN_H
 #define FLASHIFY_TXN_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "flashify/error.h"
 
-#define TXN_FP_BYTES 32  /* a sha256 */
+/* The fingerprint of a run's inputs (layout.c feeds it, the journal keeps
+ * it): 128 bits from two FNV-1a-64 lanes with different bases and a final
+ * avalanche.  Not a cryptographic digest: it tells apart the inputs of two
+ * runs, and costs nothing in a run that never resumes (OpenSSL's first
+ * digest costs 2.4 MiB of resident memory); the sha256 of each shard is
+ * what proves a reused shard's bytes. */
+#define TXN_FP_BYTES 16
+
+typedef struct {
+    uint64_t a, b, n;
+} txn_fp;
+
+void txn_fp_init(txn_fp *f);
+void txn_fp_add(txn_fp *f, const void *p, size_t n);
+void txn_fp_final(const txn_fp *f, unsigned char out[TXN_FP_BYTES]);
 
 typedef struct {
     const char *out_dir;     /* -o as given (messages name it) */
