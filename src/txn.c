@@ -650,7 +650,10 @@ static fl_status publish_aside(txn *t, const struct stat *old, fl_error *err)
         return appeared(t, "changed while it was being replaced", err);
     }
     if ((s = publish_new(t, err)) != FL_OK) {
-        renameat2(t->parent_fd, t->old_name, t->parent_fd, t->name, RENAME_NOREPLACE);
+        /* Put the old output back, unless something took its name (then
+         * the journal's record makes the next run say where it is). */
+        if (fstatat(t->parent_fd, t->name, &st, AT_SYMLINK_NOFOLLOW) != 0 && errno == ENOENT)
+            renameat(t->parent_fd, t->old_name, t->parent_fd, t->name);
         return s;
     }
     t->published = 1;
