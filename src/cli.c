@@ -111,9 +111,9 @@ static void group_line(const fold_group *g, char *out, size_t cap)
 static void print_plan(FILE *f, const checkpoint *ck, const fold_plan *p)
 {
     fprintf(f, "model_type %s (table entry %s), %ld layers, hidden %ld\n", ck->cfg.model_type,
-            p->arch->model_type, p->n_layers, ck->cfg.hidden_size);
+            p->arch->model_type, p->n_layers, p->hidden);
     fprintf(f, "fold plan: %zu norms, gain %s\n", p->n_groups,
-            p->arch->gain == GAIN_ONE_PLUS_W ? "1 + w" : "w");
+            p->arch->norm->gain == GAIN_ONE_PLUS_W ? "1 + w" : "w");
     char *seen = calloc(p->n_groups + 1, 1);
     char line[2048], other[2048];
     for (size_t i = 0; seen && i < p->n_groups; i++) {
@@ -291,10 +291,8 @@ static void announce_plan(const fold_plan *plan)
                 "(flashnorm_folded) is written\n");
     if (plan->arch->warning && !plan->keep_norms && plan->n_dropped)
         fprintf(stderr, "flashify: warning: %s\n", plan->arch->warning);
-    if (plan->untie && plan->arch->gain == GAIN_ONE_PLUS_W)
-        fprintf(stderr,
-                "flashify: warning: vLLM's Gemma loaders assert tied embeddings; this untied "
-                "checkpoint will not load there (use --keep-tied for vLLM)\n");
+    if (plan->untie && plan->arch->untie_warning)
+        fprintf(stderr, "flashify: warning: %s\n", plan->arch->untie_warning);
 }
 
 static fl_status convert(const cli_args *a, const char *dir, const checkpoint *ck,

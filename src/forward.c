@@ -161,10 +161,12 @@ static const char *ckdir(const fwd_model *m) { return m->ck->dir; }
 
 static const cJSON *cfg_item(const ckpt_config *cfg, const char *key)
 {
-    const cJSON *v = cfg->text ? cJSON_GetObjectItemCaseSensitive(cfg->text, key) : NULL;
-    if (!v && cfg->json && cfg->json != cfg->text)
-        v = cJSON_GetObjectItemCaseSensitive(cfg->json, key);
-    return v;
+    return ckpt_view_get(ckpt_config_view(cfg, 1), key);
+}
+
+static long ckpt_config_int(const ckpt_config *cfg, const char *key, long def)
+{
+    return ckpt_view_int(ckpt_config_view(cfg, 1), key, def);
 }
 
 /* A number from config.json, `def` when absent, `null_value` when null. */
@@ -732,7 +734,7 @@ fl_status fwd_open(const checkpoint *ck, int threads, fwd_model **out, fl_error 
 {
     *out = NULL;
     const ckpt_config *cfg = &ck->cfg;
-    const char *type = cfg->text_model_type[0] ? cfg->text_model_type : cfg->model_type;
+    const char *type = cfg->nested_model_type[0] ? cfg->nested_model_type : cfg->model_type;
     const fwd_family *fam = NULL;
     for (size_t i = 0; i < sizeof families / sizeof families[0]; i++)
         if (strcmp(families[i].model_type, type) == 0)
@@ -774,14 +776,15 @@ fl_status fwd_open(const checkpoint *ck, int threads, fwd_model **out, fl_error 
         goto fail;
     m->V = m->embed.rows;
     m->H = m->embed.cols;
-    if (cfg->hidden_size > 0 && cfg->hidden_size != m->H) {
+    long hidden = ckpt_config_int(cfg, "hidden_size", 0);
+    if (hidden > 0 && hidden != m->H) {
         s = fl_fail(err, FL_EINPUT, "%s: '%s' is %ld wide but config.json says hidden_size %ld",
-                    ck->dir, name, m->H, cfg->hidden_size);
+                    ck->dir, name, m->H, hidden);
         goto fail;
     }
 
     /* Dimensions. */
-    m->L = cfg->num_hidden_layers;
+    m->L = ckpt_config_int(cfg, "num_hidden_layers", 0);
     m->nh = ckpt_config_int(cfg, "num_attention_heads", 0);
     m->nkv = ckpt_config_int(cfg, "num_key_value_heads", m->nh);
     if (m->nkv <= 0)
@@ -912,7 +915,7 @@ fl_status fwd_open(const checkpoint *ck, int threads, fwd_model **out, fl_error 
 
     /* Output head: tied means the embedding matrix (v4 tie_weights() also
      * overwrites a stored lm_head when the config says tie). */
-    int tie = cfg->tie_word_embeddings;
+    int tie = cfg->tie_top >= 0 ? cfg->tie_top : cfg->tie_nested;
     const cJSON *tv = cfg_item(cfg, "tie_word_embeddings");
     if (cJSON_IsBool(tv))
         tie = cJSON_IsTrue(tv);
