@@ -167,6 +167,11 @@ static fl_status bind_fused(fwd_model *m, fwd_layer *ly, const char *pre, const 
                        gu_name, dn_name, E);
     uint64_t H = (uint64_t)m->H;
     int last = g[2] == H, middle = g[1] == H;
+    if (last && middle) {
+        /* 2I == H: down_proj [E, H, I] or [E, I, H] tells the layouts apart. */
+        last = d[1] == H && d[2] != H;
+        middle = d[2] == H && d[1] != H;
+    }
     if (last == middle)
         return fl_fail(err, FL_EINPUT, "%s: fused experts '%s' [%llu, %llu, %llu]: no single axis of size %ld",
                        ckdir(m), gu_name, (unsigned long long)g[0], (unsigned long long)g[1],

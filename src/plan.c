@@ -107,15 +107,6 @@ static const char *cat_file(const plan_catalogue *cat, const ckpt_tensor *t)
     return cat->files ? cat->files[t->shard] : cat->dir;
 }
 
-/* For WHEN_HAS: does the layer being planned store `rel`? */
-static int layer_has(const char *rel, void *ctx)
-{
-    planner *pl = ctx;
-    char name[ST_MAX_NAME + 128];
-    snprintf(name, sizeof name, "%s%s", pl->lp, rel);
-    return cat_find(pl->cat, name) != NULL;
-}
-
 /* ---------------------------------------------------------------------------
  * consumers */
 
@@ -136,6 +127,20 @@ static const struct {
     {".weight.absmax", "bitsandbytes"},
     {".absmax", "bitsandbytes"},
 };
+
+/* For WHEN_HAS: does the layer being planned store `rel`, plain or
+ * quantized (gpt-oss's fused experts exist only as _blocks and _scales)? */
+static int layer_has(const char *rel, void *ctx)
+{
+    planner *pl = ctx;
+    char name[ST_MAX_NAME + 128];
+    for (size_t i = 0; i <= sizeof QUANT_MARKERS / sizeof QUANT_MARKERS[0]; i++) {
+        snprintf(name, sizeof name, "%s%s%s", pl->lp, rel, i ? QUANT_MARKERS[i - 1].suffix : "");
+        if (cat_find(pl->cat, name))
+            return 1;
+    }
+    return 0;
+}
 
 /* What check_consumer found. */
 typedef struct {
@@ -301,8 +306,11 @@ static fl_status add_group(planner *pl, const ckpt_tensor *nt, fl_gain gain, con
                         "with --partial to keep the norms that feed quantized layers",
                         pl->cat->dir, bases[i], nt->name, f.format, f.evidence);
         else if (f.format) {
-            char *why = arena_printf(p, "--partial: its consumer '%s' is quantized (%s: '%s')", bases[i],
-                                     f.format, f.evidence);
+            char cp[ST_MAX_NAME + 64], ep[ST_MAX_NAME + 64];
+            plan_name_pattern(bases[i], cp, sizeof cp);
+            plan_name_pattern(f.evidence, ep, sizeof ep);
+            char *why = arena_printf(p, "its consumer '%s' is stored quantized (%s: '%s'); a per-channel gain "
+                                     "does not commute with the quantization scales", cp, f.format, ep);
             s = why ? add_kept(pl, nt->name, why, 1) : oom(pl->err);
             free(names);
             free(axes);

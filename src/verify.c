@@ -895,7 +895,7 @@ fl_status verify_pair(const char *source_dir, const char *output_dir, const veri
     /* The output either untied the head (default) or kept the tie
      * (--keep-tied); the plan of the source for that choice says what every
      * tensor must be. */
-    plan_options po = {.plan_file = opt->plan_file};
+    plan_options po = {.plan_file = opt->plan_file, .partial = opt->partial};
     if ((s = plan_build(&src, &po, &plan, err)) != FL_OK)
         goto done;
     const ckpt_tensor *oh = ckpt_find(&out, plan.head_name), *oe = ckpt_find(&out, plan.embed_name);
