@@ -59,22 +59,23 @@ static const arch_moe_rule QWEN_MOE = {.experts = {"num_experts", "num_local_exp
 static const arch_info ARCHS[] = {
     {.model_type = "llama", .norm = &ARCH_RMS_W, .folds = LLAMA_FOLDS},
     {.model_type = "mistral", .norm = &ARCH_RMS_W, .folds = LLAMA_FOLDS},
-    /* Qwen2's q/k/v biases are added after W·x: folding g into W is exact
-     * and the biases stay as they are. */
+    /* §llama: Qwen2's q/k/v biases are added after W·x, so folding g into
+     * W is exact and the biases stay as they are. */
     {.model_type = "qwen2", .norm = &ARCH_RMS_W, .folds = LLAMA_FOLDS},
     {.model_type = "granite", .norm = &ARCH_RMS_W, .folds = LLAMA_FOLDS},
     {.model_type = "smollm3", .norm = &ARCH_RMS_W, .folds = LLAMA_FOLDS, .tie_default = 1},
     {.model_type = "qwen3", .norm = &ARCH_RMS_W, .folds = LLAMA_FOLDS,
      .keeps = {{"self_attn.q_norm", QK_NORM_WHY}, {"self_attn.k_norm", QK_NORM_WHY}}},
-    /* Phi3's fused projections are single [out, H] matrices: every column
-     * i is scaled by g[i], no splitting needed. */
+    /* §phi3: the fused projections are single [out, H] matrices: every
+     * column i is scaled by g[i], no splitting needed. */
     {.model_type = "phi3", .norm = &ARCH_RMS_W,
      .folds = {{"input_layernorm", {L("self_attn.qkv_proj")}},
                {"post_attention_layernorm", {L("mlp.gate_up_proj")}}}},
     {.model_type = "gemma", .norm = &ARCH_RMS_1PW, .folds = LLAMA_FOLDS, .tie_default = 1,
      .warning = GEMMA_WARNING, .untie_warning = GEMMA_UNTIE_WARNING},
-    /* Gemma2/3: post_attention_layernorm and post_feedforward_layernorm sit
-     * on the sublayer output, before the residual add. */
+    /* §gemma: in Gemma2/3 post_attention_layernorm and
+     * post_feedforward_layernorm sit on the sublayer output, before the
+     * residual add. */
     {.model_type = "gemma2", .norm = &ARCH_RMS_1PW,
      .folds = {{"input_layernorm", {QKV}}, {"pre_feedforward_layernorm", {GATE_UP}}},
      .keeps = {{"post_attention_layernorm", POST_NORM_WHY},
@@ -86,13 +87,13 @@ static const arch_info ARCHS[] = {
                {"post_feedforward_layernorm", POST_NORM_WHY},
                {"self_attn.q_norm", QK_NORM_WHY}, {"self_attn.k_norm", QK_NORM_WHY}},
      .tie_default = 1, .warning = GEMMA_WARNING, .untie_warning = GEMMA_UNTIE_WARNING},
-    /* OLMo2 has no pre-norms: attention and MLP read the raw residual. */
+    /* §olmo2: no pre-norms; attention and MLP read the raw residual. */
     {.model_type = "olmo2", .norm = &ARCH_RMS_W,
      .keeps = {{"post_attention_layernorm", POST_NORM_WHY},
                {"post_feedforward_layernorm", POST_NORM_WHY},
                {"self_attn.q_norm", "q/k norm over the whole projection, before RoPE"},
                {"self_attn.k_norm", "q/k norm over the whole projection, before RoPE"}}},
-    /* Mixtral: the post-attention norm feeds the router and every expert's
+    /* §mixtral: the post-attention norm feeds the router and every expert's
      * w1 (gate) and w3 (up); w2 is the down projection.  transformers 5
      * renames block_sparse_moe to mlp and fuses w1/w3 into gate_up_proj. */
     {.model_type = "mixtral", .norm = &ARCH_RMS_W,
@@ -103,7 +104,7 @@ static const arch_info ARCHS[] = {
                 {L("block_sparse_moe.gate"), L("block_sparse_moe.experts.{e}.w1"),
                  L("block_sparse_moe.experts.{e}.w3")}}},
      .moe = {.experts = {"num_local_experts"}}},
-    /* Qwen MoE fused experts: [E, 2I, H] as transformers 5 saves them; the
+    /* §qwen2_moe, §v5: fused experts are [E, 2I, H] as transformers 5 saves them; the
      * grouped-GEMM layout [E, H, 2I] (Qwen3-VL-MoE's, and some trainers')
      * is told apart by shape. */
     {.model_type = "qwen2_moe", .norm = &ARCH_RMS_W,
@@ -129,7 +130,7 @@ static const arch_info ARCHS[] = {
                {"post_attention_layernorm", {GATE_UP}, {{WHEN_DENSE}}, .note = "dense layer"}},
      .keeps = {{"self_attn.q_norm", QK_NORM_WHY}, {"self_attn.k_norm", QK_NORM_WHY}},
      .moe = QWEN_MOE},
-    /* DeepSeek-V3 MLA: two extra foldable norms inside attention.  Without
+    /* §deepseek_v3: MLA has two extra foldable norms inside attention.  Without
      * q_lora_rank the input norm feeds q_proj directly and there is no
      * q_a_layernorm.  e_score_correction_bias is never scaled. */
     {.model_type = "deepseek_v3", .norm = &ARCH_RMS_W,
@@ -150,7 +151,7 @@ static const arch_info ARCHS[] = {
                {"post_attention_layernorm", {GATE_UP}, {{WHEN_DENSE}}, .note = "dense layer"}},
      .moe = {.experts = {"n_routed_experts", "num_local_experts"}, .first_dense = "first_k_dense_replace",
              .step = "moe_layer_freq"}},
-    /* Cohere: parallel block, one input_layernorm feeds attention and MLP.
+    /* §cohere: a parallel block, one input_layernorm feeds attention and MLP.
      * LayerNorm without bias: the gain folds exactly like RMSNorm's. */
     {.model_type = "cohere", .norm = &ARCH_LN_NOBIAS,
      .folds = {{"input_layernorm", {QKV, GATE_UP}}},
@@ -158,8 +159,8 @@ static const arch_info ARCHS[] = {
      .tie_default = 1},
 };
 
-/* Multimodal Gemma 3 is gemma3_text under another prefix, its text config
- * nested in text_config. */
+/* §composite: multimodal Gemma 3 is gemma3_text under another prefix, its
+ * text config nested in text_config. */
 static const arch_alias ALIASES[] = {
     {"gemma3", "gemma3_text", 1, -1},
 };

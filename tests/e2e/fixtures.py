@@ -2,7 +2,7 @@
 
 Standard library only.  Independent of the converter: its own safetensors
 writer and strict reader, its own exact float rounding, and a generator of
-tiny models for every family flashify supports (architectures.md §1), with
+tiny models for every family flashify supports (docs/architectures.md), with
 trained-looking norm weights so that a wrong fold shows.
 
 Vocabulary:

@@ -7,6 +7,7 @@
  * alias and wrapper names an existing row, every row has a norm class, and
  * every condition names what it needs. */
 #include "flashify/arch.h"
+#include "flashify/plan.h"
 
 #include "../../src/forward_internal.h"
 
@@ -180,9 +181,50 @@ static void test_rows_consistent(void)
     CHECK(fwd_rope_find("su") == NULL, "unknown rope types are not accepted");
 }
 
+/* The README's --plan example is a valid plan file. */
+static void test_readme_plan_example(void)
+{
+    const char *root = getenv("FLASHIFY_ROOT");
+    char path[4096];
+    snprintf(path, sizeof path, "%s/README.md", root ? root : "..");
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return; /* reported by test_types_agree */
+    static char text[1 << 16];
+    size_t n = 0;
+    char line[4096];
+    int section = 0, in_block = 0, done = 0;
+    while (!done && fgets(line, sizeof line, f)) {
+        if (!strncmp(line, "### ", 4) || !strncmp(line, "## ", 3))
+            section = strstr(line, "Custom architectures") != NULL;
+        else if (section && !in_block && !strncmp(line, "```json", 7))
+            in_block = 1;
+        else if (in_block && !strncmp(line, "```", 3))
+            done = 1;
+        else if (in_block && n + strlen(line) < sizeof text) {
+            memcpy(text + n, line, strlen(line));
+            n += strlen(line);
+        }
+    }
+    fclose(f);
+    CHECK(done && n > 0, "no ```json block in README.md's Custom architectures section");
+    arch_custom *c = NULL;
+    fl_error err = {0};
+    fl_status s = arch_custom_parse("README.md", text, n, &c, &err);
+    CHECK(s == FL_OK, "README.md's plan example: %s", err.msg);
+    if (s == FL_OK) {
+        const arch_info *a = arch_custom_info(c);
+        CHECK(a->folds[3].consumers[1].input == IN_LAST && a->folds[3].cls &&
+              a->folds[3].cls->gain == GAIN_ONE_PLUS_W, "the example's fused consumer and gain");
+        CHECK(a->folds[0].when[0].kind == WHEN_LAYER_TYPE, "the example's layer_type condition");
+    }
+    arch_custom_free(c);
+}
+
 int main(void)
 {
     test_types_agree();
+    test_readme_plan_example();
     test_rows_consistent();
     if (failures) {
         fprintf(stderr, "test_tables: %d failure(s)\n", failures);
