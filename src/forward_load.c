@@ -191,27 +191,40 @@ static fl_status bind_fused(fwd_model *m, fwd_layer *ly, const char *pre, const 
     return FL_OK;
 }
 
+/* gate [I, H], up [I, H] and down [H, I] named "<base>.<gate>.weight" and
+ * so on: an expert, a shared expert.  A gate absent and not `required`
+ * binds nothing. */
+static fl_status bind_triple(fwd_model *m, const char *base, const char *gn, const char *un, const char *dn,
+                             int required, fwd_mat *g, fwd_mat *u, fwd_mat *d, fl_error *err)
+{
+    char name[512];
+    long H = m->H;
+    snprintf(name, sizeof name, "%s.%s.weight", base, gn);
+    fl_status s = fwd_bind_mat(m, name, -1, H, required, g, err);
+    if (s != FL_OK || !g->t)
+        return s;
+    long I = g->rows;
+    snprintf(name, sizeof name, "%s.%s.weight", base, un);
+    if ((s = fwd_bind_mat(m, name, I, H, 1, u, err)) != FL_OK)
+        return s;
+    snprintf(name, sizeof name, "%s.%s.weight", base, dn);
+    if ((s = fwd_bind_mat(m, name, H, I, 1, d, err)) != FL_OK)
+        return s;
+    if (I > m->max_inter)
+        m->max_inter = I;
+    return FL_OK;
+}
+
 static fl_status bind_per_expert(fwd_model *m, fwd_layer *ly, const char *pre, const fwd_moe_names *nm, long E,
                                  fl_error *err)
 {
-    char name[512];
-    fl_status s;
-    long H = m->H;
-    for (long e = 0; e < E; e++) {
-        snprintf(name, sizeof name, "%s%s.%ld.%s.weight", pre, nm->experts, e, nm->gate);
-        if ((s = fwd_bind_mat(m, name, -1, H, 1, &ly->e_gate[e], err)) != FL_OK)
-            return s;
-        long I = ly->e_gate[e].rows;
-        snprintf(name, sizeof name, "%s%s.%ld.%s.weight", pre, nm->experts, e, nm->up);
-        if ((s = fwd_bind_mat(m, name, I, H, 1, &ly->e_up[e], err)) != FL_OK)
-            return s;
-        snprintf(name, sizeof name, "%s%s.%ld.%s.weight", pre, nm->experts, e, nm->down);
-        if ((s = fwd_bind_mat(m, name, H, I, 1, &ly->e_down[e], err)) != FL_OK)
-            return s;
-        if (I > m->max_inter)
-            m->max_inter = I;
+    char base[512];
+    fl_status s = FL_OK;
+    for (long e = 0; e < E && s == FL_OK; e++) {
+        snprintf(base, sizeof base, "%s%s.%ld", pre, nm->experts, e);
+        s = bind_triple(m, base, nm->gate, nm->up, nm->down, 1, &ly->e_gate[e], &ly->e_up[e], &ly->e_down[e], err);
     }
-    return FL_OK;
+    return s;
 }
 
 /* The shared expert(s): Qwen2-MoE's with a sigmoid scalar gate,
@@ -219,28 +232,15 @@ static fl_status bind_per_expert(fwd_model *m, fwd_layer *ly, const char *pre, c
 static fl_status bind_shared(fwd_model *m, fwd_layer *ly, const char *pre, const fwd_moe_names *nm, fl_error *err)
 {
     char name[512];
-    fl_status s;
-    long H = m->H;
     if (!nm->shared)
         return FL_OK;
-    snprintf(name, sizeof name, "%s%s.gate_proj.weight", pre, nm->shared);
-    if ((s = fwd_bind_mat(m, name, -1, H, 0, &ly->sh_gate, err)) != FL_OK || !ly->sh_gate.t)
+    snprintf(name, sizeof name, "%s%s", pre, nm->shared);
+    fl_status s = bind_triple(m, name, "gate_proj", "up_proj", "down_proj", 0, &ly->sh_gate, &ly->sh_up,
+                              &ly->sh_down, err);
+    if (s != FL_OK || !ly->sh_gate.t || !nm->shared_gate)
         return s;
-    long I = ly->sh_gate.rows;
-    snprintf(name, sizeof name, "%s%s.up_proj.weight", pre, nm->shared);
-    if ((s = fwd_bind_mat(m, name, I, H, 1, &ly->sh_up, err)) != FL_OK)
-        return s;
-    snprintf(name, sizeof name, "%s%s.down_proj.weight", pre, nm->shared);
-    if ((s = fwd_bind_mat(m, name, H, I, 1, &ly->sh_down, err)) != FL_OK)
-        return s;
-    if (nm->shared_gate) {
-        snprintf(name, sizeof name, "%s%s.weight", pre, nm->shared_gate);
-        if ((s = fwd_bind_mat(m, name, 1, H, 1, &ly->sh_scalar, err)) != FL_OK)
-            return s;
-    }
-    if (I > m->max_inter)
-        m->max_inter = I;
-    return FL_OK;
+    snprintf(name, sizeof name, "%s%s.weight", pre, nm->shared_gate);
+    return fwd_bind_mat(m, name, 1, m->H, 1, &ly->sh_scalar, err);
 }
 
 static fl_status bind_moe(fwd_model *m, fwd_layer *ly, const char *pre, const fwd_moe_names *nm, fl_error *err)

@@ -6,7 +6,8 @@
  * table expects must exist with a matching input dimension before anything
  * is written; a quantized consumer is refused, naming its format, unless
  * --partial keeps its norm. */
-#include "flashify/plan.h"
+#include "plan_internal.h"
+
 #include "flashify/util.h"
 
 #include <cjson/cJSON.h>
@@ -58,8 +59,7 @@ static char *arena_printf(fold_plan *p, const char *fmt, ...)
     return arena_keep(p, s);
 }
 
-/* Grows *arr (of elements of `size` bytes) to hold one more element. */
-static void *grow(void *arr, size_t *cap, size_t n, size_t size)
+void *plan_grow(void *arr, size_t *cap, size_t n, size_t size)
 {
     if (n < *cap)
         return arr;
@@ -70,7 +70,7 @@ static void *grow(void *arr, size_t *cap, size_t n, size_t size)
     return q;
 }
 
-static fl_status oom(fl_error *err) { return fl_fail(err, FL_EIO, "out of memory"); }
+fl_status plan_oom(fl_error *err) { return fl_fail(err, FL_EIO, "out of memory"); }
 
 /* ---------------------------------------------------------------------------
  * the catalogue */
@@ -86,7 +86,7 @@ typedef struct {
     fl_error *err;
 } planner;
 
-static const ckpt_tensor *cat_find(const plan_catalogue *cat, const char *name)
+const ckpt_tensor *plan_cat_find(const plan_catalogue *cat, const char *name)
 {
     size_t lo = 0, hi = cat->n;
     while (lo < hi) {
@@ -136,7 +136,7 @@ static int layer_has(const char *rel, void *ctx)
     char name[ST_MAX_NAME + 128];
     for (size_t i = 0; i <= sizeof QUANT_MARKERS / sizeof QUANT_MARKERS[0]; i++) {
         snprintf(name, sizeof name, "%s%s%s", pl->lp, rel, i ? QUANT_MARKERS[i - 1].suffix : "");
-        if (cat_find(pl->cat, name))
+        if (plan_cat_find(pl->cat, name))
             return 1;
     }
     return 0;
@@ -154,7 +154,7 @@ static int quantized_by_marker(const plan_catalogue *cat, const char *base, cons
 {
     for (size_t i = 0; i < sizeof QUANT_MARKERS / sizeof QUANT_MARKERS[0]; i++) {
         snprintf(f->evidence, sizeof f->evidence, "%s%s", base, QUANT_MARKERS[i].suffix);
-        if (cat_find(cat, f->evidence)) {
+        if (plan_cat_find(cat, f->evidence)) {
             f->format = QUANT_MARKERS[i].format;
             return 1;
         }
@@ -196,7 +196,7 @@ static fl_status check_consumer(planner *pl, const char *base, arch_input in, co
     memset(f, 0, sizeof *f);
     char name[ST_MAX_NAME + 64];
     snprintf(name, sizeof name, in == IN_LINEAR ? "%s.weight" : "%s", base);
-    const ckpt_tensor *t = cat_find(pl->cat, name);
+    const ckpt_tensor *t = plan_cat_find(pl->cat, name);
     if (quantized_by_marker(pl->cat, base, f))
         return FL_OK;
     if (!t)
@@ -237,12 +237,12 @@ static fl_status expand_consumer(planner *pl, const arch_consumer *c, const char
         char *name = e ? arena_printf(pl->p, "%s%.*s%ld%s", pl->lp, (int)(e - c->name), c->name, j, e + 3)
                        : arena_printf(pl->p, "%s%s", pl->lp, c->name);
         size_t cap2 = *cap;
-        const char **b = grow(*bases, cap, *n, sizeof **bases);
+        const char **b = plan_grow(*bases, cap, *n, sizeof **bases);
         if (b)
             *bases = b;
-        unsigned char *in = b ? grow(*inputs, &cap2, *n, 1) : NULL;
+        unsigned char *in = b ? plan_grow(*inputs, &cap2, *n, 1) : NULL;
         if (!name || !b || !in)
-            return oom(pl->err);
+            return plan_oom(pl->err);
         *inputs = in;
         (*bases)[*n] = name;
         (*inputs)[(*n)++] = (unsigned char)c->input;
@@ -255,9 +255,9 @@ static fl_status expand_consumer(planner *pl, const arch_consumer *c, const char
 
 static fl_status add_kept(planner *pl, const char *name, const char *reason, int quantized)
 {
-    plan_kept *k = grow(pl->p->kept, &pl->cap_kept, pl->p->n_kept, sizeof *k);
+    plan_kept *k = plan_grow(pl->p->kept, &pl->cap_kept, pl->p->n_kept, sizeof *k);
     if (!k)
-        return oom(pl->err);
+        return plan_oom(pl->err);
     pl->p->kept = k;
     pl->p->kept[pl->p->n_kept++] = (plan_kept){name, reason, quantized};
     pl->p->n_quantized_kept += quantized;
@@ -267,7 +267,7 @@ static fl_status add_kept(planner *pl, const char *name, const char *reason, int
 /* The norm tensor `name` (checked: present, 1-D, of a sane length). */
 static fl_status find_norm(planner *pl, const char *name, const ckpt_tensor **out)
 {
-    const ckpt_tensor *t = cat_find(pl->cat, name);
+    const ckpt_tensor *t = plan_cat_find(pl->cat, name);
     if (!t) {
         if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(pl->p->cfg.top, "flashnorm_folded")))
             return fl_fail(pl->err, FL_EINPUT, "%s: already a FlashNorm checkpoint (config.json has \"flashnorm_folded\": true "
@@ -294,7 +294,7 @@ static fl_status add_group(planner *pl, const ckpt_tensor *nt, fl_gain gain, con
     uint64_t len = nt->t->shape[0];
     const char **names = calloc(n ? n : 1, sizeof *names);
     unsigned char *axes = calloc(n ? n : 1, 1);
-    fl_status s = names && axes ? FL_OK : oom(pl->err);
+    fl_status s = names && axes ? FL_OK : plan_oom(pl->err);
     for (size_t i = 0; i < n && s == FL_OK; i++) {
         consumer_found f;
         if ((s = check_consumer(pl, bases[i], (arch_input)inputs[i], nt->name, len, &f)) != FL_OK)
@@ -311,7 +311,7 @@ static fl_status add_group(planner *pl, const ckpt_tensor *nt, fl_gain gain, con
             plan_name_pattern(f.evidence, ep, sizeof ep);
             char *why = arena_printf(p, "its consumer '%s' is stored quantized (%s: '%s'); a per-channel gain "
                                      "does not commute with the quantization scales", cp, f.format, ep);
-            s = why ? add_kept(pl, nt->name, why, 1) : oom(pl->err);
+            s = why ? add_kept(pl, nt->name, why, 1) : plan_oom(pl->err);
             free(names);
             free(axes);
             return s;
@@ -320,9 +320,9 @@ static fl_status add_group(planner *pl, const ckpt_tensor *nt, fl_gain gain, con
             axes[i] = (unsigned char)f.axis;
         }
     }
-    fold_group *g = s == FL_OK ? grow(p->groups, &pl->cap_groups, p->n_groups, sizeof *g) : NULL;
+    fold_group *g = s == FL_OK ? plan_grow(p->groups, &pl->cap_groups, p->n_groups, sizeof *g) : NULL;
     if (s == FL_OK && !g)
-        s = oom(pl->err);
+        s = plan_oom(pl->err);
     if (s != FL_OK) {
         free(names);
         free(axes);
@@ -344,7 +344,7 @@ static fl_status plan_variant(planner *pl, const arch_fold *f, const char ***bas
         s = expand_consumer(pl, &f->consumers[ci], bases, inputs, &n, cap);
     char *norm = s == FL_OK ? arena_printf(pl->p, "%s%s.weight", pl->lp, f->norm) : NULL;
     if (s == FL_OK && !norm)
-        s = oom(pl->err);
+        s = plan_oom(pl->err);
     const ckpt_tensor *nt = NULL;
     if (s == FL_OK && (s = find_norm(pl, norm, &nt)) == FL_OK) {
         const arch_norm_class *cls = f->cls ? f->cls : pl->p->arch->norm;
@@ -370,9 +370,9 @@ static fl_status plan_keeps(planner *pl, ckpt_view cfg, long i, int moe, char *k
         if (!arch_when(a->keeps[ki].when, cfg, i, pl->p->n_layers, moe, layer_has, pl))
             continue;
         char *name = arena_printf(pl->p, "%s%s.weight", pl->lp, a->keeps[ki].norm);
-        const ckpt_tensor *t = name ? cat_find(pl->cat, name) : NULL;
+        const ckpt_tensor *t = name ? plan_cat_find(pl->cat, name) : NULL;
         if (!name)
-            return oom(pl->err);
+            return plan_oom(pl->err);
         kept_here[ki] = 1;
         if (t) {
             fl_status s = add_kept(pl, t->name, a->keeps[ki].reason, 0);
@@ -397,7 +397,7 @@ static fl_status check_covered(planner *pl, long i, const char *matched, const c
             covered = kept_here[k] && strcmp(a->keeps[k].norm, norm) == 0;
         char name[ST_MAX_NAME + 128];
         snprintf(name, sizeof name, "%s%s.weight", pl->lp, norm);
-        if (!covered && cat_find(pl->cat, name))
+        if (!covered && plan_cat_find(pl->cat, name))
             return fl_fail(pl->err, FL_EINPUT,
                            "%s: norm '%s' is present, but no rule of model_type %s applies to layer %ld "
                            "(check the layer's config: MoE layers, layer_types)",
@@ -413,7 +413,7 @@ static fl_status plan_layer(planner *pl, ckpt_view cfg, long i, const char ***ba
     const arch_info *a = p->arch;
     char *lp = arena_printf(p, "%slayers.%ld.", p->prefix, i);
     if (!lp)
-        return oom(pl->err);
+        return plan_oom(pl->err);
     pl->lp = lp;
     int moe = arch_is_moe_layer(&a->moe, cfg, i, p->n_experts);
     char matched[ARCH_MAX_FOLDS] = {0}, kept_here[ARCH_MAX_KEEPS] = {0};
@@ -462,14 +462,14 @@ static fl_status find_layout(planner *pl)
     for (; lay->prefix; lay++) {
         char name[256];
         snprintf(name, sizeof name, "%s%s.weight", lay->prefix, lay->embed);
-        const ckpt_tensor *t = cat_find(pl->cat, name);
+        const ckpt_tensor *t = plan_cat_find(pl->cat, name);
         if (!t)
             continue;
         snprintf(p->prefix, sizeof p->prefix, "%s", lay->prefix);
         p->embed_name = t->name;
         p->head_name = arena_printf(p, "%s.weight", lay->head);
         pl->final_name = arena_printf(p, "%s%s.weight", lay->prefix, lay->norm);
-        return p->head_name && pl->final_name ? FL_OK : oom(pl->err);
+        return p->head_name && pl->final_name ? FL_OK : plan_oom(pl->err);
     }
     return fl_fail(pl->err, FL_EINPUT, "%s: no embedding tensor (model.embed_tokens.weight) found", pl->cat->dir);
 }
@@ -491,8 +491,8 @@ static int tie_flag(const ckpt_config *cfg, const arch_resolved *r)
 static fl_status plan_final(planner *pl, int flag)
 {
     fold_plan *p = pl->p;
-    const ckpt_tensor *embed = cat_find(pl->cat, p->embed_name), *head = cat_find(pl->cat, p->head_name);
-    const ckpt_tensor *final = cat_find(pl->cat, pl->final_name);
+    const ckpt_tensor *embed = plan_cat_find(pl->cat, p->embed_name), *head = plan_cat_find(pl->cat, p->head_name);
+    const ckpt_tensor *final = plan_cat_find(pl->cat, pl->final_name);
     fl_status s;
     if (!final)
         return fl_fail(pl->err, FL_EINPUT, "%s: final norm '%s' is missing", pl->cat->dir, pl->final_name);
@@ -511,7 +511,7 @@ static fl_status plan_final(planner *pl, int flag)
         unsigned char in = IN_LINEAR;
         size_t before = p->n_groups;
         if (!base || (s = add_group(pl, final, p->arch->norm->gain, NULL, &base, &in, 1)) != FL_OK)
-            return base ? s : oom(pl->err);
+            return base ? s : plan_oom(pl->err);
         p->final_folded = p->n_groups > before;
         return FL_OK;
     }
@@ -523,7 +523,7 @@ static fl_status plan_final(planner *pl, int flag)
         return fl_fail(pl->err, FL_EINPUT, "%s: embedding '%s' has width %llu, but '%s' has %llu elements",
                        cat_file(pl->cat, embed), embed->name, (unsigned long long)embed->t->shape[1], final->name,
                        (unsigned long long)final->t->shape[0]);
-    fold_group *g = grow(p->groups, &pl->cap_groups, p->n_groups, sizeof *g);
+    fold_group *g = plan_grow(p->groups, &pl->cap_groups, p->n_groups, sizeof *g);
     const char **names = calloc(1, sizeof *names);
     unsigned char *axes = calloc(1, 1);
     if (g)
@@ -531,7 +531,7 @@ static fl_status plan_final(planner *pl, int flag)
     if (!g || !names || !axes) {
         free(names);
         free(axes);
-        return oom(pl->err);
+        return plan_oom(pl->err);
     }
     names[0] = p->head_name;
     axes[0] = 1;
@@ -543,162 +543,6 @@ static fl_status plan_final(planner *pl, int flag)
 }
 
 /* ---------------------------------------------------------------------------
- * the output tensors */
-
-typedef struct {
-    const char *name;
-    size_t gi;               /* index into groups */
-    int axis;
-} name_ref;
-
-static int cmp_ref(const void *a, const void *b)
-{
-    return strcmp(((const name_ref *)a)->name, ((const name_ref *)b)->name);
-}
-
-static int cmp_strp(const void *a, const void *b)
-{
-    return strcmp(*(const char *const *)a, *(const char *const *)b);
-}
-
-static int cmp_out(const void *a, const void *b)
-{
-    const out_tensor *x = a, *y = b;
-    if (x->shard != y->shard)
-        return x->shard < y->shard ? -1 : 1;
-    return strcmp(x->name, y->name);
-}
-
-/* qsort has no context argument: the plan being sorted, per thread. */
-static _Thread_local const fold_plan *sorting_plan;
-
-static int cmp_by_name(const void *a, const void *b)
-{
-    return strcmp(sorting_plan->out[*(const size_t *)a].name, sorting_plan->out[*(const size_t *)b].name);
-}
-
-/* Sorted references to every consumer and every dropped norm; refuses a
- * tensor folded by two norms and a norm in two groups. */
-static fl_status index_groups(fold_plan *p, name_ref **cons, size_t *n_cons, name_ref **norms, fl_error *err)
-{
-    size_t n = 0;
-    for (size_t i = 0; i < p->n_groups; i++)
-        n += p->groups[i].n_consumers;
-    *cons = calloc(n ? n : 1, sizeof **cons);
-    *norms = calloc(p->n_groups ? p->n_groups : 1, sizeof **norms);
-    p->dropped = calloc(p->n_groups ? p->n_groups : 1, sizeof *p->dropped);
-    if (!*cons || !*norms || !p->dropped)
-        return oom(err);
-    size_t k = 0;
-    for (size_t i = 0; i < p->n_groups; i++) {
-        (*norms)[i] = (name_ref){p->groups[i].norm, i, 0};
-        p->dropped[p->n_dropped++] = p->groups[i].norm;
-        for (size_t j = 0; j < p->groups[i].n_consumers; j++)
-            (*cons)[k++] = (name_ref){p->groups[i].consumers[j], i, p->groups[i].axes[j]};
-    }
-    *n_cons = n;
-    qsort(*cons, n, sizeof **cons, cmp_ref);
-    qsort(*norms, p->n_groups, sizeof **norms, cmp_ref);
-    qsort(p->dropped, p->n_dropped, sizeof *p->dropped, cmp_strp);
-    for (size_t i = 1; i < n; i++)
-        if (strcmp((*cons)[i - 1].name, (*cons)[i].name) == 0)
-            return fl_fail(err, FL_EINPUT, "plan error: tensor '%s' would be folded by two norms ('%s' and '%s')",
-                           (*cons)[i].name, p->groups[(*cons)[i - 1].gi].norm, p->groups[(*cons)[i].gi].norm);
-    for (size_t i = 1; i < p->n_groups; i++)
-        if (strcmp((*norms)[i - 1].name, (*norms)[i].name) == 0)
-            return fl_fail(err, FL_EINPUT, "plan error: norm '%s' appears in two fold groups", (*norms)[i].name);
-    return FL_OK;
-}
-
-static fl_status push_out(fold_plan *p, size_t *cap, out_tensor o, fl_error *err)
-{
-    out_tensor *outs = grow(p->out, cap, p->n_out, sizeof *outs);
-    if (!outs)
-        return oom(err);
-    p->out = outs;
-    p->out[p->n_out++] = o;
-    return FL_OK;
-}
-
-/* What becomes of source tensor t: skipped (*keep = 0), or its out_tensor. */
-static out_tensor out_of(const fold_plan *p, const ckpt_tensor *t, const ckpt_tensor *embed,
-                         const name_ref *cons, size_t n_cons, const name_ref *norms, int *keep)
-{
-    out_tensor o = {.name = t->name, .src = t, .op = OUT_COPY, .axis = 1, .shard = t->shard};
-    int is_head = p->untie && strcmp(t->name, p->head_name) == 0;
-    int is_embed = strcmp(t->name, p->embed_name) == 0;
-    name_ref probe = {t->name, 0, 0};
-    const name_ref *r;
-    *keep = 1;
-    if (t->is_alias && !(p->untie && (is_head || is_embed))) {
-        *keep = 0;  /* stays an alias in the shard's __metadata__ */
-    } else if ((r = bsearch(&probe, norms, p->n_groups, sizeof *norms, cmp_ref))) {
-        *keep = p->keep_norms;
-        o.op = OUT_IDENTITY;
-        o.group = &p->groups[r->gi];
-        o.identity = fold_identity(o.group->gain);
-    } else if (is_head) {
-        o = (out_tensor){t->name, embed, OUT_FOLD, &p->groups[p->n_groups - 1], 1, 0, embed->shard};
-    } else if ((r = bsearch(&probe, cons, n_cons, sizeof *cons, cmp_ref))) {
-        o.op = OUT_FOLD;
-        o.group = &p->groups[r->gi];
-        o.axis = r->axis;
-    }
-    return o;
-}
-
-static fl_status plan_outputs(fold_plan *p, const plan_catalogue *cat, fl_error *err)
-{
-    name_ref *cons = NULL, *norms = NULL;
-    size_t n_cons = 0, cap = 0;
-    fl_status s = index_groups(p, &cons, &n_cons, &norms, err);
-    const ckpt_tensor *embed = cat_find(cat, p->embed_name);
-    int head_written = 0;
-    for (size_t i = 0; i < cat->n && s == FL_OK; i++) {
-        int keep;
-        out_tensor o = out_of(p, &cat->tensors[i], embed, cons, n_cons, norms, &keep);
-        head_written |= p->untie && strcmp(o.name, p->head_name) == 0;
-        if (keep)
-            s = push_out(p, &cap, o, err);
-    }
-    if (s == FL_OK && p->untie && !head_written)
-        s = push_out(p, &cap, (out_tensor){p->head_name, embed, OUT_FOLD, &p->groups[p->n_groups - 1], 1, 0,
-                                           embed->shard}, err);
-    free(cons);
-    free(norms);
-    if (s != FL_OK)
-        return s;
-    qsort(p->out, p->n_out, sizeof *p->out, cmp_out);
-    p->by_name = malloc((p->n_out ? p->n_out : 1) * sizeof *p->by_name);
-    if (!p->by_name)
-        return oom(err);
-    for (size_t i = 0; i < p->n_out; i++)
-        p->by_name[i] = i;
-    sorting_plan = p;
-    qsort(p->by_name, p->n_out, sizeof *p->by_name, cmp_by_name);
-    sorting_plan = NULL;
-    return FL_OK;
-}
-
-/* The FlashNorm marker makes ARCH_MARKER_NORMS and the final norm
- * weightless: write it only when every one of them that exists was folded,
- * and nothing was kept because of quantization. */
-static int marker_allowed(const fold_plan *p, const plan_catalogue *cat)
-{
-    if (p->arch->marker == ARCH_MARKER_NEVER || !p->final_folded || p->n_quantized_kept)
-        return 0;
-    for (long i = 0; i < p->n_layers; i++)
-        for (int k = 0; ARCH_MARKER_NORMS[k]; k++) {
-            char name[256];
-            snprintf(name, sizeof name, "%slayers.%ld.%s.weight", p->prefix, i, ARCH_MARKER_NORMS[k]);
-            const char *key = name;
-            if (cat_find(cat, name) && !bsearch(&key, p->dropped, p->n_dropped, sizeof *p->dropped, cmp_strp))
-                return 0;
-        }
-    return 1;
-}
-
-/* ---------------------------------------------------------------------------
  * deciding */
 
 static fl_status plan_setup(fold_plan *p, const ckpt_config *cfg, const plan_catalogue *cat,
@@ -706,7 +550,7 @@ static fl_status plan_setup(fold_plan *p, const ckpt_config *cfg, const plan_cat
 {
     memset(p, 0, sizeof *p);
     if (!(p->arena = calloc(1, sizeof(arena))))
-        return oom(err);
+        return plan_oom(err);
     p->keep_norms = opt->keep_norms;
     if (opt->custom && strcmp(opt->custom->model_type, cfg->model_type) != 0 &&
         strcmp(opt->custom->model_type, cfg->nested_model_type) != 0)
@@ -740,7 +584,7 @@ fl_status plan_decide(const ckpt_config *cfg, const plan_catalogue *cat, const p
     if (s == FL_OK)
         s = plan_outputs(p, cat, err);
     if (s == FL_OK)
-        p->marker = marker_allowed(p, cat);
+        p->marker = plan_marker_allowed(p, cat);
     return s;
 }
 
@@ -756,7 +600,7 @@ fl_status plan_load_norms(const checkpoint *ck, fold_plan *p, fl_error *err)
             return fl_fail(err, FL_EINPUT, "%s: norm '%s' is missing", ck->dir, g->norm);
         g->w = malloc(g->len * sizeof *g->w);
         if (!g->w)
-            return oom(err);
+            return plan_oom(err);
         size_t n;
         fl_status s = ckpt_read_vector(ck, t, g->w, g->len, &n, err);
         if (s != FL_OK)
@@ -802,7 +646,7 @@ fl_status plan_build(const checkpoint *ck, const plan_options *opt, fold_plan *p
     const char **files = calloc(ck->n_shards ? ck->n_shards : 1, sizeof *files);
     if (!files) {
         arch_custom_free(custom);
-        return oom(err);
+        return plan_oom(err);
     }
     for (size_t i = 0; i < ck->n_shards; i++)
         files[i] = ck->shards[i].path;
@@ -836,42 +680,4 @@ void plan_free(fold_plan *p)
         free(a);
     }
     memset(p, 0, sizeof *p);
-}
-
-void plan_name_pattern(const char *name, char *out, size_t cap)
-{
-    const char *l = strstr(name, "layers.");
-    size_t n = strlen(name);
-    if (n > 7 && strcmp(name + n - 7, ".weight") == 0)
-        n -= 7;
-    if (!l || (size_t)(l - name) >= n) {
-        snprintf(out, cap, "%.*s", (int)n, name);
-        return;
-    }
-    const char *d = l + 7;
-    const char *e = d;
-    while (*e >= '0' && *e <= '9')
-        e++;
-    if (e == d) {
-        snprintf(out, cap, "%.*s", (int)n, name);
-        return;
-    }
-    snprintf(out, cap, "%.*s{i}%.*s", (int)(d - name), name, (int)(n - (size_t)(e - name)), e);
-}
-
-const out_tensor *plan_find_out(const fold_plan *p, const char *name)
-{
-    size_t lo = 0, hi = p->n_out;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        const out_tensor *o = &p->out[p->by_name[mid]];
-        int c = strcmp(o->name, name);
-        if (c == 0)
-            return o;
-        if (c < 0)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return NULL;
 }
