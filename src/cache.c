@@ -1,6 +1,6 @@
 /* cache.c — the Hugging Face hub cache layout (see cache.h and
- * hub-protocol.md §4; the facts come from huggingface_hub constants.py,
- * file_download.py and utils/_fixes.py). */
+ * docs/hub-protocol.md §4; the facts come from huggingface_hub
+ * constants.py, file_download.py and utils/_fixes.py). */
 #include "flashify/cache.h"
 #include "flashify/util.h"
 
@@ -16,52 +16,54 @@
 #include <unistd.h>
 
 /* ----------------------------------------------------------------------------
- * Small string helpers */
+ * Where the cache is */
 
-static const char *nonempty_env(const char *name)
+static const hub_env no_env;
+
+static const char *nonempty(const char *v)
 {
-    const char *v = getenv(name);
     return v && *v ? v : NULL;
 }
 
 /* Python expands "~" in these variables (os.path.expanduser). */
-static char *expand_home(const char *p)
+static char *expand_home(const hub_env *e, const char *p)
 {
     if (p[0] == '~' && (p[1] == '/' || p[1] == 0)) {
-        const char *home = nonempty_env("HOME");
+        const char *home = nonempty(e->home);
         if (home)
             return fl_asprintf("%s%s", home, p + 1);
     }
     return fl_strdup(p);
 }
 
-/* ----------------------------------------------------------------------------
- * Where the cache is */
-
-char *cache_hf_home(void)
+char *cache_hf_home(const hub_env *e)
 {
-    const char *h = nonempty_env("HF_HOME");
+    if (!e)
+        e = &no_env;
+    const char *h = nonempty(e->hf_home);
     if (h)
-        return expand_home(h);
-    const char *xdg = nonempty_env("XDG_CACHE_HOME");
+        return expand_home(e, h);
+    const char *xdg = nonempty(e->xdg_cache_home);
     if (xdg) {
-        char *x = expand_home(xdg);
+        char *x = expand_home(e, xdg);
         char *r = x ? fl_asprintf("%s/%s", x, "huggingface") : NULL;
         free(x);
         return r;
     }
-    const char *home = nonempty_env("HOME");
+    const char *home = nonempty(e->home);
     return fl_asprintf("%s/%s", home ? home : ".", ".cache/huggingface");
 }
 
-char *cache_hub_dir(void)
+char *cache_hub_dir(const hub_env *e)
 {
-    const char *h = nonempty_env("HF_HUB_CACHE");
+    if (!e)
+        e = &no_env;
+    const char *h = nonempty(e->hf_hub_cache);
     if (!h)
-        h = nonempty_env("HUGGINGFACE_HUB_CACHE");
+        h = nonempty(e->huggingface_hub_cache);
     if (h)
-        return expand_home(h);
-    char *home = cache_hf_home();
+        return expand_home(e, h);
+    char *home = cache_hf_home(e);
     char *r = home ? fl_asprintf("%s/%s", home, "hub") : NULL;
     free(home);
     return r;
@@ -90,23 +92,22 @@ char *cache_repo_folder(const char *repo_id)
 }
 
 /* constants.py _is_true: "1", "ON", "YES", "TRUE", case-insensitive. */
-static int env_true(const char *name)
+static int is_true(const char *v)
 {
-    const char *v = getenv(name);
     if (!v)
         return 0;
     return !strcasecmp(v, "1") || !strcasecmp(v, "on") ||
            !strcasecmp(v, "yes") || !strcasecmp(v, "true");
 }
 
-int cache_offline_env(void)
+int cache_offline_env(const hub_env *e)
 {
-    return env_true("HF_HUB_OFFLINE") || env_true("TRANSFORMERS_OFFLINE");
+    return e && (is_true(e->hf_hub_offline) || is_true(e->transformers_offline));
 }
 
-int cache_symlinks_disabled(void)
+int cache_symlinks_disabled(const hub_env *e)
 {
-    return env_true("HF_HUB_DISABLE_SYMLINKS");
+    return e && is_true(e->hf_hub_disable_symlinks);
 }
 
 int cache_is_commit(const char *s)

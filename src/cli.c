@@ -12,9 +12,14 @@
 #include "flashify/verify.h"
 #include "flashify/write.h"
 
+#include <cjson/cJSON.h>
+#include <curl/curl.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <openssl/crypto.h>
+#include <openssl/opensslv.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,6 +66,15 @@ static void install_signal_policy(void)
     /* Lets the writer read the source through a mapping (write.h). */
     sa.sa_handler = convert_sigbus_handler;
     sigaction(SIGBUS, &sa, NULL);
+    /* A libcurl that may raise SIGPIPE on a connection the peer closed
+     * (before 7.87, TLS writes) must not make that an interrupt: block it;
+     * writes to a closed pipe then fail with EPIPE (finish_stdout). */
+    if (!hub_sigpipe_safe()) {
+        sigset_t pipe_set;
+        sigemptyset(&pipe_set);
+        sigaddset(&pipe_set, SIGPIPE);
+        pthread_sigmask(SIG_BLOCK, &pipe_set, NULL);
+    }
 }
 
 static int exit_code(fl_status s)
@@ -72,7 +86,7 @@ static int exit_code(fl_status s)
 
 static int fail(const fl_error *err)
 {
-    fprintf(stderr, "flashify: error: %s\n", err->msg);
+    cli_diag("error", "%s", err->msg);
     return exit_code(err->code);
 }
 
@@ -84,7 +98,7 @@ static int finish_stdout(int code)
         return code;
     if (last_signal == SIGPIPE || errno == EPIPE)
         return code ? code : 128 + SIGPIPE;
-    fprintf(stderr, "flashify: error: standard output: write failed: %s\n", strerror(errno));
+    cli_diag("error", "standard output: write failed: %s", strerror(errno));
     return code ? code : FL_EIO;
 }
 
@@ -193,7 +207,9 @@ static fl_status fetch_repo(const cli_args *a, const char *repo, char **dir, fl_
 {
     hub_progress hp;
     hub_progress_init(&hp, stderr, -1, a->quiet);
-    hub_request req = {.repo_id = repo, .revision = a->revision, .token = a->token,
+    hub_env env;
+    cli_hub_env(&env);
+    hub_request req = {.repo_id = repo, .revision = a->revision, .token = a->token, .env = &env,
                        .offline = a->offline, .quiet = a->quiet, .verbose = a->verbose,
                        .jobs = a->jobs, .progress = hub_progress_render, .progress_ctx = &hp};
     fl_status s = hub_fetch_snapshot(&req, dir, err);
@@ -270,8 +286,13 @@ static int cmd_verify(const cli_args *a, const char *source, const char *output)
 {
     fl_error err = {0};
     verify_options vo = verify_options_of(a);
+    cli_progress progress;
+    cli_progress_init(&progress, stderr, a->quiet, a->verbose);
+    vo.progress = cli_progress_update;
+    vo.progress_ctx = &progress;
     char *report = NULL;
     fl_status s = verify_pair(source, output, &vo, &report, &err);
+    cli_progress_finish(&progress);
     if (report)
         fputs(report, stdout);
     free(report);
@@ -294,7 +315,7 @@ static void print_quantized_kept(const fold_plan *plan)
             seen = plan->kept[j].quantized && strcmp(earlier, pat) == 0;
         }
         if (!seen)
-            fprintf(stderr, "flashify: --partial: keeping %s: %s\n", pat, plan->kept[i].reason);
+            cli_diag("note", "--partial: keeping %s: %s", pat, plan->kept[i].reason);
     }
 }
 
@@ -311,9 +332,9 @@ static void announce_plan(const fold_plan *plan)
                 "flashify: --keep-tied: the final norm stays unfolded, so no FlashNorm marker "
                 "(flashnorm_folded) is written\n");
     if (plan->arch->warning && !plan->keep_norms && plan->n_dropped)
-        fprintf(stderr, "flashify: warning: %s\n", plan->arch->warning);
+        cli_diag("warning", "%s", plan->arch->warning);
     if (plan->untie && plan->arch->untie_warning)
-        fprintf(stderr, "flashify: warning: %s\n", plan->arch->untie_warning);
+        cli_diag("warning", "%s", plan->arch->untie_warning);
     print_quantized_kept(plan);
 }
 
@@ -326,13 +347,13 @@ static fl_status convert(const cli_args *a, const char *dir, const checkpoint *c
         if (convert_check_output(ck, out, a->force, &note) == FL_OK)
             printf("would write %s (dry run: nothing written)\n", out);
         else
-            fprintf(stderr, "flashify: note: %s\n", note.msg);
+            cli_diag("note", "%s", note.msg);
         return FL_OK;
     }
     if (!a->quiet)
         announce_plan(plan);
-    convert_progress progress;
-    convert_progress_init(&progress, a->quiet);
+    cli_progress progress;
+    cli_progress_init(&progress, stderr, a->quiet, a->verbose);
     convert_options co = {.out_dir = out, .force = a->force, .threads = a->threads,
                           .memory = a->memory, .fsync = !a->no_fsync,
                           .max_shard_size = a->max_shard_size, .resume = a->resume,
@@ -345,9 +366,12 @@ static fl_status convert(const cli_args *a, const char *dir, const checkpoint *c
         sc.opt.dump_logits = NULL;
         co.before_commit = strict_check;
         co.commit_ctx = &sc;
+        sc.opt.progress = cli_progress_update;
+        sc.opt.progress_ctx = &progress;
     }
     double t0 = fl_now();
     fl_status s = convert_write(ck, plan, &co, err);
+    cli_progress_finish(&progress);
     if (s == FL_OK && !a->quiet) {
         size_t folded = 0;
         uint64_t bytes = 0;
@@ -359,8 +383,8 @@ static fl_status convert(const cli_args *a, const char *dir, const checkpoint *c
                 out, folded, plan->n_dropped, plan->keep_norms ? "set to identity" : "removed",
                 bytes / 1e9, fl_now() - t0);
         if (plan->n_quantized_kept)
-            fprintf(stderr, "flashify: --partial: %d norms kept with their weights (quantized consumers); "
-                            "no FlashNorm marker written\n", plan->n_quantized_kept);
+            cli_diag("note", "--partial: %d norms kept with their weights (quantized consumers); "
+                             "no FlashNorm marker written", plan->n_quantized_kept);
     }
     return s;
 }
@@ -411,7 +435,7 @@ static int inspect_file(const char *path)
     fl_error err = {0};
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
-        fprintf(stderr, "flashify: error: %s: cannot open: %s\n", path, strerror(errno));
+        cli_diag("error", "%s: cannot open: %s", path, strerror(errno));
         return FL_EINPUT;
     }
     st_header h;
@@ -474,6 +498,20 @@ static int cmd_inspect(const cli_args *a, const char *path)
 /* ---------------------------------------------------------------------------
  * main */
 
+/* flashify --version: each library as built against and as loaded now
+ * (the shared library may have been upgraded since). */
+static void print_version(void)
+{
+    const curl_version_info_data *cv = curl_version_info(CURLVERSION_NOW);
+    printf("flashify %s\n", FLASHIFY_VERSION);
+    printf("cJSON %s (built with %d.%d.%d)\n", cJSON_Version(), CJSON_VERSION_MAJOR,
+           CJSON_VERSION_MINOR, CJSON_VERSION_PATCH);
+    printf("libcurl %s, TLS by %s (built with %s)\n", cv->version,
+           cv->ssl_version ? cv->ssl_version : "none", LIBCURL_VERSION);
+    printf("OpenSSL %s (built with %s)\n", OpenSSL_version(OPENSSL_VERSION_STRING),
+           OPENSSL_VERSION_STR);
+}
+
 static int run(int argc, char **argv)
 {
     static const struct {
@@ -503,7 +541,11 @@ static int run(int argc, char **argv)
             return 0;
         }
         if (!strcmp(argv[i], "--version")) {
-            printf("flashify %s\n", FLASHIFY_VERSION);
+            print_version();
+            return 0;
+        }
+        if (!strcmp(argv[i], "--list-options")) {
+            cli_list_options(stdout);
             return 0;
         }
     }
@@ -519,6 +561,8 @@ static int run(int argc, char **argv)
         return r;
     if (n_pos != n_want)
         return cli_usage_error("%s", want);
+    if (a.quiet && a.verbose)
+        return cli_usage_error("--quiet and --verbose contradict each other");
     switch (cmd) {
     case CMD_INSPECT: return cmd_inspect(&a, pos[0]);
     case CMD_DOWNLOAD: return cmd_download(&a, pos[0]);

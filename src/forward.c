@@ -101,6 +101,7 @@ fl_status fwd_logits(fwd_model *m, const int32_t *tokens, size_t n, float *logit
     size_t rowb = (size_t)H * m->embed.esize;
     void *raw = xcalloc(rowb, 1, &oom);
     fl_status s = FL_OK;
+    m->meter.done = 0;
     if (oom) {
         s = fl_fail(err, FL_EIO, "out of memory for %zu tokens", n);
         goto done;
@@ -115,6 +116,8 @@ fl_status fwd_logits(fwd_model *m, const int32_t *tokens, size_t n, float *logit
             for (long c = 0; c < H; c++)
                 x[t * H + c] = (float)(x[t * H + c] * m->embed_mult);
     }
+    if (m->head.t != m->embed.t)
+        fwd_meter_add(m, &m->embed);   /* looked up, not streamed */
 
     for (long l = 0; l < m->L; l++) {
         const fwd_layer *ly = &m->layers[l];
@@ -158,6 +161,8 @@ fl_status fwd_logits(fwd_model *m, const int32_t *tokens, size_t n, float *logit
             z = tanh(z / m->final_softcap) * m->final_softcap;
         logits[i] = (float)z;
     }
+    if (m->meter.fn)
+        m->meter.fn(m->meter.ctx, m->meter.total, m->meter.total);
 done:
     free(x); free(y); free(raw);
     free(b.h); free(b.q); free(b.k); free(b.v); free(b.ctx); free(b.qkv); free(b.att);

@@ -385,8 +385,14 @@ static fl_status moe(const fwd_model *m, const fwd_layer *ly, const float *x, lo
                     memcpy(b->xe + n * H, x + t * H, (size_t)H * sizeof(float));
                     n++;
                 }
-        if (!n)
+        if (!n) {
+            /* No token chose expert e: its weights count as done unread. */
+            fwd_meter_add(m, ly->fused ? &ly->e_gate_up[e] : &ly->e_gate[e]);
+            if (!ly->fused)
+                fwd_meter_add(m, &ly->e_up[e]);
+            fwd_meter_add(m, &ly->e_down[e]);
             continue;
+        }
         s = gated_mlp(m, &ly->e_gate[e], &ly->e_up[e], ly->fused ? &ly->e_gate_up[e] : NULL, &ly->e_down[e], NULL,
                       NULL, NULL, b->xe, n, b, b->tmp2, err);
         for (long i = 0; s == FL_OK && i < n; i++)

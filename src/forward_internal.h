@@ -210,6 +210,14 @@ struct fwd_model {
     float *freq_global, *freq_local;
     double af_global, af_local;       /* RoPE attention factor (YaRN, LongRoPE) */
     char desc[256];
+    /* fwd_set_progress: bytes of the bound matrices (total) and of those
+     * streamed in this pass.  The blocks take the model const, so they
+     * count through mp, which points at meter. */
+    struct fwd_meter {
+        fwd_progress_fn fn;
+        void *ctx;
+        uint64_t done, total;
+    } meter, *mp;
 };
 
 enum { ACT_SILU, ACT_GELU_TANH, ACT_GELU_ERF };
@@ -227,6 +235,9 @@ void fwd_to_float(int d, const void *raw, float *out, size_t n);
 /* y[T][out] = x[T][in] * W^T (+ bias) for an nn.Linear matrix, or x @ W for an xw one. */
 fl_status fwd_matmul(const fwd_model *m, const fwd_mat *w, const float *bias, const float *x, long T, float *y,
                      fl_error *err);
+/* Counts matrix w as streamed (or skipped: an expert no token chose) in this
+ * pass, and reports progress. */
+void fwd_meter_add(const fwd_model *m, const fwd_mat *w);
 /* Rounds x to the storage dtype d and back. */
 double fwd_round_to_dtype(int d, double x);
 

@@ -301,6 +301,21 @@ static fl_status xw_matmul(const fwd_model *m, const fwd_mat *w, const float *x,
     return s;
 }
 
+void fwd_set_progress(fwd_model *m, fwd_progress_fn fn, void *ctx)
+{
+    m->meter.fn = fn;
+    m->meter.ctx = ctx;
+}
+
+void fwd_meter_add(const fwd_model *m, const fwd_mat *w)
+{
+    struct fwd_meter *mt = m->mp;
+    if (w->t)
+        mt->done += (uint64_t)w->rows * (uint64_t)w->cols * w->esize;
+    if (mt->fn)
+        mt->fn(mt->ctx, mt->done < mt->total ? mt->done : mt->total, mt->total);
+}
+
 fl_status fwd_matmul(const fwd_model *m, const fwd_mat *w, const float *bias, const float *x, long T, float *y,
                      fl_error *err)
 {
@@ -308,6 +323,8 @@ fl_status fwd_matmul(const fwd_model *m, const fwd_mat *w, const float *bias, co
         return fl_fail(err, FL_EINTR, "interrupted");
     fl_status s = w->xw ? xw_matmul(m, w, x, T, y, err) : linear_matmul(m, w, x, T, y, err);
     long out = w->xw ? w->cols : w->rows;
+    if (s == FL_OK)
+        fwd_meter_add(m, w);
     if (s == FL_OK && bias)
         for (long t = 0; t < T; t++)
             for (long r = 0; r < out; r++)

@@ -62,6 +62,7 @@ fl_status fwd_bind_mat(const fwd_model *m, const char *name, long rows, long col
         return fl_fail(err, FL_EINPUT, "%s: tensor '%s' has shape [%llu, %llu], expected [%ld, %ld]", ckdir(m), name,
                        (unsigned long long)s->shape[0], (unsigned long long)s->shape[1], rows, cols);
     *out = (fwd_mat){t, (long)s->shape[0], (long)s->shape[1], s->dtype, st_dtype_bits(s->dtype) / 8, 0, 0};
+    m->mp->total += st_nbytes(s);
     return FL_OK;
 }
 
@@ -182,6 +183,7 @@ static fl_status bind_fused(fwd_model *m, fwd_layer *ly, const char *pre, const 
         return fl_fail(err, FL_EINPUT, "%s: fused experts '%s' (2I = %llu) and '%s' do not fit together", ckdir(m),
                        gu_name, (unsigned long long)I2, dn_name);
     ly->fused = last ? 1 : 2;
+    m->mp->total += st_nbytes(gu->t) + st_nbytes(dn->t);
     for (long e = 0; e < E; e++) {
         ly->e_gate_up[e] = last ? slab(gu, e, (long)I2, m->H, 0) : slab(gu, e, m->H, (long)I2, 1);
         ly->e_down[e] = last ? slab(dn, e, m->H, (long)I, 0) : slab(dn, e, (long)I, m->H, 1);
@@ -743,6 +745,7 @@ fl_status fwd_open(const checkpoint *ck, int threads, fwd_model **out, fl_error 
     if (!m)
         return fl_fail(err, FL_EIO, "out of memory");
     m->ck = ck;
+    m->mp = &m->meter;
     fl_status s = pick_family(m, err);
     if (s != FL_OK) {
         free(m);

@@ -1,8 +1,8 @@
 /* hub.c — resolving a Hugging Face repo id to a snapshot in the shared hub
- * cache (see hub.h).  The flow follows snapshot_download (hub-protocol.md
- * §6): revision -> commit, tree listing (paginated), file selection, then
- * one HEAD per file the cache lacks and a verified transfer per blob the
- * cache lacks, on `jobs` worker threads. */
+ * cache (see hub.h).  The flow follows snapshot_download
+ * (docs/hub-protocol.md §6): revision -> commit, tree listing (paginated),
+ * file selection, then one HEAD per file the cache lacks and a verified
+ * transfer per blob the cache lacks, on `jobs` worker threads. */
 #include "flashify/hub.h"
 
 #include <cjson/cJSON.h>
@@ -10,7 +10,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fnmatch.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -91,23 +90,47 @@ static char *clean_token(const char *t)
     return out;
 }
 
-/* --token, HF_TOKEN, HUGGING_FACE_HUB_TOKEN, then $HF_TOKEN_PATH or
- * $HF_HOME/token (utils/_auth.py get_token). */
-static char *find_token(const char *given)
+const char *hub_endpoint(const hub_env *env)
 {
+    return env && env->hf_endpoint && *env->hf_endpoint ? env->hf_endpoint
+                                                        : "https://huggingface.co";
+}
+
+void hub_token_free(char *token)
+{
+    if (token) {
+        memset(token, 0, strlen(token));
+        free(token);
+    }
+}
+
+int hub_sigpipe_safe(void)
+{
+    /* From 7.87.0 every TLS backend writes through libcurl's connection
+     * filters, which send() with MSG_NOSIGNAL; before, OpenSSL wrote to
+     * the socket itself (curl commit 55807e6c, docs/hub-protocol.md §9). */
+    const curl_version_info_data *v = curl_version_info(CURLVERSION_NOW);
+    return v && v->version_num >= 0x075700;
+}
+
+char *hub_find_token(const char *given, const hub_env *env)
+{
+    static const hub_env none;
+    if (!env)
+        env = &none;
     char *t;
     if ((t = clean_token(given)))
         return t;
-    if ((t = clean_token(getenv("HF_TOKEN"))))
+    if ((t = clean_token(env->hf_token)))
         return t;
-    if ((t = clean_token(getenv("HUGGING_FACE_HUB_TOKEN"))))
+    if ((t = clean_token(env->hugging_face_hub_token)))
         return t;
     char *path = NULL;
-    const char *p = getenv("HF_TOKEN_PATH");
+    const char *p = env->hf_token_path;
     if (p && *p) {
         path = strdup(p);
     } else {
-        char *home = cache_hf_home();
+        char *home = cache_hf_home(env);
         if (home) {
             size_t n = strlen(home) + 8;
             path = malloc(n);
@@ -254,30 +277,26 @@ typedef struct {
  * the blob moved there when new, copied when it was already there). */
 static fl_status fetch_one(run *R, CURL *h, int slot, hub_file *f, fl_error *err)
 {
-    char *qrev = dl_quote(R->commit, "");
-    char *qpath = dl_quote(f->path, "/");
-    char *url = NULL;
+    char *qrev = http_quote(R->commit, "");
+    char *qpath = http_quote(f->path, "/");
+    char *url = qrev && qpath ? fl_asprintf("%s/%s/resolve/%s/%s", R->dc.http.endpoint,
+                                            R->repo_id, qrev, qpath)
+                              : NULL;
     fl_status st = FL_OK;
-    if (qrev && qpath) {
-        size_t n = strlen(R->dc.endpoint) + strlen(R->repo_id) + strlen(qrev) + strlen(qpath) + 16;
-        url = malloc(n);
-        if (url)
-            snprintf(url, n, "%s/%s/resolve/%s/%s", R->dc.endpoint, R->repo_id, qrev, qpath);
-    }
     free(qrev);
     free(qpath);
     if (!url)
         return fl_fail(err, FL_EIO, "out of memory");
 
     dl_meta m;
-    dl_response r;
-    st = dl_head(&R->dc, h, url, &m, &r, err);
+    http_response r;
+    st = dl_head(&R->dc.http, h, url, &m, &r, err);
     free(url);
     if (st)
         return st;
     if (r.status < 200 || r.status >= 400) {
-        st = dl_http_error(&R->dc, &r, f->path, err);
-        dl_response_free(&r);
+        st = http_error(&R->dc.http, &r, f->path, err);
+        http_response_free(&r);
         return st;
     }
     if (strcmp(m.commit, R->commit)) {
@@ -334,7 +353,7 @@ static fl_status fetch_item(void *ctx, size_t item, int worker, fl_error *err)
     phase_job *j = ctx;
     fl_status st = fetch_one(j->R, j->handles[worker], worker, j->R->queue[item], err);
     if (st != FL_OK)
-        atomic_store(&j->R->dc.stop, 1);
+        atomic_store(&j->R->dc.http.stop, 1);
     return st;
 }
 
@@ -353,7 +372,7 @@ static fl_status fetch_phase(run *R, int phase, fl_error *err)
         if (!f->want || f->is_weight != phase)
             continue;
         if (cache_pointer_ok(R->repo_dir, R->commit, f->path, f->size)) {
-            dl_log(&R->dc, "%s: in the cache", f->path);
+            http_log(&R->dc.http, "%s: in the cache", f->path);
             continue;
         }
         R->queue[R->nq++] = f;
@@ -362,9 +381,9 @@ static fl_status fetch_phase(run *R, int phase, fl_error *err)
     }
     if (!R->nq)
         return FL_OK;
-    pthread_mutex_lock(&R->dc.mu);
-    R->dc.all_total += total;
-    pthread_mutex_unlock(&R->dc.mu);
+    pthread_mutex_lock(&R->dc.http.mu);
+    R->dc.http.all_total += total;
+    pthread_mutex_unlock(&R->dc.http.mu);
     int nt = R->jobs < (int)R->nq ? R->jobs : (int)R->nq;
     fl_pool *pool = fl_pool_new(nt);
     CURL **handles = pool ? calloc((size_t)fl_pool_size(pool), sizeof *handles) : NULL;
@@ -466,34 +485,32 @@ static fl_status select_files(run *R, int *has_index, fl_error *err)
 /* Lists the tree of R->commit, following Link rel="next". */
 static fl_status list_tree(run *R, CURL *h, fl_error *err)
 {
-    char *qrev = dl_quote(R->commit, "");
-    char *url = qrev ? malloc(strlen(R->dc.endpoint) + strlen(R->repo_id) + strlen(qrev) + 64) : NULL;
-    if (!url) {
-        free(qrev);
-        return fl_fail(err, FL_EIO, "out of memory");
-    }
-    sprintf(url, "%s/api/models/%s/tree/%s?recursive=true&expand=false", R->dc.endpoint,
-            R->repo_id, qrev);
+    char *qrev = http_quote(R->commit, "");
+    char *url = qrev ? fl_asprintf("%s/api/models/%s/tree/%s?recursive=true&expand=false",
+                                   R->dc.http.endpoint, R->repo_id, qrev)
+                     : NULL;
     free(qrev);
+    if (!url)
+        return fl_fail(err, FL_EIO, "out of memory");
     fl_status st = FL_OK;
     for (int page = 0; url; page++) {
         if (page >= MAX_TREE_PAGES) {
             st = fl_fail(err, FL_ENET, "%s: more than %d tree pages", R->repo_id, MAX_TREE_PAGES);
             break;
         }
-        dl_response r;
-        if ((st = dl_api_get(&R->dc, h, url, &r, err)))
+        http_response r;
+        if ((st = dl_api_get(&R->dc.http, h, url, &r, err)))
             break;
         free(url);
         url = NULL;
         if (r.status != 200) {
-            st = dl_http_error(&R->dc, &r, NULL, err);
+            st = http_error(&R->dc.http, &r, NULL, err);
         } else {
             st = parse_tree_page(r.body, R->repo_id, &R->files, err);
             url = r.link_next;
             r.link_next = NULL;
         }
-        dl_response_free(&r);
+        http_response_free(&r);
         if (st)
             break;
     }
@@ -504,21 +521,20 @@ static fl_status list_tree(run *R, CURL *h, fl_error *err)
 /* GET /api/models/{id}/revision/{rev} -> sha. */
 static fl_status resolve_commit(run *R, CURL *h, const char *rev, fl_error *err)
 {
-    char *qrev = dl_quote(rev, "");
-    char *url = qrev ? malloc(strlen(R->dc.endpoint) + strlen(R->repo_id) + strlen(qrev) + 32) : NULL;
-    if (!url) {
-        free(qrev);
-        return fl_fail(err, FL_EIO, "out of memory");
-    }
-    sprintf(url, "%s/api/models/%s/revision/%s", R->dc.endpoint, R->repo_id, qrev);
+    char *qrev = http_quote(rev, "");
+    char *url = qrev ? fl_asprintf("%s/api/models/%s/revision/%s", R->dc.http.endpoint,
+                                   R->repo_id, qrev)
+                     : NULL;
     free(qrev);
-    dl_response r;
-    fl_status st = dl_api_get(&R->dc, h, url, &r, err);
+    if (!url)
+        return fl_fail(err, FL_EIO, "out of memory");
+    http_response r;
+    fl_status st = dl_api_get(&R->dc.http, h, url, &r, err);
     free(url);
     if (st)
         return st;
     if (r.status != 200) {
-        st = dl_http_error(&R->dc, &r, NULL, err);
+        st = http_error(&R->dc.http, &r, NULL, err);
     } else {
         cJSON *j = cJSON_Parse(r.body);
         const char *sha = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, "sha"));
@@ -529,7 +545,7 @@ static fl_status resolve_commit(run *R, CURL *h, const char *rev, fl_error *err)
             memcpy(R->commit, sha, 41);
         cJSON_Delete(j);
     }
-    dl_response_free(&r);
+    http_response_free(&r);
     return st;
 }
 
@@ -609,28 +625,88 @@ static void run_free(run *R)
     free(R->queue);
 }
 
-static fl_status fetch_snapshot(const hub_request *req, char **snapshot_dir, fl_error *err);
-
-/* With CURLOPT_NOSIGNAL (needed with threads) libcurl no longer ignores
- * SIGPIPE, and a TLS write to a peer that hung up would kill the process.
- * Block it in this thread (the workers inherit the mask) and swallow any
- * that arrived before restoring the caller's mask. */
-fl_status hub_fetch_snapshot(const hub_request *req, char **snapshot_dir, fl_error *err)
+/* Creates blobs/ and snapshots/<commit>/, the cache tag and refs/<rev>
+ * (§4: the order file_download.py writes them in); *snap is the snapshot
+ * directory. */
+static fl_status prepare_snapshot(run *R, const char *rev, char **snap, fl_error *err)
 {
-    sigset_t pipe_set, old;
-    sigemptyset(&pipe_set);
-    sigaddset(&pipe_set, SIGPIPE);
-    pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
-    fl_status st = fetch_snapshot(req, snapshot_dir, err);
-    sigset_t pending;
-    struct timespec zero = {0, 0};
-    if (sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE))
-        sigtimedwait(&pipe_set, NULL, &zero);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    *snap = fl_asprintf("%s/snapshots/%s", R->repo_dir, R->commit);
+    char *blobs = fl_path_join(R->repo_dir, "blobs");
+    fl_status st = *snap && blobs ? FL_OK : fl_fail(err, FL_EIO, "out of memory");
+    if (!st)
+        st = fl_mkdir_p(blobs, 0777, err);
+    if (!st)
+        st = fl_mkdir_p(*snap, 0777, err);
+    free(blobs);
+    if (!st) {
+        cache_write_tag(R->hub_dir);
+        if (strcmp(rev, R->commit))
+            st = cache_write_ref(R->repo_dir, rev, R->commit, err);
+    }
     return st;
 }
 
-static fl_status fetch_snapshot(const hub_request *req, char **snapshot_dir, fl_error *err)
+/* The commit and file list from the Hub.  *cached is set when the Hub is
+ * unreachable and the cache holds the snapshot (then *snapshot_dir is it):
+ * like Python, fall back to what the cache has (§3). */
+static fl_status resolve_online(run *R, CURL *h, const char *rev, char **snapshot_dir,
+                                int *cached, fl_error *err)
+{
+    fl_error quiet;
+    *cached = 0;
+    if (cache_is_commit(rev) && offline_snapshot(R, rev, snapshot_dir, &quiet) == FL_OK) {
+        /* A commit is immutable: when its snapshot holds what a conversion
+         * needs, no request at all (file_download.py does the same). */
+        http_log(&R->dc.http, "commit %s is in the cache", rev);
+        *cached = 1;
+        return FL_OK;
+    }
+    fl_status st = FL_OK;
+    if (cache_is_commit(rev)) {
+        memcpy(R->commit, rev, 41);
+    } else if ((st = resolve_commit(R, h, rev, err)) == FL_ENET &&
+               offline_snapshot(R, rev, snapshot_dir, &quiet) == FL_OK) {
+        http_log(&R->dc.http, "Hub unreachable (%s); using the cached snapshot", err->msg);
+        *cached = 1;
+        return FL_OK;
+    }
+    if (!st)
+        st = list_tree(R, h, err);
+    return st;
+}
+
+/* Everything after the offline check: resolve, select, fetch the
+ * non-weight files, then (with the index they include) the weights. */
+static fl_status fetch_online(run *R, const char *rev, char **snapshot_dir, fl_error *err)
+{
+    CURL *h = curl_easy_init();
+    if (!h)
+        return fl_fail(err, FL_EIO, "cannot initialise libcurl");
+    int cached = 0;
+    fl_status st = resolve_online(R, h, rev, snapshot_dir, &cached, err);
+    curl_easy_cleanup(h);
+    if (st || cached)
+        return st;
+    int has_index = 0;
+    char *snap = NULL;
+    st = select_files(R, &has_index, err);
+    if (!st)
+        st = prepare_snapshot(R, rev, &snap, err);
+    if (!st)
+        st = fetch_phase(R, 0, err);
+    if (!st && has_index)
+        st = want_index_shards(snap, &R->files, R->repo_id, err);
+    if (!st)
+        st = fetch_phase(R, 1, err);
+    if (st) {
+        free(snap);
+        return st;
+    }
+    *snapshot_dir = snap;
+    return FL_OK;
+}
+
+fl_status hub_fetch_snapshot(const hub_request *req, char **snapshot_dir, fl_error *err)
 {
     *snapshot_dir = NULL;
     if (!hub_is_repo_id(req->repo_id))
@@ -649,98 +725,34 @@ static fl_status fetch_snapshot(const hub_request *req, char **snapshot_dir, fl_
     memset(&R, 0, sizeof R);
     R.repo_id = repo_id;
     R.jobs = req->jobs > 0 ? (req->jobs > MAX_JOBS ? MAX_JOBS : req->jobs) : 4;
-    const char *ep = getenv("HF_ENDPOINT");
-    char *token = find_token(req->token);
-    fl_status st = dl_client_init(&R.dc, ep && *ep ? ep : "https://huggingface.co", token, err);
-    if (token) {
-        memset(token, 0, strlen(token));
-        free(token);
-    }
-    if (st) {
+    char *token = hub_find_token(req->token, req->env);
+    fl_status st = dl_client_init(&R.dc, req->env, hub_endpoint(req->env), token, err);
+    hub_token_free(token);
+    if (st)
         return st;
-    }
-    R.dc.repo_id = repo_id;
-    R.dc.revision = rev;
-    R.dc.verbose = req->verbose;
-    R.dc.progress = req->progress;
-    R.dc.progress_ctx = req->progress_ctx;
-    R.no_symlinks = cache_symlinks_disabled();
-    R.hub_dir = cache_hub_dir();
+    R.dc.http.repo_id = repo_id;
+    R.dc.http.revision = rev;
+    R.dc.http.verbose = req->verbose;
+    R.dc.http.progress = req->progress;
+    R.dc.http.progress_ctx = req->progress_ctx;
+    R.no_symlinks = cache_symlinks_disabled(req->env);
+    R.hub_dir = cache_hub_dir(req->env);
     R.folder = cache_repo_folder(repo_id);
     R.repo_dir = R.hub_dir && R.folder ? fl_path_join(R.hub_dir, R.folder) : NULL;
     if (!R.repo_dir) {
         run_free(&R);
         return fl_fail(err, FL_EIO, "out of memory");
     }
-    dl_log(&R.dc, "endpoint %s, cache %s, token %s", R.dc.endpoint, R.repo_dir,
-           R.dc.token ? "set (hidden)" : "none");
+    http_log(&R.dc.http, "endpoint %s, cache %s, token %s", R.dc.http.endpoint, R.repo_dir,
+           R.dc.http.token ? "set (hidden)" : "none");
 
-    if (req->offline || cache_offline_env()) {
+    if (req->offline || cache_offline_env(req->env)) {
         st = offline_snapshot(&R, rev, snapshot_dir, err);
         run_free(&R);
         return st;
     }
 
-    CURL *h = curl_easy_init();
-    if (!h) {
-        run_free(&R);
-        return fl_fail(err, FL_EIO, "cannot initialise libcurl");
-    }
-    fl_error quiet;
-    if (cache_is_commit(rev) && offline_snapshot(&R, rev, snapshot_dir, &quiet) == FL_OK) {
-        /* A commit is immutable: when its snapshot holds what a conversion
-         * needs, no request at all (file_download.py does the same). */
-        dl_log(&R.dc, "commit %s is in the cache", rev);
-        curl_easy_cleanup(h);
-        run_free(&R);
-        return FL_OK;
-    }
-    if (cache_is_commit(rev))
-        memcpy(R.commit, rev, 41);
-    else if ((st = resolve_commit(&R, h, rev, err)) == FL_ENET) {
-        /* Hub unreachable: like Python, fall back to what the cache has. */
-        fl_error e2;
-        if (offline_snapshot(&R, rev, snapshot_dir, &e2) == FL_OK) {
-            dl_log(&R.dc, "Hub unreachable (%s); using the cached snapshot", err->msg);
-            curl_easy_cleanup(h);
-            run_free(&R);
-            return FL_OK;
-        }
-    }
-    if (!st)
-        st = list_tree(&R, h, err);
-    curl_easy_cleanup(h);
-    int has_index = 0;
-    if (!st)
-        st = select_files(&R, &has_index, err);
-    char *snap = NULL;
-    if (!st) {
-        snap = fl_asprintf("%s/snapshots/%s", R.repo_dir, R.commit);
-        char *blobs = fl_path_join(R.repo_dir, "blobs");
-        if (!snap || !blobs)
-            st = fl_fail(err, FL_EIO, "out of memory");
-        if (!st)
-            st = fl_mkdir_p(blobs, 0777, err);
-        if (!st)
-            st = fl_mkdir_p(snap, 0777, err);
-        free(blobs);
-    }
-    if (!st) {
-        cache_write_tag(R.hub_dir);
-        if (strcmp(rev, R.commit))
-            st = cache_write_ref(R.repo_dir, rev, R.commit, err);
-    }
-    if (!st)
-        st = fetch_phase(&R, 0, err);
-    if (!st && has_index)
-        st = want_index_shards(snap, &R.files, repo_id, err);
-    if (!st)
-        st = fetch_phase(&R, 1, err);
+    st = fetch_online(&R, rev, snapshot_dir, err);
     run_free(&R);
-    if (st) {
-        free(snap);
-        return st;
-    }
-    *snapshot_dir = snap;
-    return FL_OK;
+    return st;
 }

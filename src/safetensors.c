@@ -11,6 +11,7 @@
  * The grammar accepted is RFC 8259 JSON; what it may contain is the
  * reference's schema (safetensors/src/tensor.rs, see docs/safetensors.md §1). */
 #include "flashify/safetensors.h"
+#include "flashify/json.h"
 #include "flashify/util.h"
 
 #include <errno.h>
@@ -94,257 +95,36 @@ static const char *shown(const char *s, char *buf, size_t cap)
 
 /* ---- the JSON reader ------------------------------------------------------ */
 
-typedef struct {
-    const char *what;
-    const unsigned char *s;   /* header bytes */
-    size_t len, pos;
-    fl_error *err;
-} jreader;
-
-static fl_status jfail_at(jreader *j, const char *msg)
-{
-    if (j->pos >= j->len)
-        return fl_fail(j->err, FL_EINPUT, "%s: invalid safetensors header: %s at end of header",
-                       j->what, msg);
-    unsigned c = j->s[j->pos];
-    char shown_c[16];
-    if (c > 0x20 && c < 0x7f) snprintf(shown_c, sizeof shown_c, "'%c'", (char)c);
-    else snprintf(shown_c, sizeof shown_c, "0x%02x", c);
-    return fl_fail(j->err, FL_EINPUT, "%s: invalid safetensors header: %s at header byte %zu (%s)",
-                   j->what, msg, j->pos, shown_c);
-}
-
-static void jws(jreader *j)
-{
-    while (j->pos < j->len) {
-        unsigned char c = j->s[j->pos];
-        if (c != ' ' && c != '\t' && c != '\n' && c != '\r') break;
-        j->pos++;
-    }
-}
-
-static int jpeek(jreader *j) { return j->pos < j->len ? j->s[j->pos] : -1; }
-
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
-
-static int read_hex4(jreader *j, unsigned *out)
-{
-    if (j->len - j->pos < 4) return -1;
-    unsigned v = 0;
-    for (int k = 0; k < 4; k++) {
-        int h = hexval(j->s[j->pos + k]);
-        if (h < 0) return -1;
-        v = v << 4 | (unsigned)h;
-    }
-    j->pos += 4;
-    *out = v;
-    return 0;
-}
-
-/* Parses a JSON string at the cursor into a fresh NUL-terminated buffer
- * (*out, caller frees; NULL when out is NULL: the string is only checked).
- * The buffer was validated as UTF-8 beforehand, so raw bytes are copied;
- * escapes are decoded like serde_json does (lone surrogates rejected).  A
- * \u0000 escape is rejected: no name or metadata value can hold a NUL in C. */
-static fl_status jstring(jreader *j, char **out, size_t *out_len)
-{
-    if (jpeek(j) != '"') return jfail_at(j, "expected a string");
-    j->pos++;
-    /* The decoded string is never longer than its encoding. */
-    size_t start = j->pos, cap = 0;
-    while (j->pos < j->len && j->s[j->pos] != '"') {
-        if (j->s[j->pos] == '\\') j->pos++;
-        j->pos++;
-    }
-    if (j->pos >= j->len) { j->pos = start - 1; return jfail_at(j, "unterminated string"); }
-    cap = j->pos - start;
-    j->pos = start;
-    char *buf = NULL;
-    if (out) {
-        buf = malloc(cap + 1);
-        if (!buf) return fl_fail(j->err, FL_EIO, "%s: out of memory reading header", j->what);
-    }
-    size_t n = 0;
-    for (;;) {
-        unsigned char c = j->s[j->pos];
-        if (c == '"') { j->pos++; break; }
-        if (c < 0x20) { free(buf); return jfail_at(j, "control character in string"); }
-        if (c != '\\') {
-            if (buf) buf[n] = (char)c;
-            n++;
-            j->pos++;
-            continue;
-        }
-        j->pos++;
-        int e = j->s[j->pos++];
-        unsigned cp = 0;
-        switch (e) {
-        case '"': case '\\': case '/': cp = (unsigned)e; break;
-        case 'b': cp = '\b'; break;
-        case 'f': cp = '\f'; break;
-        case 'n': cp = '\n'; break;
-        case 'r': cp = '\r'; break;
-        case 't': cp = '\t'; break;
-        case 'u':
-            if (read_hex4(j, &cp) < 0) { free(buf); j->pos -= 2; return jfail_at(j, "bad \\u escape"); }
-            if (cp >= 0xDC00 && cp <= 0xDFFF) {
-                free(buf); j->pos -= 6; return jfail_at(j, "lone low surrogate in \\u escape");
-            }
-            if (cp >= 0xD800 && cp <= 0xDBFF) {
-                unsigned lo;
-                if (j->len - j->pos < 2 || j->s[j->pos] != '\\' || j->s[j->pos + 1] != 'u') {
-                    free(buf); j->pos -= 6; return jfail_at(j, "lone high surrogate in \\u escape");
-                }
-                j->pos += 2;
-                if (read_hex4(j, &lo) < 0 || lo < 0xDC00 || lo > 0xDFFF) {
-                    free(buf); j->pos -= 8; return jfail_at(j, "bad surrogate pair in \\u escape");
-                }
-                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-            }
-            if (cp == 0) { free(buf); j->pos -= 6; return jfail_at(j, "NUL (\\u0000) in string"); }
-            break;
-        default:
-            free(buf); j->pos -= 2; return jfail_at(j, "bad escape in string");
-        }
-        /* UTF-8 encode cp; never longer than the escape it came from. */
-        unsigned char tmp[4];
-        size_t k;
-        if (cp < 0x80) { tmp[0] = (unsigned char)cp; k = 1; }
-        else if (cp < 0x800) { tmp[0] = 0xC0 | cp >> 6; tmp[1] = 0x80 | (cp & 63); k = 2; }
-        else if (cp < 0x10000) {
-            tmp[0] = 0xE0 | cp >> 12; tmp[1] = 0x80 | ((cp >> 6) & 63); tmp[2] = 0x80 | (cp & 63); k = 3;
-        } else {
-            tmp[0] = 0xF0 | cp >> 18; tmp[1] = 0x80 | ((cp >> 12) & 63);
-            tmp[2] = 0x80 | ((cp >> 6) & 63); tmp[3] = 0x80 | (cp & 63); k = 4;
-        }
-        if (buf) memcpy(buf + n, tmp, k);
-        n += k;
-    }
-    if (buf) {
-        buf[n] = 0;
-        *out = buf;
-    }
-    if (out_len) *out_len = n;
-    return FL_OK;
-}
-
-/* Scans a JSON number at the cursor (RFC 8259 grammar).  When it is a plain
- * non-negative integer (no sign, fraction or exponent) that fits in 64 bits,
- * *value gets it and *is_uint is 1; otherwise *is_uint is 0.  *tok and *tok_len
- * give the token's text for messages. */
-static fl_status jnumber(jreader *j, int *is_uint, uint64_t *value,
-                         const char **tok, size_t *tok_len)
-{
-    size_t start = j->pos;
-    int plain = 1, overflow = 0;
-    uint64_t v = 0;
-    if (jpeek(j) == '-') { plain = 0; j->pos++; }
-    int c = jpeek(j);
-    if (c == '0') j->pos++;
-    else if (c >= '1' && c <= '9') {
-        while ((c = jpeek(j)) >= '0' && c <= '9') {
-            if (v > (UINT64_MAX - 9) / 10) overflow = 1;
-            else v = v * 10 + (uint64_t)(c - '0');
-            j->pos++;
-        }
-    } else return jfail_at(j, "bad number");
-    if (jpeek(j) == '.') {
-        plain = 0;
-        j->pos++;
-        if (!((c = jpeek(j)) >= '0' && c <= '9')) return jfail_at(j, "bad number");
-        while ((c = jpeek(j)) >= '0' && c <= '9') j->pos++;
-    }
-    if (jpeek(j) == 'e' || jpeek(j) == 'E') {
-        plain = 0;
-        j->pos++;
-        if (jpeek(j) == '+' || jpeek(j) == '-') j->pos++;
-        if (!((c = jpeek(j)) >= '0' && c <= '9')) return jfail_at(j, "bad number");
-        while ((c = jpeek(j)) >= '0' && c <= '9') j->pos++;
-    }
-    *is_uint = plain && !overflow;
-    *value = v;
-    *tok = (const char *)j->s + start;
-    *tok_len = j->pos - start;
-    return FL_OK;
-}
-
-static fl_status jliteral(jreader *j, const char *lit)
-{
-    size_t n = strlen(lit);
-    if (j->len - j->pos < n || memcmp(j->s + j->pos, lit, n) != 0)
-        return jfail_at(j, "expected a JSON value");
-    j->pos += n;
-    return FL_OK;
-}
-
-/* Checks (and skips) any JSON value; `depth` is its nesting level. */
-static fl_status jskip(jreader *j, int depth)
-{
-    int c = jpeek(j);
-    if ((c == '{' || c == '[') && depth >= ST_MAX_DEPTH)
-        return fl_fail(j->err, FL_EINPUT, "%s: header JSON nested deeper than %d levels at byte %zu",
-                       j->what, ST_MAX_DEPTH, j->pos);
-    if (c == '{' || c == '[') {
-        int close = c == '{' ? '}' : ']';
-        j->pos++;
-        jws(j);
-        if (jpeek(j) == close) { j->pos++; return FL_OK; }
-        for (;;) {
-            fl_status st;
-            if (close == '}') {
-                if ((st = jstring(j, NULL, NULL))) return st;
-                jws(j);
-                if (jpeek(j) != ':') return jfail_at(j, "expected ':'");
-                j->pos++;
-                jws(j);
-            }
-            if ((st = jskip(j, depth + 1))) return st;
-            jws(j);
-            if (jpeek(j) == ',') { j->pos++; jws(j); continue; }
-            if (jpeek(j) == close) { j->pos++; return FL_OK; }
-            return jfail_at(j, close == '}' ? "expected ',' or '}'" : "expected ',' or ']'");
-        }
-    }
-    if (c == '"') return jstring(j, NULL, NULL);
-    if (c == 't') return jliteral(j, "true");
-    if (c == 'f') return jliteral(j, "false");
-    if (c == 'n') return jliteral(j, "null");
-    if (c == '-' || (c >= '0' && c <= '9')) {
-        int u; uint64_t v; const char *t; size_t tl;
-        return jnumber(j, &u, &v, &t, &tl);
-    }
-    return jfail_at(j, "expected a JSON value");
-}
-
 /* ---- the header schema ---------------------------------------------------- */
+
+/* Nesting levels (json.h): the header object 0, a tensor entry 1, its
+ * arrays and unknown fields' values 2; unknown values may nest only this
+ * deep in total, so hostile nesting cannot exhaust the stack. */
+enum { DEPTH_ENTRY = 1, DEPTH_FIELD = 2 };
 
 /* Reads an array of non-negative integers (each <= ST_MAX_INT) into
  * vals[0..max), for "shape" and "data_offsets".  Messages name the tensor. */
-static fl_status jint_array(jreader *j, const char *tname, const char *field,
+static fl_status jint_array(json_reader *j, const char *tname, const char *field,
                             uint64_t *vals, int max, int *count)
 {
     char nb[96];
-    if (jpeek(j) != '[')
+    if (json_peek(j) != '[')
         return fl_fail(j->err, FL_EINPUT, "%s: tensor '%s': \"%s\" is not an array",
                        j->what, shown(tname, nb, sizeof nb), field);
-    j->pos++;
-    jws(j);
-    int n = 0;
-    if (jpeek(j) == ']') { j->pos++; *count = 0; return FL_OK; }
-    for (;;) {
-        int c = jpeek(j);
+    json_iter it;
+    fl_status st = json_enter(j, &it, '[', DEPTH_FIELD);
+    int n = 0, r = 0;
+    while (st == FL_OK && (r = json_next(j, &it, NULL, NULL)) > 0) {
+        int c = json_peek(j);
         if (c != '-' && !(c >= '0' && c <= '9'))
             return fl_fail(j->err, FL_EINPUT, "%s: tensor '%s': \"%s\" holds a non-number",
                            j->what, shown(tname, nb, sizeof nb), field);
-        int is_uint; uint64_t v; const char *tok; size_t tl;
-        fl_status st = jnumber(j, &is_uint, &v, &tok, &tl);
-        if (st) return st;
+        int is_uint;
+        uint64_t v;
+        const char *tok;
+        size_t tl;
+        if ((st = json_number(j, &is_uint, &v, &tok, &tl)) != FL_OK)
+            return st;
         if (!is_uint || v > ST_MAX_INT)
             return fl_fail(j->err, FL_EINPUT,
                            "%s: tensor '%s': \"%s\" value %.*s is not an integer in [0, 2^53]",
@@ -354,110 +134,107 @@ static fl_status jint_array(jreader *j, const char *tname, const char *field,
             return fl_fail(j->err, FL_EINPUT, "%s: tensor '%s': \"%s\" has more than %d entries",
                            j->what, shown(tname, nb, sizeof nb), field, max);
         vals[n++] = v;
-        jws(j);
-        if (jpeek(j) == ',') { j->pos++; jws(j); continue; }
-        if (jpeek(j) == ']') { j->pos++; break; }
-        return jfail_at(j, "expected ',' or ']'");
     }
+    if (st == FL_OK && r < 0)
+        st = j->status;
     *count = n;
-    return FL_OK;
+    return st;
+}
+
+/* What one tensor entry has set so far; unknown keys are kept to find
+ * duplicates among them. */
+typedef struct {
+    int dtype, shape, offsets, n_extra;
+    char *extra[ST_MAX_EXTRA_FIELDS];
+} entry_fields;
+
+static fl_status jdtype(json_reader *j, st_tensor *t)
+{
+    char nb[96], db[96], *dt = NULL;
+    if (json_peek(j) != '"')
+        return fl_fail(j->err, FL_EINPUT, "%s: tensor '%s': \"dtype\" is not a string", j->what,
+                       shown(t->name, nb, sizeof nb));
+    fl_status st = json_string(j, &dt, NULL);
+    if (st != FL_OK)
+        return st;
+    st_dtype d;
+    if (st_dtype_parse(dt, &d) < 0)
+        st = fl_fail(j->err, FL_EINPUT, "%s: tensor '%s': unknown dtype \"%s\"", j->what,
+                     shown(t->name, nb, sizeof nb), shown(dt, db, sizeof db));
+    else
+        t->dtype = d;
+    free(dt);
+    return st;
+}
+
+/* One member of a tensor entry; takes ownership of key. */
+static fl_status jtensor_field(json_reader *j, st_tensor *t, char *key, entry_fields *f)
+{
+    char nb[96], kb[96];
+    const char *tn = t->name;
+    int *seen = !strcmp(key, "dtype") ? &f->dtype
+              : !strcmp(key, "shape") ? &f->shape
+              : !strcmp(key, "data_offsets") ? &f->offsets : NULL;
+    int dup = seen ? *seen : 0;
+    for (int k = 0; !seen && k < f->n_extra; k++)
+        dup |= !strcmp(f->extra[k], key);
+    fl_status st = FL_OK;
+    if (dup) {
+        st = fl_fail(j->err, FL_EINPUT, "%s: tensor '%s': duplicate key \"%s\"", j->what,
+                     shown(tn, nb, sizeof nb), shown(key, kb, sizeof kb));
+    } else if (seen == &f->dtype) {
+        st = jdtype(j, t);
+    } else if (seen == &f->shape) {
+        st = jint_array(j, tn, "shape", t->shape, ST_MAX_DIMS, &t->ndim);
+    } else if (seen == &f->offsets) {
+        uint64_t off[2] = {0, 0};
+        int n = 0;
+        st = jint_array(j, tn, "data_offsets", off, 2, &n);
+        if (st == FL_OK && n != 2)
+            st = fl_fail(j->err, FL_EINPUT,
+                         "%s: tensor '%s': \"data_offsets\" has %d entries, expected 2",
+                         j->what, shown(tn, nb, sizeof nb), n);
+        t->begin = off[0];
+        t->end = off[1];
+    } else if (f->n_extra == ST_MAX_EXTRA_FIELDS) {
+        st = fl_fail(j->err, FL_EINPUT, "%s: tensor '%s': more than %d unknown fields", j->what,
+                     shown(tn, nb, sizeof nb), ST_MAX_EXTRA_FIELDS);
+    } else {
+        /* Ignored like the reference does, but checked. */
+        f->extra[f->n_extra++] = key;
+        key = NULL;
+        st = json_skip(j, DEPTH_FIELD);
+    }
+    free(key);
+    if (seen)
+        *seen = 1;
+    return st;
 }
 
 /* Parses one tensor entry {"dtype":..., "shape":[...], "data_offsets":[b,e]}
  * into *t (name already set).  Unknown fields are ignored, as the reference
  * does, but duplicates of any field are rejected. */
-static fl_status jtensor(jreader *j, st_tensor *t)
+static fl_status jtensor(json_reader *j, st_tensor *t)
 {
     char nb[96];
-    const char *tn = t->name;
-    if (jpeek(j) != '{')
+    if (json_peek(j) != '{')
         return fl_fail(j->err, FL_EINPUT, "%s: tensor '%s': entry is not a JSON object",
-                       j->what, shown(tn, nb, sizeof nb));
-    j->pos++;
-    jws(j);
-    int have_dtype = 0, have_shape = 0, have_off = 0, n_extra = 0;
-    char *extra[ST_MAX_EXTRA_FIELDS];
-    fl_status st = FL_OK;
-    if (jpeek(j) == '}') { j->pos++; goto check; }
-    for (;;) {
-        char *key = NULL;
-        if ((st = jstring(j, &key, NULL))) goto out;
-        jws(j);
-        if (jpeek(j) != ':') { free(key); st = jfail_at(j, "expected ':'"); goto out; }
-        j->pos++;
-        jws(j);
-        int *seen = strcmp(key, "dtype") == 0 ? &have_dtype
-                  : strcmp(key, "shape") == 0 ? &have_shape
-                  : strcmp(key, "data_offsets") == 0 ? &have_off : NULL;
-        int dup = seen ? *seen : 0;
-        for (int k = 0; !seen && k < n_extra; k++)
-            if (strcmp(extra[k], key) == 0) dup = 1;
-        if (dup) {
-            char kb[96];
-            st = fl_fail(j->err, FL_EINPUT, "%s: tensor '%s': duplicate key \"%s\"",
-                         j->what, shown(tn, nb, sizeof nb), shown(key, kb, sizeof kb));
-            free(key);
-            goto out;
-        }
-        if (seen == &have_dtype) {
-            char *dt = NULL;
-            free(key);
-            if (jpeek(j) != '"') {
-                st = fl_fail(j->err, FL_EINPUT, "%s: tensor '%s': \"dtype\" is not a string",
-                             j->what, shown(tn, nb, sizeof nb));
-                goto out;
-            }
-            if ((st = jstring(j, &dt, NULL))) goto out;
-            st_dtype d;
-            if (st_dtype_parse(dt, &d) < 0) {
-                char db[96];
-                st = fl_fail(j->err, FL_EINPUT, "%s: tensor '%s': unknown dtype \"%s\"",
-                             j->what, shown(tn, nb, sizeof nb), shown(dt, db, sizeof db));
-                free(dt);
-                goto out;
-            }
-            free(dt);
-            t->dtype = d;
-        } else if (seen == &have_shape) {
-            free(key);
-            if ((st = jint_array(j, tn, "shape", t->shape, ST_MAX_DIMS, &t->ndim))) goto out;
-        } else if (seen == &have_off) {
-            uint64_t off[2];
-            int n;
-            free(key);
-            if ((st = jint_array(j, tn, "data_offsets", off, 2, &n))) goto out;
-            if (n != 2) {
-                st = fl_fail(j->err, FL_EINPUT,
-                             "%s: tensor '%s': \"data_offsets\" has %d entries, expected 2",
-                             j->what, shown(tn, nb, sizeof nb), n);
-                goto out;
-            }
-            t->begin = off[0];
-            t->end = off[1];
-        } else {
-            if (n_extra == ST_MAX_EXTRA_FIELDS) {
-                st = fl_fail(j->err, FL_EINPUT, "%s: tensor '%s': more than %d unknown fields",
-                             j->what, shown(tn, nb, sizeof nb), ST_MAX_EXTRA_FIELDS);
-                free(key);
-                goto out;
-            }
-            extra[n_extra++] = key;
-            if ((st = jskip(j, 2))) goto out;
-        }
-        if (seen) *seen = 1;
-        jws(j);
-        if (jpeek(j) == ',') { j->pos++; jws(j); continue; }
-        if (jpeek(j) == '}') { j->pos++; break; }
-        st = jfail_at(j, "expected ',' or '}'");
-        goto out;
-    }
-check:
-    if (!have_dtype || !have_shape || !have_off)
+                       j->what, shown(t->name, nb, sizeof nb));
+    entry_fields f = {0};
+    json_iter it;
+    fl_status st = json_enter(j, &it, '{', DEPTH_ENTRY);
+    char *key;
+    int r = 0;
+    while (st == FL_OK && (r = json_next(j, &it, &key, NULL)) > 0)
+        st = jtensor_field(j, t, key, &f);
+    if (st == FL_OK && r < 0)
+        st = j->status;
+    if (st == FL_OK && (!f.dtype || !f.shape || !f.offsets))
         st = fl_fail(j->err, FL_EINPUT, "%s: tensor '%s': missing \"%s\"", j->what,
-                     shown(tn, nb, sizeof nb),
-                     !have_dtype ? "dtype" : !have_shape ? "shape" : "data_offsets");
-out:
-    for (int k = 0; k < n_extra; k++) free(extra[k]);
+                     shown(t->name, nb, sizeof nb),
+                     !f.dtype ? "dtype" : !f.shape ? "shape" : "data_offsets");
+    for (int k = 0; k < f.n_extra; k++)
+        free(f.extra[k]);
     return st;
 }
 
@@ -476,61 +253,67 @@ static const char *find_duplicate(char ***ptrs, size_t n)
     return NULL;
 }
 
+/* Grows a header array (tensors or metadata) by one element; NULL when
+ * out of memory. */
+static void *grow_one(void *arr, size_t n, size_t *cap, size_t size)
+{
+    if (n < *cap)
+        return arr;
+    size_t nc = *cap ? *cap * 2 : 16;
+    if (nc > ST_MAX_TENSORS)
+        nc = ST_MAX_TENSORS;
+    void *p = realloc(arr, nc * size);
+    if (p)
+        *cap = nc;
+    return p;
+}
+
 /* Parses "__metadata__": an object of string -> string, or null (the
  * reference reads it as Option<HashMap<String, String>>: null is None). */
-static fl_status jmetadata(jreader *j, st_header *h)
+static fl_status jmetadata(json_reader *j, st_header *h)
 {
-    if (jpeek(j) == 'n')
-        return jliteral(j, "null");
-    if (jpeek(j) != '{')
+    char kb[96];
+    if (json_peek(j) == 'n')
+        return json_literal(j, "null");
+    if (json_peek(j) != '{')
         return fl_fail(j->err, FL_EINPUT, "%s: \"__metadata__\" is not a JSON object of strings",
                        j->what);
-    j->pos++;
-    jws(j);
+    json_iter it;
+    fl_status st = json_enter(j, &it, '{', DEPTH_ENTRY);
     size_t cap = 0;
-    if (jpeek(j) == '}') { j->pos++; return FL_OK; }
-    for (;;) {
-        if (h->n_meta == ST_MAX_TENSORS)
-            return fl_fail(j->err, FL_EINPUT, "%s: \"__metadata__\" has more than %d entries (limit)",
-                           j->what, ST_MAX_TENSORS);
-        if (h->n_meta == cap) {
-            size_t nc = cap ? cap * 2 : 8;
-            st_meta *m = realloc(h->meta, nc * sizeof *m);
-            if (!m) return fl_fail(j->err, FL_EIO, "%s: out of memory reading header", j->what);
-            h->meta = m;
-            cap = nc;
+    char *key;
+    int r = 0;
+    while (st == FL_OK && (r = json_next(j, &it, &key, NULL)) > 0) {
+        st_meta *m = h->n_meta < ST_MAX_TENSORS ? grow_one(h->meta, h->n_meta, &cap, sizeof *m) : NULL;
+        if (!m) {
+            st = h->n_meta < ST_MAX_TENSORS
+                     ? fl_fail(j->err, FL_EIO, "%s: out of memory reading header", j->what)
+                     : fl_fail(j->err, FL_EINPUT, "%s: \"__metadata__\" has more than %d entries (limit)",
+                               j->what, ST_MAX_TENSORS);
+            free(key);
+            break;
         }
-        st_meta *m = &h->meta[h->n_meta];
-        m->key = m->value = NULL;
-        fl_status st = jstring(j, &m->key, NULL);
-        if (st) return st;
-        h->n_meta++;
-        jws(j);
-        if (jpeek(j) != ':') return jfail_at(j, "expected ':'");
-        j->pos++;
-        jws(j);
-        if (jpeek(j) != '"') {
-            char kb[96];
-            return fl_fail(j->err, FL_EINPUT,
-                           "%s: \"__metadata__\" value of \"%s\" is not a string", j->what,
-                           shown(m->key, kb, sizeof kb));
-        }
-        if ((st = jstring(j, &m->value, NULL))) return st;
-        jws(j);
-        if (jpeek(j) == ',') { j->pos++; jws(j); continue; }
-        if (jpeek(j) == '}') { j->pos++; break; }
-        return jfail_at(j, "expected ',' or '}'");
+        h->meta = m;
+        m = &h->meta[h->n_meta++];
+        m->key = key;
+        m->value = NULL;
+        if (json_peek(j) != '"')
+            st = fl_fail(j->err, FL_EINPUT, "%s: \"__metadata__\" value of \"%s\" is not a string",
+                         j->what, shown(m->key, kb, sizeof kb));
+        else
+            st = json_string(j, &m->value, NULL);
     }
+    if (st == FL_OK && r < 0)
+        st = j->status;
+    if (st != FL_OK || h->n_meta == 0)
+        return st;
     char ***ptrs = malloc(h->n_meta * sizeof *ptrs);
     if (!ptrs) return fl_fail(j->err, FL_EIO, "%s: out of memory reading header", j->what);
     for (size_t i = 0; i < h->n_meta; i++) ptrs[i] = &h->meta[i].key;
     const char *dup = find_duplicate(ptrs, h->n_meta);
-    fl_status st = FL_OK;
-    if (dup) {
-        char kb[96];
+    if (dup)
         st = fl_fail(j->err, FL_EINPUT, "%s: \"__metadata__\" has duplicate key \"%s\"",
                      j->what, shown(dup, kb, sizeof kb));
-    }
     free(ptrs);
     return st;
 }
@@ -584,6 +367,34 @@ static int cmp_offsets(const void *a, const void *b)
     return 0;
 }
 
+/* One tensor of the header (takes ownership of its name). */
+static fl_status header_tensor(json_reader *j, st_header *out, char *key, size_t *cap)
+{
+    char nb[96];
+    size_t klen = strlen(key);
+    if (klen == 0 || klen > ST_MAX_NAME) {
+        fl_status st = fl_fail(j->err, FL_EINPUT, "%s: tensor name '%s' is %s (limit %d bytes)",
+                               j->what, shown(key, nb, sizeof nb), klen ? "too long" : "empty",
+                               ST_MAX_NAME);
+        free(key);
+        return st;
+    }
+    st_tensor *t = out->n_tensors < ST_MAX_TENSORS
+                       ? grow_one(out->tensors, out->n_tensors, cap, sizeof *t) : NULL;
+    if (!t) {
+        free(key);
+        return out->n_tensors < ST_MAX_TENSORS
+                   ? fl_fail(j->err, FL_EIO, "%s: out of memory reading header", j->what)
+                   : fl_fail(j->err, FL_EINPUT, "%s: more than %d tensors (limit)", j->what,
+                             ST_MAX_TENSORS);
+    }
+    out->tensors = t;
+    t = &out->tensors[out->n_tensors++];
+    memset(t, 0, sizeof *t);
+    t->name = key;
+    return jtensor(j, t);
+}
+
 fl_status st_parse_header(const char *what, const char *json, size_t json_len,
                           uint64_t file_size, st_header *out, fl_error *err)
 {
@@ -594,79 +405,40 @@ fl_status st_parse_header(const char *what, const char *json, size_t json_len,
     if (json_len > ST_MAX_HEADER_SIZE)
         return fl_fail(err, FL_EINPUT, "%s: header is %zu bytes, over the limit of %llu",
                        what, json_len, ST_MAX_HEADER_SIZE);
-    jreader jr = {what, (const unsigned char *)json, json_len, 0, err}, *j = &jr;
+    json_reader jr, *j = &jr;
+    json_init(j, what, "safetensors header", json, json_len, ST_MAX_DEPTH, err);
     size_t bad = fl_utf8_check(j->s, json_len);
     if (bad < json_len)
         return fl_fail(err, FL_EINPUT, "%s: header is not valid UTF-8 (byte %zu is 0x%02x)",
                        what, bad, j->s[bad]);
     /* The reference accepts leading and trailing \t\n\r and space padding. */
-    jws(j);
-    if (jpeek(j) != '{')
-        return jfail_at(j, "header must be a JSON object starting with '{'");
-    j->pos++;
-    jws(j);
+    json_ws(j);
+    if (json_peek(j) != '{')
+        return json_fail(j, "header must be a JSON object starting with '{'");
+    json_iter it;
+    fl_status st = json_enter(j, &it, '{', 0);
     size_t cap = 0;
-    int have_meta = 0;
-    fl_status st = FL_OK;
-    if (jpeek(j) == '}') { j->pos++; goto end; }
-    for (;;) {
-        char *key = NULL;
-        size_t klen;
-        char nb[96];
-        if ((st = jstring(j, &key, &klen))) goto fail;
-        jws(j);
-        if (jpeek(j) != ':') { free(key); st = jfail_at(j, "expected ':'"); goto fail; }
-        j->pos++;
-        jws(j);
+    int have_meta = 0, r = 0;
+    char *key;
+    while (st == FL_OK && (r = json_next(j, &it, &key, NULL)) > 0) {
         if (strcmp(key, "__metadata__") == 0) {
             free(key);
-            if (have_meta) {
+            if (have_meta)
                 st = fl_fail(err, FL_EINPUT, "%s: duplicate key \"__metadata__\"", what);
-                goto fail;
-            }
+            else
+                st = jmetadata(j, out);
             have_meta = 1;
-            if ((st = jmetadata(j, out))) goto fail;
         } else {
-            if (klen == 0 || klen > ST_MAX_NAME) {
-                st = fl_fail(err, FL_EINPUT, "%s: tensor name '%s' is %s (limit %d bytes)",
-                             what, shown(key, nb, sizeof nb), klen ? "too long" : "empty",
-                             ST_MAX_NAME);
-                free(key);
-                goto fail;
-            }
-            if (out->n_tensors == ST_MAX_TENSORS) {
-                free(key);
-                st = fl_fail(err, FL_EINPUT, "%s: more than %d tensors (limit)", what,
-                             ST_MAX_TENSORS);
-                goto fail;
-            }
-            if (out->n_tensors == cap) {
-                size_t nc = cap ? cap * 2 : 64;
-                if (nc > ST_MAX_TENSORS) nc = ST_MAX_TENSORS;
-                st_tensor *t = realloc(out->tensors, nc * sizeof *t);
-                if (!t) {
-                    free(key);
-                    st = fl_fail(err, FL_EIO, "%s: out of memory reading header", what);
-                    goto fail;
-                }
-                out->tensors = t;
-                cap = nc;
-            }
-            st_tensor *t = &out->tensors[out->n_tensors++];
-            memset(t, 0, sizeof *t);
-            t->name = key;
-            if ((st = jtensor(j, t))) goto fail;
+            st = header_tensor(j, out, key, &cap);
         }
-        jws(j);
-        if (jpeek(j) == ',') { j->pos++; jws(j); continue; }
-        if (jpeek(j) == '}') { j->pos++; break; }
-        st = jfail_at(j, "expected ',' or '}'");
-        goto fail;
     }
-end:
-    jws(j);
+    if (st == FL_OK && r < 0)
+        st = j->status;
+    if (st != FL_OK)
+        goto fail;
+    json_ws(j);
     if (j->pos != json_len) {
-        st = jfail_at(j, "trailing data after the JSON object");
+        st = json_fail(j, "trailing data after the JSON object");
         goto fail;
     }
 

@@ -1,5 +1,5 @@
 /* cache.h — the Hugging Face hub cache, laid out exactly as huggingface_hub
- * lays it out (hub-protocol.md §4), so models downloaded by Python tools are
+ * lays it out (docs/hub-protocol.md §4), so models downloaded by Python tools are
  * reused by flashify and the other way round:
  *
  *   <hub>/CACHEDIR.TAG
@@ -10,29 +10,32 @@
  *       (a regular file instead with HF_HUB_DISABLE_SYMLINKS=1)
  *
  * Every function takes paths it builds itself from validated names: callers
- * pass a file name from the API through cache_safe_relpath() first. */
+ * pass a file name from the API through cache_safe_relpath() first.  Where
+ * the cache is comes from the hub_env the CLI read (NULL: nothing set). */
 #ifndef FLASHIFY_CACHE_H
 #define FLASHIFY_CACHE_H
 
 #include <stdint.h>
 
 #include "flashify/error.h"
+#include "flashify/hub.h"
 
-/* $HF_HOME, else ${XDG_CACHE_HOME:-~/.cache}/huggingface (malloc'd). */
-char *cache_hf_home(void);
+/* $HF_HOME, else ${XDG_CACHE_HOME:-~/.cache}/huggingface, "~" expanded
+ * with $HOME (malloc'd). */
+char *cache_hf_home(const hub_env *env);
 
 /* $HF_HUB_CACHE, else $HUGGINGFACE_HUB_CACHE, else $HF_HOME/hub (malloc'd). */
-char *cache_hub_dir(void);
+char *cache_hub_dir(const hub_env *env);
 
 /* "models--" + repo_id with "/" replaced by "--" (malloc'd). */
 char *cache_repo_folder(const char *repo_id);
 
 /* 1 when HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is 1/ON/YES/TRUE. */
-int cache_offline_env(void);
+int cache_offline_env(const hub_env *env);
 
 /* 1 when HF_HUB_DISABLE_SYMLINKS is 1/ON/YES/TRUE: snapshots/ then holds
  * regular files (cache_place_file) instead of symlinks. */
-int cache_symlinks_disabled(void);
+int cache_symlinks_disabled(const hub_env *env);
 
 /* 1 when s is a 40-character lowercase hex commit id. */
 int cache_is_commit(const char *s);
@@ -64,7 +67,7 @@ int cache_pointer_ok(const char *repo_dir, const char *commit,
 fl_status cache_link(const char *repo_dir, const char *commit,
                      const char *path, const char *etag, fl_error *err);
 
-/* No-symlink mode (hub-protocol.md §4, file_download.py _create_symlink):
+/* No-symlink mode (docs/hub-protocol.md §4, file_download.py _create_symlink):
  * puts blobs/<etag> at snapshots/<commit>/<path> as a regular file.  A blob
  * just downloaded (new_blob) is moved there, so blobs/<etag> is gone, as
  * Python leaves it; an existing blob is copied (through a temporary file

@@ -151,7 +151,7 @@ static void test_malformed(void)
     BAD("{}x", 0, "trailing data");
     BAD("{} {}", 0, "trailing data");
     bad_case_len(__LINE__, "{}\0", 3, 0, "trailing data");
-    BAD("{", 0, "end of header");
+    BAD("{", 0, "end of the safetensors header");
     BAD("{\"a\"", 0, "expected ':'");
     BAD("{\"a\":", 0, "tensor 'a'");
     BAD("{,}", 0, "expected a string");
