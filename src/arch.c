@@ -29,16 +29,24 @@ const char *const ARCH_MARKER_NORMS[] = {"input_layernorm", "post_attention_laye
 /* ---------------------------------------------------------------------------
  * shared pieces */
 
-#define L(n) {n, IN_LINEAR}
+/* Row pieces.  Designated initializers throughout: a row names only the
+ * fields it sets. */
+#define L(n) {.name = n, .input = IN_LINEAR}
+#define FUSED(n, in) {.name = n, .input = in}
 #define QKV L("self_attn.q_proj"), L("self_attn.k_proj"), L("self_attn.v_proj")
 #define GATE_UP L("mlp.gate_proj"), L("mlp.up_proj")
-#define LLAMA_FOLDS                                   \
-    {{"input_layernorm", {QKV}},                     \
-     {"post_attention_layernorm", {GATE_UP}}}
+#define FOLD(n, ...) {.norm = n, .consumers = {__VA_ARGS__}}
+#define KEEP(n, why) {.norm = n, .reason = why}
+#define WHEN(k) {.kind = k}
+#define WHEN_KEY(k, key_) {.kind = k, .key = key_}
+#define LLAMA_FOLDS {FOLD("input_layernorm", QKV), FOLD("post_attention_layernorm", GATE_UP)}
 /* transformers 5 writes fused experts when saving with
  * save_original_format=False (docs/architectures.md §v5). */
-#define HAS_FUSED {{WHEN_MOE}, {WHEN_HAS, "mlp.experts.gate_up_proj"}}
+#define HAS_FUSED {WHEN(WHEN_MOE), WHEN_KEY(WHEN_HAS, "mlp.experts.gate_up_proj")}
 #define FUSED_NOTE "transformers 5 fused experts"
+#define QWEN_MOE                                                                       \
+    {.experts = {"num_experts", "num_local_experts"}, .dense_list = "mlp_only_layers", \
+     .step = "decoder_sparse_step", .step_offset = 1}
 
 static const char QK_NORM_WHY[] =
     "q/k norm: applied per head before RoPE and the attention scores, not before a linear layer";
@@ -52,10 +60,6 @@ static const char GEMMA_UNTIE_WARNING[] =
     "vLLM's Gemma loaders assert tied embeddings; this untied checkpoint will not load "
     "there (use --keep-tied for vLLM)";
 
-static const arch_moe_rule QWEN_MOE = {.experts = {"num_experts", "num_local_experts"},
-                                       .dense_list = "mlp_only_layers",
-                                       .step = "decoder_sparse_step", .step_offset = 1};
-
 static const arch_info ARCHS[] = {
     {.model_type = "llama", .norm = &ARCH_RMS_W, .folds = LLAMA_FOLDS},
     {.model_type = "mistral", .norm = &ARCH_RMS_W, .folds = LLAMA_FOLDS},
@@ -65,104 +69,106 @@ static const arch_info ARCHS[] = {
     {.model_type = "granite", .norm = &ARCH_RMS_W, .folds = LLAMA_FOLDS},
     {.model_type = "smollm3", .norm = &ARCH_RMS_W, .folds = LLAMA_FOLDS, .tie_default = 1},
     {.model_type = "qwen3", .norm = &ARCH_RMS_W, .folds = LLAMA_FOLDS,
-     .keeps = {{"self_attn.q_norm", QK_NORM_WHY}, {"self_attn.k_norm", QK_NORM_WHY}}},
+     .keeps = {KEEP("self_attn.q_norm", QK_NORM_WHY), KEEP("self_attn.k_norm", QK_NORM_WHY)}},
     /* §phi3: the fused projections are single [out, H] matrices: every
      * column i is scaled by g[i], no splitting needed. */
     {.model_type = "phi3", .norm = &ARCH_RMS_W,
-     .folds = {{"input_layernorm", {L("self_attn.qkv_proj")}},
-               {"post_attention_layernorm", {L("mlp.gate_up_proj")}}}},
+     .folds = {FOLD("input_layernorm", L("self_attn.qkv_proj")),
+               FOLD("post_attention_layernorm", L("mlp.gate_up_proj"))}},
     {.model_type = "gemma", .norm = &ARCH_RMS_1PW, .folds = LLAMA_FOLDS, .tie_default = 1,
      .warning = GEMMA_WARNING, .untie_warning = GEMMA_UNTIE_WARNING},
     /* §gemma: in Gemma2/3 post_attention_layernorm and
      * post_feedforward_layernorm sit on the sublayer output, before the
      * residual add. */
     {.model_type = "gemma2", .norm = &ARCH_RMS_1PW,
-     .folds = {{"input_layernorm", {QKV}}, {"pre_feedforward_layernorm", {GATE_UP}}},
-     .keeps = {{"post_attention_layernorm", POST_NORM_WHY},
-               {"post_feedforward_layernorm", POST_NORM_WHY}},
+     .folds = {FOLD("input_layernorm", QKV), FOLD("pre_feedforward_layernorm", GATE_UP)},
+     .keeps = {KEEP("post_attention_layernorm", POST_NORM_WHY), KEEP("post_feedforward_layernorm", POST_NORM_WHY)},
      .tie_default = 1, .warning = GEMMA_WARNING, .untie_warning = GEMMA_UNTIE_WARNING},
     {.model_type = "gemma3_text", .norm = &ARCH_RMS_1PW,
-     .folds = {{"input_layernorm", {QKV}}, {"pre_feedforward_layernorm", {GATE_UP}}},
-     .keeps = {{"post_attention_layernorm", POST_NORM_WHY},
-               {"post_feedforward_layernorm", POST_NORM_WHY},
-               {"self_attn.q_norm", QK_NORM_WHY}, {"self_attn.k_norm", QK_NORM_WHY}},
+     .folds = {FOLD("input_layernorm", QKV), FOLD("pre_feedforward_layernorm", GATE_UP)},
+     .keeps = {KEEP("post_attention_layernorm", POST_NORM_WHY), KEEP("post_feedforward_layernorm", POST_NORM_WHY),
+               KEEP("self_attn.q_norm", QK_NORM_WHY), KEEP("self_attn.k_norm", QK_NORM_WHY)},
      .tie_default = 1, .warning = GEMMA_WARNING, .untie_warning = GEMMA_UNTIE_WARNING},
     /* §olmo2: no pre-norms; attention and MLP read the raw residual. */
     {.model_type = "olmo2", .norm = &ARCH_RMS_W,
-     .keeps = {{"post_attention_layernorm", POST_NORM_WHY},
-               {"post_feedforward_layernorm", POST_NORM_WHY},
-               {"self_attn.q_norm", "q/k norm over the whole projection, before RoPE"},
-               {"self_attn.k_norm", "q/k norm over the whole projection, before RoPE"}}},
+     .keeps = {KEEP("post_attention_layernorm", POST_NORM_WHY), KEEP("post_feedforward_layernorm", POST_NORM_WHY),
+               KEEP("self_attn.q_norm", "q/k norm over the whole projection, before RoPE"),
+               KEEP("self_attn.k_norm", "q/k norm over the whole projection, before RoPE")}},
     /* §mixtral: the post-attention norm feeds the router and every expert's
      * w1 (gate) and w3 (up); w2 is the down projection.  transformers 5
      * renames block_sparse_moe to mlp and fuses w1/w3 into gate_up_proj. */
     {.model_type = "mixtral", .norm = &ARCH_RMS_W,
-     .folds = {{"input_layernorm", {QKV}},
-               {"post_attention_layernorm", {L("mlp.gate"), {"mlp.experts.gate_up_proj", IN_LAST}},
-                HAS_FUSED, .note = FUSED_NOTE},
-               {"post_attention_layernorm",
-                {L("block_sparse_moe.gate"), L("block_sparse_moe.experts.{e}.w1"),
-                 L("block_sparse_moe.experts.{e}.w3")}}},
+     .folds = {FOLD("input_layernorm", QKV),
+               {.norm = "post_attention_layernorm",
+                .consumers = {L("mlp.gate"), FUSED("mlp.experts.gate_up_proj", IN_LAST)},
+                .when = HAS_FUSED, .note = FUSED_NOTE},
+               FOLD("post_attention_layernorm", L("block_sparse_moe.gate"), L("block_sparse_moe.experts.{e}.w1"),
+                    L("block_sparse_moe.experts.{e}.w3"))},
      .moe = {.experts = {"num_local_experts"}}},
-    /* §qwen2_moe, §v5: fused experts are [E, 2I, H] as transformers 5 saves them; the
-     * grouped-GEMM layout [E, H, 2I] (Qwen3-VL-MoE's, and some trainers')
-     * is told apart by shape. */
+    /* §qwen2_moe, §v5: fused experts are [E, 2I, H] as transformers 5 saves
+     * them; the grouped-GEMM layout [E, H, 2I] (Qwen3-VL-MoE's, and some
+     * trainers') is told apart by shape. */
     {.model_type = "qwen2_moe", .norm = &ARCH_RMS_W,
-     .folds = {{"input_layernorm", {QKV}},
-               {"post_attention_layernorm",
-                {L("mlp.gate"), {"mlp.experts.gate_up_proj", IN_EITHER}, L("mlp.shared_expert.gate_proj"),
-                 L("mlp.shared_expert.up_proj"), L("mlp.shared_expert_gate")},
-                HAS_FUSED, .note = FUSED_NOTE},
-               {"post_attention_layernorm",
-                {L("mlp.gate"), L("mlp.experts.{e}.gate_proj"), L("mlp.experts.{e}.up_proj"),
-                 L("mlp.shared_expert.gate_proj"), L("mlp.shared_expert.up_proj"),
-                 L("mlp.shared_expert_gate")},
-                {{WHEN_MOE}}},
-               {"post_attention_layernorm", {GATE_UP}, {{WHEN_DENSE}}, .note = "dense layer"}},
+     .folds = {FOLD("input_layernorm", QKV),
+               {.norm = "post_attention_layernorm",
+                .consumers = {L("mlp.gate"), FUSED("mlp.experts.gate_up_proj", IN_EITHER),
+                              L("mlp.shared_expert.gate_proj"), L("mlp.shared_expert.up_proj"),
+                              L("mlp.shared_expert_gate")},
+                .when = HAS_FUSED, .note = FUSED_NOTE},
+               {.norm = "post_attention_layernorm",
+                .consumers = {L("mlp.gate"), L("mlp.experts.{e}.gate_proj"), L("mlp.experts.{e}.up_proj"),
+                              L("mlp.shared_expert.gate_proj"), L("mlp.shared_expert.up_proj"),
+                              L("mlp.shared_expert_gate")},
+                .when = {WHEN(WHEN_MOE)}},
+               {.norm = "post_attention_layernorm", .consumers = {GATE_UP}, .when = {WHEN(WHEN_DENSE)},
+                .note = "dense layer"}},
      .moe = QWEN_MOE},
     {.model_type = "qwen3_moe", .norm = &ARCH_RMS_W,
-     .folds = {{"input_layernorm", {QKV}},
-               {"post_attention_layernorm", {L("mlp.gate"), {"mlp.experts.gate_up_proj", IN_EITHER}},
-                HAS_FUSED, .note = FUSED_NOTE},
-               {"post_attention_layernorm",
-                {L("mlp.gate"), L("mlp.experts.{e}.gate_proj"), L("mlp.experts.{e}.up_proj")},
-                {{WHEN_MOE}}},
-               {"post_attention_layernorm", {GATE_UP}, {{WHEN_DENSE}}, .note = "dense layer"}},
-     .keeps = {{"self_attn.q_norm", QK_NORM_WHY}, {"self_attn.k_norm", QK_NORM_WHY}},
+     .folds = {FOLD("input_layernorm", QKV),
+               {.norm = "post_attention_layernorm",
+                .consumers = {L("mlp.gate"), FUSED("mlp.experts.gate_up_proj", IN_EITHER)},
+                .when = HAS_FUSED, .note = FUSED_NOTE},
+               {.norm = "post_attention_layernorm",
+                .consumers = {L("mlp.gate"), L("mlp.experts.{e}.gate_proj"), L("mlp.experts.{e}.up_proj")},
+                .when = {WHEN(WHEN_MOE)}},
+               {.norm = "post_attention_layernorm", .consumers = {GATE_UP}, .when = {WHEN(WHEN_DENSE)},
+                .note = "dense layer"}},
+     .keeps = {KEEP("self_attn.q_norm", QK_NORM_WHY), KEEP("self_attn.k_norm", QK_NORM_WHY)},
      .moe = QWEN_MOE},
-    /* §deepseek_v3: MLA has two extra foldable norms inside attention.  Without
-     * q_lora_rank the input norm feeds q_proj directly and there is no
-     * q_a_layernorm.  e_score_correction_bias is never scaled. */
+    /* §deepseek_v3: MLA has two extra foldable norms inside attention.
+     * Without q_lora_rank the input norm feeds q_proj directly and there
+     * is no q_a_layernorm.  e_score_correction_bias is never scaled. */
     {.model_type = "deepseek_v3", .norm = &ARCH_RMS_W,
-     .folds = {{"input_layernorm", {L("self_attn.q_a_proj"), L("self_attn.kv_a_proj_with_mqa")},
-                {{WHEN_FLAG, "q_lora_rank"}}},
-               {"input_layernorm", {L("self_attn.q_proj"), L("self_attn.kv_a_proj_with_mqa")},
+     .folds = {{.norm = "input_layernorm",
+                .consumers = {L("self_attn.q_a_proj"), L("self_attn.kv_a_proj_with_mqa")},
+                .when = {WHEN_KEY(WHEN_FLAG, "q_lora_rank")}},
+               {.norm = "input_layernorm", .consumers = {L("self_attn.q_proj"), L("self_attn.kv_a_proj_with_mqa")},
                 .note = "q_lora_rank is null: q_proj reads the input norm, no q_a_layernorm"},
-               {"self_attn.q_a_layernorm", {L("self_attn.q_b_proj")}, {{WHEN_FLAG, "q_lora_rank"}}},
-               {"self_attn.kv_a_layernorm", {L("self_attn.kv_b_proj")}},
-               {"post_attention_layernorm",
-                {L("mlp.gate"), {"mlp.experts.gate_up_proj", IN_LAST}, L("mlp.shared_experts.gate_proj"),
-                 L("mlp.shared_experts.up_proj")},
-                HAS_FUSED, .note = FUSED_NOTE},
-               {"post_attention_layernorm",
-                {L("mlp.gate"), L("mlp.experts.{e}.gate_proj"), L("mlp.experts.{e}.up_proj"),
-                 L("mlp.shared_experts.gate_proj"), L("mlp.shared_experts.up_proj")},
-                {{WHEN_MOE}}},
-               {"post_attention_layernorm", {GATE_UP}, {{WHEN_DENSE}}, .note = "dense layer"}},
+               {.norm = "self_attn.q_a_layernorm", .consumers = {L("self_attn.q_b_proj")},
+                .when = {WHEN_KEY(WHEN_FLAG, "q_lora_rank")}},
+               FOLD("self_attn.kv_a_layernorm", L("self_attn.kv_b_proj")),
+               {.norm = "post_attention_layernorm",
+                .consumers = {L("mlp.gate"), FUSED("mlp.experts.gate_up_proj", IN_LAST),
+                              L("mlp.shared_experts.gate_proj"), L("mlp.shared_experts.up_proj")},
+                .when = HAS_FUSED, .note = FUSED_NOTE},
+               {.norm = "post_attention_layernorm",
+                .consumers = {L("mlp.gate"), L("mlp.experts.{e}.gate_proj"), L("mlp.experts.{e}.up_proj"),
+                              L("mlp.shared_experts.gate_proj"), L("mlp.shared_experts.up_proj")},
+                .when = {WHEN(WHEN_MOE)}},
+               {.norm = "post_attention_layernorm", .consumers = {GATE_UP}, .when = {WHEN(WHEN_DENSE)},
+                .note = "dense layer"}},
      .moe = {.experts = {"n_routed_experts", "num_local_experts"}, .first_dense = "first_k_dense_replace",
              .step = "moe_layer_freq"}},
-    /* §cohere: a parallel block, one input_layernorm feeds attention and MLP.
-     * LayerNorm without bias: the gain folds exactly like RMSNorm's. */
-    {.model_type = "cohere", .norm = &ARCH_LN_NOBIAS,
-     .folds = {{"input_layernorm", {QKV, GATE_UP}}},
-     .keeps = {{"self_attn.q_norm", QK_NORM_WHY}, {"self_attn.k_norm", QK_NORM_WHY}},
-     .tie_default = 1},
+    /* §cohere: a parallel block, one input_layernorm feeds attention and
+     * MLP.  LayerNorm without bias: the gain folds exactly like RMSNorm's. */
+    {.model_type = "cohere", .norm = &ARCH_LN_NOBIAS, .folds = {FOLD("input_layernorm", QKV, GATE_UP)},
+     .keeps = {KEEP("self_attn.q_norm", QK_NORM_WHY), KEEP("self_attn.k_norm", QK_NORM_WHY)}, .tie_default = 1},
 };
 
 /* §composite: multimodal Gemma 3 is gemma3_text under another prefix, its
  * text config nested in text_config. */
 static const arch_alias ALIASES[] = {
-    {"gemma3", "gemma3_text", 1, -1},
+    {.model_type = "gemma3", .text_type = "gemma3_text", .nested = 1, .tie_default = -1},
 };
 
 #define N_ARCHS (sizeof ARCHS / sizeof ARCHS[0])
