@@ -464,6 +464,67 @@ static void test_quantized(void)
     }
 }
 
+/* A test-only row in the shape of Gemma 4 (docs/architectures.md
+ * §families-2026): KV-shared tail layers read only q_proj, full-attention
+ * layers with attention_k_eq_v have no v_proj, others q/k/v; a 1 + w input
+ * norm next to a w pre-MLP norm (gain per class). */
+static void test_variants_by_layer(void)
+{
+    static const arch_norm_class W = {"test w", GAIN_W}, OPW = {"test 1+w", GAIN_ONE_PLUS_W};
+    static const arch_info row = {
+        .model_type = "testfour",
+        .norm = &OPW,
+        .folds = {{.norm = "input_layernorm", .consumers = {{"self_attn.q_proj", IN_LINEAR}},
+                   .when = {{.kind = WHEN_TAIL, .key = "num_kv_shared_layers"}}, .note = "KV-shared"},
+                  {.norm = "input_layernorm",
+                   .consumers = {{"self_attn.q_proj", IN_LINEAR}, {"self_attn.k_proj", IN_LINEAR}},
+                   .when = {{.kind = WHEN_FLAG, .key = "attention_k_eq_v"},
+                            {.kind = WHEN_LAYER_TYPE, .key = "layer_types", .value = "full_attention"}}},
+                  {.norm = "input_layernorm",
+                   .consumers = {{"self_attn.q_proj", IN_LINEAR}, {"self_attn.k_proj", IN_LINEAR},
+                                 {"self_attn.v_proj", IN_LINEAR}}},
+                  {.norm = "post_attention_layernorm",
+                   .consumers = {{"mlp.gate_proj", IN_LINEAR}, {"mlp.up_proj", IN_LINEAR}}, .cls = &W}},
+    };
+    fixture *f = calloc(1, sizeof *f);
+    for (int i = 0; i < 4; i++) {
+        llama_layer(f, "model.", i, 0);
+        dense_mlp(f, "model.", i);
+    }
+    /* layer 1 is full attention (no v_proj), layers 2-3 share KV (q only) */
+    char *drop[] = {"model.layers.1.self_attn.v_proj.weight", "model.layers.2.self_attn.k_proj.weight",
+                    "model.layers.2.self_attn.v_proj.weight", "model.layers.3.self_attn.k_proj.weight",
+                    "model.layers.3.self_attn.v_proj.weight"};
+    for (size_t d = 0; d < sizeof drop / sizeof drop[0]; d++)
+        for (size_t i = 0; i < f->n; i++)
+            if (strcmp(f->names[i], drop[d]) == 0)
+                snprintf(f->names[i], sizeof f->names[i], "unrelated.%zu", d);
+    embed_norm(f, "model.", 1);
+    plan_options opt = {.custom = &row};
+    fold_plan p;
+    fl_error err = {0};
+    fl_status s = decide(f, "{\"model_type\":\"testfour\",\"num_hidden_layers\":4,\"hidden_size\":8,"
+                            "\"attention_k_eq_v\":true,\"num_kv_shared_layers\":2,\"layer_types\":"
+                            "[\"sliding_attention\",\"full_attention\",\"sliding_attention\",\"full_attention\"]}",
+                         &opt, &p, &err);
+    CHECK(s == FL_OK, "variants: %s", err.msg);
+    if (s == FL_OK) {
+        expect_group(&p, "model.layers.0.input_layernorm.weight",
+                     "model.layers.0.self_attn.q_proj.weight model.layers.0.self_attn.k_proj.weight "
+                     "model.layers.0.self_attn.v_proj.weight");
+        expect_group(&p, "model.layers.1.input_layernorm.weight",
+                     "model.layers.1.self_attn.q_proj.weight model.layers.1.self_attn.k_proj.weight");
+        expect_group(&p, "model.layers.2.input_layernorm.weight", "model.layers.2.self_attn.q_proj.weight");
+        expect_group(&p, "model.layers.3.input_layernorm.weight", "model.layers.3.self_attn.q_proj.weight");
+        CHECK(group_of(&p, "model.layers.3.input_layernorm.weight")->gain == GAIN_ONE_PLUS_W &&
+                  group_of(&p, "model.layers.3.post_attention_layernorm.weight")->gain == GAIN_W,
+              "gain per class: input 1+w, post-attention w");
+        const out_tensor *o = out_named(&p, "model.layers.3.post_attention_layernorm.weight");
+        CHECK(!o, "dropped");
+    }
+    done(f, &p);
+}
+
 /* Refusals: a missing consumer, a present norm no rule covers. */
 static void test_refusals(void)
 {
@@ -501,6 +562,7 @@ int main(void)
     test_stray_text_config();
     test_gemma3_composite();
     test_quantized();
+    test_variants_by_layer();
     test_refusals();
     if (failures) {
         fprintf(stderr, "test_plan: %d failure(s)\n", failures);
