@@ -346,7 +346,7 @@ static fl_status convert(const cli_args *a, const char *dir, const checkpoint *c
         fl_error note = {0};
         if (convert_check_output(ck, out, a->force, &note) == FL_OK)
             printf("would write %s (dry run: nothing written)\n", out);
-        else
+        else if (!a->quiet)
             cli_diag("note", "%s", note.msg);
         return FL_OK;
     }
