@@ -70,11 +70,18 @@ def _fused_axis(has, name):
     return (name, has(name))
 
 
+# Layer plans of the families in tests/e2e/zoo_*.py: model_type ->
+# fn(tc, i, has) returning what layer_plan returns.
+EXTRA_LAYER_PLANS = {}
+
+
 def layer_plan(mt, tc, i, has=lambda rel: None):
     """([(norm, [consumers])], [kept norms]) of layer i, names relative to
     the layer prefix without ".weight" (docs/architectures.md).  A consumer
     is a name (an nn.Linear) or (name, axis) for 3-D fused experts;
     has(rel) gives the input axis of a stored 3-D tensor, or None."""
+    if mt in EXTRA_LAYER_PLANS:
+        return EXTRA_LAYER_PLANS[mt](tc, i, has)
     if mt in ("llama", "mistral", "qwen2", "granite", "smollm3", "gemma"):
         return [("input_layernorm", QKV), ("post_attention_layernorm", GATE_UP)], []
     if mt == "qwen3":

@@ -542,6 +542,21 @@ DEFAULT_TIED = {"gemma": True, "gemma2": True, "gemma3_text": True,
                 "llama": True, "qwen3": True}
 
 
+# Families whose generators live in their own modules (tests/e2e/zoo_*.py,
+# imported at the end of this file): family -> {"build": fn(family, dtype,
+# norm_dtype, tied, seed, layers, hidden, vocab, **opt) -> Model,
+# "arch_class": ..., "tied": default}.  register_family() adds one.
+EXTRA_FAMILIES = {}
+
+
+def register_family(family, build, arch_class, tied=False):
+    EXTRA_FAMILIES[family] = {"build": build, "arch_class": arch_class, "tied": tied}
+    if family not in FAMILIES:
+        FAMILIES.append(family)
+    ARCH_CLASS[family] = arch_class
+    DEFAULT_TIED[family] = tied
+
+
 def build_model(family, dtype="BF16", norm_dtype=None, tied=None, seed=1,
                 layers=None, hidden=32, vocab=96, **opt):
     """A tiny model of `family`.  Options by family:
@@ -562,6 +577,11 @@ def build_model(family, dtype="BF16", norm_dtype=None, tied=None, seed=1,
         quant="mxfp4": fused experts stored as *_blocks / *_scales (U8);
         quant="compressed": per-expert weights as compressed-tensors
           weight_packed / weight_scale / weight_shape."""
+    if family in EXTRA_FAMILIES:
+        if tied is None:
+            tied = EXTRA_FAMILIES[family]["tied"]
+        return EXTRA_FAMILIES[family]["build"](family, dtype, norm_dtype, tied, seed, layers,
+                                               hidden, vocab, **opt)
     if tied is None:
         tied = DEFAULT_TIED.get(family, False)
     H, V = hidden, vocab
@@ -905,3 +925,15 @@ def _qwen_sparse(cfg, i):
     not in mlp_only_layers and (i+1) % decoder_sparse_step == 0."""
     return (i not in cfg.get("mlp_only_layers", [])) and cfg["num_experts"] > 0 \
         and (i + 1) % cfg["decoder_sparse_step"] == 0
+
+
+# The zoo modules register their families (see EXTRA_FAMILIES).
+def _import_zoo():
+    import glob
+    import importlib
+    here = os.path.dirname(os.path.abspath(__file__))
+    for path in sorted(glob.glob(os.path.join(here, "zoo_*.py"))):
+        importlib.import_module(os.path.basename(path)[:-3])
+
+
+_import_zoo()

@@ -144,9 +144,16 @@ def rope_freqs(tc, base, dim, sc):
     raise ValueError("rope type " + t)
 
 
+# Reference forward passes of the families in tests/e2e/zoo_*.py:
+# model_type -> fn(ck, tokens) returning the logits ref_logits returns.
+EXTRA_FORWARD = {}
+
+
 def ref_logits(ck, tokens):
     m = _M(ck)
     tc, mt = m.tc, m.mt
+    if mt in EXTRA_FORWARD:
+        return EXTRA_FORWARD[mt](ck, tokens)
     H = tc["hidden_size"]
     nh = tc["num_attention_heads"]
     nkv = tc.get("num_key_value_heads") or nh
