@@ -248,6 +248,14 @@ static int cmd_download(const cli_args *a, const char *repo)
     return 0;
 }
 
+/* flashify upload FOLDER REPO: publish, print the URL (cli_upload.c). */
+static int cmd_upload(const cli_args *a, const char *folder, const char *repo)
+{
+    fl_error err = {0};
+    fl_status s = cli_upload(a, folder, repo, &err);
+    return s == FL_OK ? 0 : fail(&err);
+}
+
 /* --strict: the complete temporary output is verified against the source
  * before write.c renames it into place; a failure removes it (exit 3). */
 typedef struct {
@@ -309,8 +317,9 @@ static void announce_plan(const fold_plan *plan)
                 "checkpoint will not load there (use --keep-tied for vLLM)\n");
 }
 
-static fl_status convert(const cli_args *a, const char *dir, const checkpoint *ck,
-                         const fold_plan *plan, const char *out, fl_error *err)
+static fl_status convert(const cli_args *a, const char *dir, const char *base_model,
+                         const checkpoint *ck, const fold_plan *plan, const char *out,
+                         fl_error *err)
 {
     if (a->dry_run) {
         print_plan(stdout, ck, plan);
@@ -319,6 +328,8 @@ static fl_status convert(const cli_args *a, const char *dir, const checkpoint *c
             printf("would write %s (dry run: nothing written)\n", out);
         else
             fprintf(stderr, "flashify: note: %s\n", note.msg);
+        if (a->push_to_hub)
+            printf("would publish %s to %s\n", out, a->push_to_hub);
         return FL_OK;
     }
     if (!a->quiet)
@@ -328,6 +339,7 @@ static fl_status convert(const cli_args *a, const char *dir, const checkpoint *c
     convert_options co = {.out_dir = out, .force = a->force, .threads = a->threads,
                           .memory = a->memory, .fsync = !a->no_fsync,
                           .max_shard_size = a->max_shard_size, .resume = a->resume,
+                          .base_model = base_model,
                           .progress = convert_progress_bytes, .note = convert_progress_note,
                           .progress_ctx = &progress};
     strict_ctx sc = {.source = dir, .opt = verify_options_of(a), .quiet = a->quiet};
@@ -359,8 +371,16 @@ static int cmd_convert(const cli_args *a, const char *source)
     if (a->output && !*a->output)
         return cli_usage_error("-o needs a directory name, got ''");
     fl_error err = {0};
+    fl_status s = a->push_to_hub && !a->dry_run ? cli_publish_check(a, &err) : FL_OK;
+    if (s != FL_OK)
+        return fail(&err);
+    /* A repo id's card names it as the base model (not its snapshot). */
+    struct stat sst;
+    char base[256] = "";
+    if (stat(source, &sst) != 0 && hub_is_repo_id(source))
+        snprintf(base, sizeof base, "%.*s", (int)strcspn(source, "@"), source);
     char *dir = NULL;
-    fl_status s = resolve_source(a, source, &dir, &err);
+    s = resolve_source(a, source, &dir, &err);
     if (s != FL_OK)
         return fail(&err);
     checkpoint ck;
@@ -379,7 +399,10 @@ static int cmd_convert(const cli_args *a, const char *source)
             snprintf(out, sizeof out, "%s", a->output);
         else
             default_output(source, out, sizeof out);
-        s = convert(a, dir, &ck, &plan, out, &err);
+        s = convert(a, dir, base[0] ? base : NULL, &ck, &plan, out, &err);
+        /* Published only once the conversion (and --strict) succeeded. */
+        if (s == FL_OK && a->push_to_hub && !a->dry_run)
+            s = cli_publish(a, out, NULL, 0, &err);
     }
     plan_free(&plan);
     ckpt_close(&ck);
@@ -474,6 +497,7 @@ static int run(int argc, char **argv)
         {"inspect", CMD_INSPECT, 1, "inspect needs one PATH"},
         {"download", CMD_DOWNLOAD, 1, "download needs one REPO_ID"},
         {"verify", CMD_VERIFY, 2, "verify needs SOURCE and OUTPUT directories"},
+        {"upload", CMD_UPLOAD, 2, "upload needs a FOLDER and a REPO_ID"},
     };
     unsigned cmd = CMD_CONVERT;
     int first = 1, n_want = 1;
@@ -512,6 +536,7 @@ static int run(int argc, char **argv)
     case CMD_INSPECT: return cmd_inspect(&a, pos[0]);
     case CMD_DOWNLOAD: return cmd_download(&a, pos[0]);
     case CMD_VERIFY: return cmd_verify(&a, pos[0], pos[1]);
+    case CMD_UPLOAD: return cmd_upload(&a, pos[0], pos[1]);
     default: return cmd_convert(&a, pos[0]);
     }
 }

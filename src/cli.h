@@ -9,6 +9,7 @@
 #include <stdio.h>
 
 #include "flashify/hub.h"
+#include "flashify/upload.h"
 #include "flashify/util.h"
 
 /* The subcommands, as bits: an option lists the ones it applies to. */
@@ -17,7 +18,8 @@ enum {
     CMD_INSPECT = 2,
     CMD_VERIFY = 4,
     CMD_DOWNLOAD = 8,
-    CMD_ALL = 15
+    CMD_UPLOAD = 16,
+    CMD_ALL = 31
 };
 
 /* Everything argv can set.  Zero is every option's default. */
@@ -29,6 +31,8 @@ typedef struct {
     uint64_t memory;
     const char *revision, *token;  /* hub */
     int offline, verbose, jobs;
+    const char *push_to_hub, *message;  /* publishing */
+    int private_repo, create_pr;
     int json, skip_forward;        /* verify / --strict */
     const char *tokens, *dump_logits;
     double tolerance;
@@ -67,6 +71,7 @@ void cli_hub_env(hub_env *e);
 typedef struct {
     FILE *out;
     int tty, quiet;
+    hub_phase phase;                 /* of the events so far (a new one restarts the totals) */
     int drawn;                       /* live lines currently on screen */
     double last_draw, t0;
     int nfiles;                      /* files completed */
@@ -85,6 +90,18 @@ void hub_progress_init(hub_progress *p, FILE *out, int tty, int quiet);
 void hub_progress_render(const hub_event *ev, void *ctx);
 /* Erases the live lines (call once hub_fetch_snapshot returned). */
 void hub_progress_finish(hub_progress *p);
+
+/* ---- publishing (cli_upload.c) ------------------------------------------*/
+
+/* flashify upload FOLDER REPO. */
+fl_status cli_upload(const cli_args *a, const char *folder, const char *repo, fl_error *err);
+/* --push-to-hub: publishes `dir` (a fresh conversion, digests as the
+ * writer computed them, n may be 0) to a->push_to_hub. */
+fl_status cli_publish(const cli_args *a, const char *dir, const upload_digest *digests, size_t n,
+                      fl_error *err);
+/* Before a conversion with --push-to-hub: the repo id is one and a token
+ * is there, so a long conversion does not end in a usage error. */
+fl_status cli_publish_check(const cli_args *a, fl_error *err);
 
 /* Conversion: one line on a terminal, redrawn at most 5 times a second. */
 typedef struct {

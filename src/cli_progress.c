@@ -67,9 +67,25 @@ static void draw(hub_progress *p)
     fflush(p->out);
 }
 
+/* What a finished file line says, by phase. */
+static const char *const VERB[] = {
+    [HUB_PHASE_DOWNLOAD] = "downloaded",
+    [HUB_PHASE_HASH] = "hashed",
+    [HUB_PHASE_UPLOAD] = "uploaded",
+};
+
 void hub_progress_render(const hub_event *ev, void *ctx)
 {
     hub_progress *p = ctx;
+    if (ev->kind != HUB_EV_LOG && ev->phase != p->phase) {
+        /* Hashing, then uploading: each phase has its own total and rate. */
+        if (p->tty)
+            erase(p);
+        memset(p->slot, 0, sizeof p->slot);
+        p->phase = ev->phase;
+        p->t0 = fl_now();
+        p->nfiles = 0;
+    }
     p->all_done = ev->all_done;
     p->all_total = ev->all_total;
     if (ev->kind == HUB_EV_LOG) {
@@ -98,12 +114,16 @@ void hub_progress_render(const hub_event *ev, void *ctx)
             draw(p);
         }
         break;
+    case HUB_EV_IDLE:
+        p->slot[s].active = 0;
+        break;
     case HUB_EV_DONE:
         p->slot[s].active = 0;
         p->nfiles++;
         if (p->tty)
             erase(p);
-        fprintf(p->out, "downloaded %s (%s, %s/s)\n", ev->name, human(a, sizeof a, (double)ev->total),
+        fprintf(p->out, "%s %s (%s, %s/s)\n", VERB[ev->phase], ev->name,
+                human(a, sizeof a, (double)ev->total),
                 human(r, sizeof r, ev->elapsed > 0 ? ev->total / ev->elapsed : 0));
         if (p->tty)
             draw(p);

@@ -26,7 +26,8 @@
 typedef enum {
     HUB_EV_START,   /* a transfer of `name` begins (done = resume offset) */
     HUB_EV_BYTES,   /* bytes arrived for `name` */
-    HUB_EV_DONE,    /* `name` is verified and in the cache */
+    HUB_EV_DONE,    /* `name` is verified and in the cache (uploaded, hashed) */
+    HUB_EV_IDLE,    /* the worker `slot` finished its piece (a part): no line */
     HUB_EV_LOG      /* a --verbose line in `msg` (never contains the token) */
 } hub_event_kind;
 
