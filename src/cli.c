@@ -12,9 +12,13 @@
 #include "flashify/verify.h"
 #include "flashify/write.h"
 
+#include <cjson/cJSON.h>
+#include <curl/curl.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <openssl/crypto.h>
+#include <openssl/opensslv.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -82,7 +86,7 @@ static int exit_code(fl_status s)
 
 static int fail(const fl_error *err)
 {
-    fprintf(stderr, "flashify: error: %s\n", err->msg);
+    cli_diag("error", "%s", err->msg);
     return exit_code(err->code);
 }
 
@@ -94,7 +98,7 @@ static int finish_stdout(int code)
         return code;
     if (last_signal == SIGPIPE || errno == EPIPE)
         return code ? code : 128 + SIGPIPE;
-    fprintf(stderr, "flashify: error: standard output: write failed: %s\n", strerror(errno));
+    cli_diag("error", "standard output: write failed: %s", strerror(errno));
     return code ? code : FL_EIO;
 }
 
@@ -287,8 +291,13 @@ static int cmd_verify(const cli_args *a, const char *source, const char *output)
 {
     fl_error err = {0};
     verify_options vo = verify_options_of(a);
+    cli_progress progress;
+    cli_progress_init(&progress, stderr, a->quiet, a->verbose);
+    vo.progress = cli_progress_update;
+    vo.progress_ctx = &progress;
     char *report = NULL;
     fl_status s = verify_pair(source, output, &vo, &report, &err);
+    cli_progress_finish(&progress);
     if (report)
         fputs(report, stdout);
     free(report);
@@ -310,11 +319,10 @@ static void announce_plan(const fold_plan *plan)
                 "flashify: --keep-tied: the final norm stays unfolded, so no FlashNorm marker "
                 "(flashnorm_folded) is written\n");
     if (plan->arch->warning && !plan->keep_norms && plan->n_dropped)
-        fprintf(stderr, "flashify: warning: %s\n", plan->arch->warning);
+        cli_diag("warning", "%s", plan->arch->warning);
     if (plan->untie && plan->arch->gain == GAIN_ONE_PLUS_W)
-        fprintf(stderr,
-                "flashify: warning: vLLM's Gemma loaders assert tied embeddings; this untied "
-                "checkpoint will not load there (use --keep-tied for vLLM)\n");
+        cli_diag("warning", "vLLM's Gemma loaders assert tied embeddings; this untied "
+                 "checkpoint will not load there (use --keep-tied for vLLM)");
 }
 
 static fl_status convert(const cli_args *a, const char *dir, const char *base_model,
@@ -327,15 +335,15 @@ static fl_status convert(const cli_args *a, const char *dir, const char *base_mo
         if (convert_check_output(ck, out, a->force, &note) == FL_OK)
             printf("would write %s (dry run: nothing written)\n", out);
         else
-            fprintf(stderr, "flashify: note: %s\n", note.msg);
+            cli_diag("note", "%s", note.msg);
         if (a->push_to_hub)
             printf("would publish %s to %s\n", out, a->push_to_hub);
         return FL_OK;
     }
     if (!a->quiet)
         announce_plan(plan);
-    convert_progress progress;
-    convert_progress_init(&progress, a->quiet);
+    cli_progress progress;
+    cli_progress_init(&progress, stderr, a->quiet, a->verbose);
     convert_options co = {.out_dir = out, .force = a->force, .threads = a->threads,
                           .memory = a->memory, .fsync = !a->no_fsync,
                           .max_shard_size = a->max_shard_size, .resume = a->resume,
@@ -349,9 +357,12 @@ static fl_status convert(const cli_args *a, const char *dir, const char *base_mo
         sc.opt.dump_logits = NULL;
         co.before_commit = strict_check;
         co.commit_ctx = &sc;
+        sc.opt.progress = cli_progress_update;
+        sc.opt.progress_ctx = &progress;
     }
     double t0 = fl_now();
     fl_status s = convert_write(ck, plan, &co, err);
+    cli_progress_finish(&progress);
     if (s == FL_OK && !a->quiet) {
         size_t folded = 0;
         uint64_t bytes = 0;
@@ -423,7 +434,7 @@ static int inspect_file(const char *path)
     fl_error err = {0};
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
-        fprintf(stderr, "flashify: error: %s: cannot open: %s\n", path, strerror(errno));
+        cli_diag("error", "%s: cannot open: %s", path, strerror(errno));
         return FL_EINPUT;
     }
     st_header h;
@@ -486,6 +497,20 @@ static int cmd_inspect(const cli_args *a, const char *path)
 /* ---------------------------------------------------------------------------
  * main */
 
+/* flashify --version: each library as built against and as loaded now
+ * (the shared library may have been upgraded since). */
+static void print_version(void)
+{
+    const curl_version_info_data *cv = curl_version_info(CURLVERSION_NOW);
+    printf("flashify %s\n", FLASHIFY_VERSION);
+    printf("cJSON %s (built with %d.%d.%d)\n", cJSON_Version(), CJSON_VERSION_MAJOR,
+           CJSON_VERSION_MINOR, CJSON_VERSION_PATCH);
+    printf("libcurl %s, TLS by %s (built with %s)\n", cv->version,
+           cv->ssl_version ? cv->ssl_version : "none", LIBCURL_VERSION);
+    printf("OpenSSL %s (built with %s)\n", OpenSSL_version(OPENSSL_VERSION_STRING),
+           OPENSSL_VERSION_STR);
+}
+
 static int run(int argc, char **argv)
 {
     static const struct {
@@ -516,7 +541,11 @@ static int run(int argc, char **argv)
             return 0;
         }
         if (!strcmp(argv[i], "--version")) {
-            printf("flashify %s\n", FLASHIFY_VERSION);
+            print_version();
+            return 0;
+        }
+        if (!strcmp(argv[i], "--list-options")) {
+            cli_list_options(stdout);
             return 0;
         }
     }
@@ -532,6 +561,8 @@ static int run(int argc, char **argv)
         return r;
     if (n_pos != n_want)
         return cli_usage_error("%s", want);
+    if (a.quiet && a.verbose)
+        return cli_usage_error("--quiet and --verbose contradict each other");
     switch (cmd) {
     case CMD_INSPECT: return cmd_inspect(&a, pos[0]);
     case CMD_DOWNLOAD: return cmd_download(&a, pos[0]);

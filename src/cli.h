@@ -5,6 +5,7 @@
 #ifndef FLASHIFY_CLI_H
 #define FLASHIFY_CLI_H
 
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -36,7 +37,7 @@ typedef struct {
     int json, skip_forward;        /* verify / --strict */
     const char *tokens, *dump_logits;
     double tolerance;
-    int help, version;
+    int help, version, list_options;
 } cli_args;
 
 /* Parses argv[first..] for command `cmd` (one CMD_* bit): options anywhere,
@@ -50,11 +51,25 @@ int cli_parse(int argc, char **argv, int first, unsigned cmd, cli_args *a, const
  * exit status, examples). */
 void cli_help(FILE *f);
 
+/* The option table for programs (hidden: --list-options; see cli_opts.c). */
+void cli_list_options(FILE *f);
+
 /* "flashify: <message>\nTry 'flashify --help'." on stderr; returns FL_EUSAGE. */
 int cli_usage_error(const char *fmt, ...) FL_PRINTF(1, 2);
 
 /* "64MiB", "1GiB", "500MB", "1048576" -> bytes; 0 when not a size. */
 uint64_t cli_parse_size(const char *s);
+
+/* ---- the terminal (cli_progress.c) ---------------------------------------
+ * What may be drawn on a stream: live lines (redrawn in place with \r and
+ * ANSI erase) only on a terminal whose TERM is set and not "dumb"; colour
+ * only there and when NO_COLOR is unset or empty (https://no-color.org). */
+int cli_term_live(FILE *f);
+int cli_term_color(FILE *f);
+
+/* "flashify: <kind>: <message>" on stderr, the kind ("error", "warning",
+ * "note") in bold colour where cli_term_color(stderr) allows. */
+void cli_diag(const char *kind, const char *fmt, ...) FL_PRINTF(2, 3);
 
 /* ---- the environment (cli_env.c) ---------------------------------------
  * Fills every field of e from the environment (getenv; NULL when unset):
@@ -62,7 +77,38 @@ uint64_t cli_parse_size(const char *s);
 void cli_hub_env(hub_env *e);
 
 /* ---- progress (cli_progress.c) ------------------------------------------
- * Hub downloads: on a terminal one live line per active transfer (bytes,
+ * One generic line for any long operation that knows its total:
+ *     flashify: tensor check  45%  1.2 GiB / 2.6 GiB  812.0 MiB/s  ETA 0:02
+ * redrawn in place at most 10 times a second on a live terminal (see
+ * cli_term_live), absent otherwise and with -q.  A new phase label starts a
+ * new line (its own rate and ETA); a phase ends when done reaches total,
+ * and --verbose then prints a summary line ("tensor check: 2.6 GiB in
+ * 3.2 s, 812.0 MiB/s") whether or not stderr is a terminal.  Safe to call
+ * from several worker threads at once: an update that finds another being
+ * drawn is dropped (the next one catches up), phase changes and ends never
+ * are. */
+typedef struct {
+    FILE *out;
+    int live, quiet, verbose;        /* verbose: summaries (never with -q) */
+    int width;                       /* terminal columns (0: unknown) */
+    pthread_mutex_t mu;
+    char phase[64];
+    int ended;                       /* the phase reached its total */
+    int shown;                       /* a live line is on screen */
+    double t0, last;
+    uint64_t done, total;
+} cli_progress;
+
+void cli_progress_init(cli_progress *p, FILE *out, int quiet, int verbose);
+/* The callback form (verify_options.progress), with a cli_progress *. */
+void cli_progress_update(void *ctx, const char *phase, uint64_t done, uint64_t total);
+/* Erases the live line so that other output can follow (the next update
+ * draws it again). */
+void cli_progress_clear(cli_progress *p);
+/* Erases the line and releases p. */
+void cli_progress_finish(cli_progress *p);
+
+/* Hub downloads: on a live terminal one line per active transfer (bytes,
  * rate, ETA) and a total line, redrawn at most 10 times a second;
  * otherwise one line per completed file; quiet: nothing.  --verbose lines
  * are printed in both modes. */
@@ -71,7 +117,6 @@ void cli_hub_env(hub_env *e);
 typedef struct {
     FILE *out;
     int tty, quiet;
-    hub_phase phase;                 /* of the events so far (a new one restarts the totals) */
     int drawn;                       /* live lines currently on screen */
     double last_draw, t0;
     int nfiles;                      /* files completed */
@@ -84,7 +129,7 @@ typedef struct {
     long long all_done, all_total;
 } hub_progress;
 
-/* tty < 0: decide with isatty(fileno(out)). */
+/* tty < 0: decide with cli_term_live(out). */
 void hub_progress_init(hub_progress *p, FILE *out, int tty, int quiet);
 /* A hub_progress_fn: pass it with a hub_progress * as the context. */
 void hub_progress_render(const hub_event *ev, void *ctx);
@@ -103,14 +148,8 @@ fl_status cli_publish(const cli_args *a, const char *dir, const upload_digest *d
  * is there, so a long conversion does not end in a usage error. */
 fl_status cli_publish_check(const cli_args *a, fl_error *err);
 
-/* Conversion: one line on a terminal, redrawn at most 5 times a second. */
-typedef struct {
-    int tty, quiet;
-    double start, last;
-} convert_progress;
-
-void convert_progress_init(convert_progress *p, int quiet);
-/* convert_options.progress and .note (write.h), with a convert_progress * */
+/* convert_options.progress and .note (write.h), with a cli_progress *:
+ * the bytes written as the phase "writing", notes on stderr (not with -q). */
 void convert_progress_bytes(void *ctx, uint64_t done, uint64_t total);
 void convert_progress_note(void *ctx, const char *msg);
 

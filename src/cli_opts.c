@@ -98,8 +98,6 @@ static const cli_option OPTIONS[] = {
      "use the HF cache only (also HF_HUB_OFFLINE=1)"},
     {"--jobs", NULL, OPT_INT, F(jobs), 1, 16, "N", HUB | CMD_UPLOAD, SEC_HUB,
      "parallel transfers (default 4)"},
-    {"--verbose", NULL, OPT_FLAG, F(verbose), 0, 0, NULL, CMD_ALL, SEC_HUB,
-     "log every request (the token is never shown)"},
 
     {"--push-to-hub", NULL, OPT_STR, F(push_to_hub), 0, 0, "REPO", CONV, SEC_UPLOAD,
      "after the conversion (and --strict) succeeded, publish\n"
@@ -112,10 +110,15 @@ static const cli_option OPTIONS[] = {
      "commit message"},
 
     {"--quiet", "-q", OPT_FLAG, F(quiet), 0, 0, NULL, CMD_ALL, SEC_GENERAL,
-     "print errors only"},
+     "print errors only (results on stdout stay)"},
+    {"--verbose", NULL, OPT_FLAG, F(verbose), 0, 0, NULL, CMD_ALL, SEC_GENERAL,
+     "log every Hub request (never the token) and the time\n"
+     "and rate of each long step"},
     {"--help", "-h", OPT_FLAG, F(help), 0, 0, NULL, CMD_ALL, SEC_GENERAL, "this help"},
     {"--version", NULL, OPT_FLAG, F(version), 0, 0, NULL, CMD_ALL, SEC_GENERAL,
-     "print the version"},
+     "print the version and those of the libraries"},
+    {"--list-options", NULL, OPT_FLAG, F(list_options), 0, 0, NULL, CMD_ALL, SEC_HIDDEN,
+     "print this table (for the man page test and the completions)"},
 };
 
 static const char *const SECTION_TITLE[] = {
@@ -171,7 +174,7 @@ static uint64_t physical_memory(void)
 
 static const char *command_name(unsigned cmd)
 {
-    for (int i = 0; i < (int)(sizeof CMD_NAME / sizeof CMD_NAME[0]); i++)
+    for (size_t i = 0; i < sizeof CMD_NAME / sizeof CMD_NAME[0]; i++)
         if (cmd == 1u << i)
             return CMD_NAME[i];
     return "?";
@@ -330,4 +333,31 @@ void cli_help(FILE *f)
           "Exit status: 0 success, 1 usage, 2 bad or unsupported input, 3 not equivalent,\n"
           "4 network, 5 I/O, 128+N killed by signal N (130 SIGINT, 143 SIGTERM).\n",
           f);
+}
+
+/* One line per subcommand ("command<TAB>NAME") and per option, hidden ones
+ * included: "option<TAB>NAME<TAB>ALIAS<TAB>METAVAR<TAB>COMMANDS<TAB>
+ * shown|hidden<TAB>help on one line", "-" for an empty field, COMMANDS
+ * comma-separated.  Read by tests/e2e/test_manpage.py and
+ * scripts/gen_completions.py, so the man page and the completions follow
+ * the table. */
+void cli_list_options(FILE *f)
+{
+    for (size_t c = 0; c < sizeof CMD_NAME / sizeof CMD_NAME[0]; c++)
+        fprintf(f, "command\t%s\t%s\n", CMD_NAME[c], 1u << c == CMD_CONVERT ? "default" : "word");
+    for (size_t i = 0; i < sizeof OPTIONS / sizeof OPTIONS[0]; i++) {
+        const cli_option *o = &OPTIONS[i];
+        fprintf(f, "option\t%s\t%s\t%s\t", o->name, o->alias ? o->alias : "-",
+                o->metavar ? o->metavar : "-");
+        const char *sep = "";
+        for (size_t c = 0; c < sizeof CMD_NAME / sizeof CMD_NAME[0]; c++)
+            if (o->commands & (1u << c)) {
+                fprintf(f, "%s%s", sep, CMD_NAME[c]);
+                sep = ",";
+            }
+        fprintf(f, "\t%s\t", o->section == SEC_HIDDEN ? "hidden" : "shown");
+        for (const char *h = o->help; *h; h++)
+            fputc(*h == '\n' ? ' ' : *h, f);
+        fputc('\n', f);
+    }
 }

@@ -108,25 +108,47 @@ static void print_summary(const upload_request *req, const upload_result *r)
             unchanged, unchanged == 1 ? "" : "s", stored);
 }
 
+/* The upload's events on the one progress line: "hashing", then
+ * "uploading" (with the commit's number when there are several);
+ * --verbose lines above it. */
+static void on_event(const hub_event *ev, void *ctx)
+{
+    cli_progress *p = ctx;
+    if (ev->kind == HUB_EV_LOG) {
+        cli_progress_clear(p);
+        fprintf(stderr, "hub: %s\n", ev->msg);
+        return;
+    }
+    char label[64] = "hashing";
+    if (ev->phase == HUB_PHASE_UPLOAD && ev->steps > 1)
+        snprintf(label, sizeof label, "uploading (%d/%d)", ev->step, ev->steps);
+    else if (ev->phase == HUB_PHASE_UPLOAD)
+        snprintf(label, sizeof label, "uploading");
+    /* A retried part takes back what it had sent: never below 0. */
+    if (ev->all_total > 0)
+        cli_progress_update(p, label, ev->all_done > 0 ? (uint64_t)ev->all_done : 0,
+                            (uint64_t)ev->all_total);
+}
+
 static fl_status run_upload(const cli_args *a, upload_request *req, fl_error *err)
 {
     hub_env env;
     cli_hub_env(&env);
-    hub_progress hp;
-    hub_progress_init(&hp, stderr, -1, a->quiet);
+    cli_progress line;
+    cli_progress_init(&line, stderr, a->quiet, a->verbose);
     req->env = &env;
     req->token = a->token;
     req->private_repo = a->private_repo;
     req->create_pr = a->create_pr;
     req->verbose = a->verbose;
     req->jobs = a->jobs ? a->jobs : 4;
-    req->progress = hub_progress_render;
-    req->progress_ctx = &hp;
+    req->progress = on_event;
+    req->progress_ctx = &line;
     if (a->message)
         req->message = a->message;
     upload_result r;
     fl_status s = hub_upload(req, &r, err);
-    hub_progress_finish(&hp);
+    cli_progress_finish(&line);
     if (s == FL_OK) {
         if (a->json)
             print_json(req, &r, stdout);

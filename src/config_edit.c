@@ -2,8 +2,13 @@
  *
  * The source text is edited in place rather than re-serialised, so every
  * byte but the changed keys stays as it was: numbers keep their spelling
- * (10000.0 is not turned into 10000), key order and indentation stay. */
+ * (10000.0 is not turned into 10000), key order and indentation stay.
+ * Members are found with the strict JSON reader (json.h), keys compared
+ * after decoding their escapes ("tie_word_embeddings" may be spelled with
+ * \u0074...), whatever the number of members.  The result is parsed back
+ * and checked: each edited key must read as intended, once. */
 #include "flashify/config_edit.h"
+#include "flashify/json.h"
 #include "flashify/util.h"
 
 #include <cjson/cJSON.h>
@@ -11,197 +16,218 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* A minimal scanner over JSON text that finds the spans of an object's
- * members, so config.json can be edited in place: the rest of the file
- * stays byte for byte (numbers like 10000.0 keep their spelling). */
+/* config.json is validated when the checkpoint is opened; this only bounds
+ * the reader's recursion. */
+#define CONFIG_MAX_DEPTH 64
+
+/* Where one member of an object sits in the text. */
 typedef struct {
-    size_t key_start;     /* the opening quote of the key */
+    size_t key_start;              /* the key's opening quote */
     size_t value_start, value_end;
-    char key[64];
-} json_member;
+} member_span;
 
-static size_t skip_ws(const char *s, size_t n, size_t i)
+/* Finds `key` among the members of the object whose '{' is at `open`:
+ * returns 1 with *hit set when present, 0 when absent (*last then spans the
+ * last member, *n_members counts them), -1 on a syntax error. */
+static int find_member(json_reader *j, size_t open, const char *key, member_span *hit,
+                       member_span *last, size_t *n_members, size_t *close)
 {
-    while (i < n && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r'))
-        i++;
-    return i;
-}
-
-static size_t skip_string(const char *s, size_t n, size_t i)
-{
-    for (i++; i < n; i++) {
-        if (s[i] == '\\')
-            i++;
-        else if (s[i] == '"')
-            return i + 1;
-    }
-    return n;
-}
-
-/* End of the JSON value starting at i (the text is known to parse). */
-static size_t skip_value(const char *s, size_t n, size_t i)
-{
-    if (i >= n)
-        return n;
-    if (s[i] == '"')
-        return skip_string(s, n, i);
-    if (s[i] == '{' || s[i] == '[') {
-        int depth = 0;
-        for (; i < n; i++) {
-            if (s[i] == '"') {
-                i = skip_string(s, n, i) - 1;
-            } else if (s[i] == '{' || s[i] == '[') {
-                depth++;
-            } else if (s[i] == '}' || s[i] == ']') {
-                if (--depth == 0)
-                    return i + 1;
-            }
+    j->pos = open;
+    json_iter it;
+    if (json_enter(j, &it, '{', 0) != FL_OK)
+        return -1;
+    *n_members = 0;
+    int found = 0, r;
+    char *k;
+    member_span m;
+    while ((r = json_next(j, &it, &k, &m.key_start)) > 0) {
+        m.value_start = j->pos;
+        int same = strcmp(k, key) == 0;
+        free(k);
+        if (json_skip(j, 1) != FL_OK)
+            return -1;
+        m.value_end = j->pos;
+        (*n_members)++;
+        *last = m;
+        if (same && !found) {
+            *hit = m;
+            found = 1;
         }
-        return n;
     }
-    while (i < n && s[i] != ',' && s[i] != '}' && s[i] != ']' && s[i] != ' ' &&
-           s[i] != '\n' && s[i] != '\r' && s[i] != '\t')
-        i++;
-    return i;
-}
-
-/* Lists the members of the object whose '{' is at `open`; returns their
- * count (at most max) and sets *close to the index of its '}'. */
-static size_t object_members(const char *s, size_t n, size_t open, json_member *m,
-                             size_t max, size_t *close)
-{
-    size_t count = 0, i = skip_ws(s, n, open + 1);
-    while (i < n && s[i] == '"') {
-        size_t ks = i, ke = skip_string(s, n, i);
-        i = skip_ws(s, n, ke);
-        if (i >= n || s[i] != ':')
-            break;
-        i = skip_ws(s, n, i + 1);
-        size_t vs = i, ve = skip_value(s, n, i);
-        if (count < max) {
-            json_member *mm = &m[count];
-            size_t kl = ke - ks - 2;
-            if (kl >= sizeof mm->key)
-                kl = sizeof mm->key - 1;
-            memcpy(mm->key, s + ks + 1, kl);
-            mm->key[kl] = '\0';
-            mm->key_start = ks;
-            mm->value_start = vs;
-            mm->value_end = ve;
-        }
-        count++;
-        i = skip_ws(s, n, ve);
-        if (i < n && s[i] == ',')
-            i = skip_ws(s, n, i + 1);
-    }
-    *close = i;
-    return count < max ? count : max;
+    if (r < 0)
+        return -1;
+    *close = j->pos - 1;
+    return found;
 }
 
 typedef struct {
     size_t pos, del;
-    char text[160];
+    char *text;     /* malloc'd */
+    size_t order;   /* equal positions apply in this order */
 } text_edit;
 
-static const json_member *member(const json_member *m, size_t n, const char *key)
+/* Sets `key` to the JSON literal `value` in the object at `open`: replaces
+ * the value if the key exists, else appends a member in the indentation of
+ * the last one.  Appends an edit; 0 or -1 (syntax or memory). */
+static int set_member(const char *s, size_t n, size_t open, const char *key, const char *value,
+                      text_edit *edits, size_t *n_edits)
 {
-    for (size_t i = 0; i < n; i++)
-        if (strcmp(m[i].key, key) == 0)
-            return &m[i];
-    return NULL;
-}
-
-/* Sets key to `value` in the object at `open`: replaces the value if the
- * key exists, else appends a member in the indentation of the last one. */
-static void set_member(const char *s, size_t n, size_t open, const char *key,
-                       const char *value, text_edit *edits, size_t *n_edits)
-{
-    json_member m[512];
-    size_t close;
-    size_t count = object_members(s, n, open, m, 512, &close);
-    const json_member *hit = member(m, count, key);
-    text_edit *e = &edits[(*n_edits)++];
-    if (hit) {
-        e->pos = hit->value_start;
-        e->del = hit->value_end - hit->value_start;
-        snprintf(e->text, sizeof e->text, "%s", value);
-        return;
-    }
-    e->del = 0;
-    if (count == 0) {
+    json_reader j;
+    fl_error ignored;
+    json_init(&j, "config.json", "JSON", s, n, CONFIG_MAX_DEPTH, &ignored);
+    member_span hit, last;
+    size_t count = 0, close = 0;
+    int r = find_member(&j, open, key, &hit, &last, &count, &close);
+    if (r < 0)
+        return -1;
+    text_edit *e = &edits[*n_edits];
+    e->order = *n_edits;
+    if (r == 1) {
+        e->pos = hit.value_start;
+        e->del = hit.value_end - hit.value_start;
+        e->text = fl_strdup(value);
+    } else if (count == 0) {
         e->pos = open + 1;
-        snprintf(e->text, sizeof e->text, "\"%s\": %s", key, value);
-        return;
+        e->del = 0;
+        e->text = fl_asprintf("\"%s\": %s", key, value);
+    } else {
+        /* Same indentation as the last member, on a line of its own when
+         * the last member has one. */
+        size_t ls = last.key_start;
+        while (ls > 0 && (s[ls - 1] == ' ' || s[ls - 1] == '\t'))
+            ls--;
+        int newline = ls > 0 && s[ls - 1] == '\n';
+        e->pos = last.value_end;
+        e->del = 0;
+        e->text = fl_asprintf(",%s%.*s\"%s\": %s", newline ? "\n" : " ",
+                              newline ? (int)(last.key_start - ls) : 0, s + ls, key, value);
     }
-    const json_member *last = &m[count - 1];
-    size_t ls = last->key_start;
-    while (ls > 0 && s[ls - 1] != '\n' && (s[ls - 1] == ' ' || s[ls - 1] == '\t'))
-        ls--;
-    int indent = (int)(last->key_start - ls);
-    int newline = ls > 0 && s[ls - 1] == '\n';
-    e->pos = last->value_end;
-    snprintf(e->text, sizeof e->text, ",%s%.*s\"%s\": %s", newline ? "\n" : " ",
-             newline ? indent : 0, s + ls, key, value);
+    if (!e->text)
+        return -1;
+    (*n_edits)++;
+    return 0;
 }
 
 static int cmp_edit_desc(const void *a, const void *b)
 {
     const text_edit *x = a, *y = b;
-    return x->pos < y->pos ? 1 : x->pos > y->pos ? -1 : 0;
+    if (x->pos != y->pos)
+        return x->pos < y->pos ? 1 : -1;
+    return x->order < y->order ? 1 : x->order > y->order ? -1 : 0;
+}
+
+/* Offset of the '{' of member `key` of the object at `open`, or 0. */
+static size_t object_member_open(const char *s, size_t n, size_t open, const char *key)
+{
+    json_reader j;
+    fl_error ignored;
+    json_init(&j, "config.json", "JSON", s, n, CONFIG_MAX_DEPTH, &ignored);
+    member_span hit, last;
+    size_t count, close;
+    if (find_member(&j, open, key, &hit, &last, &count, &close) != 1 || s[hit.value_start] != '{')
+        return 0;
+    return hit.value_start;
+}
+
+/* 1 when `obj` has exactly one member `key` and it is the boolean `want`. */
+static int reads_as(const cJSON *obj, const char *key, int want)
+{
+    int count = 0, ok = 0;
+    for (const cJSON *c = obj ? obj->child : NULL; c; c = c->next)
+        if (c->string && strcmp(c->string, key) == 0) {
+            count++;
+            ok = cJSON_IsBool(c) && cJSON_IsTrue(c) == want;
+        }
+    return count == 1 && ok;
+}
+
+/* Parses the edited text back: what a loader will read. */
+static fl_status check_written(const checkpoint *ck, const fold_plan *plan, const char *text,
+                               size_t len, int text_config_edited, fl_error *err)
+{
+    cJSON *j = cJSON_ParseWithLength(text, len);
+    const char *bad = !j ? "it is not valid JSON" : NULL;
+    if (!bad && plan->untie && !reads_as(j, "tie_word_embeddings", 0))
+        bad = "tie_word_embeddings does not read back as false";
+    if (!bad && plan->untie && text_config_edited &&
+        !reads_as(cJSON_GetObjectItemCaseSensitive(j, "text_config"), "tie_word_embeddings", 0))
+        bad = "text_config.tie_word_embeddings does not read back as false";
+    if (!bad && plan->marker &&
+        (!reads_as(j, "flashnorm_folded", 1) || !reads_as(j, "flash_norm", 1)))
+        bad = "the FlashNorm marker does not read back as true";
+    cJSON_Delete(j);
+    if (bad)
+        return fl_fail(err, FL_EINPUT, "%s/config.json: the rewritten config failed its check: %s",
+                       ck->dir, bad);
+    return FL_OK;
 }
 
 fl_status config_rewrite(const checkpoint *ck, const fold_plan *plan, char **out,
                          size_t *out_len, fl_error *err)
 {
     const char *s = ck->cfg.raw;
-    size_t n = ck->cfg.raw_len;
-    size_t open = skip_ws(s, n, 0);
+    size_t n = ck->cfg.raw_len, open = 0;
+    while (open < n && (s[open] == ' ' || s[open] == '\t' || s[open] == '\n' || s[open] == '\r'))
+        open++;
     if (open >= n || s[open] != '{')
         return fl_fail(err, FL_EINPUT, "%s/config.json: not a JSON object", ck->dir);
     text_edit edits[8];
     size_t n_edits = 0;
+    int rc = 0, text_config_edited = 0;
     if (plan->untie) {
-        set_member(s, n, open, "tie_word_embeddings", "false", edits, &n_edits);
-        json_member m[512];
-        size_t close;
-        size_t count = object_members(s, n, open, m, 512, &close);
-        const json_member *tc = member(m, count, "text_config");
-        if (tc && s[tc->value_start] == '{')
-            set_member(s, n, tc->value_start, "tie_word_embeddings", "false", edits, &n_edits);
+        rc |= set_member(s, n, open, "tie_word_embeddings", "false", edits, &n_edits);
+        size_t tc = object_member_open(s, n, open, "text_config");
+        if (tc) {
+            rc |= set_member(s, n, tc, "tie_word_embeddings", "false", edits, &n_edits);
+            text_config_edited = 1;
+        }
     }
     if (plan->marker) {
-        set_member(s, n, open, "flashnorm_folded", "true", edits, &n_edits);
-        set_member(s, n, open, "flash_norm", "true", edits, &n_edits);
+        rc |= set_member(s, n, open, "flashnorm_folded", "true", edits, &n_edits);
+        rc |= set_member(s, n, open, "flash_norm", "true", edits, &n_edits);
     }
-    /* Two appends at the same position must keep their order: apply from
-     * the end, and for equal positions the later edit first. */
-    for (size_t i = 0; i < n_edits; i++)
-        edits[i].pos = edits[i].pos * 8 + i;
-    qsort(edits, n_edits, sizeof *edits, cmp_edit_desc);
     strbuf b = {0};
-    sb_put(&b, s, n);
-    for (size_t i = 0; i < n_edits && !b.oom; i++) {
-        size_t pos = edits[i].pos / 8;
-        size_t add = strlen(edits[i].text);
-        strbuf nb = {0};
-        sb_put(&nb, b.p, pos);
-        sb_put(&nb, edits[i].text, add);
-        sb_put(&nb, b.p + pos + edits[i].del, b.n - pos - edits[i].del);
-        free(b.p);
-        b = nb;
+    if (rc == 0) {
+        /* From the end, so earlier positions stay valid; two appends at
+         * the same position keep their order. */
+        qsort(edits, n_edits, sizeof *edits, cmp_edit_desc);
+        size_t tail = n;
+        /* Pieces back to front, joined front to back. */
+        const char *piece[17];
+        size_t piece_len[17], np = 0;
+        for (size_t i = 0; i < n_edits; i++) {
+            size_t after = edits[i].pos + edits[i].del;
+            piece[np] = s + after;
+            piece_len[np++] = tail - after;
+            piece[np] = edits[i].text;
+            piece_len[np++] = strlen(edits[i].text);
+            tail = edits[i].pos;
+        }
+        piece[np] = s;
+        piece_len[np++] = tail;
+        for (size_t i = np; i-- > 0;)
+            sb_put(&b, piece[i], piece_len[i]);
+    }
+    for (size_t i = 0; i < n_edits; i++)
+        free(edits[i].text);
+    if (rc != 0) {
+        sb_free(&b);
+        return fl_fail(err, FL_EINPUT, "%s/config.json: could not be scanned for editing", ck->dir);
     }
     if (b.oom) {
-        free(b.p);
+        sb_free(&b);
         return fl_fail(err, FL_EIO, "out of memory");
     }
-    /* The edited text must still parse (belt and braces). */
-    cJSON *j = cJSON_ParseWithLength(b.p, b.n);
-    if (!j) {
-        free(b.p);
-        return fl_fail(err, FL_EINPUT, "%s/config.json: could not be rewritten as valid JSON", ck->dir);
+    size_t len = b.n;
+    char *text = sb_take(&b);
+    if (!text)
+        return fl_fail(err, FL_EIO, "out of memory");
+    fl_status st = check_written(ck, plan, text, len, text_config_edited, err);
+    if (st != FL_OK) {
+        free(text);
+        return st;
     }
-    cJSON_Delete(j);
-    *out = b.p;
-    *out_len = b.n;
+    *out = text;
+    *out_len = len;
     return FL_OK;
 }

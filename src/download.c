@@ -292,7 +292,8 @@ static int xfer_verify(xfer *x, const char *etag)
         return 0;
     }
     if (strcasecmp(hex, etag)) {
-        snprintf(x->why, sizeof x->why, "%s is %s, expected %s",
+        /* Both are hex digests of at most 64 digits (the etag was checked). */
+        snprintf(x->why, sizeof x->why, "%s is %.64s, expected %.64s",
                  x->hr.d.kind == HASH_SHA256 ? "sha256" : "git blob sha1", hex, etag);
         return 0;
     }

@@ -39,7 +39,10 @@ fl_status fl_prefix(fl_error *err, const char *fmt, ...)
     vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
     memcpy(old, err->msg, sizeof old);
-    snprintf(err->msg, sizeof err->msg, "%s: %s", prefix, old);
+    /* Two messages of up to FL_ERRMSG_MAX may not fit in one: keep the
+     * start and say that the rest was cut. */
+    if (snprintf(err->msg, sizeof err->msg, "%s: %s", prefix, old) >= (int)sizeof err->msg)
+        memcpy(err->msg + sizeof err->msg - 4, "...", 4);
     one_line(err->msg);
     return err->code;
 }

@@ -152,6 +152,14 @@ struct fwd_model {
     float *freq_global, *freq_local;
     double af_global, af_local;       /* RoPE attention factor (YaRN, LongRoPE) */
     char desc[160];
+    /* fwd_set_progress: bytes of the bound matrices (total) and of those
+     * streamed in this pass.  The blocks take the model const, so they
+     * count through mp, which points at meter. */
+    struct fwd_meter {
+        fwd_progress_fn fn;
+        void *ctx;
+        uint64_t done, total;
+    } meter, *mp;
 };
 
 static const char *ckdir(const fwd_model *m) { return m->ck->dir; }
@@ -227,6 +235,7 @@ static fl_status bind_mat(const fwd_model *m, const char *name, long rows, long 
     out->cols = (long)s->shape[1];
     out->dtype = s->dtype;
     out->esize = st_dtype_bits(s->dtype) / 8;
+    m->mp->total += st_nbytes(s);
     return FL_OK;
 }
 
@@ -749,6 +758,7 @@ fl_status fwd_open(const checkpoint *ck, int threads, fwd_model **out, fl_error 
         return fl_fail(err, FL_EIO, "out of memory");
     m->ck = ck;
     m->fam = fam;
+    m->mp = &m->meter;
     m->pool = fl_pool_new(threads > 0 ? (threads > 64 ? 64 : threads) : (cpu_count() > 64 ? 64 : cpu_count()));
     m->scratch = m->pool ? calloc((size_t)fl_pool_size(m->pool), sizeof *m->scratch) : NULL;
     if (!m->scratch) {
@@ -1202,6 +1212,22 @@ static fl_status mm_item(void *ctx, size_t item, int worker, fl_error *err)
     return FL_OK;
 }
 
+void fwd_set_progress(fwd_model *m, fwd_progress_fn fn, void *ctx)
+{
+    m->meter.fn = fn;
+    m->meter.ctx = ctx;
+}
+
+/* Counts matrix w as streamed (or skipped) in this pass. */
+static void meter_add(const fwd_model *m, const fwd_mat *w)
+{
+    struct fwd_meter *mt = m->mp;
+    if (w->t)
+        mt->done += (uint64_t)w->rows * (uint64_t)w->cols * w->esize;
+    if (mt->fn)
+        mt->fn(mt->ctx, mt->done < mt->total ? mt->done : mt->total, mt->total);
+}
+
 /* y[T][w->rows] = x[T][w->cols] * W^T (+ bias), streaming W from its file
  * in blocks of rows, spread over the model's pool (one block for a small
  * product, where waking the workers would cost more than it saves). */
@@ -1221,6 +1247,7 @@ static fl_status matmul(const fwd_model *m, const fwd_mat *w, const float *bias,
     fl_status s = fl_pool_run(m->pool, items, mm_item, &job, err);
     if (s != FL_OK)
         return s;
+    meter_add(m, w);
     if (bias)
         for (long t = 0; t < T; t++)
             for (long r = 0; r < w->rows; r++)
@@ -1611,8 +1638,13 @@ static fl_status moe(const fwd_model *m, const fwd_layer *ly, const float *x, lo
                     memcpy(b->xe + n * H, x + t * H, (size_t)H * sizeof(float));
                     n++;
                 }
-        if (!n)
+        if (!n) {
+            /* No token chose expert e: its weights count as done unread. */
+            meter_add(m, &ly->e_gate[e]);
+            meter_add(m, &ly->e_up[e]);
+            meter_add(m, &ly->e_down[e]);
             continue;
+        }
         s = gated_mlp(m, &ly->e_gate[e], &ly->e_up[e], NULL, &ly->e_down[e], NULL, NULL, NULL,
                       b->xe, n, b, b->tmp2, err);
         for (long i = 0; s == FL_OK && i < n; i++)
@@ -1692,6 +1724,7 @@ fl_status fwd_logits(fwd_model *m, const int32_t *tokens, size_t n, float *logit
     size_t rowb = (size_t)H * m->embed.esize;
     void *raw = xcalloc(rowb, 1, &oom);
     fl_status s = FL_OK;
+    m->meter.done = 0;
     if (oom) {
         s = fl_fail(err, FL_EIO, "out of memory for %zu tokens", n);
         goto done;
@@ -1706,6 +1739,8 @@ fl_status fwd_logits(fwd_model *m, const int32_t *tokens, size_t n, float *logit
             for (long c = 0; c < H; c++)
                 x[t * H + c] = (float)(x[t * H + c] * m->embed_mult);
     }
+    if (m->head.t != m->embed.t)
+        meter_add(m, &m->embed);   /* looked up, not streamed */
 
     for (long l = 0; l < m->L; l++) {
         const fwd_layer *ly = &m->layers[l];
@@ -1749,6 +1784,8 @@ fl_status fwd_logits(fwd_model *m, const int32_t *tokens, size_t n, float *logit
             z = tanh(z / m->final_softcap) * m->final_softcap;
         logits[i] = (float)z;
     }
+    if (m->meter.fn)
+        m->meter.fn(m->meter.ctx, m->meter.total, m->meter.total);
 done:
     free(x); free(y); free(raw);
     free(b.h); free(b.q); free(b.k); free(b.v); free(b.ctx); free(b.qkv); free(b.att);

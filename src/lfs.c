@@ -218,6 +218,7 @@ typedef struct {
     uint64_t base;
     int err;
     int64_t reported;        /* bytes of this attempt already added to o->done */
+    const lfs_session *s;
     http_client *http;
     int slot;
     const char *label;
@@ -235,12 +236,13 @@ static size_t part_read(void *ctx, uint64_t off, char *buf, size_t n)
     return n;
 }
 
-static void emit(http_client *c, hub_event_kind kind, int slot, const char *name, int64_t done,
-                 int64_t total, double t0)
+static void emit(const lfs_session *s, hub_event_kind kind, int slot, const char *name,
+                 int64_t done, int64_t total, double t0)
 {
     hub_event ev = {.kind = kind, .phase = HUB_PHASE_UPLOAD, .slot = slot, .name = name,
-                    .done = done, .total = total, .elapsed = fl_now() - t0};
-    http_emit(c, &ev);
+                    .done = done, .total = total, .elapsed = fl_now() - t0, .step = s->step,
+                    .steps = s->steps};
+    http_emit(s->http, &ev);
 }
 
 /* Progress of an attempt: `sent` bytes of this part so far. */
@@ -254,7 +256,7 @@ static void part_sent(void *ctx, int64_t sent)
     double t = fl_now();
     if (t - b->last_emit >= 0.1) {
         b->last_emit = t;
-        emit(b->http, HUB_EV_BYTES, b->slot, b->label, sent, b->size, b->o->t0);
+        emit(b->s, HUB_EV_BYTES, b->slot, b->label, sent, b->size, b->o->t0);
     }
 }
 
@@ -304,7 +306,7 @@ static fl_status finish_object(lfs_session *s, CURL *h, lfs_object *o, int slot,
     }
     sb_free(&b);
     if (st == FL_OK)
-        emit(s->http, HUB_EV_DONE, slot, o->path, o->size, o->size, o->t0);
+        emit(s, HUB_EV_DONE, slot, o->path, o->size, o->size, o->t0);
     return st;
 }
 
@@ -320,9 +322,9 @@ static fl_status put_part(lfs_session *s, CURL *h, lfs_object *o, size_t i, int 
         snprintf(label, sizeof label, "%s [%zu/%zu]", o->path, i + 1, o->n_parts);
     else
         snprintf(label, sizeof label, "%s", o->path);
-    part_body b = {.o = o, .base = (uint64_t)off, .http = s->http, .slot = slot, .label = label,
-                   .size = len};
-    emit(s->http, HUB_EV_START, slot, label, 0, len, fl_now());
+    part_body b = {.o = o, .base = (uint64_t)off, .s = s, .http = s->http, .slot = slot,
+                   .label = label, .size = len};
+    emit(s, HUB_EV_START, slot, label, 0, len, fl_now());
     http_headers hd = {0};
     http_headers_reset(&hd);
     http_request req = {.method = "PUT", .url = o->action == LFS_MULTIPART ? o->parts[i] : o->href,
@@ -354,7 +356,7 @@ static fl_status put_part(lfs_session *s, CURL *h, lfs_object *o, size_t i, int 
     s->read += stats.sent;
     pthread_mutex_unlock(&s->http->mu);
     http_headers_reset(&hd);
-    emit(s->http, HUB_EV_IDLE, slot, label, len, len, o->t0);
+    emit(s, HUB_EV_IDLE, slot, label, len, len, o->t0);
     return st;
 }
 

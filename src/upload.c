@@ -434,7 +434,7 @@ static fl_status plan_commits(upload_result *res, batch **out, size_t *n_out, fl
 
 /* The LFS objects of a commit (one per distinct sha256): what the storage
  * lacks is sent. */
-static fl_status send_lfs(up_run *R, batch *b, fl_error *err)
+static fl_status send_lfs(up_run *R, batch *b, int k, size_t nb, fl_error *err)
 {
     lfs_object *objs = calloc(b->n ? b->n : 1, sizeof *objs);
     if (!objs)
@@ -453,7 +453,8 @@ static fl_status send_lfs(up_run *R, batch *b, fl_error *err)
     }
     char *url = fl_asprintf("%s/%s.git/info/lfs/objects/batch", R->http.endpoint, R->repo_id);
     lfs_session s = {.http = &R->http, .batch_url = url, .jobs = R->req->jobs,
-                     .ref = R->req->create_pr ? NULL : R->branch, .slow_timeout = SLOW_TIMEOUT};
+                     .ref = R->req->create_pr ? NULL : R->branch, .slow_timeout = SLOW_TIMEOUT,
+                     .step = nb > 1 ? k : 0, .steps = nb > 1 ? (int)nb : 0};
     fl_status st = url ? FL_OK : fl_fail(err, FL_EIO, "out of memory");
     for (size_t i = 0; st == FL_OK && i < n; i += LFS_BATCH_MAX)
         st = lfs_batch(&s, R->h, objs + i, n - i < LFS_BATCH_MAX ? n - i : LFS_BATCH_MAX, err);
@@ -608,7 +609,7 @@ static fl_status commit_all(up_run *R, fl_error *err)
                          "the rest", k, nb);
             break;
         }
-        st = send_lfs(R, &b[k], err);
+        st = send_lfs(R, &b[k], (int)k + 1, nb, err);
         if (st == FL_OK)
             st = commit_batch(R, &b[k], (int)k + 1, nb, err);
     }

@@ -54,6 +54,9 @@ typedef struct {
     const checkpoint *src, *out;
     tcheck *checks;
     unsigned char **bufs;   /* three BUF_BYTES buffers per pool worker */
+    const verify_options *opt;
+    _Atomic uint64_t done;  /* bytes compared, of total (progress) */
+    uint64_t total;
 } tpool;
 
 #define BUF_BYTES (BLOCK_BYTES * 2u + 16)
@@ -99,7 +102,7 @@ static void describe_index(const st_tensor *t, uint64_t i, char *buf, size_t cap
 /* Compares the output tensor with the expected bytes, block by block: a
  * verbatim copy (TC_COPY) or the source folded with the group's gain
  * (TC_FOLD, via fold_rows: the same single rounding the converter uses). */
-static void check_stream(const tpool *p, tcheck *c, unsigned char *a, unsigned char *b,
+static void check_stream(tpool *p, tcheck *c, unsigned char *a, unsigned char *b,
                          unsigned char *e)
 {
     const st_tensor *st = c->src->t;
@@ -166,6 +169,9 @@ static void check_stream(const tpool *p, tcheck *c, unsigned char *a, unsigned c
             }
         }
         off += n;
+        uint64_t done = atomic_fetch_add(&p->done, n) + n;
+        if (p->opt->progress)
+            p->opt->progress(p->opt->progress_ctx, "tensor check", done, p->total);
         if (fl_interrupted) {
             c->io = fl_fail(&c->err, FL_EINTR, "interrupted");
             return;
@@ -286,7 +292,7 @@ static int cmp_cstr(const void *a, const void *b)
 
 /* Runs the tensor check of `out` against the plan of `src`. */
 static fl_status tensor_check(const checkpoint *src, const checkpoint *out, const fold_plan *plan,
-                              int threads, tsummary *s, fl_error *err)
+                              const verify_options *opt, tsummary *s, fl_error *err)
 {
     s->ok = 1;
     tcheck *checks = calloc(plan->n_out + plan->n_dropped + 1, sizeof *checks);
@@ -358,7 +364,7 @@ static fl_status tensor_check(const checkpoint *src, const checkpoint *out, cons
     }
 
     /* Compare contents, tensors spread over the workers. */
-    int nt = threads > 0 ? threads : fl_cpu_count();
+    int nt = opt->threads > 0 ? opt->threads : fl_cpu_count();
     if (nt > 16)
         nt = 16;
     if ((size_t)nt > n)
@@ -368,9 +374,13 @@ static fl_status tensor_check(const checkpoint *src, const checkpoint *out, cons
     int have_bufs = bufs != NULL;
     for (int i = 0; have_bufs && i < 3 * fl_pool_size(workers); i++)
         have_bufs = (bufs[i] = malloc(BUF_BYTES)) != NULL;
-    tpool pool = {src, out, checks, bufs};
+    tpool pool = {src, out, checks, bufs, opt, 0, 0};
+    for (size_t i = 0; i < n; i++)
+        pool.total += checks[i].kind == TC_NORM ? 0 : st_nbytes(checks[i].got->t);
     fl_status run = have_bufs ? fl_pool_run(workers, n, tcheck_item, &pool, err)
                               : fl_fail(err, FL_EIO, "out of memory");
+    if (run == FL_OK && opt->progress)
+        opt->progress(opt->progress_ctx, "tensor check", pool.total, pool.total);
     for (int i = 0; bufs && i < 3 * fl_pool_size(workers); i++)
         free(bufs[i]);
     free(bufs);
@@ -667,6 +677,18 @@ static void compare_logits(const float *a, const float *b, long V, size_t T, fsu
     f->kl_mean = T ? kl_sum / (double)T : 0;
 }
 
+/* verify_options.progress for one forward pass (a fwd_progress_fn). */
+typedef struct {
+    const verify_options *opt;
+    const char *phase;
+} fwd_phase;
+
+static void fwd_phase_progress(void *ctx, uint64_t done, uint64_t total)
+{
+    const fwd_phase *ph = ctx;
+    ph->opt->progress(ph->opt->progress_ctx, ph->phase, done, total);
+}
+
 static fl_status forward_check(const checkpoint *src, const checkpoint *out, const fold_plan *plan,
                                const verify_options *opt, fsummary *f, fl_error *err)
 {
@@ -688,6 +710,9 @@ static fl_status forward_check(const checkpoint *src, const checkpoint *out, con
             *err = e2;
         return s;
     }
+    fwd_phase ps = {opt, "forward pass (source)"}, po = {opt, "forward pass (output)"};
+    if (opt->progress)
+        fwd_set_progress(ms, fwd_phase_progress, &ps);
     long V = fwd_vocab(ms);
     snprintf(f->desc, sizeof f->desc, "%s", fwd_describe(ms));
     if (opt->tokens) {
@@ -728,6 +753,8 @@ static fl_status forward_check(const checkpoint *src, const checkpoint *out, con
             *err = e2;
         goto done;
     }
+    if (opt->progress)
+        fwd_set_progress(mo, fwd_phase_progress, &po);
     if (fwd_vocab(mo) != V) {
         f->ran = 1;
         f->ok = 0;
@@ -914,7 +941,7 @@ fl_status verify_pair(const char *source_dir, const char *output_dir, const veri
             goto done;
     }
     t.exact = opt->exact || made_by_flashify(output_dir);
-    if ((s = tensor_check(&src, &out, &plan, opt->threads, &t, err)) != FL_OK)
+    if ((s = tensor_check(&src, &out, &plan, opt, &t, err)) != FL_OK)
         goto done;
     int tensors_ok = t.ok;
     config_check(&src, &out, &plan, &t);

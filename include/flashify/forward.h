@@ -41,6 +41,13 @@ long fwd_bos(const fwd_model *m);
 /* A short description ("llama, 5 layers, hidden 64, bf16"), static per model. */
 const char *fwd_describe(const fwd_model *m);
 
+/* Progress of fwd_logits, in bytes of weights: fn(ctx, done, total) from
+ * the calling thread after each matrix product, total being every matrix
+ * bound (an expert no token was routed to counts as done, unread); the
+ * last call of a pass has done == total.  fn NULL: none (the default). */
+typedef void (*fwd_progress_fn)(void *ctx, uint64_t done, uint64_t total);
+void fwd_set_progress(fwd_model *m, fwd_progress_fn fn, void *ctx);
+
 /* Runs the model causally over tokens[0..n) and writes n * fwd_vocab(m)
  * logits (row t = the prediction after tokens[0..t]).  Every id must be in
  * [0, vocab).  Returns FL_OK, FL_EINPUT (bad id), FL_EIO, or FL_EINTR. */

@@ -48,6 +48,7 @@ typedef struct {
     int64_t all_total;
     double elapsed;          /* seconds since this file's transfer began */
     const char *msg;         /* HUB_EV_LOG only */
+    int step, steps;         /* upload: commit `step` of `steps` (0 0: one) */
 } hub_event;
 
 typedef void (*hub_progress_fn)(const hub_event *ev, void *ctx);

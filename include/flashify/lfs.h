@@ -46,6 +46,7 @@ typedef struct {
     const char *ref;         /* the branch the objects are for, or NULL (a PR) */
     int jobs;
     long slow_timeout;       /* seconds a completion or verify may take */
+    int step, steps;         /* the commit these objects are for (events) */
     /* Totals over every transfer (under http->mu). */
     int64_t sent, resent, read;
 } lfs_session;

@@ -34,6 +34,8 @@
 #ifndef FLASHIFY_VERIFY_H
 #define FLASHIFY_VERIFY_H
 
+#include <stdint.h>
+
 #include "flashify/error.h"
 
 typedef struct {
@@ -51,6 +53,13 @@ typedef struct {
     const char *dump_logits; /* write the SOURCE's logits there (raw
                                 little-endian float32, positions x vocab),
                                 for tests/interop; or NULL */
+    /* Progress, or NULL: phase "tensor check" (bytes of the output
+     * compared), then "forward pass (source)" and "forward pass (output)"
+     * (bytes of weights streamed, forward.h); each phase ends with
+     * done == total unless it fails.  Called from worker threads, possibly
+     * several at once: the callee serializes. */
+    void (*progress)(void *progress_ctx, const char *phase, uint64_t done, uint64_t total);
+    void *progress_ctx;
 } verify_options;
 
 /* Checks OUTPUT against SOURCE.  *report receives a malloc'd human (or

@@ -89,7 +89,7 @@ def test_human_output_and_unchanged_reupload():
         repo = env.hub.repos["me/model"]
         check(r.stdout.strip() == "%s/me/model/commit/%s" % (env.hub.endpoint, repo.branches["main"]),
               "stdout %r is not the commit URL" % r.stdout)
-        check("uploaded model-00001-of-00002.safetensors" in r.stderr, "no progress lines")
+        check("published to me/model: 1 commit" in r.stderr, "no summary line: %s" % r.stderr)
         head = repo.branches["main"]
         env.hub.clear()
         r = env.upload(d, "me/model", "--json")
