@@ -201,7 +201,8 @@ static void default_output(const char *source, char *out, size_t cap)
 
 /* Downloads repo id `repo` (or finds it in the HF cache) and sets *dir to
  * its snapshot directory, with the hub's progress on stderr. */
-static fl_status fetch_repo(const cli_args *a, const char *repo, char **dir, fl_error *err)
+static fl_status fetch_repo(const cli_args *a, const char *repo, char **dir, char **license,
+                            fl_error *err)
 {
     hub_progress hp;
     hub_progress_init(&hp, stderr, -1, a->quiet);
@@ -209,7 +210,8 @@ static fl_status fetch_repo(const cli_args *a, const char *repo, char **dir, fl_
     cli_hub_env(&env);
     hub_request req = {.repo_id = repo, .revision = a->revision, .token = a->token, .env = &env,
                        .offline = a->offline, .quiet = a->quiet, .verbose = a->verbose,
-                       .jobs = a->jobs, .progress = hub_progress_render, .progress_ctx = &hp};
+                       .jobs = a->jobs, .progress = hub_progress_render, .progress_ctx = &hp,
+                       .license = license};
     fl_status s = hub_fetch_snapshot(&req, dir, err);
     hub_progress_finish(&hp);
     return s;
@@ -218,7 +220,7 @@ static fl_status fetch_repo(const cli_args *a, const char *repo, char **dir, fl_
 /* Resolves SOURCE to a local checkpoint directory: an existing path, or a
  * repo id (org/name[@rev]) that becomes its snapshot in the HF cache. */
 static fl_status resolve_source(const cli_args *a, const char *source, char **dir,
-                                fl_error *err)
+                                char **license, fl_error *err)
 {
     struct stat st;
     if (stat(source, &st) == 0) {
@@ -226,7 +228,7 @@ static fl_status resolve_source(const cli_args *a, const char *source, char **di
         return *dir ? FL_OK : fl_fail(err, FL_EIO, "out of memory");
     }
     if (hub_is_repo_id(source)) {
-        fl_status s = fetch_repo(a, source, dir, err);
+        fl_status s = fetch_repo(a, source, dir, license, err);
         if (s != FL_OK && s != FL_EINTR)
             fl_prefix(err, "%s is not a local directory, so it was fetched as a Hub repo id", source);
         return s;
@@ -244,7 +246,7 @@ static int cmd_download(const cli_args *a, const char *repo)
         return cli_usage_error("'%s' is not a repo id (org/name[@revision])", repo);
     fl_error err = {0};
     char *dir = NULL;
-    fl_status s = fetch_repo(a, repo, &dir, &err);
+    fl_status s = fetch_repo(a, repo, &dir, NULL, &err);
     if (s != FL_OK)
         return fail(&err);
     printf("%s\n", dir);
@@ -327,7 +329,7 @@ static void announce_plan(const fold_plan *plan)
 
 static fl_status convert(const cli_args *a, const char *dir, const char *base_model,
                          const checkpoint *ck, const fold_plan *plan, const char *out,
-                         fl_error *err)
+                         cli_publish_ctx *pub, fl_error *err)
 {
     if (a->dry_run) {
         print_plan(stdout, ck, plan);
@@ -360,6 +362,12 @@ static fl_status convert(const cli_args *a, const char *dir, const char *base_mo
         sc.opt.progress = cli_progress_update;
         sc.opt.progress_ctx = &progress;
     }
+    if (a->push_to_hub) {
+        pub->then = co.before_commit;
+        pub->then_ctx = co.commit_ctx;
+        co.before_commit = cli_publish_prepare;
+        co.commit_ctx = pub;
+    }
     double t0 = fl_now();
     fl_status s = convert_write(ck, plan, &co, err);
     cli_progress_finish(&progress);
@@ -391,9 +399,12 @@ static int cmd_convert(const cli_args *a, const char *source)
     if (stat(source, &sst) != 0 && hub_is_repo_id(source))
         snprintf(base, sizeof base, "%.*s", (int)strcspn(source, "@"), source);
     char *dir = NULL;
-    s = resolve_source(a, source, &dir, &err);
+    cli_publish_ctx pub = {.a = a};
+    s = resolve_source(a, source, &dir, a->push_to_hub ? &pub.license : NULL, &err);
     if (s != FL_OK)
         return fail(&err);
+    if (a->push_to_hub && !base[0])
+        pub.license = cli_source_license(dir);
     checkpoint ck;
     s = ckpt_open(dir, &ck, &err);
     if (s != FL_OK) {
@@ -410,11 +421,12 @@ static int cmd_convert(const cli_args *a, const char *source)
             snprintf(out, sizeof out, "%s", a->output);
         else
             default_output(source, out, sizeof out);
-        s = convert(a, dir, base[0] ? base : NULL, &ck, &plan, out, &err);
+        s = convert(a, dir, base[0] ? base : NULL, &ck, &plan, out, &pub, &err);
         /* Published only once the conversion (and --strict) succeeded. */
         if (s == FL_OK && a->push_to_hub && !a->dry_run)
-            s = cli_publish(a, out, NULL, 0, &err);
+            s = cli_publish(&pub, out, &err);
     }
+    cli_publish_ctx_free(&pub);
     plan_free(&plan);
     ckpt_close(&ck);
     free(dir);

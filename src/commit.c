@@ -232,7 +232,8 @@ fl_status hub_commit(http_client *c, void *curl, const commit_request *r, commit
                         .read = payload_read, .read_ctx = p, .reply = &reply,
                         .timeout = r->timeout, .finish_on_interrupt = 1,
                         .fresh_connection = 1,
-                        .retry = r->parent ? HTTP_RETRY_TRANSIENT : HTTP_RETRY_UNSENT};
+                        .retry = r->parent && !r->opens_pr ? HTTP_RETRY_TRANSIENT
+                                                           : HTTP_RETRY_UNSENT};
     http_stats stats = {0};
     fl_status st = http_perform(c, curl, &req, &hd, &stats, err);
     out->maybe_applied = stats.maybe_applied;

@@ -31,6 +31,7 @@ typedef struct {
     int exists;               /* the repo exists (a dry run does not create it) */
     char head[41];            /* the commit the next commit builds on */
     int64_t kept;             /* regular-file bytes held in memory */
+    int jobs;
 } up_run;
 
 /* ----------------------------------------------------------------------------
@@ -178,6 +179,8 @@ static fl_status validate_card(up_run *R, const upload_file *readme, fl_error *e
         memcpy(text, copy.content, (size_t)copy.size);
         text[copy.size] = 0;
         sb_json_string(&body, text);
+    } else {
+        body.oom = 1;
     }
     sb_str(&body, ",\"repoType\":\"model\"}");
     free(text);
@@ -185,8 +188,8 @@ static fl_status validate_card(up_run *R, const upload_file *readme, fl_error *e
     char *url = fl_asprintf("%s/api/validate-yaml", R->http.endpoint);
     strbuf reply = {0};
     http_headers hd = {0};
-    st = url && !body.oom && text ? api(R, "POST", url, body.p, &reply, &hd, err)
-                                  : fl_fail(err, FL_EIO, "out of memory");
+    st = url && !body.oom ? api(R, "POST", url, body.p, &reply, &hd, err)
+                          : fl_fail(err, FL_EIO, "out of memory");
     if (st == FL_OK && hd.status == 400) {
         cJSON *j = cJSON_Parse(reply.p ? reply.p : "");
         const cJSON *e0 = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(j, "errors"), 0);
@@ -223,8 +226,10 @@ static upload_file *find_file(upload_result *res, const char *path)
     return NULL;
 }
 
-static fl_status read_modes(up_run *R, const char *body, fl_error *err)
+/* The preupload answer for `n` files. */
+static fl_status read_modes(up_run *R, const char *body, size_t n, fl_error *err)
 {
+    size_t seen = 0;
     cJSON *j = cJSON_Parse(body);
     const cJSON *files = cJSON_GetObjectItemCaseSensitive(j, "files"), *e;
     fl_status st = cJSON_IsArray(files) ? FL_OK
@@ -244,8 +249,11 @@ static fl_status read_modes(up_run *R, const char *body, fl_error *err)
         if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "shouldIgnore")))
             f->state = UPLOAD_IGNORED;
         snprintf(f->remote_oid, sizeof f->remote_oid, "%s", oid ? oid : "");
+        seen++;
     }
     cJSON_Delete(j);
+    if (st == FL_OK && seen != n)
+        st = fl_fail(err, FL_ENET, "the preupload answer covers %zu of %zu files", seen, n);
     return st;
 }
 
@@ -279,7 +287,7 @@ static fl_status preupload_chunk(up_run *R, const char *url, size_t from, size_t
     if (st == FL_OK && hd.status != 200)
         st = reply_error(R, &hd, "asking the Hub how to upload the files", err);
     else if (st == FL_OK)
-        st = read_modes(R, reply.p ? reply.p : "", err);
+        st = read_modes(R, reply.p ? reply.p : "", to - from, err);
     sb_free(&body);
     sb_free(&reply);
     http_headers_reset(&hd);
@@ -361,7 +369,7 @@ static fl_status digests(up_run *R, fl_error *err)
             todo[n++] = f;
     }
     if (st == FL_OK)
-        st = upload_hash_lfs(todo, n, R->req->jobs, &R->http, &res->bytes_read, err);
+        st = upload_hash_lfs(todo, n, R->jobs, &R->http, &res->bytes_read, err);
     for (size_t i = 0; st == FL_OK && i < res->n_files; i++) {
         upload_file *f = &res->files[i];
         if (f->lfs && f->state != UPLOAD_IGNORED)
@@ -452,7 +460,7 @@ static fl_status send_lfs(up_run *R, batch *b, int k, size_t nb, fl_error *err)
         n++;
     }
     char *url = fl_asprintf("%s/%s.git/info/lfs/objects/batch", R->http.endpoint, R->repo_id);
-    lfs_session s = {.http = &R->http, .batch_url = url, .jobs = R->req->jobs,
+    lfs_session s = {.http = &R->http, .batch_url = url, .jobs = R->jobs,
                      .ref = R->req->create_pr ? NULL : R->branch, .slow_timeout = SLOW_TIMEOUT,
                      .step = nb > 1 ? k : 0, .steps = nb > 1 ? (int)nb : 0};
     fl_status st = url ? FL_OK : fl_fail(err, FL_EIO, "out of memory");
@@ -560,10 +568,10 @@ static fl_status commit_batch(up_run *R, batch *b, int k, size_t nb, fl_error *e
                             R->qbranch, open_pr ? "?create_pr=1" : "");
     fl_status st = ops && summary && url ? batch_ops(R, b, ops, err)
                                          : fl_fail(err, FL_EIO, "out of memory");
-    /* The commit opening a pull request has no parent to check against:
-     * it cannot overwrite anything (commit.h). */
+    /* A pull request starts from the head the upload started from
+     * (create_commit's parent_commit); it cannot overwrite anything. */
     commit_request cr = {.url = url, .summary = summary, .description = R->req->description,
-                         .parent = open_pr ? NULL : R->head, .ops = ops, .n_ops = b->n,
+                         .parent = R->head, .opens_pr = open_pr, .ops = ops, .n_ops = b->n,
                          .timeout = SLOW_TIMEOUT};
     commit_result out = {0};
     if (st == FL_OK)
@@ -679,7 +687,8 @@ fl_status hub_upload(const upload_request *req, upload_result *res, fl_error *er
                        "access: set HF_TOKEN, pass --token, or run `hf auth login` (tokens: "
                        "https://huggingface.co/settings/tokens)", req->repo_id);
     up_run R = {.req = req, .res = res, .repo_id = req->repo_id,
-                .branch = req->revision ? req->revision : "main"};
+                .branch = req->revision ? req->revision : "main",
+                .jobs = req->jobs > 0 ? (req->jobs < 16 ? req->jobs : 16) : 4};
     st = http_client_init(&R.http, req->env, hub_endpoint(req->env), token, err);
     hub_token_free(token);
     if (st)
@@ -712,24 +721,4 @@ void upload_result_free(upload_result *res)
     free(res->commit_url);
     free(res->pr_url);
     memset(res, 0, sizeof *res);
-}
-
-char *hub_card_license(const char *text)
-{
-    if (!text || strncmp(text, "---", 3) || (text[3] != '\n' && text[3] != '\r'))
-        return NULL;
-    for (const char *l = strchr(text, '\n'); l && *++l;) {
-        if (!strncmp(l, "---", 3))
-            break;
-        if (!strncmp(l, "license:", 8)) {
-            const char *v = l + 8;
-            v += strspn(v, " \t\"'");
-            size_t n = strcspn(v, "\r\n#\"'");
-            while (n && (v[n - 1] == ' ' || v[n - 1] == '\t'))
-                n--;
-            return n ? strndup(v, n) : NULL;
-        }
-        l = strchr(l, '\n');
-    }
-    return NULL;
 }

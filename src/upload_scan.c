@@ -331,3 +331,88 @@ fl_status upload_hash_lfs(upload_file **files, size_t n, int jobs, http_client *
     hash_job job = {files, http, bytes_read};
     return fl_pool_run_once(jobs, n, hash_item, &job, err);
 }
+
+/* ----------------------------------------------------------------------------
+ * The model card's license, and the digests of a folder just written */
+
+char *hub_card_license(const char *text)
+{
+    if (!text || strncmp(text, "---", 3) || (text[3] != '\n' && text[3] != '\r'))
+        return NULL;
+    for (const char *l = strchr(text, '\n'); l && *++l;) {
+        if (!strncmp(l, "---", 3))
+            break;
+        if (!strncmp(l, "license:", 8)) {
+            const char *v = l + 8;
+            v += strspn(v, " \t\"'");
+            size_t n = strcspn(v, "\r\n#\"'");
+            while (n && (v[n - 1] == ' ' || v[n - 1] == '\t'))
+                n--;
+            return n ? strndup(v, n) : NULL;
+        }
+        l = strchr(l, '\n');
+    }
+    return NULL;
+}
+
+char *hub_card_with_license(const char *text, const char *license)
+{
+    if (!license || !*license || strspn(license, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                                 "0123456789._-") != strlen(license))
+        return NULL;
+    char *have = hub_card_license(text);
+    if (have || strncmp(text, "---\n", 4)) {
+        free(have);
+        return NULL;
+    }
+    return fl_asprintf("---\nlicense: %s\n%s", license, text + 4);
+}
+
+fl_status upload_hash_folder(const char *folder, int jobs, hub_progress_fn fn, void *ctx,
+                             upload_digest **out, size_t *n, fl_error *err)
+{
+    *out = NULL;
+    *n = 0;
+    upload_file *files = NULL;
+    size_t nf = 0;
+    fl_status st = upload_list(folder, &files, &nf, err);
+    if (st)
+        return st;
+    /* The client only for its event delivery and stop flag: no request. */
+    http_client c;
+    upload_file **todo = calloc(nf, sizeof *todo);
+    upload_digest *d = calloc(nf, sizeof *d);
+    st = todo && d ? http_client_init(&c, NULL, hub_endpoint(NULL), NULL, err)
+                   : fl_fail(err, FL_EIO, "out of memory");
+    if (st == FL_OK) {
+        c.progress = fn;
+        c.progress_ctx = ctx;
+        for (size_t i = 0; i < nf; i++)
+            todo[i] = &files[i];
+        int64_t bytes = 0;
+        st = upload_hash_lfs(todo, nf, jobs, &c, &bytes, err);
+        http_client_free(&c);
+    }
+    for (size_t i = 0; st == FL_OK && i < nf; i++) {
+        d[i].size = files[i].size;
+        memcpy(d[i].sha256, files[i].sha256, sizeof d[i].sha256);
+        if (!(d[i].path = fl_strdup(files[i].path)))
+            st = fl_fail(err, FL_EIO, "out of memory");
+    }
+    free(todo);
+    upload_files_free(files, nf);
+    if (st) {
+        upload_digests_free(d, nf);
+        return st;
+    }
+    *out = d;
+    *n = nf;
+    return FL_OK;
+}
+
+void upload_digests_free(upload_digest *d, size_t n)
+{
+    for (size_t i = 0; d && i < n; i++)
+        free((char *)d[i].path);
+    free(d);
+}

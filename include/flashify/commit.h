@@ -4,11 +4,12 @@
  * in advance (docs/hub-protocol.md §10; huggingface_hub _commit_api.py
  * _prepare_commit_payload, _send_commit).
  *
- * A retry must not commit twice: with a parent commit the Hub refuses a
- * second application (412), so transient failures are retried; without
- * one (the commit that opens a pull request) only failures the Hub cannot
- * have acted on are.  Ctrl-C does not cut a commit short: its outcome is
- * always known. */
+ * A retry must not commit twice: on a branch, with the parent commit set,
+ * the Hub refuses a second application (412), so transient failures are
+ * retried; a commit that opens a pull request (the parent then only says
+ * where the PR starts) is retried only after failures the Hub cannot have
+ * acted on.  Ctrl-C does not cut a commit short: its outcome is always
+ * known. */
 #ifndef FLASHIFY_COMMIT_H
 #define FLASHIFY_COMMIT_H
 
@@ -28,6 +29,7 @@ typedef struct {
     const char *url;             /* {E}/api/models/{id}/commit/{rev}[?create_pr=1] */
     const char *summary, *description;
     const char *parent;          /* 40 hex, or NULL */
+    int opens_pr;                /* the URL has ?create_pr=1 */
     const commit_op *ops;
     size_t n_ops;
     long timeout;                /* seconds without progress */

@@ -101,6 +101,9 @@ typedef struct {
     int jobs;                /* parallel transfers, 0 -> 4 */
     hub_progress_fn progress;  /* NULL -> no events at all */
     void *progress_ctx;
+    char **license;          /* out, may be NULL: the license the repo's card declares
+                                (cardData.license, malloc'd), when the Hub was asked
+                                (not offline, not for a cached commit); else NULL */
 } hub_request;
 
 /* 1 when s has the Hub's repo-id grammar (utils/_validators.py): "ns/name"

@@ -191,7 +191,9 @@ def test_branch_and_pull_request():
         check(r.stdout.strip() == "%s/me/model/discussions/1" % env.hub.endpoint,
               "stdout %r is not the PR URL" % r.stdout)
         (hdr, _), = [c for c in upload_commits(env, "me/model") if "v2" not in c[0]["summary"]][-1:]
-        check("parentCommit" not in hdr, "the commit opening a PR carried a parent")
+        check(hdr.get("parentCommit") == main, "the PR does not start from main's head")
+        posts = env.hub.requests(method="POST", path="/commit/")
+        check(posts[-1]["path"].endswith("?create_pr=1"), "PR commit URL %s" % posts[-1]["path"])
         r = env.upload(d, "me/model", "--create-pr", "--revision", "dev")
         check_fail(r, 1, ["--create-pr"], "--create-pr with --revision")
 

@@ -142,7 +142,7 @@ def test_interrupt_leaves_the_remote_and_the_next_run_resumes():
         p = subprocess.Popen([FLASHIFY, "upload", d, "me/m", "--jobs", "1"], env=env.env(),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         a_oid = __import__("hashlib").sha256(files["a.safetensors"]).hexdigest()
-        ok = wait_for(lambda: a_oid in env.hub.up.objects and
+        ok = wait_for(lambda: ("me/m", a_oid) in env.hub.up.objects and
                       len(env.hub.requests(server="storage", path="/upload/up2/")) >= 2)
         p.send_signal(signal.SIGINT)
         out, err = p.communicate(timeout=60)

@@ -28,7 +28,9 @@ Python standard library only.  Use it in-process:
     hub.close()
 
 or from the command line (bench): python3 mock_hub.py DIR ORG/NAME prints
-the endpoint and serves the files of DIR until killed.
+the endpoint and serves the files of DIR until killed; python3 mock_hub.py
+--upload [--discard] [--multipart-mib N] [--chunk-mib N] serves an empty
+Hub that takes uploads.
 """
 
 import hashlib
@@ -570,8 +572,33 @@ def _handler(hub, server):
     return H
 
 
+def serve_upload(args):
+    """mock_hub.py --upload [--discard] [--multipart-mib N] [--chunk-mib N]:
+    an empty Hub that takes uploads (any token may write)."""
+    hub = MockHub(page_size=100)
+    hub.up.lfs_threshold = 1 << 20
+    hub.up.discard = "--discard" in args
+    for flag, attr in (("--multipart-mib", "multipart_threshold"), ("--chunk-mib", "chunk_size")):
+        if flag in args:
+            setattr(hub.up, attr, int(args[args.index(flag) + 1]) << 20)
+    print(hub.endpoint, hub.storage_base, flush=True)
+    serve(hub)
+
+
+def serve(hub):
+    """Until killed."""
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    hub.close()
+
+
 def main():
     import os
+    if sys.argv[1] == "--upload":
+        return serve_upload(sys.argv[2:])
     d, rid = sys.argv[1], sys.argv[2]
     files = {}
     for root, _, names in os.walk(d):
@@ -581,12 +608,7 @@ def main():
     hub = MockHub(page_size=100)
     repo = hub.add_repo(rid, files)
     print(hub.endpoint, hub.cdn_base, repo.commit, flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    hub.close()
+    serve(hub)
 
 
 if __name__ == "__main__":

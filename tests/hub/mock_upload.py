@@ -88,7 +88,8 @@ class UploadState:
     def __init__(self, hub):
         self.hub = hub
         self.dir = tempfile.mkdtemp(prefix="mock-hub-store-")
-        self.objects = {}           # sha256 -> size (stored LFS objects)
+        self.objects = {}           # (repo id, sha256) -> size: what each repo's LFS storage holds
+        self.discard = False        # bench: check the bytes, keep none of them
         self.uploads = {}
         self.lock = threading.Lock()
         self.next_id = 1
@@ -106,6 +107,8 @@ class UploadState:
         return os.path.join(self.dir, "objects", oid)
 
     def object_bytes(self, oid):
+        if self.discard:
+            return b""
         with open(self.object_path(oid), "rb") as f:
             return f.read()
 
@@ -123,12 +126,18 @@ class UploadState:
         return u
 
     def store(self, u, src):
-        """Moves an assembled, checked object into the store."""
-        os.makedirs(os.path.join(self.dir, "objects"), exist_ok=True)
-        os.replace(src, self.object_path(u.oid))
+        """Moves an assembled, checked object into the store (the repo's
+        LFS storage now holds it); with discard, only records it."""
+        if self.discard:
+            if src:
+                os.unlink(src)
+        else:
+            os.makedirs(os.path.join(self.dir, "objects"), exist_ok=True)
+            os.replace(src, self.object_path(u.oid))
         with self.lock:
-            self.objects[u.oid] = u.size
+            self.objects[(u.repo_id, u.oid)] = u.size
             u.done = True
+        shutil.rmtree(os.path.join(self.dir, "uploads", u.id), ignore_errors=True)
 
     def may_write(self, token, namespace):
         if token is None or token in self.read_only:
@@ -221,6 +230,16 @@ def write_auth(h, hub, repo_id):
     return None
 
 
+def writable_repo(h, hub, rid):
+    """The repo rid when the token may write it, else None (an error sent)."""
+    if write_auth(h, hub, rid):
+        return None
+    repo = hub.repos.get(rid)
+    if repo is None:
+        h._error(404, "RepoNotFound", "Repository not found")
+    return repo
+
+
 # ---------------------------------------------------------------------------
 # the Hub's write endpoints
 
@@ -285,12 +304,9 @@ def create_repo(h, hub):
 def create_branch(h, hub, rid, branch):
     if read_json(h) is None:
         return None
-    err = write_auth(h, hub, rid)
-    if err:
-        return err
-    repo = hub.repos.get(rid)
+    repo = writable_repo(h, hub, rid)
     if repo is None:
-        return h._error(404, "RepoNotFound", "Repository not found")
+        return None
     if branch in repo.branches:
         return h._error(409, "Conflict", "Reference already exists")
     repo.branches[branch] = repo.branches["main"]
@@ -324,12 +340,9 @@ def preupload(h, hub, rid, rev):
     body = read_json(h)
     if body is None:
         return None
-    err = write_auth(h, hub, rid)
-    if err:
-        return err
-    repo = hub.repos.get(rid)
+    repo = writable_repo(h, hub, rid)
     if repo is None:
-        return h._error(404, "RepoNotFound", "Repository not found")
+        return None
     files = body.get("files")
     if not isinstance(files, list) or len(files) > 256:
         return h._error(400, "BadRequest", "files must be a list of at most 256 entries")
@@ -382,7 +395,7 @@ def lfs_batch(h, hub, rid):
             out.append({"oid": str(oid), "size": size if isinstance(size, int) else -1,
                         "error": {"code": 422, "message": "invalid oid or size"}})
             continue
-        if st.objects.get(oid) == size:
+        if st.objects.get((rid, oid)) == size:
             out.append({"oid": oid, "size": size})
             continue
         u = st.new_upload(oid, size, rid)
@@ -438,10 +451,12 @@ def storage(h, hub, f):
         st.next_id += 1
     path = os.path.join(st.dir, "uploads", up.id, "%d.tmp%d" % (n, tmp_id))
     md5, got = hashlib.md5(), 0
+    inline = st.discard and not up.chunk     # bench: hash as it comes, keep nothing
+    sha = hashlib.sha256() if inline else None
     drop = f.kw["after"] if f is not None and f.action == "drop" else None
     delay = f.kw.get("delay", 0.05) if f is not None and f.action == "slow_body" else 0
     try:
-        out = open(path, "wb")
+        out = open(os.devnull if inline else path, "wb")
     except OSError:          # the mock is shutting down under this request
         return None
     with out:
@@ -456,6 +471,8 @@ def storage(h, hub, f):
                 break
             out.write(b)
             md5.update(b)
+            if sha is not None:
+                sha.update(b)
             got += len(b)
             h._e["received"] = got
             if delay:
@@ -465,9 +482,15 @@ def storage(h, hub, f):
         # Dropped (a fault) or the client went away: no answer, no part.
         h._e["status"] = "drop" if drop is not None else "client-gone"
         h.close_connection = True
-        os.unlink(path)
+        if not inline:
+            os.unlink(path)
         return None
     etag = '"%s"' % md5.hexdigest()
+    if inline:
+        with st.lock:
+            up.parts[n] = (None, etag, cl, sha.hexdigest())
+        h._send(200, [("ETag", etag)])
+        return 200
     final = os.path.join(st.dir, "uploads", up.id, "%d" % n)
     try:
         os.replace(path, final)
@@ -494,11 +517,15 @@ def check_object(h, st, up):
     missing = [n for n in range(1, up.nparts() + 1) if n not in up.parts]
     if missing:
         return h._error(400, "MissingParts", "parts %s of %s were not uploaded" % (missing, up.oid))
-    path = assemble(st, up)
-    size = os.path.getsize(path)
-    digest = file_sha256(path)
+    if up.parts[1][0] is None:          # discard mode: hashed as it came
+        path, size, digest = None, up.parts[1][2], up.parts[1][3]
+    else:
+        path = assemble(st, up)
+        size = os.path.getsize(path)
+        digest = file_sha256(path)
     if size != up.size or digest != up.oid:
-        os.unlink(path)
+        if path:
+            os.unlink(path)
         return h._error(400, "ChecksumMismatch", "object is %d bytes with sha256 %s, expected %d "
                         "bytes with sha256 %s" % (size, digest, up.size, up.oid))
     st.store(up, path)
@@ -603,7 +630,7 @@ def apply_ops(h, hub, repo, ops):
                 return None
         elif key == "lfsFile":
             oid, size = v.get("oid"), v.get("size")
-            if v.get("algo") != "sha256" or st.objects.get(oid) != size:
+            if v.get("algo") != "sha256" or st.objects.get((repo.id, oid)) != size:
                 h._error(400, "LfsObjectNotFound", "%s: LFS object %s of %r bytes is not in "
                          "storage" % (path, oid, size))
                 return None
@@ -623,12 +650,9 @@ def commit(h, hub, rid, rev, q, f):
     data = read_body(h, limit=512 << 20)
     if data is None:
         return None
-    err = write_auth(h, hub, rid)
-    if err:
-        return err
-    repo = hub.repos.get(rid)
+    repo = writable_repo(h, hub, rid)
     if repo is None:
-        return h._error(404, "RepoNotFound", "Repository not found")
+        return None
     if rev not in repo.branches:
         return h._error(404, "RevisionNotFound", "Invalid rev id: %s" % rev)
     parsed = parse_commit(h, data)
@@ -638,13 +662,15 @@ def commit(h, hub, rid, rev, q, f):
     if f is not None and f.action == "push_before":
         repo.apply({"concurrent.txt": (b"pushed meanwhile\n", False)}, "concurrent push", rev)
     parent = header.get("parentCommit")
-    if parent is not None and parent != repo.branches[rev]:
+    pr = "create_pr" in q and q["create_pr"][0] in ("1", "true")
+    # On a branch the parent must be its head; a PR starts from the parent
+    # (create_commit's docstring), which must exist.
+    if parent is not None and (parent not in repo.commits if pr else parent != repo.branches[rev]):
         return h._error(412, "PreconditionFailed",
                         "A commit has happened since. Please refresh and try again.")
     changes = apply_ops(h, hub, repo, ops)
     if changes is None:
         return None
-    pr = "create_pr" in q and q["create_pr"][0] in ("1", "true")
     oid = repo.apply(changes, header["summary"], rev, pr=pr)
     h._e["commit"] = oid
     body = {"commitOid": oid, "commitUrl": "%s/%s/commit/%s" % (hub.endpoint, rid, oid),
