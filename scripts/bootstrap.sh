@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg in build-essential cmake pkg-config python3 libcjson-dev libcurl4-openssl-dev libssl-dev; do
+# (file: cpack -G DEB reads the binary's libraries with it.)
+for pkg in build-essential cmake pkg-config python3 file libcjson-dev libcurl4-openssl-dev libssl-dev; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

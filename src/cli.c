@@ -336,7 +336,7 @@ static fl_status convert(const cli_args *a, const char *dir, const char *base_mo
         fl_error note = {0};
         if (convert_check_output(ck, out, a->force, &note) == FL_OK)
             printf("would write %s (dry run: nothing written)\n", out);
-        else
+        else if (!a->quiet)
             cli_diag("note", "%s", note.msg);
         if (a->push_to_hub)
             printf("would publish %s to %s\n", out, a->push_to_hub);

@@ -335,7 +335,8 @@ void cli_help(FILE *f)
           f);
 }
 
-/* One line per subcommand ("command<TAB>NAME") and per option, hidden ones
+/* One line per command ("command<TAB>NAME<TAB>word", or "default" for
+ * convert, which has no word on the command line) and per option, hidden ones
  * included: "option<TAB>NAME<TAB>ALIAS<TAB>METAVAR<TAB>COMMANDS<TAB>
  * shown|hidden<TAB>help on one line", "-" for an empty field, COMMANDS
  * comma-separated.  Read by tests/e2e/test_manpage.py and

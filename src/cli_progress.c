@@ -206,7 +206,7 @@ void convert_progress_note(void *ctx, const char *msg)
     if (p->quiet)
         return;
     cli_progress_clear(p);
-    fprintf(stderr, "flashify: %s\n", msg);
+    fprintf(p->out, "flashify: %s\n", msg);
 }
 
 /* ---------------------------------------------------------------------------
@@ -254,6 +254,16 @@ static void draw(hub_progress *p)
     fflush(p->out);
 }
 
+/* How each hub phase shows: after the file's name while it runs, and the
+ * word for it when the file is done. */
+static const struct {
+    const char *running, *finished;
+} PHASE_WORDS[] = {
+    [HUB_PHASE_DOWNLOAD] = {"", "downloaded"},
+    [HUB_PHASE_HASH] = {" (hashing)", "hashed"},
+    [HUB_PHASE_UPLOAD] = {" (uploading)", "uploaded"},
+};
+
 void hub_progress_render(const hub_event *ev, void *ctx)
 {
     hub_progress *p = ctx;
@@ -270,10 +280,11 @@ void hub_progress_render(const hub_event *ev, void *ctx)
     if (p->quiet)
         return;
     int s = ev->slot >= 0 && ev->slot < PROGRESS_SLOTS ? ev->slot : 0;
+    size_t ph = (size_t)ev->phase < sizeof PHASE_WORDS / sizeof PHASE_WORDS[0] ? (size_t)ev->phase : 0;
     char a[32], r[32];
     switch (ev->kind) {
     case HUB_EV_START:
-        snprintf(p->slot[s].name, sizeof p->slot[s].name, "%s", ev->name);
+        snprintf(p->slot[s].name, sizeof p->slot[s].name, "%s%s", ev->name, PHASE_WORDS[ph].running);
         p->slot[s].active = 1;
         /* fall through */
     case HUB_EV_BYTES:
@@ -290,7 +301,8 @@ void hub_progress_render(const hub_event *ev, void *ctx)
         p->nfiles++;
         if (p->tty)
             erase(p);
-        fprintf(p->out, "downloaded %s (%s, %s/s)\n", ev->name, human(a, sizeof a, (double)ev->total),
+        fprintf(p->out, "%s %s (%s, %s/s)\n", PHASE_WORDS[ph].finished, ev->name,
+                human(a, sizeof a, (double)ev->total),
                 human(r, sizeof r, ev->elapsed > 0 ? ev->total / ev->elapsed : 0));
         if (p->tty)
             draw(p);
