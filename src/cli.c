@@ -389,6 +389,8 @@ static int cmd_convert(const cli_args *a, const char *source)
 {
     if (a->output && !*a->output)
         return cli_usage_error("-o needs a directory name, got ''");
+    if (!a->push_to_hub && (a->private_repo || a->create_pr || a->message))
+        return cli_usage_error("--private, --create-pr and -m go with --push-to-hub REPO");
     fl_error err = {0};
     fl_status s = a->push_to_hub && !a->dry_run ? cli_publish_check(a, &err) : FL_OK;
     if (s != FL_OK)

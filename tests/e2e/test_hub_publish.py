@@ -120,6 +120,9 @@ def test_nothing_is_published_when_the_check_fails_or_there_is_no_token():
         check(not env.hub.requests(), "a conversion without a token talked to the Hub")
         r = env.run("org/stories260K", "-o", out, "--push-to-hub", "not a repo")
         check_fail(r, 1, ["--push-to-hub"], "bad repo id")
+        r = env.run("org/stories260K", "-o", out, "--private")
+        check_fail(r, 1, ["--push-to-hub"], "--private without --push-to-hub")
+        check(not env.hub.requests(), "a refused command line talked to the Hub")
         # A local source: its card's license goes along.
         local = os.path.join(env.tmp, "local")
         os.makedirs(local)
