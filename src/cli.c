@@ -125,9 +125,9 @@ static void group_line(const fold_group *g, char *out, size_t cap)
 static void print_plan(FILE *f, const checkpoint *ck, const fold_plan *p)
 {
     fprintf(f, "model_type %s (table entry %s), %ld layers, hidden %ld\n", ck->cfg.model_type,
-            p->arch->model_type, p->n_layers, ck->cfg.hidden_size);
+            p->arch->model_type, p->n_layers, p->hidden);
     fprintf(f, "fold plan: %zu norms, gain %s\n", p->n_groups,
-            p->arch->gain == GAIN_ONE_PLUS_W ? "1 + w" : "w");
+            p->arch->norm->gain == GAIN_ONE_PLUS_W ? "1 + w" : "w");
     char *seen = calloc(p->n_groups + 1, 1);
     char line[2048], other[2048];
     for (size_t i = 0; seen && i < p->n_groups; i++) {
@@ -147,6 +147,8 @@ static void print_plan(FILE *f, const checkpoint *ck, const fold_plan *p)
         fprintf(f, "  %s", line);
         if (count > 1)
             fprintf(f, "   (%zu layers)", count);
+        if (p->groups[i].note)
+            fprintf(f, "   [%s]", p->groups[i].note);
         fputc('\n', f);
     }
     free(seen);
@@ -164,7 +166,7 @@ static void print_plan(FILE *f, const checkpoint *ck, const fold_plan *p)
                 dup = strcmp(q, pat) == 0;
             }
             if (!dup)
-                fprintf(f, "  %s: %s\n", pat, p->kept[i].reason);
+                fprintf(f, "  %s: %s%s\n", pat, p->kept[i].quantized ? "--partial: " : "", p->kept[i].reason);
             snprintf(last, sizeof last, "%s", pat);
         }
     }
@@ -285,7 +287,8 @@ static verify_options verify_options_of(const cli_args *a)
 {
     return (verify_options){.tokens = a->tokens, .tolerance = a->tolerance, .json = a->json,
                             .threads = a->threads, .skip_forward = a->skip_forward,
-                            .plan_file = a->plan_file, .dump_logits = a->dump_logits};
+                            .plan_file = a->plan_file, .partial = a->partial,
+                            .dump_logits = a->dump_logits};
 }
 
 /* flashify verify SOURCE OUTPUT: prints the report (stdout), exit 0 or 3. */
@@ -308,6 +311,24 @@ static int cmd_verify(const cli_args *a, const char *source, const char *output)
     return s == FL_OK ? 0 : fail(&err);
 }
 
+/* --partial: which norms stay, and why (one line per layer pattern). */
+static void print_quantized_kept(const fold_plan *plan)
+{
+    char pat[512], earlier[512];
+    for (size_t i = 0; i < plan->n_kept; i++) {
+        if (!plan->kept[i].quantized)
+            continue;
+        plan_name_pattern(plan->kept[i].name, pat, sizeof pat);
+        int seen = 0;
+        for (size_t j = 0; j < i && !seen; j++) {
+            plan_name_pattern(plan->kept[j].name, earlier, sizeof earlier);
+            seen = plan->kept[j].quantized && strcmp(earlier, pat) == 0;
+        }
+        if (!seen)
+            cli_diag("note", "--partial: keeping %s: %s", pat, plan->kept[i].reason);
+    }
+}
+
 /* What the user should know before the long work starts. */
 static void announce_plan(const fold_plan *plan)
 {
@@ -322,9 +343,9 @@ static void announce_plan(const fold_plan *plan)
                 "(flashnorm_folded) is written\n");
     if (plan->arch->warning && !plan->keep_norms && plan->n_dropped)
         cli_diag("warning", "%s", plan->arch->warning);
-    if (plan->untie && plan->arch->gain == GAIN_ONE_PLUS_W)
-        cli_diag("warning", "vLLM's Gemma loaders assert tied embeddings; this untied "
-                 "checkpoint will not load there (use --keep-tied for vLLM)");
+    if (plan->untie && plan->arch->untie_warning)
+        cli_diag("warning", "%s", plan->arch->untie_warning);
+    print_quantized_kept(plan);
 }
 
 static fl_status convert(const cli_args *a, const char *dir, const char *base_model,
@@ -381,6 +402,9 @@ static fl_status convert(const cli_args *a, const char *dir, const char *base_mo
         fprintf(stderr, "flashify: wrote %s: %zu tensors folded, %zu norms %s, %.2f GB in %.1f s\n",
                 out, folded, plan->n_dropped, plan->keep_norms ? "set to identity" : "removed",
                 bytes / 1e9, fl_now() - t0);
+        if (plan->n_quantized_kept)
+            cli_diag("note", "--partial: %d norms kept with their weights (quantized consumers); "
+                             "no FlashNorm marker written", plan->n_quantized_kept);
     }
     return s;
 }
@@ -414,7 +438,7 @@ static int cmd_convert(const cli_args *a, const char *source)
         return fail(&err);
     }
     plan_options po = {.keep_tied = a->keep_tied, .keep_norms = a->keep_norms,
-                       .plan_file = a->plan_file};
+                       .partial = a->partial, .plan_file = a->plan_file};
     fold_plan plan;
     s = plan_build(&ck, &po, &plan, &err);
     if (s == FL_OK) {
@@ -494,7 +518,7 @@ static int cmd_inspect(const cli_args *a, const char *path)
         else
             printf("]  %s\n", ck.shards[t->shard].file);
     }
-    plan_options po = {.plan_file = a->plan_file};
+    plan_options po = {.plan_file = a->plan_file, .partial = a->partial};
     fold_plan plan;
     s = plan_build(&ck, &po, &plan, &err);
     if (s == FL_OK)

@@ -26,7 +26,7 @@ enum {
 /* Everything argv can set.  Zero is every option's default. */
 typedef struct {
     const char *output, *plan_file;
-    int keep_tied, keep_norms, force, dry_run, strict, quiet, no_fsync, resume;
+    int keep_tied, keep_norms, partial, force, dry_run, strict, quiet, no_fsync, resume;
     uint64_t max_shard_size;
     int threads;
     uint64_t memory;

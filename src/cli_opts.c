@@ -53,6 +53,9 @@ static const cli_option OPTIONS[] = {
     {"--keep-norms", NULL, OPT_FLAG, F(keep_norms), 0, 0, NULL, CONV, SEC_CONVERT,
      "write folded norms as identity (1, or 0 for Gemma's 1+w)\n"
      "instead of removing them, for loaders that need them"},
+    {"--partial", NULL, OPT_FLAG, F(partial), 0, 0, NULL, CONV_VERIFY | CMD_INSPECT, SEC_CONVERT,
+     "fold only the norms whose consumers are unquantized; keep\n"
+     "the others with their weights (no FlashNorm marker)"},
     {"--strict", NULL, OPT_FLAG, F(strict), 0, 0, NULL, CONV, SEC_CONVERT,
      "verify the output against the source before it is moved\n"
      "into place (exit 3 if not equivalent)"},

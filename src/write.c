@@ -183,40 +183,8 @@ typedef struct {
     size_t buf_size;
     char **bufs;            /* one buffer per pool worker */
     const convert_options *opt;
-    double identity;        /* --keep-norms value: 1, or 0 for 1+w norms */
     int use_mmap;           /* read folded sources through a mapping */
 } shard_job;
-
-/* Folds elements [first, first+count) of a row-major [rows, cols] tensor
- * whose bytes are in buf: a leading partial row, whole rows, a trailing
- * partial row.  Returns the flat index (within the range) of the first
- * non-finite result, or -1. */
-static long fold_range(int d, const void *src, void *buf, uint64_t first, uint64_t count,
-                       uint64_t cols, const fold_group *g, int wide)
-{
-    size_t es = st_dtype_bits(d) / 8;
-    const char *q = src;
-    char *p = buf;
-    uint64_t done = 0;
-    while (done < count) {
-        uint64_t col = (first + done) % cols;
-        uint64_t rows, len;
-        if (col != 0 || count - done < cols) {
-            rows = 1;
-            len = cols - col < count - done ? cols - col : count - done;
-        } else {
-            rows = (count - done) / cols;
-            len = cols;
-        }
-        long bad = fold_rows(d, q, p, (size_t)rows, (size_t)len, g->w + col, g->gain, wide);
-        if (bad >= 0)
-            return (long)(done + (uint64_t)bad);
-        p += rows * len * es;
-        q += rows * len * es;
-        done += rows * len;
-    }
-    return -1;
-}
 
 static int norm_is_wide(const checkpoint *ck, const fold_group *g);
 
@@ -264,7 +232,8 @@ static fl_status fold_chunk(const checkpoint *ck, const out_tensor *o, uint64_t 
     if (map == MAP_FAILED) {
         fl_status s = ckpt_read(ck, o->src, first * es, buf, bytes, e);
         if (s == FL_OK)
-            *bad = fold_range(t->dtype, buf, buf, first, count, t->shape[1], o->group, wide);
+            *bad = fold_range(t->dtype, buf, buf, first, count, fold_axis_of(t->shape, t->ndim, o->axis),
+                              o->group->w, o->group->gain, wide);
         return s;
     }
     sigjmp_buf jump;
@@ -274,8 +243,8 @@ static fl_status fold_chunk(const checkpoint *ck, const out_tensor *o, uint64_t 
         return fl_fail(e, FL_EIO, "%s: the file changed size while tensor '%s' was read", sh->path, o->name);
     }
     bus_jump = &jump;
-    *bad = fold_range(t->dtype, (const char *)map + (off - aligned), buf, first, count, t->shape[1],
-                      o->group, wide);
+    *bad = fold_range(t->dtype, (const char *)map + (off - aligned), buf, first, count,
+                      fold_axis_of(t->shape, t->ndim, o->axis), o->group->w, o->group->gain, wide);
     bus_jump = NULL;
     munmap(map, map_len);
     return FL_OK;
@@ -303,17 +272,17 @@ static fl_status shard_item(void *ctx, size_t k, int worker, fl_error *e)
         s = fl_copy_range(sh->fd, sh->st.data_start + t->begin + w->first, j->out_fd, w->dst_off,
                           st_nbytes(t), sh->path, j->out_path, buf, j->buf_size, e);
     } else if (o->op == OUT_IDENTITY) {
-        fill_value(t->dtype, buf, (size_t)w->count, j->identity);
+        fill_value(t->dtype, buf, (size_t)w->count, o->identity);
         s = write_all(j->out_fd, buf, (size_t)bytes, w->dst_off, j->out_path, e);
     } else {
         long bad = -1;
         s = fold_chunk(j->ck, o, w->first, w->count, buf, j->use_mmap, &bad, e);
         if (s == FL_OK) {
-            uint64_t cols = t->shape[1];
             if (bad >= 0) {
                 uint64_t idx = w->first + (uint64_t)bad;
-                uint64_t row = idx / cols, col = idx % cols;
-                char src_val[64] = "?";
+                uint64_t col = fold_gain_index(fold_axis_of(t->shape, t->ndim, o->axis), idx);
+                char src_val[64] = "?", at[96];
+                fold_describe_index(t->shape, t->ndim, idx, at, sizeof at);
                 double W;
                 unsigned char raw[8];
                 if (ckpt_read(j->ck, o->src, idx * es, raw, es, e) == FL_OK) {
@@ -321,9 +290,8 @@ static fl_status shard_item(void *ctx, size_t k, int worker, fl_error *e)
                     snprintf(src_val, sizeof src_val, "%g", W);
                 }
                 s = fl_fail(e, FL_EINPUT,
-                            "%s: tensor '%s' element [%llu, %llu] = %s times gain %g of '%s' is not finite in %s",
-                            j->ck->shards[o->src->shard].path, o->name, (unsigned long long)row,
-                            (unsigned long long)col, src_val,
+                            "%s: tensor '%s' element %s = %s times gain %g of '%s' is not finite in %s",
+                            j->ck->shards[o->src->shard].path, o->name, at, src_val,
                             o->group->w[col] + (o->group->gain == GAIN_ONE_PLUS_W ? 1.0 : 0.0),
                             o->group->norm, st_dtype_name(t->dtype));
             } else {
@@ -644,7 +612,6 @@ static fl_status write_shard(const checkpoint *ck, const fold_plan *plan, const 
     shard_job job = {.ck = ck, .out_fd = fd, .out_path = path, .items = items, .n_items = n_items,
                      .done_base = done_base, .total = total, .buf_size = buf_size,
                      .bufs = wk->bufs, .opt = opt,
-                     .identity = plan->arch->gain == GAIN_ONE_PLUS_W ? 0.0 : 1.0,
                      .use_mmap = sigbus_handled()};
     atomic_init(&job.done, 0);
     if ((s = fl_pool_run(wk->pool, n_items, shard_item, &job, err)) != FL_OK)
