@@ -1,8 +1,8 @@
 /* arch.c — the architecture table (see arch.h).
  *
- * Every rule comes from ../shared/docs/architectures.md §1, which cites the
- * transformers modeling file it was read from.  Adding a family is adding a
- * row here and a test. */
+ * Every rule comes from docs/architectures.md, which says per family what
+ * was read in which transformers modeling file.  Adding a family is adding
+ * a row here (or an alias), a row in forward_table.c, fixtures and a test. */
 #include "flashify/arch.h"
 
 #include <cjson/cJSON.h>
@@ -10,195 +10,320 @@
 #include <stdio.h>
 #include <string.h>
 
-/* ---------------------------------------------------------------------------
- * which layers are sparse (MoE) */
+const arch_norm_class ARCH_RMS_W = {"LlamaRMSNorm", GAIN_W};
+const arch_norm_class ARCH_RMS_1PW = {"GemmaRMSNorm", GAIN_ONE_PLUS_W};
+const arch_norm_class ARCH_LN_NOBIAS = {"CohereLayerNorm", GAIN_W};
 
-static int in_int_list(const ckpt_config *cfg, const char *key, long i)
-{
-    const cJSON *list = cJSON_GetObjectItemCaseSensitive(cfg->text, key);
-    if (!cJSON_IsArray(list))
-        return 0;
-    for (const cJSON *e = list->child; e; e = e->next)
-        if (cJSON_IsNumber(e) && e->valuedouble == (double)i)
-            return 1;
-    return 0;
-}
+const arch_layout ARCH_LAYOUTS[] = {
+    {"model.", "embed_tokens", "norm", "lm_head"},
+    {"language_model.model.", "embed_tokens", "norm", "language_model.lm_head"},
+    {"model.language_model.", "embed_tokens", "norm", "lm_head"},
+    {"model.text_model.", "embed_tokens", "norm", "lm_head"},
+    {NULL, NULL, NULL, NULL},
+};
 
-/* Mixtral: every layer is sparse. */
-static int moe_all(const ckpt_config *cfg, long i) { (void)cfg; (void)i; return 1; }
-
-/* Qwen2MoeDecoderLayer / Qwen3MoeDecoderLayer: sparse when the layer is not
- * in mlp_only_layers, num_experts > 0 and (i + 1) % decoder_sparse_step == 0. */
-static int moe_qwen(const ckpt_config *cfg, long i)
-{
-    long step = ckpt_config_int(cfg, "decoder_sparse_step", 1);
-    long experts = ckpt_config_int(cfg, "num_experts", 0);
-    if (in_int_list(cfg, "mlp_only_layers", i) || experts <= 0 || step <= 0)
-        return 0;
-    return (i + 1) % step == 0;
-}
-
-/* DeepseekV3DecoderLayer: the first first_k_dense_replace layers are dense;
- * after that every moe_layer_freq-th layer is sparse. */
-static int moe_deepseek(const ckpt_config *cfg, long i)
-{
-    long first = ckpt_config_int(cfg, "first_k_dense_replace", 0);
-    long freq = ckpt_config_int(cfg, "moe_layer_freq", 1);
-    long experts = ckpt_config_int(cfg, "n_routed_experts", 0);
-    if (experts <= 0 || freq <= 0)
-        return 0;
-    return i >= first && i % freq == 0;
-}
+/* docs/architectures.md §marker: what transformers' and vLLM's FlashNorm
+ * loaders build without a weight when config.json says flashnorm_folded. */
+const char *const ARCH_MARKER_NORMS[] = {"input_layernorm", "post_attention_layernorm", NULL};
 
 /* ---------------------------------------------------------------------------
  * shared pieces */
 
-#define QKV {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"}
-#define GATE_UP {"mlp.gate_proj", "mlp.up_proj"}
-#define LLAMA_FOLDS                                                   \
-    {{"input_layernorm", QKV, LAYERS_ALL, NULL},                      \
-     {"post_attention_layernorm", GATE_UP, LAYERS_ALL, NULL}}
+/* Row pieces.  Designated initializers throughout: a row names only the
+ * fields it sets. */
+#define L(n) {.name = n, .input = IN_LINEAR}
+#define FUSED(n, in) {.name = n, .input = in}
+#define QKV L("self_attn.q_proj"), L("self_attn.k_proj"), L("self_attn.v_proj")
+#define GATE_UP L("mlp.gate_proj"), L("mlp.up_proj")
+#define FOLD(n, ...) {.norm = n, .consumers = {__VA_ARGS__}}
+#define KEEP(n, why) {.norm = n, .reason = why}
+#define WHEN(k) {.kind = k}
+#define WHEN_KEY(k, key_) {.kind = k, .key = key_}
+#define LLAMA_FOLDS {FOLD("input_layernorm", QKV), FOLD("post_attention_layernorm", GATE_UP)}
+/* transformers 5 writes fused experts when saving with
+ * save_original_format=False (docs/architectures.md §v5). */
+#define HAS_FUSED {WHEN(WHEN_MOE), WHEN_KEY(WHEN_HAS, "mlp.experts.gate_up_proj")}
+#define FUSED_NOTE "transformers 5 fused experts"
+#define QWEN_MOE                                                                       \
+    {.experts = {"num_experts", "num_local_experts"}, .dense_list = "mlp_only_layers", \
+     .step = "decoder_sparse_step", .step_offset = 1}
 
 static const char QK_NORM_WHY[] =
     "q/k norm: applied per head before RoPE and the attention scores, not before a linear layer";
 static const char POST_NORM_WHY[] =
     "sandwich norm: normalises a sublayer's output before the residual add, not a linear layer's input";
+static const char GEMMA_WARNING[] =
+    "Gemma norms are 1+w: a dropped norm loads as the identity only on transformers "
+    "releases that initialise missing Gemma norms to 0 (v4.57+); on ~v4.51-4.56 it "
+    "loads as gain 2. Use --keep-norms to write the identity (0) explicitly";
+static const char GEMMA_UNTIE_WARNING[] =
+    "vLLM's Gemma loaders assert tied embeddings; this untied checkpoint will not load "
+    "there (use --keep-tied for vLLM)";
 
 static const arch_info ARCHS[] = {
-    {.model_type = "llama", .gain = GAIN_W, .norm_kind = NORM_RMS_CAST_THEN_MUL,
-     .folds = LLAMA_FOLDS, .marker_ok = 1, .tie_default = 0},
-    {.model_type = "mistral", .gain = GAIN_W, .norm_kind = NORM_RMS_CAST_THEN_MUL,
-     .folds = LLAMA_FOLDS, .marker_ok = 1, .tie_default = 0},
-    /* Qwen2's q/k/v biases are added after W·x: folding g into W is exact
-     * and the biases stay as they are. */
-    {.model_type = "qwen2", .gain = GAIN_W, .norm_kind = NORM_RMS_CAST_THEN_MUL,
-     .folds = LLAMA_FOLDS, .marker_ok = 1, .tie_default = 0},
-    {.model_type = "granite", .gain = GAIN_W, .norm_kind = NORM_RMS_CAST_THEN_MUL,
-     .folds = LLAMA_FOLDS, .marker_ok = 1, .tie_default = 0},
-    {.model_type = "smollm3", .gain = GAIN_W, .norm_kind = NORM_RMS_CAST_THEN_MUL,
-     .folds = LLAMA_FOLDS, .marker_ok = 1, .tie_default = 1},
-    {.model_type = "qwen3", .gain = GAIN_W, .norm_kind = NORM_RMS_CAST_THEN_MUL,
-     .folds = LLAMA_FOLDS,
-     .keeps = {{"self_attn.q_norm", QK_NORM_WHY}, {"self_attn.k_norm", QK_NORM_WHY}},
-     .marker_ok = 1, .tie_default = 0},
-    /* Phi3's fused projections are single [out, H] matrices: every column
-     * i is scaled by g[i], no splitting needed. */
-    {.model_type = "phi3", .gain = GAIN_W, .norm_kind = NORM_RMS_CAST_THEN_MUL,
-     .folds = {{"input_layernorm", {"self_attn.qkv_proj"}, LAYERS_ALL, NULL},
-               {"post_attention_layernorm", {"mlp.gate_up_proj"}, LAYERS_ALL, NULL}},
-     .marker_ok = 1, .tie_default = 0},
-    {.model_type = "gemma", .gain = GAIN_ONE_PLUS_W, .norm_kind = NORM_RMS_GEMMA,
-     .folds = LLAMA_FOLDS, .marker_ok = 1, .tie_default = 1,
-     .warning = "Gemma norms are 1+w: a dropped norm loads as the identity only on transformers "
-                "releases that initialise missing Gemma norms to 0 (v4.57+); on ~v4.51-4.56 it "
-                "loads as gain 2. Use --keep-norms to write the identity (0) explicitly"},
-    /* Gemma2/3: post_attention_layernorm and post_feedforward_layernorm sit
-     * on the sublayer output, before the residual add. */
-    {.model_type = "gemma2", .gain = GAIN_ONE_PLUS_W, .norm_kind = NORM_RMS_GEMMA,
-     .folds = {{"input_layernorm", QKV, LAYERS_ALL, NULL},
-               {"pre_feedforward_layernorm", GATE_UP, LAYERS_ALL, NULL}},
-     .keeps = {{"post_attention_layernorm", POST_NORM_WHY},
-               {"post_feedforward_layernorm", POST_NORM_WHY}},
-     .marker_ok = 0, .tie_default = 1,
-     .warning = "Gemma norms are 1+w: a dropped norm loads as the identity only on transformers "
-                "releases that initialise missing Gemma norms to 0 (v4.57+); on ~v4.51-4.56 it "
-                "loads as gain 2. Use --keep-norms to write the identity (0) explicitly"},
-    {.model_type = "gemma3_text", .gain = GAIN_ONE_PLUS_W, .norm_kind = NORM_RMS_GEMMA,
-     .folds = {{"input_layernorm", QKV, LAYERS_ALL, NULL},
-               {"pre_feedforward_layernorm", GATE_UP, LAYERS_ALL, NULL}},
-     .keeps = {{"post_attention_layernorm", POST_NORM_WHY},
-               {"post_feedforward_layernorm", POST_NORM_WHY},
-               {"self_attn.q_norm", QK_NORM_WHY}, {"self_attn.k_norm", QK_NORM_WHY}},
-     .marker_ok = 0, .tie_default = 1,
-     .warning = "Gemma norms are 1+w: a dropped norm loads as the identity only on transformers "
-                "releases that initialise missing Gemma norms to 0 (v4.57+); on ~v4.51-4.56 it "
-                "loads as gain 2. Use --keep-norms to write the identity (0) explicitly"},
-    /* OLMo2 has no pre-norms: attention and MLP read the raw residual. */
-    {.model_type = "olmo2", .gain = GAIN_W, .norm_kind = NORM_RMS_MUL_THEN_CAST,
-     .keeps = {{"post_attention_layernorm", POST_NORM_WHY},
-               {"post_feedforward_layernorm", POST_NORM_WHY},
-               {"self_attn.q_norm", "q/k norm over the whole projection, before RoPE"},
-               {"self_attn.k_norm", "q/k norm over the whole projection, before RoPE"}},
-     .marker_ok = 0, .tie_default = 0},
-    /* Mixtral: the post-attention norm feeds the router and every expert's
-     * w1 (gate) and w3 (up); w2 is the down projection. */
-    {.model_type = "mixtral", .gain = GAIN_W, .norm_kind = NORM_RMS_CAST_THEN_MUL,
-     .folds = {{"input_layernorm", QKV, LAYERS_ALL, NULL},
-               {"post_attention_layernorm",
-                {"block_sparse_moe.gate", "block_sparse_moe.experts.{e}.w1",
-                 "block_sparse_moe.experts.{e}.w3"}, LAYERS_MOE, NULL}},
-     .experts_key = "num_local_experts", .is_moe_layer = moe_all,
-     .marker_ok = 1, .tie_default = 0},
-    {.model_type = "qwen2_moe", .gain = GAIN_W, .norm_kind = NORM_RMS_CAST_THEN_MUL,
-     .folds = {{"input_layernorm", QKV, LAYERS_ALL, NULL},
-               {"post_attention_layernorm",
-                {"mlp.gate", "mlp.experts.{e}.gate_proj", "mlp.experts.{e}.up_proj",
-                 "mlp.shared_expert.gate_proj", "mlp.shared_expert.up_proj",
-                 "mlp.shared_expert_gate"}, LAYERS_MOE, NULL},
-               {"post_attention_layernorm", GATE_UP, LAYERS_DENSE, NULL}},
-     .experts_key = "num_experts", .is_moe_layer = moe_qwen,
-     .marker_ok = 1, .tie_default = 0},
-    {.model_type = "qwen3_moe", .gain = GAIN_W, .norm_kind = NORM_RMS_CAST_THEN_MUL,
-     .folds = {{"input_layernorm", QKV, LAYERS_ALL, NULL},
-               {"post_attention_layernorm",
-                {"mlp.gate", "mlp.experts.{e}.gate_proj", "mlp.experts.{e}.up_proj"},
-                LAYERS_MOE, NULL},
-               {"post_attention_layernorm", GATE_UP, LAYERS_DENSE, NULL}},
-     .keeps = {{"self_attn.q_norm", QK_NORM_WHY}, {"self_attn.k_norm", QK_NORM_WHY}},
-     .experts_key = "num_experts", .is_moe_layer = moe_qwen,
-     .marker_ok = 1, .tie_default = 0},
-    /* DeepSeek-V3 MLA: two extra foldable norms inside attention.  Without
-     * q_lora_rank the input norm feeds q_proj directly and there is no
-     * q_a_layernorm.  e_score_correction_bias is never scaled. */
-    {.model_type = "deepseek_v3", .gain = GAIN_W, .norm_kind = NORM_RMS_CAST_THEN_MUL,
-     .folds = {{"input_layernorm", {"self_attn.q_a_proj|self_attn.q_proj",
-                                    "self_attn.kv_a_proj_with_mqa"}, LAYERS_ALL, NULL},
-               {"self_attn.q_a_layernorm", {"self_attn.q_b_proj"}, LAYERS_ALL, "q_lora_rank"},
-               {"self_attn.kv_a_layernorm", {"self_attn.kv_b_proj"}, LAYERS_ALL, NULL},
-               {"post_attention_layernorm",
-                {"mlp.gate", "mlp.experts.{e}.gate_proj", "mlp.experts.{e}.up_proj",
-                 "mlp.shared_experts.gate_proj", "mlp.shared_experts.up_proj"},
-                LAYERS_MOE, NULL},
-               {"post_attention_layernorm", GATE_UP, LAYERS_DENSE, NULL}},
-     .experts_key = "n_routed_experts", .is_moe_layer = moe_deepseek,
-     .marker_ok = 1, .tie_default = 0},
-    /* Cohere: parallel block, one input_layernorm feeds attention and MLP.
-     * LayerNorm without bias: the gain folds exactly like RMSNorm's. */
-    {.model_type = "cohere", .gain = GAIN_W, .norm_kind = NORM_LAYER_NO_BIAS,
-     .folds = {{"input_layernorm", {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                                    "mlp.gate_proj", "mlp.up_proj"}, LAYERS_ALL, NULL}},
-     .keeps = {{"self_attn.q_norm", QK_NORM_WHY}, {"self_attn.k_norm", QK_NORM_WHY}},
-     .marker_ok = 1, .tie_default = 1},
+    {.model_type = "llama", .norm = &ARCH_RMS_W, .folds = LLAMA_FOLDS},
+    {.model_type = "mistral", .norm = &ARCH_RMS_W, .folds = LLAMA_FOLDS},
+    /* §llama: Qwen2's q/k/v biases are added after W·x, so folding g into
+     * W is exact and the biases stay as they are. */
+    {.model_type = "qwen2", .norm = &ARCH_RMS_W, .folds = LLAMA_FOLDS},
+    {.model_type = "granite", .norm = &ARCH_RMS_W, .folds = LLAMA_FOLDS},
+    {.model_type = "smollm3", .norm = &ARCH_RMS_W, .folds = LLAMA_FOLDS, .tie_default = 1},
+    {.model_type = "qwen3", .norm = &ARCH_RMS_W, .folds = LLAMA_FOLDS,
+     .keeps = {KEEP("self_attn.q_norm", QK_NORM_WHY), KEEP("self_attn.k_norm", QK_NORM_WHY)}},
+    /* §phi3: the fused projections are single [out, H] matrices: every
+     * column i is scaled by g[i], no splitting needed. */
+    {.model_type = "phi3", .norm = &ARCH_RMS_W,
+     .folds = {FOLD("input_layernorm", L("self_attn.qkv_proj")),
+               FOLD("post_attention_layernorm", L("mlp.gate_up_proj"))}},
+    {.model_type = "gemma", .norm = &ARCH_RMS_1PW, .folds = LLAMA_FOLDS, .tie_default = 1,
+     .warning = GEMMA_WARNING, .untie_warning = GEMMA_UNTIE_WARNING},
+    /* §gemma: in Gemma2/3 post_attention_layernorm and
+     * post_feedforward_layernorm sit on the sublayer output, before the
+     * residual add. */
+    {.model_type = "gemma2", .norm = &ARCH_RMS_1PW,
+     .folds = {FOLD("input_layernorm", QKV), FOLD("pre_feedforward_layernorm", GATE_UP)},
+     .keeps = {KEEP("post_attention_layernorm", POST_NORM_WHY), KEEP("post_feedforward_layernorm", POST_NORM_WHY)},
+     .tie_default = 1, .warning = GEMMA_WARNING, .untie_warning = GEMMA_UNTIE_WARNING},
+    {.model_type = "gemma3_text", .norm = &ARCH_RMS_1PW,
+     .folds = {FOLD("input_layernorm", QKV), FOLD("pre_feedforward_layernorm", GATE_UP)},
+     .keeps = {KEEP("post_attention_layernorm", POST_NORM_WHY), KEEP("post_feedforward_layernorm", POST_NORM_WHY),
+               KEEP("self_attn.q_norm", QK_NORM_WHY), KEEP("self_attn.k_norm", QK_NORM_WHY)},
+     .tie_default = 1, .warning = GEMMA_WARNING, .untie_warning = GEMMA_UNTIE_WARNING},
+    /* §olmo2: no pre-norms; attention and MLP read the raw residual. */
+    {.model_type = "olmo2", .norm = &ARCH_RMS_W,
+     .keeps = {KEEP("post_attention_layernorm", POST_NORM_WHY), KEEP("post_feedforward_layernorm", POST_NORM_WHY),
+               KEEP("self_attn.q_norm", "q/k norm over the whole projection, before RoPE"),
+               KEEP("self_attn.k_norm", "q/k norm over the whole projection, before RoPE")}},
+    /* §mixtral: the post-attention norm feeds the router and every expert's
+     * w1 (gate) and w3 (up); w2 is the down projection.  transformers 5
+     * renames block_sparse_moe to mlp and fuses w1/w3 into gate_up_proj. */
+    {.model_type = "mixtral", .norm = &ARCH_RMS_W,
+     .folds = {FOLD("input_layernorm", QKV),
+               {.norm = "post_attention_layernorm",
+                .consumers = {L("mlp.gate"), FUSED("mlp.experts.gate_up_proj", IN_LAST)},
+                .when = HAS_FUSED, .note = FUSED_NOTE},
+               FOLD("post_attention_layernorm", L("block_sparse_moe.gate"), L("block_sparse_moe.experts.{e}.w1"),
+                    L("block_sparse_moe.experts.{e}.w3"))},
+     .moe = {.experts = {"num_local_experts"}}},
+    /* §qwen2_moe, §v5: fused experts are [E, 2I, H] as transformers 5 saves
+     * them; the grouped-GEMM layout [E, H, 2I] (Qwen3-VL-MoE's, and some
+     * trainers') is told apart by shape. */
+    {.model_type = "qwen2_moe", .norm = &ARCH_RMS_W,
+     .folds = {FOLD("input_layernorm", QKV),
+               {.norm = "post_attention_layernorm",
+                .consumers = {L("mlp.gate"), FUSED("mlp.experts.gate_up_proj", IN_EITHER),
+                              L("mlp.shared_expert.gate_proj"), L("mlp.shared_expert.up_proj"),
+                              L("mlp.shared_expert_gate")},
+                .when = HAS_FUSED, .note = FUSED_NOTE},
+               {.norm = "post_attention_layernorm",
+                .consumers = {L("mlp.gate"), L("mlp.experts.{e}.gate_proj"), L("mlp.experts.{e}.up_proj"),
+                              L("mlp.shared_expert.gate_proj"), L("mlp.shared_expert.up_proj"),
+                              L("mlp.shared_expert_gate")},
+                .when = {WHEN(WHEN_MOE)}},
+               {.norm = "post_attention_layernorm", .consumers = {GATE_UP}, .when = {WHEN(WHEN_DENSE)},
+                .note = "dense layer"}},
+     .moe = QWEN_MOE},
+    {.model_type = "qwen3_moe", .norm = &ARCH_RMS_W,
+     .folds = {FOLD("input_layernorm", QKV),
+               {.norm = "post_attention_layernorm",
+                .consumers = {L("mlp.gate"), FUSED("mlp.experts.gate_up_proj", IN_EITHER)},
+                .when = HAS_FUSED, .note = FUSED_NOTE},
+               {.norm = "post_attention_layernorm",
+                .consumers = {L("mlp.gate"), L("mlp.experts.{e}.gate_proj"), L("mlp.experts.{e}.up_proj")},
+                .when = {WHEN(WHEN_MOE)}},
+               {.norm = "post_attention_layernorm", .consumers = {GATE_UP}, .when = {WHEN(WHEN_DENSE)},
+                .note = "dense layer"}},
+     .keeps = {KEEP("self_attn.q_norm", QK_NORM_WHY), KEEP("self_attn.k_norm", QK_NORM_WHY)},
+     .moe = QWEN_MOE},
+    /* §deepseek_v3: MLA has two extra foldable norms inside attention.
+     * Without q_lora_rank the input norm feeds q_proj directly and there
+     * is no q_a_layernorm.  e_score_correction_bias is never scaled. */
+    {.model_type = "deepseek_v3", .norm = &ARCH_RMS_W,
+     .folds = {{.norm = "input_layernorm",
+                .consumers = {L("self_attn.q_a_proj"), L("self_attn.kv_a_proj_with_mqa")},
+                .when = {WHEN_KEY(WHEN_FLAG, "q_lora_rank")}},
+               {.norm = "input_layernorm", .consumers = {L("self_attn.q_proj"), L("self_attn.kv_a_proj_with_mqa")},
+                .note = "q_lora_rank is null: q_proj reads the input norm, no q_a_layernorm"},
+               {.norm = "self_attn.q_a_layernorm", .consumers = {L("self_attn.q_b_proj")},
+                .when = {WHEN_KEY(WHEN_FLAG, "q_lora_rank")}},
+               FOLD("self_attn.kv_a_layernorm", L("self_attn.kv_b_proj")),
+               {.norm = "post_attention_layernorm",
+                .consumers = {L("mlp.gate"), FUSED("mlp.experts.gate_up_proj", IN_LAST),
+                              L("mlp.shared_experts.gate_proj"), L("mlp.shared_experts.up_proj")},
+                .when = HAS_FUSED, .note = FUSED_NOTE},
+               {.norm = "post_attention_layernorm",
+                .consumers = {L("mlp.gate"), L("mlp.experts.{e}.gate_proj"), L("mlp.experts.{e}.up_proj"),
+                              L("mlp.shared_experts.gate_proj"), L("mlp.shared_experts.up_proj")},
+                .when = {WHEN(WHEN_MOE)}},
+               {.norm = "post_attention_layernorm", .consumers = {GATE_UP}, .when = {WHEN(WHEN_DENSE)},
+                .note = "dense layer"}},
+     .moe = {.experts = {"n_routed_experts", "num_local_experts"}, .first_dense = "first_k_dense_replace",
+             .step = "moe_layer_freq"}},
+    /* §cohere: a parallel block, one input_layernorm feeds attention and
+     * MLP.  LayerNorm without bias: the gain folds exactly like RMSNorm's. */
+    {.model_type = "cohere", .norm = &ARCH_LN_NOBIAS, .folds = {FOLD("input_layernorm", QKV, GATE_UP)},
+     .keeps = {KEEP("self_attn.q_norm", QK_NORM_WHY), KEEP("self_attn.k_norm", QK_NORM_WHY)}, .tie_default = 1},
 };
 
-/* Multimodal Gemma 3 is gemma3_text under another prefix; the top-level
- * model_type "gemma3" maps to it (its text_config says gemma3_text). */
+/* §composite: multimodal Gemma 3 is gemma3_text under another prefix, its
+ * text config nested in text_config. */
+static const arch_alias ALIASES[] = {
+    {.model_type = "gemma3", .text_type = "gemma3_text", .nested = 1, .tie_default = -1},
+};
+
+#define N_ARCHS (sizeof ARCHS / sizeof ARCHS[0])
+#define N_ALIASES (sizeof ALIASES / sizeof ALIASES[0])
+
 const arch_info *arch_find(const char *model_type)
 {
-    if (strcmp(model_type, "gemma3") == 0)
-        model_type = "gemma3_text";
-    for (size_t i = 0; i < sizeof ARCHS / sizeof ARCHS[0]; i++)
+    for (size_t i = 0; i < N_ARCHS; i++)
         if (strcmp(ARCHS[i].model_type, model_type) == 0)
             return &ARCHS[i];
     return NULL;
 }
 
+const arch_info *arch_row(size_t i) { return i < N_ARCHS ? &ARCHS[i] : NULL; }
+const arch_alias *arch_alias_at(size_t i) { return i < N_ALIASES ? &ALIASES[i] : NULL; }
+
+static const arch_alias *find_alias(const char *model_type)
+{
+    for (size_t i = 0; i < N_ALIASES; i++)
+        if (strcmp(ALIASES[i].model_type, model_type) == 0)
+            return &ALIASES[i];
+    return NULL;
+}
+
 const char *arch_supported_list(void)
 {
-    static char list[512];
+    static char list[2048];
     if (!list[0]) {
         size_t n = 0;
-        for (size_t i = 0; i < sizeof ARCHS / sizeof ARCHS[0]; i++) {
-            int w = snprintf(list + n, sizeof list - n, "%s%s", i ? ", " : "", ARCHS[i].model_type);
+        for (size_t i = 0; i < N_ARCHS + N_ALIASES; i++) {
+            const char *t = i < N_ARCHS ? ARCHS[i].model_type : ALIASES[i - N_ARCHS].model_type;
+            int w = snprintf(list + n, sizeof list - n, "%s%s", i ? ", " : "", t);
             if (w < 0 || (size_t)w >= sizeof list - n)
                 break;
             n += (size_t)w;
-            if (strcmp(ARCHS[i].model_type, "gemma3_text") == 0) {
-                w = snprintf(list + n, sizeof list - n, ", gemma3");
-                if (w > 0 && (size_t)w < sizeof list - n)
-                    n += (size_t)w;
-            }
         }
     }
     return list;
+}
+
+fl_status arch_resolve(const ckpt_config *cfg, const char *where, const arch_info *custom,
+                       int custom_nested, arch_resolved *out, fl_error *err)
+{
+    memset(out, 0, sizeof *out);
+    const arch_alias *al = find_alias(cfg->model_type);
+    if (custom) {
+        /* A plan written for the type inside text_config reads that level. */
+        int nested = custom_nested || (cfg->nested && strcmp(custom->model_type, cfg->nested_model_type) == 0);
+        out->cfg = ckpt_config_view(cfg, nested);
+        out->arch = custom;
+        out->tie_default = custom->tie_default;
+        return FL_OK;
+    }
+    int nested = al && al->nested && cfg->nested;
+    out->cfg = ckpt_config_view(cfg, nested);
+    if (al) {
+        out->wrapper = al->model_type;
+        /* The text config may name its own type (mistral or ministral3
+         * inside mistral3); otherwise the alias says which row. */
+        if (nested && cfg->nested_model_type[0])
+            out->arch = arch_find(cfg->nested_model_type);
+        if (!out->arch)
+            out->arch = arch_find(al->text_type);
+    } else {
+        out->arch = arch_find(cfg->model_type);
+    }
+    if (!out->arch)
+        return fl_fail(err, FL_EINPUT,
+                       "%s/config.json: model_type '%s' is not supported (supported: %s); "
+                       "describe its norms with --plan FILE",
+                       where, cfg->model_type, arch_supported_list());
+    out->tie_default = al && al->tie_default >= 0 ? al->tie_default : out->arch->tie_default;
+    return FL_OK;
+}
+
+/* ---------------------------------------------------------------------------
+ * conditions and the MoE rule */
+
+static int in_int_list(const cJSON *list, long i)
+{
+    for (const cJSON *e = cJSON_IsArray(list) ? list->child : NULL; e; e = e->next)
+        if (cJSON_IsNumber(e) && e->valuedouble == (double)i)
+            return 1;
+    return 0;
+}
+
+static int layer_type_is(ckpt_view cfg, const char *key, const char *value, long i)
+{
+    const cJSON *lt = ckpt_view_get(cfg, key);
+    const cJSON *e = cJSON_IsArray(lt) ? cJSON_GetArrayItem(lt, (int)i) : NULL;
+    return cJSON_IsString(e) && value && strcmp(e->valuestring, value) == 0;
+}
+
+static int cond_holds(const arch_cond *c, ckpt_view cfg, long i, long n_layers, int moe,
+                      int (*has)(const char *, void *), void *ctx)
+{
+    switch (c->kind) {
+    case WHEN_MOE: return moe;
+    case WHEN_DENSE: return !moe;
+    case WHEN_LAYER_TYPE: return layer_type_is(cfg, c->key, c->value, i);
+    case WHEN_FLAG: return ckpt_view_set(cfg, c->key);
+    case WHEN_NOT_FLAG: return !ckpt_view_set(cfg, c->key);
+    case WHEN_TAIL:
+    case WHEN_NOT_TAIL: {
+        long n = ckpt_view_int(cfg, c->key, 0);
+        int tail = n > 0 && i >= n_layers - n;
+        return c->kind == WHEN_TAIL ? tail : !tail;
+    }
+    case WHEN_HAS: return has(c->key, ctx);
+    case WHEN_NOT_HAS: return !has(c->key, ctx);
+    default: return 1;
+    }
+}
+
+int arch_when(const arch_cond *when, ckpt_view cfg, long i, long n_layers, int moe,
+              int (*has)(const char *rel, void *ctx), void *ctx)
+{
+    for (int k = 0; k < ARCH_MAX_CONDS && when[k].kind != WHEN_END; k++)
+        if (!cond_holds(&when[k], cfg, i, n_layers, moe, has, ctx))
+            return 0;
+    return 1;
+}
+
+long arch_expert_count(const arch_moe_rule *r, ckpt_view cfg, const char **key)
+{
+    *key = r->experts[0];
+    if (!r->experts[0])
+        return 0;
+    long n = -1;
+    for (int k = 0; k < 3 && r->experts[k]; k++) {
+        long v = ckpt_view_int(cfg, r->experts[k], -1);
+        if (v < 0)
+            continue;
+        if (n >= 0 && v != n)
+            return -2;   /* num_experts and num_local_experts disagree */
+        if (n < 0)
+            *key = r->experts[k];
+        n = v;
+    }
+    return n;
+}
+
+int arch_is_moe_layer(const arch_moe_rule *r, ckpt_view cfg, long i, long experts)
+{
+    if (experts <= 0 || (r->flag && !ckpt_view_set(cfg, r->flag)))
+        return 0;
+    if (r->sparse_list) {
+        const cJSON *list = ckpt_view_get(cfg, r->sparse_list);
+        if (cJSON_IsArray(list))
+            return in_int_list(list, i);
+    }
+    if (r->dense_list && in_int_list(ckpt_view_get(cfg, r->dense_list), i))
+        return 0;
+    if (r->first_dense && i < ckpt_view_int(cfg, r->first_dense, 0))
+        return 0;
+    long step = r->step ? ckpt_view_int(cfg, r->step, 1) : 1;
+    return step > 0 && (i + r->step_offset) % step == 0;
 }

@@ -271,6 +271,29 @@ static void card_folded(strbuf *b, const fold_plan *plan)
     }
 }
 
+/* One table row per layer pattern of the kept norms (quantized or not). */
+static void kept_rows(strbuf *b, const fold_plan *plan, int quantized)
+{
+    for (size_t i = 0; i < plan->n_kept; i++) {
+        char pat[512], earlier[512];
+        if (plan->kept[i].quantized != quantized)
+            continue;
+        plan_name_pattern(plan->kept[i].name, pat, sizeof pat);
+        int seen = 0;
+        for (size_t j = 0; j < i && !seen; j++) {
+            plan_name_pattern(plan->kept[j].name, earlier, sizeof earlier);
+            seen = plan->kept[j].quantized == quantized && strcmp(earlier, pat) == 0;
+        }
+        if (seen)
+            continue;
+        sb_str(b, "| ");
+        md_code(b, pat);
+        sb_str(b, " | ");
+        md_text(b, plan->kept[i].reason, MD_CELL);
+        sb_str(b, " |\n");
+    }
+}
+
 static void card_kept(strbuf *b, const fold_plan *plan)
 {
     if (plan->untie) {
@@ -280,24 +303,16 @@ static void card_kept(strbuf *b, const fold_plan *plan)
                      "`false` and the checkpoint is %.1f MB larger.\n",
                   (double)plan->added_bytes / 1e6);
     }
-    if (!plan->n_kept)
-        return;
-    sb_str(b, "\n## Norms that keep their weights\n\n| norm | why |\n|---|---|\n");
-    for (size_t i = 0; i < plan->n_kept; i++) {
-        char pat[512], earlier[512];
-        plan_name_pattern(plan->kept[i].name, pat, sizeof pat);
-        int seen = 0;
-        for (size_t j = 0; j < i && !seen; j++) {
-            plan_name_pattern(plan->kept[j].name, earlier, sizeof earlier);
-            seen = strcmp(earlier, pat) == 0;
-        }
-        if (seen)
-            continue;
-        sb_str(b, "| ");
-        md_code(b, pat);
-        sb_str(b, " | ");
-        md_text(b, plan->kept[i].reason, MD_CELL);
-        sb_str(b, " |\n");
+    if (plan->n_kept > (size_t)plan->n_quantized_kept) {
+        sb_str(b, "\n## Norms that keep their weights\n\n| norm | why |\n|---|---|\n");
+        kept_rows(b, plan, 0);
+    }
+    if (plan->n_quantized_kept) {
+        sb_str(b, "\n## Norms kept because their consumers are quantized (`--partial`)\n\n"
+                  "These norms feed quantized layers, where a per-channel gain cannot be folded exactly; "
+                  "they keep their weights, and the checkpoint carries no FlashNorm marker.\n\n"
+                  "| norm | why |\n|---|---|\n");
+        kept_rows(b, plan, 1);
     }
 }
 

@@ -23,7 +23,6 @@
 
 #define CONFIG_MAX_BYTES (16u << 20)   /* a config.json is a few KB */
 #define INDEX_MAX_BYTES (256u << 20)   /* 405B index: ~100 KB; leave room */
-#define MAX_LAYERS 100000
 #define MAX_OTHER_FILES 10000
 #define MAX_DIR_DEPTH 8
 
@@ -44,9 +43,7 @@ static int cmp_str(const void *a, const void *b)
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
-/* A key that appears twice in an object of the tree (cJSON keeps both
- * silently), or NULL. */
-static const char *json_duplicate_key(const cJSON *obj)
+const char *ckpt_json_duplicate_key(const cJSON *obj)
 {
     /* Sorted, not pairwise: a 16 MiB config.json can hold a million keys,
      * and a quadratic scan of them would never finish.  Nested objects are
@@ -71,123 +68,167 @@ static const char *json_duplicate_key(const cJSON *obj)
     }
     for (const cJSON *a = obj->child; a && !dup; a = a->next)
         if (a->child)
-            dup = json_duplicate_key(a);
+            dup = ckpt_json_duplicate_key(a);
     return dup;
 }
 
 /* ---------------------------------------------------------------------------
  * config.json */
 
-double ckpt_config_num(const ckpt_config *cfg, const char *key, double def)
+ckpt_view ckpt_config_view(const ckpt_config *cfg, int nested)
 {
-    const cJSON *v = cfg->text ? cJSON_GetObjectItemCaseSensitive(cfg->text, key) : NULL;
-    if (!cJSON_IsNumber(v) && cfg->json)
-        v = cJSON_GetObjectItemCaseSensitive(cfg->json, key);
-    return cJSON_IsNumber(v) ? v->valuedouble : def;
+    ckpt_view v = {cfg->json, cfg->json, cfg->path};
+    if (nested && cfg->nested)
+        v.text = cfg->nested;
+    return v;
 }
 
-long ckpt_config_int(const ckpt_config *cfg, const char *key, long def)
+const cJSON *ckpt_view_get(ckpt_view v, const char *key)
 {
-    double d = ckpt_config_num(cfg, key, NAN);
+    const cJSON *x = v.text ? cJSON_GetObjectItemCaseSensitive(v.text, key) : NULL;
+    if (!x && v.top && v.top != v.text)
+        x = cJSON_GetObjectItemCaseSensitive(v.top, key);
+    return x;
+}
+
+double ckpt_view_num(ckpt_view v, const char *key, double def, double null_value)
+{
+    const cJSON *x = ckpt_view_get(v, key);
+    if (cJSON_IsNumber(x))
+        return x->valuedouble;
+    return cJSON_IsNull(x) ? null_value : def;
+}
+
+long ckpt_view_int(ckpt_view v, const char *key, long def)
+{
+    double d = ckpt_view_num(v, key, NAN, NAN);
     if (isnan(d) || d != floor(d) || d < (double)LONG_MIN / 2 || d > (double)LONG_MAX / 2)
         return def;
     return (long)d;
 }
 
-/* Reads a positive integer field that must be present and sane. */
-static fl_status config_count(const char *path, const ckpt_config *cfg,
-                              const char *key, long max, long *out, fl_error *err)
+int ckpt_view_bool(ckpt_view v, const char *key, int def)
 {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(cfg->text, key);
-    if (!v && cfg->text != cfg->json)
-        v = cJSON_GetObjectItemCaseSensitive(cfg->json, key);
-    if (!v)
-        return fl_fail(err, FL_EINPUT, "%s: \"%s\" is missing", path, key);
-    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble))
-        return fl_fail(err, FL_EINPUT, "%s: \"%s\" must be an integer", path, key);
-    if (v->valuedouble < 1 || v->valuedouble > (double)max)
+    const cJSON *x = ckpt_view_get(v, key);
+    return cJSON_IsBool(x) ? cJSON_IsTrue(x) : def;
+}
+
+int ckpt_view_set(ckpt_view v, const char *key)
+{
+    const cJSON *x = ckpt_view_get(v, key);
+    if (!x || cJSON_IsNull(x) || cJSON_IsFalse(x))
+        return 0;
+    if (cJSON_IsNumber(x))
+        return x->valuedouble != 0;
+    if (cJSON_IsString(x))
+        return x->valuestring[0] != 0;
+    return 1;
+}
+
+fl_status ckpt_view_count(ckpt_view v, const char *key, long max, long *out, fl_error *err)
+{
+    const cJSON *x = ckpt_view_get(v, key);
+    if (!x)
+        return fl_fail(err, FL_EINPUT, "%s: \"%s\" is missing", v.path, key);
+    if (!cJSON_IsNumber(x) || x->valuedouble != floor(x->valuedouble))
+        return fl_fail(err, FL_EINPUT, "%s: \"%s\" must be an integer", v.path, key);
+    if (x->valuedouble < 1 || x->valuedouble > (double)max)
         return fl_fail(err, FL_EINPUT, "%s: \"%s\" is %.17g, expected 1..%ld",
-                       path, key, v->valuedouble, max);
-    *out = (long)v->valuedouble;
+                       v.path, key, x->valuedouble, max);
+    *out = (long)x->valuedouble;
     return FL_OK;
 }
 
-static fl_status config_load(const char *dir, ckpt_config *cfg, fl_error *err)
+/* tie_word_embeddings of one level: 1 / 0, -1 when absent or null. */
+static fl_status tie_flag(const char *path, const cJSON *level, int *out, fl_error *err)
 {
-    char *path = fl_path_join(dir, "config.json");
-    if (!path)
+    const cJSON *tie = level ? cJSON_GetObjectItemCaseSensitive(level, "tie_word_embeddings") : NULL;
+    *out = -1;
+    if (!tie || cJSON_IsNull(tie))
+        return FL_OK;
+    if (!cJSON_IsBool(tie))
+        return fl_fail(err, FL_EINPUT, "%s: \"tie_word_embeddings\" must be true or false", path);
+    *out = cJSON_IsTrue(tie);
+    return FL_OK;
+}
+
+static fl_status copy_type(const char *path, const cJSON *v, char *dst, size_t cap, fl_error *err)
+{
+    if (!cJSON_IsString(v) || !v->valuestring[0])
+        return fl_fail(err, FL_EINPUT, "%s: \"model_type\" is missing or not a string", path);
+    if (strlen(v->valuestring) >= cap)
+        return fl_fail(err, FL_EINPUT, "%s: \"model_type\" is too long", path);
+    strcpy(dst, v->valuestring);
+    return FL_OK;
+}
+
+fl_status ckpt_config_parse(const char *path, const char *text, size_t len, ckpt_config *cfg,
+                            fl_error *err)
+{
+    memset(cfg, 0, sizeof *cfg);
+    cfg->tie_top = cfg->tie_nested = -1;
+    if (!(cfg->path = strdup(path)))
         return fl_fail(err, FL_EIO, "out of memory");
-    struct stat st;
-    if (stat(path, &st) != 0) {
-        fl_status s = fl_fail(err, FL_EINPUT,
-                              "%s: no config.json: not a Hugging Face checkpoint directory", dir);
-        free(path);
-        return s;
-    }
-    fl_status s = fl_read_file(path, CONFIG_MAX_BYTES, FL_READ_UTF8, &cfg->raw, &cfg->raw_len, err);
-    if (s != FL_OK)
-        goto out;
-    cfg->json = cJSON_ParseWithLength(cfg->raw, cfg->raw_len);
-    if (!cfg->json || !cJSON_IsObject(cfg->json)) {
-        s = fl_fail(err, FL_EINPUT, "%s: not a JSON object", path);
-        goto out;
-    }
-    const char *dup = json_duplicate_key(cfg->json);
-    if (dup) {
-        s = fl_fail(err, FL_EINPUT, "%s: key \"%s\" appears twice", path, dup);
-        goto out;
-    }
-    cfg->text = cfg->json;
+    fl_status s = FL_EINPUT;
+    cfg->json = cJSON_ParseWithLength(text, len);
+    if (!cfg->json || !cJSON_IsObject(cfg->json))
+        return fl_fail(err, FL_EINPUT, "%s: not a JSON object", path);
+    const char *dup = ckpt_json_duplicate_key(cfg->json);
+    if (dup)
+        return fl_fail(err, FL_EINPUT, "%s: key \"%s\" appears twice", path, dup);
     cJSON *tc = cJSON_GetObjectItemCaseSensitive(cfg->json, "text_config");
     if (tc && !cJSON_IsNull(tc)) {
-        if (!cJSON_IsObject(tc)) {
-            s = fl_fail(err, FL_EINPUT, "%s: \"text_config\" must be an object", path);
-            goto out;
-        }
-        cfg->text = tc;
+        if (!cJSON_IsObject(tc))
+            return fl_fail(err, FL_EINPUT, "%s: \"text_config\" must be an object", path);
+        cfg->nested = tc;
     }
-    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(cfg->json, "model_type");
-    if (!cJSON_IsString(mt) || !mt->valuestring[0]) {
-        s = fl_fail(err, FL_EINPUT, "%s: \"model_type\" is missing or not a string", path);
-        goto out;
-    }
-    if (strlen(mt->valuestring) >= sizeof cfg->model_type) {
-        s = fl_fail(err, FL_EINPUT, "%s: \"model_type\" is too long", path);
-        goto out;
-    }
-    strcpy(cfg->model_type, mt->valuestring);
-    strcpy(cfg->text_model_type, cfg->model_type);
-    if (cfg->text != cfg->json) {
-        const cJSON *tmt = cJSON_GetObjectItemCaseSensitive(cfg->text, "model_type");
-        if (cJSON_IsString(tmt) && strlen(tmt->valuestring) < sizeof cfg->text_model_type)
-            strcpy(cfg->text_model_type, tmt->valuestring);
-    }
-    if ((s = config_count(path, cfg, "num_hidden_layers", MAX_LAYERS, &cfg->num_hidden_layers, err)) ||
-        (s = config_count(path, cfg, "hidden_size", 1L << 24, &cfg->hidden_size, err)))
-        goto out;
-
-    /* The top-level flag is what transformers v4 reads through
-     * get_text_config(); text_config's is the fallback. */
-    cfg->tie_word_embeddings = -1;
-    const cJSON *tie = cJSON_GetObjectItemCaseSensitive(cfg->json, "tie_word_embeddings");
-    if (!tie && cfg->text != cfg->json)
-        tie = cJSON_GetObjectItemCaseSensitive(cfg->text, "tie_word_embeddings");
-    if (tie && !cJSON_IsNull(tie)) {
-        if (!cJSON_IsBool(tie)) {
-            s = fl_fail(err, FL_EINPUT, "%s: \"tie_word_embeddings\" must be true or false", path);
-            goto out;
-        }
-        cfg->tie_word_embeddings = cJSON_IsTrue(tie);
-    }
-    const cJSON *dt = cJSON_GetObjectItemCaseSensitive(cfg->text, "torch_dtype");
+    if ((s = copy_type(path, cJSON_GetObjectItemCaseSensitive(cfg->json, "model_type"), cfg->model_type,
+                       sizeof cfg->model_type, err)) != FL_OK)
+        return s;
+    const cJSON *nmt = cfg->nested ? cJSON_GetObjectItemCaseSensitive(cfg->nested, "model_type") : NULL;
+    if (cJSON_IsString(nmt) && strlen(nmt->valuestring) < sizeof cfg->nested_model_type)
+        strcpy(cfg->nested_model_type, nmt->valuestring);
+    if ((s = tie_flag(path, cfg->json, &cfg->tie_top, err)) != FL_OK ||
+        (s = tie_flag(path, cfg->nested, &cfg->tie_nested, err)) != FL_OK)
+        return s;
+    const cJSON *dt = cfg->nested ? cJSON_GetObjectItemCaseSensitive(cfg->nested, "torch_dtype") : NULL;
     if (!dt)
         dt = cJSON_GetObjectItemCaseSensitive(cfg->json, "torch_dtype");
     if (!dt)
         dt = cJSON_GetObjectItemCaseSensitive(cfg->json, "dtype");
     if (cJSON_IsString(dt) && strlen(dt->valuestring) < sizeof cfg->torch_dtype)
         strcpy(cfg->torch_dtype, dt->valuestring);
-    s = FL_OK;
-out:
+    return FL_OK;
+}
+
+void ckpt_config_free(ckpt_config *cfg)
+{
+    cJSON_Delete(cfg->json);
+    free(cfg->raw);
+    free(cfg->path);
+    memset(cfg, 0, sizeof *cfg);
+}
+
+static fl_status config_load(const char *dir, ckpt_config *cfg, fl_error *err)
+{
+    memset(cfg, 0, sizeof *cfg);
+    char *path = fl_path_join(dir, "config.json");
+    if (!path)
+        return fl_fail(err, FL_EIO, "out of memory");
+    struct stat st;
+    fl_status s;
+    if (stat(path, &st) != 0) {
+        s = fl_fail(err, FL_EINPUT, "%s: no config.json: not a Hugging Face checkpoint directory", dir);
+        free(path);
+        return s;
+    }
+    char *raw = NULL;
+    size_t raw_len = 0;
+    s = fl_read_file(path, CONFIG_MAX_BYTES, FL_READ_UTF8, &raw, &raw_len, err);
+    if (s == FL_OK)
+        s = ckpt_config_parse(path, raw, raw_len, cfg, err);
+    cfg->raw = raw;
+    cfg->raw_len = raw_len;
     free(path);
     return s;
 }
@@ -635,7 +676,7 @@ static fl_status index_load(checkpoint *ck, const char *dir_real, fl_error *err)
         goto out;
     /* Elsewhere too: Python's json keeps the last of two keys, cJSON the
      * first, so a duplicate means two readers see two different indexes. */
-    const char *dup = json_duplicate_key(ck->index);
+    const char *dup = ckpt_json_duplicate_key(ck->index);
     if (dup) {
         s = fl_fail(err, FL_EINPUT, "%s: key \"%s\" appears twice", path, dup);
         goto out;
@@ -753,8 +794,7 @@ void ckpt_close(checkpoint *ck)
         free(ck->other_files[i]);
     free(ck->other_files);
     cJSON_Delete(ck->index);
-    cJSON_Delete(ck->cfg.json);
-    free(ck->cfg.raw);
+    ckpt_config_free(&ck->cfg);
     free(ck->dir);
     memset(ck, 0, sizeof *ck);
 }

@@ -126,9 +126,9 @@ static void group_line(const fold_group *g, char *out, size_t cap)
 static void print_plan(FILE *f, const checkpoint *ck, const fold_plan *p)
 {
     fprintf(f, "model_type %s (table entry %s), %ld layers, hidden %ld\n", ck->cfg.model_type,
-            p->arch->model_type, p->n_layers, ck->cfg.hidden_size);
+            p->arch->model_type, p->n_layers, p->hidden);
     fprintf(f, "fold plan: %zu norms, gain %s\n", p->n_groups,
-            p->arch->gain == GAIN_ONE_PLUS_W ? "1 + w" : "w");
+            p->arch->norm->gain == GAIN_ONE_PLUS_W ? "1 + w" : "w");
     char *seen = calloc(p->n_groups + 1, 1);
     char line[2048], other[2048];
     for (size_t i = 0; seen && i < p->n_groups; i++) {
@@ -148,6 +148,8 @@ static void print_plan(FILE *f, const checkpoint *ck, const fold_plan *p)
         fprintf(f, "  %s", line);
         if (count > 1)
             fprintf(f, "   (%zu layers)", count);
+        if (p->groups[i].note)
+            fprintf(f, "   [%s]", p->groups[i].note);
         fputc('\n', f);
     }
     free(seen);
@@ -165,7 +167,7 @@ static void print_plan(FILE *f, const checkpoint *ck, const fold_plan *p)
                 dup = strcmp(q, pat) == 0;
             }
             if (!dup)
-                fprintf(f, "  %s: %s\n", pat, p->kept[i].reason);
+                fprintf(f, "  %s: %s%s\n", pat, p->kept[i].quantized ? "--partial: " : "", p->kept[i].reason);
             snprintf(last, sizeof last, "%s", pat);
         }
     }
@@ -202,7 +204,8 @@ static void default_output(const char *source, char *out, size_t cap)
 
 /* Downloads repo id `repo` (or finds it in the HF cache) and sets *dir to
  * its snapshot directory, with the hub's progress on stderr. */
-static fl_status fetch_repo(const cli_args *a, const char *repo, char **dir, fl_error *err)
+static fl_status fetch_repo(const cli_args *a, const char *repo, char **dir, char **license,
+                            fl_error *err)
 {
     hub_progress hp;
     hub_progress_init(&hp, stderr, -1, a->quiet);
@@ -210,7 +213,8 @@ static fl_status fetch_repo(const cli_args *a, const char *repo, char **dir, fl_
     cli_hub_env(&env);
     hub_request req = {.repo_id = repo, .revision = a->revision, .token = a->token, .env = &env,
                        .offline = a->offline, .quiet = a->quiet, .verbose = a->verbose,
-                       .jobs = a->jobs, .progress = hub_progress_render, .progress_ctx = &hp};
+                       .jobs = a->jobs, .progress = hub_progress_render, .progress_ctx = &hp,
+                       .license = license};
     fl_status s = hub_fetch_snapshot(&req, dir, err);
     hub_progress_finish(&hp);
     return s;
@@ -219,7 +223,7 @@ static fl_status fetch_repo(const cli_args *a, const char *repo, char **dir, fl_
 /* Resolves SOURCE to a local checkpoint directory: an existing path, or a
  * repo id (org/name[@rev]) that becomes its snapshot in the HF cache. */
 static fl_status resolve_source(const cli_args *a, const char *source, char **dir,
-                                fl_error *err)
+                                char **license, fl_error *err)
 {
     struct stat st;
     if (stat(source, &st) == 0) {
@@ -227,7 +231,7 @@ static fl_status resolve_source(const cli_args *a, const char *source, char **di
         return *dir ? FL_OK : fl_fail(err, FL_EIO, "out of memory");
     }
     if (hub_is_repo_id(source)) {
-        fl_status s = fetch_repo(a, source, dir, err);
+        fl_status s = fetch_repo(a, source, dir, license, err);
         if (s != FL_OK && s != FL_EINTR)
             fl_prefix(err, "%s is not a local directory, so it was fetched as a Hub repo id", source);
         return s;
@@ -245,12 +249,20 @@ static int cmd_download(const cli_args *a, const char *repo)
         return cli_usage_error("'%s' is not a repo id (org/name[@revision])", repo);
     fl_error err = {0};
     char *dir = NULL;
-    fl_status s = fetch_repo(a, repo, &dir, &err);
+    fl_status s = fetch_repo(a, repo, &dir, NULL, &err);
     if (s != FL_OK)
         return fail(&err);
     printf("%s\n", dir);
     free(dir);
     return 0;
+}
+
+/* flashify upload FOLDER REPO: publish, print the URL (cli_upload.c). */
+static int cmd_upload(const cli_args *a, const char *folder, const char *repo)
+{
+    fl_error err = {0};
+    fl_status s = cli_upload(a, folder, repo, &err);
+    return s == FL_OK ? 0 : fail(&err);
 }
 
 /* --strict: the complete temporary output is verified against the source
@@ -276,7 +288,8 @@ static verify_options verify_options_of(const cli_args *a)
 {
     return (verify_options){.tokens = a->tokens, .tolerance = a->tolerance, .json = a->json,
                             .threads = a->threads, .skip_forward = a->skip_forward,
-                            .plan_file = a->plan_file, .dump_logits = a->dump_logits};
+                            .plan_file = a->plan_file, .partial = a->partial,
+                            .dump_logits = a->dump_logits};
 }
 
 /* flashify verify SOURCE OUTPUT: prints the report (stdout), exit 0 or 3. */
@@ -299,6 +312,24 @@ static int cmd_verify(const cli_args *a, const char *source, const char *output)
     return s == FL_OK ? 0 : fail(&err);
 }
 
+/* --partial: which norms stay, and why (one line per layer pattern). */
+static void print_quantized_kept(const fold_plan *plan)
+{
+    char pat[512], earlier[512];
+    for (size_t i = 0; i < plan->n_kept; i++) {
+        if (!plan->kept[i].quantized)
+            continue;
+        plan_name_pattern(plan->kept[i].name, pat, sizeof pat);
+        int seen = 0;
+        for (size_t j = 0; j < i && !seen; j++) {
+            plan_name_pattern(plan->kept[j].name, earlier, sizeof earlier);
+            seen = plan->kept[j].quantized && strcmp(earlier, pat) == 0;
+        }
+        if (!seen)
+            cli_diag("note", "--partial: keeping %s: %s", pat, plan->kept[i].reason);
+    }
+}
+
 /* What the user should know before the long work starts. */
 static void announce_plan(const fold_plan *plan)
 {
@@ -313,15 +344,16 @@ static void announce_plan(const fold_plan *plan)
                 "(flashnorm_folded) is written\n");
     if (plan->arch->warning && !plan->keep_norms && plan->n_dropped)
         cli_diag("warning", "%s", plan->arch->warning);
-    if (plan->untie && plan->arch->gain == GAIN_ONE_PLUS_W)
-        cli_diag("warning", "vLLM's Gemma loaders assert tied embeddings; this untied "
-                 "checkpoint will not load there (use --keep-tied for vLLM)");
+    if (plan->untie && plan->arch->untie_warning)
+        cli_diag("warning", "%s", plan->arch->untie_warning);
+    print_quantized_kept(plan);
 }
 
 /* --dry-run: the plan, then the result on stdout: what the real run would
- * write, or what it would refuse and why (every check the real run makes
- * before writing: convert_dry_run); and on stderr which of the given
- * options a dry run does not act on.  The plan was made, so exit 0. */
+ * write (and publish), or what it would refuse and why (every check the
+ * real run makes before writing: convert_dry_run); and on stderr which of
+ * the given options a dry run does not act on.  The plan was made, so
+ * exit 0. */
 static fl_status dry_run(const cli_args *a, const checkpoint *ck, const fold_plan *plan,
                          const convert_options *co)
 {
@@ -332,15 +364,34 @@ static fl_status dry_run(const cli_args *a, const checkpoint *ck, const fold_pla
     if (a->resume && !a->quiet)
         cli_diag("note", "--dry-run does not look into a partial output for --resume");
     fl_error why = {0};
-    if (convert_dry_run(ck, plan, co, &why) == FL_OK)
-        printf("would write %s (dry run: nothing written)\n", co->out_dir);
-    else
+    if (convert_dry_run(ck, plan, co, &why) != FL_OK) {
         printf("would refuse: %s (dry run: nothing written)\n", why.msg);
+        return FL_OK;
+    }
+    printf("would write %s (dry run: nothing written)\n", co->out_dir);
+    if (a->push_to_hub)
+        printf("would publish %s to %s\n", co->out_dir, a->push_to_hub);
     return FL_OK;
 }
 
-static fl_status convert(const cli_args *a, const char *dir, const char *repo_id, const checkpoint *ck,
-                         const fold_plan *plan, const char *out, fl_error *err)
+static void announce_result(const fold_plan *plan, const char *out, double t0)
+{
+    size_t folded = 0;
+    uint64_t bytes = 0;
+    for (size_t i = 0; i < plan->n_out; i++) {
+        folded += plan->out[i].op == OUT_FOLD;
+        bytes += st_nbytes(plan->out[i].src->t);
+    }
+    fprintf(stderr, "flashify: wrote %s: %zu tensors folded, %zu norms %s, %.2f GB in %.1f s\n", out, folded,
+            plan->n_dropped, plan->keep_norms ? "set to identity" : "removed", bytes / 1e9, fl_now() - t0);
+    if (plan->n_quantized_kept)
+        cli_diag("note", "--partial: %d norms kept with their weights (quantized consumers); "
+                         "no FlashNorm marker written", plan->n_quantized_kept);
+}
+
+static fl_status convert(const cli_args *a, const char *dir, const char *base_model,
+                         const checkpoint *ck, const fold_plan *plan, const char *out,
+                         cli_publish_ctx *pub, fl_error *err)
 {
     cli_progress progress;
     cli_progress_init(&progress, stderr, a->quiet, a->verbose);
@@ -358,7 +409,7 @@ static fl_status convert(const cli_args *a, const char *dir, const char *repo_id
     convert_options co = {.out_dir = out, .force = a->force, .threads = a->threads,
                           .memory = a->memory, .fsync = !a->no_fsync,
                           .max_shard_size = a->max_shard_size, .resume = a->resume,
-                          .base_model = repo_id, .keep_dirs = keep_dirs, .managed_dirs = managed_dirs,
+                          .base_model = base_model, .keep_dirs = keep_dirs, .managed_dirs = managed_dirs,
                           .progress = convert_progress_bytes, .note = convert_progress_note,
                           .progress_ctx = &progress};
     strict_ctx sc = {.source = dir, .opt = verify_options_of(a), .quiet = a->quiet};
@@ -371,6 +422,12 @@ static fl_status convert(const cli_args *a, const char *dir, const char *repo_id
         sc.opt.progress = cli_progress_update;
         sc.opt.progress_ctx = &progress;
     }
+    if (a->push_to_hub) {
+        pub->then = co.before_commit;
+        pub->then_ctx = co.commit_ctx;
+        co.before_commit = cli_publish_prepare;
+        co.commit_ctx = pub;
+    }
     fl_status s;
     if (a->dry_run) {
         s = dry_run(a, ck, plan, &co);
@@ -380,17 +437,8 @@ static fl_status convert(const cli_args *a, const char *dir, const char *repo_id
         double t0 = fl_now();
         s = convert_write(ck, plan, &co, err);
         cli_progress_finish(&progress);
-        if (s == FL_OK && !a->quiet) {
-            size_t folded = 0;
-            uint64_t bytes = 0;
-            for (size_t i = 0; i < plan->n_out; i++) {
-                folded += plan->out[i].op == OUT_FOLD;
-                bytes += st_nbytes(plan->out[i].src->t);
-            }
-            fprintf(stderr, "flashify: wrote %s: %zu tensors folded, %zu norms %s, %.2f GB in %.1f s\n",
-                    out, folded, plan->n_dropped, plan->keep_norms ? "set to identity" : "removed",
-                    bytes / 1e9, fl_now() - t0);
-        }
+        if (s == FL_OK && !a->quiet)
+            announce_result(plan, out, t0);
     }
     free(hf_home);
     free(hub_cache);
@@ -401,11 +449,24 @@ static int cmd_convert(const cli_args *a, const char *source)
 {
     if (a->output && !*a->output)
         return cli_usage_error("-o needs a directory name, got ''");
+    if (!a->push_to_hub && (a->private_repo || a->create_pr || a->message))
+        return cli_usage_error("--private, --create-pr and -m go with --push-to-hub REPO");
     fl_error err = {0};
-    char *dir = NULL;
-    fl_status s = resolve_source(a, source, &dir, &err);
+    fl_status s = a->push_to_hub && !a->dry_run ? cli_publish_check(a, &err) : FL_OK;
     if (s != FL_OK)
         return fail(&err);
+    /* A repo id's card names it as the base model (not its snapshot). */
+    struct stat sst;
+    char base[256] = "";
+    if (stat(source, &sst) != 0 && hub_is_repo_id(source))
+        snprintf(base, sizeof base, "%.*s", (int)strcspn(source, "@"), source);
+    char *dir = NULL;
+    cli_publish_ctx pub = {.a = a};
+    s = resolve_source(a, source, &dir, a->push_to_hub ? &pub.license : NULL, &err);
+    if (s != FL_OK)
+        return fail(&err);
+    if (a->push_to_hub && !base[0])
+        pub.license = cli_source_license(dir);
     checkpoint ck;
     s = ckpt_open(dir, &ck, &err);
     if (s != FL_OK) {
@@ -413,7 +474,7 @@ static int cmd_convert(const cli_args *a, const char *source)
         return fail(&err);
     }
     plan_options po = {.keep_tied = a->keep_tied, .keep_norms = a->keep_norms,
-                       .plan_file = a->plan_file};
+                       .partial = a->partial, .plan_file = a->plan_file};
     fold_plan plan;
     s = plan_build(&ck, &po, &plan, &err);
     if (s == FL_OK) {
@@ -422,14 +483,12 @@ static int cmd_convert(const cli_args *a, const char *source)
             snprintf(out, sizeof out, "%s", a->output);
         else
             default_output(source, out, sizeof out);
-        /* A repo id (not a local path) names the model on the Hub: the
-         * card's base_model, without "@revision". */
-        char repo[PATH_MAX] = "";
-        struct stat st;
-        if (stat(source, &st) != 0 && hub_is_repo_id(source))
-            snprintf(repo, sizeof repo, "%.*s", (int)strcspn(source, "@"), source);
-        s = convert(a, dir, *repo ? repo : NULL, &ck, &plan, out, &err);
+        s = convert(a, dir, base[0] ? base : NULL, &ck, &plan, out, &pub, &err);
+        /* Published only once the conversion (and --strict) succeeded. */
+        if (s == FL_OK && a->push_to_hub && !a->dry_run)
+            s = cli_publish(&pub, out, &err);
     }
+    cli_publish_ctx_free(&pub);
     plan_free(&plan);
     ckpt_close(&ck);
     free(dir);
@@ -495,7 +554,7 @@ static int cmd_inspect(const cli_args *a, const char *path)
         else
             printf("]  %s\n", ck.shards[t->shard].file);
     }
-    plan_options po = {.plan_file = a->plan_file};
+    plan_options po = {.plan_file = a->plan_file, .partial = a->partial};
     fold_plan plan;
     s = plan_build(&ck, &po, &plan, &err);
     if (s == FL_OK)
@@ -537,6 +596,7 @@ static int run(int argc, char **argv)
         {"inspect", CMD_INSPECT, 1, "inspect needs one PATH"},
         {"download", CMD_DOWNLOAD, 1, "download needs one REPO_ID"},
         {"verify", CMD_VERIFY, 2, "verify needs SOURCE and OUTPUT directories"},
+        {"upload", CMD_UPLOAD, 2, "upload needs a FOLDER and a REPO_ID"},
     };
     unsigned cmd = CMD_CONVERT;
     int first = 1, n_want = 1;
@@ -581,6 +641,7 @@ static int run(int argc, char **argv)
     case CMD_INSPECT: return cmd_inspect(&a, pos[0]);
     case CMD_DOWNLOAD: return cmd_download(&a, pos[0]);
     case CMD_VERIFY: return cmd_verify(&a, pos[0], pos[1]);
+    case CMD_UPLOAD: return cmd_upload(&a, pos[0], pos[1]);
     default: return cmd_convert(&a, pos[0]);
     }
 }

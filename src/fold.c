@@ -11,11 +11,11 @@
  * the rounding error, which turns the sum into its round-to-odd double, and
  * the same argument applies.  F64 operands use fma. */
 #include "flashify/fold.h"
-#include "flashify/arch.h"
 #include "flashify/dtype.h"
 #include "flashify/safetensors.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -254,7 +254,7 @@ static void fold_f64(const double *in, double *out, size_t rows, size_t cols,
 }
 
 /* 1 when element i of a buffer of dtype d is Inf or NaN (all exponent bits set). */
-static inline int is_nonfinite(int d, const void *buf, size_t i)
+static inline int is_nonfinite(st_dtype d, const void *buf, size_t i)
 {
     switch (d) {
     case ST_BF16: return (((const uint16_t *)buf)[i] & 0x7F80u) == 0x7F80u;
@@ -267,7 +267,7 @@ static inline int is_nonfinite(int d, const void *buf, size_t i)
 /* Index of the first non-finite element, or -1.  The common all-finite
  * case is one branch-free pass per 16-bit dtype (vectorised); the index is
  * searched for only when something is wrong. */
-static long first_nonfinite(int d, const void *buf, size_t n)
+static long first_nonfinite(st_dtype d, const void *buf, size_t n)
 {
     if (d == ST_BF16 || d == ST_F16) {
         const uint16_t *x = buf;
@@ -284,8 +284,8 @@ static long first_nonfinite(int d, const void *buf, size_t n)
     return -1;
 }
 
-long fold_rows(int d, const void *in, void *out, size_t rows, size_t cols,
-               const double *w, int gain, int w_is_f64)
+long fold_rows(st_dtype d, const void *in, void *out, size_t rows, size_t cols,
+               const double *w, fl_gain gain, int w_is_f64)
 {
     int one_plus = gain == GAIN_ONE_PLUS_W;
     switch (d) {
@@ -301,7 +301,107 @@ long fold_rows(int d, const void *in, void *out, size_t rows, size_t cols,
     return first_nonfinite(d, out, rows * cols);
 }
 
-void fill_value(int d, void *out, size_t n, double value)
+/* ---------------------------------------------------------------------------
+ * ranges of a tensor, along its input axis */
+
+fold_axis fold_axis_of(const uint64_t *shape, int ndim, int axis)
+{
+    fold_axis ax = {0, 0};
+    if (ndim < 1 || axis < 0 || axis >= ndim || shape[axis] == 0)
+        return ax;
+    uint64_t inner = 1;
+    for (int i = axis + 1; i < ndim; i++) {
+        if (shape[i] && inner > UINT64_MAX / shape[i])
+            return ax;
+        inner *= shape[i];
+    }
+    if (inner == 0)
+        return ax;
+    ax.n_in = shape[axis];
+    ax.inner = inner;
+    return ax;
+}
+
+/* A run of elements that all read gain g: folded against a vector of g,
+ * in pieces of the stack buffer. */
+static long fold_run(st_dtype d, const char *in, char *out, uint64_t n, double g, fl_gain gain,
+                     int wide)
+{
+    enum { PIECE = 512 };
+    double gv[PIECE];
+    size_t es = st_dtype_bits(d) / 8;
+    uint64_t fill = n < PIECE ? n : PIECE;
+    for (uint64_t k = 0; k < fill; k++)
+        gv[k] = g;
+    for (uint64_t done = 0; done < n;) {
+        uint64_t len = n - done < PIECE ? n - done : PIECE;
+        long bad = fold_rows(d, in + done * es, out + done * es, 1, (size_t)len, gv, gain, wide);
+        if (bad >= 0)
+            return (long)(done + (uint64_t)bad);
+        done += len;
+    }
+    return -1;
+}
+
+long fold_range(st_dtype d, const void *in, void *out, uint64_t first, uint64_t count,
+                fold_axis ax, const double *w, fl_gain gain, int w_is_f64)
+{
+    size_t es = st_dtype_bits(d) / 8;
+    const char *q = in;
+    char *p = out;
+    uint64_t done = 0;
+    while (done < count) {
+        uint64_t f = first + done, left = count - done, rows, len;
+        long bad;
+        if (ax.inner > 1) {
+            /* [E, in, out]: a run of `inner` elements shares one gain. */
+            len = ax.inner - f % ax.inner;
+            if (len > left)
+                len = left;
+            rows = 1;
+            bad = fold_run(d, q, p, len, w[fold_gain_index(ax, f)], gain, w_is_f64);
+        } else {
+            /* [.., in]: a leading partial row, whole rows, a trailing one. */
+            uint64_t col = f % ax.n_in;
+            if (col != 0 || left < ax.n_in) {
+                rows = 1;
+                len = ax.n_in - col < left ? ax.n_in - col : left;
+            } else {
+                rows = left / ax.n_in;
+                len = ax.n_in;
+            }
+            bad = fold_rows(d, q, p, (size_t)rows, (size_t)len, w + col, gain, w_is_f64);
+        }
+        if (bad >= 0)
+            return (long)(done + (uint64_t)bad);
+        p += rows * len * es;
+        q += rows * len * es;
+        done += rows * len;
+    }
+    return -1;
+}
+
+void fold_describe_index(const uint64_t *shape, int ndim, uint64_t f, char *buf, size_t cap)
+{
+    uint64_t idx[ST_MAX_DIMS];
+    int n = ndim < 1 ? 1 : ndim > ST_MAX_DIMS ? ST_MAX_DIMS : ndim;
+    for (int i = n - 1; i >= 0; i--) {
+        uint64_t dim = ndim >= 1 && shape[i] ? shape[i] : 1;
+        idx[i] = i ? f % dim : f;
+        f = i ? f / dim : 0;
+    }
+    size_t k = 0;
+    for (int i = 0; i < n && k < cap; i++) {
+        int w = snprintf(buf + k, cap - k, "%s%llu", i ? ", " : "[", (unsigned long long)idx[i]);
+        if (w < 0)
+            break;
+        k += (size_t)w;
+    }
+    if (k < cap)
+        snprintf(buf + k, cap - k, "]");
+}
+
+void fill_value(st_dtype d, void *out, size_t n, double value)
 {
     for (size_t i = 0; i < n; i++) {
         switch (d) {

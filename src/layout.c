@@ -327,9 +327,12 @@ static void put_tensor(txn_fp *f, const checkpoint *ck, const out_tensor *o)
         const ckpt_tensor *norm = ckpt_find(ck, o->group->norm);
         put_str(f, o->group->norm);
         put_u64(f, (uint64_t)o->group->gain);
+        put_u64(f, (uint64_t)o->axis);
         put_u64(f, norm ? (uint64_t)norm->t->dtype : UINT64_MAX);
         put(f, o->group->w, o->group->len * sizeof *o->group->w);
     }
+    if (o->op == OUT_IDENTITY)
+        put(f, &o->identity, sizeof o->identity);
 }
 
 void layout_fingerprint(const checkpoint *ck, const fold_plan *plan, const out_layout *l,
@@ -349,7 +352,6 @@ void layout_fingerprint(const checkpoint *ck, const fold_plan *plan, const out_l
         put_u64(&f, (uint64_t)st.st_mtim.tv_sec);
         put_u64(&f, (uint64_t)st.st_mtim.tv_nsec);
     }
-    put_u64(&f, plan->arch->gain == GAIN_ONE_PLUS_W);  /* the identity value of --keep-norms */
     for (size_t i = 0; i < plan->n_out; i++)
         put_tensor(&f, ck, &plan->out[i]);
     for (size_t i = 0; i < l->n; i++) {

@@ -1,12 +1,13 @@
-/* plan.c — building and checking the fold plan (see plan.h).
+/* plan.c — deciding the fold plan (pure) and loading its norms (see plan.h).
  *
  * The plan comes from config.json's model_type and the architecture table,
- * never from tensor-name patterns (architectures.md pitfall 2: the same
+ * never from tensor-name patterns (docs/architectures.md §pitfalls: the same
  * name means different things in different families).  Every tensor the
  * table expects must exist with a matching input dimension before anything
- * is written. */
-#include "flashify/plan.h"
-#include "flashify/dtype.h"
+ * is written; a quantized consumer is refused, naming its format, unless
+ * --partial keeps its norm. */
+#include "plan_internal.h"
+
 #include "flashify/util.h"
 
 #include <cjson/cJSON.h>
@@ -17,6 +18,8 @@
 #include <string.h>
 
 #define MAX_EXPERTS 65536
+#define MAX_LAYERS 100000
+#define MAX_HIDDEN (1L << 24)
 #define MAX_NORM_LEN (1u << 24)
 #define CUSTOM_PLAN_MAX_BYTES (1u << 20)
 
@@ -56,8 +59,7 @@ static char *arena_printf(fold_plan *p, const char *fmt, ...)
     return arena_keep(p, s);
 }
 
-/* Grows *arr (of elements of `size` bytes) to hold one more element. */
-static void *grow(void *arr, size_t *cap, size_t n, size_t size)
+void *plan_grow(void *arr, size_t *cap, size_t n, size_t size)
 {
     if (n < *cap)
         return arr;
@@ -68,606 +70,591 @@ static void *grow(void *arr, size_t *cap, size_t n, size_t size)
     return q;
 }
 
-/* ---------------------------------------------------------------------------
- * --plan FILE */
+fl_status plan_oom(fl_error *err) { return fl_fail(err, FL_EIO, "out of memory"); }
 
-static const char *custom_str(fold_plan *p, const cJSON *v)
+/* ---------------------------------------------------------------------------
+ * the catalogue */
+
+/* The decision in progress: the catalogue, the plan, and growth state. */
+typedef struct {
+    const plan_catalogue *cat;
+    const plan_options *opt;
+    fold_plan *p;
+    size_t cap_groups, cap_kept;
+    const char *lp;          /* the layer prefix being planned */
+    const char *final_name;  /* the final norm of the layout */
+    fl_error *err;
+} planner;
+
+const ckpt_tensor *plan_cat_find(const plan_catalogue *cat, const char *name)
 {
-    return cJSON_IsString(v) ? arena_printf(p, "%s", v->valuestring) : NULL;
+    size_t lo = 0, hi = cat->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(cat->tensors[mid].name, name);
+        if (c == 0)
+            return &cat->tensors[mid];
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return NULL;
 }
 
-/* Parses a custom architecture (README "Custom architectures"):
- * {"model_type": "...", "gain": "w" | "1+w",
- *  "layers": [{"norm": "input_layernorm", "consumers": ["self_attn.q_proj", ...]}, ...],
- *  "keep": [{"norm": "...", "reason": "..."}], "tie_word_embeddings_default": false,
- *  "flashnorm_marker": true} */
-static fl_status custom_arch_load(const char *path, fold_plan *p, fl_error *err)
+static const char *cat_file(const plan_catalogue *cat, const ckpt_tensor *t)
+{
+    return cat->files ? cat->files[t->shard] : cat->dir;
+}
+
+/* ---------------------------------------------------------------------------
+ * consumers */
+
+/* Side tensors that mean a weight is stored quantized, appended to the
+ * consumer's base name, and the format they belong to (docs/architectures.md
+ * §quantized). */
+static const struct {
+    const char *suffix, *format;
+} QUANT_MARKERS[] = {
+    {".weight_scale_inv", "FP8 with block scales"},
+    {".weight_packed", "compressed-tensors (packed integers)"},
+    {".weight_scale", "FP8 / compressed-tensors (per-channel or block scales)"},
+    {"_blocks", "MXFP4"},
+    {"_scales", "MXFP4"},
+    {".qweight", "GPTQ/AWQ"},
+    {".qzeros", "GPTQ/AWQ"},
+    {".scales", "GPTQ/AWQ"},
+    {".weight.absmax", "bitsandbytes"},
+    {".absmax", "bitsandbytes"},
+};
+
+/* For WHEN_HAS: does the layer being planned store `rel`, plain or
+ * quantized (gpt-oss's fused experts exist only as _blocks and _scales)? */
+static int layer_has(const char *rel, void *ctx)
+{
+    planner *pl = ctx;
+    char name[ST_MAX_NAME + 128];
+    for (size_t i = 0; i <= sizeof QUANT_MARKERS / sizeof QUANT_MARKERS[0]; i++) {
+        snprintf(name, sizeof name, "%s%s%s", pl->lp, rel, i ? QUANT_MARKERS[i - 1].suffix : "");
+        if (plan_cat_find(pl->cat, name))
+            return 1;
+    }
+    return 0;
+}
+
+/* What check_consumer found. */
+typedef struct {
+    const ckpt_tensor *t;    /* the tensor, when usable */
+    int axis;                /* its input axis */
+    const char *format;      /* non-NULL: stored quantized, in this format */
+    char evidence[ST_MAX_NAME + 64];  /* the tensor that shows it */
+} consumer_found;
+
+static int quantized_by_marker(const plan_catalogue *cat, const char *base, consumer_found *f)
+{
+    for (size_t i = 0; i < sizeof QUANT_MARKERS / sizeof QUANT_MARKERS[0]; i++) {
+        snprintf(f->evidence, sizeof f->evidence, "%s%s", base, QUANT_MARKERS[i].suffix);
+        if (plan_cat_find(cat, f->evidence)) {
+            f->format = QUANT_MARKERS[i].format;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* The input axis of 3-D fused experts [E, a, b] for a norm of `len`. */
+static fl_status fused_axis(planner *pl, const ckpt_tensor *t, arch_input in, uint64_t len,
+                            const char *norm, int *axis)
+{
+    const uint64_t *sh = t->t->shape;
+    int last = sh[2] == len, middle = sh[1] == len;
+    if (in == IN_EITHER && last && middle)
+        return fl_fail(pl->err, FL_EINPUT,
+                       "%s: fused experts '%s' [%llu, %llu, %llu] read '%s' (%llu) along either axis; "
+                       "the layout [E, 2I, H] or [E, H, 2I] cannot be told apart",
+                       cat_file(pl->cat, t), t->name, (unsigned long long)sh[0], (unsigned long long)sh[1],
+                       (unsigned long long)sh[2], norm, (unsigned long long)len);
+    *axis = in == IN_LAST || (in == IN_EITHER && last) ? 2 : 1;
+    if (sh[*axis] != len)
+        return fl_fail(pl->err, FL_EINPUT,
+                       "%s: fused experts '%s' have input dimension %llu (axis %d), but '%s' has %llu elements",
+                       cat_file(pl->cat, t), t->name, (unsigned long long)sh[*axis], *axis, norm,
+                       (unsigned long long)len);
+    if (pl->p->n_experts > 0 && sh[0] != (uint64_t)pl->p->n_experts)
+        return fl_fail(pl->err, FL_EINPUT, "%s: fused experts '%s' hold %llu experts, config.json says %ld",
+                       cat_file(pl->cat, t), t->name, (unsigned long long)sh[0], pl->p->n_experts);
+    return FL_OK;
+}
+
+/* Finds consumer `base` (a full name without ".weight") read by `norm` of
+ * `len` elements.  FL_OK with f->t set, or with f->format set when it is
+ * stored quantized (the caller refuses or, with --partial, keeps the
+ * norm); FL_EINPUT when it is missing or does not fit. */
+static fl_status check_consumer(planner *pl, const char *base, arch_input in, const char *norm,
+                                uint64_t len, consumer_found *f)
+{
+    memset(f, 0, sizeof *f);
+    char name[ST_MAX_NAME + 64];
+    snprintf(name, sizeof name, in == IN_LINEAR ? "%s.weight" : "%s", base);
+    const ckpt_tensor *t = plan_cat_find(pl->cat, name);
+    if (quantized_by_marker(pl->cat, base, f))
+        return FL_OK;
+    if (!t)
+        return fl_fail(pl->err, FL_EINPUT, "%s: tensor '%s' (read by '%s') is missing", pl->cat->dir, name, norm);
+    if (!st_dtype_is_foldable(t->t->dtype)) {
+        snprintf(f->evidence, sizeof f->evidence, "%.*s", (int)(sizeof f->evidence - 1), name);
+        f->format = st_dtype_name(t->t->dtype);
+        return FL_OK;
+    }
+    int dims = in == IN_LINEAR ? 2 : 3;
+    if (t->t->ndim != dims)
+        return fl_fail(pl->err, FL_EINPUT, "%s: tensor '%s' has %d dimensions, expected %s", cat_file(pl->cat, t),
+                       name, t->t->ndim, dims == 2 ? "a 2-D matrix" : "3-D fused experts [E, out, in]");
+    f->t = t;
+    f->axis = 1;
+    if (dims == 3)
+        return fused_axis(pl, t, in, len, norm, &f->axis);
+    if (t->t->shape[1] != len)
+        return fl_fail(pl->err, FL_EINPUT, "%s: tensor '%s' has input dimension %llu, but '%s' has %llu elements",
+                       cat_file(pl->cat, t), name, (unsigned long long)t->t->shape[1], norm,
+                       (unsigned long long)len);
+    return FL_OK;
+}
+
+/* Expands one consumer of the table for the layer prefix: "{e}" over the
+ * experts.  Appends full base names to *bases. */
+static fl_status expand_consumer(planner *pl, const arch_consumer *c, const char ***bases,
+                                 unsigned char **inputs, size_t *n, size_t *cap)
+{
+    const char *e = strstr(c->name, "{e}");
+    long count = e ? pl->p->n_experts : 1;
+    if (e && count <= 0)
+        return fl_fail(pl->err, FL_EINPUT,
+                       "%s: consumer '%s%s' expands over experts, but the expert count is 0 "
+                       "(set \"experts_key\" in the plan to the config key that holds it)",
+                       pl->cat->dir, pl->lp, c->name);
+    for (long j = 0; j < count; j++) {
+        char *name = e ? arena_printf(pl->p, "%s%.*s%ld%s", pl->lp, (int)(e - c->name), c->name, j, e + 3)
+                       : arena_printf(pl->p, "%s%s", pl->lp, c->name);
+        size_t cap2 = *cap;
+        const char **b = plan_grow(*bases, cap, *n, sizeof **bases);
+        if (b)
+            *bases = b;
+        unsigned char *in = b ? plan_grow(*inputs, &cap2, *n, 1) : NULL;
+        if (!name || !b || !in)
+            return plan_oom(pl->err);
+        *inputs = in;
+        (*bases)[*n] = name;
+        (*inputs)[(*n)++] = (unsigned char)c->input;
+    }
+    return FL_OK;
+}
+
+/* ---------------------------------------------------------------------------
+ * groups and kept norms */
+
+static fl_status add_kept(planner *pl, const char *name, const char *reason, int quantized)
+{
+    plan_kept *k = plan_grow(pl->p->kept, &pl->cap_kept, pl->p->n_kept, sizeof *k);
+    if (!k)
+        return plan_oom(pl->err);
+    pl->p->kept = k;
+    pl->p->kept[pl->p->n_kept++] = (plan_kept){name, reason, quantized};
+    pl->p->n_quantized_kept += quantized;
+    return FL_OK;
+}
+
+/* The norm tensor `name` (checked: present, 1-D, of a sane length). */
+static fl_status find_norm(planner *pl, const char *name, const ckpt_tensor **out)
+{
+    const ckpt_tensor *t = plan_cat_find(pl->cat, name);
+    if (!t) {
+        if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(pl->p->cfg.top, "flashnorm_folded")))
+            return fl_fail(pl->err, FL_EINPUT, "%s: already a FlashNorm checkpoint (config.json has \"flashnorm_folded\": true "
+                           "and norm '%s' is absent); nothing to fold", pl->cat->dir, name);
+        return fl_fail(pl->err, FL_EINPUT, "%s: norm '%s' is missing (model_type %s expects it)",
+                       pl->cat->dir, name, pl->p->arch->model_type);
+    }
+    if (t->t->ndim != 1)
+        return fl_fail(pl->err, FL_EINPUT, "%s: norm '%s' has %d dimensions, expected 1",
+                       cat_file(pl->cat, t), t->name, t->t->ndim);
+    if (t->t->shape[0] == 0 || t->t->shape[0] > MAX_NORM_LEN)
+        return fl_fail(pl->err, FL_EINPUT, "%s: norm '%s' has %llu elements",
+                       cat_file(pl->cat, t), t->name, (unsigned long long)t->t->shape[0]);
+    *out = t;
+    return FL_OK;
+}
+
+/* Adds the group of norm `nt` and its consumers (full base names), or,
+ * when one is quantized and --partial is on, keeps the norm instead. */
+static fl_status add_group(planner *pl, const ckpt_tensor *nt, fl_gain gain, const char *note,
+                           const char **bases, const unsigned char *inputs, size_t n)
+{
+    fold_plan *p = pl->p;
+    uint64_t len = nt->t->shape[0];
+    const char **names = calloc(n ? n : 1, sizeof *names);
+    unsigned char *axes = calloc(n ? n : 1, 1);
+    fl_status s = names && axes ? FL_OK : plan_oom(pl->err);
+    for (size_t i = 0; i < n && s == FL_OK; i++) {
+        consumer_found f;
+        if ((s = check_consumer(pl, bases[i], (arch_input)inputs[i], nt->name, len, &f)) != FL_OK)
+            break;
+        if (f.format && !pl->opt->partial)
+            s = fl_fail(pl->err, FL_EINPUT,
+                        "%s: '%s' (read by '%s') is stored quantized (%s: '%s'): a per-channel norm gain "
+                        "does not commute with its scales; dequantize the checkpoint first, or convert "
+                        "with --partial to keep the norms that feed quantized layers",
+                        pl->cat->dir, bases[i], nt->name, f.format, f.evidence);
+        else if (f.format) {
+            char cp[ST_MAX_NAME + 64], ep[ST_MAX_NAME + 64];
+            plan_name_pattern(bases[i], cp, sizeof cp);
+            plan_name_pattern(f.evidence, ep, sizeof ep);
+            char *why = arena_printf(p, "its consumer '%s' is stored quantized (%s: '%s'); a per-channel gain "
+                                     "does not commute with the quantization scales", cp, f.format, ep);
+            s = why ? add_kept(pl, nt->name, why, 1) : plan_oom(pl->err);
+            free(names);
+            free(axes);
+            return s;
+        } else {
+            names[i] = f.t->name;
+            axes[i] = (unsigned char)f.axis;
+        }
+    }
+    fold_group *g = s == FL_OK ? plan_grow(p->groups, &pl->cap_groups, p->n_groups, sizeof *g) : NULL;
+    if (s == FL_OK && !g)
+        s = plan_oom(pl->err);
+    if (s != FL_OK) {
+        free(names);
+        free(axes);
+        return s;
+    }
+    p->groups = g;
+    p->groups[p->n_groups++] = (fold_group){.norm = nt->name, .gain = gain, .note = note, .n_consumers = n,
+                                            .consumers = names, .axes = axes, .len = (size_t)len};
+    return FL_OK;
+}
+
+/* The group of fold variant f in the current layer. */
+static fl_status plan_variant(planner *pl, const arch_fold *f, const char ***bases, unsigned char **inputs,
+                              size_t *cap)
+{
+    size_t n = 0;
+    fl_status s = FL_OK;
+    for (int ci = 0; ci < ARCH_MAX_CONSUMERS && f->consumers[ci].name && s == FL_OK; ci++)
+        s = expand_consumer(pl, &f->consumers[ci], bases, inputs, &n, cap);
+    char *norm = s == FL_OK ? arena_printf(pl->p, "%s%s.weight", pl->lp, f->norm) : NULL;
+    if (s == FL_OK && !norm)
+        s = plan_oom(pl->err);
+    const ckpt_tensor *nt = NULL;
+    if (s == FL_OK && (s = find_norm(pl, norm, &nt)) == FL_OK) {
+        const arch_norm_class *cls = f->cls ? f->cls : pl->p->arch->norm;
+        s = add_group(pl, nt, cls->gain, f->note, *bases, *inputs, n);
+    }
+    return s;
+}
+
+/* 1 when an earlier fold entry for the same norm applies in this layer. */
+static int decided_before(const arch_info *a, int fi, const char *matched)
+{
+    for (int j = 0; j < fi; j++)
+        if (matched[j] && strcmp(a->folds[j].norm, a->folds[fi].norm) == 0)
+            return 1;
+    return 0;
+}
+
+static fl_status plan_keeps(planner *pl, ckpt_view cfg, long i, int moe, char *kept_here)
+{
+    const arch_info *a = pl->p->arch;
+    for (int ki = 0; ki < ARCH_MAX_KEEPS && a->keeps[ki].norm; ki++) {
+        kept_here[ki] = 0;
+        if (!arch_when(a->keeps[ki].when, cfg, i, pl->p->n_layers, moe, layer_has, pl))
+            continue;
+        char *name = arena_printf(pl->p, "%s%s.weight", pl->lp, a->keeps[ki].norm);
+        const ckpt_tensor *t = name ? plan_cat_find(pl->cat, name) : NULL;
+        if (!name)
+            return plan_oom(pl->err);
+        kept_here[ki] = 1;
+        if (t) {
+            fl_status s = add_kept(pl, t->name, a->keeps[ki].reason, 0);
+            if (s != FL_OK)
+                return s;
+        }
+    }
+    return FL_OK;
+}
+
+/* A norm of the row present in layer i that no variant and no keep covers
+ * would silently stay in the output: refuse it. */
+static fl_status check_covered(planner *pl, long i, const char *matched, const char *kept_here)
+{
+    const arch_info *a = pl->p->arch;
+    for (int fi = 0; fi < ARCH_MAX_FOLDS && a->folds[fi].norm; fi++) {
+        const char *norm = a->folds[fi].norm;
+        int covered = 0;
+        for (int j = 0; j < ARCH_MAX_FOLDS && a->folds[j].norm && !covered; j++)
+            covered = matched[j] && strcmp(a->folds[j].norm, norm) == 0;
+        for (int k = 0; k < ARCH_MAX_KEEPS && a->keeps[k].norm && !covered; k++)
+            covered = kept_here[k] && strcmp(a->keeps[k].norm, norm) == 0;
+        char name[ST_MAX_NAME + 128];
+        snprintf(name, sizeof name, "%s%s.weight", pl->lp, norm);
+        if (!covered && plan_cat_find(pl->cat, name))
+            return fl_fail(pl->err, FL_EINPUT,
+                           "%s: norm '%s' is present, but no rule of model_type %s applies to layer %ld "
+                           "(check the layer's config: MoE layers, layer_types)",
+                           pl->cat->dir, name, a->model_type, i);
+    }
+    return FL_OK;
+}
+
+static fl_status plan_layer(planner *pl, ckpt_view cfg, long i, const char ***bases, unsigned char **inputs,
+                            size_t *cap)
+{
+    fold_plan *p = pl->p;
+    const arch_info *a = p->arch;
+    char *lp = arena_printf(p, "%slayers.%ld.", p->prefix, i);
+    if (!lp)
+        return plan_oom(pl->err);
+    pl->lp = lp;
+    int moe = arch_is_moe_layer(&a->moe, cfg, i, p->n_experts);
+    char matched[ARCH_MAX_FOLDS] = {0}, kept_here[ARCH_MAX_KEEPS] = {0};
+    fl_status s = FL_OK;
+    for (int fi = 0; fi < ARCH_MAX_FOLDS && a->folds[fi].norm && s == FL_OK; fi++) {
+        const arch_fold *f = &a->folds[fi];
+        if (decided_before(a, fi, matched) || !arch_when(f->when, cfg, i, p->n_layers, moe, layer_has, pl))
+            continue;
+        matched[fi] = 1;
+        s = plan_variant(pl, f, bases, inputs, cap);
+    }
+    if (s == FL_OK)
+        s = plan_keeps(pl, cfg, i, moe, kept_here);
+    return s == FL_OK ? check_covered(pl, i, matched, kept_here) : s;
+}
+
+static fl_status plan_layers(planner *pl)
+{
+    fold_plan *p = pl->p;
+    const char *key;
+    p->n_experts = arch_expert_count(&p->arch->moe, p->cfg, &key);
+    if (p->n_experts == -2)
+        return fl_fail(pl->err, FL_EINPUT, "%s: the expert counts %s, %s disagree", p->cfg.path,
+                       p->arch->moe.experts[0], p->arch->moe.experts[1]);
+    if (p->n_experts < 0 || p->n_experts > MAX_EXPERTS)
+        return fl_fail(pl->err, FL_EINPUT, "%s: \"%s\" is missing or out of range (0..%d)",
+                       p->cfg.path, key, MAX_EXPERTS);
+    const char **bases = NULL;
+    unsigned char *inputs = NULL;
+    size_t cap = 0;
+    fl_status s = FL_OK;
+    for (long i = 0; i < p->n_layers && s == FL_OK; i++)
+        s = plan_layer(pl, p->cfg, i, &bases, &inputs, &cap);
+    free(bases);
+    free(inputs);
+    return s;
+}
+
+/* ---------------------------------------------------------------------------
+ * the text model's layout and the final norm */
+
+static fl_status find_layout(planner *pl)
+{
+    fold_plan *p = pl->p;
+    const arch_layout *lay = p->arch->layouts ? p->arch->layouts : ARCH_LAYOUTS;
+    for (; lay->prefix; lay++) {
+        char name[256];
+        snprintf(name, sizeof name, "%s%s.weight", lay->prefix, lay->embed);
+        const ckpt_tensor *t = plan_cat_find(pl->cat, name);
+        if (!t)
+            continue;
+        snprintf(p->prefix, sizeof p->prefix, "%s", lay->prefix);
+        p->embed_name = t->name;
+        p->head_name = arena_printf(p, "%s.weight", lay->head);
+        pl->final_name = arena_printf(p, "%s%s.weight", lay->prefix, lay->norm);
+        return p->head_name && pl->final_name ? FL_OK : plan_oom(pl->err);
+    }
+    return fl_fail(pl->err, FL_EINPUT, "%s: no embedding tensor (model.embed_tokens.weight) found", pl->cat->dir);
+}
+
+/* The tie flag the loader would see: the top level's, then text_config's
+ * for composite models, then the class default. */
+static int tie_flag(const ckpt_config *cfg, const arch_resolved *r)
+{
+    if (cfg->tie_top >= 0)
+        return cfg->tie_top;
+    if (r->cfg.text != r->cfg.top && cfg->tie_nested >= 0)
+        return cfg->tie_nested;
+    return r->tie_default;
+}
+
+/* The group of the final norm: into lm_head, or into a new lm_head made
+ * from the embedding when they are tied (folding into the shared matrix
+ * would scale the input embeddings too).  --keep-tied keeps the norm. */
+static fl_status plan_final(planner *pl, int flag)
+{
+    fold_plan *p = pl->p;
+    const ckpt_tensor *embed = plan_cat_find(pl->cat, p->embed_name), *head = plan_cat_find(pl->cat, p->head_name);
+    const ckpt_tensor *final = plan_cat_find(pl->cat, pl->final_name);
+    fl_status s;
+    if (!final)
+        return fl_fail(pl->err, FL_EINPUT, "%s: final norm '%s' is missing", pl->cat->dir, pl->final_name);
+    /* config.json must describe these tensors: the final norm scales the
+     * hidden state, so its length is hidden_size in every family. */
+    if (final->t->ndim != 1 || final->t->shape[0] != (uint64_t)p->hidden)
+        return fl_fail(pl->err, FL_EINPUT, "%s: hidden_size is %ld, but '%s' has %d dimensions, %llu elements",
+                       p->cfg.path, p->hidden, final->name, final->t->ndim,
+                       (unsigned long long)(final->t->ndim ? final->t->shape[0] : 1));
+    int same_storage = head && head->shard == embed->shard && head->t == embed->t;
+    p->tied = !head || same_storage || flag == 1;
+    if (p->tied && pl->opt->keep_tied)
+        return add_kept(pl, final->name, "--keep-tied: lm_head is the embedding, so the final norm stays", 0);
+    if (!p->tied) {
+        const char *base = arena_printf(p, "%.*s", (int)(strlen(p->head_name) - 7), p->head_name);
+        unsigned char in = IN_LINEAR;
+        size_t before = p->n_groups;
+        if (!base || (s = add_group(pl, final, p->arch->norm->gain, NULL, &base, &in, 1)) != FL_OK)
+            return base ? s : plan_oom(pl->err);
+        p->final_folded = p->n_groups > before;
+        return FL_OK;
+    }
+    /* The materialised head has the embedding's shape and dtype. */
+    if (!st_dtype_is_foldable(embed->t->dtype) || embed->t->ndim != 2)
+        return fl_fail(pl->err, FL_EINPUT, "%s: embedding '%s' is %s with %d dimensions; cannot untie",
+                       cat_file(pl->cat, embed), embed->name, st_dtype_name(embed->t->dtype), embed->t->ndim);
+    if (embed->t->shape[1] != final->t->shape[0])
+        return fl_fail(pl->err, FL_EINPUT, "%s: embedding '%s' has width %llu, but '%s' has %llu elements",
+                       cat_file(pl->cat, embed), embed->name, (unsigned long long)embed->t->shape[1], final->name,
+                       (unsigned long long)final->t->shape[0]);
+    fold_group *g = plan_grow(p->groups, &pl->cap_groups, p->n_groups, sizeof *g);
+    const char **names = calloc(1, sizeof *names);
+    unsigned char *axes = calloc(1, 1);
+    if (g)
+        p->groups = g;
+    if (!g || !names || !axes) {
+        free(names);
+        free(axes);
+        return plan_oom(pl->err);
+    }
+    names[0] = p->head_name;
+    axes[0] = 1;
+    p->groups[p->n_groups++] = (fold_group){.norm = final->name, .gain = p->arch->norm->gain, .n_consumers = 1,
+                                            .consumers = names, .axes = axes, .len = (size_t)final->t->shape[0]};
+    p->untie = p->final_folded = 1;
+    p->added_bytes = st_nbytes(embed->t);
+    return FL_OK;
+}
+
+/* ---------------------------------------------------------------------------
+ * deciding */
+
+static fl_status plan_setup(fold_plan *p, const ckpt_config *cfg, const plan_catalogue *cat,
+                            const plan_options *opt, arch_resolved *r, fl_error *err)
+{
+    memset(p, 0, sizeof *p);
+    if (!(p->arena = calloc(1, sizeof(arena))))
+        return plan_oom(err);
+    p->keep_norms = opt->keep_norms;
+    if (opt->custom && strcmp(opt->custom->model_type, cfg->model_type) != 0 &&
+        strcmp(opt->custom->model_type, cfg->nested_model_type) != 0)
+        return fl_fail(err, FL_EINPUT, "%s: plan is for model_type '%s', but %s/config.json says '%s'",
+                       opt->plan_file ? opt->plan_file : "--plan", opt->custom->model_type, cat->dir,
+                       cfg->model_type);
+    fl_status s = arch_resolve(cfg, cat->dir, opt->custom, opt->custom_nested, r, err);
+    if (s != FL_OK)
+        return s;
+    p->arch = r->arch;
+    p->cfg = r->cfg;
+    p->wrapper = r->wrapper;
+    if ((s = ckpt_view_count(p->cfg, "num_hidden_layers", MAX_LAYERS, &p->n_layers, err)) != FL_OK ||
+        (s = ckpt_view_count(p->cfg, "hidden_size", MAX_HIDDEN, &p->hidden, err)) != FL_OK)
+        return s;
+    return FL_OK;
+}
+
+fl_status plan_decide(const ckpt_config *cfg, const plan_catalogue *cat, const plan_options *opt,
+                      fold_plan *p, fl_error *err)
+{
+    arch_resolved r;
+    fl_status s = plan_setup(p, cfg, cat, opt, &r, err);
+    planner pl = {.cat = cat, .opt = opt, .p = p, .err = err};
+    if (s == FL_OK)
+        s = find_layout(&pl);
+    if (s == FL_OK)
+        s = plan_layers(&pl);
+    if (s == FL_OK)
+        s = plan_final(&pl, tie_flag(cfg, &r));
+    if (s == FL_OK)
+        s = plan_outputs(p, cat, err);
+    if (s == FL_OK)
+        p->marker = plan_marker_allowed(p, cat);
+    return s;
+}
+
+/* ---------------------------------------------------------------------------
+ * loading the norms (I/O) */
+
+fl_status plan_load_norms(const checkpoint *ck, fold_plan *p, fl_error *err)
+{
+    for (size_t i = 0; i < p->n_groups; i++) {
+        fold_group *g = &p->groups[i];
+        const ckpt_tensor *t = ckpt_find(ck, g->norm);
+        if (!t)
+            return fl_fail(err, FL_EINPUT, "%s: norm '%s' is missing", ck->dir, g->norm);
+        g->w = malloc(g->len * sizeof *g->w);
+        if (!g->w)
+            return plan_oom(err);
+        size_t n;
+        fl_status s = ckpt_read_vector(ck, t, g->w, g->len, &n, err);
+        if (s != FL_OK)
+            return s;
+        for (size_t k = 0; k < n; k++)
+            if (!isfinite(g->w[k]))
+                return fl_fail(err, FL_EINPUT, "%s: norm '%s' element %zu is %g: cannot fold a non-finite gain",
+                               ck->shards[t->shard].path, t->name, k, g->w[k]);
+    }
+    return FL_OK;
+}
+
+/* Reads and parses --plan FILE; an unreadable file is a bad command line. */
+static fl_status load_plan_file(const char *path, arch_custom **out, fl_error *err)
 {
     char *buf = NULL;
     size_t n = 0;
-    fl_status rs = fl_read_file(path, CUSTOM_PLAN_MAX_BYTES, FL_READ_UTF8, &buf, &n, err);
-    if (rs == FL_EIO) {
-        /* --plan names a file that cannot be read: a bad command line. */
+    fl_status s = fl_read_file(path, CUSTOM_PLAN_MAX_BYTES, FL_READ_UTF8, &buf, &n, err);
+    if (s == FL_EIO) {
         fl_prefix(err, "--plan");
         if (err)
             err->code = FL_EUSAGE;
         return FL_EUSAGE;
     }
-    if (rs != FL_OK)
-        return rs;
-    cJSON *j = cJSON_ParseWithLength(buf, n);
+    if (s == FL_OK)
+        s = arch_custom_parse(path, buf, n, out, err);
     free(buf);
-    fl_status s = FL_EINPUT;
-    arch_info *a = &p->custom;
-    memset(a, 0, sizeof *a);
-    if (!cJSON_IsObject(j)) {
-        fl_fail(err, FL_EINPUT, "%s: not a JSON object", path);
-        goto out;
-    }
-    a->model_type = custom_str(p, cJSON_GetObjectItemCaseSensitive(j, "model_type"));
-    if (!a->model_type) {
-        fl_fail(err, FL_EINPUT, "%s: \"model_type\" must be a string", path);
-        goto out;
-    }
-    const cJSON *gain = cJSON_GetObjectItemCaseSensitive(j, "gain");
-    if (!gain || (cJSON_IsString(gain) && strcmp(gain->valuestring, "w") == 0))
-        a->gain = GAIN_W;
-    else if (cJSON_IsString(gain) && strcmp(gain->valuestring, "1+w") == 0)
-        a->gain = GAIN_ONE_PLUS_W;
-    else {
-        fl_fail(err, FL_EINPUT, "%s: \"gain\" must be \"w\" or \"1+w\"", path);
-        goto out;
-    }
-    a->norm_kind = a->gain == GAIN_W ? NORM_RMS_CAST_THEN_MUL : NORM_RMS_GEMMA;
-    const cJSON *layers = cJSON_GetObjectItemCaseSensitive(j, "layers");
-    if (!cJSON_IsArray(layers) || cJSON_GetArraySize(layers) > ARCH_MAX_GROUPS) {
-        fl_fail(err, FL_EINPUT, "%s: \"layers\" must be an array of at most %d {norm, consumers}",
-                path, ARCH_MAX_GROUPS);
-        goto out;
-    }
-    int gi = 0;
-    for (const cJSON *g = layers->child; g; g = g->next, gi++) {
-        arch_fold *fold = &a->folds[gi];
-        fold->norm = custom_str(p, cJSON_GetObjectItemCaseSensitive(g, "norm"));
-        const cJSON *cons = cJSON_GetObjectItemCaseSensitive(g, "consumers");
-        if (!fold->norm || !cJSON_IsArray(cons) || cJSON_GetArraySize(cons) < 1 ||
-            cJSON_GetArraySize(cons) > ARCH_MAX_CONSUMERS) {
-            fl_fail(err, FL_EINPUT, "%s: layers[%d] needs \"norm\" (string) and \"consumers\" (1 to %d strings)",
-                    path, gi, ARCH_MAX_CONSUMERS);
-            goto out;
-        }
-        int ci = 0;
-        for (const cJSON *c = cons->child; c; c = c->next, ci++)
-            if (!(fold->consumers[ci] = custom_str(p, c))) {
-                fl_fail(err, FL_EINPUT, "%s: layers[%d].consumers[%d] is not a string", path, gi, ci);
-                goto out;
-            }
-    }
-    const cJSON *keep = cJSON_GetObjectItemCaseSensitive(j, "keep");
-    if (keep) {
-        if (!cJSON_IsArray(keep) || cJSON_GetArraySize(keep) > ARCH_MAX_KEEPS) {
-            fl_fail(err, FL_EINPUT, "%s: \"keep\" must be an array of at most %d {norm, reason}",
-                    path, ARCH_MAX_KEEPS);
-            goto out;
-        }
-        int ki = 0;
-        for (const cJSON *k = keep->child; k; k = k->next, ki++) {
-            a->keeps[ki].norm = custom_str(p, cJSON_GetObjectItemCaseSensitive(k, "norm"));
-            a->keeps[ki].reason = custom_str(p, cJSON_GetObjectItemCaseSensitive(k, "reason"));
-            if (!a->keeps[ki].norm) {
-                fl_fail(err, FL_EINPUT, "%s: keep[%d].norm must be a string", path, ki);
-                goto out;
-            }
-            if (!a->keeps[ki].reason)
-                a->keeps[ki].reason = "declared in the plan file";
-        }
-    }
-    a->tie_default = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "tie_word_embeddings_default"));
-    const cJSON *ek = cJSON_GetObjectItemCaseSensitive(j, "experts_key");
-    if (ek && !(a->experts_key = custom_str(p, ek))) {
-        fl_fail(err, FL_EINPUT, "%s: \"experts_key\" must be a string (the config key holding the expert count)", path);
-        goto out;
-    }
-    const cJSON *marker = cJSON_GetObjectItemCaseSensitive(j, "flashnorm_marker");
-    a->marker_ok = marker ? cJSON_IsTrue(marker) : 1;
-    s = FL_OK;
-out:
-    cJSON_Delete(j);
     return s;
 }
 
-/* ---------------------------------------------------------------------------
- * checks */
-
-static const char *shard_path(const checkpoint *ck, const ckpt_tensor *t)
-{
-    return ck->shards[t->shard].path;
-}
-
-/* The quantisation side tensors that mean a weight is not a plain matrix. */
-static const char *const QUANT_SUFFIXES[] = {
-    ".weight_scale_inv", ".weight_scale", ".scales", ".qweight", ".qzeros", ".absmax", NULL};
-
-static fl_status check_consumer(const checkpoint *ck, const char *base,
-                                const ckpt_tensor *norm, uint64_t len,
-                                const ckpt_tensor **out, fl_error *err)
-{
-    char name[ST_MAX_NAME + 64];
-    for (int i = 0; QUANT_SUFFIXES[i]; i++) {
-        snprintf(name, sizeof name, "%s%s", base, QUANT_SUFFIXES[i]);
-        const ckpt_tensor *q = ckpt_find(ck, name);
-        if (q)
-            return fl_fail(err, FL_EINPUT,
-                           "%s: '%s.weight' is quantized ('%s' present): a per-channel norm gain does not "
-                           "commute with block scales; dequantize the checkpoint first",
-                           shard_path(ck, q), base, name);
-    }
-    snprintf(name, sizeof name, "%s.weight", base);
-    const ckpt_tensor *t = ckpt_find(ck, name);
-    if (!t)
-        return fl_fail(err, FL_EINPUT, "%s: tensor '%s' (read by '%s') is missing",
-                       ck->dir, name, norm->name);
-    if (!st_dtype_is_foldable(t->t->dtype))
-        return fl_fail(err, FL_EINPUT,
-                       "%s: tensor '%s' is %s, a quantized or integer dtype: folding '%s' into it would not be exact; "
-                       "dequantize first",
-                       shard_path(ck, t), name, st_dtype_name(t->t->dtype), norm->name);
-    if (t->t->ndim != 2)
-        return fl_fail(err, FL_EINPUT, "%s: tensor '%s' has %d dimensions, expected a 2-D matrix",
-                       shard_path(ck, t), name, t->t->ndim);
-    if (t->t->shape[1] != len)
-        return fl_fail(err, FL_EINPUT,
-                       "%s: tensor '%s' has input dimension %llu, but '%s' has %llu elements",
-                       shard_path(ck, t), name, (unsigned long long)t->t->shape[1], norm->name,
-                       (unsigned long long)len);
-    *out = t;
-    return FL_OK;
-}
-
-/* Reads a norm vector and checks it can be folded. */
-static fl_status load_norm(const checkpoint *ck, fold_plan *p, const ckpt_tensor *t,
-                           fl_gain gain, fold_group *g, fl_error *err)
-{
-    if (t->t->ndim != 1)
-        return fl_fail(err, FL_EINPUT, "%s: norm '%s' has %d dimensions, expected 1",
-                       shard_path(ck, t), t->name, t->t->ndim);
-    uint64_t len = t->t->shape[0];
-    if (len == 0 || len > MAX_NORM_LEN)
-        return fl_fail(err, FL_EINPUT, "%s: norm '%s' has %llu elements",
-                       shard_path(ck, t), t->name, (unsigned long long)len);
-    g->w = malloc(len * sizeof *g->w);
-    if (!g->w)
-        return fl_fail(err, FL_EIO, "out of memory");
-    size_t n;
-    fl_status s = ckpt_read_vector(ck, t, g->w, len, &n, err);
-    if (s != FL_OK)
-        return s;
-    for (size_t i = 0; i < n; i++)
-        if (!isfinite(g->w[i]))
-            return fl_fail(err, FL_EINPUT, "%s: norm '%s' element %zu is %g: cannot fold a non-finite gain",
-                           shard_path(ck, t), t->name, i, g->w[i]);
-    g->norm = t->name;
-    g->gain = gain;
-    g->len = n;
-    (void)p;
-    return FL_OK;
-}
-
-/* ---------------------------------------------------------------------------
- * building */
-
-typedef struct {
-    const char *name;
-    fold_group *group;   /* NULL: index into groups stored in gi instead */
-    size_t gi;
-} consumer_ref;
-
-static int cmp_consumer(const void *a, const void *b)
-{
-    return strcmp(((const consumer_ref *)a)->name, ((const consumer_ref *)b)->name);
-}
-
-static int cmp_strp(const void *a, const void *b)
-{
-    return strcmp(*(const char *const *)a, *(const char *const *)b);
-}
-
-static int cmp_out(const void *a, const void *b)
-{
-    const out_tensor *x = a, *y = b;
-    if (x->shard != y->shard)
-        return x->shard < y->shard ? -1 : 1;
-    return strcmp(x->name, y->name);
-}
-
-/* qsort has no context argument: the plan being sorted, per thread. */
-static _Thread_local const fold_plan *sorting_plan;
-
-static int cmp_by_name(const void *a, const void *b)
-{
-    return strcmp(sorting_plan->out[*(const size_t *)a].name, sorting_plan->out[*(const size_t *)b].name);
-}
-
-static int config_key_set(const ckpt_config *cfg, const char *key)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(cfg->text, key);
-    return v && !cJSON_IsNull(v);
-}
-
-/* Adds one fold group for `norm_name` and its consumers (already expanded
- * names without ".weight"). */
-static fl_status add_group(const checkpoint *ck, fold_plan *p, size_t *cap_groups,
-                           const char *norm_name, fl_gain gain,
-                           const char **consumer_bases, size_t n_bases, fl_error *err)
-{
-    const ckpt_tensor *nt = ckpt_find(ck, norm_name);
-    if (!nt && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(ck->cfg.json, "flashnorm_folded")))
-        return fl_fail(err, FL_EINPUT, "%s: already a FlashNorm checkpoint (config.json has \"flashnorm_folded\": true "
-                       "and norm '%s' is absent); nothing to fold",
-                       ck->dir, norm_name);
-    if (!nt)
-        return fl_fail(err, FL_EINPUT, "%s: norm '%s' is missing (model_type %s expects it)",
-                       ck->dir, norm_name, p->arch->model_type);
-    fold_group *groups = grow(p->groups, cap_groups, p->n_groups, sizeof *groups);
-    if (!groups)
-        return fl_fail(err, FL_EIO, "out of memory");
-    p->groups = groups;
-    fold_group *g = &p->groups[p->n_groups++];
-    memset(g, 0, sizeof *g);
-    fl_status s = load_norm(ck, p, nt, gain, g, err);
-    if (s != FL_OK)
-        return s;
-    g->consumers = calloc(n_bases, sizeof *g->consumers);
-    if (!g->consumers)
-        return fl_fail(err, FL_EIO, "out of memory");
-    for (size_t i = 0; i < n_bases; i++) {
-        const ckpt_tensor *ct;
-        if ((s = check_consumer(ck, consumer_bases[i], nt, g->len, &ct, err)) != FL_OK)
-            return s;
-        g->consumers[g->n_consumers++] = ct->name;
-    }
-    return FL_OK;
-}
-
-/* Expands one consumer pattern of the table for layer prefix `lp`: "{e}"
- * over the experts, "a|b" to the alternative the checkpoint has. */
-static fl_status expand_consumer(const checkpoint *ck, fold_plan *p, const char *lp,
-                                 const char *pattern, long n_experts,
-                                 const char ***bases, size_t *n, size_t *cap, fl_error *err)
-{
-    char alt[256];
-    const char *choice = pattern;
-    if (strchr(pattern, '|')) {
-        /* Pick the first alternative stored in the checkpoint. */
-        const char *s = pattern;
-        choice = NULL;
-        while (*s) {
-            const char *bar = strchr(s, '|');
-            size_t len = bar ? (size_t)(bar - s) : strlen(s);
-            if (len >= sizeof alt)
-                len = sizeof alt - 1;
-            memcpy(alt, s, len);
-            alt[len] = '\0';
-            char probe[ST_MAX_NAME + 64];
-            snprintf(probe, sizeof probe, "%s%s.weight", lp, alt);
-            if (ckpt_find(ck, probe)) {
-                choice = alt;
-                break;
-            }
-            if (!bar)
-                break;
-            s = bar + 1;
-        }
-        if (!choice)
-            return fl_fail(err, FL_EINPUT, "%s: none of %s%s is stored", ck->dir, lp, pattern);
-    }
-    const char *e = strstr(choice, "{e}");
-    long count = e ? n_experts : 1;
-    if (e && n_experts <= 0)
-        return fl_fail(err, FL_EINPUT,
-                       "%s: consumer '%s%s' expands over experts, but the expert count is 0 "
-                       "(set \"experts_key\" in the plan to the config key that holds it)",
-                       ck->dir, lp, choice);
-    for (long j = 0; j < count; j++) {
-        char *name = e ? arena_printf(p, "%s%.*s%ld%s", lp, (int)(e - choice), choice, j, e + 3)
-                       : arena_printf(p, "%s%s", lp, choice);
-        const char **b = grow(*bases, cap, *n, sizeof **bases);
-        if (!name || !b)
-            return fl_fail(err, FL_EIO, "out of memory");
-        *bases = b;
-        (*bases)[(*n)++] = name;
-    }
-    return FL_OK;
-}
-
-static fl_status build_layer_groups(const checkpoint *ck, fold_plan *p, fl_error *err)
-{
-    const arch_info *a = p->arch;
-    const ckpt_config *cfg = &ck->cfg;
-    long n_experts = 0;
-    if (a->experts_key) {
-        n_experts = ckpt_config_int(cfg, a->experts_key, -1);
-        if (n_experts < 0 || n_experts > MAX_EXPERTS)
-            return fl_fail(err, FL_EINPUT, "%s/config.json: \"%s\" is missing or out of range (0..%d)",
-                           ck->dir, a->experts_key, MAX_EXPERTS);
-    }
-    size_t cap_groups = 0, cap_bases = 0;
-    const char **bases = NULL;
-    fl_status s = FL_OK;
-    for (long i = 0; i < p->n_layers && s == FL_OK; i++) {
-        char *lp = arena_printf(p, "%slayers.%ld.", p->prefix, i);
-        if (!lp)
-            return fl_fail(err, FL_EIO, "out of memory");
-        int moe = a->is_moe_layer ? a->is_moe_layer(cfg, i) : 0;
-        for (int gi = 0; gi < ARCH_MAX_GROUPS && a->folds[gi].norm && s == FL_OK; gi++) {
-            const arch_fold *f = &a->folds[gi];
-            if ((f->layers == LAYERS_MOE && !moe) || (f->layers == LAYERS_DENSE && moe))
-                continue;
-            if (f->if_config && !config_key_set(cfg, f->if_config))
-                continue;
-            size_t n_bases = 0;
-            for (int ci = 0; ci < ARCH_MAX_CONSUMERS && f->consumers[ci] && s == FL_OK; ci++)
-                s = expand_consumer(ck, p, lp, f->consumers[ci], n_experts, &bases, &n_bases,
-                                    &cap_bases, err);
-            if (s != FL_OK)
-                break;
-            char *norm = arena_printf(p, "%s%s.weight", lp, f->norm);
-            if (!norm) {
-                s = fl_fail(err, FL_EIO, "out of memory");
-                break;
-            }
-            s = add_group(ck, p, &cap_groups, norm, a->gain, bases, n_bases, err);
-        }
-        size_t cap_kept = p->n_kept;
-        for (int ki = 0; ki < ARCH_MAX_KEEPS && a->keeps[ki].norm && s == FL_OK; ki++) {
-            char *name = arena_printf(p, "%s%s.weight", lp, a->keeps[ki].norm);
-            const ckpt_tensor *t = name ? ckpt_find(ck, name) : NULL;
-            if (!t)
-                continue;
-            plan_kept *k = grow(p->kept, &cap_kept, p->n_kept, sizeof *k);
-            if (!k) {
-                s = fl_fail(err, FL_EIO, "out of memory");
-                break;
-            }
-            p->kept = k;
-            p->kept[p->n_kept++] = (plan_kept){t->name, a->keeps[ki].reason};
-        }
-    }
-    free(bases);
-    return s;
-}
-
-/* The text model's prefix: plain "model." or one of the two Gemma 3
- * multimodal layouts (architectures.md §1, gemma3 row). */
-static fl_status find_prefix(const checkpoint *ck, fold_plan *p, fl_error *err)
-{
-    static const char *const prefixes[] = {"model.", "language_model.model.",
-                                           "model.language_model.", NULL};
-    static const char *const heads[] = {"lm_head.weight", "language_model.lm_head.weight",
-                                        "lm_head.weight"};
-    for (int i = 0; prefixes[i]; i++) {
-        char name[128];
-        snprintf(name, sizeof name, "%sembed_tokens.weight", prefixes[i]);
-        const ckpt_tensor *t = ckpt_find(ck, name);
-        if (t) {
-            snprintf(p->prefix, sizeof p->prefix, "%s", prefixes[i]);
-            p->embed_name = t->name;
-            p->head_name = heads[i];
-            return FL_OK;
-        }
-    }
-    return fl_fail(err, FL_EINPUT, "%s: no embedding tensor (model.embed_tokens.weight) found", ck->dir);
-}
-
-/* Decides how the final norm is handled.  A tied head is the embedding:
- * folding into it would scale the input embeddings too, so the default
- * unties (materialises lm_head = E·diag(g)); --keep-tied leaves the final
- * norm in place. */
-static fl_status plan_final(const checkpoint *ck, const plan_options *opt, fold_plan *p,
-                            fl_error *err)
-{
-    const ckpt_tensor *embed = ckpt_find(ck, p->embed_name);
-    const ckpt_tensor *head = ckpt_find(ck, p->head_name);
-    int flag = ck->cfg.tie_word_embeddings;
-    if (flag < 0)
-        flag = p->arch->tie_default;
-    int same_storage = head && head->shard == embed->shard && head->t == embed->t;
-    p->tied = !head || same_storage || flag == 1;
-    if (p->tied && opt->keep_tied) {
-        p->final_folded = 0;
-        return FL_OK;
-    }
-    p->final_folded = 1;
-    if (p->tied) {
-        p->untie = 1;
-        p->added_bytes = st_nbytes(embed->t);
-        /* The materialised head has the embedding's shape and dtype. */
-        if (!st_dtype_is_foldable(embed->t->dtype) || embed->t->ndim != 2)
-            return fl_fail(err, FL_EINPUT, "%s: embedding '%s' is %s with %d dimensions; cannot untie",
-                           shard_path(ck, embed), embed->name, st_dtype_name(embed->t->dtype),
-                           embed->t->ndim);
-    }
-    return FL_OK;
-}
-
-fl_status plan_build(const checkpoint *ck, const plan_options *opt, fold_plan *p,
-                     fl_error *err)
+fl_status plan_build(const checkpoint *ck, const plan_options *opt, fold_plan *p, fl_error *err)
 {
     memset(p, 0, sizeof *p);
-    p->arena = calloc(1, sizeof(arena));
-    if (!p->arena)
-        return fl_fail(err, FL_EIO, "out of memory");
-    p->keep_norms = opt->keep_norms;
-    const ckpt_config *cfg = &ck->cfg;
-    fl_status s;
-    if (opt->plan_file) {
-        if ((s = custom_arch_load(opt->plan_file, p, err)) != FL_OK)
-            return s;
-        if (strcmp(p->custom.model_type, cfg->model_type) != 0 &&
-            strcmp(p->custom.model_type, cfg->text_model_type) != 0)
-            return fl_fail(err, FL_EINPUT, "%s: plan is for model_type '%s', but %s/config.json says '%s'",
-                           opt->plan_file, p->custom.model_type, ck->dir, cfg->model_type);
-        p->arch = &p->custom;
-    } else {
-        p->arch = arch_find(cfg->text_model_type);
-        if (!p->arch)
-            p->arch = arch_find(cfg->model_type);
-        if (!p->arch)
-            return fl_fail(err, FL_EINPUT,
-                           "%s/config.json: model_type '%s' is not supported (supported: %s); "
-                           "describe its norms with --plan FILE",
-                           ck->dir, cfg->model_type, arch_supported_list());
-    }
-    p->n_layers = cfg->num_hidden_layers;
-    if ((s = find_prefix(ck, p, err)) != FL_OK)
+    plan_options o = *opt;
+    arch_custom *custom = NULL;
+    fl_status s = FL_OK;
+    if (opt->plan_file && (s = load_plan_file(opt->plan_file, &custom, err)) != FL_OK)
         return s;
-    if ((s = build_layer_groups(ck, p, err)) != FL_OK)
-        return s;
-
-    /* Final norm. */
-    char *final_name = arena_printf(p, "%snorm.weight", p->prefix);
-    const ckpt_tensor *final = final_name ? ckpt_find(ck, final_name) : NULL;
-    if (!final)
-        return fl_fail(err, FL_EINPUT, "%s: final norm '%s' is missing", ck->dir,
-                       final_name ? final_name : "model.norm.weight");
-    /* config.json must describe these tensors: the final norm scales the
-     * hidden state, so its length is hidden_size in every family. */
-    if (final->t->ndim != 1 || final->t->shape[0] != (uint64_t)cfg->hidden_size)
-        return fl_fail(err, FL_EINPUT, "%s/config.json: hidden_size is %ld, but '%s' has %d dimensions, %llu elements",
-                       ck->dir, cfg->hidden_size, final->name, final->t->ndim,
-                       (unsigned long long)(final->t->ndim ? final->t->shape[0] : 1));
-    if ((s = plan_final(ck, opt, p, err)) != FL_OK)
-        return s;
-    size_t cap_groups = p->n_groups;
-    if (p->final_folded) {
-        if (p->untie) {
-            /* The head does not exist yet: check against the embedding. */
-            const ckpt_tensor *embed = ckpt_find(ck, p->embed_name);
-            fold_group *groups = grow(p->groups, &cap_groups, p->n_groups, sizeof *groups);
-            if (!groups)
-                return fl_fail(err, FL_EIO, "out of memory");
-            p->groups = groups;
-            fold_group *g = &p->groups[p->n_groups++];
-            memset(g, 0, sizeof *g);
-            if ((s = load_norm(ck, p, final, p->arch->gain, g, err)) != FL_OK)
-                return s;
-            if (embed->t->shape[1] != g->len)
-                return fl_fail(err, FL_EINPUT, "%s: embedding '%s' has width %llu, but '%s' has %zu elements",
-                               shard_path(ck, embed), embed->name,
-                               (unsigned long long)embed->t->shape[1], final->name, g->len);
-            g->consumers = calloc(1, sizeof *g->consumers);
-            if (!g->consumers)
-                return fl_fail(err, FL_EIO, "out of memory");
-            g->consumers[g->n_consumers++] = p->head_name;
-        } else {
-            /* "lm_head.weight" -> consumer base "lm_head" */
-            const char *head_base = arena_printf(p, "%.*s", (int)(strlen(p->head_name) - 7), p->head_name);
-            if (!head_base)
-                return fl_fail(err, FL_EIO, "out of memory");
-            if ((s = add_group(ck, p, &cap_groups, final->name, p->arch->gain, &head_base, 1, err)) != FL_OK)
-                return s;
-        }
-    } else {
-        size_t cap_kept = p->n_kept;
-        plan_kept *k = grow(p->kept, &cap_kept, p->n_kept, sizeof *k);
-        if (!k)
-            return fl_fail(err, FL_EIO, "out of memory");
-        p->kept = k;
-        p->kept[p->n_kept++] = (plan_kept){final->name,
-                                           "--keep-tied: lm_head is the embedding, so the final norm stays"};
+    if (custom) {
+        o.custom = arch_custom_info(custom);
+        o.custom_nested = arch_custom_nested(custom);
     }
-    p->marker = p->arch->marker_ok && p->final_folded;
-
-    /* Every consumer is read by exactly one norm. */
-    size_t n_cons = 0;
-    for (size_t i = 0; i < p->n_groups; i++)
-        n_cons += p->groups[i].n_consumers;
-    consumer_ref *refs = calloc(n_cons ? n_cons : 1, sizeof *refs);
-    p->dropped = calloc(p->n_groups ? p->n_groups : 1, sizeof *p->dropped);
-    if (!refs || !p->dropped) {
-        free(refs);
-        return fl_fail(err, FL_EIO, "out of memory");
+    const char **files = calloc(ck->n_shards ? ck->n_shards : 1, sizeof *files);
+    if (!files) {
+        arch_custom_free(custom);
+        return plan_oom(err);
     }
-    size_t k = 0;
-    for (size_t i = 0; i < p->n_groups; i++) {
-        p->dropped[p->n_dropped++] = p->groups[i].norm;
-        for (size_t j = 0; j < p->groups[i].n_consumers; j++)
-            refs[k++] = (consumer_ref){p->groups[i].consumers[j], NULL, i};
-    }
-    qsort(refs, n_cons, sizeof *refs, cmp_consumer);
-    for (size_t i = 1; i < n_cons; i++)
-        if (strcmp(refs[i - 1].name, refs[i].name) == 0) {
-            s = fl_fail(err, FL_EINPUT, "plan error: tensor '%s' would be folded by two norms ('%s' and '%s')",
-                        refs[i].name, p->groups[refs[i - 1].gi].norm, p->groups[refs[i].gi].norm);
-            free(refs);
-            return s;
-        }
-    qsort(p->dropped, p->n_dropped, sizeof *p->dropped, cmp_strp);
-    for (size_t i = 1; i < p->n_dropped; i++)
-        if (strcmp(p->dropped[i - 1], p->dropped[i]) == 0) {
-            free(refs);
-            return fl_fail(err, FL_EINPUT, "plan error: norm '%s' appears in two fold groups", p->dropped[i]);
-        }
-
-    /* The output tensors, shard by shard. */
-    size_t cap_out = 0;
-    const ckpt_tensor *embed = ckpt_find(ck, p->embed_name);
-    int head_written = 0;
-    for (size_t i = 0; i < ck->n_tensors; i++) {
-        const ckpt_tensor *t = &ck->tensors[i];
-        out_tensor o = {t->name, t, OUT_COPY, NULL, t->shard};
-        const char *key = t->name;
-        int is_head = p->untie && strcmp(t->name, p->head_name) == 0;
-        int is_embed = strcmp(t->name, p->embed_name) == 0;
-        if (t->is_alias && !(p->untie && (is_head || is_embed)))
-            continue;  /* stays an alias in the shard's __metadata__ */
-        if (bsearch(&key, p->dropped, p->n_dropped, sizeof *p->dropped, cmp_strp)) {
-            if (!p->keep_norms)
-                continue;
-            o.op = OUT_IDENTITY;
-        } else if (is_head) {
-            o.op = OUT_FOLD;
-            o.src = embed;
-            o.shard = embed->shard;
-            o.group = &p->groups[p->n_groups - 1];
-            head_written = 1;
-        } else {
-            consumer_ref probe = {t->name, NULL, 0};
-            consumer_ref *r = bsearch(&probe, refs, n_cons, sizeof *refs, cmp_consumer);
-            if (r) {
-                o.op = OUT_FOLD;
-                o.group = &p->groups[r->gi];
-            }
-        }
-        out_tensor *outs = grow(p->out, &cap_out, p->n_out, sizeof *outs);
-        if (!outs) {
-            free(refs);
-            return fl_fail(err, FL_EIO, "out of memory");
-        }
-        p->out = outs;
-        p->out[p->n_out++] = o;
-    }
-    if (p->untie && !head_written) {
-        out_tensor *outs = grow(p->out, &cap_out, p->n_out, sizeof *outs);
-        if (!outs) {
-            free(refs);
-            return fl_fail(err, FL_EIO, "out of memory");
-        }
-        p->out = outs;
-        p->out[p->n_out++] = (out_tensor){p->head_name, embed, OUT_FOLD,
-                                          &p->groups[p->n_groups - 1], embed->shard};
-    }
-    free(refs);
-    qsort(p->out, p->n_out, sizeof *p->out, cmp_out);
-    p->by_name = malloc((p->n_out ? p->n_out : 1) * sizeof *p->by_name);
-    if (!p->by_name)
-        return fl_fail(err, FL_EIO, "out of memory");
-    for (size_t i = 0; i < p->n_out; i++)
-        p->by_name[i] = i;
-    sorting_plan = p;
-    qsort(p->by_name, p->n_out, sizeof *p->by_name, cmp_by_name);
-    sorting_plan = NULL;
-    return FL_OK;
+    for (size_t i = 0; i < ck->n_shards; i++)
+        files[i] = ck->shards[i].path;
+    plan_catalogue cat = {ck->tensors, ck->n_tensors, ck->dir, files};
+    s = plan_decide(&ck->cfg, &cat, &o, p, err);
+    p->custom = custom;
+    free(files);
+    return s == FL_OK ? plan_load_norms(ck, p, err) : s;
 }
 
 void plan_free(fold_plan *p)
@@ -677,12 +664,14 @@ void plan_free(fold_plan *p)
     for (size_t i = 0; i < p->n_groups; i++) {
         free(p->groups[i].w);
         free(p->groups[i].consumers);
+        free(p->groups[i].axes);
     }
     free(p->groups);
     free(p->kept);
     free(p->dropped);
     free(p->out);
     free(p->by_name);
+    arch_custom_free(p->custom);
     arena *a = p->arena;
     if (a) {
         for (size_t i = 0; i < a->n; i++)
@@ -691,42 +680,4 @@ void plan_free(fold_plan *p)
         free(a);
     }
     memset(p, 0, sizeof *p);
-}
-
-void plan_name_pattern(const char *name, char *out, size_t cap)
-{
-    const char *l = strstr(name, "layers.");
-    size_t n = strlen(name);
-    if (n > 7 && strcmp(name + n - 7, ".weight") == 0)
-        n -= 7;
-    if (!l || (size_t)(l - name) >= n) {
-        snprintf(out, cap, "%.*s", (int)n, name);
-        return;
-    }
-    const char *d = l + 7;
-    const char *e = d;
-    while (*e >= '0' && *e <= '9')
-        e++;
-    if (e == d) {
-        snprintf(out, cap, "%.*s", (int)n, name);
-        return;
-    }
-    snprintf(out, cap, "%.*s{i}%.*s", (int)(d - name), name, (int)(n - (size_t)(e - name)), e);
-}
-
-const out_tensor *plan_find_out(const fold_plan *p, const char *name)
-{
-    size_t lo = 0, hi = p->n_out;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        const out_tensor *o = &p->out[p->by_name[mid]];
-        int c = strcmp(o->name, name);
-        if (c == 0)
-            return o;
-        if (c < 0)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return NULL;
 }

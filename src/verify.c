@@ -437,7 +437,7 @@ static int made_by_flashify(const char *dir)
 static fl_status plan_for(const checkpoint *src, const checkpoint *out, const verify_options *opt,
                           fold_plan *plan, fl_error *err)
 {
-    plan_options po = {.plan_file = opt->plan_file};
+    plan_options po = {.plan_file = opt->plan_file, .partial = opt->partial};
     fl_status s = plan_build(src, &po, plan, err);
     if (s != FL_OK)
         return s;

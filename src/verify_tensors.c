@@ -28,6 +28,7 @@ typedef struct {
     const ckpt_tensor *src;       /* source bytes (the embedding for an untied head) */
     const ckpt_tensor *got;       /* the output tensor */
     const fold_group *group;      /* TC_FOLD */
+    int axis;                     /* TC_FOLD: the source's input axis */
     /* results */
     int bad;                      /* a problem that makes the pair not equivalent */
     uint64_t numel, n_far, n_ulp1; /* elements differing by > 1 ulp / by 1 ulp */
@@ -80,16 +81,13 @@ static uint64_t ulp_distance(uint64_t a, uint64_t b, int d)
 
 static void describe_index(const st_tensor *t, uint64_t i, char *buf, size_t cap)
 {
-    if (t->ndim == 2 && t->shape[1])
-        snprintf(buf, cap, "[%llu, %llu]", (unsigned long long)(i / t->shape[1]),
-                 (unsigned long long)(i % t->shape[1]));
-    else
-        snprintf(buf, cap, "[%llu]", (unsigned long long)i);
+    fold_describe_index(t->shape, t->ndim, i, buf, cap);
 }
 
 /* Compares the output tensor with the expected bytes, block by block: a
  * verbatim copy (TC_COPY) or the source folded with the group's gain
- * (TC_FOLD, via fold_rows: the same single rounding the converter uses). */
+ * (TC_FOLD, via fold_range: the same single rounding the converter uses,
+ * streamed in blocks that may start and end anywhere in a row). */
 static void check_stream(tpool *p, tcheck *c, unsigned char *a, unsigned char *b,
                          unsigned char *e)
 {
@@ -98,14 +96,9 @@ static void check_stream(tpool *p, tcheck *c, unsigned char *a, unsigned char *b
     unsigned esz = st_dtype_bits(d) / 8;
     int is_float = st_dtype_is_foldable(d);
     uint64_t total = st_nbytes(st);
-    uint64_t row_bytes = total, cols = 0;
-    if (c->kind == TC_FOLD) {
-        cols = st->shape[1];
-        row_bytes = cols * esz;
-    }
-    uint64_t block_rows = c->kind == TC_FOLD ? (row_bytes ? BLOCK_BYTES / row_bytes : 1) : 1;
-    if (block_rows < 1)
-        block_rows = 1;
+    fold_axis ax = {0, 0};
+    if (c->kind == TC_FOLD)
+        ax = fold_axis_of(st->shape, st->ndim, c->axis);
     int w_f64 = 0;
     if (c->kind == TC_FOLD) {
         const ckpt_tensor *nt = ckpt_find(p->src, c->group->norm);
@@ -114,7 +107,7 @@ static void check_stream(tpool *p, tcheck *c, unsigned char *a, unsigned char *b
     int have_first = 0, have_far = 0;
     uint64_t off = 0;
     while (off < total) {
-        uint64_t n = c->kind == TC_FOLD ? block_rows * row_bytes : BLOCK_BYTES;
+        uint64_t n = c->kind == TC_FOLD ? BLOCK_BYTES - BLOCK_BYTES % esz : BLOCK_BYTES;
         if (n > total - off)
             n = total - off;
         if ((c->io = ckpt_read(p->src, c->src, off, a, (size_t)n, &c->err)) != FL_OK ||
@@ -122,8 +115,7 @@ static void check_stream(tpool *p, tcheck *c, unsigned char *a, unsigned char *b
             return;
         const unsigned char *want = a;
         if (c->kind == TC_FOLD) {
-            long bad = fold_rows(d, a, e, (size_t)(n / row_bytes), (size_t)cols, c->group->w,
-                                 c->group->gain, w_f64);
+            long bad = fold_range(d, a, e, off / esz, n / esz, ax, c->group->w, c->group->gain, w_f64);
             if (bad >= 0) {
                 char at[64];
                 describe_index(st, off / esz + (uint64_t)bad, at, sizeof at);
@@ -182,7 +174,7 @@ static void check_norm(const tpool *p, tcheck *c)
     }
     size_t n = 0;
     c->io = ckpt_read_vector(p->out, c->got, v, (size_t)numel, &n, &c->err);
-    double id = c->group->gain == GAIN_ONE_PLUS_W ? 0.0 : 1.0;
+    double id = fold_identity(c->group->gain);
     for (size_t i = 0; c->io == FL_OK && i < n; i++)
         if (v[i] != id) {
             c->bad = 1;
@@ -286,11 +278,11 @@ static size_t plan_checks(const checkpoint *src, const checkpoint *out, const fo
             shape_str(got->t, sa, sizeof sa);
             shape_str(o->src->t, sb, sizeof sb);
             add_problem(s, "tensor '%s' is %s in the output, expected %s", o->name, sa, sb);
-        } else if (o->op == OUT_FOLD && (got->t->ndim != 2 || got->t->shape[0] == 0)) {
-            add_problem(s, "folded tensor '%s' is not a matrix", o->name);
+        } else if (o->op == OUT_FOLD && ((got->t->ndim != 2 && got->t->ndim != 3) || got->t->shape[0] == 0)) {
+            add_problem(s, "folded tensor '%s' is not a matrix or 3-D experts", o->name);
         } else {
             checks[n++] = (tcheck){.name = o->name, .kind = o->op == OUT_FOLD ? TC_FOLD : TC_COPY,
-                                   .src = o->src, .got = got, .group = o->group};
+                                   .src = o->src, .got = got, .group = o->group, .axis = o->axis};
         }
     }
     for (size_t i = 0; i < plan->n_dropped; i++) {

@@ -62,40 +62,8 @@ typedef struct {
     size_t buf_size;
     char **bufs;            /* one buffer per pool worker */
     const convert_options *opt;
-    double identity;        /* --keep-norms value: 1, or 0 for 1+w norms */
     int use_mmap;           /* read folded sources through a mapping */
 } shard_job;
-
-/* Folds elements [first, first+count) of a row-major [rows, cols] tensor
- * whose bytes are in buf: a leading partial row, whole rows, a trailing
- * partial row.  Returns the flat index (within the range) of the first
- * non-finite result, or -1. */
-static long fold_range(int d, const void *src, void *buf, uint64_t first, uint64_t count,
-                       uint64_t cols, const fold_group *g, int wide)
-{
-    size_t es = st_dtype_bits(d) / 8;
-    const char *q = src;
-    char *p = buf;
-    uint64_t done = 0;
-    while (done < count) {
-        uint64_t col = (first + done) % cols;
-        uint64_t rows, len;
-        if (col != 0 || count - done < cols) {
-            rows = 1;
-            len = cols - col < count - done ? cols - col : count - done;
-        } else {
-            rows = (count - done) / cols;
-            len = cols;
-        }
-        long bad = fold_rows(d, q, p, (size_t)rows, (size_t)len, g->w + col, g->gain, wide);
-        if (bad >= 0)
-            return (long)(done + (uint64_t)bad);
-        p += rows * len * es;
-        q += rows * len * es;
-        done += rows * len;
-    }
-    return -1;
-}
 
 /* A source file that shrinks while it is mapped, or a sector the disk
  * cannot read, raises SIGBUS on access; the worker that touched it jumps
@@ -138,10 +106,11 @@ static fl_status bus_error(const ckpt_shard *sh, const out_tensor *o, uint64_t o
                    (unsigned long long)off, (unsigned long long)end);
 }
 
-/* Folds one chunk of a tensor into buf.  The source bytes are read through
- * a read-only mapping when the kernel allows it (the page cache is folded
- * directly, saving pread's copy into user space), else with pread.
- * Returns FL_OK with *bad = index of a non-finite result or -1. */
+/* Folds one chunk of a tensor into buf (fold.h's fold_range, along the
+ * tensor's input axis).  The source bytes are read through a read-only
+ * mapping when the kernel allows it (the page cache is folded directly,
+ * saving pread's copy into user space), else with pread.  Returns FL_OK
+ * with *bad = index of a non-finite result or -1. */
 static fl_status fold_chunk(const checkpoint *ck, const out_tensor *o, uint64_t first,
                             uint64_t count, char *buf, int use_mmap, long *bad, fl_error *e)
 {
@@ -150,6 +119,7 @@ static fl_status fold_chunk(const checkpoint *ck, const out_tensor *o, uint64_t 
     size_t es = st_dtype_bits(t->dtype) / 8;
     size_t bytes = (size_t)(count * es);
     int wide = norm_is_wide(ck, o->group);
+    fold_axis ax = fold_axis_of(t->shape, t->ndim, o->axis);
     uint64_t off = sh->st.data_start + t->begin + first * es;
     long page = sysconf(_SC_PAGESIZE);
     uint64_t aligned = off - off % (uint64_t)page;
@@ -160,7 +130,7 @@ static fl_status fold_chunk(const checkpoint *ck, const out_tensor *o, uint64_t 
     if (map == MAP_FAILED) {
         fl_status s = ckpt_read(ck, o->src, first * es, buf, bytes, e);
         if (s == FL_OK)
-            *bad = fold_range(t->dtype, buf, buf, first, count, t->shape[1], o->group, wide);
+            *bad = fold_range(t->dtype, buf, buf, first, count, ax, o->group->w, o->group->gain, wide);
         return s;
     }
     sigjmp_buf jump;
@@ -170,8 +140,8 @@ static fl_status fold_chunk(const checkpoint *ck, const out_tensor *o, uint64_t 
         return bus_error(sh, o, off, off + bytes, e);
     }
     bus_jump = &jump;
-    *bad = fold_range(t->dtype, (const char *)map + (off - aligned), buf, first, count, t->shape[1],
-                      o->group, wide);
+    *bad = fold_range(t->dtype, (const char *)map + (off - aligned), buf, first, count, ax, o->group->w,
+                      o->group->gain, wide);
     bus_jump = NULL;
     munmap(map, map_len);
     return FL_OK;
@@ -182,15 +152,14 @@ static fl_status not_finite(const shard_job *j, const out_tensor *o, uint64_t id
 {
     const st_tensor *t = o->src->t;
     size_t es = st_dtype_bits(t->dtype) / 8;
-    uint64_t cols = t->shape[1], row = idx / cols, col = idx % cols;
-    char src_val[64] = "?";
+    uint64_t col = fold_gain_index(fold_axis_of(t->shape, t->ndim, o->axis), idx);
+    char src_val[64] = "?", at[96];
     unsigned char raw[8];
+    fold_describe_index(t->shape, t->ndim, idx, at, sizeof at);
     if (ckpt_read(j->ck, o->src, idx * es, raw, es, e) == FL_OK)
         snprintf(src_val, sizeof src_val, "%g", dtype_load(t->dtype, raw, 0));
-    return fl_fail(e, FL_EINPUT,
-                   "%s: tensor '%s' element [%llu, %llu] = %s times gain %g of '%s' is not finite in %s",
-                   j->ck->shards[o->src->shard].path, o->name, (unsigned long long)row,
-                   (unsigned long long)col, src_val,
+    return fl_fail(e, FL_EINPUT, "%s: tensor '%s' element %s = %s times gain %g of '%s' is not finite in %s",
+                   j->ck->shards[o->src->shard].path, o->name, at, src_val,
                    o->group->w[col] + (o->group->gain == GAIN_ONE_PLUS_W ? 1.0 : 0.0), o->group->norm,
                    st_dtype_name(t->dtype));
 }
@@ -213,7 +182,7 @@ static fl_status shard_item(void *ctx, size_t k, int worker, fl_error *e)
                           st_nbytes(t), sh->path, out_path ? out_path : j->rel, buf, j->buf_size, e);
         free(out_path);
     } else if (o->op == OUT_IDENTITY) {
-        fill_value(t->dtype, buf, (size_t)w->count, j->identity);
+        fill_value(t->dtype, buf, (size_t)w->count, o->identity);
         s = write_all(j->out_fd, buf, (size_t)bytes, w->dst_off, j->dir, j->rel, e);
     } else {
         long bad = -1;
@@ -338,7 +307,6 @@ static fl_status write_shard(txn *t, const checkpoint *ck, const fold_plan *plan
         shard_job job = {.ck = ck, .out_fd = fd, .dir = txn_path(t), .rel = f->file, .items = items,
                          .n_items = n_items, .done_base = done_base, .total = total,
                          .buf_size = wk->buf_size, .bufs = wk->bufs, .opt = opt,
-                         .identity = plan->arch->gain == GAIN_ONE_PLUS_W ? 0.0 : 1.0,
                          .use_mmap = sigbus_handled()};
         atomic_init(&job.done, 0);
         s = fl_pool_run(wk->pool, n_items, shard_item, &job, err);

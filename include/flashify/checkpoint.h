@@ -17,23 +17,55 @@
 
 struct cJSON;
 
+/* config.json as read.  Which level a model reads (the top, or text_config
+ * for composite models) is the architecture table's decision
+ * (arch_resolve), so nothing here chooses: `nested` is only what the file
+ * has. */
 typedef struct {
     struct cJSON *json;     /* the whole config.json */
-    struct cJSON *text;     /* "text_config" when present, else json */
+    struct cJSON *nested;   /* its "text_config" object, or NULL */
     char *raw;              /* config.json bytes, for byte-faithful rewriting */
     size_t raw_len;
+    char *path;             /* "<dir>/config.json", for messages */
     char model_type[64];    /* top-level model_type (gemma3, llama, ...) */
-    char text_model_type[64]; /* text_config.model_type, or model_type */
-    long num_hidden_layers;
-    long hidden_size;
-    int tie_word_embeddings; /* 1 / 0, or -1 when the key is absent */
+    char nested_model_type[64]; /* text_config.model_type, or "" */
+    int tie_top, tie_nested; /* tie_word_embeddings: 1 / 0, or -1 when absent */
     char torch_dtype[32];    /* "" when absent */
 } ckpt_config;
 
-/* Reads a number or integer field of cfg->text, falling back to the top
- * level; returns `def` when absent or of the wrong type. */
-double ckpt_config_num(const ckpt_config *cfg, const char *key, double def);
-long ckpt_config_int(const ckpt_config *cfg, const char *key, long def);
+/* Parses config.json text (validated: an object without duplicate keys, a
+ * model_type string, text_config an object if present, the tie flags
+ * booleans).  `path` names it in messages.  Pure: no file is read. */
+fl_status ckpt_config_parse(const char *path, const char *text, size_t len, ckpt_config *cfg,
+                            fl_error *err);
+void ckpt_config_free(ckpt_config *cfg);
+
+/* A key that appears twice in an object anywhere in the tree (cJSON keeps
+ * both silently), or NULL.  Every JSON input is checked with it. */
+const char *ckpt_json_duplicate_key(const struct cJSON *obj);
+
+/* One level of the config as a model reads it: keys are looked up in
+ * `text`, then in `top` (composite models keep some keys at the top). */
+typedef struct {
+    const struct cJSON *text, *top;
+    const char *path;       /* config.json, for messages */
+} ckpt_view;
+
+/* The top level alone (nested 0), or text_config falling back to the top
+ * (nested 1, when the config has a text_config). */
+ckpt_view ckpt_config_view(const ckpt_config *cfg, int nested);
+
+const struct cJSON *ckpt_view_get(ckpt_view v, const char *key);
+/* A number (`def` when absent or not a number; `null_value` when null). */
+double ckpt_view_num(ckpt_view v, const char *key, double def, double null_value);
+/* An integer, `def` when absent, not an integer or beyond +-2^62. */
+long ckpt_view_int(ckpt_view v, const char *key, long def);
+/* A boolean, `def` when absent or not a boolean. */
+int ckpt_view_bool(ckpt_view v, const char *key, int def);
+/* 1 when the key is present and not null, false, 0 or "". */
+int ckpt_view_set(ckpt_view v, const char *key);
+/* A required integer in 1..max: FL_EINPUT naming the key otherwise. */
+fl_status ckpt_view_count(ckpt_view v, const char *key, long max, long *out, fl_error *err);
 
 typedef struct {
     char *file;            /* name relative to the checkpoint directory */

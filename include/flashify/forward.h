@@ -4,8 +4,8 @@
  * sequence (one causal pass, no KV cache), for every family the fold
  * supports.  It is the "does the output still compute what the source
  * computes" half of `flashify verify`, so it deliberately does NOT read the
- * architecture table of arch.h: its own layout table below is written from
- * the modeling files (../shared/docs/architectures.md §0, §1), and a wrong
+ * architecture table of arch.h: its own family table (src/forward_table.c)
+ * is written from the modeling files (docs/architectures.md), and a wrong
  * fold rule in arch.c shows up as a logit difference here.
  *
  * Numerics: activations are float32 and every dot product accumulates in
@@ -38,7 +38,9 @@ void fwd_close(fwd_model *m);
  * when absent / out of range, clamped into the vocabulary). */
 long fwd_vocab(const fwd_model *m);
 long fwd_bos(const fwd_model *m);
-/* A short description ("llama, 5 layers, hidden 64, bf16"), static per model. */
+/* What runs, for the result line ("qwen3_moe, 3 layers, hidden 32, 4 heads
+ * (2 kv), vocab 96, BF16, MoE in 2 of 3 layers (fused experts [E, 2I, H])"),
+ * static per model. */
 const char *fwd_describe(const fwd_model *m);
 
 /* Progress of fwd_logits, in bytes of weights: fn(ctx, done, total) from

@@ -48,6 +48,7 @@ typedef struct {
                              our own output); 0: bit-exact when README.md says
                              "Converted by flashify", else 1 ulp allowed */
     const char *plan_file; /* --plan FILE the output was made with, or NULL */
+    int partial;          /* the output was made with --partial */
     const char *output_label; /* shown for OUTPUT in the report (--strict
                                  checks a temporary directory), or NULL */
     const char *dump_logits; /* write the SOURCE's logits there (raw

@@ -1,7 +1,7 @@
 """expect.py -- a naive, independent expectation of what flashify writes.
 
-The fold map below was written from ../shared/docs/architectures.md §1 (not
-from src/arch.c).  Every folded element is computed exactly as a rational
+The fold map below was written from docs/architectures.md (not from
+src/arch.c).  Every folded element is computed exactly as a rational
 (W[o,i] * g[i], g = w or 1 + w) and rounded once to nearest-even by
 fixtures.round_ratio_bits -- our own rounding, not the converter's.
 
@@ -32,20 +32,56 @@ SUPPORTED = ["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2",
              "qwen2_moe", "qwen3_moe", "deepseek_v3", "cohere"]
 
 
+# Composite (wrapper) model types: only these read text_config.
+COMPOSITE = {"gemma3"}
+
+# Side tensors that mean a consumer is stored quantized (appended to its
+# name without ".weight"): FP8 block scales, compressed-tensors, MXFP4,
+# GPTQ/AWQ, bitsandbytes.
+QUANT_SUFFIXES = (".weight_scale_inv", ".weight_packed", ".weight_scale", "_blocks", "_scales",
+                  ".qweight", ".qzeros", ".scales", ".weight.absmax", ".absmax")
+
+
 def _text_cfg(cfg):
-    return cfg.get("text_config") or cfg
+    if cfg.get("model_type") in COMPOSITE and cfg.get("text_config"):
+        return cfg["text_config"]
+    return cfg
+
+
+def _experts(tc, *keys):
+    """The expert count: transformers 5 writes num_local_experts where v4
+    wrote num_experts / n_routed_experts."""
+    for k in keys + ("num_local_experts",):
+        if k in tc:
+            return tc[k]
+    return 0
 
 
 def _qwen_moe_sparse(tc, i):
     # Qwen2MoeDecoderLayer: (i not in mlp_only_layers) and num_experts > 0
     # and (i + 1) % decoder_sparse_step == 0
-    return (i not in (tc.get("mlp_only_layers") or [])) and tc.get("num_experts", 0) > 0 \
+    return (i not in (tc.get("mlp_only_layers") or [])) and _experts(tc, "num_experts") > 0 \
         and (i + 1) % tc.get("decoder_sparse_step", 1) == 0
 
 
-def layer_plan(mt, tc, i):
+def _fused_axis(has, name):
+    """transformers 5 fused experts: [E, 2I, H] reads along the last axis;
+    the grouped-GEMM layout [E, H, 2I] along the middle one."""
+    return (name, has(name))
+
+
+# Layer plans of the families in tests/e2e/zoo_*.py: model_type ->
+# fn(tc, i, has) returning what layer_plan returns.
+EXTRA_LAYER_PLANS = {}
+
+
+def layer_plan(mt, tc, i, has=lambda rel: None):
     """([(norm, [consumers])], [kept norms]) of layer i, names relative to
-    the layer prefix without ".weight" (architectures.md §1)."""
+    the layer prefix without ".weight" (docs/architectures.md).  A consumer
+    is a name (an nn.Linear) or (name, axis) for 3-D fused experts;
+    has(rel) gives the input axis of a stored 3-D tensor, or None."""
+    if mt in EXTRA_LAYER_PLANS:
+        return EXTRA_LAYER_PLANS[mt](tc, i, has)
     if mt in ("llama", "mistral", "qwen2", "granite", "smollm3", "gemma"):
         return [("input_layernorm", QKV), ("post_attention_layernorm", GATE_UP)], []
     if mt == "qwen3":
@@ -69,6 +105,9 @@ def layer_plan(mt, tc, i):
         return [("input_layernorm", QKV + GATE_UP)], kept
     if mt == "mixtral":
         E = tc["num_local_experts"]
+        if has("mlp.experts.gate_up_proj"):
+            return [("input_layernorm", QKV), ("post_attention_layernorm",
+                     ["mlp.gate", _fused_axis(has, "mlp.experts.gate_up_proj")])], []
         moe = ["block_sparse_moe.gate"]
         for j in range(E):
             moe += ["block_sparse_moe.experts.%d.w1" % j, "block_sparse_moe.experts.%d.w3" % j]
@@ -78,8 +117,11 @@ def layer_plan(mt, tc, i):
         if not _qwen_moe_sparse(tc, i):
             return [("input_layernorm", QKV), ("post_attention_layernorm", GATE_UP)], kept
         moe = ["mlp.gate"]
-        for j in range(tc["num_experts"]):
-            moe += ["mlp.experts.%d.gate_proj" % j, "mlp.experts.%d.up_proj" % j]
+        if has("mlp.experts.gate_up_proj"):
+            moe.append(_fused_axis(has, "mlp.experts.gate_up_proj"))
+        else:
+            for j in range(_experts(tc, "num_experts")):
+                moe += ["mlp.experts.%d.gate_proj" % j, "mlp.experts.%d.up_proj" % j]
         if mt == "qwen2_moe":
             moe += ["mlp.shared_expert.gate_proj", "mlp.shared_expert.up_proj",
                     "mlp.shared_expert_gate"]
@@ -96,8 +138,11 @@ def layer_plan(mt, tc, i):
             groups.append(("post_attention_layernorm", GATE_UP))
         else:
             moe = ["mlp.gate"]   # the router; NOT mlp.gate.e_score_correction_bias
-            for j in range(tc["n_routed_experts"]):
-                moe += ["mlp.experts.%d.gate_proj" % j, "mlp.experts.%d.up_proj" % j]
+            if has("mlp.experts.gate_up_proj"):
+                moe.append(_fused_axis(has, "mlp.experts.gate_up_proj"))
+            else:
+                for j in range(_experts(tc, "n_routed_experts")):
+                    moe += ["mlp.experts.%d.gate_proj" % j, "mlp.experts.%d.up_proj" % j]
             moe += ["mlp.shared_experts.gate_proj", "mlp.shared_experts.up_proj"]
             groups.append(("post_attention_layernorm", moe))
         return groups, []
@@ -129,7 +174,10 @@ def text_layout(cfg, names):
                 "language_model.model.norm.weight", "language_model.lm_head.weight"
         return "model.language_model.", "model.language_model.embed_tokens.weight", \
             "model.language_model.norm.weight", "lm_head.weight"
-    return "model.", "model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"
+    for root in ("model.", "model.text_model."):     # SmolVLM / Idefics3: model.text_model.
+        if root + "embed_tokens.weight" in names:
+            return root, root + "embed_tokens.weight", root + "norm.weight", "lm_head.weight"
+    raise AssertionError("fixture has no embedding")
 
 
 class Expectation:
@@ -157,15 +205,21 @@ def gain_ratios(norm, gain):
 
 
 def fold(t, g, axis="cols"):
-    """The expected bytes of matrix t with gain g folded: each element
-    W[o,i]*g[i] (axis cols, nn.Linear [out,in]) or W[i,o]*g[i] (axis rows,
-    x @ W layouts), exact, rounded once to t's dtype."""
-    rows, cols = t.shape
+    """The expected bytes of tensor t with gain g folded, exact, rounded once
+    to t's dtype: W[o,i]*g[i] (axis "cols": nn.Linear [out, in]; "last":
+    fused experts [E, out, in]), W[i,o]*g[i] (axis "rows": x @ W [in, out]),
+    W[e,i,o]*g[i] (axis "middle": fused experts [E, in, out])."""
+    shape = t.shape
     vals = decode_values(t.dtype, t.data)
     bits = []
     for idx, v in enumerate(vals):
-        o, i = divmod(idx, cols)
-        gn, gd, gneg = g[i] if axis == "cols" else g[o]
+        if axis in ("cols", "last"):
+            i = idx % shape[-1]
+        elif axis == "rows":
+            i = idx // shape[1]
+        else:
+            i = idx // shape[2] % shape[1]
+        gn, gd, gneg = g[i]
         n, d = v.as_integer_ratio()
         if n == 0 or gn == 0:
             # IEEE: the sign of a zero product is the xor of the signs
@@ -181,51 +235,126 @@ def identity(norm, gain):
                   encode_values(norm.dtype, [0.0 if gain == "1+w" else 1.0] * numel(norm.shape)))
 
 
-def expected(src, keep_tied=False, keep_norms=False, extra_groups=(), plan=None):
+def _plan_when(when, tc, i, has_rel):
+    """A --plan "when": every condition must hold for layer i."""
+    L = tc["num_hidden_layers"]
+    for k, v in (when or {}).items():
+        if k == "layer_type":
+            ok = (tc.get("layer_types") or [None] * L)[i] == v
+        elif k in ("flag", "not_flag"):
+            ok = bool(tc.get(v)) == (k == "flag")
+        elif k in ("tail", "not_tail"):
+            n = tc.get(v) or 0
+            ok = (n > 0 and i >= L - n) == (k == "tail")
+        elif k in ("has", "not_has"):
+            ok = has_rel(v) == (k == "has")
+        else:
+            raise AssertionError("expect.py does not know condition " + k)
+        if not ok:
+            return False
+    return True
+
+
+_INPUT_AXIS = {"linear": "cols", "last": "last", "middle": "middle"}
+
+
+def _plan_layer(plan, tc, i, lp, names):
+    """(groups [(norm, consumers, gain)], kept) of layer i of a --plan file:
+    the first variant per norm whose "when" holds."""
+    groups, seen = [], set()
+    for g in plan["layers"]:
+        if g["norm"] in seen or not _plan_when(g.get("when"), tc, i, lambda r: lp + r in names):
+            continue
+        seen.add(g["norm"])
+        cons = []
+        for c in g["consumers"]:
+            if isinstance(c, dict):
+                cons.append((c["name"], _INPUT_AXIS[c.get("input", "linear")]))
+            else:
+                cons += _expand_experts([c], lp, names)
+        groups.append((g["norm"], cons, g.get("gain", plan.get("gain", "w"))))
+    kept = [k["norm"] for k in plan.get("keep", [])
+            if _plan_when(k.get("when"), tc, i, lambda r: lp + r in names)]
+    return groups, kept
+
+
+def quantized(names, base):
+    """The quantization side tensor of consumer `base`, or None."""
+    for sfx in QUANT_SUFFIXES:
+        if base + sfx in names:
+            return base + sfx
+    return None
+
+
+def expected(src, keep_tied=False, keep_norms=False, extra_groups=(), plan=None, partial=False):
     """Expectation for source checkpoint `src` (fixtures.Checkpoint).
     extra_groups: more (norm, [consumers], axis) groups to fold (with the
     family's gain) -- e.g. Gemma3's mm_soft_emb_norm when the converter
-    folds it."""
+    folds it.  partial: --partial, norms with a quantized consumer are kept
+    (without it such a checkpoint is refused: AssertionError here)."""
     cfg = src.config
     mt = cfg["model_type"]
     tc = _text_cfg(cfg)
-    gain = GAIN.get(mt, "w")
-    if plan is not None:
-        # a --plan file: {"gain", "layers": [{"norm", "consumers"}], "keep":
-        # [{"norm"}], "flashnorm_marker"}; names relative to model.layers.{i}.
-        gain = plan.get("gain", "w")
+    gain = plan.get("gain", "w") if plan is not None else GAIN.get(mt, "w")
     names = set(src.tensors)
     root, embed, final, head = text_layout(cfg, names)
     ex = Expectation()
     ex.head, ex.embed, ex.final = head, embed, final
+    ex.kept_quantized = []
     folds = {}       # consumer -> (gain vector, axis)
+    group_gain = {}  # norm -> its gain
 
-    def add_group(norm, consumers, axis="cols"):
+    def add_group(norm, consumers, axis="cols", g_gain=None):
         if norm not in src.tensors:
             raise AssertionError("fixture lacks norm " + norm)
-        g = gain_ratios(src.tensors[norm], gain)
-        for c in consumers:
+        g_gain = g_gain or gain
+        g = gain_ratios(src.tensors[norm], g_gain)
+        cons = [(c, axis) if isinstance(c, str) else c for c in consumers]
+        for c, ax in cons:
             if c not in src.tensors:
                 raise AssertionError("fixture lacks consumer " + c)
             t = src.tensors[c]
-            if len(t.shape) != 2 or t.shape[1 if axis == "cols" else 0] != len(g):
+            want_dims = 3 if ax in ("last", "middle") else 2
+            dim = {"cols": 1, "rows": 0, "last": 2, "middle": 1}[ax]
+            if len(t.shape) != want_dims or t.shape[dim] != len(g):
                 raise AssertionError("fixture: %s %s does not read %s" % (c, t.shape, norm))
             if c in folds:
                 raise AssertionError("two norms fold into " + c)
-            folds[c] = (g, axis)
-        ex.groups.append((norm, list(consumers)))
+            folds[c] = (g, ax)
+        ex.groups.append((norm, [c for c, _ in cons]))
         ex.dropped.append(norm)
+        group_gain[norm] = g_gain
+
+    def layer_groups(i, lp):
+        if plan is not None:
+            return _plan_layer(plan, tc, i, lp, names)
+
+        def has(rel):
+            t = src.tensors.get(lp + rel)
+            if t is None:   # stored quantized only (MXFP4 _blocks/_scales): kept anyway
+                return "last" if quantized(names, lp + rel) else None
+            return "last" if t.shape[-1] == tc["hidden_size"] else "middle"
+        groups, kept = layer_plan(mt, tc, i, has)
+        return [(n, c, None) for n, c in groups], kept
 
     for i in range(tc["num_hidden_layers"]):
         lp = "%slayers.%d." % (root, i)
-        if plan is not None:
-            groups = [(g["norm"], _expand_experts(g["consumers"], lp, names)) for g in plan["layers"]]
-            kept = [k["norm"] for k in plan.get("keep", [])]
-        else:
-            groups, kept = layer_plan(mt, tc, i)
-        for norm, cons in groups:
-            add_group(lp + norm + ".weight", [lp + c + ".weight" for c in cons])
-        ex.kept += [lp + k + ".weight" for k in kept]
+        groups, kept = layer_groups(i, lp)
+        for norm, cons, g_gain in groups:
+            full = []
+            for c in cons:
+                name, ax = (c, "cols") if isinstance(c, str) else c
+                full.append((lp + name + (".weight" if ax == "cols" else ""), ax))
+            q = [quantized(names, n[:-len(".weight")] if ax == "cols" else n) for n, ax in full]
+            q = [x for x in q if x]
+            if q and not partial:
+                raise AssertionError("refused: %s feeds quantized %s" % (norm, q[0]))
+            if q:
+                ex.kept.append(lp + norm + ".weight")
+                ex.kept_quantized.append(lp + norm + ".weight")
+                continue
+            add_group(lp + norm + ".weight", full, g_gain=g_gain)
+        ex.kept += [lp + k + ".weight" for k in kept if lp + k + ".weight" in names]
     for norm, cons, axis in extra_groups:
         add_group(norm, cons, axis)
 
@@ -238,8 +367,16 @@ def expected(src, keep_tied=False, keep_norms=False, extra_groups=(), plan=None)
         final_g = gain_ratios(src.tensors[final], gain)
         ex.groups.append((final, [head]))
         ex.dropped.append(final)
-    marker_ok = plan.get("flashnorm_marker", True) if plan is not None else mt not in NO_MARKER
-    ex.marker = marker_ok and not (tied and keep_tied)
+        group_gain[final] = gain
+    if plan is not None:
+        # the loaders' marker makes input_layernorm and
+        # post_attention_layernorm weightless: only when all are folded
+        marker_ok = plan.get("flashnorm_marker", True) and not any(
+            n.endswith((".input_layernorm.weight", ".post_attention_layernorm.weight")) and n not in ex.dropped
+            for n in names if n.startswith(root + "layers."))
+    else:
+        marker_ok = mt not in NO_MARKER
+    ex.marker = marker_ok and not (tied and keep_tied) and not ex.kept_quantized
 
     # every source tensor (logical) goes out: folded, identity, or verbatim
     for name, t in src.tensors.items():
@@ -248,7 +385,7 @@ def expected(src, keep_tied=False, keep_norms=False, extra_groups=(), plan=None)
             ex.tensors[name] = fold(t, g, axis)
         elif name in ex.dropped:
             if keep_norms:
-                ex.tensors[name] = identity(t, gain)
+                ex.tensors[name] = identity(t, group_gain[name])
         else:
             ex.tensors[name] = t
     if final_g is not None:
@@ -273,7 +410,7 @@ def expected_config(src_cfg, ex):
     cfg = copy.deepcopy(src_cfg)
     if ex.untie:
         cfg["tie_word_embeddings"] = False
-        if "text_config" in cfg:
+        if isinstance(cfg.get("text_config"), dict):
             cfg["text_config"]["tie_word_embeddings"] = False
     if ex.marker:
         cfg["flashnorm_folded"] = True

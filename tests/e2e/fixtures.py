@@ -2,7 +2,7 @@
 
 Standard library only.  Independent of the converter: its own safetensors
 writer and strict reader, its own exact float rounding, and a generator of
-tiny models for every family flashify supports (architectures.md §1), with
+tiny models for every family flashify supports (docs/architectures.md), with
 trained-looking norm weights so that a wrong fold shows.
 
 Vocabulary:
@@ -542,6 +542,21 @@ DEFAULT_TIED = {"gemma": True, "gemma2": True, "gemma3_text": True,
                 "llama": True, "qwen3": True}
 
 
+# Families whose generators live in their own modules (tests/e2e/zoo_*.py,
+# imported at the end of this file): family -> {"build": fn(family, dtype,
+# norm_dtype, tied, seed, layers, hidden, vocab, **opt) -> Model,
+# "arch_class": ..., "tied": default}.  register_family() adds one.
+EXTRA_FAMILIES = {}
+
+
+def register_family(family, build, arch_class, tied=False):
+    EXTRA_FAMILIES[family] = {"build": build, "arch_class": arch_class, "tied": tied}
+    if family not in FAMILIES:
+        FAMILIES.append(family)
+    ARCH_CLASS[family] = arch_class
+    DEFAULT_TIED[family] = tied
+
+
 def build_model(family, dtype="BF16", norm_dtype=None, tied=None, seed=1,
                 layers=None, hidden=32, vocab=96, **opt):
     """A tiny model of `family`.  Options by family:
@@ -550,7 +565,23 @@ def build_model(family, dtype="BF16", norm_dtype=None, tied=None, seed=1,
       qwen2_moe / qwen3_moe: mlp_only_layers, decoder_sparse_step.
       gemma3: layout "language_model.model" (original) or
         "model.language_model" (transformers >= 4.52 save); mm_projector.
-      llama: inv_freq=True adds rotary buffers (passed through)."""
+      llama: inv_freq=True adds rotary buffers (passed through);
+        layout="model.text_model" (SmolVLM-style prefix);
+        stray_text_config=True adds a text_config that must be ignored.
+      MoE families (transformers 5, docs/architectures.md §v5):
+        experts="fused": experts.gate_up_proj [E, 2I, H] (gate rows, then
+          up rows) and experts.down_proj [E, H, I], as save_pretrained writes
+          them with save_original_format=False (Mixtral renamed mlp.*);
+        experts="fused_t": the grouped-GEMM layout [E, H, 2I] / [E, I, H];
+        v5_keys=True: the expert count as num_local_experts;
+        quant="mxfp4": fused experts stored as *_blocks / *_scales (U8);
+        quant="compressed": per-expert weights as compressed-tensors
+          weight_packed / weight_scale / weight_shape."""
+    if family in EXTRA_FAMILIES:
+        if tied is None:
+            tied = EXTRA_FAMILIES[family]["tied"]
+        return EXTRA_FAMILIES[family]["build"](family, dtype, norm_dtype, tied, seed, layers,
+                                               hidden, vocab, **opt)
     if tied is None:
         tied = DEFAULT_TIED.get(family, False)
     H, V = hidden, vocab
@@ -639,6 +670,8 @@ def build_model(family, dtype="BF16", norm_dtype=None, tied=None, seed=1,
     # layout of the text model
     pre = "model."
     head = "lm_head.weight"
+    if family == "llama" and opt.get("layout") == "model.text_model":
+        pre = "model.text_model."
     if family == "gemma3":
         layout = opt.get("layout", "language_model.model")
         if layout == "language_model.model":
@@ -787,6 +820,22 @@ def build_model(family, dtype="BF16", norm_dtype=None, tied=None, seed=1,
             g.mat(mp + "mm_input_projection_weight", (Hv, H))
             g.norm(mp + "mm_soft_emb_norm.weight", (Hv,))
 
+    if opt.get("experts") in ("fused", "fused_t"):
+        _fuse_experts(model, cfg, transposed=opt["experts"] == "fused_t")
+    if opt.get("v5_keys"):
+        for old in ("num_experts", "n_routed_experts"):
+            if old in cfg:
+                cfg["num_local_experts"] = cfg.pop(old)
+        cfg["transformers_version"] = "5.2.0"
+    if opt.get("quant"):
+        _quantize_experts(model, opt["quant"], g.rng)
+    if opt.get("stray_text_config"):
+        # a leftover of another model's config: only composite model types
+        # read text_config (docs/architectures.md §composite)
+        cfg["text_config"] = {"model_type": "gemma3_text", "num_hidden_layers": 7, "hidden_size": 64,
+                              "rms_norm_eps": 0.5, "tie_word_embeddings": not tied,
+                              "hidden_activation": "gelu_pytorch_tanh"}
+
     if opt.get("fp8"):
         # official DeepSeek-V3 layout: the projections in F8_E4M3 with a
         # 128x128-block F32 scale each; norms, embedding and head in BF16
@@ -802,8 +851,89 @@ def build_model(family, dtype="BF16", norm_dtype=None, tied=None, seed=1,
     return model
 
 
+def _expert_names(family):
+    """(router, experts prefix, gate, up, down) of the per-expert layout."""
+    if family == "mixtral":
+        return "block_sparse_moe.gate", "block_sparse_moe.experts", "w1", "w3", "w2"
+    return "mlp.gate", "mlp.experts", "gate_proj", "up_proj", "down_proj"
+
+
+def _stack(dtype, mats, transpose):
+    """The bytes of 2-D tensors [r, c] stacked into [E, r, c] (or [E, c, r])."""
+    es = DTYPE_BITS[dtype] // 8
+    out = bytearray()
+    for t in mats:
+        r, c = t.shape
+        if not transpose:
+            out += t.data
+            continue
+        for j in range(c):
+            for i in range(r):
+                k = (i * c + j) * es
+                out += t.data[k:k + es]
+    return bytes(out)
+
+
+def _fuse_experts(model, cfg, transposed):
+    """Per-expert gate/up/down -> experts.gate_up_proj and experts.down_proj
+    (transformers 5 MergeModulelist + Concatenate, conversion_mapping.py);
+    Mixtral's block_sparse_moe becomes mlp."""
+    router, ex, gn, un, dn = _expert_names(model.family)
+    L = cfg["num_hidden_layers"]
+    ts = model.tensors
+    for i in range(L):
+        p = "%slayers.%d." % (model.text_prefix, i)
+        if p + router + ".weight" not in ts:
+            continue
+        E = ts[p + router + ".weight"].shape[0]
+        gates = [ts.pop("%s%s.%d.%s.weight" % (p, ex, j, gn)) for j in range(E)]
+        ups = [ts.pop("%s%s.%d.%s.weight" % (p, ex, j, un)) for j in range(E)]
+        downs = [ts.pop("%s%s.%d.%s.weight" % (p, ex, j, dn)) for j in range(E)]
+        I, H = gates[0].shape
+        dt = gates[0].dtype
+        gu = [Tensor(dt, (2 * I, H), g.data + u.data) for g, u in zip(gates, ups)]
+        gu_shape = (E, H, 2 * I) if transposed else (E, 2 * I, H)
+        dn_shape = (E, I, H) if transposed else (E, H, I)
+        if model.family == "mixtral":
+            ts[p + "mlp.gate.weight"] = ts.pop(p + router + ".weight")
+        ts[p + "mlp.experts.gate_up_proj"] = Tensor(dt, gu_shape, _stack(dt, gu, transposed))
+        ts[p + "mlp.experts.down_proj"] = Tensor(dt, dn_shape, _stack(dt, downs, transposed))
+
+
+def _quantize_experts(model, how, rng):
+    """Stores the experts quantized: random bytes, passed through unchanged."""
+    for k in [k for k in model.tensors if ".experts." in k]:
+        t = model.tensors.pop(k)
+        if how == "mxfp4":      # gpt-oss: *_blocks [.., in/32, 16], *_scales [.., in/32]
+            lead, n_in = t.shape[:-1], t.shape[-1]
+            nb = max(1, n_in // 32)
+            model.tensors[k + "_blocks"] = Tensor("U8", lead + (nb, 16),
+                                                  bytes(rng.randrange(256) for _ in range(numel(lead) * nb * 16)))
+            model.tensors[k + "_scales"] = Tensor("U8", lead + (nb,),
+                                                  bytes(rng.randrange(110, 130) for _ in range(numel(lead) * nb)))
+        else:                   # compressed-tensors int4 pack-quantized
+            base = k[:-len(".weight")]
+            rows, cols = t.shape
+            model.tensors[base + ".weight_packed"] = Tensor(
+                "I32", (rows, cols // 8), bytes(rng.randrange(256) for _ in range(rows * cols // 2)))
+            model.tensors[base + ".weight_scale"] = float_tensor("BF16", (rows, 1), [0.01] * rows)
+            model.tensors[base + ".weight_shape"] = Tensor("I64", (2,), struct.pack("<2q", rows, cols))
+
+
 def _qwen_sparse(cfg, i):
     """Qwen2MoeDecoderLayer / Qwen3MoeDecoderLayer: sparse iff the layer is
     not in mlp_only_layers and (i+1) % decoder_sparse_step == 0."""
     return (i not in cfg.get("mlp_only_layers", [])) and cfg["num_experts"] > 0 \
         and (i + 1) % cfg["decoder_sparse_step"] == 0
+
+
+# The zoo modules register their families (see EXTRA_FAMILIES).
+def _import_zoo():
+    import glob
+    import importlib
+    here = os.path.dirname(os.path.abspath(__file__))
+    for path in sorted(glob.glob(os.path.join(here, "zoo_*.py"))):
+        importlib.import_module(os.path.basename(path)[:-3])
+
+
+_import_zoo()

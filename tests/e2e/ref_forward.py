@@ -36,7 +36,8 @@ class _M:
     def __init__(self, ck):
         self.ck = ck
         cfg = ck.config
-        self.tc = cfg.get("text_config", cfg)
+        # only composite types read text_config (a stray one is ignored)
+        self.tc = cfg["text_config"] if cfg.get("model_type") == "gemma3" and "text_config" in cfg else cfg
         self.mt = self.tc["model_type"]
         self.cache = {}
 
@@ -143,9 +144,16 @@ def rope_freqs(tc, base, dim, sc):
     raise ValueError("rope type " + t)
 
 
+# Reference forward passes of the families in tests/e2e/zoo_*.py:
+# model_type -> fn(ck, tokens) returning the logits ref_logits returns.
+EXTRA_FORWARD = {}
+
+
 def ref_logits(ck, tokens):
     m = _M(ck)
     tc, mt = m.tc, m.mt
+    if mt in EXTRA_FORWARD:
+        return EXTRA_FORWARD[mt](ck, tokens)
     H = tc["hidden_size"]
     nh = tc["num_attention_heads"]
     nkv = tc.get("num_key_value_heads") or nh
@@ -155,7 +163,7 @@ def ref_logits(ck, tokens):
     centred = mt == "cohere"
     eps = tc.get("layer_norm_eps", 1e-5) if centred else tc.get("rms_norm_eps", 1e-6)
     act = tc.get("hidden_activation") or "gelu_pytorch_tanh" if gemma else tc.get("hidden_act", "silu")
-    pre = next(p for p in ("model.", "language_model.model.", "model.language_model.")
+    pre = next(p for p in ("model.", "language_model.model.", "model.language_model.", "model.text_model.")
                if m.has(p + "embed_tokens.weight"))
     emb_t = ck.tensors[pre + "embed_tokens.weight"]
     V = emb_t.shape[0]
@@ -301,13 +309,34 @@ def ref_logits(ck, tokens):
         if m.has(p + "block_sparse_moe.gate.weight"):
             router, ex = p + "block_sparse_moe.gate", p + "block_sparse_moe.experts.%d."
             names = ("w1", "w3", "w2")
-            normalize = True
         elif m.has(p + "mlp.gate.weight"):
             router, ex = p + "mlp.gate", p + "mlp.experts.%d."
             names = ("gate_proj", "up_proj", "down_proj")
-            normalize = tc.get("norm_topk_prob", False)
         else:
             return gated(h, p + "mlp.gate_proj", p + "mlp.up_proj", p + "mlp.down_proj")
+        normalize = True if mt == "mixtral" else tc.get("norm_topk_prob", False)
+        fused = p + "mlp.experts.gate_up_proj"
+
+        def expert(e, h):
+            if not m.has(fused):
+                return gated(h, ex % e + names[0], ex % e + names[1], ex % e + names[2])
+            # transformers 5 fused experts (conversion_mapping.py): gate_up
+            # [E, 2I, H] with gate rows first, down [E, H, I]; or the
+            # grouped-GEMM layout [E, H, 2I] / [E, I, H] used as x @ W
+            gu_t, dn_t = ck.tensors[fused], ck.tensors[p + "mlp.experts.down_proj"]
+            gu, dn = m.vals(fused), m.vals(p + "mlp.experts.down_proj")
+            _, a, b = gu_t.shape
+            if b == H:          # [E, 2I, H]
+                I = a // 2
+                y = [sum(gu[(e * a + o) * b + i] * h[i] for i in range(H)) for o in range(a)]
+            else:               # [E, H, 2I]
+                I = b // 2
+                y = [sum(h[i] * gu[(e * a + i) * b + o] for i in range(H)) for o in range(b)]
+            z = [_act(act, y[j]) * y[I + j] for j in range(I)]
+            _, c, d = dn_t.shape
+            if c == H:          # [E, H, I]
+                return [sum(dn[(e * c + o) * d + j] * z[j] for j in range(I)) for o in range(H)]
+            return [sum(z[j] * dn[(e * c + j) * d + o] for j in range(I)) for o in range(H)]
         logits = m.linear(h, router)
         if mt == "deepseek_v3":
             # DeepseekV3TopkRouter.forward / get_topk_indices
@@ -329,7 +358,7 @@ def ref_logits(ck, tokens):
             w = [v * tc.get("routed_scaling_factor", 1.0) for v in w]
             out = [0.0] * H
             for e, we in zip(top, w):
-                y = gated(h, ex % e + names[0], ex % e + names[1], ex % e + names[2])
+                y = expert(e, h)
                 out = [a + we * b for a, b in zip(out, y)]
             y = gated(h, p + "mlp.shared_experts.gate_proj", p + "mlp.shared_experts.up_proj",
                       p + "mlp.shared_experts.down_proj")
@@ -345,7 +374,7 @@ def ref_logits(ck, tokens):
             w = [v / sum(w) for v in w]
         out = [0.0] * H
         for e, we in zip(top, w):
-            y = gated(h, ex % e + names[0], ex % e + names[1], ex % e + names[2])
+            y = expert(e, h)
             out = [a + we * b for a, b in zip(out, y)]
         if m.has(p + "mlp.shared_expert.gate_proj.weight"):
             y = gated(h, p + "mlp.shared_expert.gate_proj", p + "mlp.shared_expert.up_proj",

@@ -2,7 +2,7 @@
 
 Each family's tiny fixture (trained-looking norms) is converted by $FLASHIFY
 and checked tensor by tensor against expect.py, whose fold map was written
-from architectures.md §1 independently of src/arch.c.
+from docs/architectures.md independently of src/arch.c.
 """
 
 import os
@@ -175,7 +175,7 @@ class Specifics(Base):
         # DeepSeek-V3 checkpoints carry a multi-token-prediction layer after
         # the last decoder layer (model.layers.{num_hidden_layers}.*: enorm,
         # hnorm, eh_proj, shared_head.norm, plus a full decoder block).  The
-        # v4 loader ignores it; architectures.md pitfall 6: leave it alone.
+        # v4 loader ignores it; docs/architectures.md §deepseek_v3: leave it alone.
         m = build_model("deepseek_v3", dtype="BF16", seed=409)
         L = m.config["num_hidden_layers"]
         extra = {}

@@ -61,11 +61,32 @@ class ForwardFamilies(unittest.TestCase):
         self.assertLess(worst, 1e-4, "%s %s: C vs Python reference differ by %.3g" % (fam, dtype, worst))
         spread = max(ref[0]) - min(ref[0])
         self.assertGreater(spread, 0.05, "degenerate logits")
+        return p
 
     def test_every_family(self):
         for fam in FAMILIES:
             with self.subTest(family=fam):
                 self.check(fam, "F32")
+
+    def test_fused_experts(self):
+        """transformers 5 fused 3-D experts in both layouts: the C pass
+        reads them, ref_forward.py reads them its own way, and the result
+        line says which layout ran."""
+        cases = [(f, "fused") for f in ("mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v3")]
+        cases += [("qwen2_moe", "fused_t"), ("qwen3_moe", "fused_t")]
+        for fam, experts in cases:
+            with self.subTest(family=fam, experts=experts):
+                src = os.path.join(self.tmp, "%s-%s" % (fam, experts))
+                write_source(src, fam, "F32", experts=experts, v5_keys=experts == "fused_t")
+                p = self.check_dir(src)
+                want = "[E, 2I, H]" if experts == "fused" else "[E, H, 2I]"
+                self.assertIn("fused experts " + want, p.stdout)
+
+    def test_stray_text_config(self):
+        """A llama config with another model's text_config computes llama."""
+        src = os.path.join(self.tmp, "stray")
+        write_source(src, "llama", "F32", stray_text_config=True)
+        self.check_dir(src)
 
     def test_deepseek_q_proj_variant(self):
         src = os.path.join(self.tmp, "ds-q")

@@ -47,8 +47,12 @@ static void exercise_dir(const char *dir, const char *plan_file)
             if (s2 != FL_OK) check_message(s2, &e2);
         }
     }
-    (void)ckpt_config_num(&ck.cfg, "rms_norm_eps", 1e-6);
-    (void)ckpt_config_int(&ck.cfg, "vocab_size", 0);
+    for (int nested = 0; nested <= 1; nested++) {
+        ckpt_view v = ckpt_config_view(&ck.cfg, nested);
+        (void)ckpt_view_num(v, "rms_norm_eps", 1e-6, 1e-6);
+        (void)ckpt_view_int(v, "vocab_size", 0);
+        (void)ckpt_view_set(v, "q_lora_rank");
+    }
     plan_options opt = {0};
     opt.plan_file = plan_file;
     fold_plan plan;

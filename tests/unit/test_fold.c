@@ -179,6 +179,83 @@ static void test_in_place_and_row_split(void)
     CHECK(memcmp(b, c, sizeof b) == 0, "row-by-row in-place fold differs from the block fold");
 }
 
+/* fold_range on 3-D fused experts: [E, out, in] reads w[last index],
+ * [E, in, out] reads w[middle index].  Folded in chunks whose boundaries
+ * fall mid-row (and mid-run of one gain), the result must equal the
+ * long-double reference element by element, for every chunk size. */
+static void test_range_axes(int d, int p, int emin, int emax, int gain)
+{
+    enum { E = 3, A = 5, B = 7, N = E * A * B };
+    const uint64_t shape[3] = {E, A, B};
+    size_t es = st_dtype_bits(d) / 8;
+    unsigned char in[N * 4], out[N * 4];
+    for (int axis = 1; axis <= 2; axis++) {
+        int n_in = axis == 1 ? A : B;
+        double w[B];
+        for (int c = 0; c < n_in; c++)
+            w[c] = gain == GAIN_ONE_PLUS_W ? random_weight() / 4 : 0.5 + (double)(next32() % 1000) / 500;
+        for (int i = 0; i < N; i++) {
+            double v = round_format(random_weight(), p, emin, emax);
+            switch (d) {
+            case ST_BF16: ((uint16_t *)in)[i] = double_to_bf16(v); break;
+            case ST_F16: ((uint16_t *)in)[i] = double_to_f16(v); break;
+            default: ((uint32_t *)in)[i] = f32_bits((float)v); break;
+            }
+        }
+        fold_axis ax = fold_axis_of(shape, 3, axis);
+        CHECK(ax.n_in == (uint64_t)n_in && ax.inner == (axis == 1 ? B : 1u), "axis %d: n_in %llu inner %llu",
+              axis, (unsigned long long)ax.n_in, (unsigned long long)ax.inner);
+        for (int chunk = 1; chunk <= N; chunk += chunk < 12 ? 1 : 17) {
+            memset(out, 0xAB, sizeof out);
+            for (int first = 0; first < N; first += chunk) {
+                int count = N - first < chunk ? N - first : chunk;
+                long bad = fold_range(d, in + (size_t)first * es, out + (size_t)first * es, (uint64_t)first,
+                                      (uint64_t)count, ax, w, gain, 0);
+                CHECK(bad == -1, "axis %d chunk %d: non-finite at %ld", axis, chunk, bad);
+            }
+            int wrong = 0;
+            for (int i = 0; i < N; i++) {
+                int e = i / (A * B), a = i / B % A, b = i % B;
+                (void)e;
+                long double W = dtype_load(d, in, (size_t)i);
+                long double gv = axis == 1 ? w[a] : w[b];
+                long double g = gain == GAIN_ONE_PLUS_W ? 1.0L + gv : gv;
+                long double want = round_format(W * g, p, emin, emax);
+                long double got = dtype_load(d, out, (size_t)i);
+                if ((got != want || signbit(got) != signbit(want)) && wrong++ < 3)
+                    CHECK(0, "%s axis %d chunk %d: element [%d, %d, %d]: got %.20Lg want %.20Lg",
+                          st_dtype_name(d), axis, chunk, e, a, b, got, want);
+            }
+            CHECK(wrong == 0, "%s axis %d chunk %d gain %d: %d elements wrong", st_dtype_name(d), axis, chunk, gain,
+                  wrong);
+        }
+    }
+    /* A 2-D nn.Linear [out, in] through fold_range equals fold_rows. */
+    const uint64_t sh2[2] = {A * E, B};
+    fold_axis ax2 = fold_axis_of(sh2, 2, 1);
+    double w2[B];
+    for (int c = 0; c < B; c++)
+        w2[c] = 0.25 + (double)(next32() % 1000) / 250;
+    unsigned char ref[N * 4];
+    fold_rows(d, in, ref, A * E, B, w2, gain, 0);
+    fold_range(d, in, out, 0, 10, ax2, w2, gain, 0);
+    fold_range(d, in + 10 * es, out + 10 * es, 10, N - 10, ax2, w2, gain, 0);
+    CHECK(memcmp(ref, out, N * es) == 0, "%s: 2-D fold_range split mid-row differs from fold_rows",
+          st_dtype_name(d));
+    fold_axis bad = fold_axis_of(shape, 3, 3);
+    CHECK(bad.n_in == 0, "axis 3 of a 3-D tensor is refused");
+}
+
+static void test_describe_index(void)
+{
+    const uint64_t s3[3] = {3, 5, 7}, s2[2] = {4, 6};
+    char buf[64];
+    fold_describe_index(s3, 3, 2 * 35 + 4 * 7 + 6, buf, sizeof buf);
+    CHECK(strcmp(buf, "[2, 4, 6]") == 0, "3-D index: %s", buf);
+    fold_describe_index(s2, 2, 13, buf, sizeof buf);
+    CHECK(strcmp(buf, "[2, 1]") == 0, "2-D index: %s", buf);
+}
+
 static void test_identity_fill(void)
 {
     uint16_t h[3];
@@ -201,6 +278,12 @@ int main(void)
     }
     test_bf16_fast_path(GAIN_W);
     test_bf16_fast_path(GAIN_ONE_PLUS_W);
+    for (int gain = GAIN_W; gain <= GAIN_ONE_PLUS_W; gain++) {
+        test_range_axes(ST_BF16, 8, -126, 127, gain);
+        test_range_axes(ST_F16, 11, -14, 15, gain);
+        test_range_axes(ST_F32, 24, -126, 127, gain);
+    }
+    test_describe_index();
     test_nonfinite_reported();
     test_in_place_and_row_split();
     test_identity_fill();

@@ -1,0 +1,426 @@
+/* forward_blocks.c — the neural-net blocks (forward_internal.h).
+ *
+ * Norms, RoPE, causal attention (GQA, DeepSeek MLA), the gated MLP and MoE
+ * routing, each as its modeling class computes it; statistics, softmax
+ * and RoPE angles in double, activations float32. */
+#include "forward_internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+
+/* Normalises `count` vectors of `n` floats in place: RMSNorm
+ * (x * rsqrt(mean(x^2) + eps)) or mean-centred LayerNorm without bias, then
+ * multiplies by the gain (g_stride 0: one gain for every vector; n: Cohere's
+ * per-head 2-D weight).  Statistics in double. */
+static void norm_apply_eps(const fwd_model *m, float *x, long count, long n, const float *g,
+                           long g_stride, double eps)
+{
+    for (long c = 0; c < count; c++) {
+        float *v = x + c * n;
+        double mean = 0, ss = 0;
+        if (m->fam->norm == NORM_LN_NOBIAS) {
+            for (long i = 0; i < n; i++)
+                mean += v[i];
+            mean /= (double)n;
+        }
+        for (long i = 0; i < n; i++) {
+            double d = v[i] - mean;
+            ss += d * d;
+        }
+        double inv = 1.0 / sqrt(ss / (double)n + eps);
+        const float *gc = g ? g + (g_stride ? c * g_stride : 0) : NULL;
+        for (long i = 0; i < n; i++) {
+            float xh = (float)((v[i] - mean) * inv);
+            v[i] = gc ? xh * gc[i] : xh;
+        }
+    }
+}
+
+static void norm_apply(const fwd_model *m, float *x, long count, long n, const float *g,
+                       long g_stride)
+{
+    norm_apply_eps(m, x, count, n, g, g_stride, m->eps);
+}
+
+void fwd_norm_rows(const fwd_model *m, const fwd_norm *nm, float *x, long T, long n)
+{
+    norm_apply(m, x, T, n, nm->g, 0);
+}
+
+static float act_fn(const fwd_model *m, float x)
+{
+    switch (m->act) {
+    case ACT_GELU_TANH: {
+        double c = sqrt(2.0 / M_PI);
+        return (float)(0.5 * x * (1.0 + tanh(c * (x + 0.044715 * (double)x * x * x))));
+    }
+    case ACT_GELU_ERF:
+        return (float)(0.5 * x * (1.0 + erf(x / sqrt(2.0))));
+    default:
+        return (float)(x / (1.0 + exp(-(double)x)));
+    }
+}
+
+/* Rotates one head vector in place for position pos: rotate_half pairs
+ * (i, i + rot/2) (apply_rotary_pos_emb), or (2i, 2i+1) for Cohere. */
+static void rope_head(const fwd_model *m, const fwd_layer *ly, float *v, long pos)
+{
+    const float *inv_freq = ly->inv_freq;
+    long half = m->rot / 2;
+    for (long i = 0; i < half; i++) {
+        float ang = (float)pos * inv_freq[i]; /* HF: positions x inv_freq in fp32 */
+        float c = (float)cos(ang) * ly->rope_af, s = (float)sin(ang) * ly->rope_af;
+        long a = m->interleaved ? 2 * i : i, b = m->interleaved ? 2 * i + 1 : i + half;
+        float x1 = v[a], x2 = v[b];
+        v[a] = x1 * c - x2 * s;
+        v[b] = x2 * c + x1 * s;
+    }
+}
+
+
+/* Causal softmax attention over T positions: query head h reads kv head
+ * h / (nh / nkv) (GQA).  Row t of head h of q is at q + t*ldq + h*dqk (k
+ * and v alike, with dqk and dv); ctx gets [T][nh * dv].  Scores and
+ * softmax in double; Gemma2's soft cap; sliding window when the layer has
+ * one. */
+static void sdpa(const fwd_model *m, const fwd_layer *ly, const float *q, long ldq,
+                 const float *k, long ldk, const float *v, long ldv, long nh, long nkv,
+                 long dqk, long dv, long T, float *att, float *ctx)
+{
+    long group = nh / nkv;
+    for (long hh = 0; hh < nh; hh++) {
+        long kh = hh / group;
+        for (long i = 0; i < T; i++) {
+            const float *qi = q + i * ldq + hh * dqk;
+            long j0 = ly->window > 0 && i - ly->window + 1 > 0 ? i - ly->window + 1 : 0;
+            double mx = -INFINITY;
+            for (long j = j0; j <= i; j++) {
+                const float *kj = k + j * ldk + kh * dqk;
+                double d = 0;
+                for (long c = 0; c < dqk; c++)
+                    d += (double)qi[c] * kj[c];
+                d *= m->attn_scale;
+                if (m->attn_softcap > 0)
+                    d = tanh(d / m->attn_softcap) * m->attn_softcap;
+                att[j] = (float)d;
+                if (d > mx)
+                    mx = d;
+            }
+            double sum = 0;
+            for (long j = j0; j <= i; j++) {
+                double e = exp((double)att[j] - mx);
+                att[j] = (float)e;
+                sum += e;
+            }
+            float *ci = ctx + i * nh * dv + hh * dv;
+            for (long c = 0; c < dv; c++) {
+                double acc = 0;
+                for (long j = j0; j <= i; j++)
+                    acc += (double)att[j] * v[j * ldv + kh * dv + c];
+                ci[c] = (float)(acc / sum);
+            }
+        }
+    }
+}
+
+/* DeepseekV3Attention (multi-head latent attention), see bind_layer.  The
+ * latent and q_a norms are DeepseekV3RMSNorm built without eps: 1e-6. */
+static fl_status attention_mla(const fwd_model *m, const fwd_layer *ly, const float *h, long T,
+                               fwd_bufs *b, float *out, fl_error *err)
+{
+    long nh = m->nh, R = m->rot, qk = m->nope + R, kvw = m->kv_lora + R, kb = m->nope + m->vdim;
+    size_t tz = (size_t)T;
+    float *q = malloc(tz * nh * qk * sizeof *q), *k = malloc(tz * nh * qk * sizeof *k);
+    float *v = malloc(tz * nh * m->vdim * sizeof *v), *kva = malloc(tz * kvw * sizeof *kva);
+    float *lat = malloc(tz * m->kv_lora * sizeof *lat), *kvb = malloc(tz * nh * kb * sizeof *kvb);
+    float *qa = malloc(tz * (m->q_lora > 0 ? m->q_lora : 1) * sizeof *qa);
+    float *ctx = malloc(tz * nh * m->vdim * sizeof *ctx);
+    fl_status s = FL_OK;
+    if (!q || !k || !v || !kva || !lat || !kvb || !qa || !ctx) {
+        s = fl_fail(err, FL_EIO, "out of memory");
+        goto done;
+    }
+    if (ly->q_a.t) {
+        if ((s = fwd_matmul(m, &ly->q_a, NULL, h, T, qa, err)) != FL_OK)
+            goto done;
+        norm_apply_eps(m, qa, T, m->q_lora, ly->q_a_norm.g, 0, m->fam->mla_norm_eps);
+        s = fwd_matmul(m, &ly->q_b, NULL, qa, T, q, err);
+    } else {
+        s = fwd_matmul(m, &ly->q, NULL, h, T, q, err);
+    }
+    if (s != FL_OK || (s = fwd_matmul(m, &ly->kv_a, NULL, h, T, kva, err)) != FL_OK)
+        goto done;
+    for (long t = 0; t < T; t++)
+        memcpy(lat + t * m->kv_lora, kva + t * kvw, (size_t)m->kv_lora * sizeof *lat);
+    norm_apply_eps(m, lat, T, m->kv_lora, ly->kv_a_norm.g, 0, m->fam->mla_norm_eps);
+    if ((s = fwd_matmul(m, &ly->kv_b, NULL, lat, T, kvb, err)) != FL_OK)
+        goto done;
+    for (long t = 0; t < T; t++) {
+        float *kr = kva + t * kvw + m->kv_lora; /* one k_rot shared by all heads */
+        rope_head(m, ly, kr, t);
+        for (long hh = 0; hh < nh; hh++) {
+            float *qh = q + (t * nh + hh) * qk, *kh = k + (t * nh + hh) * qk;
+            const float *src = kvb + (t * nh + hh) * kb;
+            rope_head(m, ly, qh + m->nope, t);
+            memcpy(kh, src, (size_t)m->nope * sizeof *kh);
+            memcpy(kh + m->nope, kr, (size_t)R * sizeof *kh);
+            memcpy(v + (t * nh + hh) * m->vdim, src + m->nope, (size_t)m->vdim * sizeof *v);
+        }
+    }
+    sdpa(m, ly, q, nh * qk, k, nh * qk, v, nh * m->vdim, nh, nh, qk, m->vdim, T, b->att, ctx);
+    s = fwd_matmul(m, &ly->o, ly->bo, ctx, T, out, err);
+done:
+    free(q); free(k); free(v); free(kva); free(lat); free(kvb); free(qa); free(ctx);
+    return s;
+}
+
+
+fl_status fwd_attention(const fwd_model *m, const fwd_layer *ly, const float *h, long T, fwd_bufs *b, float *out,
+                        fl_error *err)
+{
+    if (m->fam->mla)
+        return attention_mla(m, ly, h, T, b, out, err);
+    long hd = m->hd, qd = m->nh * hd, kd = m->nkv * hd;
+    fl_status s;
+    if (ly->qkv.t) {
+        /* Phi3: qkv_proj rows are [q | k | v] (Phi3Attention.forward). */
+        if ((s = fwd_matmul(m, &ly->qkv, NULL, h, T, b->qkv, err)) != FL_OK)
+            return s;
+        long w = qd + 2 * kd;
+        for (long t = 0; t < T; t++) {
+            memcpy(b->q + t * qd, b->qkv + t * w, (size_t)qd * sizeof(float));
+            memcpy(b->k + t * kd, b->qkv + t * w + qd, (size_t)kd * sizeof(float));
+            memcpy(b->v + t * kd, b->qkv + t * w + qd + kd, (size_t)kd * sizeof(float));
+        }
+    } else if ((s = fwd_matmul(m, &ly->q, ly->bq, h, T, b->q, err)) != FL_OK ||
+               (s = fwd_matmul(m, &ly->k, ly->bk, h, T, b->k, err)) != FL_OK ||
+               (s = fwd_matmul(m, &ly->v, ly->bv, h, T, b->v, err)) != FL_OK) {
+        return s;
+    }
+    /* q/k norms, before RoPE. */
+    switch (m->qk_norm_on ? m->fam->qk : QK_NONE) {
+    case QK_HEAD:
+        norm_apply(m, b->q, T * m->nh, hd, ly->q_norm.g, 0);
+        norm_apply(m, b->k, T * m->nkv, hd, ly->k_norm.g, 0);
+        break;
+    case QK_FULL:
+        norm_apply(m, b->q, T, qd, ly->q_norm.g, 0);
+        norm_apply(m, b->k, T, kd, ly->k_norm.g, 0);
+        break;
+    case QK_HEAD_2D:
+        for (long t = 0; t < T; t++) {
+            norm_apply(m, b->q + t * qd, m->nh, hd, ly->q_norm.g, hd);
+            norm_apply(m, b->k + t * kd, m->nkv, hd, ly->k_norm.g, hd);
+        }
+        break;
+    default:
+        break;
+    }
+    if (ly->inv_freq)
+        for (long t = 0; t < T; t++) {
+            for (long hh = 0; hh < m->nh; hh++)
+                rope_head(m, ly, b->q + t * qd + hh * hd, t);
+            for (long hh = 0; hh < m->nkv; hh++)
+                rope_head(m, ly, b->k + t * kd + hh * hd, t);
+        }
+    sdpa(m, ly, b->q, qd, b->k, kd, b->v, kd, m->nh, m->nkv, hd, hd, T, b->att, b->ctx);
+    return fwd_matmul(m, &ly->o, ly->bo, b->ctx, T, out, err);
+}
+
+/* down(act(gate(x)) * up(x)) for a dense MLP or one expert. */
+static fl_status gated_mlp(const fwd_model *m, const fwd_mat *gate, const fwd_mat *up,
+                           const fwd_mat *gate_up, const fwd_mat *down, const float *bg,
+                           const float *bu, const float *bd, const float *x, long T,
+                           fwd_bufs *b, float *out, fl_error *err)
+{
+    fl_status s;
+    long I;
+    if (gate_up && gate_up->t) {
+        /* Phi3MLP and fused experts: gate, up = gate_up(x).chunk(2). */
+        I = (gate_up->xw ? gate_up->cols : gate_up->rows) / 2;
+        if ((s = fwd_matmul(m, gate_up, NULL, x, T, b->gu, err)) != FL_OK)
+            return s;
+        for (long t = 0; t < T; t++)
+            for (long i = 0; i < I; i++)
+                b->g[t * I + i] = act_fn(m, b->gu[t * 2 * I + i]) * b->gu[t * 2 * I + I + i];
+    } else {
+        I = gate->rows;
+        if ((s = fwd_matmul(m, gate, bg, x, T, b->g, err)) != FL_OK ||
+            (s = fwd_matmul(m, up, bu, x, T, b->u, err)) != FL_OK)
+            return s;
+        for (long i = 0; i < T * I; i++)
+            b->g[i] = act_fn(m, b->g[i]) * b->u[i];
+    }
+    return fwd_matmul(m, down, bd, b->g, T, out, err);
+}
+
+/* The indices of the K largest of E scores, best first; among equal scores
+ * the lowest index wins, as torch.topk picks them.  Both routers use it. */
+static void top_k(const double *score, long E, long K, long *sel)
+{
+    for (long k = 0; k < K; k++) {
+        long best = -1;
+        for (long e = 0; e < E; e++) {
+            int taken = 0;
+            for (long q = 0; q < k; q++)
+                taken |= sel[q] == e;
+            if (!taken && (best < 0 || score[e] > score[best]))
+                best = e;
+        }
+        sel[k] = best;
+    }
+}
+
+/* DeepseekV3TopkRouter: scores = sigmoid(logits); the choice adds
+ * e_score_correction_bias; groups ranked by the sum of their two best
+ * choices, experts outside the topk_group best groups masked to 0; top-k of
+ * the choice; weights are the plain scores, renormalised (+1e-20) when
+ * norm_topk_prob, times routed_scaling_factor. */
+static void ds_route(const fwd_model *m, const fwd_layer *ly, const float *r, long E, long K,
+                     long *sel, float *sw)
+{
+    double score[E], choice[E];
+    for (long e = 0; e < E; e++) {
+        score[e] = 1.0 / (1.0 + exp(-(double)r[e]));
+        choice[e] = score[e] + (ly->e_bias ? ly->e_bias[e] : 0.0);
+    }
+    long G = m->n_group > 0 && E % m->n_group == 0 ? m->n_group : 1, per = E / G;
+    long keep = m->topk_group > 0 && m->topk_group < G ? m->topk_group : G;
+    if (keep < G && per >= 2) {
+        double gs[G];
+        int kept[G];
+        for (long g = 0; g < G; g++) {
+            double b1 = -INFINITY, b2 = -INFINITY;
+            for (long e = g * per; e < (g + 1) * per; e++) {
+                if (choice[e] > b1) {
+                    b2 = b1;
+                    b1 = choice[e];
+                } else if (choice[e] > b2) {
+                    b2 = choice[e];
+                }
+            }
+            gs[g] = b1 + b2;
+            kept[g] = 0;
+        }
+        for (long n = 0; n < keep; n++) {
+            long best = -1;
+            for (long g = 0; g < G; g++)
+                if (!kept[g] && (best < 0 || gs[g] > gs[best]))
+                    best = g;
+            kept[best] = 1;
+        }
+        for (long e = 0; e < E; e++)
+            if (!kept[e / per])
+                choice[e] = 0.0;
+    }
+    top_k(choice, E, K, sel);
+    double tot = 0;
+    for (long k = 0; k < K; k++)
+        tot += score[sel[k]];
+    for (long k = 0; k < K; k++) {
+        double w = score[sel[k]];
+        if (m->norm_topk)
+            w /= tot + 1e-20;
+        sw[k] = (float)(w * m->routed_scale);
+    }
+}
+
+/* Sparse MoE block: softmax router over all experts in fp32, top-k,
+ * optional renormalisation (MixtralSparseMoeBlock always; Qwen*MoE when
+ * norm_topk_prob), each expert on its tokens, plus Qwen2-MoE's shared
+ * expert scaled by sigmoid(shared_expert_gate(x)). */
+static fl_status moe(const fwd_model *m, const fwd_layer *ly, const float *x, long T,
+                     fwd_bufs *b, float *out, fl_error *err)
+{
+    long E = ly->n_experts, K = m->topk, H = m->H;
+    fl_status s;
+    if ((s = fwd_matmul(m, &ly->router, NULL, x, T, b->router, err)) != FL_OK)
+        return s;
+    for (long t = 0; t < T; t++) {
+        const float *r = b->router + t * E;
+        long *sel = b->sel + t * K;
+        float *sw = b->selw + t * K;
+        if (m->fam->router == ROUTER_DEEPSEEK) {
+            ds_route(m, ly, r, E, K, sel, sw);
+            continue;
+        }
+        double mx = -INFINITY, sum = 0;
+        for (long e = 0; e < E; e++)
+            if (r[e] > mx)
+                mx = r[e];
+        for (long e = 0; e < E; e++)
+            sum += exp((double)r[e] - mx);
+        double rd[E];
+        for (long e = 0; e < E; e++)
+            rd[e] = r[e];   /* exact: the same order as the float logits */
+        top_k(rd, E, K, sel);
+        double tot = 0;
+        for (long k = 0; k < K; k++) {
+            long best = sel[k];
+            double p = exp((double)r[best] - mx) / sum;
+            sw[k] = (float)p;
+            tot += p;
+        }
+        if (m->norm_topk)
+            for (long k = 0; k < K; k++)
+                sw[k] = (float)(sw[k] / tot);
+    }
+    memset(out, 0, (size_t)(T * H) * sizeof *out);
+    long *idx = malloc((size_t)T * sizeof *idx);
+    float *wt = malloc((size_t)T * sizeof *wt);
+    if (!idx || !wt) {
+        free(idx);
+        free(wt);
+        return fl_fail(err, FL_EIO, "out of memory");
+    }
+    for (long e = 0; e < E && s == FL_OK; e++) {
+        long n = 0;
+        for (long t = 0; t < T; t++)
+            for (long k = 0; k < K; k++)
+                if (b->sel[t * K + k] == e) {
+                    idx[n] = t;
+                    wt[n] = b->selw[t * K + k];
+                    memcpy(b->xe + n * H, x + t * H, (size_t)H * sizeof(float));
+                    n++;
+                }
+        if (!n) {
+            /* No token chose expert e: its weights count as done unread. */
+            fwd_meter_add(m, ly->fused ? &ly->e_gate_up[e] : &ly->e_gate[e]);
+            if (!ly->fused)
+                fwd_meter_add(m, &ly->e_up[e]);
+            fwd_meter_add(m, &ly->e_down[e]);
+            continue;
+        }
+        s = gated_mlp(m, &ly->e_gate[e], &ly->e_up[e], ly->fused ? &ly->e_gate_up[e] : NULL, &ly->e_down[e], NULL,
+                      NULL, NULL, b->xe, n, b, b->tmp2, err);
+        for (long i = 0; s == FL_OK && i < n; i++)
+            for (long c = 0; c < H; c++)
+                out[idx[i] * H + c] += wt[i] * b->tmp2[i * H + c];
+    }
+    free(idx);
+    free(wt);
+    if (s != FL_OK || !ly->sh_gate.t)
+        return s;
+    if ((s = gated_mlp(m, &ly->sh_gate, &ly->sh_up, NULL, &ly->sh_down, NULL, NULL, NULL, x, T,
+                       b, b->tmp2, err)) != FL_OK ||
+        (ly->sh_scalar.t && (s = fwd_matmul(m, &ly->sh_scalar, NULL, x, T, b->router, err)) != FL_OK))
+        return s;
+    for (long t = 0; t < T; t++) {
+        float gsc = ly->sh_scalar.t ? (float)(1.0 / (1.0 + exp(-(double)b->router[t]))) : 1.0f;
+        for (long c = 0; c < H; c++)
+            out[t * H + c] += gsc * b->tmp2[t * H + c];
+    }
+    return FL_OK;
+}
+
+fl_status fwd_mlp(const fwd_model *m, const fwd_layer *ly, const float *x, long T, fwd_bufs *b, float *out,
+                  fl_error *err)
+{
+    if (ly->n_experts)
+        return moe(m, ly, x, T, b, out, err);
+    return gated_mlp(m, &ly->gate, &ly->up, &ly->gate_up, &ly->down, ly->b_gate, ly->b_up,
+                     ly->b_down, x, T, b, out, err);
+}
+

@@ -1,0 +1,258 @@
+/* forward_internal.h — the reference forward pass's own pieces (forward*.c).
+ *
+ * forward_table.c  the family table and the RoPE types: every quirk of a
+ *                  family as a field, written from the modeling code
+ *                  (docs/architectures.md), independently of arch.c
+ * forward_load.c   fwd_open: the config read step by step, tensors bound
+ * forward_kernel.c the matrix products, streamed from the files
+ * forward_blocks.c norms, attention, MLP, MoE routing
+ * forward.c        the pass itself (fwd_logits) */
+#ifndef FLASHIFY_FORWARD_INTERNAL_H
+#define FLASHIFY_FORWARD_INTERNAL_H
+
+#include "flashify/forward.h"
+#include "flashify/pool.h"
+
+struct cJSON;
+
+/* ----------------------------------------------------------------------------
+ * The family table */
+
+typedef enum {
+    NORM_RMS_CAST,    /* Llama: w * x_hat.to(dtype) (activations are f32 here: w * x_hat) */
+    NORM_RMS_F32,     /* OLMo2: (w * x_hat_fp32).to(dtype) -- the same in f32 */
+    NORM_RMS_1PW,     /* Gemma: (x_hat_fp32 * (1 + w.float())).to(dtype) */
+    NORM_LN_NOBIAS    /* Cohere: mean-centred LayerNorm, no bias */
+} fwd_norm_kind;
+
+typedef enum {
+    LAYOUT_PRE,      /* x += attn(n1(x)); x += mlp(n2(x))            (Llama) */
+    LAYOUT_SANDWICH, /* x += n_post(attn(n1(x))); x += n_post2(mlp(n_pre(x))) (Gemma2/3) */
+    LAYOUT_POST,     /* x += n_post(attn(x)); x += n_post2(mlp(x))   (OLMo2) */
+    LAYOUT_PARALLEL  /* h = n1(x); x += attn(h) + mlp(h)             (Cohere) */
+} fwd_layout;
+
+typedef enum {
+    QK_NONE,
+    QK_HEAD,    /* RMSNorm over head_dim, one weight for all heads (Qwen3, Gemma3) */
+    QK_FULL,    /* RMSNorm over the whole projection, before the reshape (OLMo2) */
+    QK_HEAD_2D  /* LayerNorm over head_dim, weight [heads, head_dim] (Cohere) */
+} fwd_qk;
+
+typedef enum {
+    EMBED_NONE,
+    EMBED_SQRT_H,   /* * sqrt(hidden), rounded to the embedding dtype (Gemma) */
+    EMBED_KEY       /* * config key (Granite embedding_multiplier) */
+} fwd_embed;
+
+typedef enum {
+    SCALE_HEAD_DIM,  /* 1 / sqrt(head_dim) */
+    SCALE_KEY_ISQRT, /* key^-0.5 (Gemma query_pre_attn_scalar) */
+    SCALE_KEY        /* the key itself (Granite attention_multiplier) */
+} fwd_scale;
+
+typedef enum {
+    SLIDE_NONE,
+    SLIDE_ALL,      /* every layer (Mistral, Mixtral) */
+    SLIDE_EVEN,     /* even layers (Gemma2DecoderLayer.is_sliding) */
+    SLIDE_PATTERN   /* all but every n-th layer, n = sliding_window_pattern (Gemma3) */
+} fwd_sliding;
+
+typedef enum {
+    ROUTER_SOFTMAX,  /* softmax over all experts, top-k (Mixtral, Qwen) */
+    ROUTER_DEEPSEEK  /* sigmoid, correction bias, group-limited top-k */
+} fwd_router;
+
+/* Tensor names of one MoE layout, relative to the layer prefix. */
+typedef struct {
+    const char *router;      /* "mlp.gate" */
+    const char *experts;     /* "mlp.experts": per-expert "<experts>.{e}.<gate>" or fused "<experts>.gate_up_proj" */
+    const char *gate, *up, *down;   /* per-expert projection names */
+    const char *shared;      /* shared expert(s) "mlp.shared_expert", or NULL */
+    const char *shared_gate; /* sigmoid scalar gate of the shared expert, or NULL */
+} fwd_moe_names;
+
+typedef struct {
+    const char *model_type;
+    const char *wraps;          /* a composite type: the family of its text_config */
+    fwd_norm_kind norm;
+    const char *eps_key;
+    double eps;                 /* default when the key is absent */
+    fwd_layout layout;
+    fwd_qk qk;
+    const char *qk_flag;        /* config flag that enables the q/k norms, or NULL (always) */
+    fwd_embed embed;
+    const char *embed_key;
+    const char *residual_key;   /* residual + m * sublayer (Granite), or NULL */
+    fwd_scale scale;
+    const char *scale_key;
+    double scale_default;
+    const char *attn_cap_key;   /* soft caps: tanh(z / c) * c; 0 = none */
+    double attn_cap;
+    const char *final_cap_key;
+    double final_cap;
+    const char *logit_key;      /* logits * key (Cohere logit_scale) or / key */
+    double logit_default;
+    int logit_divide;           /* 1: divide (Granite logits_scaling) */
+    fwd_sliding sliding;
+    const char *local_theta_key; /* sliding layers' RoPE base (Gemma3 rope_local_base_freq) */
+    const char *act_key;
+    const char *act_default;
+    int interleaved;            /* RoPE on pairs (2i, 2i+1) (Cohere, DeepSeek) */
+    const char *interleave_key; /* overrides it (DeepSeek rope_interleave) */
+    int mla;                    /* DeepSeek multi-head latent attention */
+    double mla_norm_eps;        /* q_a/kv_a norms are built without eps */
+    fwd_router router;
+    const char *topk_norm_key;  /* renormalise the top-k weights: this key ... */
+    int topk_norm;              /* ... or this default (1 with no key: always) */
+    const fwd_moe_names *moe[2]; /* MoE layouts; the first whose router exists */
+    int tie_default;
+} fwd_family;
+
+/* The row of model_type (rows and composite types), or NULL; i-th for tests. */
+const fwd_family *fwd_family_find(const char *model_type);
+const fwd_family *fwd_family_at(size_t i);
+
+/* A rope_type (modeling_rope_utils.py ROPE_INIT_FUNCTIONS) and its builder. */
+typedef struct fwd_rope_ctx fwd_rope_ctx;
+typedef fl_status (*fwd_rope_builder)(const fwd_rope_ctx *c, const struct cJSON *scaling, double factor,
+                                      float *inv_freq, double *attn_factor, fl_error *err);
+typedef struct {
+    const char *name;
+    fwd_rope_builder build;
+} fwd_rope_type;
+
+struct fwd_rope_ctx {
+    long rot;            /* rotary dims */
+    double theta;
+    ckpt_view cfg;
+    const char *dir;
+};
+
+/* The builder of rope_type `name`, or NULL; the names, for messages. */
+const fwd_rope_type *fwd_rope_find(const char *name);
+void fwd_rope_names(char *buf, size_t cap);
+/* YaRN's attention temperature (modeling_rope_utils.py get_mscale). */
+double fwd_yarn_mscale(double scale, double mscale);
+
+/* ----------------------------------------------------------------------------
+ * The model */
+
+typedef struct {
+    const ckpt_tensor *t;   /* NULL: absent */
+    long rows, cols;        /* [out, in] as nn.Linear stores it; xw: [in, out] */
+    int dtype;
+    size_t esize;           /* bytes per element */
+    uint64_t off;           /* byte offset of this matrix in the tensor (one expert of a 3-D one) */
+    int xw;                 /* stored [in, out] and used as x @ W (grouped-GEMM experts) */
+} fwd_mat;
+
+typedef struct {
+    float *g;               /* effective gain (w or 1 + w); NULL = identity */
+    long n;
+} fwd_norm;
+
+typedef struct {
+    fwd_norm attn_norm, attn_post, mlp_norm, mlp_post, q_norm, k_norm;
+    fwd_mat q, k, v, qkv, o;
+    float *bq, *bk, *bv, *bo;
+    fwd_mat gate, up, gate_up, down;
+    float *b_gate, *b_up, *b_down;
+    long n_experts;          /* 0: dense MLP */
+    int fused;               /* experts stored as 3-D tensors */
+    fwd_mat router;
+    fwd_mat *e_gate, *e_up, *e_gate_up, *e_down;
+    fwd_mat sh_gate, sh_up, sh_down, sh_scalar; /* shared expert(s); scalar gate: Qwen2-MoE */
+    float *e_bias;           /* DeepSeek router e_score_correction_bias (choice only) */
+    fwd_mat q_a, q_b, kv_a, kv_b; /* DeepSeek MLA projections */
+    fwd_norm q_a_norm, kv_a_norm;
+    const float *inv_freq;   /* rot/2 frequencies; NULL: no RoPE (SmolLM3 NoPE) */
+    float rope_af;           /* multiplies cos and sin */
+    long window;             /* sliding window (0: none) */
+} fwd_layer;
+
+/* A worker's conversion buffers, grown to the largest block it met. */
+struct mm_scratch {
+    void *raw;      /* the block as stored */
+    float *f;       /* ... and as floats */
+    size_t cap;     /* elements both can hold */
+};
+
+/* Y[t][r] = sum_i X[t][i] * W[r][i] over a block of rows (see the kernel). */
+typedef void (*gemm_fn)(const float *w, long nr, long cols, const float *x, long T, float *y, long ldy);
+
+struct fwd_model {
+    const checkpoint *ck;
+    const fwd_family *fam;
+    ckpt_view cfg;                    /* the config level the text model reads */
+    fl_pool *pool;                    /* kept across matrix products */
+    struct mm_scratch *scratch;       /* one per pool worker */
+    gemm_fn gemm;                     /* the matrix kernel for this CPU */
+    long H, L, nh, nkv, hd, V, rot;   /* rot: rotary dims per head */
+    long max_inter;                   /* widest MLP / expert intermediate */
+    long max_experts, topk, moe_layers;
+    int norm_topk;                    /* renormalise the top-k routing weights */
+    long n_group, topk_group;
+    double routed_scale;
+    long q_lora, kv_lora, nope, vdim; /* MLA dims (rope part = rot) */
+    int interleaved;                  /* RoPE on pairs (2i, 2i+1) */
+    int act;
+    int qk_norm_on;
+    double eps;
+    double embed_mult;                /* sqrt(H) in the embedding dtype, Granite multiplier */
+    double residual_mult;
+    double attn_scale;                /* multiplies q.k */
+    double attn_softcap, final_softcap; /* 0: none */
+    double logit_mult;
+    fwd_mat embed, head;
+    fwd_norm final_norm;
+    fwd_layer *layers;
+    float *freq_global, *freq_local;
+    double af_global, af_local;       /* RoPE attention factor (YaRN, LongRoPE) */
+    char desc[256];
+    /* fwd_set_progress: bytes of the bound matrices (total) and of those
+     * streamed in this pass.  The blocks take the model const, so they
+     * count through mp, which points at meter. */
+    struct fwd_meter {
+        fwd_progress_fn fn;
+        void *ctx;
+        uint64_t done, total;
+    } meter, *mp;
+};
+
+enum { ACT_SILU, ACT_GELU_TANH, ACT_GELU_ERF };
+
+/* ----------------------------------------------------------------------------
+ * Across the files */
+
+/* forward_load.c */
+fl_status fwd_bind_mat(const fwd_model *m, const char *name, long rows, long cols, int required, fwd_mat *out,
+                       fl_error *err);
+
+/* forward_kernel.c */
+gemm_fn fwd_pick_gemm(void);
+void fwd_to_float(int d, const void *raw, float *out, size_t n);
+/* y[T][out] = x[T][in] * W^T (+ bias) for an nn.Linear matrix, or x @ W for an xw one. */
+fl_status fwd_matmul(const fwd_model *m, const fwd_mat *w, const float *bias, const float *x, long T, float *y,
+                     fl_error *err);
+/* Counts matrix w as streamed (or skipped: an expert no token chose) in this
+ * pass, and reports progress. */
+void fwd_meter_add(const fwd_model *m, const fwd_mat *w);
+/* Rounds x to the storage dtype d and back. */
+double fwd_round_to_dtype(int d, double x);
+
+/* forward_blocks.c */
+typedef struct {
+    float *h, *q, *k, *v, *ctx, *qkv, *att;
+    float *g, *u, *gu, *tmp, *tmp2, *xe, *router;
+    long *sel;
+    float *selw;
+} fwd_bufs;
+
+void fwd_norm_rows(const fwd_model *m, const fwd_norm *nm, float *x, long T, long n);
+fl_status fwd_attention(const fwd_model *m, const fwd_layer *ly, const float *h, long T, fwd_bufs *b, float *out,
+                        fl_error *err);
+fl_status fwd_mlp(const fwd_model *m, const fwd_layer *ly, const float *x, long T, fwd_bufs *b, float *out,
+                  fl_error *err);
+
+#endif

@@ -1,0 +1,777 @@
+/* forward_load.c — fwd_open: the config read step by step, the tensors bound.
+ *
+ * Each parse_* step reads one part of the config the way the family's
+ * config class and modeling code do (forward_table.c says which keys and
+ * defaults), like filling in a config struct: dimensions, attention, norms
+ * and activation, RoPE, MoE routing, the head.  Then every layer's tensors
+ * are bound (names checked, shapes checked, norm and bias vectors read). */
+#include "forward_internal.h"
+
+#include "flashify/dtype.h"
+#include "flashify/safetensors.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define MAX_DIM 65536
+
+static const char *ckdir(const fwd_model *m) { return m->ck->dir; }
+
+static const ckpt_tensor *findf(const fwd_model *m, char *buf, size_t cap, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static const ckpt_tensor *findf(const fwd_model *m, char *buf, size_t cap, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, cap, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= cap)
+        return NULL;
+    return ckpt_find(m->ck, buf);
+}
+
+/* ----------------------------------------------------------------------------
+ * Binding tensors */
+
+/* Binds a 2-D float matrix.  rows/cols < 0 accept any size; otherwise the
+ * shape must match.  A missing tensor is an error only when `required`. */
+fl_status fwd_bind_mat(const fwd_model *m, const char *name, long rows, long cols, int required, fwd_mat *out,
+                       fl_error *err)
+{
+    memset(out, 0, sizeof *out);
+    const ckpt_tensor *t = ckpt_find(m->ck, name);
+    if (!t) {
+        if (required)
+            return fl_fail(err, FL_EINPUT, "%s: tensor '%s' is missing", ckdir(m), name);
+        return FL_OK;
+    }
+    const st_tensor *s = t->t;
+    if (!st_dtype_is_foldable(s->dtype))
+        return fl_fail(err, FL_EINPUT, "%s: tensor '%s' is %s; the forward pass reads F16, BF16, F32 or F64",
+                       ckdir(m), name, st_dtype_name(s->dtype));
+    if (s->ndim != 2 || s->shape[0] == 0 || s->shape[1] == 0 || s->shape[0] > (1ULL << 40) ||
+        s->shape[1] > (1ULL << 40))
+        return fl_fail(err, FL_EINPUT, "%s: tensor '%s' should be a non-empty matrix (it has %d dims)", ckdir(m),
+                       name, s->ndim);
+    if ((rows >= 0 && (long)s->shape[0] != rows) || (cols >= 0 && (long)s->shape[1] != cols))
+        return fl_fail(err, FL_EINPUT, "%s: tensor '%s' has shape [%llu, %llu], expected [%ld, %ld]", ckdir(m), name,
+                       (unsigned long long)s->shape[0], (unsigned long long)s->shape[1], rows, cols);
+    *out = (fwd_mat){t, (long)s->shape[0], (long)s->shape[1], s->dtype, st_dtype_bits(s->dtype) / 8, 0, 0};
+    m->mp->total += st_nbytes(s);
+    return FL_OK;
+}
+
+/* Reads exactly n elements of tensor `name` (any shape: Cohere's q_norm is
+ * [heads, head_dim]) into doubles; absent: *out = NULL, an error only when
+ * `required`. */
+static fl_status read_vec(const fwd_model *m, const char *name, long n, int required, const char *what,
+                          double **out, fl_error *err)
+{
+    *out = NULL;
+    const ckpt_tensor *t = ckpt_find(m->ck, name);
+    if (!t)
+        return required ? fl_fail(err, FL_EINPUT, "%s: tensor '%s' is missing", ckdir(m), name) : FL_OK;
+    uint64_t numel;
+    if (st_numel(t->t, &numel) != 0 || numel != (uint64_t)n)
+        return fl_fail(err, FL_EINPUT, "%s: %s '%s' has %llu elements, expected %ld", ckdir(m), what, name,
+                       (unsigned long long)numel, n);
+    double *d = malloc((size_t)n * sizeof *d);
+    if (!d)
+        return fl_fail(err, FL_EIO, "out of memory");
+    size_t got = 0;
+    fl_status s = ckpt_read_vector(m->ck, t, d, (size_t)n, &got, err);
+    if (s != FL_OK) {
+        free(d);
+        return s;
+    }
+    *out = d;
+    return FL_OK;
+}
+
+/* A float vector of exactly n elements (a bias). */
+static fl_status bind_vec(const fwd_model *m, const char *name, long n, int required, float **out, fl_error *err)
+{
+    double *d;
+    *out = NULL;
+    fl_status s = read_vec(m, name, n, required, "tensor", &d, err);
+    if (s != FL_OK || !d)
+        return s;
+    float *f = malloc((size_t)n * sizeof *f);
+    for (long i = 0; f && i < n; i++)
+        f[i] = (float)d[i];
+    free(d);
+    if (!f)
+        return fl_fail(err, FL_EIO, "out of memory");
+    *out = f;
+    return FL_OK;
+}
+
+/* A norm weight; absent = identity gain (what HF's loaders initialise a
+ * missing norm to on current versions, docs/architectures.md §missing).
+ * The gain is 1 + w for a 1 + w class, computed as torch does:
+ * 1.0 + w.float() in fp32. */
+static fl_status bind_norm(const fwd_model *m, const char *name, long n, fwd_norm *out, fl_error *err)
+{
+    double *d;
+    out->n = n;
+    out->g = NULL;
+    fl_status s = read_vec(m, name, n, 0, "norm", &d, err);
+    if (s != FL_OK || !d)
+        return s;
+    out->g = malloc((size_t)n * sizeof *out->g);
+    int one_plus = m->fam->norm == NORM_RMS_1PW;
+    for (long i = 0; out->g && i < n; i++)
+        out->g[i] = one_plus ? (float)(1.0 + (double)(float)d[i]) : (float)d[i];
+    free(d);
+    return out->g ? FL_OK : fl_fail(err, FL_EIO, "out of memory");
+}
+
+/* ----------------------------------------------------------------------------
+ * MLP and MoE */
+
+static const fwd_moe_names *moe_layout(const fwd_model *m, const char *pre)
+{
+    char name[512];
+    for (int i = 0; i < 2 && m->fam->moe[i]; i++)
+        if (findf(m, name, sizeof name, "%s%s.weight", pre, m->fam->moe[i]->router))
+            return m->fam->moe[i];
+    return NULL;
+}
+
+/* One expert's matrix inside a 3-D tensor [E, a, b]: rows x cols at slab e. */
+static fwd_mat slab(const ckpt_tensor *t, long e, long rows, long cols, int xw)
+{
+    size_t es = st_dtype_bits(t->t->dtype) / 8;
+    return (fwd_mat){t, rows, cols, t->t->dtype, es, (uint64_t)e * (uint64_t)rows * (uint64_t)cols * es, xw};
+}
+
+/* transformers 5 fused experts: gate_up_proj [E, 2I, H] and down_proj
+ * [E, H, I] (nn.functional.linear per expert), or the grouped-GEMM layout
+ * [E, H, 2I] and [E, I, H] used as x @ W; gate is the first half of 2I. */
+static fl_status bind_fused(fwd_model *m, fwd_layer *ly, const char *pre, const fwd_moe_names *nm, long E,
+                            fl_error *err)
+{
+    char gu_name[512], dn_name[512];
+    const ckpt_tensor *gu = findf(m, gu_name, sizeof gu_name, "%s%s.gate_up_proj", pre, nm->experts);
+    const ckpt_tensor *dn = findf(m, dn_name, sizeof dn_name, "%s%s.down_proj", pre, nm->experts);
+    if (!gu || !dn)
+        return fl_fail(err, FL_EINPUT, "%s: tensor '%s' is missing", ckdir(m), gu ? dn_name : gu_name);
+    const uint64_t *g = gu->t->shape, *d = dn->t->shape;
+    if (gu->t->ndim != 3 || dn->t->ndim != 3 || g[0] != (uint64_t)E || d[0] != (uint64_t)E ||
+        !st_dtype_is_foldable(gu->t->dtype) || !st_dtype_is_foldable(dn->t->dtype))
+        return fl_fail(err, FL_EINPUT, "%s: fused experts '%s' / '%s' must be float [%ld, ., .] tensors", ckdir(m),
+                       gu_name, dn_name, E);
+    uint64_t H = (uint64_t)m->H;
+    int last = g[2] == H, middle = g[1] == H;
+    if (last && middle) {
+        /* 2I == H: down_proj [E, H, I] or [E, I, H] tells the layouts apart. */
+        last = d[1] == H && d[2] != H;
+        middle = d[2] == H && d[1] != H;
+    }
+    if (last == middle)
+        return fl_fail(err, FL_EINPUT, "%s: fused experts '%s' [%llu, %llu, %llu]: no single axis of size %ld",
+                       ckdir(m), gu_name, (unsigned long long)g[0], (unsigned long long)g[1],
+                       (unsigned long long)g[2], m->H);
+    uint64_t I2 = last ? g[1] : g[2];
+    uint64_t I = last ? d[2] : d[1];
+    if (I2 % 2 || I2 / 2 != I || (last ? d[1] : d[2]) != H || I > MAX_DIM)
+        return fl_fail(err, FL_EINPUT, "%s: fused experts '%s' (2I = %llu) and '%s' do not fit together", ckdir(m),
+                       gu_name, (unsigned long long)I2, dn_name);
+    ly->fused = last ? 1 : 2;
+    m->mp->total += st_nbytes(gu->t) + st_nbytes(dn->t);
+    for (long e = 0; e < E; e++) {
+        ly->e_gate_up[e] = last ? slab(gu, e, (long)I2, m->H, 0) : slab(gu, e, m->H, (long)I2, 1);
+        ly->e_down[e] = last ? slab(dn, e, m->H, (long)I, 0) : slab(dn, e, (long)I, m->H, 1);
+    }
+    if ((long)I > m->max_inter)
+        m->max_inter = (long)I;
+    return FL_OK;
+}
+
+/* gate [I, H], up [I, H] and down [H, I] named "<base>.<gate>.weight" and
+ * so on: an expert, a shared expert.  A gate absent and not `required`
+ * binds nothing. */
+static fl_status bind_triple(fwd_model *m, const char *base, const char *gn, const char *un, const char *dn,
+                             int required, fwd_mat *g, fwd_mat *u, fwd_mat *d, fl_error *err)
+{
+    char name[512];
+    long H = m->H;
+    snprintf(name, sizeof name, "%s.%s.weight", base, gn);
+    fl_status s = fwd_bind_mat(m, name, -1, H, required, g, err);
+    if (s != FL_OK || !g->t)
+        return s;
+    long I = g->rows;
+    snprintf(name, sizeof name, "%s.%s.weight", base, un);
+    if ((s = fwd_bind_mat(m, name, I, H, 1, u, err)) != FL_OK)
+        return s;
+    snprintf(name, sizeof name, "%s.%s.weight", base, dn);
+    if ((s = fwd_bind_mat(m, name, H, I, 1, d, err)) != FL_OK)
+        return s;
+    if (I > m->max_inter)
+        m->max_inter = I;
+    return FL_OK;
+}
+
+static fl_status bind_per_expert(fwd_model *m, fwd_layer *ly, const char *pre, const fwd_moe_names *nm, long E,
+                                 fl_error *err)
+{
+    char base[512];
+    fl_status s = FL_OK;
+    for (long e = 0; e < E && s == FL_OK; e++) {
+        snprintf(base, sizeof base, "%s%s.%ld", pre, nm->experts, e);
+        s = bind_triple(m, base, nm->gate, nm->up, nm->down, 1, &ly->e_gate[e], &ly->e_up[e], &ly->e_down[e], err);
+    }
+    return s;
+}
+
+/* The shared expert(s): Qwen2-MoE's with a sigmoid scalar gate,
+ * DeepSeek's without one. */
+static fl_status bind_shared(fwd_model *m, fwd_layer *ly, const char *pre, const fwd_moe_names *nm, fl_error *err)
+{
+    char name[512];
+    if (!nm->shared)
+        return FL_OK;
+    snprintf(name, sizeof name, "%s%s", pre, nm->shared);
+    fl_status s = bind_triple(m, name, "gate_proj", "up_proj", "down_proj", 0, &ly->sh_gate, &ly->sh_up,
+                              &ly->sh_down, err);
+    if (s != FL_OK || !ly->sh_gate.t || !nm->shared_gate)
+        return s;
+    snprintf(name, sizeof name, "%s%s.weight", pre, nm->shared_gate);
+    return fwd_bind_mat(m, name, 1, m->H, 1, &ly->sh_scalar, err);
+}
+
+static fl_status bind_moe(fwd_model *m, fwd_layer *ly, const char *pre, const fwd_moe_names *nm, fl_error *err)
+{
+    char name[512];
+    fl_status s;
+    snprintf(name, sizeof name, "%s%s.weight", pre, nm->router);
+    if ((s = fwd_bind_mat(m, name, -1, m->H, 1, &ly->router, err)) != FL_OK)
+        return s;
+    long E = ly->router.rows;
+    if (E > MAX_DIM)
+        return fl_fail(err, FL_EINPUT, "%s: router '%s' has %ld experts (limit 65536)", ckdir(m), name, E);
+    ly->n_experts = E;
+    ly->e_gate = calloc((size_t)E, sizeof *ly->e_gate);
+    ly->e_up = calloc((size_t)E, sizeof *ly->e_up);
+    ly->e_gate_up = calloc((size_t)E, sizeof *ly->e_gate_up);
+    ly->e_down = calloc((size_t)E, sizeof *ly->e_down);
+    if (!ly->e_gate || !ly->e_up || !ly->e_gate_up || !ly->e_down)
+        return fl_fail(err, FL_EIO, "out of memory");
+    int fused = findf(m, name, sizeof name, "%s%s.gate_up_proj", pre, nm->experts) != NULL;
+    s = fused ? bind_fused(m, ly, pre, nm, E, err) : bind_per_expert(m, ly, pre, nm, E, err);
+    if (s != FL_OK)
+        return s;
+    if (E > m->max_experts)
+        m->max_experts = E;
+    m->moe_layers++;
+    if (m->fam->router == ROUTER_DEEPSEEK) {
+        snprintf(name, sizeof name, "%s%s.e_score_correction_bias", pre, nm->router);
+        if ((s = bind_vec(m, name, E, 0, &ly->e_bias, err)) != FL_OK)
+            return s;
+    }
+    return bind_shared(m, ly, pre, nm, err);
+}
+
+/* Dense: gate/up/down (with biases where present), or Phi3's fused
+ * gate_up_proj. */
+static fl_status bind_dense(fwd_model *m, fwd_layer *ly, const char *pre, fl_error *err)
+{
+    char name[512];
+    fl_status s;
+    long H = m->H, I;
+    snprintf(name, sizeof name, "%smlp.gate_up_proj.weight", pre);
+    if ((s = fwd_bind_mat(m, name, -1, H, 0, &ly->gate_up, err)) != FL_OK)
+        return s;
+    if (ly->gate_up.t) {
+        if (ly->gate_up.rows % 2)
+            return fl_fail(err, FL_EINPUT, "%s: fused '%s' has an odd number of rows (%ld)", ckdir(m), name,
+                           ly->gate_up.rows);
+        I = ly->gate_up.rows / 2;
+    } else {
+        snprintf(name, sizeof name, "%smlp.gate_proj.weight", pre);
+        if ((s = fwd_bind_mat(m, name, -1, H, 1, &ly->gate, err)) != FL_OK)
+            return s;
+        I = ly->gate.rows;
+        snprintf(name, sizeof name, "%smlp.up_proj.weight", pre);
+        if ((s = fwd_bind_mat(m, name, I, H, 1, &ly->up, err)) != FL_OK)
+            return s;
+        snprintf(name, sizeof name, "%smlp.gate_proj.bias", pre);
+        if ((s = bind_vec(m, name, I, 0, &ly->b_gate, err)) != FL_OK)
+            return s;
+        snprintf(name, sizeof name, "%smlp.up_proj.bias", pre);
+        if ((s = bind_vec(m, name, I, 0, &ly->b_up, err)) != FL_OK)
+            return s;
+    }
+    snprintf(name, sizeof name, "%smlp.down_proj.weight", pre);
+    if ((s = fwd_bind_mat(m, name, H, I, 1, &ly->down, err)) != FL_OK)
+        return s;
+    snprintf(name, sizeof name, "%smlp.down_proj.bias", pre);
+    if ((s = bind_vec(m, name, H, 0, &ly->b_down, err)) != FL_OK)
+        return s;
+    if (I > m->max_inter)
+        m->max_inter = I;
+    return FL_OK;
+}
+
+/* ----------------------------------------------------------------------------
+ * Attention */
+
+#define NAME(fmt) (snprintf(name, sizeof name, "%s" fmt, pre), name)
+
+/* Which norms a layer has depends on the layout (docs/architectures.md). */
+static fl_status bind_layer_norms(fwd_model *m, fwd_layer *ly, const char *pre, fl_error *err)
+{
+    char name[512];
+    long H = m->H, qd = m->nh * m->hd, kd = m->nkv * m->hd;
+    fl_status s = bind_norm(m, NAME("input_layernorm.weight"), H, &ly->attn_norm, err);
+    fwd_norm *post = m->fam->layout == LAYOUT_PRE ? &ly->mlp_norm : &ly->attn_post;
+    if (s == FL_OK && m->fam->layout != LAYOUT_PARALLEL)
+        s = bind_norm(m, NAME("post_attention_layernorm.weight"), H, post, err);
+    if (s == FL_OK && m->fam->layout == LAYOUT_SANDWICH)
+        s = bind_norm(m, NAME("pre_feedforward_layernorm.weight"), H, &ly->mlp_norm, err);
+    if (s == FL_OK && (m->fam->layout == LAYOUT_SANDWICH || m->fam->layout == LAYOUT_POST))
+        s = bind_norm(m, NAME("post_feedforward_layernorm.weight"), H, &ly->mlp_post, err);
+    if (s != FL_OK || m->fam->qk == QK_NONE || !m->qk_norm_on)
+        return s;
+    long qn = m->fam->qk == QK_HEAD ? m->hd : qd, kn = m->fam->qk == QK_HEAD ? m->hd : kd;
+    if ((s = bind_norm(m, NAME("self_attn.q_norm.weight"), qn, &ly->q_norm, err)) != FL_OK)
+        return s;
+    return bind_norm(m, NAME("self_attn.k_norm.weight"), kn, &ly->k_norm, err);
+}
+
+/* DeepseekV3Attention: q_proj, or q_a_proj -> q_a_layernorm -> q_b_proj;
+ * kv_a_proj_with_mqa -> [latent | k_rot], the latent through kv_a_layernorm
+ * -> kv_b_proj -> per head [k_nope | v]. */
+static fl_status bind_mla(fwd_model *m, fwd_layer *ly, const char *pre, fl_error *err)
+{
+    char name[512];
+    fl_status s;
+    long H = m->H, qk = m->nope + m->rot;
+    if (m->q_lora > 0) {
+        if ((s = fwd_bind_mat(m, NAME("self_attn.q_a_proj.weight"), m->q_lora, H, 1, &ly->q_a, err)) != FL_OK ||
+            (s = bind_norm(m, NAME("self_attn.q_a_layernorm.weight"), m->q_lora, &ly->q_a_norm, err)) != FL_OK ||
+            (s = fwd_bind_mat(m, NAME("self_attn.q_b_proj.weight"), m->nh * qk, m->q_lora, 1, &ly->q_b, err)) != FL_OK)
+            return s;
+    } else if ((s = fwd_bind_mat(m, NAME("self_attn.q_proj.weight"), m->nh * qk, H, 1, &ly->q, err)) != FL_OK) {
+        return s;
+    }
+    if ((s = fwd_bind_mat(m, NAME("self_attn.kv_a_proj_with_mqa.weight"), m->kv_lora + m->rot, H, 1, &ly->kv_a,
+                          err)) != FL_OK ||
+        (s = bind_norm(m, NAME("self_attn.kv_a_layernorm.weight"), m->kv_lora, &ly->kv_a_norm, err)) != FL_OK ||
+        (s = fwd_bind_mat(m, NAME("self_attn.kv_b_proj.weight"), m->nh * (m->nope + m->vdim), m->kv_lora, 1,
+                          &ly->kv_b, err)) != FL_OK)
+        return s;
+    return fwd_bind_mat(m, NAME("self_attn.o_proj.weight"), H, m->nh * m->vdim, 1, &ly->o, err);
+}
+
+/* Separate q/k/v (biases where the checkpoint has them: Qwen2 hard-codes
+ * q/k/v biases; Llama's attention_bias adds o_proj's too), or Phi3's fused
+ * qkv_proj. */
+static fl_status bind_attention(fwd_model *m, fwd_layer *ly, const char *pre, fl_error *err)
+{
+    char name[512];
+    fl_status s;
+    long H = m->H, qd = m->nh * m->hd, kd = m->nkv * m->hd;
+    if ((s = fwd_bind_mat(m, NAME("self_attn.qkv_proj.weight"), qd + 2 * kd, H, 0, &ly->qkv, err)) != FL_OK)
+        return s;
+    if (!ly->qkv.t &&
+        ((s = fwd_bind_mat(m, NAME("self_attn.q_proj.weight"), qd, H, 1, &ly->q, err)) != FL_OK ||
+         (s = fwd_bind_mat(m, NAME("self_attn.k_proj.weight"), kd, H, 1, &ly->k, err)) != FL_OK ||
+         (s = fwd_bind_mat(m, NAME("self_attn.v_proj.weight"), kd, H, 1, &ly->v, err)) != FL_OK ||
+         (s = bind_vec(m, NAME("self_attn.q_proj.bias"), qd, 0, &ly->bq, err)) != FL_OK ||
+         (s = bind_vec(m, NAME("self_attn.k_proj.bias"), kd, 0, &ly->bk, err)) != FL_OK ||
+         (s = bind_vec(m, NAME("self_attn.v_proj.bias"), kd, 0, &ly->bv, err)) != FL_OK))
+        return s;
+    if ((s = fwd_bind_mat(m, NAME("self_attn.o_proj.weight"), H, qd, 1, &ly->o, err)) != FL_OK)
+        return s;
+    return bind_vec(m, NAME("self_attn.o_proj.bias"), H, 0, &ly->bo, err);
+}
+#undef NAME
+
+/* Whether layer i uses the sliding window: the config's layer_types when it
+ * has them, else the family's pattern. */
+static int layer_slides(const fwd_model *m, long i)
+{
+    const cJSON *lt = ckpt_view_get(m->cfg, "layer_types");
+    if (cJSON_IsArray(lt) && i < cJSON_GetArraySize(lt)) {
+        const cJSON *e = cJSON_GetArrayItem(lt, (int)i);
+        return cJSON_IsString(e) && strcmp(e->valuestring, "sliding_attention") == 0;
+    }
+    switch (m->fam->sliding) {
+    case SLIDE_ALL: return 1;
+    case SLIDE_EVEN: return i % 2 == 0;
+    case SLIDE_PATTERN: {
+        long p = (long)ckpt_view_num(m->cfg, "sliding_window_pattern", 6, 6);
+        return p > 0 && (i + 1) % p != 0;
+    }
+    default: return 0;
+    }
+}
+
+/* Where layer i's RoPE and window come from. */
+static void layer_positions(fwd_model *m, fwd_layer *ly, long i)
+{
+    int slides = layer_slides(m, i);
+    int local = slides && m->freq_local;
+    ly->inv_freq = local ? m->freq_local : m->freq_global;
+    ly->rope_af = (float)(local ? m->af_local : m->af_global);
+    const cJSON *nope = ckpt_view_get(m->cfg, "no_rope_layers");
+    if (cJSON_IsArray(nope) && i < cJSON_GetArraySize(nope)) {
+        const cJSON *e = cJSON_GetArrayItem(nope, (int)i);
+        if (cJSON_IsNumber(e) && e->valuedouble == 0)
+            ly->inv_freq = NULL; /* SmolLM3: use_rope = no_rope_layers[i] */
+    }
+    if (slides) {
+        double w = ckpt_view_num(m->cfg, "sliding_window", 0, 0);
+        ly->window = w > 0 && w < 1e15 ? (long)w : 0;
+    }
+}
+
+static fl_status bind_layer(fwd_model *m, const char *prefix, long i, fl_error *err)
+{
+    fwd_layer *ly = &m->layers[i];
+    char pre[256];
+    snprintf(pre, sizeof pre, "%slayers.%ld.", prefix, i);
+    fl_status s = bind_layer_norms(m, ly, pre, err);
+    if (s == FL_OK)
+        s = m->fam->mla ? bind_mla(m, ly, pre, err) : bind_attention(m, ly, pre, err);
+    if (s != FL_OK)
+        return s;
+    const fwd_moe_names *nm = moe_layout(m, pre);
+    if ((s = nm ? bind_moe(m, ly, pre, nm, err) : bind_dense(m, ly, pre, err)) != FL_OK)
+        return s;
+    layer_positions(m, ly, i);
+    if (ly->n_experts && (m->topk < 1 || m->topk > ly->n_experts))
+        return fl_fail(err, FL_EINPUT, "%s/config.json: num_experts_per_tok %ld but layer %ld has %ld experts",
+                       ckdir(m), m->topk, i, ly->n_experts);
+    return FL_OK;
+}
+
+/* ----------------------------------------------------------------------------
+ * The config, step by step */
+
+/* The family, and the config level its text model reads (text_config only
+ * for composite types). */
+static fl_status pick_family(fwd_model *m, fl_error *err)
+{
+    const ckpt_config *cfg = &m->ck->cfg;
+    const fwd_family *fam = fwd_family_find(cfg->model_type);
+    int nested = 0;
+    if (fam && fam->wraps) {
+        nested = cfg->nested != NULL;
+        const fwd_family *inner = nested && cfg->nested_model_type[0] ? fwd_family_find(cfg->nested_model_type) : NULL;
+        fam = inner && !inner->wraps ? inner : fwd_family_find(fam->wraps);
+    }
+    if (!fam)
+        return fl_fail(err, FL_EINPUT, "%s/config.json: model_type '%s' has no reference forward pass", ckdir(m),
+                       cfg->model_type);
+    m->fam = fam;
+    m->cfg = ckpt_config_view(cfg, nested);
+    return FL_OK;
+}
+
+/* The text model's prefix and the embedding. */
+static fl_status parse_embedding(fwd_model *m, const char **prefix, fl_error *err)
+{
+    static const char *const prefixes[] = {"model.", "language_model.model.", "model.language_model.",
+                                           "model.text_model.", ""};
+    char name[512];
+    *prefix = NULL;
+    for (size_t i = 0; i < sizeof prefixes / sizeof prefixes[0] && !*prefix; i++)
+        if (findf(m, name, sizeof name, "%sembed_tokens.weight", prefixes[i]))
+            *prefix = prefixes[i];
+    if (!*prefix)
+        return fl_fail(err, FL_EINPUT, "%s: no embed_tokens.weight tensor (looked under model., "
+                       "language_model.model., model.language_model., model.text_model.)", ckdir(m));
+    fl_status s = fwd_bind_mat(m, name, -1, -1, 1, &m->embed, err);
+    if (s != FL_OK)
+        return s;
+    m->V = m->embed.rows;
+    m->H = m->embed.cols;
+    long hidden = ckpt_view_int(m->cfg, "hidden_size", 0);
+    if (hidden > 0 && hidden != m->H)
+        return fl_fail(err, FL_EINPUT, "%s: '%s' is %ld wide but config.json says hidden_size %ld", ckdir(m), name,
+                       m->H, hidden);
+    return FL_OK;
+}
+
+static fl_status parse_dims(fwd_model *m, fl_error *err)
+{
+    m->L = ckpt_view_int(m->cfg, "num_hidden_layers", 0);
+    m->nh = ckpt_view_int(m->cfg, "num_attention_heads", 0);
+    m->nkv = ckpt_view_int(m->cfg, "num_key_value_heads", m->nh);
+    if (m->nkv <= 0 || m->fam->mla)
+        m->nkv = m->nh;
+    if (m->L <= 0 || m->L > 100000 || m->nh <= 0 || m->nh > MAX_DIM || m->nkv > m->nh || m->nh % m->nkv != 0)
+        return fl_fail(err, FL_EINPUT, "%s/config.json: num_hidden_layers %ld, num_attention_heads %ld, "
+                       "num_key_value_heads %ld are not a valid attention layout", ckdir(m), m->L, m->nh, m->nkv);
+    m->hd = ckpt_view_int(m->cfg, "head_dim", 0);
+    if (m->hd <= 0)
+        m->hd = m->H / m->nh;
+    if (m->hd <= 0 || m->hd > MAX_DIM)
+        return fl_fail(err, FL_EINPUT, "%s/config.json: head_dim %ld is not valid", ckdir(m), m->hd);
+    double prf = ckpt_view_num(m->cfg, "partial_rotary_factor", 1.0, 1.0);
+    m->rot = (long)(m->hd * prf);
+    m->rot -= m->rot % 2;
+    if (m->rot <= 0 || m->rot > m->hd)
+        return fl_fail(err, FL_EINPUT, "%s/config.json: partial_rotary_factor %g gives %ld rotary dims", ckdir(m),
+                       prf, m->rot);
+    return FL_OK;
+}
+
+/* DeepseekV3Config: MLA dims; RoPE on qk_rope_head_dim dims. */
+static fl_status parse_mla(fwd_model *m, fl_error *err)
+{
+    if (!m->fam->mla)
+        return FL_OK;
+    m->q_lora = ckpt_view_int(m->cfg, "q_lora_rank", 0);
+    m->kv_lora = ckpt_view_int(m->cfg, "kv_lora_rank", 0);
+    m->nope = ckpt_view_int(m->cfg, "qk_nope_head_dim", 0);
+    m->rot = ckpt_view_int(m->cfg, "qk_rope_head_dim", 0);
+    m->vdim = ckpt_view_int(m->cfg, "v_head_dim", 0);
+    if (m->kv_lora <= 0 || m->kv_lora > MAX_DIM || m->nope < 0 || m->nope > MAX_DIM || m->rot <= 0 ||
+        m->rot > MAX_DIM || m->rot % 2 || m->vdim <= 0 || m->vdim > MAX_DIM || m->q_lora < 0 || m->q_lora > MAX_DIM)
+        return fl_fail(err, FL_EINPUT, "%s/config.json: MLA dims kv_lora_rank %ld, qk_nope_head_dim %ld, "
+                       "qk_rope_head_dim %ld, v_head_dim %ld are not valid", ckdir(m), m->kv_lora, m->nope, m->rot,
+                       m->vdim);
+    return FL_OK;
+}
+
+static fl_status parse_norms_act(fwd_model *m, fl_error *err)
+{
+    const fwd_family *f = m->fam;
+    m->eps = ckpt_view_num(m->cfg, f->eps_key, f->eps, f->eps);
+    m->qk_norm_on = !f->qk_flag || ckpt_view_bool(m->cfg, f->qk_flag, 0);
+    const cJSON *v = ckpt_view_get(m->cfg, f->act_key);
+    const char *act = cJSON_IsString(v) ? v->valuestring : f->act_default;
+    if (!strcmp(act, "silu") || !strcmp(act, "swish"))
+        m->act = ACT_SILU;
+    else if (!strcmp(act, "gelu_pytorch_tanh") || !strcmp(act, "gelu_new") || !strcmp(act, "gelu_fast"))
+        m->act = ACT_GELU_TANH;
+    else if (!strcmp(act, "gelu"))
+        m->act = ACT_GELU_ERF;
+    else
+        return fl_fail(err, FL_EINPUT, "%s/config.json: activation '%s' is not supported by the "
+                       "reference forward pass (silu, gelu, gelu_pytorch_tanh)", ckdir(m), act);
+    return FL_OK;
+}
+
+/* The scalars around the blocks: embedding, residual, attention and logit
+ * multipliers, soft caps. */
+static void parse_scalars(fwd_model *m)
+{
+    const fwd_family *f = m->fam;
+    ckpt_view c = m->cfg;
+    m->embed_mult = 1.0;
+    if (f->embed == EMBED_SQRT_H)
+        m->embed_mult = fwd_round_to_dtype(m->embed.dtype, sqrt((double)m->H));
+    else if (f->embed == EMBED_KEY)
+        m->embed_mult = ckpt_view_num(c, f->embed_key, 1.0, 1.0);
+    m->residual_mult = f->residual_key ? ckpt_view_num(c, f->residual_key, 1.0, 1.0) : 1.0;
+    m->attn_scale = 1.0 / sqrt((double)(f->mla ? m->nope + m->rot : m->hd));
+    if (f->scale == SCALE_KEY) {
+        m->attn_scale = ckpt_view_num(c, f->scale_key, f->scale_default, f->scale_default);
+    } else if (f->scale == SCALE_KEY_ISQRT) {
+        double qp = ckpt_view_num(c, f->scale_key, f->scale_default, f->scale_default);
+        if (qp > 0)
+            m->attn_scale = 1.0 / sqrt(qp);
+    }
+    m->attn_softcap = f->attn_cap_key ? ckpt_view_num(c, f->attn_cap_key, f->attn_cap, 0.0) : 0.0;
+    m->final_softcap = f->final_cap_key ? ckpt_view_num(c, f->final_cap_key, f->final_cap, 0.0) : 0.0;
+    m->logit_mult = 1.0;
+    if (f->logit_key) {
+        double v = ckpt_view_num(c, f->logit_key, f->logit_default, 1.0);
+        m->logit_mult = !f->logit_divide ? v : v != 0 ? 1.0 / v : 1.0;
+    }
+    m->interleaved = f->interleave_key ? ckpt_view_bool(c, f->interleave_key, f->interleaved) : f->interleaved;
+}
+
+static fl_status parse_moe(fwd_model *m, fl_error *err)
+{
+    const fwd_family *f = m->fam;
+    m->topk = ckpt_view_int(m->cfg, "num_experts_per_tok", 2);
+    m->norm_topk = f->topk_norm_key ? ckpt_view_bool(m->cfg, f->topk_norm_key, f->topk_norm) : f->topk_norm;
+    if (f->router != ROUTER_DEEPSEEK)
+        return FL_OK;
+    m->n_group = ckpt_view_int(m->cfg, "n_group", 1);
+    m->topk_group = ckpt_view_int(m->cfg, "topk_group", 1);
+    m->routed_scale = ckpt_view_num(m->cfg, "routed_scaling_factor", 1.0, 1.0);
+    const cJSON *sf = ckpt_view_get(m->cfg, "scoring_func");
+    if (cJSON_IsString(sf) && strcmp(sf->valuestring, "sigmoid") != 0)
+        return fl_fail(err, FL_EINPUT, "%s/config.json: scoring_func '%s' is not supported by the "
+                       "reference forward pass (sigmoid)", ckdir(m), sf->valuestring);
+    return FL_OK;
+}
+
+/* Inverse frequencies for m->rot dims from theta, rewritten by the builder
+ * of the rope_type (an unknown type is refused: ignoring it would change
+ * the model), and the factor on cos and sin. */
+static fl_status build_freqs(const fwd_model *m, const cJSON *scaling, double theta, float **out, double *af,
+                             fl_error *err)
+{
+    *af = 1.0;
+    const char *type = "default";
+    if (cJSON_IsObject(scaling)) {
+        const cJSON *ty = cJSON_GetObjectItemCaseSensitive(scaling, "rope_type");
+        if (!cJSON_IsString(ty))
+            ty = cJSON_GetObjectItemCaseSensitive(scaling, "type");
+        if (cJSON_IsString(ty))
+            type = ty->valuestring;
+    }
+    const fwd_rope_type *rt = fwd_rope_find(type);
+    if (!rt) {
+        char names[256];
+        fwd_rope_names(names, sizeof names);
+        return fl_fail(err, FL_EINPUT, "%s/config.json: rope_scaling type '%s' is not supported by "
+                       "the reference forward pass (supported: %s)", ckdir(m), type, names);
+    }
+    long half = m->rot / 2;
+    float *f = malloc((size_t)(half ? half : 1) * sizeof *f);
+    if (!f)
+        return fl_fail(err, FL_EIO, "out of memory");
+    for (long i = 0; i < half; i++)
+        f[i] = (float)(1.0 / pow(theta, (double)(2 * i) / (double)m->rot));
+    const cJSON *fa = cJSON_IsObject(scaling) ? cJSON_GetObjectItemCaseSensitive(scaling, "factor") : NULL;
+    fwd_rope_ctx ctx = {m->rot, theta, m->cfg, ckdir(m)};
+    fl_status s = rt->build(&ctx, scaling, cJSON_IsNumber(fa) ? fa->valuedouble : 1.0, f, af, err);
+    if (s != FL_OK) {
+        free(f);
+        return s;
+    }
+    *out = f;
+    return FL_OK;
+}
+
+/* rope_scaling (v4) or rope_parameters (v5; possibly keyed by layer type:
+ * "full_attention" / "sliding_attention"). */
+static const cJSON *rope_params(ckpt_view cfg, const char *layer_type)
+{
+    const cJSON *p = ckpt_view_get(cfg, "rope_parameters");
+    if (cJSON_IsObject(p)) {
+        const cJSON *sub = cJSON_GetObjectItemCaseSensitive(p, layer_type);
+        return cJSON_IsObject(sub) ? sub : p;
+    }
+    return NULL;
+}
+
+/* Global frequencies from rope_theta + rope_scaling; sliding layers of
+ * families with a local base (Gemma3) use it with default scaling. */
+static fl_status parse_rope(fwd_model *m, fl_error *err)
+{
+    const cJSON *rp = rope_params(m->cfg, "full_attention");
+    const cJSON *sc = rp ? rp : ckpt_view_get(m->cfg, "rope_scaling");
+    const cJSON *th = rp ? cJSON_GetObjectItemCaseSensitive(rp, "rope_theta") : NULL;
+    double theta = cJSON_IsNumber(th) ? th->valuedouble : ckpt_view_num(m->cfg, "rope_theta", 10000.0, 10000.0);
+    if (!(theta > 1))
+        return fl_fail(err, FL_EINPUT, "%s/config.json: rope_theta %g must be > 1", ckdir(m), theta);
+    fl_status s = build_freqs(m, sc, theta, &m->freq_global, &m->af_global, err);
+    if (s != FL_OK)
+        return s;
+    /* DeepseekV3Attention: scaling *= mscale^2 with mscale_all_dim. */
+    double msad = 0;
+    const cJSON *ms = cJSON_IsObject(sc) ? cJSON_GetObjectItemCaseSensitive(sc, "mscale_all_dim") : NULL;
+    const cJSON *fa = cJSON_IsObject(sc) ? cJSON_GetObjectItemCaseSensitive(sc, "factor") : NULL;
+    if (cJSON_IsNumber(ms))
+        msad = ms->valuedouble;
+    if (m->fam->mla && msad)
+        m->attn_scale *= pow(fwd_yarn_mscale(cJSON_IsNumber(fa) ? fa->valuedouble : 1.0, msad), 2);
+    if (!m->fam->local_theta_key)
+        return FL_OK;
+    const cJSON *lp = rope_params(m->cfg, "sliding_attention");
+    const cJSON *lt = lp && lp != rp ? cJSON_GetObjectItemCaseSensitive(lp, "rope_theta") : NULL;
+    double local = cJSON_IsNumber(lt) ? lt->valuedouble
+                                      : ckpt_view_num(m->cfg, m->fam->local_theta_key, 10000.0, 10000.0);
+    return build_freqs(m, lp && lp != rp ? lp : NULL, local, &m->freq_local, &m->af_local, err);
+}
+
+/* Tied means the embedding matrix (v4 tie_weights() also overwrites a
+ * stored lm_head when the config says tie). */
+static fl_status parse_head(fwd_model *m, const char *prefix, fl_error *err)
+{
+    int tie = ckpt_view_bool(m->cfg, "tie_word_embeddings", -1);
+    if (tie < 0)
+        tie = m->fam->tie_default;
+    fl_status s = FL_OK;
+    if (tie) {
+        m->head = m->embed;
+    } else {
+        static const char *const heads[] = {"lm_head.weight", "language_model.lm_head.weight"};
+        for (size_t i = 0; i < 2 && !m->head.t; i++)
+            if ((s = fwd_bind_mat(m, heads[i], -1, m->H, 0, &m->head, err)) != FL_OK)
+                return s;
+        if (!m->head.t)
+            return fl_fail(err, FL_EINPUT, "%s: tie_word_embeddings is false but there is no lm_head.weight",
+                           ckdir(m));
+    }
+    m->V = m->head.rows; /* logits are the head's rows; token ids index the embedding */
+    char name[512];
+    snprintf(name, sizeof name, "%snorm.weight", prefix);
+    return bind_norm(m, name, m->H, &m->final_norm, err);
+}
+
+/* "qwen3_moe, 3 layers, hidden 32, 4 heads (2 kv), vocab 96, BF16, MoE in
+ * 2 layers (fused experts [E, 2I, H])": the result line names what ran. */
+static void describe(fwd_model *m)
+{
+    int n = snprintf(m->desc, sizeof m->desc, "%s, %ld layers, hidden %ld, %ld heads (%ld kv), vocab %ld, %s",
+                     m->fam->model_type, m->L, m->H, m->nh, m->nkv, m->V, st_dtype_name(m->embed.dtype));
+    if (m->fam->mla && n > 0 && (size_t)n < sizeof m->desc)
+        n += snprintf(m->desc + n, sizeof m->desc - (size_t)n, ", MLA%s", m->q_lora > 0 ? "" : " (q_proj)");
+    if (!m->moe_layers || n < 0 || (size_t)n >= sizeof m->desc)
+        return;
+    int fused = 0;
+    for (long i = 0; i < m->L; i++)
+        if (m->layers[i].fused)
+            fused = m->layers[i].fused;
+    snprintf(m->desc + n, sizeof m->desc - (size_t)n, ", MoE in %ld of %ld layers (%s)", m->moe_layers, m->L,
+             fused == 1 ? "fused experts [E, 2I, H]" : fused == 2 ? "fused experts [E, H, 2I]" : "per-expert");
+}
+
+static long cpu_count(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : n > 64 ? 64 : n;
+}
+
+fl_status fwd_open(const checkpoint *ck, int threads, fwd_model **out, fl_error *err)
+{
+    *out = NULL;
+    fwd_model *m = calloc(1, sizeof *m);
+    if (!m)
+        return fl_fail(err, FL_EIO, "out of memory");
+    m->ck = ck;
+    m->mp = &m->meter;
+    fl_status s = pick_family(m, err);
+    if (s != FL_OK) {
+        free(m);
+        return s;
+    }
+    m->pool = fl_pool_new(threads > 0 ? (threads > 64 ? 64 : threads) : cpu_count());
+    m->scratch = m->pool ? calloc((size_t)fl_pool_size(m->pool), sizeof *m->scratch) : NULL;
+    m->gemm = fwd_pick_gemm();
+    const char *prefix = NULL;
+    if (!m->scratch)
+        s = fl_fail(err, FL_EIO, "out of memory");
+    if (s == FL_OK && (s = parse_embedding(m, &prefix, err)) == FL_OK && (s = parse_dims(m, err)) == FL_OK &&
+        (s = parse_mla(m, err)) == FL_OK && (s = parse_norms_act(m, err)) == FL_OK) {
+        parse_scalars(m);
+        if ((s = parse_moe(m, err)) == FL_OK && (s = parse_rope(m, err)) == FL_OK)
+            s = parse_head(m, prefix, err);
+    }
+    if (s == FL_OK && !(m->layers = calloc((size_t)m->L, sizeof *m->layers)))
+        s = fl_fail(err, FL_EIO, "out of memory");
+    for (long i = 0; s == FL_OK && i < m->L; i++)
+        s = bind_layer(m, prefix, i, err);
+    if (s != FL_OK) {
+        fwd_close(m);
+        return s;
+    }
+    describe(m);
+    *out = m;
+    return FL_OK;
+}

@@ -1,0 +1,247 @@
+/* forward_table.c — how each family computes (forward_internal.h).
+ *
+ * Written from the transformers modeling classes (docs/architectures.md
+ * cites each), deliberately apart from the fold table in arch.c: a wrong
+ * fold rule there shows up as a logit difference here.  A quirk is a field;
+ * forward*.c never compares model_type strings. */
+#include "forward_internal.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+/* ----------------------------------------------------------------------------
+ * MoE tensor layouts */
+
+static const fwd_moe_names MIXTRAL_V4 = {.router = "block_sparse_moe.gate", .experts = "block_sparse_moe.experts",
+                                         .gate = "w1", .up = "w3", .down = "w2"};
+/* transformers 5 renames block_sparse_moe to mlp (conversion_mapping.py). */
+static const fwd_moe_names MIXTRAL_V5 = {.router = "mlp.gate", .experts = "mlp.experts", .gate = "gate_proj",
+                                         .up = "up_proj", .down = "down_proj"};
+static const fwd_moe_names QWEN2_MOE = {.router = "mlp.gate", .experts = "mlp.experts", .gate = "gate_proj",
+                                        .up = "up_proj", .down = "down_proj", .shared = "mlp.shared_expert",
+                                        .shared_gate = "mlp.shared_expert_gate"};
+static const fwd_moe_names QWEN3_MOE = {.router = "mlp.gate", .experts = "mlp.experts", .gate = "gate_proj",
+                                        .up = "up_proj", .down = "down_proj"};
+static const fwd_moe_names DEEPSEEK = {.router = "mlp.gate", .experts = "mlp.experts", .gate = "gate_proj",
+                                       .up = "up_proj", .down = "down_proj", .shared = "mlp.shared_experts"};
+
+/* ----------------------------------------------------------------------------
+ * The families */
+
+/* Pieces of rows (designated initializers may not name a field twice). */
+#define RMS(e) .norm = NORM_RMS_CAST, .eps_key = "rms_norm_eps", .eps = e
+#define SILU .act_key = "hidden_act", .act_default = "silu"
+#define TOPK_KEY .topk_norm_key = "norm_topk_prob"
+#define GEMMA                                                                                        \
+    .norm = NORM_RMS_1PW, .eps_key = "rms_norm_eps", .eps = 1e-6, .embed = EMBED_SQRT_H,            \
+    .act_key = "hidden_activation", .act_default = "gelu_pytorch_tanh", .tie_default = 1
+#define GEMMA_SANDWICH                                                                               \
+    GEMMA, .layout = LAYOUT_SANDWICH, .scale = SCALE_KEY_ISQRT, .scale_key = "query_pre_attn_scalar",  \
+    .scale_default = 256, .attn_cap_key = "attn_logit_softcapping",                                 \
+    .final_cap_key = "final_logit_softcapping"
+
+static const fwd_family FAMILIES[] = {
+    {"llama", RMS(1e-6), SILU},
+    {"mistral", RMS(1e-6), SILU, .sliding = SLIDE_ALL},
+    {"qwen2", RMS(1e-6), SILU},
+    {"qwen3", RMS(1e-6), SILU, .qk = QK_HEAD},
+    /* Phi3Config / Olmo2Config default rms_norm_eps to 1e-5. */
+    {"phi3", RMS(1e-5), SILU},
+    /* GraniteModel / GraniteForCausalLM: four multipliers. */
+    {"granite", RMS(1e-6), SILU, .embed = EMBED_KEY, .embed_key = "embedding_multiplier",
+     .residual_key = "residual_multiplier", .scale = SCALE_KEY, .scale_key = "attention_multiplier",
+     .scale_default = 1.0, .logit_key = "logits_scaling", .logit_default = 1.0, .logit_divide = 1},
+    {"smollm3", RMS(1e-6), SILU, .tie_default = 1},
+    {"gemma", GEMMA},
+    /* Gemma2Config: soft caps 50 / 30 unless null; query_pre_attn_scalar. */
+    {"gemma2", GEMMA_SANDWICH, .attn_cap = 50.0, .final_cap = 30.0, .sliding = SLIDE_EVEN},
+    {"gemma3_text", GEMMA_SANDWICH, .qk = QK_HEAD, .sliding = SLIDE_PATTERN,
+     .local_theta_key = "rope_local_base_freq"},
+    /* Gemma3ForConditionalGeneration: the text model in text_config. */
+    {"gemma3", .wraps = "gemma3_text"},
+    {"olmo2", .norm = NORM_RMS_F32, .eps_key = "rms_norm_eps", .eps = 1e-5, SILU, .layout = LAYOUT_POST,
+     .qk = QK_FULL},
+    /* CohereLayerNorm (layer_norm_eps 1e-5), parallel block, interleaved
+     * RoPE, logits * logit_scale (0.0625). */
+    {"cohere", .norm = NORM_LN_NOBIAS, .eps_key = "layer_norm_eps", .eps = 1e-5, SILU, .layout = LAYOUT_PARALLEL,
+     .qk = QK_HEAD_2D, .qk_flag = "use_qk_norm", .logit_key = "logit_scale", .logit_default = 0.0625,
+     .interleaved = 1, .tie_default = 1},
+    /* MixtralSparseMoeBlock always renormalises the top-k weights. */
+    {"mixtral", RMS(1e-6), SILU, .sliding = SLIDE_ALL, .topk_norm = 1, .moe = {&MIXTRAL_V4, &MIXTRAL_V5}},
+    {"qwen2_moe", RMS(1e-6), SILU, TOPK_KEY, .moe = {&QWEN2_MOE}},
+    {"qwen3_moe", RMS(1e-6), SILU, TOPK_KEY, .qk = QK_HEAD, .moe = {&QWEN3_MOE}},
+    /* DeepseekV3Attention (MLA) and DeepseekV3TopkRouter. */
+    {"deepseek_v3", RMS(1e-6), SILU, TOPK_KEY, .interleaved = 1, .interleave_key = "rope_interleave", .mla = 1,
+     .mla_norm_eps = 1e-6, .router = ROUTER_DEEPSEEK, .topk_norm = 1, .moe = {&DEEPSEEK}},
+};
+
+#define N_FAMILIES (sizeof FAMILIES / sizeof FAMILIES[0])
+
+const fwd_family *fwd_family_find(const char *model_type)
+{
+    for (size_t i = 0; i < N_FAMILIES; i++)
+        if (strcmp(FAMILIES[i].model_type, model_type) == 0)
+            return &FAMILIES[i];
+    return NULL;
+}
+
+const fwd_family *fwd_family_at(size_t i) { return i < N_FAMILIES ? &FAMILIES[i] : NULL; }
+
+/* ----------------------------------------------------------------------------
+ * RoPE types: modeling_rope_utils.py's _compute_*_parameters.  Each builder
+ * gets the default inverse frequencies in inv_freq and rewrites them. */
+
+static double json_num(const cJSON *o, const char *key, double def)
+{
+    const cJSON *v = cJSON_IsObject(o) ? cJSON_GetObjectItemCaseSensitive(o, key) : NULL;
+    return cJSON_IsNumber(v) ? v->valuedouble : def;
+}
+
+/* YaRN's attention temperature (get_mscale). */
+double fwd_yarn_mscale(double scale, double mscale)
+{
+    return scale <= 1 ? 1.0 : 0.1 * mscale * log(scale) + 1.0;
+}
+
+static fl_status bad_factor(const fwd_rope_ctx *c, double factor, fl_error *err)
+{
+    return fl_fail(err, FL_EINPUT, "%s/config.json: rope_scaling factor %g must be positive", c->dir, factor);
+}
+
+static fl_status rope_default(const fwd_rope_ctx *c, const cJSON *sc, double factor, float *f, double *af,
+                              fl_error *err)
+{
+    (void)c, (void)sc, (void)factor, (void)f, (void)af, (void)err;
+    return FL_OK;
+}
+
+static fl_status rope_linear(const fwd_rope_ctx *c, const cJSON *sc, double factor, float *f, double *af,
+                             fl_error *err)
+{
+    (void)sc, (void)af;
+    if (!(factor > 0))
+        return bad_factor(c, factor, err);
+    for (long i = 0; i < c->rot / 2; i++)
+        f[i] = (float)(f[i] / factor);
+    return FL_OK;
+}
+
+static fl_status rope_llama3(const fwd_rope_ctx *c, const cJSON *sc, double factor, float *f, double *af,
+                             fl_error *err)
+{
+    (void)af;
+    double lf = json_num(sc, "low_freq_factor", NAN), hf = json_num(sc, "high_freq_factor", NAN);
+    double old = json_num(sc, "original_max_position_embeddings", NAN);
+    if (!(factor > 0) || isnan(lf) || isnan(hf) || isnan(old) || !(hf > lf))
+        return fl_fail(err, FL_EINPUT, "%s/config.json: rope_scaling llama3 needs factor, "
+                       "low_freq_factor < high_freq_factor and original_max_position_embeddings", c->dir);
+    double low_wl = old / lf, high_wl = old / hf;
+    for (long i = 0; i < c->rot / 2; i++) {
+        double inv = f[i], wl = 2 * M_PI / inv, r;
+        if (wl < high_wl)
+            r = inv;
+        else if (wl > low_wl)
+            r = inv / factor;
+        else {
+            double s = (old / wl - lf) / (hf - lf);
+            r = (1 - s) * inv / factor + s * inv;
+        }
+        f[i] = (float)r;
+    }
+    return FL_OK;
+}
+
+/* _compute_yarn_parameters. */
+static fl_status rope_yarn(const fwd_rope_ctx *c, const cJSON *sc, double factor, float *f, double *af,
+                           fl_error *err)
+{
+    if (!(factor > 0))
+        return bad_factor(c, factor, err);
+    double maxpos = ckpt_view_num(c->cfg, "max_position_embeddings", 2048, 2048);
+    double orig = json_num(sc, "original_max_position_embeddings", 0);
+    if (!(orig > 0))
+        orig = maxpos;
+    double ms = json_num(sc, "mscale", 0), msad = json_num(sc, "mscale_all_dim", 0);
+    *af = json_num(sc, "attention_factor", 0);
+    if (!(*af > 0))
+        *af = ms && msad ? fwd_yarn_mscale(factor, ms) / fwd_yarn_mscale(factor, msad) : fwd_yarn_mscale(factor, 1);
+    double bf = json_num(sc, "beta_fast", 32), bs = json_num(sc, "beta_slow", 1);
+    const cJSON *tr = cJSON_GetObjectItemCaseSensitive(sc, "truncate");
+    double dim = (double)c->rot;
+    double lo = dim * log(orig / (bf * 2 * M_PI)) / (2 * log(c->theta));
+    double hi = dim * log(orig / (bs * 2 * M_PI)) / (2 * log(c->theta));
+    if (!cJSON_IsFalse(tr)) {
+        lo = floor(lo);
+        hi = ceil(hi);
+    }
+    lo = fmax(lo, 0);
+    hi = fmin(hi, dim - 1);
+    if (lo == hi)
+        hi += 0.001;
+    for (long i = 0; i < c->rot / 2; i++) {
+        double pos_freq = pow(c->theta, (double)(2 * i) / dim);
+        double ramp = fmin(fmax(((double)i - lo) / (hi - lo), 0), 1);
+        double extra = 1 - ramp; /* share of the extrapolated (unscaled) frequency */
+        f[i] = (float)(1.0 / (factor * pos_freq) * (1 - extra) + 1.0 / pos_freq * extra);
+    }
+    return FL_OK;
+}
+
+/* _compute_longrope_parameters with the short factors (sequences up to
+ * original_max_position_embeddings); Phi3 sets factor from the two context
+ * lengths when original_max_position_embeddings exists. */
+static fl_status rope_longrope(const fwd_rope_ctx *c, const cJSON *sc, double factor, float *f, double *af,
+                               fl_error *err)
+{
+    long half = c->rot / 2;
+    const cJSON *sf = cJSON_GetObjectItemCaseSensitive(sc, "short_factor");
+    if (!cJSON_IsArray(sf) || cJSON_GetArraySize(sf) != half)
+        return fl_fail(err, FL_EINPUT, "%s/config.json: rope_scaling longrope needs short_factor "
+                       "with %ld entries", c->dir, half);
+    double maxpos = ckpt_view_num(c->cfg, "max_position_embeddings", 2048, 2048);
+    double orig = ckpt_view_num(c->cfg, "original_max_position_embeddings", 0, 0);
+    if (orig > 0)
+        factor = maxpos / orig;
+    else
+        orig = maxpos;
+    *af = json_num(sc, "attention_factor", 0);
+    if (!(*af > 0))
+        *af = factor <= 1 ? 1.0 : sqrt(1 + log(factor) / log(orig));
+    for (long i = 0; i < half; i++) {
+        const cJSON *e = cJSON_GetArrayItem(sf, (int)i);
+        double ext = cJSON_IsNumber(e) ? e->valuedouble : 0;
+        if (!(ext > 0))
+            return fl_fail(err, FL_EINPUT, "%s/config.json: longrope short_factor[%ld] must be positive", c->dir, i);
+        f[i] = (float)(1.0 / (ext * pow(c->theta, (double)(2 * i) / (double)c->rot)));
+    }
+    return FL_OK;
+}
+
+/* "dynamic" only rescales beyond max_position_embeddings: the default for
+ * the sequences verify runs. */
+static const fwd_rope_type ROPE_TYPES[] = {
+    {"default", rope_default}, {"linear", rope_linear},   {"llama3", rope_llama3},
+    {"dynamic", rope_default}, {"yarn", rope_yarn},       {"longrope", rope_longrope},
+};
+
+const fwd_rope_type *fwd_rope_find(const char *name)
+{
+    for (size_t i = 0; i < sizeof ROPE_TYPES / sizeof ROPE_TYPES[0]; i++)
+        if (strcmp(ROPE_TYPES[i].name, name) == 0)
+            return &ROPE_TYPES[i];
+    return NULL;
+}
+
+void fwd_rope_names(char *buf, size_t cap)
+{
+    size_t n = 0;
+    buf[0] = 0;
+    for (size_t i = 0; i < sizeof ROPE_TYPES / sizeof ROPE_TYPES[0]; i++) {
+        int w = snprintf(buf + n, cap - n, "%s%s", i ? ", " : "", ROPE_TYPES[i].name);
+        if (w < 0 || (size_t)w >= cap - n)
+            break;
+        n += (size_t)w;
+    }
+}
