@@ -34,10 +34,10 @@
 #define SOURCE_CARD_MAX (1u << 20)
 
 static fl_status write_all(int fd, const void *buf, size_t n, uint64_t off, const char *path,
-                           const char *rel, fl_error *err)
+                           fl_error *err)
 {
     if (fl_pwrite_full(fd, buf, n, off) != 0)
-        return fl_fail(err, FL_EIO, "%s/%s: write failed: %s", path, rel, strerror(errno));
+        return fl_fail(err, FL_EIO, "%s: write failed: %s", path, strerror(errno));
     return FL_OK;
 }
 
@@ -54,7 +54,7 @@ typedef struct {
 typedef struct {
     const checkpoint *ck;
     int out_fd;
-    const char *dir, *rel;  /* the output file, for messages */
+    const char *out_path;   /* the output file, for messages */
     work_item *items;
     size_t n_items;
     atomic_ullong done;
@@ -177,20 +177,18 @@ static fl_status shard_item(void *ctx, size_t k, int worker, fl_error *e)
     fl_status s = FL_OK;
     if (o->op == OUT_COPY) {
         const ckpt_shard *sh = &j->ck->shards[o->src->shard];
-        char *out_path = fl_asprintf("%s/%s", j->dir, j->rel);
         s = fl_copy_range(sh->fd, sh->st.data_start + t->begin + w->first, j->out_fd, w->dst_off,
-                          st_nbytes(t), sh->path, out_path ? out_path : j->rel, buf, j->buf_size, e);
-        free(out_path);
+                          st_nbytes(t), sh->path, j->out_path, buf, j->buf_size, e);
     } else if (o->op == OUT_IDENTITY) {
         fill_value(t->dtype, buf, (size_t)w->count, o->identity);
-        s = write_all(j->out_fd, buf, (size_t)bytes, w->dst_off, j->dir, j->rel, e);
+        s = write_all(j->out_fd, buf, (size_t)bytes, w->dst_off, j->out_path, e);
     } else {
         long bad = -1;
         s = fold_chunk(j->ck, o, w->first, w->count, buf, j->use_mmap, &bad, e);
         if (s == FL_OK && bad >= 0)
             s = not_finite(j, o, w->first + (uint64_t)bad, e);
         else if (s == FL_OK)
-            s = write_all(j->out_fd, buf, (size_t)bytes, w->dst_off, j->dir, j->rel, e);
+            s = write_all(j->out_fd, buf, (size_t)bytes, w->dst_off, j->out_path, e);
     }
     if (s != FL_OK)
         return s;
@@ -291,20 +289,23 @@ static fl_status write_shard(txn *t, const checkpoint *ck, const fold_plan *plan
     work_item *items = NULL;
     size_t n_items = 0;
     int fd = -1;
-    fl_status s = txn_create(t, f->file, f->mode, &fd, err);
-    if (s != FL_OK)
+    char *path = fl_asprintf("%s/%s", txn_path(t), f->file);  /* for messages */
+    fl_status s = path ? txn_create(t, f->file, f->mode, &fd, err) : fl_fail(err, FL_EIO, "out of memory");
+    if (s != FL_OK) {
+        free(path);
         return s;
+    }
     /* Reserve the space up front: a full disk fails here, not halfway. */
     int fa = posix_fallocate(fd, 0, (off_t)(f->header_size + f->data_bytes));
     if (fa == ENOSPC || fa == EFBIG)
-        s = fl_fail(err, FL_EIO, "%s/%s: cannot reserve %llu bytes: %s", txn_path(t), f->file,
+        s = fl_fail(err, FL_EIO, "%s: cannot reserve %llu bytes: %s", path,
                     (unsigned long long)(f->header_size + f->data_bytes), strerror(fa));
     if (s == FL_OK)
-        s = write_all(fd, f->header, f->header_size, 0, txn_path(t), f->file, err);
+        s = write_all(fd, f->header, f->header_size, 0, path, err);
     if (s == FL_OK)
         s = make_items(f, wk->buf_size, &items, &n_items, err);
     if (s == FL_OK) {
-        shard_job job = {.ck = ck, .out_fd = fd, .dir = txn_path(t), .rel = f->file, .items = items,
+        shard_job job = {.ck = ck, .out_fd = fd, .out_path = path, .items = items,
                          .n_items = n_items, .done_base = done_base, .total = total,
                          .buf_size = wk->buf_size, .bufs = wk->bufs, .opt = opt,
                          .use_mmap = sigbus_handled()};
@@ -312,6 +313,7 @@ static fl_status write_shard(txn *t, const checkpoint *ck, const fold_plan *plan
         s = fl_pool_run(wk->pool, n_items, shard_item, &job, err);
     }
     free(items);
+    free(path);
     if (s != FL_OK) {
         close(fd);
         return s;
@@ -371,7 +373,10 @@ static fl_status write_text(txn *t, const char *rel, const char *text, size_t n,
     fl_status s = txn_create(t, rel, mode, &fd, err);
     if (s != FL_OK)
         return s;
-    if ((s = write_all(fd, text, n, 0, txn_path(t), rel, err)) != FL_OK) {
+    char *path = fl_asprintf("%s/%s", txn_path(t), rel);
+    s = path ? write_all(fd, text, n, 0, path, err) : fl_fail(err, FL_EIO, "out of memory");
+    free(path);
+    if (s != FL_OK) {
         close(fd);
         return s;
     }
