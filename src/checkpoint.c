@@ -569,6 +569,9 @@ static fl_status index_load(checkpoint *ck, const char *dir_real, fl_error *err)
     char **files = NULL;
     size_t n_files = 0;
     fl_status s = fl_read_file(path, INDEX_MAX_BYTES, FL_READ_UTF8, &raw, &len, err);
+    /* Strict first: cJSON would cut "a.safetensors\u0000b" at the NUL. */
+    if (s == FL_OK)
+        s = json_validate(path, raw, len, CJSON_NESTING_LIMIT, err);
     if (s != FL_OK)
         goto out;
     ck->index = cJSON_ParseWithLength(raw, len);

@@ -10,6 +10,9 @@ what transformers makes of them (issue 11, items 11 and 12).
   (and --keep-tied --strict agrees with itself), a differing one is
   refused (transformers 4 and 5 would load different heads).
 - counts written as floats (2.0, 2e0) are refused: Python reads a float.
+- a weight_map file name with an embedded \u0000 is refused (cJSON cut it
+  at the NUL and mapped the tensor to another file); so is a --plan file
+  with one, and a plan that both folds and keeps a norm (item 14).
 Each case failed on the code before the fix.
 """
 
@@ -132,6 +135,46 @@ class ConfigSemantics(unittest.TestCase):
         with open(os.path.join(src, "config.json")) as f:
             self.assertIn('"num_hidden_layers": 2.0', f.read())
         self.refused(src, "num_hidden_layers", "float")
+
+    def test_nul_in_weight_map(self):
+        m = build_model("llama", dtype="BF16", tied=False, seed=87)
+        src = os.path.join(self.tmp, "nul")
+        files = write_checkpoint(m, src, shards=2)
+        path = os.path.join(src, "model.safetensors.index.json")
+        with open(path) as f:
+            text = f.read()
+        with open(path, "w") as f:
+            f.write(text.replace('"%s"' % files[0], '"%s\\u0000.evil"' % files[0], 1))
+        self.refused(src, "model.safetensors.index.json", "NUL")
+
+    def custom(self, name, plan):
+        m = build_model("llama", dtype="BF16", tied=False, seed=88)
+        m.config["model_type"] = "mymodel"
+        src = self.write(name, m)
+        plan_path = os.path.join(self.tmp, name + ".plan.json")
+        with open(plan_path, "w") as f:
+            f.write(plan)
+        return src, plan_path
+
+    PLAN = {"model_type": "mymodel", "gain": "w",
+            "layers": [{"norm": "input_layernorm",
+                        "consumers": ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]},
+                       {"norm": "post_attention_layernorm", "consumers": ["mlp.gate_proj", "mlp.up_proj"]}]}
+
+    def test_plan_that_folds_and_keeps_a_norm(self):
+        plan = dict(self.PLAN, keep=[{"norm": "input_layernorm", "reason": "kept on purpose"}])
+        src, path = self.custom("foldkeep", json.dumps(plan))
+        out = os.path.join(self.tmp, "foldkeep-out")
+        p = convert(self, src, out, "--plan", path, expect_rc=2)
+        self.assertIn("both folded and kept", p.stderr)
+        self.assertFalse(os.path.exists(out))
+
+    def test_plan_with_a_nul(self):
+        text = json.dumps(self.PLAN).replace('"input_layernorm"', '"input_layernorm\\u0000x"', 1)
+        src, path = self.custom("plannul", text)
+        out = os.path.join(self.tmp, "plannul-out")
+        p = convert(self, src, out, "--plan", path, expect_rc=2)
+        self.assertIn("NUL", p.stderr)
 
 
 if __name__ == "__main__":
