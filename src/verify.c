@@ -442,7 +442,11 @@ static fl_status plan_for(const checkpoint *src, const checkpoint *out, const ve
     if (s != FL_OK)
         return s;
     const ckpt_tensor *oh = ckpt_find(out, plan->head_name), *oe = ckpt_find(out, plan->embed_name);
-    int out_tied = !oh || oh->is_alias || (oe && oh->shard == oe->shard && oh->t == oe->t);
+    /* The same notion of "tied" as the planner's: no separate head, or a
+     * tied config that also stores a copy of the embedding, left as it was
+     * (an untying writer sets tie_word_embeddings to false). */
+    int out_tied = !oh || oh->is_alias || (oe && oh->shard == oe->shard && oh->t == oe->t) ||
+                   (plan->head_copy && out->cfg.tie_top != 0);
     if (plan->untie && out_tied) {
         plan_free(plan);
         po.keep_tied = 1;
