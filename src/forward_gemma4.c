@@ -388,7 +388,7 @@ static fl_status g4_open(fwd_model *m, const char *prefix, fl_error *err)
 static void g4_describe(const fwd_model *m, char *buf, size_t cap)
 {
     const g4_model *g = m->ext;
-    snprintf(buf, cap, ", %ld sliding (window %ld)%s%s%s%s%s", g->n_sliding, g->window,
+    snprintf(buf, cap, ", sliding window %ld in %ld layers%s%s%s%s%s", g->window, g->n_sliding,
              g->k_eq_v ? ", k_eq_v" : "", g->n_shared ? ", KV shared" : "", g->P ? ", per-layer inputs" : "",
              g->double_wide && g->n_shared ? ", double-wide MLP" : "",
              g->moe ? ", MoE block (fused experts [E, 2I, H])" : "");
