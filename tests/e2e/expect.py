@@ -174,7 +174,8 @@ def text_layout(cfg, names):
                 "language_model.model.norm.weight", "language_model.lm_head.weight"
         return "model.language_model.", "model.language_model.embed_tokens.weight", \
             "model.language_model.norm.weight", "lm_head.weight"
-    for root in ("model.", "model.text_model."):     # SmolVLM / Idefics3: model.text_model.
+    # SmolVLM / Idefics3: model.text_model.; transformers 5 VLMs (Qwen3.5): model.language_model.
+    for root in ("model.", "model.text_model.", "model.language_model."):
         if root + "embed_tokens.weight" in names:
             return root, root + "embed_tokens.weight", root + "norm.weight", "lm_head.weight"
     raise AssertionError("fixture has no embedding")
