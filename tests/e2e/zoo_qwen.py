@@ -22,6 +22,7 @@ build_model options of these families:
     count as num_local_experts.
   mlp_only_layers, decoder_sparse_step: Qwen3-Next's MoE rule (default [0], 1).
   mtp: the multi-token-prediction block mtp.* (composite types: default True).
+  dims: config values to override (sizes: heads, head dims, experts ...).
   qk: "independent" draws linear attention's key projections independently
     of the query ones (default: aligned, see _align_keys).
   vision: model.visual.* (composite types: always).
@@ -43,7 +44,6 @@ MOE = {"qwen3_5_moe", "qwen3_5_moe_text", "qwen3_next"}
 ALL_SPARSE = {"qwen3_5_moe", "qwen3_5_moe_text"}   # Qwen3_5MoeDecoderLayer: every layer
 FUSED_PROJ = {"qwen3_next"}                        # in_proj_qkvz / in_proj_ba
 
-NH, NKV, HD = 4, 2, 8
 RES = 0.5   # residual-branch output projections drawn at half scale (trained-looking, less chaotic)
 LIN = dict(linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=8,
            linear_value_head_dim=8, linear_conv_kernel_dim=4)
@@ -81,7 +81,7 @@ def _config(family, dtype, tied, L, H, V, opt):
     interval = opt.get("interval", 2)
     types = ["full_attention" if (i + 1) % interval == 0 else "linear_attention" for i in range(L)]
     tc = {"architectures": [ARCH[family]], "model_type": mt, "hidden_size": H, "intermediate_size": 48,
-          "num_hidden_layers": L, "num_attention_heads": NH, "num_key_value_heads": NKV, "head_dim": HD,
+          "num_hidden_layers": L, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8,
           "vocab_size": V, "max_position_embeddings": 256, "rms_norm_eps": 1e-6, "hidden_act": "silu",
           "attention_bias": False, "full_attention_interval": interval, "tie_word_embeddings": tied,
           "torch_dtype": fixtures.TORCH_DTYPE[dtype], "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
@@ -109,8 +109,9 @@ def _config(family, dtype, tied, L, H, V, opt):
                       decoder_sparse_step=opt.get("decoder_sparse_step", 1))
         else:
             del tc["intermediate_size"]     # Qwen3_5MoeTextConfig deletes it
-        if opt.get("v5_keys"):
-            tc["num_local_experts"] = tc.pop("num_experts")
+    tc.update(opt.get("dims", {}))
+    if mt in MOE and opt.get("v5_keys"):
+        tc["num_local_experts"] = tc.pop("num_experts")
     if family not in TEXT_TYPE:
         return tc
     inner = {k: v for k, v in tc.items() if k not in ("architectures", "torch_dtype", "transformers_version")}
@@ -122,13 +123,14 @@ def _config(family, dtype, tied, L, H, V, opt):
             "tie_word_embeddings": tied, "torch_dtype": fixtures.TORCH_DTYPE[dtype], "transformers_version": "5.2.0"}
 
 
-def _attention(g, p, H):
-    g.mat(p + "self_attn.q_proj.weight", (NH * HD * 2, H))     # query and gate, per head
-    g.mat(p + "self_attn.k_proj.weight", (NKV * HD, H))
-    g.mat(p + "self_attn.v_proj.weight", (NKV * HD, H))
-    g.mat(p + "self_attn.o_proj.weight", (H, NH * HD), scale=RES)
-    g.norm(p + "self_attn.q_norm.weight", (HD,))
-    g.norm(p + "self_attn.k_norm.weight", (HD,))
+def _attention(g, p, tc):
+    H, nh, nkv, hd = tc["hidden_size"], tc["num_attention_heads"], tc["num_key_value_heads"], tc["head_dim"]
+    g.mat(p + "self_attn.q_proj.weight", (nh * hd * 2, H))     # query and gate, per head
+    g.mat(p + "self_attn.k_proj.weight", (nkv * hd, H))
+    g.mat(p + "self_attn.v_proj.weight", (nkv * hd, H))
+    g.mat(p + "self_attn.o_proj.weight", (H, nh * hd), scale=RES)
+    g.norm(p + "self_attn.q_norm.weight", (hd,))
+    g.norm(p + "self_attn.k_norm.weight", (hd,))
 
 
 def _align_keys(g, name, q_rows, k_rows):
@@ -145,9 +147,10 @@ def _align_keys(g, name, q_rows, k_rows):
     g.m.tensors[name] = float_tensor(t.dtype, t.shape, v)
 
 
-def _linear_attention(g, p, H, fused, aligned):
-    nk, nv, dk = LIN["linear_num_key_heads"], LIN["linear_num_value_heads"], LIN["linear_key_head_dim"]
-    kd, vd = nk * dk, nv * LIN["linear_value_head_dim"]
+def _linear_attention(g, p, tc, fused, aligned):
+    H, nk, nv, dk = tc["hidden_size"], tc["linear_num_key_heads"], tc["linear_num_value_heads"], tc["linear_key_head_dim"]
+    dv = tc["linear_value_head_dim"]
+    kd, vd = nk * dk, nv * dv
     la = p + "linear_attn."
     if fused:
         g.mat(la + "in_proj_qkvz.weight", (2 * kd + 2 * vd, H))
@@ -162,7 +165,7 @@ def _linear_attention(g, p, H, fused, aligned):
         g.mat(la + "in_proj_a.weight", (nv, H))
         q_rows = list(range(kd))
         proj = la + "in_proj_qkv.weight"
-    C, K = 2 * kd + vd, LIN["linear_conv_kernel_dim"]
+    C, K = 2 * kd + vd, tc["linear_conv_kernel_dim"]
     cw = [g.rng.uniform(-0.6, 0.6) for _ in range(C * K)]
     if aligned:
         _align_keys(g, proj, q_rows, [r + dk for r in q_rows] if fused else [r + kd for r in q_rows])
@@ -171,7 +174,7 @@ def _linear_attention(g, p, H, fused, aligned):
     # A = exp(A_log) kept small enough that the state decays slowly
     g.vec(la + "A_log", nv, math.log(0.05), math.log(1.0), "F32")
     g.vec(la + "dt_bias", nv, -1.0, 1.0, g.dtype)
-    g.vec(la + "norm.weight", LIN["linear_value_head_dim"], 0.5, 2.5, g.norm_dtype)   # gain w
+    g.vec(la + "norm.weight", dv, 0.5, 2.5, g.norm_dtype)   # gain w
     g.mat(la + "out_proj.weight", (H, vd), scale=RES)
 
 
@@ -200,7 +203,7 @@ def _mtp(g, H, tc, moe):
     for n in ("mtp.norm", "mtp.pre_fc_norm_embedding", "mtp.pre_fc_norm_hidden",
               "mtp.layers.0.input_layernorm", "mtp.layers.0.post_attention_layernorm"):
         g.norm(n + ".weight", (H,))
-    _attention(g, "mtp.layers.0.", H)
+    _attention(g, "mtp.layers.0.", tc)
     _mlp(g, "mtp.layers.0.", H, tc, moe)
 
 
@@ -239,9 +242,9 @@ def build(family, dtype, norm_dtype, tied, seed, layers, hidden, vocab, **opt):
     for i in range(L):
         p = "%slayers.%d." % (pre, i)
         if layer_type(tc, i) == "linear_attention":
-            _linear_attention(g, p, H, mt in FUSED_PROJ, opt.get("qk") != "independent")
+            _linear_attention(g, p, tc, mt in FUSED_PROJ, opt.get("qk") != "independent")
         else:
-            _attention(g, p, H)
+            _attention(g, p, tc)
         g.norm(p + "input_layernorm.weight", (H,))
         g.norm(p + "post_attention_layernorm.weight", (H,))
         _mlp(g, p, H, tc, sparse(mt, tc, i))
