@@ -383,7 +383,8 @@ static fl_status bind_attention(fwd_model *m, fwd_layer *ly, const char *pre, fl
     fl_status s;
     long H = m->H, qd = m->nh * m->hd, kd = m->nkv * m->hd;
     long qrows = m->fam->attn_gate ? 2 * qd : qd; /* Qwen3NextAttention: query and gate */
-    if ((s = fwd_bind_mat(m, NAME("self_attn.qkv_proj.weight"), qd + 2 * kd, H, 0, &ly->qkv, err)) != FL_OK)
+    if (!m->fam->attn_gate &&
+        (s = fwd_bind_mat(m, NAME("self_attn.qkv_proj.weight"), qd + 2 * kd, H, 0, &ly->qkv, err)) != FL_OK)
         return s;
     if (!ly->qkv.t &&
         ((s = fwd_bind_mat(m, NAME("self_attn.q_proj.weight"), qrows, H, 1, &ly->q, err)) != FL_OK ||

@@ -264,6 +264,20 @@ class Verify(Base):
                 self.assertIn("forward: ok", v.stdout)
                 self.assertIn(words, v.stdout)
 
+    def test_stray_fused_qkv_ignored(self):
+        """A self_attn.qkv_proj (Phi3's name) in a gated-attention layer is no
+        tensor of Qwen3NextAttention: ignored, as transformers ignores it,
+        and never mistaken for the query projection."""
+        src = os.path.join(self.tmp, "qkv")
+        m = write_source(src, "qwen3_5_text", "F32")
+        m.tensors["model.layers.1.self_attn.qkv_proj.weight"] = m.tensors["model.layers.1.self_attn.q_proj.weight"]
+        shutil.rmtree(src)
+        write_checkpoint(m, src)
+        convert(self, src, src + "-out")
+        p, rep = self.verify(src, src + "-out")
+        self.assertEqual(p.returncode, 0, describe(p))
+        self.assertTrue(rep["forward_check"]["passed"], rep["forward_check"])
+
     def test_wrong_folds_fail(self):
         """w instead of 1 + w; a linear-attention projection left unfolded;
         the gated norm dropped as if it folded."""
