@@ -22,6 +22,7 @@ static void free_layer(fwd_layer *ly)
     free(ly->b_gate); free(ly->b_up); free(ly->b_down);
     free(ly->e_gate); free(ly->e_up); free(ly->e_gate_up); free(ly->e_down);
     free(ly->e_bias); free(ly->q_a_norm.g); free(ly->kv_a_norm.g);
+    fwd_gdn_free(ly->gdn);
 }
 
 void fwd_close(fwd_model *m)

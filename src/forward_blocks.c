@@ -182,9 +182,19 @@ fl_status fwd_attention(const fwd_model *m, const fwd_layer *ly, const float *h,
 {
     if (m->fam->mla)
         return attention_mla(m, ly, h, T, b, out, err);
+    if (ly->gdn)
+        return fwd_deltanet(m, ly, h, T, out, err);
     long hd = m->hd, qd = m->nh * hd, kd = m->nkv * hd;
     fl_status s;
-    if (ly->qkv.t) {
+    float *gate = NULL;
+    if (m->fam->attn_gate) {
+        if ((s = fwd_gated_query(m, ly, h, T, b->q, &gate, err)) != FL_OK ||
+            (s = fwd_matmul(m, &ly->k, ly->bk, h, T, b->k, err)) != FL_OK ||
+            (s = fwd_matmul(m, &ly->v, ly->bv, h, T, b->v, err)) != FL_OK) {
+            free(gate);
+            return s;
+        }
+    } else if (ly->qkv.t) {
         /* Phi3: qkv_proj rows are [q | k | v] (Phi3Attention.forward). */
         if ((s = fwd_matmul(m, &ly->qkv, NULL, h, T, b->qkv, err)) != FL_OK)
             return s;
@@ -226,6 +236,9 @@ fl_status fwd_attention(const fwd_model *m, const fwd_layer *ly, const float *h,
                 rope_head(m, ly, b->k + t * kd + hh * hd, t);
         }
     sdpa(m, ly, b->q, qd, b->k, kd, b->v, kd, m->nh, m->nkv, hd, hd, T, b->att, b->ctx);
+    if (gate)
+        fwd_gate_apply(b->ctx, gate, (size_t)T * (size_t)qd);
+    free(gate);
     return fwd_matmul(m, &ly->o, ly->bo, b->ctx, T, out, err);
 }
 

@@ -89,6 +89,14 @@ typedef struct fwd_block {
     void (*close)(fwd_model *m);
 } fwd_block;
 
+/* Linear-attention layers (Gated DeltaNet, forward_deltanet.c), where
+ * config layer_types says "linear_attention". */
+typedef enum {
+    LINATTN_NONE,
+    LINATTN_SPLIT,  /* Qwen3.5: in_proj_qkv, in_proj_z, in_proj_b, in_proj_a */
+    LINATTN_FUSED   /* Qwen3-Next: in_proj_qkvz, in_proj_ba, grouped per key head */
+} fwd_linattn;
+
 typedef struct {
     const char *model_type;
     const char *wraps;          /* a composite type: the family of its text_config */
@@ -125,6 +133,11 @@ typedef struct {
     int topk_norm;              /* ... or this default (1 with no key: always) */
     const fwd_moe_names *moe[2]; /* MoE layouts; the first whose router exists */
     int tie_default;
+    /* zoo (a), Qwen3.5 / Qwen3-Next (docs/architectures.md §qwen3_5) */
+    fwd_linattn linear_attn;    /* Gated DeltaNet in the linear-attention layers */
+    int attn_gate;              /* q_proj rows are [query | gate] per head; output * sigmoid(gate) */
+    double rotary_default;      /* partial_rotary_factor when the config has none (0: 1) */
+    long head_dim_default;      /* head_dim when the config has none (0: hidden / heads) */
 } fwd_family;
 
 /* The row of model_type (rows and composite types), or NULL; i-th for tests. */
@@ -184,6 +197,7 @@ typedef struct {
     float *e_bias;           /* DeepSeek router e_score_correction_bias (choice only) */
     fwd_mat q_a, q_b, kv_a, kv_b; /* DeepSeek MLA projections */
     fwd_norm q_a_norm, kv_a_norm;
+    struct fwd_gdn *gdn;     /* a Gated DeltaNet layer (forward_deltanet.c); NULL: attention */
     const float *inv_freq;   /* rot/2 frequencies; NULL: no RoPE (SmolLM3 NoPE) */
     float rope_af;           /* multiplies cos and sin */
     long window;             /* sliding window (0: none) */
@@ -210,6 +224,7 @@ struct fwd_model {
     long H, L, nh, nkv, hd, V, rot;   /* rot: rotary dims per head */
     long max_inter;                   /* widest MLP / expert intermediate */
     long max_experts, topk, moe_layers;
+    long linear_layers;               /* Gated DeltaNet layers */
     int norm_topk;                    /* renormalise the top-k routing weights */
     long n_group, topk_group;
     double routed_scale;
@@ -257,6 +272,23 @@ fl_status fwd_bind_vec(const fwd_model *m, const char *name, long n, int require
 fl_status fwd_bind_fused(fwd_model *m, fwd_layer *ly, const char *pre, const char *experts, long E,
                          fl_error *err);
 
+
+/* forward_deltanet.c: Qwen3.5 / Qwen3-Next linear attention */
+/* 1 when layer i is a linear-attention layer: config layer_types[i], or
+ * without layer_types every full_attention_interval-th layer (default 4)
+ * is full attention (Qwen3NextConfig). */
+int fwd_layer_is_linear(const fwd_model *m, long i);
+fl_status fwd_bind_deltanet(fwd_model *m, fwd_layer *ly, const char *pre, fl_error *err);
+fl_status fwd_deltanet(const fwd_model *m, const fwd_layer *ly, const float *h, long T, float *out, fl_error *err);
+void fwd_gdn_free(struct fwd_gdn *g);
+
+/* forward_gated.c: the output-gated full attention of Qwen3.5 / Qwen3-Next */
+/* q_proj(h) split per head into the query (q, [T][nh * hd]) and the gate
+ * (*gate, allocated [T][nh * hd]). */
+fl_status fwd_gated_query(const fwd_model *m, const fwd_layer *ly, const float *h, long T, float *q, float **gate,
+                          fl_error *err);
+/* ctx *= sigmoid(gate), elementwise over n values. */
+void fwd_gate_apply(float *ctx, const float *gate, size_t n);
 
 /* forward_kernel.c */
 gemm_fn fwd_pick_gemm(void);

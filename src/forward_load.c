@@ -111,6 +111,11 @@ static fl_status bind_vec(const fwd_model *m, const char *name, long n, int requ
     return FL_OK;
 }
 
+fl_status fwd_bind_vec(const fwd_model *m, const char *name, long n, int required, float **out, fl_error *err)
+{
+    return bind_vec(m, name, n, required, out, err);
+}
+
 /* A norm weight; absent = identity gain (what HF's loaders initialise a
  * missing norm to on current versions, docs/architectures.md §missing).
  * The gain is 1 + w for a 1 + w class, computed as torch does:
@@ -134,11 +139,6 @@ static fl_status bind_norm(const fwd_model *m, const char *name, long n, fwd_nor
 fl_status fwd_bind_norm(const fwd_model *m, const char *name, long n, fwd_norm *out, fl_error *err)
 {
     return bind_norm(m, name, n, out, err);
-}
-
-fl_status fwd_bind_vec(const fwd_model *m, const char *name, long n, int required, float **out, fl_error *err)
-{
-    return bind_vec(m, name, n, required, out, err);
 }
 
 /* ----------------------------------------------------------------------------
@@ -382,13 +382,15 @@ static fl_status bind_attention(fwd_model *m, fwd_layer *ly, const char *pre, fl
     char name[512];
     fl_status s;
     long H = m->H, qd = m->nh * m->hd, kd = m->nkv * m->hd;
-    if ((s = fwd_bind_mat(m, NAME("self_attn.qkv_proj.weight"), qd + 2 * kd, H, 0, &ly->qkv, err)) != FL_OK)
+    long qrows = m->fam->attn_gate ? 2 * qd : qd; /* Qwen3NextAttention: query and gate */
+    if (!m->fam->attn_gate &&
+        (s = fwd_bind_mat(m, NAME("self_attn.qkv_proj.weight"), qd + 2 * kd, H, 0, &ly->qkv, err)) != FL_OK)
         return s;
     if (!ly->qkv.t &&
-        ((s = fwd_bind_mat(m, NAME("self_attn.q_proj.weight"), qd, H, 1, &ly->q, err)) != FL_OK ||
+        ((s = fwd_bind_mat(m, NAME("self_attn.q_proj.weight"), qrows, H, 1, &ly->q, err)) != FL_OK ||
          (s = fwd_bind_mat(m, NAME("self_attn.k_proj.weight"), kd, H, 1, &ly->k, err)) != FL_OK ||
          (s = fwd_bind_mat(m, NAME("self_attn.v_proj.weight"), kd, H, 1, &ly->v, err)) != FL_OK ||
-         (s = bind_vec(m, NAME("self_attn.q_proj.bias"), qd, 0, &ly->bq, err)) != FL_OK ||
+         (s = bind_vec(m, NAME("self_attn.q_proj.bias"), qrows, 0, &ly->bq, err)) != FL_OK ||
          (s = bind_vec(m, NAME("self_attn.k_proj.bias"), kd, 0, &ly->bk, err)) != FL_OK ||
          (s = bind_vec(m, NAME("self_attn.v_proj.bias"), kd, 0, &ly->bv, err)) != FL_OK))
         return s;
@@ -443,8 +445,13 @@ static fl_status bind_layer(fwd_model *m, const char *prefix, long i, fl_error *
     char pre[256];
     snprintf(pre, sizeof pre, "%slayers.%ld.", prefix, i);
     fl_status s = bind_layer_norms(m, ly, pre, err);
+    int linear = m->fam->linear_attn != LINATTN_NONE ? fwd_layer_is_linear(m, i) : 0;
+    if (s == FL_OK && linear < 0)
+        return fl_fail(err, FL_EINPUT, "%s/config.json: layer %ld is neither linear_attention nor full_attention "
+                       "(layer_types, or full_attention_interval without them)", ckdir(m), i);
     if (s == FL_OK)
-        s = m->fam->mla ? bind_mla(m, ly, pre, err) : bind_attention(m, ly, pre, err);
+        s = linear ? fwd_bind_deltanet(m, ly, pre, err)
+                   : m->fam->mla ? bind_mla(m, ly, pre, err) : bind_attention(m, ly, pre, err);
     if (s != FL_OK)
         return s;
     const fwd_moe_names *nm = moe_layout(m, pre);
@@ -515,12 +522,17 @@ static fl_status parse_dims(fwd_model *m, fl_error *err)
     if (m->L <= 0 || m->L > 100000 || m->nh <= 0 || m->nh > MAX_DIM || m->nkv > m->nh || m->nh % m->nkv != 0)
         return fl_fail(err, FL_EINPUT, "%s/config.json: num_hidden_layers %ld, num_attention_heads %ld, "
                        "num_key_value_heads %ld are not a valid attention layout", ckdir(m), m->L, m->nh, m->nkv);
-    m->hd = ckpt_view_int(m->cfg, "head_dim", 0);
+    m->hd = ckpt_view_int(m->cfg, "head_dim", m->fam->head_dim_default);
     if (m->hd <= 0)
         m->hd = m->H / m->nh;
     if (m->hd <= 0 || m->hd > MAX_DIM)
         return fl_fail(err, FL_EINPUT, "%s/config.json: head_dim %ld is not valid", ckdir(m), m->hd);
-    double prf = ckpt_view_num(m->cfg, "partial_rotary_factor", 1.0, 1.0);
+    /* transformers 5 keeps partial_rotary_factor in rope_parameters. */
+    double prf_default = m->fam->rotary_default > 0 ? m->fam->rotary_default : 1.0;
+    const cJSON *rp = ckpt_view_get(m->cfg, "rope_parameters");
+    const cJSON *rpf = cJSON_IsObject(rp) ? cJSON_GetObjectItemCaseSensitive(rp, "partial_rotary_factor") : NULL;
+    double prf = cJSON_IsNumber(rpf) ? rpf->valuedouble
+                                     : ckpt_view_num(m->cfg, "partial_rotary_factor", prf_default, prf_default);
     m->rot = (long)(m->hd * prf);
     m->rot -= m->rot % 2;
     if (m->rot <= 0 || m->rot > m->hd)
@@ -730,6 +742,9 @@ static void describe(fwd_model *m)
                      m->fam->model_type, m->L, m->H, m->nh, m->nkv, m->V, st_dtype_name(m->embed.dtype));
     if (m->fam->mla && n > 0 && (size_t)n < sizeof m->desc)
         n += snprintf(m->desc + n, sizeof m->desc - (size_t)n, ", MLA%s", m->q_lora > 0 ? "" : " (q_proj)");
+    if (m->linear_layers && n > 0 && (size_t)n < sizeof m->desc)
+        n += snprintf(m->desc + n, sizeof m->desc - (size_t)n, ", Gated DeltaNet in %ld of %ld layers",
+                      m->linear_layers, m->L);
     if (!m->moe_layers || n < 0 || (size_t)n >= sizeof m->desc)
         return;
     int fused = 0;

@@ -24,6 +24,11 @@ static const fwd_moe_names QWEN2_MOE = {.router = "mlp.gate", .experts = "mlp.ex
                                         .shared_gate = "mlp.shared_expert_gate"};
 static const fwd_moe_names QWEN3_MOE = {.router = "mlp.gate", .experts = "mlp.experts", .gate = "gate_proj",
                                         .up = "up_proj", .down = "down_proj"};
+/* Qwen3_5MoeSparseMoeBlock / Qwen3NextSparseMoeBlock (= Qwen2MoeSparseMoeBlock):
+ * experts plus a shared expert scaled by sigmoid(shared_expert_gate(x)). */
+static const fwd_moe_names QWEN_SHARED = {.router = "mlp.gate", .experts = "mlp.experts", .gate = "gate_proj",
+                                          .up = "up_proj", .down = "down_proj", .shared = "mlp.shared_expert",
+                                          .shared_gate = "mlp.shared_expert_gate"};
 static const fwd_moe_names DEEPSEEK = {.router = "mlp.gate", .experts = "mlp.experts", .gate = "gate_proj",
                                        .up = "up_proj", .down = "down_proj", .shared = "mlp.shared_experts"};
 
@@ -41,6 +46,10 @@ static const fwd_moe_names DEEPSEEK = {.router = "mlp.gate", .experts = "mlp.exp
     GEMMA, .layout = LAYOUT_SANDWICH, .scale = SCALE_KEY_ISQRT, .scale_key = "query_pre_attn_scalar",  \
     .scale_default = 256, .attn_cap_key = "attn_logit_softcapping",                                 \
     .final_cap_key = "final_logit_softcapping"
+
+#define QWEN_HYBRID(lin)                                                                                   \
+    .norm = NORM_RMS_1PW, .eps_key = "rms_norm_eps", .eps = 1e-6, SILU, .qk = QK_HEAD, .linear_attn = lin, \
+    .attn_gate = 1, .rotary_default = 0.25, .head_dim_default = 256
 
 static const fwd_family FAMILIES[] = {
     {"llama", RMS(1e-6), SILU},
@@ -87,6 +96,17 @@ static const fwd_family FAMILIES[] = {
      .tie_default = 1, .block = &FWD_GEMMA4},
     /* Gemma4ForConditionalGeneration: the text model in text_config. */
     {"gemma4", .wraps = "gemma4_text"},
+    /* -- zoo (a): Qwen3.5 / Qwen3.6 / Qwen3-Next, docs/architectures.md §qwen3_5.
+     * Qwen3_5RMSNorm / Qwen3NextRMSNorm are 1 + w, q/k norms per head;
+     * layer_types picks Gated DeltaNet or output-gated attention; config
+     * defaults partial_rotary_factor 0.25, head_dim 256.  Qwen3_5MoeTopKRouter
+     * always renormalises the top-k weights, Qwen3-Next's when norm_topk_prob
+     * (default true). */
+    {"qwen3_5_text", QWEN_HYBRID(LINATTN_SPLIT)},
+    {"qwen3_5", .wraps = "qwen3_5_text"},
+    {"qwen3_5_moe_text", QWEN_HYBRID(LINATTN_SPLIT), .topk_norm = 1, .moe = {&QWEN_SHARED}},
+    {"qwen3_5_moe", .wraps = "qwen3_5_moe_text"},
+    {"qwen3_next", QWEN_HYBRID(LINATTN_FUSED), TOPK_KEY, .topk_norm = 1, .moe = {&QWEN_SHARED}},
 };
 
 #define N_FAMILIES (sizeof FAMILIES / sizeof FAMILIES[0])
