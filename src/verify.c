@@ -541,6 +541,8 @@ typedef struct {
     char desc[200];
     double secs;
     int ok;
+    long route_decisions, route_flips; /* MoE choices of the output pass, and those pinned */
+    int route_lost;
 } fsummary;
 
 /* Parses "1,2,3" (spaces allowed). */
@@ -703,6 +705,7 @@ static fl_status forward_check(const checkpoint *src, const checkpoint *out, con
             *err = e2;
         return s;
     }
+    fwd_route_record(ms);   /* the output's MoE choices are pinned to these */
     fwd_phase ps = {opt, "forward pass (source)"}, po = {opt, "forward pass (output)"};
     if (opt->progress)
         fwd_set_progress(ms, fwd_phase_progress, &ps);
@@ -748,6 +751,7 @@ static fl_status forward_check(const checkpoint *src, const checkpoint *out, con
     }
     if (opt->progress)
         fwd_set_progress(mo, fwd_phase_progress, &po);
+    fwd_route_replay(mo, ms);
     if (fwd_vocab(mo) != V) {
         f->ran = 1;
         f->ok = 0;
@@ -766,6 +770,7 @@ static fl_status forward_check(const checkpoint *src, const checkpoint *out, con
     if ((s = fwd_logits(ms, f->tokens, T, la, err)) == FL_OK &&
         (s = fwd_logits(mo, f->tokens, T, lb, err)) == FL_OK) {
         f->ran = 1;
+        fwd_route_stats(mo, &f->route_decisions, &f->route_flips, &f->route_lost);
         compare_logits(la, lb, V, T, f);
         if (opt->dump_logits) {
             FILE *fp = fopen(opt->dump_logits, "wb");
@@ -817,6 +822,10 @@ static char *report_text(const char *src_dir, const char *out_dir, const tsummar
                   "KL max %.3g mean %.3g; tolerance %g (%s) (%.1f s)\n",
                   f->ok ? "ok" : "FAILED", f->n_tokens, f->desc, f->max_abs, f->max_rel,
                   f->top1_agree, f->n_tokens, f->kl_max, f->kl_mean, f->tol, f->tol_dtype, f->secs);
+        if (f->route_decisions)
+            sb_printf(&b, "  MoE routing pinned to the source's experts: the output's own choice differed in "
+                      "%ld of %ld%s\n", f->route_flips, f->route_decisions,
+                      f->route_lost ? " (pinning lost: the passes' decisions did not line up)" : "");
         if (!f->ok)
             sb_printf(&b, "  - %s\n", f->bad);
     }
@@ -868,6 +877,12 @@ static char *report_json(const char *src_dir, const char *out_dir, const tsummar
         cJSON_AddNumberToObject(fj, "tolerance", f->tol);
         cJSON_AddStringToObject(fj, "tolerance_dtype", f->tol_dtype);
         cJSON_AddNumberToObject(fj, "seconds", f->secs);
+        if (f->route_decisions) {
+            cJSON *rj = cJSON_AddObjectToObject(fj, "moe_routing");
+            cJSON_AddNumberToObject(rj, "decisions", (double)f->route_decisions);
+            cJSON_AddNumberToObject(rj, "differed", (double)f->route_flips);
+            cJSON_AddBoolToObject(rj, "pinned", !f->route_lost);
+        }
         if (!f->ok) {
             cJSON_AddNumberToObject(fj, "first_bad_position", (double)f->first_bad);
             cJSON_AddStringToObject(fj, "failure", f->bad);
