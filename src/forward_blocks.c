@@ -284,6 +284,14 @@ void fwd_top_k(const double *score, long E, long K, long *sel)
     }
 }
 
+void fwd_choose(const float *logits, long E, long K, long *sel)
+{
+    double score[E];
+    for (long e = 0; e < E; e++)
+        score[e] = logits[e];   /* exact: the same order as the float logits */
+    fwd_top_k(score, E, K, sel);
+}
+
 /* DeepseekV3TopkRouter's group limit: groups ranked by the sum of their two
  * best choices, experts outside the topk_group best groups masked to 0. */
 static void ds_group_mask(const fwd_model *m, double *choice, long E)
@@ -356,11 +364,8 @@ static void softmax_route(const fwd_model *m, const float *r, long E, long K, lo
             mx = r[e];
     for (long e = 0; e < E; e++)
         sum += exp((double)r[e] - mx);
-    double rd[E];
-    for (long e = 0; e < E; e++)
-        rd[e] = r[e];   /* exact: the same order as the float logits */
     if (!given)
-        fwd_top_k(rd, E, K, sel);
+        fwd_choose(r, E, K, sel);
     double tot = 0;
     for (long k = 0; k < K; k++) {
         double p = exp((double)r[sel[k]] - mx) / sum;

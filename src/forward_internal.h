@@ -310,6 +310,8 @@ fl_status fwd_mlp(const fwd_model *m, const fwd_layer *ly, const float *x, long 
                   fl_error *err);
 /* The indices of the K largest of E scores, best first (ties: lowest index). */
 void fwd_top_k(const double *score, long E, long K, long *sel);
+/* ... of E float logits. */
+void fwd_choose(const float *logits, long E, long K, long *sel);
 
 /* forward_route.c: recording and replaying the routers' choices (see
  * fwd_route_record in forward.h).  Called with a token's own choice sel[K]

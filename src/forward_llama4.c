@@ -20,13 +20,10 @@ void fwd_llama4_route(const fwd_model *m, const fwd_layer *ly, const float *logi
                       float *w, int given)
 {
     (void)m, (void)ly;
-    double score[E];
-    for (long e = 0; e < E; e++)
-        score[e] = logits[e];
     if (!given)
-        fwd_top_k(score, E, K, sel);
+        fwd_choose(logits, E, K, sel);
     for (long k = 0; k < K; k++)
-        w[k] = (float)(1.0 / (1.0 + exp(-score[sel[k]])));
+        w[k] = (float)(1.0 / (1.0 + exp(-(double)logits[sel[k]])));
 }
 
 void fwd_temperature(const fwd_layer *ly, float *q, long T, long width)

@@ -27,18 +27,15 @@ void fwd_oss_route(const fwd_model *m, const fwd_layer *ly, const float *logits,
                    float *w, int given)
 {
     (void)m, (void)ly;
-    double score[E];
-    for (long e = 0; e < E; e++)
-        score[e] = logits[e];
     if (!given)
-        fwd_top_k(score, E, K, sel);
+        fwd_choose(logits, E, K, sel);
     double mx = -INFINITY, sum = 0;
     for (long k = 0; k < K; k++)
-        mx = fmax(mx, score[sel[k]]);
+        mx = fmax(mx, logits[sel[k]]);
     for (long k = 0; k < K; k++)
-        sum += exp(score[sel[k]] - mx);
+        sum += exp(logits[sel[k]] - mx);
     for (long k = 0; k < K; k++)
-        w[k] = (float)(exp(score[sel[k]] - mx) / sum);
+        w[k] = (float)(exp(logits[sel[k]] - mx) / sum);
 }
 
 fl_status fwd_oss_expert(const fwd_model *m, const fwd_layer *ly, long e, const float *x, long n, fwd_bufs *b,

@@ -251,20 +251,9 @@ def plan_llama4(tc, i, has):
 
 # ------------------------------------------------------------------ reference forward
 
-class _W:
-    """Reads a checkpoint's tensors as exact Python floats."""
-
-    def __init__(self, ck):
-        self.ck, self.cache = ck, {}
-
-    def has(self, name):
-        return name in self.ck.tensors
-
-    def vals(self, name):
-        if name not in self.cache:
-            t = self.ck.tensors[name]
-            self.cache[name] = decode_values(t.dtype, t.data)
-        return self.cache[name]
+class _W(ref_forward._M):
+    """ref_forward's tensor reader (exact floats, nn.Linear with bias),
+    plus norms that may be absent and shapes."""
 
     def gain(self, name):
         """A norm's weight, or None where the checkpoint has none (a folded
@@ -273,14 +262,6 @@ class _W:
 
     def shape(self, name):
         return self.ck.tensors[name].shape
-
-    def linear(self, x, name):
-        rows, cols = self.shape(name + ".weight")
-        w = self.vals(name + ".weight")
-        y = [sum(w[o * cols + j] * x[j] for j in range(cols)) for o in range(rows)]
-        if self.has(name + ".bias"):
-            y = [a + b for a, b in zip(y, self.vals(name + ".bias"))]
-        return y
 
 
 def _rms(x, w, eps):
