@@ -203,7 +203,8 @@ static void default_output(const char *source, char *out, size_t cap)
 
 /* Downloads repo id `repo` (or finds it in the HF cache) and sets *dir to
  * its snapshot directory, with the hub's progress on stderr. */
-static fl_status fetch_repo(const cli_args *a, const char *repo, char **dir, fl_error *err)
+static fl_status fetch_repo(const cli_args *a, const char *repo, char **dir, char **license,
+                            fl_error *err)
 {
     hub_progress hp;
     hub_progress_init(&hp, stderr, -1, a->quiet);
@@ -211,7 +212,8 @@ static fl_status fetch_repo(const cli_args *a, const char *repo, char **dir, fl_
     cli_hub_env(&env);
     hub_request req = {.repo_id = repo, .revision = a->revision, .token = a->token, .env = &env,
                        .offline = a->offline, .quiet = a->quiet, .verbose = a->verbose,
-                       .jobs = a->jobs, .progress = hub_progress_render, .progress_ctx = &hp};
+                       .jobs = a->jobs, .progress = hub_progress_render, .progress_ctx = &hp,
+                       .license = license};
     fl_status s = hub_fetch_snapshot(&req, dir, err);
     hub_progress_finish(&hp);
     return s;
@@ -220,7 +222,7 @@ static fl_status fetch_repo(const cli_args *a, const char *repo, char **dir, fl_
 /* Resolves SOURCE to a local checkpoint directory: an existing path, or a
  * repo id (org/name[@rev]) that becomes its snapshot in the HF cache. */
 static fl_status resolve_source(const cli_args *a, const char *source, char **dir,
-                                fl_error *err)
+                                char **license, fl_error *err)
 {
     struct stat st;
     if (stat(source, &st) == 0) {
@@ -228,7 +230,7 @@ static fl_status resolve_source(const cli_args *a, const char *source, char **di
         return *dir ? FL_OK : fl_fail(err, FL_EIO, "out of memory");
     }
     if (hub_is_repo_id(source)) {
-        fl_status s = fetch_repo(a, source, dir, err);
+        fl_status s = fetch_repo(a, source, dir, license, err);
         if (s != FL_OK && s != FL_EINTR)
             fl_prefix(err, "%s is not a local directory, so it was fetched as a Hub repo id", source);
         return s;
@@ -246,12 +248,20 @@ static int cmd_download(const cli_args *a, const char *repo)
         return cli_usage_error("'%s' is not a repo id (org/name[@revision])", repo);
     fl_error err = {0};
     char *dir = NULL;
-    fl_status s = fetch_repo(a, repo, &dir, &err);
+    fl_status s = fetch_repo(a, repo, &dir, NULL, &err);
     if (s != FL_OK)
         return fail(&err);
     printf("%s\n", dir);
     free(dir);
     return 0;
+}
+
+/* flashify upload FOLDER REPO: publish, print the URL (cli_upload.c). */
+static int cmd_upload(const cli_args *a, const char *folder, const char *repo)
+{
+    fl_error err = {0};
+    fl_status s = cli_upload(a, folder, repo, &err);
+    return s == FL_OK ? 0 : fail(&err);
 }
 
 /* --strict: the complete temporary output is verified against the source
@@ -338,8 +348,9 @@ static void announce_plan(const fold_plan *plan)
     print_quantized_kept(plan);
 }
 
-static fl_status convert(const cli_args *a, const char *dir, const checkpoint *ck,
-                         const fold_plan *plan, const char *out, fl_error *err)
+static fl_status convert(const cli_args *a, const char *dir, const char *base_model,
+                         const checkpoint *ck, const fold_plan *plan, const char *out,
+                         cli_publish_ctx *pub, fl_error *err)
 {
     if (a->dry_run) {
         print_plan(stdout, ck, plan);
@@ -348,6 +359,8 @@ static fl_status convert(const cli_args *a, const char *dir, const checkpoint *c
             printf("would write %s (dry run: nothing written)\n", out);
         else if (!a->quiet)
             cli_diag("note", "%s", note.msg);
+        if (a->push_to_hub)
+            printf("would publish %s to %s\n", out, a->push_to_hub);
         return FL_OK;
     }
     if (!a->quiet)
@@ -357,6 +370,7 @@ static fl_status convert(const cli_args *a, const char *dir, const checkpoint *c
     convert_options co = {.out_dir = out, .force = a->force, .threads = a->threads,
                           .memory = a->memory, .fsync = !a->no_fsync,
                           .max_shard_size = a->max_shard_size, .resume = a->resume,
+                          .base_model = base_model,
                           .progress = convert_progress_bytes, .note = convert_progress_note,
                           .progress_ctx = &progress};
     strict_ctx sc = {.source = dir, .opt = verify_options_of(a), .quiet = a->quiet};
@@ -368,6 +382,12 @@ static fl_status convert(const cli_args *a, const char *dir, const checkpoint *c
         co.commit_ctx = &sc;
         sc.opt.progress = cli_progress_update;
         sc.opt.progress_ctx = &progress;
+    }
+    if (a->push_to_hub) {
+        pub->then = co.before_commit;
+        pub->then_ctx = co.commit_ctx;
+        co.before_commit = cli_publish_prepare;
+        co.commit_ctx = pub;
     }
     double t0 = fl_now();
     fl_status s = convert_write(ck, plan, &co, err);
@@ -393,11 +413,24 @@ static int cmd_convert(const cli_args *a, const char *source)
 {
     if (a->output && !*a->output)
         return cli_usage_error("-o needs a directory name, got ''");
+    if (!a->push_to_hub && (a->private_repo || a->create_pr || a->message))
+        return cli_usage_error("--private, --create-pr and -m go with --push-to-hub REPO");
     fl_error err = {0};
-    char *dir = NULL;
-    fl_status s = resolve_source(a, source, &dir, &err);
+    fl_status s = a->push_to_hub && !a->dry_run ? cli_publish_check(a, &err) : FL_OK;
     if (s != FL_OK)
         return fail(&err);
+    /* A repo id's card names it as the base model (not its snapshot). */
+    struct stat sst;
+    char base[256] = "";
+    if (stat(source, &sst) != 0 && hub_is_repo_id(source))
+        snprintf(base, sizeof base, "%.*s", (int)strcspn(source, "@"), source);
+    char *dir = NULL;
+    cli_publish_ctx pub = {.a = a};
+    s = resolve_source(a, source, &dir, a->push_to_hub ? &pub.license : NULL, &err);
+    if (s != FL_OK)
+        return fail(&err);
+    if (a->push_to_hub && !base[0])
+        pub.license = cli_source_license(dir);
     checkpoint ck;
     s = ckpt_open(dir, &ck, &err);
     if (s != FL_OK) {
@@ -414,8 +447,12 @@ static int cmd_convert(const cli_args *a, const char *source)
             snprintf(out, sizeof out, "%s", a->output);
         else
             default_output(source, out, sizeof out);
-        s = convert(a, dir, &ck, &plan, out, &err);
+        s = convert(a, dir, base[0] ? base : NULL, &ck, &plan, out, &pub, &err);
+        /* Published only once the conversion (and --strict) succeeded. */
+        if (s == FL_OK && a->push_to_hub && !a->dry_run)
+            s = cli_publish(&pub, out, &err);
     }
+    cli_publish_ctx_free(&pub);
     plan_free(&plan);
     ckpt_close(&ck);
     free(dir);
@@ -523,6 +560,7 @@ static int run(int argc, char **argv)
         {"inspect", CMD_INSPECT, 1, "inspect needs one PATH"},
         {"download", CMD_DOWNLOAD, 1, "download needs one REPO_ID"},
         {"verify", CMD_VERIFY, 2, "verify needs SOURCE and OUTPUT directories"},
+        {"upload", CMD_UPLOAD, 2, "upload needs a FOLDER and a REPO_ID"},
     };
     unsigned cmd = CMD_CONVERT;
     int first = 1, n_want = 1;
@@ -567,6 +605,7 @@ static int run(int argc, char **argv)
     case CMD_INSPECT: return cmd_inspect(&a, pos[0]);
     case CMD_DOWNLOAD: return cmd_download(&a, pos[0]);
     case CMD_VERIFY: return cmd_verify(&a, pos[0], pos[1]);
+    case CMD_UPLOAD: return cmd_upload(&a, pos[0], pos[1]);
     default: return cmd_convert(&a, pos[0]);
     }
 }

@@ -10,6 +10,7 @@
 #include <stdio.h>
 
 #include "flashify/hub.h"
+#include "flashify/upload.h"
 #include "flashify/util.h"
 
 /* The subcommands, as bits: an option lists the ones it applies to. */
@@ -18,7 +19,8 @@ enum {
     CMD_INSPECT = 2,
     CMD_VERIFY = 4,
     CMD_DOWNLOAD = 8,
-    CMD_ALL = 15
+    CMD_UPLOAD = 16,
+    CMD_ALL = 31
 };
 
 /* Everything argv can set.  Zero is every option's default. */
@@ -30,6 +32,8 @@ typedef struct {
     uint64_t memory;
     const char *revision, *token;  /* hub */
     int offline, verbose, jobs;
+    const char *push_to_hub, *message;  /* publishing */
+    int private_repo, create_pr;
     int json, skip_forward;        /* verify / --strict */
     const char *tokens, *dump_logits;
     double tolerance;
@@ -131,6 +135,35 @@ void hub_progress_init(hub_progress *p, FILE *out, int tty, int quiet);
 void hub_progress_render(const hub_event *ev, void *ctx);
 /* Erases the live lines (call once hub_fetch_snapshot returned). */
 void hub_progress_finish(hub_progress *p);
+
+/* ---- publishing (cli_upload.c) ------------------------------------------*/
+
+/* flashify upload FOLDER REPO. */
+fl_status cli_upload(const cli_args *a, const char *folder, const char *repo, fl_error *err);
+
+/* --push-to-hub, around a conversion. */
+typedef struct {
+    const cli_args *a;
+    char *license;                 /* the source's card's, or NULL */
+    /* The before_commit it runs after its own (--strict), or NULL. */
+    fl_status (*then)(const char *tmp_dir, void *ctx, fl_error *err);
+    void *then_ctx;
+    upload_digest *digests;        /* of the files written (cli_publish_prepare) */
+    size_t n_digests;
+} cli_publish_ctx;
+
+/* Before the conversion: the repo id is one and a token is there, so a
+ * long conversion does not end in a usage error. */
+fl_status cli_publish_check(const cli_args *a, fl_error *err);
+/* The license a local source's README.md declares (malloc'd), or NULL. */
+char *cli_source_license(const char *dir);
+/* convert_options.before_commit with a cli_publish_ctx *: on the complete
+ * temporary output, the license into the card, the digests of the files
+ * just written (still in the page cache), then ctx->then. */
+fl_status cli_publish_prepare(const char *tmp_dir, void *ctx, fl_error *err);
+/* After the conversion (and --strict) succeeded: publishes dir. */
+fl_status cli_publish(cli_publish_ctx *p, const char *dir, fl_error *err);
+void cli_publish_ctx_free(cli_publish_ctx *p);
 
 /* convert_options.progress and .note (write.h), with a cli_progress *:
  * the bytes written as the phase "writing", notes on stderr (not with -q). */

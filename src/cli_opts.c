@@ -25,7 +25,7 @@ typedef enum {
 } opt_kind;
 
 /* Help sections, in the order --help prints them. */
-enum { SEC_CONVERT, SEC_VERIFY, SEC_HUB, SEC_GENERAL, SEC_HIDDEN };
+enum { SEC_CONVERT, SEC_VERIFY, SEC_HUB, SEC_UPLOAD, SEC_GENERAL, SEC_HIDDEN };
 
 typedef struct {
     const char *name;      /* "--threads" */
@@ -43,6 +43,7 @@ typedef struct {
 #define CONV CMD_CONVERT
 #define CONV_VERIFY (CMD_CONVERT | CMD_VERIFY)
 #define HUB (CMD_CONVERT | CMD_DOWNLOAD)
+#define UP (CMD_CONVERT | CMD_UPLOAD)
 
 static const cli_option OPTIONS[] = {
     {"--output", "-o", OPT_STR, F(output), 0, 0, "DIR", CONV, SEC_CONVERT,
@@ -60,8 +61,9 @@ static const cli_option OPTIONS[] = {
      "into place (exit 3 if not equivalent)"},
     {"--plan", NULL, OPT_STR, F(plan_file), 0, 0, "FILE", CONV_VERIFY | CMD_INSPECT, SEC_CONVERT,
      "fold plan for a model_type flashify does not know (README)"},
-    {"--dry-run", "-n", OPT_FLAG, F(dry_run), 0, 0, NULL, CONV, SEC_CONVERT,
-     "print the plan and sizes; write nothing"},
+    {"--dry-run", "-n", OPT_FLAG, F(dry_run), 0, 0, NULL, UP, SEC_CONVERT,
+     "print the plan and sizes; write nothing (upload: list\n"
+     "what would be sent and what is there; send nothing)"},
     {"--force", "-f", OPT_FLAG, F(force), 0, 0, NULL, CONV, SEC_CONVERT,
      "replace an existing output directory"},
     {"--max-shard-size", NULL, OPT_SIZE, F(max_shard_size), 1, 0, "SIZE", CONV, SEC_CONVERT,
@@ -77,8 +79,8 @@ static const cli_option OPTIONS[] = {
     {"--no-fsync", NULL, OPT_FLAG, F(no_fsync), 0, 0, NULL, CONV, SEC_CONVERT,
      "skip fsync before the final rename (faster, less safe)"},
 
-    {"--json", NULL, OPT_FLAG, F(json), 0, 0, NULL, CONV_VERIFY, SEC_VERIFY,
-     "print the equivalence report as JSON"},
+    {"--json", NULL, OPT_FLAG, F(json), 0, 0, NULL, CONV_VERIFY | CMD_UPLOAD, SEC_VERIFY,
+     "print the equivalence report (upload: a summary) as JSON"},
     {"--tokens", NULL, OPT_STR, F(tokens), 0, 0, "IDS", CONV_VERIFY, SEC_VERIFY,
      "token ids for the forward check, e.g. 1,2,3 (default: BOS\n"
      "and 16 fixed ids)"},
@@ -90,14 +92,25 @@ static const cli_option OPTIONS[] = {
     {"--dump-logits", NULL, OPT_STR, F(dump_logits), 0, 0, "FILE", CMD_VERIFY, SEC_HIDDEN,
      "write the source's logits (float32) for tests/interop"},
 
-    {"--revision", NULL, OPT_STR, F(revision), 0, 0, "REV", HUB, SEC_HUB,
-     "branch, tag or commit (default: main, or org/name@REV)"},
-    {"--token", NULL, OPT_STR, F(token), 0, 0, "TOKEN", HUB, SEC_HUB,
+    {"--revision", NULL, OPT_STR, F(revision), 0, 0, "REV", HUB | CMD_UPLOAD, SEC_HUB,
+     "branch, tag or commit (default: main, or org/name@REV);\n"
+     "upload: the branch (created from main when missing)"},
+    {"--token", NULL, OPT_STR, F(token), 0, 0, "TOKEN", HUB | CMD_UPLOAD, SEC_HUB,
      "Hugging Face token (default: HF_TOKEN or $HF_HOME/token)"},
     {"--offline", NULL, OPT_FLAG, F(offline), 0, 0, NULL, HUB, SEC_HUB,
      "use the HF cache only (also HF_HUB_OFFLINE=1)"},
-    {"--jobs", NULL, OPT_INT, F(jobs), 1, 16, "N", HUB, SEC_HUB,
-     "parallel downloads (default 4)"},
+    {"--jobs", NULL, OPT_INT, F(jobs), 1, 16, "N", HUB | CMD_UPLOAD, SEC_HUB,
+     "parallel transfers (default 4)"},
+
+    {"--push-to-hub", NULL, OPT_STR, F(push_to_hub), 0, 0, "REPO", CONV, SEC_UPLOAD,
+     "after the conversion (and --strict) succeeded, publish\n"
+     "the output to the model repo REPO (org/name)"},
+    {"--private", NULL, OPT_FLAG, F(private_repo), 0, 0, NULL, UP, SEC_UPLOAD,
+     "create the repo private (an existing one keeps its visibility)"},
+    {"--create-pr", NULL, OPT_FLAG, F(create_pr), 0, 0, NULL, UP, SEC_UPLOAD,
+     "open a pull request instead of committing to the branch"},
+    {"--message", "-m", OPT_STR, F(message), 0, 0, "MSG", UP, SEC_UPLOAD,
+     "commit message"},
 
     {"--quiet", "-q", OPT_FLAG, F(quiet), 0, 0, NULL, CMD_ALL, SEC_GENERAL,
      "print errors only (results on stdout stay)"},
@@ -115,10 +128,11 @@ static const char *const SECTION_TITLE[] = {
     [SEC_CONVERT] = "Options",
     [SEC_VERIFY] = "verify and --strict",
     [SEC_HUB] = "Hub (SOURCE or download is a repo id; HF_ENDPOINT, HF_TOKEN, HF_HOME apply)",
+    [SEC_UPLOAD] = "Publishing (upload, --push-to-hub; the token needs write access)",
     [SEC_GENERAL] = "General",
 };
 
-static const char *const CMD_NAME[] = {"convert", "inspect", "verify", "download"};
+static const char *const CMD_NAME[] = {"convert", "inspect", "verify", "download", "upload"};
 
 int cli_usage_error(const char *fmt, ...)
 {
@@ -275,13 +289,16 @@ void cli_help(FILE *f)
           "       flashify inspect PATH\n"
           "       flashify verify SOURCE OUTPUT [--json] [--tokens IDS] [--tolerance X]\n"
           "       flashify download REPO_ID [--revision REV]\n"
+          "       flashify upload FOLDER REPO_ID [--revision B] [--create-pr] [-m MSG]\n"
           "\n"
           "Folds every RMSNorm weight of a Hugging Face checkpoint into the linear layers\n"
           "that read it (FlashNorm, arXiv 2407.09577) and writes a new checkpoint that\n"
           "computes the same function without norm weights.\n"
           "\n"
           "SOURCE is a checkpoint directory (config.json + *.safetensors) or a Hugging\n"
-          "Face repo id (org/name[@revision]), downloaded into the shared HF cache.\n",
+          "Face repo id (org/name[@revision]), downloaded into the shared HF cache.\n"
+          "upload publishes a folder (a conversion's output) to a Hub model repo;\n"
+          "--push-to-hub does it right after a conversion.\n",
           f);
     for (int sec = SEC_CONVERT; sec < SEC_HIDDEN; sec++) {
         fprintf(f, "\n%s:\n", SECTION_TITLE[sec]);
@@ -313,6 +330,8 @@ void cli_help(FILE *f)
           "  flashify ./gemma-2-2b --keep-norms --strict\n"
           "  flashify meta-llama/Llama-3.2-1B -o out\n"
           "  flashify verify ./Llama-3.2-1B ./Llama-3.2-1B-FlashNorm\n"
+          "  flashify meta-llama/Llama-3.2-1B --strict --push-to-hub me/Llama-3.2-1B-FlashNorm\n"
+          "  flashify upload ./Llama-3.2-1B-FlashNorm me/Llama-3.2-1B-FlashNorm --dry-run\n"
           "\n"
           "Exit status: 0 success, 1 usage, 2 bad or unsupported input, 3 not equivalent,\n"
           "4 network, 5 I/O, 128+N killed by signal N (130 SIGINT, 143 SIGTERM).\n",

@@ -696,10 +696,13 @@ static fl_status parse_rope(fwd_model *m, fl_error *err)
 }
 
 /* Tied means the embedding matrix (v4 tie_weights() also overwrites a
- * stored lm_head when the config says tie). */
+ * stored lm_head when the config says tie).  A null flag is not tied: the
+ * loaders test `if config.tie_word_embeddings`, and None is false. */
 static fl_status parse_head(fwd_model *m, const char *prefix, fl_error *err)
 {
     int tie = ckpt_view_bool(m->cfg, "tie_word_embeddings", -1);
+    if (cJSON_IsNull(ckpt_view_get(m->cfg, "tie_word_embeddings")))
+        tie = 0;
     if (tie < 0)
         tie = m->fam->tie_default;
     fl_status s = FL_OK;

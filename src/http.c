@@ -430,6 +430,17 @@ static size_t on_read_body(char *buf, size_t size, size_t nitems, void *ud)
     return got;
 }
 
+/* libcurl rewinds a body it must send again by itself (a reused
+ * connection that turned out dead): the producer starts over there. */
+static int on_seek_body(void *ud, curl_off_t offset, int origin)
+{
+    body_state *b = ud;
+    if (origin != SEEK_SET || offset < 0 || (uint64_t)offset > b->req->body_len)
+        return CURL_SEEKFUNC_CANTSEEK;
+    b->off = (uint64_t)offset;
+    return CURL_SEEKFUNC_OK;
+}
+
 /* Collects a reply body; past its limit the transfer is aborted. */
 static size_t on_body_mem(char *p, size_t size, size_t nmemb, void *ud)
 {
@@ -443,6 +454,14 @@ static int on_xfer_abort(void *ud, curl_off_t a, curl_off_t b, curl_off_t c_, cu
 {
     const http_client *c = ud;
     return fl_interrupted || c->stop ? 1 : 0;
+}
+
+/* The same for a request that must finish once sent (a commit). */
+static int on_xfer_abort_stop_only(void *ud, curl_off_t a, curl_off_t b, curl_off_t c_,
+                                   curl_off_t d)
+{
+    const http_client *c = ud;
+    return c->stop ? 1 : 0;
 }
 
 /* Appends "Name: value" (value may hold the token: wiped after use). */
@@ -472,12 +491,10 @@ static struct curl_slist *header_list(const http_client *c, const http_request *
     struct curl_slist *l = curl_slist_append(NULL, "Accept-Encoding: identity");
     if (!l)
         return NULL;
-    if (req->body || req->read) {
-        /* No "Expect: 100-continue" round trip before each body. */
+    if (req->body || req->read) /* no "Expect: 100-continue" round trip per body */
         l = add_header(l, &ok, "Expect", "");
-        l = add_header(l, &ok, "Content-Type",
-                       req->content_type ? req->content_type : "application/octet-stream");
-    }
+    if (req->content_type)
+        l = add_header(l, &ok, "Content-Type", req->content_type);
     if (req->accept)
         l = add_header(l, &ok, "Accept", req->accept);
     if (req->header) {
@@ -531,10 +548,13 @@ struct curl_slist *http_setup(http_client *c, void *curl, const http_request *re
     curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
     curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, timeout);
     curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
+    if (req->fresh_connection)
+        curl_easy_setopt(h, CURLOPT_FRESH_CONNECT, 1L);
     curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(h, CURLOPT_HEADERDATA, hd);
     curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
-    curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_xfer_abort);
+    curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION,
+                     req->finish_on_interrupt ? on_xfer_abort_stop_only : on_xfer_abort);
     curl_easy_setopt(h, CURLOPT_XFERINFODATA, c);
     if (!strcmp(method, "HEAD"))
         curl_easy_setopt(h, CURLOPT_NOBODY, 1L);
@@ -544,6 +564,8 @@ struct curl_slist *http_setup(http_client *c, void *curl, const http_request *re
          * encoding (storage refuses it, §10). */
         curl_easy_setopt(h, CURLOPT_UPLOAD, 1L);
         curl_easy_setopt(h, CURLOPT_INFILESIZE_LARGE, (curl_off_t)req->body_len);
+        /* Fewer, larger reads of the file per part (default 64 KiB). */
+        curl_easy_setopt(h, CURLOPT_UPLOAD_BUFFERSIZE, 512L * 1024);
     } else if (!strcmp(method, "POST")) {
         curl_easy_setopt(h, CURLOPT_POST, 1L);
         curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->body_len);
@@ -597,7 +619,8 @@ double http_backoff(const http_client *c, int attempt, const http_headers *hd)
     return w * c->backoff_scale;
 }
 
-/* One attempt of req: the curl code, hd filled. */
+/* One attempt of req: the curl code, hd filled, *sent the body bytes
+ * handed to libcurl. */
 static CURLcode perform_once(http_client *c, CURL *h, const http_request *req, http_headers *hd,
                              int64_t *sent)
 {
@@ -613,6 +636,8 @@ static CURLcode perform_once(http_client *c, CURL *h, const http_request *req, h
     if (req->body || req->read) {
         curl_easy_setopt(h, CURLOPT_READFUNCTION, on_read_body);
         curl_easy_setopt(h, CURLOPT_READDATA, &bs);
+        curl_easy_setopt(h, CURLOPT_SEEKFUNCTION, on_seek_body);
+        curl_easy_setopt(h, CURLOPT_SEEKDATA, &bs);
     }
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body_mem);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, reply);
@@ -622,22 +647,40 @@ static CURLcode perform_once(http_client *c, CURL *h, const http_request *req, h
     long status = 0;
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
     hd->status = status;
-    if (sent)
-        *sent += (int64_t)bs.off;
+    *sent = (int64_t)bs.off;
     return rc;
 }
 
+/* 1 when the attempt's reply (or its absence) should be retried under
+ * the request's policy. */
+static int retry_allowed(const http_request *req, CURLcode rc, long status)
+{
+    switch (req->retry) {
+    case HTTP_RETRY_TRANSIENT: return http_transient(rc, status);
+    case HTTP_RETRY_UNSENT: return unsent(rc, status);
+    default: return 0;
+    }
+}
+
 fl_status http_perform(http_client *c, void *curl, const http_request *req, http_headers *hd,
-                       int64_t *sent_bytes, fl_error *err)
+                       http_stats *stats, fl_error *err)
 {
     char lu[512];
     const char *method = req->method ? req->method : "GET";
+    http_stats none = {0};
+    if (!stats)
+        stats = &none;
     http_log_url(lu, sizeof lu, req->url);
     for (int attempt = 0;; attempt++) {
         double t0 = fl_now();
-        CURLcode rc = perform_once(c, curl, req, hd, sent_bytes);
+        int64_t sent = 0;
+        CURLcode rc = perform_once(c, curl, req, hd, &sent);
         long status = hd->status;
-        if (fl_interrupted)
+        stats->attempts++;
+        stats->sent += sent;
+        if (attempt > 0)
+            stats->resent += sent;
+        if (fl_interrupted && !req->finish_on_interrupt)
             return fl_fail(err, FL_EINTR, "interrupted");
         if (c->stop)
             return fl_fail(err, FL_EINTR, "abandoned after another transfer failed");
@@ -657,9 +700,7 @@ fl_status http_perform(http_client *c, void *curl, const http_request *req, http
          * id): say so now instead of after 23 s of backoff. */
         int no_dns = !c->contacted && (rc == CURLE_COULDNT_RESOLVE_HOST ||
                                        rc == CURLE_COULDNT_RESOLVE_PROXY);
-        int again = req->retry == HTTP_RETRY_TRANSIENT ? http_transient(rc, status)
-                    : req->retry == HTTP_RETRY_UNSENT  ? unsent(rc, status)
-                                                       : 0;
+        int again = retry_allowed(req, rc, status) && !fl_interrupted;
         if (!again || no_dns)
             return rc == CURLE_OK ? FL_OK
                                   : fl_fail(err, FL_ENET, "%s: %s", lu, curl_easy_strerror(rc));
@@ -669,6 +710,8 @@ fl_status http_perform(http_client *c, void *curl, const http_request *req, http
                                curl_easy_strerror(rc), HTTP_MAX_RETRIES);
             return FL_OK; /* the caller reports the status */
         }
+        if (!unsent(rc, status))
+            stats->maybe_applied = 1;
         double w = http_backoff(c, attempt, rc == CURLE_OK ? hd : NULL);
         http_log(c, "retrying in %.2f s", w);
         fl_sleep(w);
@@ -722,4 +765,32 @@ fl_status http_error(const http_client *c, const http_response *r, const char *f
                        repo, hubsays);
     return fl_fail(err, FL_ENET, "%s%s%s: HTTP %ld%s", repo, file ? ": " : "", file ? file : "",
                    r->status, hubsays);
+}
+
+fl_status http_write_error(const http_client *c, const http_response *r, const char *what,
+                           fl_error *err)
+{
+    const char *repo = c->repo_id ? c->repo_id : "?", *msg = r->error_msg;
+    char hubsays[300] = "";
+    if (msg[0])
+        snprintf(hubsays, sizeof hubsays, " (Hub: %s)", msg);
+    if (r->status == 401 && !strstr(msg, "Invalid credentials"))
+        return fl_fail(err, FL_EINPUT,
+                       "%s: the Hub wants a token with write access (HTTP 401)%s: set HF_TOKEN or "
+                       "pass --token (tokens: https://huggingface.co/settings/tokens)",
+                       what, hubsays);
+    if (r->status == 403 && !strstr(msg, "disabled") && strcmp(r->error_code, "GatedRepo")) {
+        size_t ns = strcspn(repo, "/");
+        return fl_fail(err, FL_EINPUT,
+                       "%s: this token cannot write to %s (HTTP 403)%s: a read-only token, or no "
+                       "write access to the namespace '%.*s'; use a write token "
+                       "(https://huggingface.co/settings/tokens) or a namespace you belong to",
+                       what, repo, hubsays, (int)ns, repo);
+    }
+    if (r->status == 400 || r->status == 413 || r->status == 422)
+        return fl_fail(err, FL_EINPUT, "%s: the Hub refused it (HTTP %ld)%s", what, r->status,
+                       hubsays);
+    fl_status st = http_error(c, r, NULL, err);
+    fl_prefix(err, "%s", what);
+    return st;
 }

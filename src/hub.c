@@ -270,6 +270,7 @@ typedef struct {
     size_t nq;
     int jobs;
     int no_symlinks;          /* HF_HUB_DISABLE_SYMLINKS: regular files in snapshots/ */
+    char *license;            /* cardData.license of the revision API, or NULL */
 } run;
 
 /* One file: HEAD, then (unless the blob is already there) a locked
@@ -543,6 +544,13 @@ static fl_status resolve_commit(run *R, CURL *h, const char *rev, fl_error *err)
                          R->repo_id, rev);
         else
             memcpy(R->commit, sha, 41);
+        /* The card's license (a string, or a list of them: the first). */
+        const cJSON *lic = cJSON_GetObjectItemCaseSensitive(
+            cJSON_GetObjectItemCaseSensitive(j, "cardData"), "license");
+        const char *l = cJSON_IsArray(lic) ? cJSON_GetStringValue(cJSON_GetArrayItem(lic, 0))
+                                           : cJSON_GetStringValue(lic);
+        if (st == FL_OK && l && *l && strlen(l) < 128 && !strpbrk(l, "\r\n"))
+            R->license = fl_strdup(l);
         cJSON_Delete(j);
     }
     http_response_free(&r);
@@ -623,6 +631,7 @@ static void run_free(run *R)
     free(R->repo_dir);
     files_free(&R->files);
     free(R->queue);
+    free(R->license);
 }
 
 /* Creates blobs/ and snapshots/<commit>/, the cache tag and refs/<rev>
@@ -709,6 +718,8 @@ static fl_status fetch_online(run *R, const char *rev, char **snapshot_dir, fl_e
 fl_status hub_fetch_snapshot(const hub_request *req, char **snapshot_dir, fl_error *err)
 {
     *snapshot_dir = NULL;
+    if (req->license)
+        *req->license = NULL;
     if (!hub_is_repo_id(req->repo_id))
         return fl_fail(err, FL_EUSAGE, "'%s' is not a Hugging Face repo id (org/name[@revision])",
                        req->repo_id);
@@ -753,6 +764,10 @@ fl_status hub_fetch_snapshot(const hub_request *req, char **snapshot_dir, fl_err
     }
 
     st = fetch_online(&R, rev, snapshot_dir, err);
+    if (st == FL_OK && req->license) {
+        *req->license = R.license;
+        R.license = NULL;
+    }
     run_free(&R);
     return st;
 }

@@ -98,7 +98,7 @@ typedef struct {
     const char *url;
     int auth;                /* add the token (only ever to the endpoint's origin) */
     long timeout;            /* no-progress seconds; 0: the client's etag_timeout */
-    const char *content_type;/* for a body */
+    const char *content_type;/* for a body; NULL: none (a PUT to storage) */
     const char *accept;      /* Accept header, or NULL */
     const char *header;      /* one more header line ("Range: bytes=N-"), or NULL */
     const char *body;        /* request body in memory ... */
@@ -108,6 +108,11 @@ typedef struct {
     strbuf *reply;           /* collect the reply body here (NULL: discard) */
     size_t reply_max;        /* 0: HTTP_BODY_MAX */
     http_retry retry;
+    int finish_on_interrupt; /* Ctrl-C does not abort it (a commit: its
+                                outcome must be known); no retry after one */
+    int fresh_connection;    /* never on a reused connection: libcurl would
+                                resend it by itself when that one turns out
+                                dead, unseen by the retry policy */
     /* Called with the bytes sent so far by this attempt (progress). */
     void (*sent)(void *ctx, int64_t bytes);
     void *sent_ctx;
@@ -160,19 +165,33 @@ int http_transient(int curl_code, long status);
  * 1, 2, 4, 8, 8 s times the backoff scale. */
 double http_backoff(const http_client *c, int attempt, const http_headers *hd);
 
+/* What the attempts of one http_perform did. */
+typedef struct {
+    int64_t sent;            /* request body bytes handed to libcurl, all attempts */
+    int64_t resent;          /* of which by attempts after the first */
+    int attempts;
+    int maybe_applied;       /* an attempt failed after the server may have
+                                acted on it (a timeout, a reset, a 5xx) */
+} http_stats;
+
 /* Performs `req` on curl handle h with the retries its policy allows; no
  * redirect is followed.  FL_OK means a reply arrived: hd holds its
  * headers and hd->status may still be an error, which the caller turns
  * into a message.  FL_ENET after the retries, FL_EINTR on fl_interrupted
- * or the client's stop flag.  *sent_bytes (may be NULL) adds the request
- * body bytes sent by every attempt, including those that failed. */
+ * or the client's stop flag.  stats (may be NULL) is added to. */
 fl_status http_perform(http_client *c, void *h, const http_request *req, http_headers *hd,
-                       int64_t *sent_bytes, fl_error *err);
+                       http_stats *stats, fl_error *err);
 
 /* Turns an HTTP error reply into a message the user can act on: gated
  * repo, missing repo / revision / file, refused token, disabled repo
  * (FL_EINPUT), rate limit and server errors (FL_ENET). `file` may be NULL. */
 fl_status http_error(const http_client *c, const http_response *r, const char *file,
                      fl_error *err);
+
+/* The same for a request that writes (an upload): a missing or read-only
+ * token, no write access to the namespace, a refused payload (FL_EINPUT),
+ * then as http_error.  `what` names the request ("creating org/x"). */
+fl_status http_write_error(const http_client *c, const http_response *r, const char *what,
+                           fl_error *err);
 
 #endif

@@ -26,7 +26,8 @@
 typedef enum {
     HUB_EV_START,   /* a transfer of `name` begins (done = resume offset) */
     HUB_EV_BYTES,   /* bytes arrived for `name` */
-    HUB_EV_DONE,    /* `name` is verified and in the cache */
+    HUB_EV_DONE,    /* `name` is verified and in the cache (uploaded, hashed) */
+    HUB_EV_IDLE,    /* the worker `slot` finished its piece (a part): no line */
     HUB_EV_LOG      /* a --verbose line in `msg` (never contains the token) */
 } hub_event_kind;
 
@@ -47,6 +48,7 @@ typedef struct {
     int64_t all_total;
     double elapsed;          /* seconds since this file's transfer began */
     const char *msg;         /* HUB_EV_LOG only */
+    int step, steps;         /* upload: commit `step` of `steps` (0 0: one) */
 } hub_event;
 
 typedef void (*hub_progress_fn)(const hub_event *ev, void *ctx);
@@ -99,6 +101,9 @@ typedef struct {
     int jobs;                /* parallel transfers, 0 -> 4 */
     hub_progress_fn progress;  /* NULL -> no events at all */
     void *progress_ctx;
+    char **license;          /* out, may be NULL: the license the repo's card declares
+                                (cardData.license, malloc'd), when the Hub was asked
+                                (not offline, not for a cached commit); else NULL */
 } hub_request;
 
 /* 1 when s has the Hub's repo-id grammar (utils/_validators.py): "ns/name"

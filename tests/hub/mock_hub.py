@@ -1,6 +1,7 @@
-"""mock_hub.py — a loopback Hugging Face Hub + CDN for flashify's tests.
+"""mock_hub.py — a loopback Hugging Face Hub + CDN + storage for flashify's tests.
 
-Implements what docs/hub-protocol.md §8 asks of a faithful mock:
+Implements what docs/hub-protocol.md §8 asks of a faithful mock (the upload
+endpoints, §10, are in mock_upload.py):
 
 * the Hub on 127.0.0.1:P: /api/models/{id}[/revision/{rev}], the tree API
   with Link-header pagination, HEAD|GET /{id}/resolve/{rev}/{path} (git
@@ -27,7 +28,9 @@ Python standard library only.  Use it in-process:
     hub.close()
 
 or from the command line (bench): python3 mock_hub.py DIR ORG/NAME prints
-the endpoint and serves the files of DIR until killed.
+the endpoint and serves the files of DIR until killed; python3 mock_hub.py
+--upload [--discard] [--multipart-mib N] [--chunk-mib N] serves an empty
+Hub that takes uploads.
 """
 
 import hashlib
@@ -40,6 +43,8 @@ import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import mock_upload
+
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 
 
@@ -50,22 +55,69 @@ def git_blob_sha1(data):
 
 class Repo:
     def __init__(self, repo_id, files, lfs=None, commit=None, branches=None,
-                 gated=False, private=False, approved=(), xet=()):
+                 gated=False, private=False, approved=(), xet=(), license=None):
         self.id = repo_id
-        self.files = dict(files)
         if lfs is None:
             lfs = [p for p in files if p.endswith(".safetensors")]
-        self.lfs = set(lfs)
         self.xet = set(xet)
         self.commit = commit or hashlib.sha1(("commit:" + repo_id).encode()).hexdigest()
         self.branches = {"main": self.commit}
         self.branches.update(branches or {})
+        self.commits = set(self.branches.values())
         self.gated = gated
         self.private = private
+        self.disabled = False
+        self.license = license
         self.approved = set(approved)
+        self.created = False
+        self.history = []            # (commit, summary, {path: "lfs"/"regular"/"deleted"})
+        self.prs = []                # {"commit", "files", "lfs"} per pull request
+        self.branch_state = {}       # branch other than main -> (files, lfs)
+        self._set_files(dict(files), set(lfs))
+
+    def _set_files(self, files, lfs):
+        self.files = files
+        self.lfs = lfs
         self.sha256 = {p: hashlib.sha256(d).hexdigest() for p, d in self.files.items()}
         self.gitsha = {p: git_blob_sha1(d) for p, d in self.files.items()}
         self._md5 = {}
+
+    def state(self, rev):
+        """(files, lfs) at branch rev (main's for every other name)."""
+        return self.branch_state.get(rev, (self.files, self.lfs))
+
+    def apply(self, changes, summary, rev, pr=False):
+        """Commits changes ({path: (bytes, is_lfs) or None}) on top of branch
+        rev (a new PR from it when pr); returns the new commit id."""
+        files, lfs = self.state(rev)
+        files, lfs = dict(files), set(lfs)
+        for path, c in changes.items():
+            files.pop(path, None)
+            lfs.discard(path)
+            if c is not None:
+                files[path] = c[0]
+                if c[1]:
+                    lfs.add(path)
+        parent = self.branches[rev]
+        h = hashlib.sha1(("%s\n%s\n%d\n" % (parent, summary, len(self.history))).encode())
+        for path in sorted(files):
+            h.update(path.encode() + b"\0" + hashlib.sha256(files[path]).digest())
+        oid = h.hexdigest()
+        self.commits.add(oid)
+        self.history.append((oid, summary, {p: "deleted" if c is None else "lfs" if c[1]
+                                            else "regular" for p, c in changes.items()}))
+        if pr:
+            self.prs.append({"commit": oid, "files": files, "lfs": lfs})
+            branch = "refs/pr/%d" % len(self.prs)
+            self.branches[branch] = oid
+            self.branch_state[branch] = (files, lfs)
+        elif rev == "main":
+            self.branches["main"] = oid
+            self._set_files(files, lfs)
+        else:
+            self.branches[rev] = oid
+            self.branch_state[rev] = (files, lfs)
+        return oid
 
     def etag(self, path):
         return self.sha256[path] if path in self.lfs else self.gitsha[path]
@@ -129,7 +181,10 @@ class MockHub:
         self.cdn = QuietServer((cdn_host, 0), _handler(self, "cdn"))
         # A second CDN host, for a redirect chain Hub -> CDN -> CDN2.
         self.cdn2 = QuietServer(("127.0.0.3", 0), _handler(self, "cdn2"))
-        self.servers = (self.hub, self.cdn, self.cdn2)
+        # The storage host of uploads (S3 in the real world), another origin.
+        self.storage = QuietServer(("127.0.0.4", 0), _handler(self, "storage"))
+        self.up = mock_upload.UploadState(self)
+        self.servers = (self.hub, self.cdn, self.cdn2, self.storage)
         for s in self.servers:
             s.daemon_threads = True
         scheme = "http"
@@ -142,6 +197,7 @@ class MockHub:
         self.endpoint = "%s://127.0.0.1:%d" % (scheme, self.hub.server_address[1])
         self.cdn_base = "http://%s:%d" % (cdn_host, self.cdn.server_address[1])
         self.cdn2_base = "http://127.0.0.3:%d" % self.cdn2.server_address[1]
+        self.storage_base = "http://127.0.0.4:%d" % self.storage.server_address[1]
         self.threads = [threading.Thread(target=s.serve_forever, args=(0.05,), daemon=True)
                         for s in self.servers]
         for t in self.threads:
@@ -168,6 +224,7 @@ class MockHub:
         for s in self.servers:
             s.shutdown()
             s.server_close()
+        self.up.close()
 
     # -- the request log -----------------------------------------------
     def requests(self, server=None, method=None, path=None):
@@ -242,14 +299,24 @@ def _handler(hub, server):
         def do_GET(self):
             self._dispatch()
 
+        def do_PUT(self):
+            self._dispatch()
+
+        def do_POST(self):
+            self._dispatch()
+
         def _dispatch(self):
             f = hub._fault(server, self.command, self.path)
             e = self._e = self._record(None)
             if f is not None and self._pre_fault(f, e):
                 return
             try:
-                if server in ("cdn", "cdn2"):
+                if server == "storage":
+                    mock_upload.storage(self, hub, f)
+                elif server in ("cdn", "cdn2"):
                     self._cdn(f)
+                elif self.command == "POST":
+                    mock_upload.hub_post(self, hub, f)
                 else:
                     self._hub(f)
             except (BrokenPipeError, ConnectionResetError):
@@ -259,6 +326,7 @@ def _handler(hub, server):
             """Faults that replace the whole reply; True when handled."""
             a = f.action
             if a == "status":
+                mock_upload.drain(self)  # a request body is read before the answer
                 st = f.kw.get("status", 503)
                 extra = list(f.kw.get("headers", {}).items())
                 e["status"] = self._error(st, f.kw.get("code", "Mock"),
@@ -304,7 +372,7 @@ def _handler(hub, server):
             return hub.repos.get(rid) or hub.repos.get(hub.renames.get(rid, ""))
 
         def _rev(self, repo, rev):
-            if COMMIT_RE.match(rev) and rev in repo.branches.values():
+            if COMMIT_RE.match(rev) and rev in repo.commits:
                 return rev
             return repo.branches.get(rev)
 
@@ -335,8 +403,11 @@ def _handler(hub, server):
                         return self._error(404, "RevisionNotFound",
                                            "Invalid rev id: %s" % rev)
                     body = {"id": repo.id, "sha": sha, "private": repo.private,
-                            "gated": "manual" if repo.gated else False, "disabled": False,
+                            "gated": "manual" if repo.gated else False,
+                            "disabled": repo.disabled,
                             "siblings": [{"rfilename": p} for p in sorted(repo.files)]}
+                    if repo.license:
+                        body["cardData"] = {"license": repo.license}
                     return self._json(body)
                 if rest[0] == "tree" and len(rest) >= 2:
                     rev = urllib.parse.unquote(rest[1])
@@ -501,8 +572,33 @@ def _handler(hub, server):
     return H
 
 
+def serve_upload(args):
+    """mock_hub.py --upload [--discard] [--multipart-mib N] [--chunk-mib N]:
+    an empty Hub that takes uploads (any token may write)."""
+    hub = MockHub(page_size=100)
+    hub.up.lfs_threshold = 1 << 20
+    hub.up.discard = "--discard" in args
+    for flag, attr in (("--multipart-mib", "multipart_threshold"), ("--chunk-mib", "chunk_size")):
+        if flag in args:
+            setattr(hub.up, attr, int(args[args.index(flag) + 1]) << 20)
+    print(hub.endpoint, hub.storage_base, flush=True)
+    serve(hub)
+
+
+def serve(hub):
+    """Until killed."""
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    hub.close()
+
+
 def main():
     import os
+    if sys.argv[1] == "--upload":
+        return serve_upload(sys.argv[2:])
     d, rid = sys.argv[1], sys.argv[2]
     files = {}
     for root, _, names in os.walk(d):
@@ -512,12 +608,7 @@ def main():
     hub = MockHub(page_size=100)
     repo = hub.add_repo(rid, files)
     print(hub.endpoint, hub.cdn_base, repo.commit, flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    hub.close()
+    serve(hub)
 
 
 if __name__ == "__main__":
