@@ -355,5 +355,67 @@ class Refusals(Base):
         self.assertIn(k, p.stdout)
 
 
+class Hostile(Base):
+    """Odd configs and tensors reach the forward pass's own blocks: verify
+    answers (exit 0, 2 or 3, the forward check skipped with a reason where
+    it cannot run) and never crashes."""
+
+    CASES = (
+        ("llama4_text", {}, {"attention_chunk_size": -3}), ("llama4_text", {}, {"attention_chunk_size": None}),
+        ("llama4_text", {}, {"floor_scale": 0}), ("llama4_text", {}, {"floor_scale": 1e308, "attn_scale": -1e308}),
+        ("llama4_text", {}, {"no_rope_layers": [], "layer_types": None}),
+        ("llama4_text", {}, {"num_experts_per_tok": 9}), ("llama4_text", {}, {"no_rope_layer_interval": 0}),
+        ("gpt_oss", {}, {"swiglu_limit": None}), ("gpt_oss", {}, {"num_experts_per_tok": 0}),
+        ("gpt_oss", {"quant": "mxfp4"}, {"intermediate_size": 0}),
+        ("gpt_oss", {"quant": "mxfp4"}, {"intermediate_size": 64}),
+        ("gpt_oss", {}, {"layer_types": ["sliding_attention"]}), ("gpt_oss", {}, {"sliding_window": -1}),
+    )
+
+    def test_odd_configs(self):
+        for n, (fam, opt, change) in enumerate(self.CASES):
+            with self.subTest(family=fam, **change):
+                _, src = self.source("h-%d" % n, fam, "BF16", **opt)
+                flags = ["--partial"] if opt else []
+                convert(self, src, src + "-out", *flags)
+                with open(os.path.join(src, "config.json")) as f:
+                    cfg = json.load(f)
+                for k, v in change.items():
+                    if v is None and k == "layer_types":
+                        cfg.pop(k, None)
+                    else:
+                        cfg[k] = v
+                for d in (src, src + "-out"):
+                    with open(os.path.join(d, "config.json"), "w") as f:
+                        json.dump(cfg, f)
+                p = run(["verify", src, src + "-out"] + flags)
+                self.assertIn(p.returncode, (0, 2, 3), describe(p))
+
+    def test_missing_and_misshapen_tensors(self):
+        for n, (name, how) in enumerate((("self_attn.sinks", "drop"), ("self_attn.sinks", "short"),
+                                         ("mlp.experts.gate_up_proj_bias", "short"),
+                                         ("mlp.experts.down_proj", "drop"))):
+            with self.subTest(tensor=name, how=how):
+                m, src = self.source("hm-%d" % n, "gpt_oss", "BF16")
+                out = src + "-out"
+                write_output(src, out)
+                from fixtures import Tensor
+                for d in (src, out):
+                    ck = read_checkpoint(d)
+                    k = "model.layers.1." + name
+                    if how == "drop":
+                        del ck.tensors[k]
+                    else:
+                        t = ck.tensors[k]
+                        ck.tensors[k] = Tensor(t.dtype, (2,), t.data[:4])
+                    m2 = build_model("gpt_oss")
+                    m2.config, m2.tensors = ck.config, ck.tensors
+                    shutil.rmtree(d)
+                    write_checkpoint(m2, d)
+                p = run(["verify", src, out])
+                self.assertIn(p.returncode, (0, 2, 3), describe(p))
+                if p.returncode == 0:
+                    self.assertIn("forward: skipped", p.stdout)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
