@@ -552,7 +552,9 @@ static fl_status parse_norms_act(fwd_model *m, fl_error *err)
 {
     const fwd_family *f = m->fam;
     m->eps = ckpt_view_num(m->cfg, f->eps_key, f->eps, f->eps);
-    m->qk_norm_on = !f->qk_flag || ckpt_view_bool(m->cfg, f->qk_flag, f->qk_default);
+    /* Python truthiness, as `if config.use_qk_norm` reads it (an int too). */
+    m->qk_norm_on = !f->qk_flag || (ckpt_view_get(m->cfg, f->qk_flag) ? ckpt_view_set(m->cfg, f->qk_flag)
+                                                                       : f->qk_default);
     const cJSON *v = ckpt_view_get(m->cfg, f->act_key);
     const char *act = cJSON_IsString(v) ? v->valuestring : f->act_default;
     if (!strcmp(act, "silu") || !strcmp(act, "swish"))
