@@ -247,6 +247,37 @@ static const arch_info ARCHS[] = {
                {.norm = "post_attention_layernorm", .consumers = {GATE_UP}, .when = {WHEN(WHEN_DENSE)},
                 .note = "dense layer"}},
      .keeps = HYBRID_KEEPS, .moe = QWEN_MOE, .warning = QWEN_1PW_WARNING},
+    /* ---- zoo group (c): gpt-oss and Llama 4 ------------------------------
+     * §gpt_oss: GptOssRMSNorm applies w (in fp32).  Every layer is sparse;
+     * the router's bias and the sinks are added after W·x / in the softmax,
+     * so they stay.  The experts are [E, H, 2I], used as x @ W (fold axis 1);
+     * the released checkpoints store them as MXFP4 _blocks/_scales, which
+     * the planner names and --partial keeps. */
+    {.model_type = "gpt_oss", .norm = &ARCH_RMS_W,
+     .folds = {FOLD("input_layernorm", QKV),
+               FOLD("post_attention_layernorm", L("mlp.router"), FUSED("mlp.experts.gate_up_proj", IN_MIDDLE))},
+     .moe = {.experts = {"num_local_experts"}}},
+    /* §llama4: Llama4TextRMSNorm applies w; qk_norm is a weightless L2
+     * norm.  Sparse layers (moe_layers, else every interleave_moe_layer_step-th)
+     * feed the router, the [E, H, 2I] experts (fold axis 1) and the shared
+     * expert; llm-compressor's unpacked experts are per-expert Linears. */
+    {.model_type = "llama4_text", .norm = &ARCH_RMS_W,
+     .folds = {FOLD("input_layernorm", QKV),
+               {.norm = "post_attention_layernorm",
+                .consumers = {L("feed_forward.router"), FUSED("feed_forward.experts.gate_up_proj", IN_MIDDLE),
+                              L("feed_forward.shared_expert.gate_proj"), L("feed_forward.shared_expert.up_proj")},
+                .when = {WHEN(WHEN_MOE), WHEN_KEY(WHEN_HAS, "feed_forward.experts.gate_up_proj")},
+                .note = "fused experts [E, H, 2I]"},
+               {.norm = "post_attention_layernorm",
+                .consumers = {L("feed_forward.router"), L("feed_forward.experts.{e}.gate_proj"),
+                              L("feed_forward.experts.{e}.up_proj"), L("feed_forward.shared_expert.gate_proj"),
+                              L("feed_forward.shared_expert.up_proj")},
+                .when = {WHEN(WHEN_MOE)}, .note = "per-expert experts (llm-compressor's unpacked layout)"},
+               {.norm = "post_attention_layernorm",
+                .consumers = {L("feed_forward.gate_proj"), L("feed_forward.up_proj")},
+                .when = {WHEN(WHEN_DENSE)}, .note = "dense layer"}},
+     .moe = {.experts = {"num_local_experts"}, .sparse_list = "moe_layers", .step = "interleave_moe_layer_step",
+             .step_offset = 1}},
 };
 
 /* §composite: multimodal Gemma 3 is gemma3_text under another prefix, its
@@ -259,6 +290,9 @@ static const arch_alias ALIASES[] = {
     /* -- zoo (a): Qwen3_5ForConditionalGeneration and its MoE twin, §qwen3_5 */
     {.model_type = "qwen3_5", .text_type = "qwen3_5_text", .nested = 1, .tie_default = -1},
     {.model_type = "qwen3_5_moe", .text_type = "qwen3_5_moe_text", .nested = 1, .tie_default = -1},
+    /* zoo group (c), §llama4: Llama4ForConditionalGeneration, text model
+     * in text_config, tensors under language_model.model. */
+    {.model_type = "llama4", .text_type = "llama4_text", .nested = 1, .tie_default = -1},
 };
 
 #define N_ARCHS (sizeof ARCHS / sizeof ARCHS[0])

@@ -36,7 +36,8 @@ typedef enum {
     QK_NONE,
     QK_HEAD,    /* RMSNorm over head_dim, one weight for all heads (Qwen3, Gemma3) */
     QK_FULL,    /* RMSNorm over the whole projection, before the reshape (OLMo2) */
-    QK_HEAD_2D  /* LayerNorm over head_dim, weight [heads, head_dim] (Cohere) */
+    QK_HEAD_2D, /* LayerNorm over head_dim, weight [heads, head_dim] (Cohere) */
+    QK_L2       /* weightless RMS over head_dim after RoPE, RoPE layers only (Llama 4) */
 } fwd_qk;
 
 typedef enum {
@@ -60,11 +61,28 @@ typedef enum {
 
 typedef enum {
     ROUTER_SOFTMAX,  /* softmax over all experts, top-k (Mixtral, Qwen) */
-    ROUTER_DEEPSEEK  /* sigmoid, correction bias, group-limited top-k */
+    ROUTER_DEEPSEEK, /* sigmoid, correction bias, group-limited top-k */
+    ROUTER_HOOK      /* the family's `route` function (gpt-oss, Llama 4) */
 } fwd_router;
 
+struct fwd_model;
+struct fwd_layer;
+struct fwd_bufs;
+struct fwd_moe_names;
+/* Family hooks (forward_oss.c, forward_llama4.c): the router's choice for
+ * one token (sel[K] experts, w[K] weights); one expert on n gathered rows;
+ * (given: sel is chosen already, only weigh it); binding a layer's experts (instead of the per-expert / fused binders);
+ * per-layer setup after the generic binding (sinks, chunked attention). */
+typedef void (*fwd_route_fn)(const struct fwd_model *m, const struct fwd_layer *ly, const float *logits, long E,
+                             long K, long *sel, float *w, int given);
+typedef fl_status (*fwd_expert_fn)(const struct fwd_model *m, const struct fwd_layer *ly, long e, const float *x,
+                                   long n, struct fwd_bufs *b, float *out, fl_error *err);
+typedef fl_status (*fwd_bind_experts_fn)(struct fwd_model *m, struct fwd_layer *ly, const char *pre,
+                                         const struct fwd_moe_names *nm, long E, fl_error *err);
+typedef fl_status (*fwd_layer_fn)(struct fwd_model *m, struct fwd_layer *ly, long i, const char *pre, fl_error *err);
+
 /* Tensor names of one MoE layout, relative to the layer prefix. */
-typedef struct {
+typedef struct fwd_moe_names {
     const char *router;      /* "mlp.gate" */
     const char *experts;     /* "mlp.experts": per-expert "<experts>.{e}.<gate>" or fused "<experts>.gate_up_proj" */
     const char *gate, *up, *down;   /* per-expert projection names */
@@ -107,6 +125,7 @@ typedef struct {
     fwd_layout layout;
     fwd_qk qk;
     const char *qk_flag;        /* config flag that enables the q/k norms, or NULL (always) */
+    int qk_default;             /* ... its default when absent (Llama 4 use_qk_norm: true) */
     fwd_embed embed;
     const char *embed_key;
     const char *residual_key;   /* residual + m * sublayer (Granite), or NULL */
@@ -138,6 +157,13 @@ typedef struct {
     int attn_gate;              /* q_proj rows are [query | gate] per head; output * sigmoid(gate) */
     double rotary_default;      /* partial_rotary_factor when the config has none (0: 1) */
     long head_dim_default;      /* head_dim when the config has none (0: hidden / heads) */
+    long topk_default;          /* num_experts_per_tok when absent (0: 2) */
+    const char *mlp;            /* the dense MLP's module name (NULL: "mlp"; Llama 4 "feed_forward") */
+    fwd_route_fn route;         /* ROUTER_HOOK */
+    int route_scales_input;     /* the routing weight multiplies the expert's input (Llama 4) */
+    fwd_expert_fn expert;       /* one routed expert, or NULL: gated_mlp */
+    fwd_bind_experts_fn bind_experts; /* or NULL: per-expert or fused, by name */
+    fwd_layer_fn layer_extra;   /* or NULL */
 } fwd_family;
 
 /* The row of model_type (rows and composite types), or NULL; i-th for tests. */
@@ -170,12 +196,14 @@ double fwd_yarn_mscale(double scale, double mscale);
  * The model */
 
 typedef struct {
-    const ckpt_tensor *t;   /* NULL: absent */
+    const ckpt_tensor *t;   /* NULL: absent (MXFP4: the _blocks tensor) */
     long rows, cols;        /* [out, in] as nn.Linear stores it; xw: [in, out] */
     int dtype;
     size_t esize;           /* bytes per element */
     uint64_t off;           /* byte offset of this matrix in the tensor (one expert of a 3-D one) */
     int xw;                 /* stored [in, out] and used as x @ W (grouped-GEMM experts) */
+    const ckpt_tensor *mx;  /* MXFP4: the _scales tensor (rows of [.., out, in/32]); NULL: dtype */
+    uint64_t mx_off;        /* byte offset of this matrix's scales */
 } fwd_mat;
 
 typedef struct {
@@ -183,7 +211,7 @@ typedef struct {
     long n;
 } fwd_norm;
 
-typedef struct {
+typedef struct fwd_layer {
     fwd_norm attn_norm, attn_post, mlp_norm, mlp_post, q_norm, k_norm;
     fwd_mat q, k, v, qkv, o;
     float *bq, *bk, *bv, *bo;
@@ -202,6 +230,11 @@ typedef struct {
     float rope_af;           /* multiplies cos and sin */
     long window;             /* sliding window (0: none) */
     long rot;                /* rotary dims of this layer (0: the model's) */
+    long chunk;              /* chunked local attention: same chunk of this size only (0: none) */
+    float *sinks;            /* per-head attention sink logits in the softmax (gpt-oss), or NULL */
+    double temp_floor, temp_scale; /* NoPE temperature tuning (Llama 4): q *= 1 + s log(floor((t+1)/f) + 1); f 0: off */
+    float *b_router;         /* router bias (gpt-oss), or NULL */
+    float *e_gu_bias, *e_dn_bias; /* per-expert biases [E, 2I], [E, H] (gpt-oss), or NULL */
 } fwd_layer;
 
 /* A worker's conversion buffers, grown to the largest block it met. */
@@ -228,6 +261,7 @@ struct fwd_model {
     int norm_topk;                    /* renormalise the top-k routing weights */
     long n_group, topk_group;
     double routed_scale;
+    double swiglu_limit;              /* gpt-oss experts' clamp (swiglu_limit, 7.0) */
     long q_lora, kv_lora, nope, vdim; /* MLA dims (rope part = rot) */
     int interleaved;                  /* RoPE on pairs (2i, 2i+1) */
     int act;
@@ -253,6 +287,17 @@ struct fwd_model {
         void *ctx;
         uint64_t done, total;
     } meter, *mp;
+    /* fwd_route_record / fwd_route_replay: every MoE decision of a pass,
+     * in order (layer by layer, token by token, K experts each). */
+    struct fwd_routing {
+        int mode;                      /* 0 free, 1 record, 2 replay */
+        long *sel;
+        size_t n, cap;
+        const struct fwd_routing *from; /* replay: the recording model's */
+        size_t pos;
+        long decisions, flips;
+        int lost;                      /* out of memory or a mismatch: not pinned */
+    } routing, *rp;
 };
 
 enum { ACT_SILU, ACT_GELU_TANH, ACT_GELU_ERF };
@@ -301,6 +346,13 @@ fl_status fwd_matmul(const fwd_model *m, const fwd_mat *w, const float *bias, co
 void fwd_meter_add(const fwd_model *m, const fwd_mat *w);
 /* Rounds x to the storage dtype d and back. */
 double fwd_round_to_dtype(int d, double x);
+/* Bytes of matrix w as stored. */
+uint64_t fwd_mat_bytes(const fwd_mat *w);
+
+/* forward_mxfp4.c: rows [r, r + n) of an MXFP4 matrix decoded into floats
+ * (raw: scratch of at least n * cols * 17 / 32 bytes). */
+fl_status fwd_mxfp4_rows(const fwd_model *m, const fwd_mat *w, long r, long n, void *raw, float *out,
+                         fl_error *err);
 
 /* forward_blocks.c */
 typedef struct fwd_bufs {
@@ -332,5 +384,29 @@ float fwd_act(const fwd_model *m, float x);
 
 /* forward_gemma4.c (zoo: Gemma 4) */
 extern const fwd_block FWD_GEMMA4;
+/* ... of E float logits. */
+void fwd_choose(const float *logits, long E, long K, long *sel);
+
+/* forward_route.c: recording and replaying the routers' choices (see
+ * fwd_route_record in forward.h).  Called with a token's own choice sel[K]
+ * of E experts: records it, or replaces it by the recorded one and returns
+ * 1 (the caller then weighs the recorded experts). */
+int fwd_route_pin(const fwd_model *m, long *sel, long E, long K);
+/* Forgets the last pass's record (fwd_logits calls it first). */
+void fwd_route_reset(fwd_model *m);
+
+/* forward_oss.c (gpt-oss) and forward_llama4.c (Llama 4): the hooks above. */
+void fwd_oss_route(const fwd_model *m, const fwd_layer *ly, const float *logits, long E, long K, long *sel,
+                   float *w, int given);
+fl_status fwd_oss_expert(const fwd_model *m, const fwd_layer *ly, long e, const float *x, long n, fwd_bufs *b,
+                         float *out, fl_error *err);
+fl_status fwd_oss_bind_experts(fwd_model *m, fwd_layer *ly, const char *pre, const fwd_moe_names *nm, long E,
+                               fl_error *err);
+fl_status fwd_oss_layer(fwd_model *m, fwd_layer *ly, long i, const char *pre, fl_error *err);
+void fwd_llama4_route(const fwd_model *m, const fwd_layer *ly, const float *logits, long E, long K, long *sel,
+                      float *w, int given);
+fl_status fwd_llama4_layer(fwd_model *m, fwd_layer *ly, long i, const char *pre, fl_error *err);
+/* Llama 4's NoPE temperature tuning on q [T][nh * hd] at positions 0..T-1. */
+void fwd_temperature(const fwd_layer *ly, float *q, long T, long width);
 
 #endif

@@ -31,6 +31,12 @@ static const fwd_moe_names QWEN_SHARED = {.router = "mlp.gate", .experts = "mlp.
                                           .shared_gate = "mlp.shared_expert_gate"};
 static const fwd_moe_names DEEPSEEK = {.router = "mlp.gate", .experts = "mlp.experts", .gate = "gate_proj",
                                        .up = "up_proj", .down = "down_proj", .shared = "mlp.shared_experts"};
+/* zoo group (c): GptOssMLP (router, experts: bound by fwd_oss_bind_experts);
+ * Llama4TextMoe (fused [E, H, 2I] or llm-compressor's per-expert Linears). */
+static const fwd_moe_names GPT_OSS = {.router = "mlp.router", .experts = "mlp.experts"};
+static const fwd_moe_names LLAMA4 = {.router = "feed_forward.router", .experts = "feed_forward.experts",
+                                     .gate = "gate_proj", .up = "up_proj", .down = "down_proj",
+                                     .shared = "feed_forward.shared_expert"};
 
 /* ----------------------------------------------------------------------------
  * The families */
@@ -107,6 +113,23 @@ static const fwd_family FAMILIES[] = {
     {"qwen3_5_moe_text", QWEN_HYBRID(LINATTN_SPLIT), .topk_norm = 1, .moe = {&QWEN_SHARED}},
     {"qwen3_5_moe", .wraps = "qwen3_5_moe_text"},
     {"qwen3_next", QWEN_HYBRID(LINATTN_FUSED), TOPK_KEY, .topk_norm = 1, .moe = {&QWEN_SHARED}},
+    /* ---- zoo group (c): gpt-oss and Llama 4 ------------------------------
+     * GptOssRMSNorm (w * x_hat in fp32, eps 1e-5); GptOssConfig: sliding
+     * layers are the even ones unless layer_types says otherwise, 4 experts
+     * per token; q/k/v/o biases where stored; the sinks, router and experts
+     * in forward_oss.c. */
+    {"gpt_oss", .norm = NORM_RMS_F32, .eps_key = "rms_norm_eps", .eps = 1e-5, SILU, .sliding = SLIDE_EVEN,
+     .moe = {&GPT_OSS}, .router = ROUTER_HOOK, .route = fwd_oss_route, .expert = fwd_oss_expert,
+     .bind_experts = fwd_oss_bind_experts, .layer_extra = fwd_oss_layer, .topk_default = 4},
+    /* Llama4TextRMSNorm (x_hat.type_as(x) * w, eps 1e-5), the L2 qk norm
+     * (use_qk_norm, default true), complex (interleaved) RoPE, sigmoid
+     * routing of the expert input, dense layers under feed_forward.*;
+     * NoPE layers, chunks and temperature in forward_llama4.c. */
+    {"llama4_text", RMS(1e-5), SILU, .qk = QK_L2, .qk_flag = "use_qk_norm", .qk_default = 1, .interleaved = 1,
+     .moe = {&LLAMA4}, .router = ROUTER_HOOK, .route = fwd_llama4_route, .route_scales_input = 1, .topk_default = 1,
+     .mlp = "feed_forward", .layer_extra = fwd_llama4_layer},
+    /* Llama4ForConditionalGeneration: the text model in text_config. */
+    {"llama4", .wraps = "llama4_text"},
 };
 
 #define N_FAMILIES (sizeof FAMILIES / sizeof FAMILIES[0])

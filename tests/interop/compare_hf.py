@@ -67,14 +67,23 @@ def compare(a, b):
     return rel, kl, top1
 
 
+# Composite types whose checkpoint only the image-text class loads (its
+# keys are language_model.model.*); untested until a device session runs it.
+IMAGE_TEXT = {"llama4"}
+
+
 def load(path, dtype, device):
     import torch
     from transformers import AutoModelForCausalLM
+    auto = AutoModelForCausalLM
+    with open(os.path.join(path, "config.json")) as f:
+        if json.load(f).get("model_type") in IMAGE_TEXT:
+            from transformers import AutoModelForImageTextToText as auto
     kw = dict(torch_dtype=dtype, output_loading_info=True)
     try:
-        m, info = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", **kw)
+        m, info = auto.from_pretrained(path, attn_implementation="eager", **kw)
     except (TypeError, ValueError):
-        m, info = AutoModelForCausalLM.from_pretrained(path, **kw)
+        m, info = auto.from_pretrained(path, **kw)
     return m.to(device).eval(), info
 
 
