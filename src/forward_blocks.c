@@ -225,6 +225,7 @@ fl_status fwd_attention(const fwd_model *m, const fwd_layer *ly, const float *h,
             for (long hh = 0; hh < m->nkv; hh++)
                 rope_head(m, ly, b->k + t * kd + hh * hd, t);
         }
+    fwd_apply_qscale(m, b->q, T);
     sdpa(m, ly, b->q, qd, b->k, kd, b->v, kd, m->nh, m->nkv, hd, hd, T, b->att, b->ctx);
     return fwd_matmul(m, &ly->o, ly->bo, b->ctx, T, out, err);
 }

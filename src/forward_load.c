@@ -397,6 +397,9 @@ static fl_status bind_attention(fwd_model *m, fwd_layer *ly, const char *pre, fl
  * has them, else the family's pattern. */
 static int layer_slides(const fwd_model *m, long i)
 {
+    /* Qwen2VLTextConfig: sliding_window is None unless use_sliding_window. */
+    if (m->fam->sliding == SLIDE_QWEN2 && !ckpt_view_bool(m->cfg, "use_sliding_window", 0))
+        return 0;
     const cJSON *lt = ckpt_view_get(m->cfg, "layer_types");
     if (cJSON_IsArray(lt) && i < cJSON_GetArraySize(lt)) {
         const cJSON *e = cJSON_GetArrayItem(lt, (int)i);
@@ -409,6 +412,7 @@ static int layer_slides(const fwd_model *m, long i)
         long p = (long)ckpt_view_num(m->cfg, "sliding_window_pattern", 6, 6);
         return p > 0 && (i + 1) % p != 0;
     }
+    case SLIDE_QWEN2: return i >= ckpt_view_int(m->cfg, "max_window_layers", 80);
     default: return 0;
     }
 }
@@ -664,13 +668,15 @@ static const cJSON *rope_params(ckpt_view cfg, const char *layer_type)
 static fl_status parse_rope(fwd_model *m, fl_error *err)
 {
     const cJSON *rp = rope_params(m->cfg, "full_attention");
+    fl_status s = rp ? FL_OK : fwd_rope_defaults(m, &rp, err);
     const cJSON *sc = rp ? rp : ckpt_view_get(m->cfg, "rope_scaling");
     const cJSON *th = rp ? cJSON_GetObjectItemCaseSensitive(rp, "rope_theta") : NULL;
-    double theta = cJSON_IsNumber(th) ? th->valuedouble : ckpt_view_num(m->cfg, "rope_theta", 10000.0, 10000.0);
-    if (!(theta > 1))
+    double theta0 = m->fam->rope_theta > 0 ? m->fam->rope_theta : 10000.0;
+    double theta = cJSON_IsNumber(th) ? th->valuedouble : ckpt_view_num(m->cfg, "rope_theta", theta0, theta0);
+    if (s == FL_OK && !(theta > 1))
         return fl_fail(err, FL_EINPUT, "%s/config.json: rope_theta %g must be > 1", ckdir(m), theta);
-    fl_status s = build_freqs(m, sc, theta, &m->freq_global, &m->af_global, err);
-    if (s != FL_OK)
+    if (s != FL_OK || (s = fwd_parse_qscale(m, sc, err)) != FL_OK ||
+        (s = build_freqs(m, sc, theta, &m->freq_global, &m->af_global, err)) != FL_OK)
         return s;
     /* DeepseekV3Attention: scaling *= mscale^2 with mscale_all_dim. */
     double msad = 0;
@@ -693,7 +699,12 @@ static fl_status parse_rope(fwd_model *m, fl_error *err)
  * stored lm_head when the config says tie). */
 static fl_status parse_head(fwd_model *m, const char *prefix, fl_error *err)
 {
-    int tie = ckpt_view_bool(m->cfg, "tie_word_embeddings", -1);
+    /* The top level first: a composite model's loader reads its own config
+     * (docs/architectures.md §vl-tie), as plan.c's tie_flag does. */
+    int tie = m->ck->cfg.tie_top;
+    if (tie < 0)
+        tie = ckpt_view_bool(m->cfg, "tie_word_embeddings", -1);
+    int said = tie >= 0;
     if (tie < 0)
         tie = m->fam->tie_default;
     fl_status s = FL_OK;
@@ -704,9 +715,13 @@ static fl_status parse_head(fwd_model *m, const char *prefix, fl_error *err)
         for (size_t i = 0; i < 2 && !m->head.t; i++)
             if ((s = fwd_bind_mat(m, heads[i], -1, m->H, 0, &m->head, err)) != FL_OK)
                 return s;
-        if (!m->head.t)
+        /* No flag and no head: the embedding, as plan.c reads a missing
+         * head (Mistral3Config defaults to tied). */
+        if (!m->head.t && said)
             return fl_fail(err, FL_EINPUT, "%s: tie_word_embeddings is false but there is no lm_head.weight",
                            ckdir(m));
+        if (!m->head.t)
+            m->head = m->embed;
     }
     m->V = m->head.rows; /* logits are the head's rows; token ids index the embedding */
     char name[512];

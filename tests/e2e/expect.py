@@ -174,9 +174,13 @@ def text_layout(cfg, names):
                 "language_model.model.norm.weight", "language_model.lm_head.weight"
         return "model.language_model.", "model.language_model.embed_tokens.weight", \
             "model.language_model.norm.weight", "lm_head.weight"
-    for root in ("model.", "model.text_model."):     # SmolVLM / Idefics3: model.text_model.
+    # SmolVLM / Idefics3: model.text_model.; transformers 5 VLMs:
+    # model.language_model.; llava-era: language_model.model.
+    for root, head in (("model.", "lm_head.weight"), ("model.text_model.", "lm_head.weight"),
+                       ("model.language_model.", "lm_head.weight"),
+                       ("language_model.model.", "language_model.lm_head.weight")):
         if root + "embed_tokens.weight" in names:
-            return root, root + "embed_tokens.weight", root + "norm.weight", "lm_head.weight"
+            return root, root + "embed_tokens.weight", root + "norm.weight", head
     raise AssertionError("fixture has no embedding")
 
 
