@@ -176,6 +176,25 @@ def _vision(g, family, vp, mp, H):
             lin(vp + m + "linear_fc2", H, 4 * HV)
 
 
+def _vision_config(family, tc):
+    """The vision config of the tower _vision writes (its class's keys, so
+    that transformers could build it; flashify reads none of them)."""
+    grid = {"in_channels": 3, "patch_size": 4, "spatial_merge_size": 2, "temporal_patch_size": 2,
+            "num_heads": 2, "depth": 1}
+    if family == "mistral3":
+        return {"model_type": "pixtral", "hidden_size": HV, "intermediate_size": 2 * HV, "num_hidden_layers": 1,
+                "num_attention_heads": 2, "head_dim": HV // 2, "patch_size": 4, "image_size": 16,
+                "num_channels": 3, "rope_theta": 10000.0}
+    if family == "qwen2_vl":       # Qwen2VLVisionConfig: embed_dim is the width
+        return dict(grid, embed_dim=HV, hidden_size=tc["hidden_size"], mlp_ratio=2)
+    out = dict(grid, hidden_size=HV, intermediate_size=2 * HV, out_hidden_size=tc["hidden_size"])
+    if family == "qwen2_5_vl":
+        out.update(window_size=8, fullatt_block_indexes=[0])
+    else:
+        out.update(num_position_embeddings=4, deepstack_visual_indexes=[0])
+    return out
+
+
 def _layout(family, opt):
     default = "model" if family in ("qwen2_vl", "qwen2_5_vl", "ministral3") else \
         "language_model.model" if family == "mistral3" else "model.language_model"
@@ -210,6 +229,10 @@ def build(family, dtype, norm_dtype, tied, seed, layers, hidden, vocab, **opt):
     base_fam = "mistral" if kind in ("mistral", "ministral3") else WRAPPERS[family][2]
     base_opt = {k: v for k, v in opt.items() if k in ("mlp_only_layers", "decoder_sparse_step")}
     base_opt.update({k: v for k, v in _experts_opt(family, opt).items() if v})
+    if kind == "qwen2" and hidden != 32:
+        # Qwen2VLAttention: head_dim = hidden / heads, and the base
+        # generator's attention is 4 heads of 8
+        raise ValueError("qwen2_vl fixtures need hidden 32 (4 heads of 8)")
     base = build_model(base_fam, dtype=dtype, norm_dtype=norm_dtype, tied=tied, seed=seed, layers=layers,
                        hidden=hidden, vocab=vocab, **base_opt)
     layout, (pre, head, vp, mp) = _layout(family, opt)
@@ -228,13 +251,11 @@ def build(family, dtype, norm_dtype, tied, seed, layers, hidden, vocab, **opt):
     if not wrapped:
         cfg = dict(tc, architectures=[ARCH.get(family, "AutoModel")], **common)
     elif flat:
-        cfg = dict(tc, model_type=family, architectures=[ARCH[family]], **common)
-        cfg["vision_config"] = {"depth": 1, "embed_dim": HV, "hidden_size": base.config["hidden_size"],
-                                "num_heads": 2, "patch_size": 4, "spatial_merge_size": 2}
+        cfg = dict(tc, model_type=family, architectures=[ARCH[family]], vision_config=_vision_config(family, tc),
+                   **common)
     else:
         cfg = {"architectures": [ARCH[family]], "model_type": family, "text_config": tc,
-               "vision_config": {"depth": 1, "hidden_size": HV, "num_heads": 2, "patch_size": 4,
-                                 "spatial_merge_size": 2, "out_hidden_size": tc["hidden_size"]}}
+               "vision_config": _vision_config(family, tc)}
         cfg.update(common)
     if wrapped:
         cfg.update({"image_token_index": 10, "projector_hidden_act": "gelu", "spatial_merge_size": 2,
@@ -312,6 +333,11 @@ def _rope_params(kind, tc):
     return rp, theta
 
 
+# Qwen3VLMoeTextTopKRouter divides the top-k weights by their sum, always
+# (a test turns it off to show the comparison would notice).
+_renormalise = True
+
+
 def _positions(pos):
     """Text-only position ids of the three M-RoPE streams (t, h, w):
     get_mrope_position_ids / get_rope_index give a text run arange,
@@ -345,125 +371,144 @@ def _mrope_angles(kind, rp, inv, pos):
     return emb[0][:2 * half]
 
 
-def _forward(ck, tokens):
-    kind, tc = _kind_and_tc(ck.config)
-    m = ref_forward._M(ck)
-    H, nh = tc["hidden_size"], tc["num_attention_heads"]
-    nkv = tc.get("num_key_value_heads") or nh
-    hd = H // nh if kind == "qwen2" else (tc.get("head_dim") or H // nh)
-    eps = tc.get("rms_norm_eps", EPS[kind])
-    act = tc.get("hidden_act", "silu")
-    pre = next(p for p in ("model.language_model.", "model.", "language_model.model.")
-               if m.has(p + "embed_tokens.weight"))
-    rp, theta = _rope_params(kind, tc)
-    kindrope = None if (rp or {}).get("rope_type", (rp or {}).get("type")) in ("mrope", "default", None) else rp
-    inv, af = ref_forward.rope_freqs(tc, theta, hd, kindrope)
-    window = None
-    if kind == "qwen2":
-        window = tc.get("sliding_window") if tc.get("use_sliding_window") else None
-    elif kind in ("mistral", "ministral3"):
-        window = tc.get("sliding_window")
+class _Ref:
+    """The text model of one checkpoint, as its modeling classes compute it."""
 
-    def slides(layer):
-        if window is None:
-            return False
-        if kind != "qwen2":
-            return True
-        lt = tc.get("layer_types")
-        return lt[layer] == "sliding_attention" if lt else layer >= tc.get("max_window_layers", 80)
+    def __init__(self, ck):
+        self.kind, tc = _kind_and_tc(ck.config)
+        self.ck, self.tc, self.m = ck, tc, ref_forward._M(ck)
+        self.H, self.nh = tc["hidden_size"], tc["num_attention_heads"]
+        self.nkv = tc.get("num_key_value_heads") or self.nh
+        # Qwen2VLAttention: head_dim = hidden / heads, whatever the config says
+        self.hd = self.H // self.nh if self.kind == "qwen2" else (tc.get("head_dim") or self.H // self.nh)
+        self.eps = tc.get("rms_norm_eps", EPS[self.kind])
+        self.act = tc.get("hidden_act", "silu")
+        self.pre = next(p for p in ("model.language_model.", "model.", "language_model.model.")
+                        if self.m.has(p + "embed_tokens.weight"))
+        self.rp, theta = _rope_params(self.kind, tc)
+        scaled = (self.rp or {}).get("rope_type", (self.rp or {}).get("type")) not in ("mrope", "default", None)
+        self.inv, self.af = ref_forward.rope_freqs(tc, theta, self.hd, self.rp if scaled else None)
 
-    def rope(v, pos):
-        ang = _mrope_angles(kind, rp, inv, pos)
-        c = [math.cos(a) * af for a in ang]
-        s = [math.sin(a) * af for a in ang]
-        rh = [-x for x in v[hd // 2:]] + v[:hd // 2]           # rotate_half
-        return [x * cc + r * ss for x, r, cc, ss in zip(v, rh, c, s)]
+    def window(self, layer):
+        """Sliding window of a layer, or None (Qwen2VLTextConfig: only with
+        use_sliding_window; Mistral / Ministral 3: sliding_window)."""
+        tc = self.tc
+        if self.kind == "qwen2":
+            if not tc.get("use_sliding_window"):
+                return None
+            lt = tc.get("layer_types")
+            slides = lt[layer] == "sliding_attention" if lt else layer >= tc.get("max_window_layers", 80)
+            return tc.get("sliding_window") if slides else None
+        return tc.get("sliding_window") if self.kind in ("mistral", "ministral3") else None
 
-    def heads(x, n):
-        return [x[j * hd:(j + 1) * hd] for j in range(n)]
+    def rope(self, v, pos):
+        ang = _mrope_angles(self.kind, self.rp, self.inv, pos)
+        half = self.hd // 2
+        rh = [-x for x in v[half:]] + v[:half]                   # rotate_half
+        return [x * math.cos(a) * self.af + r * math.sin(a) * self.af for x, r, a in zip(v, rh, ang)]
 
-    def attention(p, hs, layer):
+    def qk(self, p, h, pos):
+        m, hd = self.m, self.hd
+        q, k = m.linear(h, p + "self_attn.q_proj"), m.linear(h, p + "self_attn.k_proj")
+        q, k = [q[j * hd:(j + 1) * hd] for j in range(self.nh)], [k[j * hd:(j + 1) * hd] for j in range(self.nkv)]
+        if self.kind in ("qwen3", "qwen3_moe"):
+            q = [m.norm(x, p + "self_attn.q_norm.weight", self.eps) for x in q]
+            k = [m.norm(x, p + "self_attn.k_norm.weight", self.eps) for x in k]
+        q, k = [self.rope(x, pos) for x in q], [self.rope(x, pos) for x in k]
+        if self.kind == "ministral3":    # _get_llama_4_attn_scale
+            s = 1 + self.rp["llama_4_scaling_beta"] * math.log(
+                1 + math.floor(pos / self.rp["original_max_position_embeddings"]))
+            q = [[v * s for v in x] for x in q]
+        return q, k
+
+    def attention(self, p, hs, layer):
+        hd, w = self.hd, self.window(layer)
         qs, ks, vs = [], [], []
         for pos, h in enumerate(hs):
-            q, k = heads(m.linear(h, p + "self_attn.q_proj"), nh), heads(m.linear(h, p + "self_attn.k_proj"), nkv)
-            if kind in ("qwen3", "qwen3_moe"):
-                q = [m.norm(x, p + "self_attn.q_norm.weight", eps) for x in q]
-                k = [m.norm(x, p + "self_attn.k_norm.weight", eps) for x in k]
-            q, k = [rope(x, pos) for x in q], [rope(x, pos) for x in k]
-            if kind == "ministral3":    # _get_llama_4_attn_scale
-                s = 1 + rp["llama_4_scaling_beta"] * math.log(1 + math.floor(pos / rp["original_max_position_embeddings"]))
-                q = [[v * s for v in x] for x in q]
+            q, k = self.qk(p, h, pos)
+            v = self.m.linear(h, p + "self_attn.v_proj")
             qs.append(q)
             ks.append(k)
-            vs.append(heads(m.linear(h, p + "self_attn.v_proj"), nkv))
+            vs.append([v[j * hd:(j + 1) * hd] for j in range(self.nkv)])
         outs = []
         for i in range(len(hs)):
-            j0 = max(0, i - window + 1) if slides(layer) else 0
+            j0 = max(0, i - w + 1) if w else 0
             ctx = []
-            for h in range(nh):
-                kh = h // (nh // nkv)
+            for h in range(self.nh):
+                kh = h // (self.nh // self.nkv)
                 sc = [sum(a * b for a, b in zip(qs[i][h], ks[j][kh])) / math.sqrt(hd) for j in range(j0, i + 1)]
                 mx = max(sc)
                 e = [math.exp(v - mx) for v in sc]
                 z = sum(e)
                 ctx += [sum(e[j] / z * vs[j0 + j][kh][c] for j in range(len(e))) for c in range(hd)]
-            outs.append(m.linear(ctx, p + "self_attn.o_proj"))
+            outs.append(self.m.linear(ctx, p + "self_attn.o_proj"))
         return outs
 
-    def gated(h, g, u, d):
-        return m.linear([ref_forward._act(act, a) * b for a, b in zip(m.linear(h, g), m.linear(h, u))], d)
+    def gated(self, h, g, u, d):
+        m = self.m
+        return m.linear([ref_forward._act(self.act, a) * b for a, b in zip(m.linear(h, g), m.linear(h, u))], d)
 
-    def expert(p, e, h):
-        fused = p + "mlp.experts.gate_up_proj"
+    def expert(self, p, e, h):
+        """Expert e: per-expert matrices, or a slab of the fused tensors in
+        either layout (docs/architectures.md §vl-qwen3)."""
+        m, H, fused = self.m, self.H, p + "mlp.experts.gate_up_proj"
         if not m.has(fused):
             b = p + "mlp.experts.%d." % e
-            return gated(h, b + "gate_proj", b + "up_proj", b + "down_proj")
-        (_, a, b), gu = ck.tensors[fused].shape, m.vals(fused)
-        (_, c, d), dn = ck.tensors[p + "mlp.experts.down_proj"].shape, m.vals(p + "mlp.experts.down_proj")
+            return self.gated(h, b + "gate_proj", b + "up_proj", b + "down_proj")
+        (_, a, b), gu = self.ck.tensors[fused].shape, m.vals(fused)
+        (_, c, d), dn = self.ck.tensors[p + "mlp.experts.down_proj"].shape, m.vals(p + "mlp.experts.down_proj")
         if b == H:      # [E, 2I, H]: nn.functional.linear per expert
             y = [sum(gu[(e * a + o) * b + i] * h[i] for i in range(H)) for o in range(a)]
         else:           # [E, H, 2I] on disk, transposed at load
             y = [sum(h[i] * gu[(e * a + i) * b + o] for i in range(H)) for o in range(b)]
         I = len(y) // 2
-        z = [ref_forward._act(act, y[j]) * y[I + j] for j in range(I)]
+        z = [ref_forward._act(self.act, y[j]) * y[I + j] for j in range(I)]
         if c == H:      # [E, H, I]
             return [sum(dn[(e * c + o) * d + j] * z[j] for j in range(I)) for o in range(H)]
         return [sum(z[j] * dn[(e * c + j) * d + o] for j in range(I)) for o in range(H)]
 
-    def mlp(p, h):
-        if not m.has(p + "mlp.gate.weight"):
-            return gated(h, p + "mlp.gate_proj", p + "mlp.up_proj", p + "mlp.down_proj")
+    def mlp(self, p, h):
+        if not self.m.has(p + "mlp.gate.weight"):
+            return self.gated(h, p + "mlp.gate_proj", p + "mlp.up_proj", p + "mlp.down_proj")
         # Qwen3VLMoeTextTopKRouter: softmax, top-k, always renormalised
-        lg = m.linear(h, p + "mlp.gate")
+        lg = self.m.linear(h, p + "mlp.gate")
         mx = max(lg)
         pr = [math.exp(v - mx) for v in lg]
-        top = sorted(range(len(pr)), key=lambda e: (-pr[e], e))[:tc["num_experts_per_tok"]]
-        tot = sum(pr[e] for e in top)
-        out = [0.0] * H
+        top = sorted(range(len(pr)), key=lambda e: (-pr[e], e))[:self.tc["num_experts_per_tok"]]
+        tot = sum(pr[e] for e in top) if _renormalise else sum(pr)
+        out = [0.0] * self.H
         for e in top:
-            out = [a + pr[e] / tot * b for a, b in zip(out, expert(p, e, h))]
+            out = [a + pr[e] / tot * b for a, b in zip(out, self.expert(p, e, h))]
         return out
 
-    E = m.vals(pre + "embed_tokens.weight")
-    xs = [E[t * H:(t + 1) * H] for t in tokens]
-    for layer in range(tc["num_hidden_layers"]):
-        p = "%slayers.%d." % (pre, layer)
-        a = attention(p, [m.norm(x, p + "input_layernorm.weight", eps) for x in xs], layer)
-        xs = [[u + v for u, v in zip(x, y)] for x, y in zip(xs, a)]
-        xs = [[u + v for u, v in zip(x, mlp(p, m.norm(x, p + "post_attention_layernorm.weight", eps)))]
-              for x in xs]
-    # the head: tie_word_embeddings at the top, then text_config's; a head
-    # that is not stored is the embedding
-    cfg = ck.config
-    tie = cfg.get("tie_word_embeddings", tc.get("tie_word_embeddings", False))
-    hn = "language_model.lm_head.weight" if pre == "language_model.model." else "lm_head.weight"
-    W = m.vals(pre + "embed_tokens.weight" if tie or not m.has(hn) else hn)
-    V = len(W) // H
-    out = []
-    for x in xs:
-        h = m.norm(x, pre + "norm.weight", eps)
-        out.append([sum(W[v * H + i] * h[i] for i in range(H)) for v in range(V)])
-    return out
+    def head(self):
+        """tie_word_embeddings at the top, then text_config's (§vl-tie); a
+        head that is not stored is the embedding."""
+        tie = self.ck.config.get("tie_word_embeddings", self.tc.get("tie_word_embeddings", False))
+        hn = "language_model.lm_head.weight" if self.pre == "language_model.model." else "lm_head.weight"
+        return self.m.vals(self.pre + "embed_tokens.weight" if tie or not self.m.has(hn) else hn)
+
+    def logits(self, tokens):
+        m, H, eps = self.m, self.H, self.eps
+        E = m.vals(self.pre + "embed_tokens.weight")
+        xs = [E[t * H:(t + 1) * H] for t in tokens]
+        for layer in range(self.tc["num_hidden_layers"]):
+            p = "%slayers.%d." % (self.pre, layer)
+            a = self.attention(p, [m.norm(x, p + "input_layernorm.weight", eps) for x in xs], layer)
+            xs = [[u + v for u, v in zip(x, y)] for x, y in zip(xs, a)]
+            xs = [[u + v for u, v in zip(x, self.mlp(p, m.norm(x, p + "post_attention_layernorm.weight", eps)))]
+                  for x in xs]
+        W = self.head()
+        V = len(W) // H
+        out = []
+        for x in xs:
+            h = m.norm(x, self.pre + "norm.weight", eps)
+            out.append([sum(W[v * H + i] * h[i] for i in range(H)) for v in range(V)])
+        return out
+
+
+def _forward(ck, tokens):
+    return _Ref(ck).logits(tokens)
 
 
 # ---------------------------------------------------------------- registration

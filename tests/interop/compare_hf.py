@@ -74,7 +74,14 @@ def load(path, dtype, device):
     try:
         m, info = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", **kw)
     except (TypeError, ValueError):
-        m, info = AutoModelForCausalLM.from_pretrained(path, **kw)
+        try:
+            m, info = AutoModelForCausalLM.from_pretrained(path, **kw)
+        except ValueError:
+            # the VL wrappers (qwen2_vl, qwen3_vl_moe, ...: docs/architectures.md
+            # §vl) where a release maps them to image-text-to-text only
+            # (untested: no device machine in the session that added them)
+            from transformers import AutoModelForImageTextToText
+            m, info = AutoModelForImageTextToText.from_pretrained(path, **kw)
     return m.to(device).eval(), info
 
 
