@@ -7,6 +7,7 @@
  * symlinks that leave the directory, and tensor names stored twice. */
 #include "flashify/checkpoint.h"
 #include "flashify/dtype.h"
+#include "flashify/json.h"
 #include "flashify/util.h"
 
 #include <cjson/cJSON.h>
@@ -77,7 +78,7 @@ const char *ckpt_json_duplicate_key(const cJSON *obj)
 
 ckpt_view ckpt_config_view(const ckpt_config *cfg, int nested)
 {
-    ckpt_view v = {cfg->json, cfg->json, cfg->path};
+    ckpt_view v = {cfg->json, cfg->json, cfg->path, cfg};
     if (nested && cfg->nested)
         v.text = cfg->nested;
     return v;
@@ -125,6 +126,19 @@ int ckpt_view_set(ckpt_view v, const char *key)
     return 1;
 }
 
+/* 1 when the number at `key` of the level x was read from is spelled as
+ * a float (transformers then gets a Python float and range() refuses it). */
+static int spelled_as_float(ckpt_view v, const cJSON *x, const char *key)
+{
+    if (!v.cfg || !v.cfg->float_spelled)
+        return 0;
+    int nested = v.text != v.top && cJSON_GetObjectItemCaseSensitive(v.text, key) == x;
+    char *probe = fl_asprintf("\n%c %s\n", nested ? 'N' : 'T', key);
+    int yes = probe && strstr(v.cfg->float_spelled, probe) != NULL;
+    free(probe);
+    return yes;
+}
+
 fl_status ckpt_view_count(ckpt_view v, const char *key, long max, long *out, fl_error *err)
 {
     const cJSON *x = ckpt_view_get(v, key);
@@ -132,6 +146,10 @@ fl_status ckpt_view_count(ckpt_view v, const char *key, long max, long *out, fl_
         return fl_fail(err, FL_EINPUT, "%s: \"%s\" is missing", v.path, key);
     if (!cJSON_IsNumber(x) || x->valuedouble != floor(x->valuedouble))
         return fl_fail(err, FL_EINPUT, "%s: \"%s\" must be an integer", v.path, key);
+    if (spelled_as_float(v, x, key))
+        return fl_fail(err, FL_EINPUT, "%s: \"%s\" is written %.17g as a float (with a fraction or an "
+                       "exponent): Python reads a float, which transformers refuses; write an integer",
+                       v.path, key, x->valuedouble);
     if (x->valuedouble < 1 || x->valuedouble > (double)max)
         return fl_fail(err, FL_EINPUT, "%s: \"%s\" is %.17g, expected 1..%ld",
                        v.path, key, x->valuedouble, max);
@@ -139,13 +157,20 @@ fl_status ckpt_view_count(ckpt_view v, const char *key, long max, long *out, fl_
     return FL_OK;
 }
 
-/* tie_word_embeddings of one level: 1 / 0, -1 when absent or null. */
+/* tie_word_embeddings of one level: 1 / 0, -1 when absent.  null is 0:
+ * the loaders ask `if config.tie_word_embeddings` and Python's None is
+ * false (docs/architectures.md §tie), so a null never ties a stored head
+ * back to the embedding. */
 static fl_status tie_flag(const char *path, const cJSON *level, int *out, fl_error *err)
 {
     const cJSON *tie = level ? cJSON_GetObjectItemCaseSensitive(level, "tie_word_embeddings") : NULL;
     *out = -1;
-    if (!tie || cJSON_IsNull(tie))
+    if (!tie)
         return FL_OK;
+    if (cJSON_IsNull(tie)) {
+        *out = 0;
+        return FL_OK;
+    }
     if (!cJSON_IsBool(tie))
         return fl_fail(err, FL_EINPUT, "%s: \"tie_word_embeddings\" must be true or false", path);
     *out = cJSON_IsTrue(tie);
@@ -160,6 +185,50 @@ static fl_status copy_type(const char *path, const cJSON *v, char *dst, size_t c
         return fl_fail(err, FL_EINPUT, "%s: \"model_type\" is too long", path);
     strcpy(dst, v->valuestring);
     return FL_OK;
+}
+
+/* Records, in cfg->float_spelled, the members of the object at the cursor
+ * (level 'T' or 'N') whose number has a fraction or an exponent; recurses
+ * into text_config from the top level. */
+static fl_status scan_level(json_reader *j, char level, strbuf *out)
+{
+    json_iter it;
+    fl_status st = json_enter(j, &it, '{', level == 'T' ? 0 : 1);
+    char *key;
+    int r = 0;
+    while (st == FL_OK && (r = json_next(j, &it, &key, NULL)) > 0) {
+        int c = json_peek(j);
+        if (c == '-' || (c >= '0' && c <= '9')) {
+            int is_uint;
+            uint64_t v;
+            const char *tok;
+            size_t n;
+            st = json_number(j, &is_uint, &v, &tok, &n);
+            if (st == FL_OK && (memchr(tok, '.', n) || memchr(tok, 'e', n) || memchr(tok, 'E', n)))
+                sb_printf(out, "%c %s\n", level, key);
+        } else if (c == '{' && level == 'T' && !strcmp(key, "text_config")) {
+            st = scan_level(j, 'N', out);
+        } else {
+            st = json_skip(j, level == 'T' ? 1 : 2);
+        }
+        free(key);
+    }
+    return st == FL_OK && r < 0 ? j->status : st;
+}
+
+static fl_status scan_spellings(const char *path, const char *text, size_t len, ckpt_config *cfg,
+                                fl_error *err)
+{
+    json_reader j;
+    json_init(&j, path, "JSON", text, len, CJSON_NESTING_LIMIT, err);
+    json_ws(&j);
+    strbuf b = {0};
+    sb_str(&b, "\n");
+    fl_status st = scan_level(&j, 'T', &b);
+    cfg->float_spelled = sb_take(&b);
+    if (st == FL_OK && !cfg->float_spelled)
+        st = fl_fail(err, FL_EIO, "out of memory");
+    return st;
 }
 
 fl_status ckpt_config_parse(const char *path, const char *text, size_t len, ckpt_config *cfg,
@@ -189,7 +258,8 @@ fl_status ckpt_config_parse(const char *path, const char *text, size_t len, ckpt
     if (cJSON_IsString(nmt) && strlen(nmt->valuestring) < sizeof cfg->nested_model_type)
         strcpy(cfg->nested_model_type, nmt->valuestring);
     if ((s = tie_flag(path, cfg->json, &cfg->tie_top, err)) != FL_OK ||
-        (s = tie_flag(path, cfg->nested, &cfg->tie_nested, err)) != FL_OK)
+        (s = tie_flag(path, cfg->nested, &cfg->tie_nested, err)) != FL_OK ||
+        (s = scan_spellings(path, text, len, cfg, err)) != FL_OK)
         return s;
     const cJSON *dt = cfg->nested ? cJSON_GetObjectItemCaseSensitive(cfg->nested, "torch_dtype") : NULL;
     if (!dt)
@@ -206,6 +276,7 @@ void ckpt_config_free(ckpt_config *cfg)
     cJSON_Delete(cfg->json);
     free(cfg->raw);
     free(cfg->path);
+    free(cfg->float_spelled);
     memset(cfg, 0, sizeof *cfg);
 }
 
@@ -498,6 +569,9 @@ static fl_status index_load(checkpoint *ck, const char *dir_real, fl_error *err)
     char **files = NULL;
     size_t n_files = 0;
     fl_status s = fl_read_file(path, INDEX_MAX_BYTES, FL_READ_UTF8, &raw, &len, err);
+    /* Strict first: cJSON would cut "a.safetensors\u0000b" at the NUL. */
+    if (s == FL_OK)
+        s = json_validate(path, raw, len, CJSON_NESTING_LIMIT, err);
     if (s != FL_OK)
         goto out;
     ck->index = cJSON_ParseWithLength(raw, len);

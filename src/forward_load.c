@@ -696,15 +696,18 @@ static fl_status parse_rope(fwd_model *m, fl_error *err)
 }
 
 /* Tied means the embedding matrix (v4 tie_weights() also overwrites a
- * stored lm_head when the config says tie). */
+ * stored lm_head when the config says tie).  A null flag is not tied: the
+ * loaders test `if config.tie_word_embeddings`, and None is false. */
 static fl_status parse_head(fwd_model *m, const char *prefix, fl_error *err)
 {
     /* The top level first: a composite model's loader reads its own config
      * (docs/architectures.md §vl-tie), as plan.c's tie_flag does. */
     int tie = m->ck->cfg.tie_top;
-    if (tie < 0)
+    if (tie < 0) {
         tie = ckpt_view_bool(m->cfg, "tie_word_embeddings", -1);
-    int said = tie >= 0;
+        if (cJSON_IsNull(ckpt_view_get(m->cfg, "tie_word_embeddings")))
+            tie = 0;
+    }
     if (tie < 0)
         tie = m->fam->tie_default;
     fl_status s = FL_OK;
@@ -715,13 +718,9 @@ static fl_status parse_head(fwd_model *m, const char *prefix, fl_error *err)
         for (size_t i = 0; i < 2 && !m->head.t; i++)
             if ((s = fwd_bind_mat(m, heads[i], -1, m->H, 0, &m->head, err)) != FL_OK)
                 return s;
-        /* No flag and no head: the embedding, as plan.c reads a missing
-         * head (Mistral3Config defaults to tied). */
-        if (!m->head.t && said)
+        if (!m->head.t)
             return fl_fail(err, FL_EINPUT, "%s: tie_word_embeddings is false but there is no lm_head.weight",
                            ckdir(m));
-        if (!m->head.t)
-            m->head = m->embed;
     }
     m->V = m->head.rows; /* logits are the head's rows; token ids index the embedding */
     char name[512];

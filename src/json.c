@@ -276,3 +276,15 @@ fl_status json_skip(json_reader *j, int depth)
     }
     return json_fail(j, "expected a JSON value");
 }
+
+fl_status json_validate(const char *what, const void *s, size_t len, int max_depth, fl_error *err)
+{
+    json_reader j;
+    json_init(&j, what, "JSON", s, len, max_depth, err);
+    json_ws(&j);
+    fl_status st = json_skip(&j, 0);
+    json_ws(&j);
+    if (st == FL_OK && j.pos != j.len)
+        st = json_fail(&j, "trailing data after the JSON value");
+    return st;
+}

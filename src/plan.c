@@ -83,6 +83,7 @@ typedef struct {
     size_t cap_groups, cap_kept;
     const char *lp;          /* the layer prefix being planned */
     const char *final_name;  /* the final norm of the layout */
+    const ckpt_config *cfg;
     fl_error *err;
 } planner;
 
@@ -488,6 +489,16 @@ static int tie_flag(const ckpt_config *cfg, const arch_resolved *r)
 /* The group of the final norm: into lm_head, or into a new lm_head made
  * from the embedding when they are tied (folding into the shared matrix
  * would scale the input embeddings too).  --keep-tied keeps the norm. */
+/* How the config said "not tied", for messages. */
+static const char *cfg_tie_spelling(const planner *pl)
+{
+    const ckpt_config *cfg = pl->cfg;
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(cfg->json, "tie_word_embeddings");
+    if (!v && cfg->nested)
+        v = cJSON_GetObjectItemCaseSensitive(cfg->nested, "tie_word_embeddings");
+    return !v ? "absent (the config class defaults to false)" : cJSON_IsNull(v) ? "null" : "false";
+}
+
 static fl_status plan_final(planner *pl, int flag)
 {
     fold_plan *p = pl->p;
@@ -502,8 +513,21 @@ static fl_status plan_final(planner *pl, int flag)
         return fl_fail(pl->err, FL_EINPUT, "%s: hidden_size is %ld, but '%s' has %d dimensions, %llu elements",
                        p->cfg.path, p->hidden, final->name, final->t->ndim,
                        (unsigned long long)(final->t->ndim ? final->t->shape[0] : 1));
+    /* One definition of "tied" (docs/architectures.md §tie): the head is
+     * the embedding when no separate lm_head is stored (absent, or an alias
+     * of the embedding's bytes), or when the flag the loader reads is true.
+     * A config that says "not tied" without a stored head would load a
+     * random head: the source does not define one, so nothing can be
+     * equivalent to it. */
     int same_storage = head && head->shard == embed->shard && head->t == embed->t;
+    if ((!head || same_storage) && flag == 0)
+        return fl_fail(pl->err, FL_EINPUT,
+                       "%s: tie_word_embeddings is %s, but the checkpoint stores no separate '%s': "
+                       "transformers would initialise a random output head; set "
+                       "\"tie_word_embeddings\": true if the head is the embedding",
+                       p->cfg.path, cfg_tie_spelling(pl), p->head_name);
     p->tied = !head || same_storage || flag == 1;
+    p->head_copy = p->tied && head && !same_storage;
     if (p->tied && pl->opt->keep_tied)
         return add_kept(pl, final->name, "--keep-tied: lm_head is the embedding, so the final norm stays", 0);
     if (!p->tied) {
@@ -574,7 +598,7 @@ fl_status plan_decide(const ckpt_config *cfg, const plan_catalogue *cat, const p
 {
     arch_resolved r;
     fl_status s = plan_setup(p, cfg, cat, opt, &r, err);
-    planner pl = {.cat = cat, .opt = opt, .p = p, .err = err};
+    planner pl = {.cat = cat, .opt = opt, .p = p, .cfg = cfg, .err = err};
     if (s == FL_OK)
         s = find_layout(&pl);
     if (s == FL_OK)
@@ -611,6 +635,43 @@ fl_status plan_load_norms(const checkpoint *ck, fold_plan *p, fl_error *err)
                                ck->shards[t->shard].path, t->name, k, g->w[k]);
     }
     return FL_OK;
+}
+
+/* A tied config that also stores lm_head.weight: loaders disagree on what
+ * that head is when it differs from the embedding (transformers 4 ties it
+ * back to the embedding, transformers 5 keeps a differing stored head), so
+ * the copy must be exact.  Compares the bytes in blocks. */
+static fl_status check_head_copy(const checkpoint *ck, const fold_plan *p, fl_error *err)
+{
+    const ckpt_tensor *e = ckpt_find(ck, p->embed_name), *h = ckpt_find(ck, p->head_name);
+    const char *why = NULL;
+    if (!e || !h)
+        return FL_OK;
+    if (e->t->dtype != h->t->dtype || e->t->ndim != h->t->ndim || st_nbytes(e->t) != st_nbytes(h->t))
+        why = "has another dtype or shape";
+    enum { BLOCK = 4 << 20 };
+    unsigned char *a = why ? NULL : malloc(BLOCK), *b = why ? NULL : malloc(BLOCK);
+    if (!why && (!a || !b)) {
+        free(a);
+        free(b);
+        return plan_oom(err);
+    }
+    fl_status s = FL_OK;
+    for (uint64_t off = 0, n = why ? 0 : st_nbytes(e->t); off < n && !why && s == FL_OK; off += BLOCK) {
+        size_t k = n - off < BLOCK ? (size_t)(n - off) : BLOCK;
+        if ((s = ckpt_read(ck, e, off, a, k, err)) == FL_OK && (s = ckpt_read(ck, h, off, b, k, err)) == FL_OK &&
+            memcmp(a, b, k) != 0)
+            why = "holds other values";
+    }
+    free(a);
+    free(b);
+    if (s != FL_OK || !why)
+        return s;
+    return fl_fail(err, FL_EINPUT,
+                   "%s: config.json ties the head to the embedding, but the stored '%s' %s than '%s': "
+                   "transformers 4 would use the embedding and transformers 5 the stored head, so the "
+                   "source has no single meaning; set tie_word_embeddings to the one you mean",
+                   ck->dir, p->head_name, why, p->embed_name);
 }
 
 /* Reads and parses --plan FILE; an unreadable file is a bad command line. */
@@ -654,6 +715,8 @@ fl_status plan_build(const checkpoint *ck, const plan_options *opt, fold_plan *p
     s = plan_decide(&ck->cfg, &cat, &o, p, err);
     p->custom = custom;
     free(files);
+    if (s == FL_OK && p->head_copy)
+        s = check_head_copy(ck, p, err);
     return s == FL_OK ? plan_load_norms(ck, p, err) : s;
 }
 

@@ -4,6 +4,7 @@
  * architectures").  Every key is checked: a duplicate, an unknown key or a
  * value of the wrong type is refused with the path of the offending member,
  * so a typo cannot silently change what is folded. */
+#include "flashify/json.h"
 #include "flashify/plan.h"
 #include "flashify/util.h"
 
@@ -345,8 +346,10 @@ fl_status arch_custom_parse(const char *path, const char *text, size_t len, arch
     if (!c)
         return fl_fail(err, FL_EIO, "out of memory");
     parser p = {c, path, err};
-    cJSON *j = cJSON_ParseWithLength(text, len);
-    fl_status s = j ? parse_row(&p, j) : fl_fail(err, FL_EINPUT, "%s: not valid JSON", path);
+    fl_status s = json_validate(path, text, len, CJSON_NESTING_LIMIT, err);
+    cJSON *j = s == FL_OK ? cJSON_ParseWithLength(text, len) : NULL;
+    if (s == FL_OK)
+        s = j ? parse_row(&p, j) : fl_fail(err, FL_EINPUT, "%s: not valid JSON", path);
     cJSON_Delete(j);
     if (s != FL_OK) {
         arch_custom_free(c);

@@ -120,6 +120,14 @@ fl_status plan_outputs(fold_plan *p, const plan_catalogue *cat, fl_error *err)
     name_ref *cons = NULL, *norms = NULL;
     size_t n_cons = 0, cap = 0;
     fl_status s = index_groups(p, &cons, &n_cons, &norms, err);
+    /* A norm the plan both folds and keeps would be folded while the card
+     * says it was kept: a contradiction in the table or the --plan file. */
+    for (size_t i = 0; s == FL_OK && i < p->n_kept; i++) {
+        name_ref key = {p->kept[i].name, 0, 0};
+        if (bsearch(&key, norms, p->n_groups, sizeof *norms, cmp_ref))
+            s = fl_fail(err, FL_EINPUT, "plan error: norm '%s' is both folded and kept (\"%s\")",
+                        p->kept[i].name, p->kept[i].reason);
+    }
     const ckpt_tensor *embed = plan_cat_find(cat, p->embed_name);
     int head_written = 0;
     for (size_t i = 0; i < cat->n && s == FL_OK; i++) {

@@ -926,7 +926,11 @@ fl_status verify_pair(const char *source_dir, const char *output_dir, const veri
     if ((s = plan_build(&src, &po, &plan, err)) != FL_OK)
         goto done;
     const ckpt_tensor *oh = ckpt_find(&out, plan.head_name), *oe = ckpt_find(&out, plan.embed_name);
-    int out_tied = !oh || oh->is_alias || (oe && oh->shard == oe->shard && oh->t == oe->t);
+    /* The same notion of "tied" as the planner's: no separate head, or a
+     * tied config that also stores a copy of the embedding, left as it was
+     * (an untying writer sets tie_word_embeddings to false). */
+    int out_tied = !oh || oh->is_alias || (oe && oh->shard == oe->shard && oh->t == oe->t) ||
+                   (plan.head_copy && out.cfg.tie_top != 0);
     if (plan.untie && out_tied) {
         plan_free(&plan);
         po.keep_tied = 1;

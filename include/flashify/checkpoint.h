@@ -31,6 +31,9 @@ typedef struct {
     char nested_model_type[64]; /* text_config.model_type, or "" */
     int tie_top, tie_nested; /* tie_word_embeddings: 1 / 0, or -1 when absent */
     char torch_dtype[32];    /* "" when absent */
+    char *float_spelled;     /* "\nT key\nN key\n...": numbers of the top level (T)
+                                and of text_config (N) written with a fraction or an
+                                exponent (2.0, 2e0), which Python reads as floats */
 } ckpt_config;
 
 /* Parses config.json text (validated: an object without duplicate keys, a
@@ -49,6 +52,7 @@ const char *ckpt_json_duplicate_key(const struct cJSON *obj);
 typedef struct {
     const struct cJSON *text, *top;
     const char *path;       /* config.json, for messages */
+    const ckpt_config *cfg;
 } ckpt_view;
 
 /* The top level alone (nested 0), or text_config falling back to the top

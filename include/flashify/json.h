@@ -80,4 +80,9 @@ fl_status json_enter(json_reader *j, json_iter *it, char open, int depth);
  * (j->status, message in j->err). */
 int json_next(json_reader *j, json_iter *it, char **key, size_t *key_start);
 
+/* Checks that s[0..len) is exactly one JSON value (whitespace around it
+ * allowed) in the strict grammar: what cJSON would accept laxly or
+ * silently truncate (a \u0000 inside a string) is refused here first. */
+fl_status json_validate(const char *what, const void *s, size_t len, int max_depth, fl_error *err);
+
 #endif

@@ -84,6 +84,8 @@ typedef struct {
     size_t n_dropped;
     const char **dropped;       /* norms removed (or identity with keep_norms) */
     int tied;                   /* the source ties lm_head to the embedding */
+    int head_copy;              /* ... and also stores lm_head.weight separately:
+                                   plan_build checks it equals the embedding */
     int untie;                  /* lm_head is materialised from the embedding */
     int final_folded;
     int marker;                 /* write flashnorm_folded / flash_norm */

@@ -35,6 +35,22 @@ SUPPORTED = ["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2",
 # Composite (wrapper) model types: only these read text_config.
 COMPOSITE = {"gemma3"}
 
+# The config class defaults of tie_word_embeddings (docs/architectures.md,
+# each family's configuration_<type>.py); absent: False.  Families from the
+# zoo modules add theirs.
+TIE_CLASS_DEFAULT = {"gemma": True, "gemma2": True, "gemma3_text": True, "gemma3": True,
+                     "smollm3": True, "cohere": True}
+
+
+def config_ties(cfg):
+    """What the loader reads: the top level's flag, then text_config's for a
+    composite type, then the class default; null reads as not tied (Python
+    tests `if config.tie_word_embeddings`)."""
+    for level in (cfg, cfg.get("text_config") if cfg.get("model_type") in COMPOSITE else None):
+        if level and "tie_word_embeddings" in level:
+            return bool(level["tie_word_embeddings"])
+    return TIE_CLASS_DEFAULT.get(cfg.get("model_type"), False)
+
 # Side tensors that mean a consumer is stored quantized (appended to its
 # name without ".weight"): FP8 block scales, compressed-tensors, MXFP4,
 # GPTQ/AWQ, bitsandbytes.
@@ -362,7 +378,7 @@ def expected(src, keep_tied=False, keep_norms=False, extra_groups=(), plan=None,
     for norm, cons, axis in extra_groups:
         add_group(norm, cons, axis)
 
-    tied = head not in src.stored or embed not in src.stored
+    tied = head not in src.stored or embed not in src.stored or config_ties(src.config)
     ex.untie = tied and not keep_tied
     final_g = None
     if tied and keep_tied:

@@ -162,14 +162,21 @@ class Ties(Base):
         self.assertIs(ck.config["text_config"]["tie_word_embeddings"], True)
         self.assertIn("lm_head.weight", ex.groups[-1][1])
 
-    def test_mistral3_without_tie_keys(self):
-        """Mistral Small 3.1's config has no tie key anywhere: a stored
-        lm_head is used (untied, folded); without one the head is the
-        embedding (materialised, false written at both levels)."""
+    def test_mistral3_tie_keys(self):
+        """Mistral Small 3.1's config has no tie key anywhere: its stored
+        lm_head is used (untied, folded, config unchanged).  With no head
+        either, transformers 5 would tie and 4 would not: refused.  Tied at
+        the top with no head: materialised, false written at both levels."""
         ex, ck = self.roundtrip("mistral3", "m3-untied", tied=False)
         self.assertFalse(ex.untie)
         self.assertNotIn("tie_word_embeddings", ck.config)
-        ex, ck = self.roundtrip("mistral3", "m3-tied", tied=True)
+        self.assertNotIn("tie_word_embeddings", ck.config["text_config"])
+        src = os.path.join(self.tmp, "m3-nohead")
+        write_source(src, "mistral3", "BF16", tied=True)
+        p = convert(self, src, src + "-out", expect_rc=2)
+        self.assertIn("lm_head", p.stderr)
+        self.assertFalse(os.path.exists(src + "-out"))
+        ex, ck = self.roundtrip("mistral3", "m3-tied", tied=True, tie_levels="top")
         self.assertTrue(ex.untie)
         self.assertIs(ck.config["tie_word_embeddings"], False)
         self.assertIs(ck.config["text_config"]["tie_word_embeddings"], False)
