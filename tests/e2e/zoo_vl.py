@@ -28,7 +28,8 @@ Options of build (fixtures.build_model(family, ..., **opt)):
     "fused" ([E, 2I, H], save_original_format=False), "per_expert".
   v5_keys: num_local_experts for the expert count.
   tie_levels: where tie_word_embeddings is written: "both", "top", "text",
-    "none" (default: "top" when flat, "none" for mistral3, else "both").
+    "none" (default: "top" when flat, for mistral3 "none" untied and "top"
+    tied, else "both").
   text_tie: a different value for text_config's key (True / False).
   text_type (mistral3): "mistral" (default) or "ministral3".
   rope: "v4" (rope_theta + rope_scaling) or "v5" (rope_parameters).
@@ -218,10 +219,11 @@ def _experts_opt(family, opt):
     return {"experts": {"hub": "fused_t", "fused": "fused", "per_expert": None}[opt.get("experts", "hub")]}
 
 
-def _ties(family, flat, opt):
+def _ties(family, tied):
     """Where the family's real configs carry tie_word_embeddings: Qwen's at
-    both levels, Mistral Small 3.1's nowhere."""
-    return "none" if family == "mistral3" else "both"
+    both levels, Mistral Small 3.1's (untied) nowhere; a tied mistral3 must
+    say so (without a head and a key it has no single meaning)."""
+    return ("top" if tied else "none") if family == "mistral3" else "both"
 
 
 def build(family, dtype, norm_dtype, tied, seed, layers, hidden, vocab, **opt):
@@ -265,7 +267,7 @@ def build(family, dtype, norm_dtype, tied, seed, layers, hidden, vocab, **opt):
     # tie_word_embeddings where the family's configs carry it
     cfg.pop("tie_word_embeddings", None)
     tc.pop("tie_word_embeddings", None)
-    levels = opt.get("tie_levels", _ties(family, flat, opt)) if wrapped and not flat else \
+    levels = opt.get("tie_levels", _ties(family, tied)) if wrapped and not flat else \
         "none" if opt.get("tie_levels") == "none" else "top"
     if levels in ("both", "top"):
         cfg["tie_word_embeddings"] = tied
