@@ -4,14 +4,15 @@
  * config.json's types and ranges, every weight_map entry of the index
  * (huggingface_hub's rules: no absolute path, no "..", a .safetensors name,
  * the file exists and holds the tensor), each shard's header, shard
- * symlinks that leave the directory, and tensor names stored twice. */
+ * symlinks that leave the directory, and tensor names stored twice.  The
+ * files copied with the model are found by checkpoint_files.c. */
 #include "flashify/checkpoint.h"
+#include "checkpoint_files.h"
 #include "flashify/dtype.h"
 #include "flashify/json.h"
 #include "flashify/util.h"
 
 #include <cjson/cJSON.h>
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -24,8 +25,6 @@
 
 #define CONFIG_MAX_BYTES (16u << 20)   /* a config.json is a few KB */
 #define INDEX_MAX_BYTES (256u << 20)   /* 405B index: ~100 KB; leave room */
-#define MAX_OTHER_FILES 10000
-#define MAX_DIR_DEPTH 8
 
 /* ---------------------------------------------------------------------------
  * small helpers */
@@ -39,7 +38,7 @@ static int file_exists(const char *dir, const char *name)
     return ok;
 }
 
-static int cmp_key(const void *a, const void *b)
+static int cmp_str(const void *a, const void *b)
 {
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
@@ -61,7 +60,7 @@ const char *ckpt_json_duplicate_key(const cJSON *obj)
         for (const cJSON *a = obj->child; a; a = a->next)
             if (a->string)
                 keys[k++] = a->string;
-        qsort(keys, k, sizeof *keys, cmp_key);
+        qsort(keys, k, sizeof *keys, cmp_str);
         for (size_t i = 1; i < k && !dup; i++)
             if (strcmp(keys[i - 1], keys[i]) == 0)
                 dup = keys[i];
@@ -339,7 +338,7 @@ static fl_status check_shard_name(const char *index_path, const char *tensor,
 
 /* A shard may be a symlink (the Hugging Face cache links snapshots to
  * ../../blobs/<sha256>), but it must not lead anywhere else. */
-static fl_status check_shard_location(const char *dir_real, const char *path,
+fl_status ckpt_check_location(const char *dir_real, const char *path,
                                       fl_error *err)
 {
     char real[PATH_MAX];
@@ -377,7 +376,7 @@ static fl_status shard_open(const char *dir, const char *dir_real, const char *f
     struct stat st;
     if (stat(sh->path, &st) != 0)
         return fl_fail(err, FL_EINPUT, "%s: shard is missing", sh->path);
-    fl_status s = check_shard_location(dir_real, sh->path, err);
+    fl_status s = ckpt_check_location(dir_real, sh->path, err);
     if (s != FL_OK)
         return s;
     sh->fd = open(sh->path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not hang */
@@ -394,10 +393,6 @@ static int cmp_tensor_name(const void *a, const void *b)
     return strcmp(((const ckpt_tensor *)a)->name, ((const ckpt_tensor *)b)->name);
 }
 
-static int cmp_str(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
 
 const ckpt_tensor *ckpt_find(const checkpoint *ck, const char *name)
 {
@@ -471,95 +466,25 @@ static fl_status build_tensor_table(checkpoint *ck, fl_error *err)
 }
 
 /* ---------------------------------------------------------------------------
- * other files */
+ * index */
 
-/* Weights in other formats and other runtimes' files are not copied: the
- * output holds FlashNorm safetensors only, and stale unfolded weights next
- * to them would be loaded by some tools. */
-static int is_skipped_file(const char *name)
+/* Tensor names are unique in a JSON object only if we check. */
+static fl_status weight_map_unique(const char *path, const cJSON *wm, size_t n, fl_error *err)
 {
-    static const char *const suffixes[] = {
-        ".bin", ".pth", ".pt", ".gguf", ".h5", ".msgpack", ".ckpt", ".onnx",
-        ".safetensors", ".safetensors.index.json", ".incomplete", ".lock", NULL};
-    size_t n = strlen(name);
-    for (int i = 0; suffixes[i]; i++) {
-        size_t m = strlen(suffixes[i]);
-        if (n >= m && strcmp(name + n - m, suffixes[i]) == 0)
-            return 1;
-    }
-    /* Regenerated, not copied. */
-    return strcmp(name, "config.json") == 0 || strcmp(name, "README.md") == 0;
-}
-
-/* A file or directory to copy that is a symlink must stay inside the
- * checkpoint (or the HF cache's blobs/), like a shard: a hostile
- * tokenizer.json -> ~/.ssh/id_rsa would otherwise be copied into the
- * output, ready to be uploaded. */
-static fl_status check_link(const checkpoint *ck, const char *full, fl_error *err)
-{
-    struct stat lst;
-    if (lstat(full, &lst) != 0 || !S_ISLNK(lst.st_mode))
-        return FL_OK;
-    char dir_real[PATH_MAX];
-    if (!realpath(ck->dir, dir_real))
-        return fl_fail(err, FL_EINPUT, "%s: cannot resolve: %s", ck->dir, strerror(errno));
-    return check_shard_location(dir_real, full, err);
-}
-
-static fl_status collect_other(checkpoint *ck, const char *rel, int depth, fl_error *err)
-{
-    char *path = rel[0] ? fl_path_join(ck->dir, rel) : fl_strdup(ck->dir);
-    if (!path)
+    const char **names = malloc((n ? n : 1) * sizeof *names);
+    if (!names)
         return fl_fail(err, FL_EIO, "out of memory");
-    DIR *d = opendir(path);
-    if (!d) {
-        fl_status s = fl_fail(err, FL_EIO, "%s: cannot list: %s", path, strerror(errno));
-        free(path);
-        return s;
-    }
+    size_t k = 0;
+    for (const cJSON *e = wm->child; e; e = e->next)
+        names[k++] = e->string;
+    qsort(names, k, sizeof *names, cmp_str);
     fl_status s = FL_OK;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL && s == FL_OK) {
-        const char *name = e->d_name;
-        if (name[0] == '.')
-            continue;  /* ., .., .git, .cache: never part of a model */
-        char *r = rel[0] ? fl_path_join(rel, name) : fl_strdup(name);
-        char *full = r ? fl_path_join(ck->dir, r) : NULL;
-        struct stat st;
-        if (!r || !full) {
-            s = fl_fail(err, FL_EIO, "out of memory");
-        } else if (stat(full, &st) != 0) {
-            /* dangling symlink: nothing to copy */
-        } else if ((s = check_link(ck, full, err)) != FL_OK) {
-            /* a link out of the checkpoint: refused */
-        } else if (S_ISDIR(st.st_mode)) {
-            /* original/ holds Meta's consolidated .pth weights. */
-            if (depth < MAX_DIR_DEPTH && !(depth == 0 && strcmp(name, "original") == 0))
-                s = collect_other(ck, r, depth + 1, err);
-        } else if (S_ISREG(st.st_mode) && !is_skipped_file(name)) {
-            if (ck->n_other >= MAX_OTHER_FILES) {
-                s = fl_fail(err, FL_EINPUT, "%s: more than %d files", ck->dir, MAX_OTHER_FILES);
-            } else {
-                char **grown = realloc(ck->other_files, (ck->n_other + 1) * sizeof *grown);
-                if (!grown) {
-                    s = fl_fail(err, FL_EIO, "out of memory");
-                } else {
-                    ck->other_files = grown;
-                    ck->other_files[ck->n_other++] = r;
-                    r = NULL;
-                }
-            }
-        }
-        free(r);
-        free(full);
-    }
-    closedir(d);
-    free(path);
+    for (size_t i = 1; i < k && s == FL_OK; i++)
+        if (strcmp(names[i - 1], names[i]) == 0)
+            s = fl_fail(err, FL_EINPUT, "%s: tensor '%s' appears twice in weight_map", path, names[i]);
+    free(names);
     return s;
 }
-
-/* ---------------------------------------------------------------------------
- * index */
 
 static fl_status index_load(checkpoint *ck, const char *dir_real, fl_error *err)
 {
@@ -606,26 +531,8 @@ static fl_status index_load(checkpoint *ck, const char *dir_real, fl_error *err)
             goto out;
         files[n_files++] = e->valuestring;
     }
-    /* Tensor names are unique in a JSON object only if we check. */
-    {
-        const char **names = malloc(n_entries * sizeof *names);
-        if (!names) {
-            s = fl_fail(err, FL_EIO, "out of memory");
-            goto out;
-        }
-        size_t k = 0;
-        for (const cJSON *e = wm->child; e; e = e->next)
-            names[k++] = e->string;
-        qsort(names, k, sizeof *names, cmp_str);
-        for (size_t i = 1; i < k; i++)
-            if (strcmp(names[i - 1], names[i]) == 0) {
-                s = fl_fail(err, FL_EINPUT, "%s: tensor '%s' appears twice in weight_map",
-                            path, names[i]);
-                free(names);
-                goto out;
-            }
-        free(names);
-    }
+    if ((s = weight_map_unique(path, wm, n_entries, err)) != FL_OK)
+        goto out;
     /* Elsewhere too: Python's json keeps the last of two keys, cJSON the
      * first, so a duplicate means two readers see two different indexes. */
     const char *dup = ckpt_json_duplicate_key(ck->index);
@@ -721,10 +628,8 @@ fl_status ckpt_open(const char *dir, checkpoint *ck, fl_error *err)
         goto fail;
     if (ck->has_index && (s = index_check(ck, err)) != FL_OK)
         goto fail;
-    if ((s = collect_other(ck, "", 0, err)) != FL_OK)
+    if ((s = ckpt_collect_files(ck, err)) != FL_OK)
         goto fail;
-    if (ck->n_other) /* qsort(NULL, 0) is undefined */
-        qsort(ck->other_files, ck->n_other, sizeof *ck->other_files, cmp_str);
     return FL_OK;
 fail:
     ckpt_close(ck);

@@ -5,6 +5,7 @@
  * its status into the exit code.  Nothing here knows about tensors. */
 #include "cli.h"
 
+#include "flashify/cache.h"
 #include "flashify/checkpoint.h"
 #include "flashify/error.h"
 #include "flashify/hub.h"
@@ -348,29 +349,67 @@ static void announce_plan(const fold_plan *plan)
     print_quantized_kept(plan);
 }
 
+/* --dry-run: the plan, then the result on stdout: what the real run would
+ * write (and publish), or what it would refuse and why (every check the
+ * real run makes before writing: convert_dry_run); and on stderr which of
+ * the given options a dry run does not act on.  The plan was made, so
+ * exit 0. */
+static fl_status dry_run(const cli_args *a, const checkpoint *ck, const fold_plan *plan,
+                         const convert_options *co)
+{
+    print_plan(stdout, ck, plan);
+    if (a->strict && !a->quiet)
+        cli_diag("note", "--dry-run does not run --strict: it verifies the written output, and a dry run "
+                         "writes none");
+    if (a->resume && !a->quiet)
+        cli_diag("note", "--dry-run does not look into a partial output for --resume");
+    fl_error why = {0};
+    if (convert_dry_run(ck, plan, co, &why) != FL_OK) {
+        printf("would refuse: %s (dry run: nothing written)\n", why.msg);
+        return FL_OK;
+    }
+    printf("would write %s (dry run: nothing written)\n", co->out_dir);
+    if (a->push_to_hub)
+        printf("would publish %s to %s\n", co->out_dir, a->push_to_hub);
+    return FL_OK;
+}
+
+static void announce_result(const fold_plan *plan, const char *out, double t0)
+{
+    size_t folded = 0;
+    uint64_t bytes = 0;
+    for (size_t i = 0; i < plan->n_out; i++) {
+        folded += plan->out[i].op == OUT_FOLD;
+        bytes += st_nbytes(plan->out[i].src->t);
+    }
+    fprintf(stderr, "flashify: wrote %s: %zu tensors folded, %zu norms %s, %.2f GB in %.1f s\n", out, folded,
+            plan->n_dropped, plan->keep_norms ? "set to identity" : "removed", bytes / 1e9, fl_now() - t0);
+    if (plan->n_quantized_kept)
+        cli_diag("note", "--partial: %d norms kept with their weights (quantized consumers); "
+                         "no FlashNorm marker written", plan->n_quantized_kept);
+}
+
 static fl_status convert(const cli_args *a, const char *dir, const char *base_model,
                          const checkpoint *ck, const fold_plan *plan, const char *out,
                          cli_publish_ctx *pub, fl_error *err)
 {
-    if (a->dry_run) {
-        print_plan(stdout, ck, plan);
-        fl_error note = {0};
-        if (convert_check_output(ck, out, a->force, &note) == FL_OK)
-            printf("would write %s (dry run: nothing written)\n", out);
-        else if (!a->quiet)
-            cli_diag("note", "%s", note.msg);
-        if (a->push_to_hub)
-            printf("would publish %s to %s\n", out, a->push_to_hub);
-        return FL_OK;
-    }
-    if (!a->quiet)
-        announce_plan(plan);
     cli_progress progress;
     cli_progress_init(&progress, stderr, a->quiet, a->verbose);
+    /* --force never replaces the home directory or the HF home, and
+     * nothing is written into the hub cache (txn.h). */
+    hub_env env;
+    cli_hub_env(&env);
+    char *hf_home = cache_hf_home(&env), *hub_cache = cache_hub_dir(&env);
+    const char *keep_dirs[] = {env.home, hf_home, NULL};
+    const char *managed_dirs[] = {hub_cache, NULL};
+    if (!keep_dirs[0]) {
+        keep_dirs[0] = hf_home;
+        keep_dirs[1] = NULL;
+    }
     convert_options co = {.out_dir = out, .force = a->force, .threads = a->threads,
                           .memory = a->memory, .fsync = !a->no_fsync,
                           .max_shard_size = a->max_shard_size, .resume = a->resume,
-                          .base_model = base_model,
+                          .base_model = base_model, .keep_dirs = keep_dirs, .managed_dirs = managed_dirs,
                           .progress = convert_progress_bytes, .note = convert_progress_note,
                           .progress_ctx = &progress};
     strict_ctx sc = {.source = dir, .opt = verify_options_of(a), .quiet = a->quiet};
@@ -389,23 +428,20 @@ static fl_status convert(const cli_args *a, const char *dir, const char *base_mo
         co.before_commit = cli_publish_prepare;
         co.commit_ctx = pub;
     }
-    double t0 = fl_now();
-    fl_status s = convert_write(ck, plan, &co, err);
-    cli_progress_finish(&progress);
-    if (s == FL_OK && !a->quiet) {
-        size_t folded = 0;
-        uint64_t bytes = 0;
-        for (size_t i = 0; i < plan->n_out; i++) {
-            folded += plan->out[i].op == OUT_FOLD;
-            bytes += st_nbytes(plan->out[i].src->t);
-        }
-        fprintf(stderr, "flashify: wrote %s: %zu tensors folded, %zu norms %s, %.2f GB in %.1f s\n",
-                out, folded, plan->n_dropped, plan->keep_norms ? "set to identity" : "removed",
-                bytes / 1e9, fl_now() - t0);
-        if (plan->n_quantized_kept)
-            cli_diag("note", "--partial: %d norms kept with their weights (quantized consumers); "
-                             "no FlashNorm marker written", plan->n_quantized_kept);
+    fl_status s;
+    if (a->dry_run) {
+        s = dry_run(a, ck, plan, &co);
+    } else {
+        if (!a->quiet)
+            announce_plan(plan);
+        double t0 = fl_now();
+        s = convert_write(ck, plan, &co, err);
+        cli_progress_finish(&progress);
+        if (s == FL_OK && !a->quiet)
+            announce_result(plan, out, t0);
     }
+    free(hf_home);
+    free(hub_cache);
     return s;
 }
 

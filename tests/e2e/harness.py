@@ -28,8 +28,55 @@ GEN_FIXTURE = (os.environ.get("FLASHIFY_GEN_FIXTURE") or
                os.path.join(os.path.dirname(FLASHIFY), "bench", "gen_fixture"))
 
 
+# tests/fault/shim.c, for LD_PRELOAD (see its header for FLASHIFY_FAULT).
+FAULT_SHIM = (os.environ.get("FLASHIFY_FAULT_SHIM") or
+              os.path.join(os.path.dirname(FLASHIFY), "tests", "libfault_shim.so"))
+
+
 def gen_fixture(dest, *args):
     subprocess.run([GEN_FIXTURE, "--quiet", *args, dest], check=True, capture_output=True)
+
+
+def fault_env(rules=None, log=None, **extra):
+    """The environment for a run under the fault shim: FLASHIFY_FAULT rules
+    ("CALL[@TEXT]:N:ACTION", comma-separated) and a call log."""
+    env = dict(os.environ)
+    env["LD_PRELOAD"] = FAULT_SHIM
+    # The shim loads before an ASan build's runtime: allowed, it is not
+    # instrumented.
+    env["ASAN_OPTIONS"] = "verify_asan_link_order=0:" + env.get("ASAN_OPTIONS", "")
+    if rules:
+        env["FLASHIFY_FAULT"] = rules
+    if log:
+        env["FLASHIFY_FAULT_LOG"] = log
+    env.update(extra)
+    return env
+
+
+def run_faulty(args, rules=None, log=None, cwd=None, timeout=60, **extra):
+    """Runs flashify under the shim; a run killed by the shim exits -9."""
+    return subprocess.run([FLASHIFY] + list(args), cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=fault_env(rules, log, **extra))
+
+
+def start_faulty(args, rules, cwd=None, **extra):
+    return subprocess.Popen([FLASHIFY] + list(args), cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=fault_env(rules, **extra))
+
+
+def wait_stopped(proc, timeout=60):
+    """Waits until proc stopped itself (the shim's stop action)."""
+    import time
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError("the process exited (%s) before stopping:\n%s" %
+                                 (proc.returncode, proc.stderr.read()))
+        with open("/proc/%d/stat" % proc.pid) as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "T":
+                return
+        time.sleep(0.002)
+    raise AssertionError("the process did not stop")
 
 WEIGHT_FILES = {"config.json", "model.safetensors.index.json", "README.md"}
 # source weights in other formats, never copied (issue 2)

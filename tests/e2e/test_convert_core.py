@@ -5,10 +5,12 @@ expectation (rational arithmetic, one rounding), and everything else byte
 for byte.  Runs $FLASHIFY (the built binary); Python standard library only.
 """
 
+import hashlib
 import json
 import math
 import os
 import shutil
+import subprocess
 import struct
 import sys
 import tempfile
@@ -253,6 +255,117 @@ class TieEdgeCases(Base):
         check_output(self, src, os.path.join(cwd, "Slashy-FlashNorm"))
 
 
+def front_matter(card):
+    """{key: value or [items]} of the YAML front matter flashify writes:
+    "key: scalar" or "key:" then "- scalar" lines, scalars plain or
+    double-quoted (JSON-compatible escapes)."""
+    assert card.startswith("---\n"), card[:80]
+    text = card[4:card.index("\n---\n", 3)]
+    out, key = {}, None
+
+    def scalar(v):
+        return json.loads(v) if v.startswith('"') else v
+    for line in text.split("\n"):
+        if line.startswith("- "):
+            out[key].append(scalar(line[2:]))
+        else:
+            k, _, v = line.partition(": ") if ": " in line else (line.rstrip(":"), "", "")
+            assert k not in out, "key %r twice" % k
+            key = k
+            out[k] = scalar(v) if v else []
+    return out
+
+
+class OtherFilesAndCard(Base):
+    """Issue 11 items 6, 10, 13: what is copied with the model, and the
+    model card's metadata."""
+
+    def test_files_in_subdirectories_are_copied(self):
+        m = build_model("llama", dtype="BF16", tied=False, seed=41)
+        src = self.fixture("st", m)
+        dense = safetensors_bytes({"linear.weight": float_tensor("F32", (2, 2), [1.5, -2, 0.25, 4])})
+        files = {"modules.json": b'[{"idx": 0, "path": ""}, {"idx": 1, "path": "1_Pooling"}]',
+                 "config_sentence_transformers.json": b'{"prompts": {}}',
+                 "1_Pooling/config.json": b'{"pooling_mode_mean_tokens": true}',
+                 "2_Dense/config.json": b'{"in_features": 2}',
+                 "2_Dense/model.safetensors": dense,
+                 "docs/README.md": b"# the docs\n",
+                 "consolidated.safetensors": dense,           # top level: other weights, not copied
+                 "2_Dense/pytorch_model.bin": b"PK\x03\x04"}  # another format, not copied
+        for rel, data in files.items():
+            os.makedirs(os.path.dirname(os.path.join(src, rel)) or src, exist_ok=True)
+            with open(os.path.join(src, rel), "wb") as f:
+                f.write(data)
+        out = self.out("st-out")
+        convert(self, src, out)
+        check_output(self, src, out)
+        got = tree_digest(out)
+        for rel, data in files.items():
+            if rel in ("consolidated.safetensors", "2_Dense/pytorch_model.bin"):
+                self.assertNotIn(rel, got)
+            else:
+                self.assertEqual(got.get(rel), hashlib.sha256(data).hexdigest(), rel)
+
+    def test_symlinked_directories_walked_once(self):
+        m = build_model("llama", dtype="BF16", tied=False, seed=42)
+        src = self.fixture("loop", m)
+        os.makedirs(os.path.join(src, "a", "b"))
+        with open(os.path.join(src, "a", "b", "x.txt"), "w") as f:
+            f.write("x")
+        os.symlink("..", os.path.join(src, "a", "b", "up"))        # a loop
+        os.symlink("../a", os.path.join(src, "a", "again"))        # another
+        os.symlink(".", os.path.join(src, "self"))                 # the checkpoint itself
+        out = self.out("loop-out")
+        convert(self, src, out)
+        got = sorted(k for k in tree_digest(out) if "/" in k)
+        self.assertEqual(got, ["a/b/x.txt"])
+        self.assertFalse(os.path.lexists(os.path.join(out, "self")))
+
+    def test_base_model_of_a_cache_snapshot(self):
+        """A conversion of a Hub model (or of its snapshot in the cache)
+        names it by its repo id, not by the commit."""
+        m = build_model("llama", dtype="BF16", tied=False, seed=43)
+        src = self.fixture(os.path.join("hub", "models--org--tiny-model", "snapshots", "0123abcd"), m)
+        out = self.out("snap-out")
+        convert(self, src, out)
+        with open(os.path.join(out, "README.md")) as f:
+            card = f.read()
+        self.assertEqual(front_matter(card)["base_model"], "org/tiny-model")
+        self.assertIn("(https://huggingface.co/org/tiny-model)", card)
+
+    def test_front_matter_cannot_be_injected(self):
+        m = build_model("llama", dtype="BF16", tied=False, seed=44)
+        name = 'evil"\nlicense: stolen\n---\n# x: \\ \x7f'
+        src = self.fixture(name, m)
+        out = self.out("evil-out")
+        convert(self, src, out)
+        with open(os.path.join(out, "README.md")) as f:
+            fm = front_matter(f.read())
+        self.assertEqual(sorted(fm), ["base_model", "tags"])
+        self.assertEqual(fm["base_model"], name)
+
+    def test_source_card_metadata_is_inherited(self):
+        m = build_model("llama", dtype="BF16", tied=False, seed=45)
+        src = self.fixture("lic", m)
+        with open(os.path.join(src, "README.md"), "w") as f:
+            f.write("---\nlicense: apache-2.0\nlanguage:\n- en\n- 'fr'\npipeline_tag: text-generation\n"
+                    "base_model: someone/else\ntags:\n- x\nlicense_link: \"https://example.com/L\"\n"
+                    "library_name: {evil: 1}\n---\n\n# The source\n")
+        out = self.out("lic-out")
+        convert(self, src, out)
+        with open(os.path.join(out, "README.md")) as f:
+            card = f.read()
+        fm = front_matter(card)
+        self.assertEqual(fm["license"], "apache-2.0")
+        self.assertEqual(fm["language"], ["en", "fr"])
+        self.assertEqual(fm["pipeline_tag"], "text-generation")
+        self.assertEqual(fm["license_link"], "https://example.com/L")
+        self.assertEqual(fm["base_model"], "lic")
+        self.assertNotIn("library_name", fm, "a flow mapping is not a scalar: left out")
+        self.assertIn("flashnorm", fm["tags"])
+        self.assertIn("model card", card.split("---", 2)[2])
+
+
 class Options(Base):
     def test_keep_tied(self):
         m = build_model("llama", dtype="BF16", tied=True, seed=9)
@@ -292,13 +405,18 @@ class Options(Base):
         self.assertEqual(set(ck.tensors["model.layers.0.input_layernorm.weight"].values()), {1.0})
 
     def test_dry_run_with_force_keeps_existing_output(self):
+        # --force replaces only an earlier flashify output: the dry run
+        # says the real run would refuse this one (issue 11 item 2).
         m = build_model("llama", dtype="BF16", tied=False, seed=34)
         src = self.fixture("dryf", m)
         out = self.out("dryf-out")
         os.makedirs(out)
         with open(os.path.join(out, "precious.txt"), "w") as f:
             f.write("keep me")
-        convert(self, src, out, "--dry-run", "--force")
+        p = convert(self, src, out, "--dry-run", "--force")
+        self.assertIn("would refuse: ", p.stdout)
+        self.assertIn("not a flashify model card", p.stdout)
+        self.assertIn("input_layernorm", p.stdout, "the plan is printed first")
         self.assertEqual(os.listdir(out), ["precious.txt"])
 
     def test_converting_an_output_again_is_refused(self):
@@ -329,18 +447,26 @@ class Options(Base):
         os.makedirs(out)
         with open(os.path.join(out, "keep.txt"), "w") as f:
             f.write("mine")
-        p = convert(self, src, out, expect_rc=None)
-        self.assertIn(p.returncode, (1, 2), describe(p))
-        self.assertTrue("exist" in p.stderr.lower() or "--force" in p.stderr, describe(p))
+        p = convert(self, src, out, expect_rc=1)
+        self.assertIn("already exists", p.stderr)
+        # not an earlier flashify output: --force refuses it too
+        p = convert(self, src, out, "--force", expect_rc=1)
+        self.assertIn("--force replaces only", p.stderr)
         self.assertEqual(os.listdir(out), ["keep.txt"], "refused run touched the existing output")
-        convert(self, src, out, "--force")
+        os.remove(os.path.join(out, "keep.txt"))
+        convert(self, src, out, "--force")          # an empty directory
         check_output(self, src, out)
+        other = build_model("llama", dtype="BF16", tied=False, seed=99)
+        src2 = self.fixture("ex2", other)
+        convert(self, src2, out, "--force")         # an earlier flashify output
+        check_output(self, src2, out)
         # an existing regular file is refused too
         fpath = self.out("a-file")
         with open(fpath, "w") as f:
             f.write("x")
-        p = convert(self, src, fpath, expect_rc=None)
-        self.assertIn(p.returncode, (1, 2), describe(p))
+        p = convert(self, src, fpath, expect_rc=1)
+        p = convert(self, src, fpath, "--force", expect_rc=1)
+        self.assertIn("not a directory", p.stderr)
 
     def test_output_inside_source_refused(self):
         m = build_model("llama", dtype="BF16", tied=False, seed=13)
@@ -476,6 +602,47 @@ class Cli(Base):
         for word in ("model.layers.1.self_attn.q_proj.weight", "BF16", "input_layernorm"):
             self.assertIn(word, p.stdout + p.stderr)
         self.assertEqual(tree_digest(self.tmp), before, "inspect wrote something")
+
+    def test_inspect_and_verify_exit_status(self):
+        """Issue 11 item 17: no fold plan is exit 2; a failed write of the
+        results to stdout is an error."""
+        m = build_model("llama", dtype="BF16", tied=False, seed=22)
+        m.config["model_type"] = "unknown_family"
+        src = self.fixture("noplan", m)
+        p = run(["inspect", src])
+        self.assertEqual(p.returncode, 2, describe(p))
+        self.assertIn("no fold plan", p.stdout)
+        good = self.fixture("good", build_model("llama", dtype="BF16", tied=False, seed=23))
+        out = self.out("good-out")
+        convert(self, good, out)
+        for args in (["inspect", good], ["verify", good, out]):
+            with open("/dev/full", "w") as full:
+                q = subprocess.run([FLASHIFY] + args, stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+            self.assertEqual(q.returncode, 5, (args, q.stderr))
+            self.assertIn("standard output", q.stderr)
+
+    def test_dry_run_reports_what_the_run_would_refuse(self):
+        """Issue 11 item 19: the dry run makes every check the real run
+        makes before writing, and says on stdout what it would refuse."""
+        m = build_model("llama", dtype="BF16", tied=False, seed=24)
+        src = self.fixture("dr", m)
+        out = self.out("dr-out")
+        os.makedirs(out)
+        p = convert(self, src, out, "--dry-run")
+        self.assertRegex(p.stdout, "would refuse: .*already exists")
+        self.assertIn("fold plan", p.stdout)
+        os.rmdir(out)
+        p = convert(self, src, out, "--dry-run", "--strict")
+        self.assertIn("--dry-run does not run --strict", p.stderr)
+        self.assertIn("would write", p.stdout)
+        os.chmod(os.path.join(src, "tokenizer.json"), 0)
+        if not os.access(os.path.join(src, "tokenizer.json"), os.R_OK):   # not as root
+            p = convert(self, src, out, "--dry-run")
+            self.assertRegex(p.stdout, "would refuse: .*tokenizer.json")
+        os.chmod(os.path.join(src, "tokenizer.json"), 0o644)
+        p = convert(self, src, out, "--memory", "1TiB", expect_rc=1)
+        self.assertIn("more than this machine", p.stderr)
+        self.assertFalse(os.path.exists(out))
 
     def test_quiet(self):
         m = build_model("llama", dtype="BF16", tied=True, seed=21)

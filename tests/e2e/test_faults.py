@@ -17,7 +17,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from fixtures import Tensor, build_model, tree_digest, write_checkpoint  # noqa: E402
-from harness import FLASHIFY, GEN_FIXTURE, describe, gen_fixture, run  # noqa: E402
+from harness import FLASHIFY, GEN_FIXTURE, describe, gen_fixture, run, run_faulty  # noqa: E402
 
 
 def limit_file_size(max_bytes):
@@ -98,7 +98,7 @@ class Faults(unittest.TestCase):
         partial = os.path.join(self.tmp, ".room.flashify-partial")
         self.assertTrue(os.path.isdir(partial), "--resume should keep the finished shards")
         self.assertIn("--resume", p.stderr)
-        with open(os.path.join(partial, ".flashify-journal")) as f:
+        with open(os.path.join(self.tmp, ".room.flashify-journal")) as f:
             self.assertEqual(f.read().count("\ndone "), 2)
         p = run([src, "-o", out, "--resume"], timeout=120)
         self.assertEqual(p.returncode, 0, describe(p))
@@ -111,6 +111,71 @@ class Faults(unittest.TestCase):
                 with open(os.path.join(ref, f), "rb") as a, open(os.path.join(out, f), "rb") as b:
                     self.assertEqual(a.read(), b.read(), f)
         self.assertFalse(os.path.exists(partial))
+
+
+class SourceFaults(unittest.TestCase):
+    """Issue 11 item 19: a fault in the source is reported as the
+    source's, with its kind, and found before the long work where it can
+    be.  The fault shim (tests/fault/shim.c) makes the calls fail."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="flashify-srcfault-")
+        cls.src = os.path.join(cls.tmp, "src")
+        m = build_model("llama", dtype="BF16", tied=False, seed=9)
+        write_checkpoint(m, cls.src, shards=2)
+        cls.shard = os.path.join(cls.src, "model-00001-of-00002.safetensors")
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def failed(self, rules, rc, *needles, log=None):
+        out = os.path.join(self.tmp, "out")
+        p = run_faulty([self.src, "-o", out, "-q"], rules=rules, log=log)
+        self.assertEqual(p.returncode, rc, describe(p))
+        lines = p.stderr.strip().splitlines()
+        self.assertEqual(len(lines), 1, p.stderr)
+        for n in needles:
+            self.assertIn(n, lines[0])
+        self.assertEqual(sorted(os.listdir(self.tmp)), ["src"], "something was left behind")
+        return lines[0]
+
+    def test_eio_reading_the_source(self):
+        """EIO from a source shard's data (copy_file_range, pread, the
+        mapping), after its header was read fine."""
+        log = os.path.join(self.tmp + "-calls.log")
+        p = run_faulty([self.src, "-o", os.path.join(self.tmp, "probe"), "-q"], log=log)
+        self.assertEqual(p.returncode, 0, describe(p))
+        with open(log) as f:
+            calls = f.read().splitlines()
+        os.remove(log)
+        shutil.rmtree(os.path.join(self.tmp, "probe"))
+        first_write = next(i for i, ln in enumerate(calls) if ln.startswith("write ") and ".flashify-partial/" in ln)
+        header_reads = sum(1 for ln in calls[:first_write] if ln.startswith("read ") and ln.endswith(self.shard))
+        msg = self.failed("copy_file_range@model-00001:*:fail=EIO,mmap@model-00001:*:fail=EIO,"
+                          "read@src/model-00001:%d+:fail=EIO" % (header_reads + 1),
+                          5, self.shard, "read failed", "Input/output error")
+        self.assertNotIn("write failed", msg)
+
+    def test_sigbus_on_a_bad_sector(self):
+        # the mapping succeeds, reading it raises SIGBUS, the file keeps its size
+        msg = self.failed("mmap@src/model-00001:*:sigbus", 5, self.shard, "read error", "SIGBUS")
+        self.assertNotIn("changed size", msg)
+        self.assertNotIn("shrank", msg)
+
+    def test_unreadable_file_found_before_the_shards(self):
+        log = os.path.join(self.tmp, "..", os.path.basename(self.tmp) + "-calls.log")
+        try:
+            self.failed("open@src/tokenizer.json:*:fail=EACCES", 5, "tokenizer.json", "Permission denied",
+                        log=log)
+            with open(log) as f:
+                calls = f.read()
+            self.assertNotIn(".safetensors", "".join(ln for ln in calls.splitlines(True) if ln.startswith("write ")),
+                             "shards were written before the unreadable file was found")
+        finally:
+            if os.path.exists(log):
+                os.remove(log)
 
 
 if __name__ == "__main__":

@@ -603,6 +603,31 @@ def _(d):
     os.symlink("nowhere.safetensors", os.path.join(d, ST))
 
 
+# -- the files copied with the model (issue 11 items 6, 10, 19) --------------------------------
+
+@case("other-files-too-deep", ["a/b/c/d/e/f/g/h/i", "levels deep"])
+def _(d):
+    # A file nine directories down: refused, not silently dropped.
+    write_base(d)
+    deep = os.path.join(d, "a", "b", "c", "d", "e", "f", "g", "h", "i")
+    os.makedirs(deep)
+    put(os.path.join(deep, "vocab.txt"), b"a\nb\n")
+
+
+@case("other-file-is-fifo", ["tokenizer.json", "not a regular file"])
+def _(d):
+    write_base(d)
+    os.remove(os.path.join(d, "tokenizer.json"))
+    os.mkfifo(os.path.join(d, "tokenizer.json"))
+
+
+@case("other-file-dangling-link", ["tokenizer.json", "symbolic link to nothing"])
+def _(d):
+    write_base(d)
+    os.remove(os.path.join(d, "tokenizer.json"))
+    os.symlink("tokenizer-gone.json", os.path.join(d, "tokenizer.json"))
+
+
 # -- the directory ----------------------------------------------------------------------------
 
 @case("empty-directory", ["config.json"])
@@ -659,6 +684,27 @@ def _(d):
         blob = os.path.join(blobs, "sha-" + fn)
         shutil.move(os.path.join(d, fn), blob)
         os.symlink(os.path.relpath(blob, d), os.path.join(d, fn))
+
+
+@control("symlink-loops")
+def _(d):
+    # Each real directory is walked once: a loop is not unrolled (a 244 KB
+    # source once became 52 MB), a link to the checkpoint itself is not
+    # "outside" it.
+    write_base(d)
+    os.makedirs(os.path.join(d, "a", "b"))
+    put(os.path.join(d, "a", "b", "x.txt"), b"x")
+    os.symlink("..", os.path.join(d, "a", "b", "up"))
+    os.symlink("../a", os.path.join(d, "a", "again"))
+    os.symlink(".", os.path.join(d, "self"))
+
+
+@control("sentence-transformers-layout")
+def _(d):
+    write_base(d)
+    put(os.path.join(d, "modules.json"), b'[{"idx": 0, "path": ""}, {"idx": 1, "path": "1_Pooling"}]')
+    os.makedirs(os.path.join(d, "1_Pooling"))
+    put(os.path.join(d, "1_Pooling", "config.json"), b'{"pooling_mode_mean_tokens": true}')
 
 
 # ---------------------------------------------------------------- running

@@ -20,7 +20,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from fixtures import read_checkpoint  # noqa: E402
-from harness import FLASHIFY, GEN_FIXTURE, describe, gen_fixture as gen, run  # noqa: E402
+from harness import FLASHIFY, GEN_FIXTURE, describe, gen_fixture as gen, run, run_faulty  # noqa: E402
 
 
 def file_digests(d):
@@ -113,77 +113,67 @@ class Streaming(unittest.TestCase):
         self.assertEqual(ts_small, ts_base)
         self.assertEqual(tensors(back), ts_base)
 
-    def test_resume_after_kill(self):
+    def big(self):
         src = self.out("big")
         if not os.path.exists(src):
-            # ~60 MB in 8 shards: with one thread, 1 MiB of buffer and fsync
-            # the conversion takes long enough to be killed halfway.
+            # ~130 MB in 18 shards.
             gen(src, "--layers", "8", "--hidden", "768", "--intermediate", "2048",
                 "--heads", "12", "--kv-heads", "4", "--head-dim", "64", "--vocab", "8192",
                 "--untied", "--max-shard-size", "8MB")
+        return src
+
+    def killed_run(self, src, out, *flags, at=3):
+        """A conversion killed (SIGKILL, by the fault shim) as it is about
+        to fsync output shard `at`: the shards before it are finished."""
+        p = run_faulty([src, "-o", out, "-q", *flags],
+                       rules="fsync@.flashify-partial/model-%05d-of:1:kill" % at, timeout=120)
+        self.assertEqual(p.returncode, -signal.SIGKILL, describe(p))
+        self.assertFalse(os.path.exists(out), "a killed conversion left something at the output path")
+        partial = os.path.join(self.tmp, "." + os.path.basename(out) + ".flashify-partial")
+        self.assertTrue(os.path.isdir(partial))
+        return partial
+
+    def test_resume_after_kill(self):
+        src = self.big()
         whole = self.out("big-whole")
         self.convert(src, whole)
         out = self.out("big-resumed")
-        partial = os.path.join(self.tmp, ".big-resumed.flashify-partial")
-        journal = os.path.join(partial, ".flashify-journal")
-        proc = subprocess.Popen([FLASHIFY, src, "-o", out, "-q", "--resume", "--threads", "1",
-                                 "--memory", "1MiB"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 60
-        killed = False
-        while time.time() < deadline and proc.poll() is None:
-            try:
-                with open(journal) as f:
-                    if f.read().count("\ndone ") >= 2:
-                        proc.kill()
-                        killed = True
-                        break
-            except FileNotFoundError:
-                pass
-            time.sleep(0.002)
-        proc.wait()
-        if not killed:
-            self.skipTest("the conversion finished before it could be killed")
-        self.assertFalse(os.path.exists(out), "a killed conversion left something at the output path")
-        self.assertTrue(os.path.isdir(partial))
+        partial = self.killed_run(src, out, "--resume")
+        with open(os.path.join(self.tmp, ".big-resumed.flashify-journal")) as f:
+            self.assertEqual(f.read().count("\ndone "), 2)
         p = run([src, "-o", out, "--resume"], timeout=120)
         self.assertEqual(p.returncode, 0, describe(p))
-        self.assertIn("resumed:", p.stderr)
+        self.assertRegex(p.stderr, r"resumed: 2 of \d+ shard\(s\)")
         self.assertFalse(os.path.exists(partial))
+        self.assertEqual(os.listdir(self.tmp).count(".big-resumed.flashify-journal"), 0)
         self.assertEqual(file_digests(out), file_digests(whole))
 
     def test_stale_partial_without_resume_is_replaced(self):
+        src = self.big()
         out = self.out("stale")
-        partial = os.path.join(self.tmp, ".stale.flashify-partial")
-        os.makedirs(partial)
-        with open(os.path.join(partial, "model-00001-of-00004.safetensors"), "wb") as f:
-            f.write(b"garbage from a crashed run")
-        p = run([self.src, "-o", out], timeout=120)
+        partial = self.killed_run(src, out)
+        p = run([src, "-o", out], timeout=120)
         self.assertEqual(p.returncode, 0, describe(p))
         self.assertIn("partial output", p.stderr)
         self.assertFalse(os.path.exists(partial))
         ref = self.out("stale-ref")
-        self.convert(self.src, ref)
+        self.convert(src, ref)
         self.assertEqual(file_digests(out), file_digests(ref))
 
     def test_resume_with_other_options_starts_over(self):
+        src = self.big()
         out = self.out("changed")
-        partial = os.path.join(self.tmp, ".changed.flashify-partial")
-        os.makedirs(partial)
-        with open(os.path.join(partial, ".flashify-journal"), "w") as f:
-            f.write("flashify-journal 1 0123456789abcdef\ndone model-00001-of-00004.safetensors\n")
-        with open(os.path.join(partial, "model-00001-of-00004.safetensors"), "wb") as f:
-            f.write(b"not the right bytes")
-        p = run([self.src, "-o", out, "--resume"], timeout=120)
+        self.killed_run(src, out, "--resume", "--keep-norms")
+        p = run([src, "-o", out, "--resume"], timeout=120)
         self.assertEqual(p.returncode, 0, describe(p))
         self.assertIn("starting over", p.stderr)
+        self.assertNotIn("resumed:", p.stderr)
         ref = self.out("changed-ref")
-        self.convert(self.src, ref)
+        self.convert(src, ref)
         self.assertEqual(file_digests(out), file_digests(ref))
 
     def test_sigterm_leaves_nothing(self):
-        src = self.out("big")
-        if not os.path.exists(src):
-            self.skipTest("needs the fixture of test_resume_after_kill")
+        src = self.big()
         out = self.out("term")
         proc = subprocess.Popen([FLASHIFY, src, "-o", out, "-q", "--threads", "1", "--memory", "1MiB"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

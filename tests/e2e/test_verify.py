@@ -252,5 +252,68 @@ class Teeth(Base):
         self.assertIn("element [0, ", p.stdout)
 
 
+class HonestReports(Base):
+    """Issue 11 items 15 and 16: a claim in the report is made only for
+    what was checked, and a check that cannot compute fails or says so."""
+
+    def test_identity_claimed_only_after_the_check(self):
+        norm = "model.layers.1.input_layernorm.weight"
+        src_dir = os.path.join(self.tmp, "llama-BF16")
+
+        def keep(ts, ex):
+            from fixtures import read_checkpoint
+            ts[norm] = read_checkpoint(src_dir).tensors[norm]   # its trained, non-identity values
+        src, out = self.pair("llama", "BF16", mutate=keep)
+        rep = self.assertBroken(src, out, norm)
+        self.assertEqual(rep["tensor_check"]["norms_kept_as_identity"], 0)
+        p = run(["verify", src, out])
+        self.assertNotIn("identity value", p.stdout.split("\n")[1], p.stdout)
+        # and a norm that does hold the identity is counted
+        src, out = self.pair("llama", "BF16", keep_norms=True)
+        rep = self.assertEquivalent(src, out)
+        self.assertGreater(rep["tensor_check"]["norms_kept_as_identity"], 0)
+
+    def test_non_finite_logits_fail(self):
+        """NaN compares false with everything: a NaN logit once slipped
+        through as max |dlogit| 0 and KL -nan."""
+        from fixtures import decode_values, encode_values, Tensor
+        for bad in (float("nan"), float("inf")):
+            with self.subTest(value=bad):
+                def poison(ts, ex):
+                    t = ts[ex.head]
+                    vals = decode_values(t.dtype, t.data)
+                    vals[:t.shape[1]] = [bad] * t.shape[1]         # token 0's row
+                    ts[ex.head] = Tensor(t.dtype, t.shape, encode_values(t.dtype, vals))
+                src, out = self.pair("llama", "F32", mutate=poison)
+                rep = self.assertBroken(src, out, "not finite", forward_fails=True)
+                self.assertIn("not finite", rep["forward_check"]["failure"])
+
+    def test_verdict_without_forward_check(self):
+        src = os.path.join(self.tmp, "rope-su")
+        write_source(src, "llama", "F32")
+        with open(os.path.join(src, "config.json")) as f:
+            cfg = json.load(f)
+        cfg["rope_scaling"] = {"rope_type": "su", "factor": 2.0}
+        with open(os.path.join(src, "config.json"), "w") as f:
+            json.dump(cfg, f)
+        out = src + "-out"
+        write_output(src, out)
+        p = run(["verify", src, out])
+        self.assertEqual(p.returncode, 0, describe(p))
+        self.assertRegex(p.stdout, r"result: EQUIVALENT \(tensors only; forward check unavailable: .*"
+                                   r"rope_scaling type 'su' is not supported")
+        p, rep = verify(src, out)
+        self.assertTrue(rep["equivalent"])
+        self.assertTrue(rep["tensors_only"])
+        self.assertFalse(rep["forward_check"]["ran"])
+        self.assertTrue(rep["result"].startswith("EQUIVALENT (tensors only; forward check unavailable: "), rep)
+        src, out = self.pair("llama", "BF16")
+        p = run(["verify", src, out, "--skip-forward"])
+        self.assertIn("result: EQUIVALENT (tensors only; forward check skipped: --skip-forward)", p.stdout)
+        p, rep = verify(src, out)
+        self.assertEqual(rep["result"], "EQUIVALENT")
+        self.assertFalse(rep["tensors_only"])
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
