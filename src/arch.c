@@ -60,6 +60,11 @@ static const char GEMMA_UNTIE_WARNING[] =
     "vLLM's Gemma loaders assert tied embeddings; this untied checkpoint will not load "
     "there (use --keep-tied for vLLM)";
 
+/* Gemma4RMSNorm (gemma4/modeling_gemma4.py): (w * x_hat_fp32).to(dtype). */
+static const arch_norm_class GEMMA4_RMS = {"Gemma4RMSNorm", GAIN_W};
+static const char GEMMA4_MOE_POST_WHY[] =
+    "normalises the dense MLP's or the experts' output before the two are summed, not a linear layer's input";
+
 static const arch_info ARCHS[] = {
     {.model_type = "llama", .norm = &ARCH_RMS_W, .folds = LLAMA_FOLDS},
     {.model_type = "mistral", .norm = &ARCH_RMS_W, .folds = LLAMA_FOLDS},
@@ -163,6 +168,34 @@ static const arch_info ARCHS[] = {
      * MLP.  LayerNorm without bias: the gain folds exactly like RMSNorm's. */
     {.model_type = "cohere", .norm = &ARCH_LN_NOBIAS, .folds = {FOLD("input_layernorm", QKV, GATE_UP)},
      .keeps = {KEEP("self_attn.q_norm", QK_NORM_WHY), KEEP("self_attn.k_norm", QK_NORM_WHY)}, .tie_default = 1},
+
+    /* ---- zoo: Gemma 4 (docs/architectures.md §gemma4) ---- */
+    /* Gemma4RMSNorm is w with ones init (not Gemma 1-3's 1 + w).  The
+     * input norm's consumers depend on the layer: KV-shared tail layers
+     * have only q_proj (WHEN_NOT_HAS: a tail layer that still stores
+     * k_proj folds into it too, see the docs), full-attention layers with
+     * attention_k_eq_v have no v_proj.  The dense MLP runs in every layer;
+     * with enable_moe_block the experts run beside it from their own
+     * pre-norm, and the router reads the raw residual (nothing to fold). */
+    {.model_type = "gemma4_text", .norm = &GEMMA4_RMS,
+     .folds = {{.norm = "input_layernorm", .consumers = {L("self_attn.q_proj")},
+                .when = {WHEN_KEY(WHEN_TAIL, "num_kv_shared_layers"), WHEN_KEY(WHEN_NOT_HAS, "self_attn.k_proj.weight")},
+                .note = "KV-shared layer: keys and values come from an earlier layer"},
+               {.norm = "input_layernorm", .consumers = {L("self_attn.q_proj"), L("self_attn.k_proj")},
+                .when = {WHEN_KEY(WHEN_FLAG, "attention_k_eq_v"),
+                         {.kind = WHEN_LAYER_TYPE, .key = "layer_types", .value = "full_attention"}},
+                .note = "attention_k_eq_v: the values are the key projection"},
+               FOLD("input_layernorm", QKV),
+               FOLD("pre_feedforward_layernorm", GATE_UP),
+               {.norm = "pre_feedforward_layernorm_2", .consumers = {FUSED("experts.gate_up_proj", IN_LAST)},
+                .when = {WHEN(WHEN_MOE)}, .note = "the experts' own pre-norm"}},
+     .keeps = {KEEP("post_attention_layernorm", POST_NORM_WHY), KEEP("post_feedforward_layernorm", POST_NORM_WHY),
+               KEEP("post_feedforward_layernorm_1", GEMMA4_MOE_POST_WHY),
+               KEEP("post_feedforward_layernorm_2", GEMMA4_MOE_POST_WHY),
+               KEEP("post_per_layer_input_norm", POST_NORM_WHY), KEEP("self_attn.q_norm", QK_NORM_WHY),
+               KEEP("self_attn.k_norm", QK_NORM_WHY)},
+     .moe = {.experts = {"num_experts"}, .flag = "enable_moe_block"},
+     .tie_default = 1},
     /* ---- zoo (d): the vision-language rows, docs/architectures.md §vl ----
      * §ministral3: Ministral3DecoderLayer is the llama layout (its query
      * scale and YaRN touch no norm); Ministral3Config ties nothing. */
@@ -173,6 +206,9 @@ static const arch_info ARCHS[] = {
  * text config nested in text_config. */
 static const arch_alias ALIASES[] = {
     {.model_type = "gemma3", .text_type = "gemma3_text", .nested = 1, .tie_default = -1},
+    /* ---- zoo: Gemma 4 ---- Gemma4ForConditionalGeneration: text_config,
+     * tensors under model.language_model.; Gemma4Config ties by default. */
+    {.model_type = "gemma4", .text_type = "gemma4_text", .nested = 1, .tie_default = 1},
     /* ---- zoo (d): §vl.  The Qwen VL decoders are qwen2 / qwen3 /
      * qwen3_moe under a VLM prefix; the vision towers pass through.  The
      * wrapper reads text_config (or flat keys: Qwen2/2.5-VL Hub configs);
@@ -317,7 +353,9 @@ int arch_when(const arch_cond *when, ckpt_view cfg, long i, long n_layers, int m
 long arch_expert_count(const arch_moe_rule *r, ckpt_view cfg, const char **key)
 {
     *key = r->experts[0];
-    if (!r->experts[0])
+    /* A flag-gated MoE (Gemma 4 enable_moe_block) is dense when the flag is
+     * off, whatever the expert key says (dense configs write null). */
+    if (!r->experts[0] || (r->flag && !ckpt_view_set(cfg, r->flag)))
         return 0;
     long n = -1;
     for (int k = 0; k < 3 && r->experts[k]; k++) {

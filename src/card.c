@@ -201,8 +201,16 @@ static void card_front(strbuf *b, const fold_plan *plan, const card_source *src)
     yaml_scalar(b, src->base_model);
     sb_str(b, "\n");
     char *fm = front_matter(src->source_card);
-    for (size_t i = 0; fm && inherited[i]; i++)
-        inherit_key(b, fm, inherited[i]);
+    for (size_t i = 0; inherited[i]; i++) {
+        size_t before = b->n;
+        if (fm)
+            inherit_key(b, fm, inherited[i]);
+        if (b->n == before && i == 0 && src->license && *src->license) {
+            sb_str(b, "license: ");
+            yaml_scalar(b, src->license);
+            sb_str(b, "\n");
+        }
+    }
     free(fm);
     sb_str(b, "tags:\n- flashnorm\n");
     if (plan->marker)

@@ -422,12 +422,9 @@ static fl_status convert(const cli_args *a, const char *dir, const char *base_mo
         sc.opt.progress = cli_progress_update;
         sc.opt.progress_ctx = &progress;
     }
-    if (a->push_to_hub) {
-        pub->then = co.before_commit;
-        pub->then_ctx = co.commit_ctx;
-        co.before_commit = cli_publish_prepare;
-        co.commit_ctx = pub;
-    }
+    co.license = pub->license;
+    if (a->push_to_hub)
+        co.digests = &pub->digests;
     fl_status s;
     if (a->dry_run) {
         s = dry_run(a, ck, plan, &co);
@@ -462,11 +459,12 @@ static int cmd_convert(const cli_args *a, const char *source)
         snprintf(base, sizeof base, "%.*s", (int)strcspn(source, "@"), source);
     char *dir = NULL;
     cli_publish_ctx pub = {.a = a};
-    s = resolve_source(a, source, &dir, a->push_to_hub ? &pub.license : NULL, &err);
+    /* The Hub's cardData license goes into the card when the source card
+     * is not at hand (the snapshot has no README.md); a local source's
+     * card is read by the writer itself. */
+    s = resolve_source(a, source, &dir, &pub.license, &err);
     if (s != FL_OK)
         return fail(&err);
-    if (a->push_to_hub && !base[0])
-        pub.license = cli_source_license(dir);
     checkpoint ck;
     s = ckpt_open(dir, &ck, &err);
     if (s != FL_OK) {

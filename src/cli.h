@@ -10,6 +10,7 @@
 #include <stdio.h>
 
 #include "flashify/hub.h"
+#include "flashify/write.h"
 #include "flashify/upload.h"
 #include "flashify/util.h"
 
@@ -144,23 +145,14 @@ fl_status cli_upload(const cli_args *a, const char *folder, const char *repo, fl
 /* --push-to-hub, around a conversion. */
 typedef struct {
     const cli_args *a;
-    char *license;                 /* the source's card's, or NULL */
-    /* The before_commit it runs after its own (--strict), or NULL. */
-    fl_status (*then)(const char *tmp_dir, void *ctx, fl_error *err);
-    void *then_ctx;
-    upload_digest *digests;        /* of the files written (cli_publish_prepare) */
-    size_t n_digests;
+    char *license;                 /* the source's (Hub API cardData), or NULL */
+    convert_digests digests;       /* sha256 of every output file, made by the
+                                      writer as it wrote them (write.h) */
 } cli_publish_ctx;
 
 /* Before the conversion: the repo id is one and a token is there, so a
  * long conversion does not end in a usage error. */
 fl_status cli_publish_check(const cli_args *a, fl_error *err);
-/* The license a local source's README.md declares (malloc'd), or NULL. */
-char *cli_source_license(const char *dir);
-/* convert_options.before_commit with a cli_publish_ctx *: on the complete
- * temporary output, the license into the card, the digests of the files
- * just written (still in the page cache), then ctx->then. */
-fl_status cli_publish_prepare(const char *tmp_dir, void *ctx, fl_error *err);
 /* After the conversion (and --strict) succeeded: publishes dir. */
 fl_status cli_publish(cli_publish_ctx *p, const char *dir, fl_error *err);
 void cli_publish_ctx_free(cli_publish_ctx *p);

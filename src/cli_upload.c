@@ -188,74 +188,29 @@ fl_status cli_publish_check(const cli_args *a, fl_error *err)
     return FL_OK;
 }
 
-char *cli_source_license(const char *dir)
-{
-    char *path = fl_path_join(dir, "README.md"), *text = NULL;
-    fl_error ignored;
-    if (!path || fl_read_file(path, 1u << 20, FL_READ_UTF8, &text, NULL, &ignored) != FL_OK)
-        text = NULL;
-    char *license = hub_card_license(text);
-    free(path);
-    free(text);
-    return license;
-}
-
-/* The card with the source's license (card.c writes base_model and the
- * tags; the license comes from the source, which it does not know). */
-static fl_status card_license(const char *tmp_dir, const char *license, fl_error *err)
-{
-    char *path = fl_path_join(tmp_dir, "README.md"), *text = NULL, *card = NULL, *tmp = NULL;
-    fl_status st = path ? FL_OK : fl_fail(err, FL_EIO, "out of memory");
-    if (st == FL_OK)
-        st = fl_read_file(path, 16u << 20, FL_READ_UTF8, &text, NULL, err);
-    if (st == FL_OK && (card = hub_card_with_license(text, license))) {
-        tmp = fl_asprintf("%s.license.tmp", path);
-        FILE *f = tmp ? fopen(tmp, "wb") : NULL;
-        int ok = f && fputs(card, f) >= 0 && fflush(f) == 0 && fsync(fileno(f)) == 0;
-        if (f && fclose(f) != 0)
-            ok = 0;
-        if (!ok || rename(tmp, path) != 0) {
-            st = fl_fail(err, FL_EIO, "cannot write %s: %s", path, strerror(errno));
-            if (tmp)
-                unlink(tmp);
-        }
-    }
-    free(path);
-    free(text);
-    free(card);
-    free(tmp);
-    return st;
-}
-
-fl_status cli_publish_prepare(const char *tmp_dir, void *ctx, fl_error *err)
-{
-    cli_publish_ctx *p = ctx;
-    fl_status st = p->license ? card_license(tmp_dir, p->license, err) : FL_OK;
-    cli_progress line;
-    cli_progress_init(&line, stderr, p->a->quiet, p->a->verbose);
-    if (st == FL_OK)
-        st = upload_hash_folder(tmp_dir, p->a->jobs ? p->a->jobs : 4, on_event, &line,
-                                &p->digests, &p->n_digests, err);
-    cli_progress_finish(&line);
-    if (st == FL_OK && p->then)
-        st = p->then(tmp_dir, p->then_ctx, err);
-    return st;
-}
-
 fl_status cli_publish(cli_publish_ctx *p, const char *dir, fl_error *err)
 {
     char msg[512];
     snprintf(msg, sizeof msg, "Upload FlashNorm checkpoint (flashify %s)", FLASHIFY_VERSION);
-    upload_request req = {.folder = dir, .repo_id = p->a->push_to_hub, .digests = p->digests,
-                          .n_digests = p->n_digests, .message = msg};
-    return run_upload(p->a, &req, err);
+    /* The writer's digests, so the upload reads each file only to send it. */
+    upload_digest *d = calloc(p->digests.n ? p->digests.n : 1, sizeof *d);
+    if (!d)
+        return fl_fail(err, FL_EIO, "out of memory");
+    for (size_t i = 0; i < p->digests.n; i++) {
+        d[i].path = p->digests.v[i].path;
+        d[i].size = (int64_t)p->digests.v[i].size;
+        memcpy(d[i].sha256, p->digests.v[i].sha256, sizeof d[i].sha256);
+    }
+    upload_request req = {.folder = dir, .repo_id = p->a->push_to_hub, .digests = d,
+                          .n_digests = p->digests.n, .message = msg};
+    fl_status st = run_upload(p->a, &req, err);
+    free(d);
+    return st;
 }
 
 void cli_publish_ctx_free(cli_publish_ctx *p)
 {
     free(p->license);
-    upload_digests_free(p->digests, p->n_digests);
+    convert_digests_free(&p->digests);
     p->license = NULL;
-    p->digests = NULL;
-    p->n_digests = 0;
 }

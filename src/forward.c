@@ -29,6 +29,8 @@ void fwd_close(fwd_model *m)
 {
     if (!m)
         return;
+    if (m->fam && m->fam->block && m->fam->block->close)
+        m->fam->block->close(m);
     if (m->layers)
         for (long i = 0; i < m->L; i++)
             free_layer(&m->layers[i]);
@@ -121,7 +123,9 @@ fl_status fwd_logits(fwd_model *m, const int32_t *tokens, size_t n, float *logit
     if (m->head.t != m->embed.t)
         fwd_meter_add(m, &m->embed);   /* looked up, not streamed */
 
-    for (long l = 0; l < m->L; l++) {
+    if (m->fam->block && (s = m->fam->block->run(m, tokens, x, T, &b, err)) != FL_OK)
+        goto done;
+    for (long l = 0; !m->fam->block && l < m->L; l++) {
         const fwd_layer *ly = &m->layers[l];
         const int layout = m->fam->layout;
         /* Attention sublayer. */

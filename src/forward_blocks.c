@@ -68,7 +68,7 @@ static float act_fn(const fwd_model *m, float x)
 static void rope_head(const fwd_model *m, const fwd_layer *ly, float *v, long pos)
 {
     const float *inv_freq = ly->inv_freq;
-    long half = m->rot / 2;
+    long half = (ly->rot ? ly->rot : m->rot) / 2;
     for (long i = 0; i < half; i++) {
         float ang = (float)pos * inv_freq[i]; /* HF: positions x inv_freq in fp32 */
         float c = (float)cos(ang) * ly->rope_af, s = (float)sin(ang) * ly->rope_af;
@@ -368,6 +368,39 @@ static fl_status moe(const fwd_model *m, const fwd_layer *ly, const float *x, lo
             for (long k = 0; k < K; k++)
                 sw[k] = (float)(sw[k] / tot);
     }
+    if ((s = fwd_experts(m, ly, x, T, b, out, err)) != FL_OK || !ly->sh_gate.t)
+        return s;
+    if ((s = gated_mlp(m, &ly->sh_gate, &ly->sh_up, NULL, &ly->sh_down, NULL, NULL, NULL, x, T,
+                       b, b->tmp2, err)) != FL_OK ||
+        (ly->sh_scalar.t && (s = fwd_matmul(m, &ly->sh_scalar, NULL, x, T, b->router, err)) != FL_OK))
+        return s;
+    for (long t = 0; t < T; t++) {
+        float gsc = ly->sh_scalar.t ? (float)(1.0 / (1.0 + exp(-(double)b->router[t]))) : 1.0f;
+        for (long c = 0; c < H; c++)
+            out[t * H + c] += gsc * b->tmp2[t * H + c];
+    }
+    return FL_OK;
+}
+
+fl_status fwd_alloc_experts(fwd_layer *ly, long E, fl_error *err)
+{
+    ly->n_experts = E;
+    ly->e_gate = calloc((size_t)E, sizeof *ly->e_gate);
+    ly->e_up = calloc((size_t)E, sizeof *ly->e_up);
+    ly->e_gate_up = calloc((size_t)E, sizeof *ly->e_gate_up);
+    ly->e_down = calloc((size_t)E, sizeof *ly->e_down);
+    if (!ly->e_gate || !ly->e_up || !ly->e_gate_up || !ly->e_down)
+        return fl_fail(err, FL_EIO, "out of memory");
+    return FL_OK;
+}
+
+/* Each expert of ly on the tokens routed to it (b->sel, b->selw: m->topk
+ * per token), weighted, summed into out (cleared first). */
+fl_status fwd_experts(const fwd_model *m, const fwd_layer *ly, const float *x, long T, fwd_bufs *b, float *out,
+                      fl_error *err)
+{
+    long E = ly->n_experts, K = m->topk, H = m->H;
+    fl_status s = FL_OK;
     memset(out, 0, (size_t)(T * H) * sizeof *out);
     long *idx = malloc((size_t)T * sizeof *idx);
     float *wt = malloc((size_t)T * sizeof *wt);
@@ -402,18 +435,7 @@ static fl_status moe(const fwd_model *m, const fwd_layer *ly, const float *x, lo
     }
     free(idx);
     free(wt);
-    if (s != FL_OK || !ly->sh_gate.t)
-        return s;
-    if ((s = gated_mlp(m, &ly->sh_gate, &ly->sh_up, NULL, &ly->sh_down, NULL, NULL, NULL, x, T,
-                       b, b->tmp2, err)) != FL_OK ||
-        (ly->sh_scalar.t && (s = fwd_matmul(m, &ly->sh_scalar, NULL, x, T, b->router, err)) != FL_OK))
-        return s;
-    for (long t = 0; t < T; t++) {
-        float gsc = ly->sh_scalar.t ? (float)(1.0 / (1.0 + exp(-(double)b->router[t]))) : 1.0f;
-        for (long c = 0; c < H; c++)
-            out[t * H + c] += gsc * b->tmp2[t * H + c];
-    }
-    return FL_OK;
+    return s;
 }
 
 fl_status fwd_mlp(const fwd_model *m, const fwd_layer *ly, const float *x, long T, fwd_bufs *b, float *out,
@@ -425,3 +447,18 @@ fl_status fwd_mlp(const fwd_model *m, const fwd_layer *ly, const float *x, long 
                      ly->b_down, x, T, b, out, err);
 }
 
+
+/* ----------------------------------------------------------------------------
+ * The pieces a fwd_block (forward_internal.h) builds on. */
+
+void fwd_rope_head(const fwd_model *m, const fwd_layer *ly, float *v, long pos) { rope_head(m, ly, v, pos); }
+
+void fwd_sdpa(const fwd_model *m, const fwd_layer *ly, const float *q, long ldq, const float *k, long ldk,
+              const float *v, long ldv, long nh, long nkv, long dqk, long dv, long T, float *att, float *ctx)
+{
+    sdpa(m, ly, q, ldq, k, ldk, v, ldv, nh, nkv, dqk, dv, T, att, ctx);
+}
+
+void fwd_top_k(const double *score, long E, long K, long *sel) { top_k(score, E, K, sel); }
+
+float fwd_act(const fwd_model *m, float x) { return act_fn(m, x); }

@@ -79,9 +79,27 @@ typedef struct {
     const char *shared_gate; /* sigmoid scalar gate of the shared expert, or NULL */
 } fwd_moe_names;
 
+/* A family whose decoder layers do not fit the shared layouts (Gemma 4:
+ * per-layer head sizes, KV sharing, per-layer inputs, a MoE block beside
+ * the MLP) brings its own binder and layer stack, in its own file.  The
+ * shared parse (embedding, dims, norms, activation, scalars, head) runs
+ * first; open binds the layers and sets what the shared buffers need
+ * (max_inter, max_experts, topk); run maps the scaled embeddings x[T][H]
+ * to the last hidden state; describe appends to the result line; close
+ * frees m->ext. */
+struct fwd_bufs;
+typedef struct fwd_block {
+    fl_status (*open)(fwd_model *m, const char *prefix, fl_error *err);
+    fl_status (*run)(const fwd_model *m, const int32_t *tokens, float *x, long T, struct fwd_bufs *b,
+                     fl_error *err);
+    void (*describe)(const fwd_model *m, char *buf, size_t cap);
+    void (*close)(fwd_model *m);
+} fwd_block;
+
 typedef struct {
     const char *model_type;
     const char *wraps;          /* a composite type: the family of its text_config */
+    const fwd_block *block;     /* its own layer stack, or NULL */
     fwd_norm_kind norm;
     const char *eps_key;
     double eps;                 /* default when the key is absent */
@@ -180,6 +198,7 @@ typedef struct {
     const float *inv_freq;   /* rot/2 frequencies; NULL: no RoPE (SmolLM3 NoPE) */
     float rope_af;           /* multiplies cos and sin */
     long window;             /* sliding window (0: none) */
+    long rot;                /* rotary dims of this layer (0: the model's) */
 } fwd_layer;
 
 /* A worker's conversion buffers, grown to the largest block it met. */
@@ -220,6 +239,7 @@ struct fwd_model {
     fwd_layer *layers;
     float *freq_global, *freq_local;
     double af_global, af_local;       /* RoPE attention factor (YaRN, LongRoPE) */
+    void *ext;                        /* a fwd_block's own state */
     struct cJSON *rope_defaults;      /* the family's rope_defaults, parsed (forward_position.c) */
     double qscale_beta, qscale_orig;  /* QSCALE_LLAMA4_BETA's beta and length */
     char desc[256];
@@ -241,6 +261,15 @@ enum { ACT_SILU, ACT_GELU_TANH, ACT_GELU_ERF };
 /* forward_load.c */
 fl_status fwd_bind_mat(const fwd_model *m, const char *name, long rows, long cols, int required, fwd_mat *out,
                        fl_error *err);
+/* A norm weight of n elements (absent: the identity gain), a float vector
+ * (a bias; absent: NULL unless required), fused experts "<pre><experts>.
+ * gate_up_proj" / ".down_proj" into ly->e_gate_up / e_down (allocated by
+ * the caller for E experts). */
+fl_status fwd_bind_norm(const fwd_model *m, const char *name, long n, fwd_norm *out, fl_error *err);
+fl_status fwd_bind_vec(const fwd_model *m, const char *name, long n, int required, float **out, fl_error *err);
+fl_status fwd_bind_fused(fwd_model *m, fwd_layer *ly, const char *pre, const char *experts, long E,
+                         fl_error *err);
+
 
 /* forward_kernel.c */
 gemm_fn fwd_pick_gemm(void);
@@ -265,7 +294,7 @@ fl_status fwd_parse_qscale(fwd_model *m, const struct cJSON *rp, fl_error *err);
 void fwd_apply_qscale(const fwd_model *m, float *q, long T);
 
 /* forward_blocks.c */
-typedef struct {
+typedef struct fwd_bufs {
     float *h, *q, *k, *v, *ctx, *qkv, *att;
     float *g, *u, *gu, *tmp, *tmp2, *xe, *router;
     long *sel;
@@ -277,5 +306,22 @@ fl_status fwd_attention(const fwd_model *m, const fwd_layer *ly, const float *h,
                         fl_error *err);
 fl_status fwd_mlp(const fwd_model *m, const fwd_layer *ly, const float *x, long T, fwd_bufs *b, float *out,
                   fl_error *err);
+/* The pieces, for a fwd_block: RoPE on one head vector at position pos
+ * (ly->inv_freq, ly->rot); causal attention over T positions (see sdpa in
+ * forward_blocks.c); the experts of ly on the routing in b->sel / b->selw
+ * (m->topk per token), summed into out. */
+void fwd_rope_head(const fwd_model *m, const fwd_layer *ly, float *v, long pos);
+void fwd_sdpa(const fwd_model *m, const fwd_layer *ly, const float *q, long ldq, const float *k, long ldk,
+              const float *v, long ldv, long nh, long nkv, long dqk, long dv, long T, float *att, float *ctx);
+fl_status fwd_experts(const fwd_model *m, const fwd_layer *ly, const float *x, long T, fwd_bufs *b, float *out,
+                      fl_error *err);
+/* ly->n_experts = E and its four per-expert matrix arrays, zeroed. */
+fl_status fwd_alloc_experts(fwd_layer *ly, long E, fl_error *err);
+/* The indices of the K largest of E scores, best first (torch.topk order). */
+void fwd_top_k(const double *score, long E, long K, long *sel);
+float fwd_act(const fwd_model *m, float x);
+
+/* forward_gemma4.c (zoo: Gemma 4) */
+extern const fwd_block FWD_GEMMA4;
 
 #endif

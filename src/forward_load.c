@@ -131,6 +131,16 @@ static fl_status bind_norm(const fwd_model *m, const char *name, long n, fwd_nor
     return out->g ? FL_OK : fl_fail(err, FL_EIO, "out of memory");
 }
 
+fl_status fwd_bind_norm(const fwd_model *m, const char *name, long n, fwd_norm *out, fl_error *err)
+{
+    return bind_norm(m, name, n, out, err);
+}
+
+fl_status fwd_bind_vec(const fwd_model *m, const char *name, long n, int required, float **out, fl_error *err)
+{
+    return bind_vec(m, name, n, required, out, err);
+}
+
 /* ----------------------------------------------------------------------------
  * MLP and MoE */
 
@@ -153,12 +163,12 @@ static fwd_mat slab(const ckpt_tensor *t, long e, long rows, long cols, int xw)
 /* transformers 5 fused experts: gate_up_proj [E, 2I, H] and down_proj
  * [E, H, I] (nn.functional.linear per expert), or the grouped-GEMM layout
  * [E, H, 2I] and [E, I, H] used as x @ W; gate is the first half of 2I. */
-static fl_status bind_fused(fwd_model *m, fwd_layer *ly, const char *pre, const fwd_moe_names *nm, long E,
-                            fl_error *err)
+fl_status fwd_bind_fused(fwd_model *m, fwd_layer *ly, const char *pre, const char *experts, long E,
+                         fl_error *err)
 {
     char gu_name[512], dn_name[512];
-    const ckpt_tensor *gu = findf(m, gu_name, sizeof gu_name, "%s%s.gate_up_proj", pre, nm->experts);
-    const ckpt_tensor *dn = findf(m, dn_name, sizeof dn_name, "%s%s.down_proj", pre, nm->experts);
+    const ckpt_tensor *gu = findf(m, gu_name, sizeof gu_name, "%s%s.gate_up_proj", pre, experts);
+    const ckpt_tensor *dn = findf(m, dn_name, sizeof dn_name, "%s%s.down_proj", pre, experts);
     if (!gu || !dn)
         return fl_fail(err, FL_EINPUT, "%s: tensor '%s' is missing", ckdir(m), gu ? dn_name : gu_name);
     const uint64_t *g = gu->t->shape, *d = dn->t->shape;
@@ -255,15 +265,10 @@ static fl_status bind_moe(fwd_model *m, fwd_layer *ly, const char *pre, const fw
     long E = ly->router.rows;
     if (E > MAX_DIM)
         return fl_fail(err, FL_EINPUT, "%s: router '%s' has %ld experts (limit 65536)", ckdir(m), name, E);
-    ly->n_experts = E;
-    ly->e_gate = calloc((size_t)E, sizeof *ly->e_gate);
-    ly->e_up = calloc((size_t)E, sizeof *ly->e_up);
-    ly->e_gate_up = calloc((size_t)E, sizeof *ly->e_gate_up);
-    ly->e_down = calloc((size_t)E, sizeof *ly->e_down);
-    if (!ly->e_gate || !ly->e_up || !ly->e_gate_up || !ly->e_down)
-        return fl_fail(err, FL_EIO, "out of memory");
+    if ((s = fwd_alloc_experts(ly, E, err)) != FL_OK)
+        return s;
     int fused = findf(m, name, sizeof name, "%s%s.gate_up_proj", pre, nm->experts) != NULL;
-    s = fused ? bind_fused(m, ly, pre, nm, E, err) : bind_per_expert(m, ly, pre, nm, E, err);
+    s = fused ? fwd_bind_fused(m, ly, pre, nm->experts, E, err) : bind_per_expert(m, ly, pre, nm, E, err);
     if (s != FL_OK)
         return s;
     if (E > m->max_experts)
@@ -774,18 +779,25 @@ fl_status fwd_open(const checkpoint *ck, int threads, fwd_model **out, fl_error 
     if (s == FL_OK && (s = parse_embedding(m, &prefix, err)) == FL_OK && (s = parse_dims(m, err)) == FL_OK &&
         (s = parse_mla(m, err)) == FL_OK && (s = parse_norms_act(m, err)) == FL_OK) {
         parse_scalars(m);
-        if ((s = parse_moe(m, err)) == FL_OK && (s = parse_rope(m, err)) == FL_OK)
+        /* A fwd_block builds its own RoPE (Gemma 4: per layer type). */
+        if ((s = parse_moe(m, err)) == FL_OK && (m->fam->block || (s = parse_rope(m, err)) == FL_OK))
             s = parse_head(m, prefix, err);
     }
     if (s == FL_OK && !(m->layers = calloc((size_t)m->L, sizeof *m->layers)))
         s = fl_fail(err, FL_EIO, "out of memory");
-    for (long i = 0; s == FL_OK && i < m->L; i++)
+    if (s == FL_OK && m->fam->block)
+        s = m->fam->block->open(m, prefix, err);
+    for (long i = 0; s == FL_OK && !m->fam->block && i < m->L; i++)
         s = bind_layer(m, prefix, i, err);
     if (s != FL_OK) {
         fwd_close(m);
         return s;
     }
     describe(m);
+    if (m->fam->block && m->fam->block->describe) {
+        size_t n = strlen(m->desc);
+        m->fam->block->describe(m, m->desc + n, sizeof m->desc - n);
+    }
     *out = m;
     return FL_OK;
 }

@@ -81,6 +81,18 @@ static const fwd_family FAMILIES[] = {
     /* DeepseekV3Attention (MLA) and DeepseekV3TopkRouter. */
     {"deepseek_v3", RMS(1e-6), SILU, TOPK_KEY, .interleaved = 1, .interleave_key = "rope_interleave", .mla = 1,
      .mla_norm_eps = 1e-6, .router = ROUTER_DEEPSEEK, .topk_norm = 1, .moe = {&DEEPSEEK}},
+
+    /* ---- zoo: Gemma 4 (docs/architectures.md §gemma4) ---- */
+    /* Gemma4RMSNorm: (w * x_hat_fp32).to(dtype), w with ones init;
+     * Gemma4TextScaledWordEmbedding: * sqrt(hidden) in the embedding dtype;
+     * Gemma4ForCausalLM: final_logit_softcapping (class default None).
+     * The layers (attention scale 1, no attention soft cap, KV sharing,
+     * per-layer inputs, the MoE block) are forward_gemma4.c's. */
+    {"gemma4_text", .norm = NORM_RMS_F32, .eps_key = "rms_norm_eps", .eps = 1e-6, .embed = EMBED_SQRT_H,
+     .act_key = "hidden_activation", .act_default = "gelu_pytorch_tanh", .final_cap_key = "final_logit_softcapping",
+     .tie_default = 1, .block = &FWD_GEMMA4},
+    /* Gemma4ForConditionalGeneration: the text model in text_config. */
+    {"gemma4", .wraps = "gemma4_text"},
     /* ---- zoo (d): the vision-language text models and their wrappers,
      * docs/architectures.md §vl.  Each wrapper reads text_config (or flat
      * keys); text_config.model_type picks the row when known.  Multimodal

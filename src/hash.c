@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 /* A test build may change these (to exercise the waits, or to measure). */
@@ -308,4 +309,65 @@ done:
     fl_digest_free(&g);
     free(buf);
     return st;
+}
+
+/* ---------------------------------------------------------------------------
+ * a digest fed in order by several workers */
+
+int ordered_digest_init(ordered_digest *o, hash_kind kind)
+{
+    memset(o, 0, sizeof *o);
+    if (!fl_digest_init(&o->d, kind, 0))
+        return 0;
+    pthread_mutex_init(&o->mu, NULL);
+    pthread_cond_init(&o->cv, NULL);
+    return 1;
+}
+
+fl_status ordered_digest_wait(ordered_digest *o, size_t k, fl_error *err)
+{
+    pthread_mutex_lock(&o->mu);
+    while (o->next != k && !o->failed && !fl_interrupted) {
+        /* A signal sets fl_interrupted without waking anyone: look again
+         * every 50 ms. */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 50000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&o->cv, &o->mu, &ts);
+    }
+    int ok = o->next == k && !o->failed;
+    pthread_mutex_unlock(&o->mu);
+    return ok ? FL_OK : fl_fail(err, FL_EINTR, "interrupted");
+}
+
+int ordered_digest_update(ordered_digest *o, const void *p, size_t n)
+{
+    return fl_digest_update(&o->d, p, n);
+}
+
+void ordered_digest_pass(ordered_digest *o)
+{
+    pthread_mutex_lock(&o->mu);
+    o->next++;
+    pthread_cond_broadcast(&o->cv);
+    pthread_mutex_unlock(&o->mu);
+}
+
+void ordered_digest_abort(ordered_digest *o)
+{
+    pthread_mutex_lock(&o->mu);
+    o->failed = 1;
+    pthread_cond_broadcast(&o->cv);
+    pthread_mutex_unlock(&o->mu);
+}
+
+void ordered_digest_free(ordered_digest *o)
+{
+    fl_digest_free(&o->d);
+    pthread_cond_destroy(&o->cv);
+    pthread_mutex_destroy(&o->mu);
 }

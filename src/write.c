@@ -10,6 +10,7 @@
 #include "flashify/config_edit.h"
 #include "flashify/dtype.h"
 #include "flashify/fold.h"
+#include "flashify/hash.h"
 #include "flashify/layout.h"
 #include "flashify/pool.h"
 #include "flashify/txn.h"
@@ -41,6 +42,89 @@ static fl_status write_all(int fd, const void *buf, size_t n, uint64_t off, cons
     return FL_OK;
 }
 
+void convert_digests_free(convert_digests *d)
+{
+    for (size_t i = 0; d && i < d->n; i++)
+        free(d->v[i].path);
+    if (d)
+        free(d->v);
+    if (d)
+        memset(d, 0, sizeof *d);
+}
+
+/* Records the sha256 (hex) of output file `rel` (opt->digests). */
+static fl_status digest_add_hex(const convert_options *opt, const char *rel, uint64_t size,
+                                const char *hex, fl_error *err)
+{
+    convert_digests *d = opt->digests;
+    if (d->n == d->cap) {
+        size_t cap = d->cap ? d->cap * 2 : 16;
+        convert_digest *v = realloc(d->v, cap * sizeof *v);
+        if (!v)
+            return fl_fail(err, FL_EIO, "out of memory");
+        d->v = v;
+        d->cap = cap;
+    }
+    convert_digest *e = &d->v[d->n];
+    if (!(e->path = fl_strdup(rel)))
+        return fl_fail(err, FL_EIO, "out of memory");
+    e->size = size;
+    snprintf(e->sha256, sizeof e->sha256, "%s", hex);
+    d->n++;
+    return FL_OK;
+}
+
+static fl_status digest_add(const convert_options *opt, const char *rel, uint64_t size,
+                            const fl_digest *dg, fl_error *err)
+{
+    char hex[65];
+    if (!fl_digest_hex(dg, hex, sizeof hex))
+        return fl_fail(err, FL_EIO, "%s: cannot compute its sha256", rel);
+    return digest_add_hex(opt, rel, size, hex, err);
+}
+
+/* The sha256 of a whole buffer, recorded as the digest of `rel`. */
+static fl_status digest_buffer(const convert_options *opt, const char *rel, const void *p, size_t n,
+                               fl_error *err)
+{
+    fl_digest dg;
+    fl_status s = fl_digest_init(&dg, HASH_SHA256, 0) && fl_digest_update(&dg, p, n)
+                      ? digest_add(opt, rel, n, &dg, err)
+                      : fl_fail(err, FL_EIO, "%s: cannot compute its sha256", rel);
+    fl_digest_free(&dg);
+    return s;
+}
+
+/* Copies n bytes from in to out through buf, adding them to the digest
+ * once `turn` (when not NULL: the writer's ordered digest for item k) is
+ * ours: the bytes pass through user space exactly once. */
+static fl_status copy_hashed(int in, uint64_t in_off, int out, uint64_t out_off, uint64_t n,
+                             const char *in_path, const char *out_path, char *buf, size_t cap,
+                             fl_digest *whole, ordered_digest *turn, size_t k, fl_error *err)
+{
+    int waited = turn == NULL;
+    do {
+        size_t want = n > cap ? cap : (size_t)n;
+        if (fl_interrupted)
+            return fl_fail(err, FL_EINTR, "interrupted");
+        if (want && fl_pread_full(in, buf, want, in_off) != 0)
+            return fl_fail(err, FL_EIO, "%s: read failed: %s", in_path,
+                           errno ? strerror(errno) : "the file shrank while it was copied");
+        fl_status s = waited ? FL_OK : ordered_digest_wait(turn, k, err);
+        waited = 1;
+        if (s != FL_OK)
+            return s;
+        if (!(turn ? ordered_digest_update(turn, buf, want) : fl_digest_update(whole, buf, want)))
+            return fl_fail(err, FL_EIO, "%s: cannot compute its sha256", out_path);
+        if ((s = write_all(out, buf, want, out_off, out_path, err)) != FL_OK)
+            return s;
+        in_off += want;
+        out_off += want;
+        n -= want;
+    } while (n > 0);
+    return FL_OK;
+}
+
 /* ---------------------------------------------------------------------------
  * the streaming tensor writer */
 
@@ -63,6 +147,7 @@ typedef struct {
     char **bufs;            /* one buffer per pool worker */
     const convert_options *opt;
     int use_mmap;           /* read folded sources through a mapping */
+    ordered_digest *hash;   /* the file's sha256, fed in file order (NULL: none) */
 } shard_job;
 
 /* A source file that shrinks while it is mapped, or a sector the disk
@@ -177,18 +262,33 @@ static fl_status shard_item(void *ctx, size_t k, int worker, fl_error *e)
     fl_status s = FL_OK;
     if (o->op == OUT_COPY) {
         const ckpt_shard *sh = &j->ck->shards[o->src->shard];
-        s = fl_copy_range(sh->fd, sh->st.data_start + t->begin + w->first, j->out_fd, w->dst_off,
-                          st_nbytes(t), sh->path, j->out_path, buf, j->buf_size, e);
-    } else if (o->op == OUT_IDENTITY) {
-        fill_value(t->dtype, buf, (size_t)w->count, o->identity);
-        s = write_all(j->out_fd, buf, (size_t)bytes, w->dst_off, j->out_path, e);
+        uint64_t in_off = sh->st.data_start + t->begin + w->first;
+        if (j->hash)
+            s = copy_hashed(sh->fd, in_off, j->out_fd, w->dst_off, st_nbytes(t), sh->path, j->out_path,
+                            buf, j->buf_size, NULL, j->hash, k, e);
+        else
+            s = fl_copy_range(sh->fd, in_off, j->out_fd, w->dst_off, st_nbytes(t), sh->path,
+                              j->out_path, buf, j->buf_size, e);
     } else {
-        long bad = -1;
-        s = fold_chunk(j->ck, o, w->first, w->count, buf, j->use_mmap, &bad, e);
-        if (s == FL_OK && bad >= 0)
-            s = not_finite(j, o, w->first + (uint64_t)bad, e);
-        else if (s == FL_OK)
+        if (o->op == OUT_IDENTITY) {
+            fill_value(t->dtype, buf, (size_t)w->count, o->identity);
+        } else {
+            long bad = -1;
+            s = fold_chunk(j->ck, o, w->first, w->count, buf, j->use_mmap, &bad, e);
+            if (s == FL_OK && bad >= 0)
+                s = not_finite(j, o, w->first + (uint64_t)bad, e);
+        }
+        if (s == FL_OK && j->hash && (s = ordered_digest_wait(j->hash, k, e)) == FL_OK &&
+            !ordered_digest_update(j->hash, buf, (size_t)bytes))
+            s = fl_fail(e, FL_EIO, "%s: cannot compute its sha256", j->out_path);
+        if (s == FL_OK)
             s = write_all(j->out_fd, buf, (size_t)bytes, w->dst_off, j->out_path, e);
+    }
+    if (j->hash) {
+        if (s == FL_OK)
+            ordered_digest_pass(j->hash);
+        else
+            ordered_digest_abort(j->hash);
     }
     if (s != FL_OK)
         return s;
@@ -304,14 +404,27 @@ static fl_status write_shard(txn *t, const checkpoint *ck, const fold_plan *plan
         s = write_all(fd, f->header, f->header_size, 0, path, err);
     if (s == FL_OK)
         s = make_items(f, wk->buf_size, &items, &n_items, err);
+    /* --push-to-hub: the file's sha256 from the bytes as they are written,
+     * the header first, then the items in file order. */
+    ordered_digest hash;
+    int hashing = 0;
+    if (opt->digests && s == FL_OK) {
+        hashing = ordered_digest_init(&hash, HASH_SHA256);
+        if (!hashing || !ordered_digest_update(&hash, f->header, f->header_size))
+            s = fl_fail(err, FL_EIO, "%s: cannot compute its sha256", path);
+    }
     if (s == FL_OK) {
         shard_job job = {.ck = ck, .out_fd = fd, .out_path = path, .items = items,
                          .n_items = n_items, .done_base = done_base, .total = total,
                          .buf_size = wk->buf_size, .bufs = wk->bufs, .opt = opt,
-                         .use_mmap = sigbus_handled()};
+                         .use_mmap = sigbus_handled(), .hash = hashing ? &hash : NULL};
         atomic_init(&job.done, 0);
         s = fl_pool_run(wk->pool, n_items, shard_item, &job, err);
     }
+    if (s == FL_OK && hashing)
+        s = digest_add(opt, f->file, f->header_size + f->data_bytes, &hash.d, err);
+    if (hashing)
+        ordered_digest_free(&hash);
     free(items);
     free(path);
     if (s != FL_OK) {
@@ -319,6 +432,20 @@ static fl_status write_shard(txn *t, const checkpoint *ck, const fold_plan *plan
         return s;
     }
     return txn_finish_file(t, f->file, fd, 1, err);
+}
+
+/* The digest of a shard an earlier run finished (--resume): read back. */
+static fl_status digest_existing(txn *t, const convert_options *opt, const out_file *f, fl_error *err)
+{
+    uint64_t size = f->header_size + f->data_bytes;
+    char *path = fl_asprintf("%s/%s", txn_path(t), f->file), hex[65];
+    int fd = path ? open(path, O_RDONLY | O_CLOEXEC) : -1;
+    fl_status s = fd < 0 ? fl_fail(err, FL_EIO, "%s: cannot open: %s", path ? path : f->file, strerror(errno))
+                         : fl_hash_fd(fd, path, (int64_t)size, hex, NULL, NULL, NULL, NULL, err);
+    if (fd >= 0)
+        close(fd);
+    free(path);
+    return s == FL_OK ? digest_add_hex(opt, f->file, size, hex, err) : s;
 }
 
 /* Every shard of the layout; with --resume, the ones an earlier run
@@ -336,9 +463,11 @@ static fl_status write_shards(txn *t, const checkpoint *ck, const fold_plan *pla
         const out_file *f = &l->f[i];
         if (f->skip)
             continue;
-        if (opt->resume && txn_reusable(t, f->file))
+        if (opt->resume && txn_reusable(t, f->file)) {
             resumed++;
-        else
+            if (opt->digests)
+                s = digest_existing(t, opt, f, err);
+        } else
             s = write_shard(t, ck, plan, f, opt, &wk, done, total, err);
         done += f->header_size + f->data_bytes;
     }
@@ -366,11 +495,13 @@ static unsigned source_mode(const checkpoint *ck, const char *rel, unsigned fall
     return mode;
 }
 
-static fl_status write_text(txn *t, const char *rel, const char *text, size_t n, unsigned mode,
-                            fl_error *err)
+static fl_status write_text(txn *t, const convert_options *opt, const char *rel, const char *text,
+                            size_t n, unsigned mode, fl_error *err)
 {
     int fd;
-    fl_status s = txn_create(t, rel, mode, &fd, err);
+    fl_status s = opt->digests ? digest_buffer(opt, rel, text, n, err) : FL_OK;
+    if (s == FL_OK)
+        s = txn_create(t, rel, mode, &fd, err);
     if (s != FL_OK)
         return s;
     char *path = fl_asprintf("%s/%s", txn_path(t), rel);
@@ -383,9 +514,13 @@ static fl_status write_text(txn *t, const char *rel, const char *text, size_t n,
     return txn_finish_file(t, rel, fd, 0, err);
 }
 
-static fl_status copy_file(txn *t, const checkpoint *ck, const char *rel, char *buf, size_t cap,
-                           fl_error *err)
+static fl_status copy_file(txn *t, const checkpoint *ck, const convert_options *opt, const char *rel,
+                           char *buf, size_t cap, fl_error *err)
 {
+    fl_digest dg;
+    int hashing = opt->digests != NULL;
+    if (hashing && !fl_digest_init(&dg, HASH_SHA256, 0))
+        return fl_fail(err, FL_EIO, "%s: cannot compute its sha256", rel);
     char *src = fl_path_join(ck->dir, rel), *dst = fl_asprintf("%s/%s", txn_path(t), rel);
     int in = -1, out = -1;
     struct stat st;
@@ -395,7 +530,10 @@ static fl_status copy_file(txn *t, const checkpoint *ck, const char *rel, char *
     else if ((in = open(src, O_RDONLY | O_CLOEXEC | O_NONBLOCK)) < 0 || fstat(in, &st) != 0)
         s = fl_fail(err, FL_EIO, "%s: cannot open: %s", src, strerror(errno));
     else if ((s = txn_create(t, rel, (unsigned)st.st_mode, &out, err)) == FL_OK) {
-        s = fl_copy_range(in, 0, out, 0, (uint64_t)st.st_size, src, dst, buf, cap, err);
+        s = hashing ? copy_hashed(in, 0, out, 0, (uint64_t)st.st_size, src, dst, buf, cap, &dg, NULL, 0, err)
+                    : fl_copy_range(in, 0, out, 0, (uint64_t)st.st_size, src, dst, buf, cap, err);
+        if (s == FL_OK && hashing)
+            s = digest_add(opt, rel, (uint64_t)st.st_size, &dg, err);
         if (s == FL_OK)
             s = txn_finish_file(t, rel, out, 0, err);
         else
@@ -403,17 +541,19 @@ static fl_status copy_file(txn *t, const checkpoint *ck, const char *rel, char *
     }
     if (in >= 0)
         close(in);
+    if (hashing)
+        fl_digest_free(&dg);
     free(src);
     free(dst);
     return s;
 }
 
-static fl_status copy_other_files(txn *t, const checkpoint *ck, fl_error *err)
+static fl_status copy_other_files(txn *t, const checkpoint *ck, const convert_options *opt, fl_error *err)
 {
     char buf[1 << 16];
     fl_status s = FL_OK;
     for (size_t i = 0; i < ck->n_other && s == FL_OK; i++)
-        s = copy_file(t, ck, ck->other_files[i], buf, sizeof buf, err);
+        s = copy_file(t, ck, opt, ck->other_files[i], buf, sizeof buf, err);
     return s;
 }
 
@@ -444,7 +584,7 @@ static fl_status make_card(const checkpoint *ck, const fold_plan *plan, const co
                            prepared *p, fl_error *err)
 {
     char base[PATH_MAX], title[NAME_MAX + 1];
-    card_source cs = {.title = fl_basename(opt->out_dir, title, sizeof title)};
+    card_source cs = {.title = fl_basename(opt->out_dir, title, sizeof title), .license = opt->license};
     if (opt->base_model)
         snprintf(base, sizeof base, "%s", opt->base_model);
     cs.on_hub = opt->base_model || card_repo_of_snapshot(ck->dir, base, sizeof base);
@@ -576,16 +716,16 @@ fl_status convert_write(const checkpoint *ck, const fold_plan *plan, const conve
         s = write_shards(t, ck, plan, &p.layout, opt, err);
     /* The updated index. */
     if (s == FL_OK && p.layout.want_index)
-        s = write_text(t, "model.safetensors.index.json", p.index, p.index_len, p.index_mode, err);
+        s = write_text(t, opt, "model.safetensors.index.json", p.index, p.index_len, p.index_mode, err);
     /* config.json with only the FlashNorm keys changed. */
     if (s == FL_OK)
-        s = write_text(t, "config.json", p.config, p.config_len, p.config_mode, err);
+        s = write_text(t, opt, "config.json", p.config, p.config_len, p.config_mode, err);
     /* The model card. */
     if (s == FL_OK)
-        s = write_text(t, "README.md", p.card, strlen(p.card), p.card_mode, err);
+        s = write_text(t, opt, "README.md", p.card, strlen(p.card), p.card_mode, err);
     /* The other files, verbatim. */
     if (s == FL_OK)
-        s = copy_other_files(t, ck, err);
+        s = copy_other_files(t, ck, opt, err);
     if (s == FL_OK && opt->progress)
         opt->progress(opt->progress_ctx, p.layout.tensor_bytes, p.layout.tensor_bytes);
     /* --strict, then the rename into place. */

@@ -11,6 +11,8 @@ typedef struct {
     int on_hub;              /* base_model is a repo id: the card links its card */
     const char *title;       /* the output's name */
     const char *source_card; /* the source's README.md text, or NULL */
+    const char *license;     /* the source's license when its card is not at hand
+                                (the Hub API's cardData), or NULL */
 } card_source;
 
 /* Renders the card for `plan`.  The YAML front matter has base_model, the

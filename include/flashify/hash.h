@@ -93,4 +93,28 @@ fl_status fl_hash_fd(int fd, const char *path, int64_t size, char *sha256, char 
                      const atomic_int *stop, hash_progress_fn progress, void *progress_ctx,
                      fl_error *err);
 
+/* ---- hashing a file written out of order --------------------------------
+ * The writer's workers finish their pieces of a file out of order, but a
+ * digest must take the bytes in file order: piece k waits for its turn
+ * (everything before it hashed), adds its bytes, and passes the turn on.
+ * Pieces are handed out in order, so the piece holding the turn is always
+ * being worked on; a failure anywhere aborts the waiters. */
+typedef struct {
+    fl_digest d;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    size_t next;         /* the piece whose turn it is */
+    int failed;
+} ordered_digest;
+
+int ordered_digest_init(ordered_digest *o, hash_kind kind);
+/* Waits for piece k's turn: FL_OK, or FL_EINTR once aborted or interrupted. */
+fl_status ordered_digest_wait(ordered_digest *o, size_t k, fl_error *err);
+/* Adds bytes during the caller's turn (0 on failure). */
+int ordered_digest_update(ordered_digest *o, const void *p, size_t n);
+/* Ends the caller's turn. */
+void ordered_digest_pass(ordered_digest *o);
+void ordered_digest_abort(ordered_digest *o);
+void ordered_digest_free(ordered_digest *o);
+
 #endif

@@ -110,23 +110,8 @@ typedef struct {
 fl_status hub_upload(const upload_request *req, upload_result *res, fl_error *err);
 void upload_result_free(upload_result *res);
 
-/* The sha256 of every file hub_upload would publish from folder, `jobs`
- * at a time, with HUB_PHASE_HASH events (fn may be NULL): for a
- * conversion's output right after it was written (--push-to-hub), so the
- * upload reads each file once more only to send it.  Free with
- * upload_digests_free. */
-fl_status upload_hash_folder(const char *folder, int jobs, hub_progress_fn fn, void *ctx,
-                             upload_digest **out, size_t *n, fl_error *err);
 void upload_digests_free(upload_digest *d, size_t n);
 
-/* The license a model card's YAML front matter declares ("license: x"),
- * or NULL (malloc'd). */
-char *hub_card_license(const char *text);
 
-/* The card text with "license: <license>" added to its front matter when
- * it has none (malloc'd); NULL when the card has no front matter, already
- * names a license, or the license is not a plain identifier
- * ([A-Za-z0-9._-]+, so nothing else can enter the YAML). */
-char *hub_card_with_license(const char *text, const char *license);
 
 #endif

@@ -27,6 +27,15 @@ typedef struct {
     const char *base_model;     /* the source's Hub repo id for the model card;
                                    NULL: found from a cache snapshot path, else
                                    the source directory's name */
+    const char *license;        /* the source's license for the card when the
+                                   source's own card does not say (the Hub API's
+                                   cardData), or NULL */
+    /* When not NULL, filled with the sha256 of every file the output holds,
+     * computed from the bytes as they are written (pass-through tensors then
+     * go through a buffer instead of copy_file_range, so each byte is read
+     * once), for publishing (--push-to-hub) without reading the output again.
+     * A shard an earlier run finished (--resume) is hashed from its file. */
+    struct convert_digests *digests;
     /* --force never replaces these directories or one containing them
      * ($HOME, $HF_HOME), and never writes inside managed_dirs (the hub
      * cache): txn.h.  NULL-terminated; may be NULL. */
@@ -43,6 +52,20 @@ typedef struct {
     void (*note)(void *progress_ctx, const char *msg);
     void *progress_ctx;
 } convert_options;
+
+/* The digest of one output file (convert_options.digests). */
+typedef struct {
+    char *path;                 /* relative to the output directory */
+    uint64_t size;
+    char sha256[65];            /* lowercase hex */
+} convert_digest;
+
+typedef struct convert_digests {
+    convert_digest *v;
+    size_t n, cap;
+} convert_digests;
+
+void convert_digests_free(convert_digests *d);
 
 /* Everything the real run checks before it writes a byte, without writing
  * anything: the output layout and headers, config.json's rewrite, the

@@ -138,7 +138,37 @@ def test_nothing_is_published_when_the_check_fails_or_there_is_no_token():
         check("\nlicense: mit\n" in card.split("---", 2)[1], "license of a local source: %s" % card)
 
 
+def test_digests_made_while_writing_many_pieces():
+    """The converter hashes each file as its workers write it, in file
+    order, though they finish out of order: 4 threads and a 1 MiB budget
+    cut every tensor into many pieces over 3 shards.  The storage checks
+    every LFS object's sha256 against the bytes it receives, and the upload
+    reads each file only to send it (no hashing pass of its own)."""
+    import sys
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from fixtures import build_model, write_checkpoint
+    with UpEnv() as env:
+        m = build_model("llama", dtype="BF16", tied=True, hidden=256, vocab=1024, layers=2, seed=91)
+        src = os.path.join(env.tmp, "src")
+        write_checkpoint(m, src, shards=3, extra_files=False)
+        out = os.path.join(env.tmp, "out")
+        r = env.run(src, "-o", out, "--threads", "4", "--memory", "1MiB", "--push-to-hub",
+                    "me/pieces", "--json")
+        check_ok(r, "a conversion in many pieces, published")
+        published = tree(out)
+        repo = check_remote(env, "me/pieces", published)
+        shards = [k for k in published if k.endswith(".safetensors")]
+        check(len(shards) == 3 and all(k in repo.lfs for k in shards), "shards %r" % shards)
+        s = json.loads([l for l in r.stdout.splitlines() if l.startswith('{"repo"')][0])
+        lfs_bytes = sum(len(v) for k, v in published.items() if k in repo.lfs)
+        inline = sum(len(v) for k, v in published.items() if k not in repo.lfs)
+        samples = sum(min(512, len(v)) for v in published.values())
+        check(s["bytes_read"] == lfs_bytes + inline + samples + len(published["README.md"]),
+              "bytes_read %d: the upload hashed the files again" % s["bytes_read"])
+
+
 if __name__ == "__main__":
     run_tests([test_upload_then_download_is_byte_identical,
                test_download_convert_verify_publish_one_liner,
-               test_nothing_is_published_when_the_check_fails_or_there_is_no_token])
+               test_nothing_is_published_when_the_check_fails_or_there_is_no_token,
+               test_digests_made_while_writing_many_pieces])

@@ -1,6 +1,6 @@
 /* test_upload.c — the pure parts of publishing: the streamed commit
  * payload (base64 and JSON, read in any pieces), the digests the Hub names
- * files by, which paths a folder publishes, and the card's license.
+ * files by and which paths a folder publishes.
  * Expectations are literal values: RFC 4648 test vectors, `git
  * hash-object` and sha256sum outputs, huggingface_hub's ignore and forbid
  * rules (utils/_paths.py), not outputs of the code under test. */
@@ -149,29 +149,6 @@ static void test_paths(void)
           "a name that only starts with .cache refused");
 }
 
-static void test_card_license(void)
-{
-    struct { const char *card, *license; } cases[] = {
-        {"---\nlicense: apache-2.0\ntags:\n- x\n---\n", "apache-2.0"},
-        {"---\nbase_model: a/b\nlicense: \"mit\"\n---\nlicense: no\n", "mit"},
-        {"---\ntags:\n- x\n---\nlicense: not-in-front-matter\n", NULL},
-        {"# no front matter\nlicense: mit\n", NULL},
-        {"---\nlicense:   llama3.2   # comment\n---\n", "llama3.2"},
-    };
-    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
-        char *l = hub_card_license(cases[i].card);
-        CHECK(cases[i].license ? l && !strcmp(l, cases[i].license) : !l, "case %zu: '%s'", i,
-              l ? l : "(none)");
-        free(l);
-    }
-    char *c = hub_card_with_license("---\nbase_model: a/b\n---\n# x\n", "mit");
-    CHECK(c && !strcmp(c, "---\nlicense: mit\nbase_model: a/b\n---\n# x\n"), "added: %s",
-          c ? c : "(null)");
-    free(c);
-    CHECK(!hub_card_with_license("---\nlicense: mit\n---\n", "apache-2.0"), "replaced a license");
-    CHECK(!hub_card_with_license("---\n---\n", "mit\nevil: 1"), "a license with a newline");
-    CHECK(!hub_card_with_license("no front matter\n", "mit"), "no front matter");
-}
 
 int main(void)
 {
@@ -179,7 +156,6 @@ int main(void)
     test_commit_payload();
     test_digests();
     test_paths();
-    test_card_license();
     if (failures)
         fprintf(stderr, "%d check(s) failed\n", failures);
     return failures != 0;
