@@ -676,8 +676,8 @@ static fl_status parse_rope(fwd_model *m, fl_error *err)
     fl_status s = rp ? FL_OK : fwd_rope_defaults(m, &rp, err);
     const cJSON *sc = rp ? rp : ckpt_view_get(m->cfg, "rope_scaling");
     const cJSON *th = rp ? cJSON_GetObjectItemCaseSensitive(rp, "rope_theta") : NULL;
-    double theta0 = m->fam->rope_theta > 0 ? m->fam->rope_theta : 10000.0;
-    double theta = cJSON_IsNumber(th) ? th->valuedouble : ckpt_view_num(m->cfg, "rope_theta", theta0, theta0);
+    double t0 = m->fam->rope_theta > 0 ? m->fam->rope_theta : 10000.0;
+    double theta = cJSON_IsNumber(th) ? th->valuedouble : ckpt_view_num(m->cfg, "rope_theta", t0, t0);
     if (s == FL_OK && !(theta > 1))
         return fl_fail(err, FL_EINPUT, "%s/config.json: rope_theta %g must be > 1", ckdir(m), theta);
     if (s != FL_OK || (s = fwd_parse_qscale(m, sc, err)) != FL_OK ||
@@ -705,8 +705,7 @@ static fl_status parse_rope(fwd_model *m, fl_error *err)
  * loaders test `if config.tie_word_embeddings`, and None is false. */
 static fl_status parse_head(fwd_model *m, const char *prefix, fl_error *err)
 {
-    /* The top level first: a composite model's loader reads its own config
-     * (docs/architectures.md §vl-tie), as plan.c's tie_flag does. */
+    /* The top level first, as plan.c's tie_flag (docs/architectures.md §vl-tie). */
     int tie = m->ck->cfg.tie_top;
     if (tie < 0) {
         tie = ckpt_view_bool(m->cfg, "tie_word_embeddings", -1);
