@@ -8,6 +8,7 @@
 #include <cjson/cJSON.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 const arch_norm_class ARCH_RMS_W = {"LlamaRMSNorm", GAIN_W};
@@ -64,6 +65,45 @@ static const char GEMMA_UNTIE_WARNING[] =
 static const arch_norm_class GEMMA4_RMS = {"Gemma4RMSNorm", GAIN_W};
 static const char GEMMA4_MOE_POST_WHY[] =
     "normalises the dense MLP's or the experts' output before the two are summed, not a linear layer's input";
+/* -- zoo (a): Qwen3.5 / Qwen3.6 / Qwen3-Next (docs/architectures.md §qwen3_5).
+ * Decoder norms are 1 + w on a non-Gemma class; the layer type picks what
+ * input_layernorm feeds: layer_types[i], or, in configs without it (the
+ * original Qwen3-Next ones), every full_attention_interval-th layer
+ * (default 4) is full attention -- Qwen3NextConfig computes layer_types so. */
+static const arch_norm_class QWEN3_5_RMS = {"Qwen3_5RMSNorm", GAIN_ONE_PLUS_W};
+static const arch_norm_class QWEN3_NEXT_RMS = {"Qwen3NextRMSNorm", GAIN_ONE_PLUS_W};
+#define LAYER_IS(t) {.kind = WHEN_LAYER_TYPE, .key = "layer_types", .value = t}
+#define NO_LAYER_TYPES {.kind = WHEN_NOT_FLAG, .key = "layer_types"}
+#define INTERVAL(k) {.kind = k, .key = "full_attention_interval", .value = "4"}
+#define QWEN3_5_LINEAR \
+    L("linear_attn.in_proj_qkv"), L("linear_attn.in_proj_z"), L("linear_attn.in_proj_b"), L("linear_attn.in_proj_a")
+#define QWEN3_NEXT_LINEAR L("linear_attn.in_proj_qkvz"), L("linear_attn.in_proj_ba")
+#define LINEAR_NOTE "linear attention (Gated DeltaNet)"
+#define FULL_NOTE "gated full attention (q_proj: query and gate per head)"
+#define HYBRID_INPUT(linear)                                                                                  \
+    {.norm = "input_layernorm", .consumers = {linear}, .when = {LAYER_IS("linear_attention")}, .note = LINEAR_NOTE}, \
+    {.norm = "input_layernorm", .consumers = {QKV}, .when = {LAYER_IS("full_attention")}, .note = FULL_NOTE},          \
+    {.norm = "input_layernorm", .consumers = {linear}, .when = {NO_LAYER_TYPES, INTERVAL(WHEN_NOT_EVERY)},            \
+     .note = LINEAR_NOTE " (no layer_types: by full_attention_interval)"},                                            \
+    {.norm = "input_layernorm", .consumers = {QKV}, .when = {NO_LAYER_TYPES, INTERVAL(WHEN_EVERY)},                    \
+     .note = FULL_NOTE " (no layer_types: by full_attention_interval)"}
+#define QWEN_SHARED_EXPERT L("mlp.shared_expert.gate_proj"), L("mlp.shared_expert.up_proj"), L("mlp.shared_expert_gate")
+#define QWEN_SHARED_MOE_FOLDS                                                                                    \
+    {.norm = "post_attention_layernorm",                                                                         \
+     .consumers = {L("mlp.gate"), FUSED("mlp.experts.gate_up_proj", IN_EITHER), QWEN_SHARED_EXPERT},            \
+     .when = HAS_FUSED, .note = FUSED_NOTE},                                                                     \
+    {.norm = "post_attention_layernorm",                                                                         \
+     .consumers = {L("mlp.gate"), L("mlp.experts.{e}.gate_proj"), L("mlp.experts.{e}.up_proj"), QWEN_SHARED_EXPERT}, \
+     .when = {WHEN(WHEN_MOE)}}
+static const char GATED_NORM_WHY[] =
+    "gated RMSNorm of linear attention (gain w over head_v_dim, one gain for every value head, then times "
+    "silu(z)): out_proj reads it, but folding would need the gain tiled over the heads, which a fold does not do";
+#define HYBRID_KEEPS \
+    {KEEP("self_attn.q_norm", QK_NORM_WHY), KEEP("self_attn.k_norm", QK_NORM_WHY), KEEP("linear_attn.norm", GATED_NORM_WHY)}
+static const char QWEN_1PW_WARNING[] =
+    "Qwen3.5/Qwen3-Next decoder norms are 1+w: transformers initialises a missing one to 0 (the identity), "
+    "a loader that fills missing norms with 1 would double the gain. Use --keep-norms to write the identity "
+    "(0) explicitly";
 
 static const arch_info ARCHS[] = {
     {.model_type = "llama", .norm = &ARCH_RMS_W, .folds = LLAMA_FOLDS},
@@ -196,6 +236,48 @@ static const arch_info ARCHS[] = {
                KEEP("self_attn.k_norm", QK_NORM_WHY)},
      .moe = {.experts = {"num_experts"}, .flag = "enable_moe_block"},
      .tie_default = 1},
+    /* -- zoo (a): Qwen3.5 / Qwen3.6 / Qwen3-Next, docs/architectures.md §qwen3_5 */
+    {.model_type = "qwen3_5_text", .norm = &QWEN3_5_RMS, .folds = {HYBRID_INPUT(QWEN3_5_LINEAR), FOLD("post_attention_layernorm", GATE_UP)},
+     .keeps = HYBRID_KEEPS, .warning = QWEN_1PW_WARNING},
+    {.model_type = "qwen3_5_moe_text", .norm = &QWEN3_5_RMS,
+     .folds = {HYBRID_INPUT(QWEN3_5_LINEAR), QWEN_SHARED_MOE_FOLDS},
+     .keeps = HYBRID_KEEPS, .moe = {.experts = {"num_experts", "num_local_experts"}}, .warning = QWEN_1PW_WARNING},
+    {.model_type = "qwen3_next", .norm = &QWEN3_NEXT_RMS,
+     .folds = {HYBRID_INPUT(QWEN3_NEXT_LINEAR), QWEN_SHARED_MOE_FOLDS,
+               {.norm = "post_attention_layernorm", .consumers = {GATE_UP}, .when = {WHEN(WHEN_DENSE)},
+                .note = "dense layer"}},
+     .keeps = HYBRID_KEEPS, .moe = QWEN_MOE, .warning = QWEN_1PW_WARNING},
+    /* ---- zoo group (c): gpt-oss and Llama 4 ------------------------------
+     * §gpt_oss: GptOssRMSNorm applies w (in fp32).  Every layer is sparse;
+     * the router's bias and the sinks are added after W·x / in the softmax,
+     * so they stay.  The experts are [E, H, 2I], used as x @ W (fold axis 1);
+     * the released checkpoints store them as MXFP4 _blocks/_scales, which
+     * the planner names and --partial keeps. */
+    {.model_type = "gpt_oss", .norm = &ARCH_RMS_W,
+     .folds = {FOLD("input_layernorm", QKV),
+               FOLD("post_attention_layernorm", L("mlp.router"), FUSED("mlp.experts.gate_up_proj", IN_MIDDLE))},
+     .moe = {.experts = {"num_local_experts"}}},
+    /* §llama4: Llama4TextRMSNorm applies w; qk_norm is a weightless L2
+     * norm.  Sparse layers (moe_layers, else every interleave_moe_layer_step-th)
+     * feed the router, the [E, H, 2I] experts (fold axis 1) and the shared
+     * expert; llm-compressor's unpacked experts are per-expert Linears. */
+    {.model_type = "llama4_text", .norm = &ARCH_RMS_W,
+     .folds = {FOLD("input_layernorm", QKV),
+               {.norm = "post_attention_layernorm",
+                .consumers = {L("feed_forward.router"), FUSED("feed_forward.experts.gate_up_proj", IN_MIDDLE),
+                              L("feed_forward.shared_expert.gate_proj"), L("feed_forward.shared_expert.up_proj")},
+                .when = {WHEN(WHEN_MOE), WHEN_KEY(WHEN_HAS, "feed_forward.experts.gate_up_proj")},
+                .note = "fused experts [E, H, 2I]"},
+               {.norm = "post_attention_layernorm",
+                .consumers = {L("feed_forward.router"), L("feed_forward.experts.{e}.gate_proj"),
+                              L("feed_forward.experts.{e}.up_proj"), L("feed_forward.shared_expert.gate_proj"),
+                              L("feed_forward.shared_expert.up_proj")},
+                .when = {WHEN(WHEN_MOE)}, .note = "per-expert experts (llm-compressor's unpacked layout)"},
+               {.norm = "post_attention_layernorm",
+                .consumers = {L("feed_forward.gate_proj"), L("feed_forward.up_proj")},
+                .when = {WHEN(WHEN_DENSE)}, .note = "dense layer"}},
+     .moe = {.experts = {"num_local_experts"}, .sparse_list = "moe_layers", .step = "interleave_moe_layer_step",
+             .step_offset = 1}},
     /* ---- zoo (d): the vision-language rows, docs/architectures.md §vl ----
      * §ministral3: Ministral3DecoderLayer is the llama layout (its query
      * scale and YaRN touch no norm); Ministral3Config ties nothing. */
@@ -209,6 +291,12 @@ static const arch_alias ALIASES[] = {
     /* ---- zoo: Gemma 4 ---- Gemma4ForConditionalGeneration: text_config,
      * tensors under model.language_model.; Gemma4Config ties by default. */
     {.model_type = "gemma4", .text_type = "gemma4_text", .nested = 1, .tie_default = 1},
+    /* -- zoo (a): Qwen3_5ForConditionalGeneration and its MoE twin, §qwen3_5 */
+    {.model_type = "qwen3_5", .text_type = "qwen3_5_text", .nested = 1, .tie_default = -1},
+    {.model_type = "qwen3_5_moe", .text_type = "qwen3_5_moe_text", .nested = 1, .tie_default = -1},
+    /* zoo group (c), §llama4: Llama4ForConditionalGeneration, text model
+     * in text_config, tensors under language_model.model. */
+    {.model_type = "llama4", .text_type = "llama4_text", .nested = 1, .tie_default = -1},
     /* ---- zoo (d): §vl.  The Qwen VL decoders are qwen2 / qwen3 /
      * qwen3_moe under a VLM prefix; the vision towers pass through.  The
      * wrapper reads text_config (or flat keys: Qwen2/2.5-VL Hub configs);
@@ -337,6 +425,12 @@ static int cond_holds(const arch_cond *c, ckpt_view cfg, long i, long n_layers, 
     }
     case WHEN_HAS: return has(c->key, ctx);
     case WHEN_NOT_HAS: return !has(c->key, ctx);
+    case WHEN_EVERY:
+    case WHEN_NOT_EVERY: {
+        long n = ckpt_view_int(cfg, c->key, c->value ? strtol(c->value, NULL, 10) : 1);
+        int every = n > 0 && (i + 1) % n == 0;
+        return c->kind == WHEN_EVERY ? every : !every;
+    }
     default: return 1;
     }
 }

@@ -132,19 +132,38 @@ static inline double product(double W, double w, int one_plus, int wide)
  * for AVX2 and for baseline x86-64, and picked at load time. */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__) && \
     !defined(__SANITIZE_THREAD__)
-__attribute__((target_clones("avx2", "default")))
+#define FOLD_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define FOLD_CLONES
 #endif
+
+/* One element of the fast path: x * g in F32, rounded to BF16; *flagged
+ * gets a nonzero bit for a subnormal, infinite or NaN product. */
+static inline uint16_t bf16_mul_f32(uint16_t x, float g, uint32_t *flagged)
+{
+    uint32_t b = f32_bits(f32_from_bits((uint32_t)x << 16) * g);
+    uint32_t e = (b >> 23) & 0xFFu;
+    *flagged |= (e == 0xFFu) | ((e == 0) & ((b & 0x7FFFFFu) != 0));
+    return bf16_from_f32_bits_rne(b);
+}
+
+FOLD_CLONES
 static int fold_bf16_row_f32(const uint16_t *restrict x, uint16_t *restrict y, size_t n,
                              const float *restrict g)
 {
     uint32_t flagged = 0;
-    for (size_t c = 0; c < n; c++) {
-        float p = f32_from_bits((uint32_t)x[c] << 16) * g[c];
-        uint32_t b = f32_bits(p);
-        uint32_t e = (b >> 23) & 0xFFu;
-        flagged |= (e == 0xFFu) | ((e == 0) & ((b & 0x7FFFFFu) != 0));
-        y[c] = bf16_from_f32_bits_rne(b);
-    }
+    for (size_t c = 0; c < n; c++)
+        y[c] = bf16_mul_f32(x[c], g[c], &flagged);
+    return flagged != 0;
+}
+
+/* ... for n elements that all read the gain g (fused experts [E, in, out]). */
+FOLD_CLONES
+static int fold_bf16_run_f32(const uint16_t *restrict x, uint16_t *restrict y, size_t n, float g)
+{
+    uint32_t flagged = 0;
+    for (size_t c = 0; c < n; c++)
+        y[c] = bf16_mul_f32(x[c], g, &flagged);
     return flagged != 0;
 }
 
@@ -164,6 +183,13 @@ static int gains_fit_16_bits(const double *w, int one_plus, size_t cols, float *
     return 1;
 }
 
+/* The exact path for one element: the product as a round-to-odd double,
+ * to F32 by round-to-odd, to BF16 by nearest-even (see the top). */
+static inline uint16_t bf16_exact(uint16_t x, double w, int one_plus, int wide)
+{
+    return bf16_from_f32_bits_rne(f32_bits_round_odd(product(bf16_to_double(x), w, one_plus, wide)));
+}
+
 static void fold_bf16_exact(const uint16_t *in, uint16_t *out, size_t rows, size_t cols,
                             const double *w, int one_plus, int wide)
 {
@@ -177,10 +203,8 @@ static void fold_bf16_exact(const uint16_t *in, uint16_t *out, size_t rows, size
                 y[c] = bf16_from_f32_bits_rne(f32_bits_round_odd(p));
             }
         } else {
-            for (size_t c = 0; c < cols; c++) {
-                double p = product(bf16_to_double(x[c]), w[c], one_plus, wide);
-                y[c] = bf16_from_f32_bits_rne(f32_bits_round_odd(p));
-            }
+            for (size_t c = 0; c < cols; c++)
+                y[c] = bf16_exact(x[c], w[c], one_plus, wide);
         }
     }
 }
@@ -322,11 +346,47 @@ fold_axis fold_axis_of(const uint64_t *shape, int ndim, int axis)
     return ax;
 }
 
-/* A run of elements that all read gain g: folded against a vector of g,
- * in pieces of the stack buffer. */
+/* fold_bf16 for a run of n elements that all read one gain w: the 16-bit
+ * test once per run, not per piece, the fast path in blocks written
+ * straight to `out` (through a stack block when in == out, so a flagged
+ * block can be redone exactly from its input).  Returns fold_bf16's scan
+ * flag. */
+static int fold_bf16_run(const uint16_t *in, uint16_t *out, size_t n, double w, int one_plus, int wide)
+{
+    float g;
+    if (wide || !gains_fit_16_bits(&w, one_plus, 1, &g)) {
+        for (size_t c = 0; c < n; c++)
+            out[c] = bf16_exact(in[c], w, one_plus, wide);
+        return 1;
+    }
+    enum { BLOCK = 4096 };
+    uint16_t block[BLOCK];
+    int scan = 0;
+    for (size_t c0 = 0; c0 < n; c0 += BLOCK) {
+        size_t len = n - c0 < BLOCK ? n - c0 : BLOCK;
+        uint16_t *dst = in == out ? block : out + c0;
+        if (fold_bf16_run_f32(in + c0, dst, len, g)) {
+            for (size_t c = 0; c < len; c++)
+                out[c0 + c] = bf16_exact(in[c0 + c], w, one_plus, wide);
+            scan = 1;
+        } else if (dst == block) {
+            memcpy(out + c0, block, len * sizeof *block);
+        }
+    }
+    return scan;
+}
+
+/* A run of elements that all read gain g: BF16 by fold_bf16_run, the
+ * other dtypes against a vector of g, in pieces of the stack buffer. */
 static long fold_run(st_dtype d, const char *in, char *out, uint64_t n, double g, fl_gain gain,
                      int wide)
 {
+    if (d == ST_BF16) {
+        if (!fold_bf16_run((const uint16_t *)(const void *)in, (uint16_t *)(void *)out, (size_t)n, g,
+                           gain == GAIN_ONE_PLUS_W, wide))
+            return -1;
+        return first_nonfinite(d, out, (size_t)n);
+    }
     enum { PIECE = 512 };
     double gv[PIECE];
     size_t es = st_dtype_bits(d) / 8;

@@ -23,6 +23,8 @@ static void free_layer(fwd_layer *ly)
     free(ly->b_gate); free(ly->b_up); free(ly->b_down);
     free(ly->e_gate); free(ly->e_up); free(ly->e_gate_up); free(ly->e_down);
     free(ly->e_bias); free(ly->q_a_norm.g); free(ly->kv_a_norm.g);
+    fwd_gdn_free(ly->gdn);
+    free(ly->sinks); free(ly->b_router); free(ly->e_gu_bias); free(ly->e_dn_bias);
 }
 
 void fwd_close(fwd_model *m)
@@ -35,6 +37,7 @@ void fwd_close(fwd_model *m)
         for (long i = 0; i < m->L; i++)
             free_layer(&m->layers[i]);
     free(m->layers);
+    free(m->routing.sel);
     free(m->final_norm.g);
     free(m->freq_global);
     free(m->freq_local);
@@ -106,6 +109,7 @@ fl_status fwd_logits(fwd_model *m, const int32_t *tokens, size_t n, float *logit
     void *raw = xcalloc(rowb, 1, &oom);
     fl_status s = FL_OK;
     m->meter.done = 0;
+    fwd_route_reset(m);
     if (oom) {
         s = fl_fail(err, FL_EIO, "out of memory for %zu tokens", n);
         goto done;

@@ -83,8 +83,9 @@ static void rope_head(const fwd_model *m, const fwd_layer *ly, float *v, long po
 /* Causal softmax attention over T positions: query head h reads kv head
  * h / (nh / nkv) (GQA).  Row t of head h of q is at q + t*ldq + h*dqk (k
  * and v alike, with dqk and dv); ctx gets [T][nh * dv].  Scores and
- * softmax in double; Gemma2's soft cap; sliding window when the layer has
- * one. */
+ * softmax in double; Gemma2's soft cap; sliding window or chunked local
+ * attention (Llama 4: only keys in the query's chunk) when the layer has
+ * one; gpt-oss's sink logit joins each head's softmax and is dropped. */
 static void sdpa(const fwd_model *m, const fwd_layer *ly, const float *q, long ldq,
                  const float *k, long ldk, const float *v, long ldv, long nh, long nkv,
                  long dqk, long dv, long T, float *att, float *ctx)
@@ -95,7 +96,9 @@ static void sdpa(const fwd_model *m, const fwd_layer *ly, const float *q, long l
         for (long i = 0; i < T; i++) {
             const float *qi = q + i * ldq + hh * dqk;
             long j0 = ly->window > 0 && i - ly->window + 1 > 0 ? i - ly->window + 1 : 0;
-            double mx = -INFINITY;
+            if (ly->chunk > 0 && i / ly->chunk * ly->chunk > j0)
+                j0 = i / ly->chunk * ly->chunk;
+            double mx = ly->sinks ? (double)ly->sinks[hh] : -INFINITY;
             for (long j = j0; j <= i; j++) {
                 const float *kj = k + j * ldk + kh * dqk;
                 double d = 0;
@@ -108,7 +111,7 @@ static void sdpa(const fwd_model *m, const fwd_layer *ly, const float *q, long l
                 if (d > mx)
                     mx = d;
             }
-            double sum = 0;
+            double sum = ly->sinks ? exp((double)ly->sinks[hh] - mx) : 0;
             for (long j = j0; j <= i; j++) {
                 double e = exp((double)att[j] - mx);
                 att[j] = (float)e;
@@ -182,9 +185,19 @@ fl_status fwd_attention(const fwd_model *m, const fwd_layer *ly, const float *h,
 {
     if (m->fam->mla)
         return attention_mla(m, ly, h, T, b, out, err);
+    if (ly->gdn)
+        return fwd_deltanet(m, ly, h, T, out, err);
     long hd = m->hd, qd = m->nh * hd, kd = m->nkv * hd;
     fl_status s;
-    if (ly->qkv.t) {
+    float *gate = NULL;
+    if (m->fam->attn_gate) {
+        if ((s = fwd_gated_query(m, ly, h, T, b->q, &gate, err)) != FL_OK ||
+            (s = fwd_matmul(m, &ly->k, ly->bk, h, T, b->k, err)) != FL_OK ||
+            (s = fwd_matmul(m, &ly->v, ly->bv, h, T, b->v, err)) != FL_OK) {
+            free(gate);
+            return s;
+        }
+    } else if (ly->qkv.t) {
         /* Phi3: qkv_proj rows are [q | k | v] (Phi3Attention.forward). */
         if ((s = fwd_matmul(m, &ly->qkv, NULL, h, T, b->qkv, err)) != FL_OK)
             return s;
@@ -225,8 +238,19 @@ fl_status fwd_attention(const fwd_model *m, const fwd_layer *ly, const float *h,
             for (long hh = 0; hh < m->nkv; hh++)
                 rope_head(m, ly, b->k + t * kd + hh * hd, t);
         }
+    /* Llama4TextAttention: the L2 qk norm after RoPE, on RoPE layers only;
+     * the temperature on NoPE layers. */
+    if (m->qk_norm_on && m->fam->qk == QK_L2 && ly->inv_freq) {
+        norm_apply(m, b->q, T * m->nh, hd, NULL, 0);
+        norm_apply(m, b->k, T * m->nkv, hd, NULL, 0);
+    }
+    if (ly->temp_floor > 0)
+        fwd_temperature(ly, b->q, T, qd);
     fwd_apply_qscale(m, b->q, T);
     sdpa(m, ly, b->q, qd, b->k, kd, b->v, kd, m->nh, m->nkv, hd, hd, T, b->att, b->ctx);
+    if (gate)
+        fwd_gate_apply(b->ctx, gate, (size_t)T * (size_t)qd);
+    free(gate);
     return fwd_matmul(m, &ly->o, ly->bo, b->ctx, T, out, err);
 }
 
@@ -258,8 +282,8 @@ static fl_status gated_mlp(const fwd_model *m, const fwd_mat *gate, const fwd_ma
 }
 
 /* The indices of the K largest of E scores, best first; among equal scores
- * the lowest index wins, as torch.topk picks them.  Both routers use it. */
-static void top_k(const double *score, long E, long K, long *sel)
+ * the lowest index wins, as torch.topk picks them.  Every router uses it. */
+void fwd_top_k(const double *score, long E, long K, long *sel)
 {
     for (long k = 0; k < K; k++) {
         long best = -1;
@@ -274,49 +298,65 @@ static void top_k(const double *score, long E, long K, long *sel)
     }
 }
 
+void fwd_choose(const float *logits, long E, long K, long *sel)
+{
+    double score[E];
+    for (long e = 0; e < E; e++)
+        score[e] = logits[e];   /* exact: the same order as the float logits */
+    fwd_top_k(score, E, K, sel);
+}
+
+/* DeepseekV3TopkRouter's group limit: groups ranked by the sum of their two
+ * best choices, experts outside the topk_group best groups masked to 0. */
+static void ds_group_mask(const fwd_model *m, double *choice, long E)
+{
+    long G = m->n_group > 0 && E % m->n_group == 0 ? m->n_group : 1, per = E / G;
+    long keep = m->topk_group > 0 && m->topk_group < G ? m->topk_group : G;
+    if (keep >= G || per < 2)
+        return;
+    double gs[G];
+    int kept[G];
+    for (long g = 0; g < G; g++) {
+        double b1 = -INFINITY, b2 = -INFINITY;
+        for (long e = g * per; e < (g + 1) * per; e++) {
+            if (choice[e] > b1) {
+                b2 = b1;
+                b1 = choice[e];
+            } else if (choice[e] > b2) {
+                b2 = choice[e];
+            }
+        }
+        gs[g] = b1 + b2;
+        kept[g] = 0;
+    }
+    for (long n = 0; n < keep; n++) {
+        long best = -1;
+        for (long g = 0; g < G; g++)
+            if (!kept[g] && (best < 0 || gs[g] > gs[best]))
+                best = g;
+        kept[best] = 1;
+    }
+    for (long e = 0; e < E; e++)
+        if (!kept[e / per])
+            choice[e] = 0.0;
+}
+
 /* DeepseekV3TopkRouter: scores = sigmoid(logits); the choice adds
- * e_score_correction_bias; groups ranked by the sum of their two best
- * choices, experts outside the topk_group best groups masked to 0; top-k of
- * the choice; weights are the plain scores, renormalised (+1e-20) when
- * norm_topk_prob, times routed_scaling_factor. */
+ * e_score_correction_bias, group-limited; top-k of the choice; weights are
+ * the plain scores, renormalised (+1e-20) when norm_topk_prob, times
+ * routed_scaling_factor.  `given`: sel is already chosen, weigh it. */
 static void ds_route(const fwd_model *m, const fwd_layer *ly, const float *r, long E, long K,
-                     long *sel, float *sw)
+                     long *sel, float *sw, int given)
 {
     double score[E], choice[E];
     for (long e = 0; e < E; e++) {
         score[e] = 1.0 / (1.0 + exp(-(double)r[e]));
         choice[e] = score[e] + (ly->e_bias ? ly->e_bias[e] : 0.0);
     }
-    long G = m->n_group > 0 && E % m->n_group == 0 ? m->n_group : 1, per = E / G;
-    long keep = m->topk_group > 0 && m->topk_group < G ? m->topk_group : G;
-    if (keep < G && per >= 2) {
-        double gs[G];
-        int kept[G];
-        for (long g = 0; g < G; g++) {
-            double b1 = -INFINITY, b2 = -INFINITY;
-            for (long e = g * per; e < (g + 1) * per; e++) {
-                if (choice[e] > b1) {
-                    b2 = b1;
-                    b1 = choice[e];
-                } else if (choice[e] > b2) {
-                    b2 = choice[e];
-                }
-            }
-            gs[g] = b1 + b2;
-            kept[g] = 0;
-        }
-        for (long n = 0; n < keep; n++) {
-            long best = -1;
-            for (long g = 0; g < G; g++)
-                if (!kept[g] && (best < 0 || gs[g] > gs[best]))
-                    best = g;
-            kept[best] = 1;
-        }
-        for (long e = 0; e < E; e++)
-            if (!kept[e / per])
-                choice[e] = 0.0;
+    if (!given) {
+        ds_group_mask(m, choice, E);
+        fwd_top_k(choice, E, K, sel);
     }
-    top_k(choice, E, K, sel);
     double tot = 0;
     for (long k = 0; k < K; k++)
         tot += score[sel[k]];
@@ -328,45 +368,60 @@ static void ds_route(const fwd_model *m, const fwd_layer *ly, const float *r, lo
     }
 }
 
-/* Sparse MoE block: softmax router over all experts in fp32, top-k,
- * optional renormalisation (MixtralSparseMoeBlock always; Qwen*MoE when
- * norm_topk_prob), each expert on its tokens, plus Qwen2-MoE's shared
- * expert scaled by sigmoid(shared_expert_gate(x)). */
+/* Mixtral / Qwen: softmax over all experts in fp32, top-k, renormalised
+ * when norm_topk. */
+static void softmax_route(const fwd_model *m, const float *r, long E, long K, long *sel, float *sw, int given)
+{
+    double mx = -INFINITY, sum = 0;
+    for (long e = 0; e < E; e++)
+        if (r[e] > mx)
+            mx = r[e];
+    for (long e = 0; e < E; e++)
+        sum += exp((double)r[e] - mx);
+    if (!given)
+        fwd_choose(r, E, K, sel);
+    double tot = 0;
+    for (long k = 0; k < K; k++) {
+        double p = exp((double)r[sel[k]] - mx) / sum;
+        sw[k] = (float)p;
+        tot += p;
+    }
+    if (m->norm_topk)
+        for (long k = 0; k < K; k++)
+            sw[k] = (float)(sw[k] / tot);
+}
+
+/* The family's router for one token: choose sel and weigh it, or (given)
+ * only weigh the experts in sel. */
+static void route(const fwd_model *m, const fwd_layer *ly, const float *r, long E, long K, long *sel, float *sw,
+                  int given)
+{
+    if (m->fam->router == ROUTER_DEEPSEEK)
+        ds_route(m, ly, r, E, K, sel, sw, given);
+    else if (m->fam->router == ROUTER_HOOK)
+        m->fam->route(m, ly, r, E, K, sel, sw, given);
+    else
+        softmax_route(m, r, E, K, sel, sw, given);
+}
+
+/* Sparse MoE block: the router's choice per token (pinned to a recorded
+ * one when fwd_route_replay asked for it), each expert on its tokens
+ * (Llama 4: the score scales the expert's input), plus Qwen2-MoE's shared
+ * expert scaled by sigmoid(shared_expert_gate(x)) or an unscaled one. */
 static fl_status moe(const fwd_model *m, const fwd_layer *ly, const float *x, long T,
                      fwd_bufs *b, float *out, fl_error *err)
 {
     long E = ly->n_experts, K = m->topk, H = m->H;
     fl_status s;
-    if ((s = fwd_matmul(m, &ly->router, NULL, x, T, b->router, err)) != FL_OK)
+    if ((s = fwd_matmul(m, &ly->router, ly->b_router, x, T, b->router, err)) != FL_OK)
         return s;
     for (long t = 0; t < T; t++) {
         const float *r = b->router + t * E;
         long *sel = b->sel + t * K;
         float *sw = b->selw + t * K;
-        if (m->fam->router == ROUTER_DEEPSEEK) {
-            ds_route(m, ly, r, E, K, sel, sw);
-            continue;
-        }
-        double mx = -INFINITY, sum = 0;
-        for (long e = 0; e < E; e++)
-            if (r[e] > mx)
-                mx = r[e];
-        for (long e = 0; e < E; e++)
-            sum += exp((double)r[e] - mx);
-        double rd[E];
-        for (long e = 0; e < E; e++)
-            rd[e] = r[e];   /* exact: the same order as the float logits */
-        top_k(rd, E, K, sel);
-        double tot = 0;
-        for (long k = 0; k < K; k++) {
-            long best = sel[k];
-            double p = exp((double)r[best] - mx) / sum;
-            sw[k] = (float)p;
-            tot += p;
-        }
-        if (m->norm_topk)
-            for (long k = 0; k < K; k++)
-                sw[k] = (float)(sw[k] / tot);
+        route(m, ly, r, E, K, sel, sw, 0);
+        if (fwd_route_pin(m, sel, E, K))
+            route(m, ly, r, E, K, sel, sw, 1);
     }
     if ((s = fwd_experts(m, ly, x, T, b, out, err)) != FL_OK || !ly->sh_gate.t)
         return s;
@@ -417,6 +472,12 @@ fl_status fwd_experts(const fwd_model *m, const fwd_layer *ly, const float *x, l
                     idx[n] = t;
                     wt[n] = b->selw[t * K + k];
                     memcpy(b->xe + n * H, x + t * H, (size_t)H * sizeof(float));
+                    if (m->fam->route_scales_input) {
+                        /* Llama4TextMoe: routed_in = x * score, summed unweighted. */
+                        for (long c = 0; c < H; c++)
+                            b->xe[n * H + c] *= wt[n];
+                        wt[n] = 1.0f;
+                    }
                     n++;
                 }
         if (!n) {
@@ -427,8 +488,11 @@ fl_status fwd_experts(const fwd_model *m, const fwd_layer *ly, const float *x, l
             fwd_meter_add(m, &ly->e_down[e]);
             continue;
         }
-        s = gated_mlp(m, &ly->e_gate[e], &ly->e_up[e], ly->fused ? &ly->e_gate_up[e] : NULL, &ly->e_down[e], NULL,
-                      NULL, NULL, b->xe, n, b, b->tmp2, err);
+        if (m->fam->expert)
+            s = m->fam->expert(m, ly, e, b->xe, n, b, b->tmp2, err);
+        else
+            s = gated_mlp(m, &ly->e_gate[e], &ly->e_up[e], ly->fused ? &ly->e_gate_up[e] : NULL, &ly->e_down[e],
+                          NULL, NULL, NULL, b->xe, n, b, b->tmp2, err);
         for (long i = 0; s == FL_OK && i < n; i++)
             for (long c = 0; c < H; c++)
                 out[idx[i] * H + c] += wt[i] * b->tmp2[i * H + c];
@@ -459,6 +523,5 @@ void fwd_sdpa(const fwd_model *m, const fwd_layer *ly, const float *q, long ldq,
     sdpa(m, ly, q, ldq, k, ldk, v, ldv, nh, nkv, dqk, dv, T, att, ctx);
 }
 
-void fwd_top_k(const double *score, long E, long K, long *sel) { top_k(score, E, K, sel); }
 
 float fwd_act(const fwd_model *m, float x) { return act_fn(m, x); }

@@ -492,6 +492,9 @@ static fl_status moe_block(const fwd_model *m, const g4_layer *g, const float *r
         for (long e = 0; e < E; e++)
             p[e] /= sum;
         fwd_top_k(p, E, K, b->sel + t * K);
+        /* verify's output pass takes the source's choice (forward_route.c),
+         * weighted by this router's own probabilities. */
+        fwd_route_pin(m, b->sel + t * K, E, K);
         for (long k = 0; k < K; k++)
             tot += p[b->sel[t * K + k]];
         for (long k = 0; k < K; k++) {

@@ -36,7 +36,8 @@ typedef enum {
     QK_NONE,
     QK_HEAD,    /* RMSNorm over head_dim, one weight for all heads (Qwen3, Gemma3) */
     QK_FULL,    /* RMSNorm over the whole projection, before the reshape (OLMo2) */
-    QK_HEAD_2D  /* LayerNorm over head_dim, weight [heads, head_dim] (Cohere) */
+    QK_HEAD_2D, /* LayerNorm over head_dim, weight [heads, head_dim] (Cohere) */
+    QK_L2       /* weightless RMS over head_dim after RoPE, RoPE layers only (Llama 4) */
 } fwd_qk;
 
 typedef enum {
@@ -67,11 +68,28 @@ typedef enum {
 
 typedef enum {
     ROUTER_SOFTMAX,  /* softmax over all experts, top-k (Mixtral, Qwen) */
-    ROUTER_DEEPSEEK  /* sigmoid, correction bias, group-limited top-k */
+    ROUTER_DEEPSEEK, /* sigmoid, correction bias, group-limited top-k */
+    ROUTER_HOOK      /* the family's `route` function (gpt-oss, Llama 4) */
 } fwd_router;
 
+struct fwd_model;
+struct fwd_layer;
+struct fwd_bufs;
+struct fwd_moe_names;
+/* Family hooks (forward_oss.c, forward_llama4.c): the router's choice for
+ * one token (sel[K] experts, w[K] weights); one expert on n gathered rows;
+ * (given: sel is chosen already, only weigh it); binding a layer's experts (instead of the per-expert / fused binders);
+ * per-layer setup after the generic binding (sinks, chunked attention). */
+typedef void (*fwd_route_fn)(const struct fwd_model *m, const struct fwd_layer *ly, const float *logits, long E,
+                             long K, long *sel, float *w, int given);
+typedef fl_status (*fwd_expert_fn)(const struct fwd_model *m, const struct fwd_layer *ly, long e, const float *x,
+                                   long n, struct fwd_bufs *b, float *out, fl_error *err);
+typedef fl_status (*fwd_bind_experts_fn)(struct fwd_model *m, struct fwd_layer *ly, const char *pre,
+                                         const struct fwd_moe_names *nm, long E, fl_error *err);
+typedef fl_status (*fwd_layer_fn)(struct fwd_model *m, struct fwd_layer *ly, long i, const char *pre, fl_error *err);
+
 /* Tensor names of one MoE layout, relative to the layer prefix. */
-typedef struct {
+typedef struct fwd_moe_names {
     const char *router;      /* "mlp.gate" */
     const char *experts;     /* "mlp.experts": per-expert "<experts>.{e}.<gate>" or fused "<experts>.gate_up_proj" */
     const char *gate, *up, *down;   /* per-expert projection names */
@@ -96,6 +114,14 @@ typedef struct fwd_block {
     void (*close)(fwd_model *m);
 } fwd_block;
 
+/* Linear-attention layers (Gated DeltaNet, forward_deltanet.c), where
+ * config layer_types says "linear_attention". */
+typedef enum {
+    LINATTN_NONE,
+    LINATTN_SPLIT,  /* Qwen3.5: in_proj_qkv, in_proj_z, in_proj_b, in_proj_a */
+    LINATTN_FUSED   /* Qwen3-Next: in_proj_qkvz, in_proj_ba, grouped per key head */
+} fwd_linattn;
+
 typedef struct {
     const char *model_type;
     const char *wraps;          /* a composite type: the family of its text_config */
@@ -106,6 +132,7 @@ typedef struct {
     fwd_layout layout;
     fwd_qk qk;
     const char *qk_flag;        /* config flag that enables the q/k norms, or NULL (always) */
+    int qk_default;             /* ... its default when absent (Llama 4 use_qk_norm: true) */
     fwd_embed embed;
     const char *embed_key;
     const char *residual_key;   /* residual + m * sublayer (Granite), or NULL */
@@ -132,6 +159,18 @@ typedef struct {
     int topk_norm;              /* ... or this default (1 with no key: always) */
     const fwd_moe_names *moe[2]; /* MoE layouts; the first whose router exists */
     int tie_default;
+    /* zoo (a), Qwen3.5 / Qwen3-Next (docs/architectures.md §qwen3_5) */
+    fwd_linattn linear_attn;    /* Gated DeltaNet in the linear-attention layers */
+    int attn_gate;              /* q_proj rows are [query | gate] per head; output * sigmoid(gate) */
+    double rotary_default;      /* partial_rotary_factor when the config has none (0: 1) */
+    long head_dim_default;      /* head_dim when the config has none (0: hidden / heads) */
+    long topk_default;          /* num_experts_per_tok when absent (0: 2) */
+    const char *mlp;            /* the dense MLP's module name (NULL: "mlp"; Llama 4 "feed_forward") */
+    fwd_route_fn route;         /* ROUTER_HOOK */
+    int route_scales_input;     /* the routing weight multiplies the expert's input (Llama 4) */
+    fwd_expert_fn expert;       /* one routed expert, or NULL: gated_mlp */
+    fwd_bind_experts_fn bind_experts; /* or NULL: per-expert or fused, by name */
+    fwd_layer_fn layer_extra;   /* or NULL */
     /* zoo (d), forward_position.c */
     double rope_theta;          /* default rope_theta (0: 10000) */
     const char *rope_defaults;  /* JSON of the config class's default rope_parameters, or NULL */
@@ -168,12 +207,14 @@ double fwd_yarn_mscale(double scale, double mscale);
  * The model */
 
 typedef struct {
-    const ckpt_tensor *t;   /* NULL: absent */
+    const ckpt_tensor *t;   /* NULL: absent (MXFP4: the _blocks tensor) */
     long rows, cols;        /* [out, in] as nn.Linear stores it; xw: [in, out] */
     int dtype;
     size_t esize;           /* bytes per element */
     uint64_t off;           /* byte offset of this matrix in the tensor (one expert of a 3-D one) */
     int xw;                 /* stored [in, out] and used as x @ W (grouped-GEMM experts) */
+    const ckpt_tensor *mx;  /* MXFP4: the _scales tensor (rows of [.., out, in/32]); NULL: dtype */
+    uint64_t mx_off;        /* byte offset of this matrix's scales */
 } fwd_mat;
 
 typedef struct {
@@ -181,7 +222,7 @@ typedef struct {
     long n;
 } fwd_norm;
 
-typedef struct {
+typedef struct fwd_layer {
     fwd_norm attn_norm, attn_post, mlp_norm, mlp_post, q_norm, k_norm;
     fwd_mat q, k, v, qkv, o;
     float *bq, *bk, *bv, *bo;
@@ -195,10 +236,16 @@ typedef struct {
     float *e_bias;           /* DeepSeek router e_score_correction_bias (choice only) */
     fwd_mat q_a, q_b, kv_a, kv_b; /* DeepSeek MLA projections */
     fwd_norm q_a_norm, kv_a_norm;
+    struct fwd_gdn *gdn;     /* a Gated DeltaNet layer (forward_deltanet.c); NULL: attention */
     const float *inv_freq;   /* rot/2 frequencies; NULL: no RoPE (SmolLM3 NoPE) */
     float rope_af;           /* multiplies cos and sin */
     long window;             /* sliding window (0: none) */
     long rot;                /* rotary dims of this layer (0: the model's) */
+    long chunk;              /* chunked local attention: same chunk of this size only (0: none) */
+    float *sinks;            /* per-head attention sink logits in the softmax (gpt-oss), or NULL */
+    double temp_floor, temp_scale; /* NoPE temperature tuning (Llama 4): q *= 1 + s log(floor((t+1)/f) + 1); f 0: off */
+    float *b_router;         /* router bias (gpt-oss), or NULL */
+    float *e_gu_bias, *e_dn_bias; /* per-expert biases [E, 2I], [E, H] (gpt-oss), or NULL */
 } fwd_layer;
 
 /* A worker's conversion buffers, grown to the largest block it met. */
@@ -221,9 +268,11 @@ struct fwd_model {
     long H, L, nh, nkv, hd, V, rot;   /* rot: rotary dims per head */
     long max_inter;                   /* widest MLP / expert intermediate */
     long max_experts, topk, moe_layers;
+    long linear_layers;               /* Gated DeltaNet layers */
     int norm_topk;                    /* renormalise the top-k routing weights */
     long n_group, topk_group;
     double routed_scale;
+    double swiglu_limit;              /* gpt-oss experts' clamp (swiglu_limit, 7.0) */
     long q_lora, kv_lora, nope, vdim; /* MLA dims (rope part = rot) */
     int interleaved;                  /* RoPE on pairs (2i, 2i+1) */
     int act;
@@ -251,6 +300,17 @@ struct fwd_model {
         void *ctx;
         uint64_t done, total;
     } meter, *mp;
+    /* fwd_route_record / fwd_route_replay: every MoE decision of a pass,
+     * in order (layer by layer, token by token, K experts each). */
+    struct fwd_routing {
+        int mode;                      /* 0 free, 1 record, 2 replay */
+        long *sel;
+        size_t n, cap;
+        const struct fwd_routing *from; /* replay: the recording model's */
+        size_t pos;
+        long decisions, flips;
+        int lost;                      /* out of memory or a mismatch: not pinned */
+    } routing, *rp;
 };
 
 enum { ACT_SILU, ACT_GELU_TANH, ACT_GELU_ERF };
@@ -271,6 +331,23 @@ fl_status fwd_bind_fused(fwd_model *m, fwd_layer *ly, const char *pre, const cha
                          fl_error *err);
 
 
+/* forward_deltanet.c: Qwen3.5 / Qwen3-Next linear attention */
+/* 1 when layer i is a linear-attention layer: config layer_types[i], or
+ * without layer_types every full_attention_interval-th layer (default 4)
+ * is full attention (Qwen3NextConfig). */
+int fwd_layer_is_linear(const fwd_model *m, long i);
+fl_status fwd_bind_deltanet(fwd_model *m, fwd_layer *ly, const char *pre, fl_error *err);
+fl_status fwd_deltanet(const fwd_model *m, const fwd_layer *ly, const float *h, long T, float *out, fl_error *err);
+void fwd_gdn_free(struct fwd_gdn *g);
+
+/* forward_gated.c: the output-gated full attention of Qwen3.5 / Qwen3-Next */
+/* q_proj(h) split per head into the query (q, [T][nh * hd]) and the gate
+ * (*gate, allocated [T][nh * hd]). */
+fl_status fwd_gated_query(const fwd_model *m, const fwd_layer *ly, const float *h, long T, float *q, float **gate,
+                          fl_error *err);
+/* ctx *= sigmoid(gate), elementwise over n values. */
+void fwd_gate_apply(float *ctx, const float *gate, size_t n);
+
 /* forward_kernel.c */
 gemm_fn fwd_pick_gemm(void);
 void fwd_to_float(int d, const void *raw, float *out, size_t n);
@@ -282,6 +359,13 @@ fl_status fwd_matmul(const fwd_model *m, const fwd_mat *w, const float *bias, co
 void fwd_meter_add(const fwd_model *m, const fwd_mat *w);
 /* Rounds x to the storage dtype d and back. */
 double fwd_round_to_dtype(int d, double x);
+/* Bytes of matrix w as stored. */
+uint64_t fwd_mat_bytes(const fwd_mat *w);
+
+/* forward_mxfp4.c: rows [r, r + n) of an MXFP4 matrix decoded into floats
+ * (raw: scratch of at least n * cols * 17 / 32 bytes). */
+fl_status fwd_mxfp4_rows(const fwd_model *m, const fwd_mat *w, long r, long n, void *raw, float *out,
+                         fl_error *err);
 
 /* forward_position.c */
 /* The rope_parameters the config does not spell out: the family's defaults
@@ -323,5 +407,29 @@ float fwd_act(const fwd_model *m, float x);
 
 /* forward_gemma4.c (zoo: Gemma 4) */
 extern const fwd_block FWD_GEMMA4;
+/* ... of E float logits. */
+void fwd_choose(const float *logits, long E, long K, long *sel);
+
+/* forward_route.c: recording and replaying the routers' choices (see
+ * fwd_route_record in forward.h).  Called with a token's own choice sel[K]
+ * of E experts: records it, or replaces it by the recorded one and returns
+ * 1 (the caller then weighs the recorded experts). */
+int fwd_route_pin(const fwd_model *m, long *sel, long E, long K);
+/* Forgets the last pass's record (fwd_logits calls it first). */
+void fwd_route_reset(fwd_model *m);
+
+/* forward_oss.c (gpt-oss) and forward_llama4.c (Llama 4): the hooks above. */
+void fwd_oss_route(const fwd_model *m, const fwd_layer *ly, const float *logits, long E, long K, long *sel,
+                   float *w, int given);
+fl_status fwd_oss_expert(const fwd_model *m, const fwd_layer *ly, long e, const float *x, long n, fwd_bufs *b,
+                         float *out, fl_error *err);
+fl_status fwd_oss_bind_experts(fwd_model *m, fwd_layer *ly, const char *pre, const fwd_moe_names *nm, long E,
+                               fl_error *err);
+fl_status fwd_oss_layer(fwd_model *m, fwd_layer *ly, long i, const char *pre, fl_error *err);
+void fwd_llama4_route(const fwd_model *m, const fwd_layer *ly, const float *logits, long E, long K, long *sel,
+                      float *w, int given);
+fl_status fwd_llama4_layer(fwd_model *m, fwd_layer *ly, long i, const char *pre, fl_error *err);
+/* Llama 4's NoPE temperature tuning on q [T][nh * hd] at positions 0..T-1. */
+void fwd_temperature(const fwd_layer *ly, float *q, long T, long width);
 
 #endif

@@ -201,6 +201,8 @@ static fl_status read_rows(const fwd_model *m, const fwd_mat *w, long r, long n,
         if (!sc->cap)
             return fl_fail(err, FL_EIO, "out of memory");
     }
+    if (w->mx)
+        return fwd_mxfp4_rows(m, w, r, n, sc->raw, sc->f, err);
     size_t row_bytes = (size_t)w->cols * w->esize;
     void *dst = w->dtype == ST_F32 ? (void *)sc->f : sc->raw;
     fl_status s = ckpt_read(m->ck, w->t, w->off + (uint64_t)r * row_bytes, dst, (size_t)n * row_bytes, err);
@@ -307,11 +309,18 @@ void fwd_set_progress(fwd_model *m, fwd_progress_fn fn, void *ctx)
     m->meter.ctx = ctx;
 }
 
+uint64_t fwd_mat_bytes(const fwd_mat *w)
+{
+    uint64_t elems = (uint64_t)w->rows * (uint64_t)w->cols;
+    /* MXFP4: half a byte per element plus one scale byte per 32. */
+    return w->mx ? elems / 2 + elems / 32 : elems * w->esize;
+}
+
 void fwd_meter_add(const fwd_model *m, const fwd_mat *w)
 {
     struct fwd_meter *mt = m->mp;
     if (w->t)
-        mt->done += (uint64_t)w->rows * (uint64_t)w->cols * w->esize;
+        mt->done += fwd_mat_bytes(w);
     if (mt->fn)
         mt->fn(mt->ctx, mt->done < mt->total ? mt->done : mt->total, mt->total);
 }

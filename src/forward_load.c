@@ -61,7 +61,7 @@ fl_status fwd_bind_mat(const fwd_model *m, const char *name, long rows, long col
     if ((rows >= 0 && (long)s->shape[0] != rows) || (cols >= 0 && (long)s->shape[1] != cols))
         return fl_fail(err, FL_EINPUT, "%s: tensor '%s' has shape [%llu, %llu], expected [%ld, %ld]", ckdir(m), name,
                        (unsigned long long)s->shape[0], (unsigned long long)s->shape[1], rows, cols);
-    *out = (fwd_mat){t, (long)s->shape[0], (long)s->shape[1], s->dtype, st_dtype_bits(s->dtype) / 8, 0, 0};
+    *out = (fwd_mat){t, (long)s->shape[0], (long)s->shape[1], s->dtype, st_dtype_bits(s->dtype) / 8, 0, 0, NULL, 0};
     m->mp->total += st_nbytes(s);
     return FL_OK;
 }
@@ -94,7 +94,7 @@ static fl_status read_vec(const fwd_model *m, const char *name, long n, int requ
 }
 
 /* A float vector of exactly n elements (a bias). */
-static fl_status bind_vec(const fwd_model *m, const char *name, long n, int required, float **out, fl_error *err)
+fl_status fwd_bind_vec(const fwd_model *m, const char *name, long n, int required, float **out, fl_error *err)
 {
     double *d;
     *out = NULL;
@@ -136,11 +136,6 @@ fl_status fwd_bind_norm(const fwd_model *m, const char *name, long n, fwd_norm *
     return bind_norm(m, name, n, out, err);
 }
 
-fl_status fwd_bind_vec(const fwd_model *m, const char *name, long n, int required, float **out, fl_error *err)
-{
-    return bind_vec(m, name, n, required, out, err);
-}
-
 /* ----------------------------------------------------------------------------
  * MLP and MoE */
 
@@ -157,7 +152,7 @@ static const fwd_moe_names *moe_layout(const fwd_model *m, const char *pre)
 static fwd_mat slab(const ckpt_tensor *t, long e, long rows, long cols, int xw)
 {
     size_t es = st_dtype_bits(t->t->dtype) / 8;
-    return (fwd_mat){t, rows, cols, t->t->dtype, es, (uint64_t)e * (uint64_t)rows * (uint64_t)cols * es, xw};
+    return (fwd_mat){t, rows, cols, t->t->dtype, es, (uint64_t)e * (uint64_t)rows * (uint64_t)cols * es, xw, NULL, 0};
 }
 
 /* transformers 5 fused experts: gate_up_proj [E, 2I, H] and down_proj
@@ -268,7 +263,10 @@ static fl_status bind_moe(fwd_model *m, fwd_layer *ly, const char *pre, const fw
     if ((s = fwd_alloc_experts(ly, E, err)) != FL_OK)
         return s;
     int fused = findf(m, name, sizeof name, "%s%s.gate_up_proj", pre, nm->experts) != NULL;
-    s = fused ? fwd_bind_fused(m, ly, pre, nm->experts, E, err) : bind_per_expert(m, ly, pre, nm, E, err);
+    if (m->fam->bind_experts)
+        s = m->fam->bind_experts(m, ly, pre, nm, E, err);
+    else
+        s = fused ? fwd_bind_fused(m, ly, pre, nm->experts, E, err) : bind_per_expert(m, ly, pre, nm, E, err);
     if (s != FL_OK)
         return s;
     if (E > m->max_experts)
@@ -276,7 +274,7 @@ static fl_status bind_moe(fwd_model *m, fwd_layer *ly, const char *pre, const fw
     m->moe_layers++;
     if (m->fam->router == ROUTER_DEEPSEEK) {
         snprintf(name, sizeof name, "%s%s.e_score_correction_bias", pre, nm->router);
-        if ((s = bind_vec(m, name, E, 0, &ly->e_bias, err)) != FL_OK)
+        if ((s = fwd_bind_vec(m, name, E, 0, &ly->e_bias, err)) != FL_OK)
             return s;
     }
     return bind_shared(m, ly, pre, nm, err);
@@ -289,7 +287,8 @@ static fl_status bind_dense(fwd_model *m, fwd_layer *ly, const char *pre, fl_err
     char name[512];
     fl_status s;
     long H = m->H, I;
-    snprintf(name, sizeof name, "%smlp.gate_up_proj.weight", pre);
+    const char *mlp = m->fam->mlp ? m->fam->mlp : "mlp";
+    snprintf(name, sizeof name, "%s%s.gate_up_proj.weight", pre, mlp);
     if ((s = fwd_bind_mat(m, name, -1, H, 0, &ly->gate_up, err)) != FL_OK)
         return s;
     if (ly->gate_up.t) {
@@ -298,25 +297,25 @@ static fl_status bind_dense(fwd_model *m, fwd_layer *ly, const char *pre, fl_err
                            ly->gate_up.rows);
         I = ly->gate_up.rows / 2;
     } else {
-        snprintf(name, sizeof name, "%smlp.gate_proj.weight", pre);
+        snprintf(name, sizeof name, "%s%s.gate_proj.weight", pre, mlp);
         if ((s = fwd_bind_mat(m, name, -1, H, 1, &ly->gate, err)) != FL_OK)
             return s;
         I = ly->gate.rows;
-        snprintf(name, sizeof name, "%smlp.up_proj.weight", pre);
+        snprintf(name, sizeof name, "%s%s.up_proj.weight", pre, mlp);
         if ((s = fwd_bind_mat(m, name, I, H, 1, &ly->up, err)) != FL_OK)
             return s;
-        snprintf(name, sizeof name, "%smlp.gate_proj.bias", pre);
-        if ((s = bind_vec(m, name, I, 0, &ly->b_gate, err)) != FL_OK)
+        snprintf(name, sizeof name, "%s%s.gate_proj.bias", pre, mlp);
+        if ((s = fwd_bind_vec(m, name, I, 0, &ly->b_gate, err)) != FL_OK)
             return s;
-        snprintf(name, sizeof name, "%smlp.up_proj.bias", pre);
-        if ((s = bind_vec(m, name, I, 0, &ly->b_up, err)) != FL_OK)
+        snprintf(name, sizeof name, "%s%s.up_proj.bias", pre, mlp);
+        if ((s = fwd_bind_vec(m, name, I, 0, &ly->b_up, err)) != FL_OK)
             return s;
     }
-    snprintf(name, sizeof name, "%smlp.down_proj.weight", pre);
+    snprintf(name, sizeof name, "%s%s.down_proj.weight", pre, mlp);
     if ((s = fwd_bind_mat(m, name, H, I, 1, &ly->down, err)) != FL_OK)
         return s;
-    snprintf(name, sizeof name, "%smlp.down_proj.bias", pre);
-    if ((s = bind_vec(m, name, H, 0, &ly->b_down, err)) != FL_OK)
+    snprintf(name, sizeof name, "%s%s.down_proj.bias", pre, mlp);
+    if ((s = fwd_bind_vec(m, name, H, 0, &ly->b_down, err)) != FL_OK)
         return s;
     if (I > m->max_inter)
         m->max_inter = I;
@@ -382,19 +381,21 @@ static fl_status bind_attention(fwd_model *m, fwd_layer *ly, const char *pre, fl
     char name[512];
     fl_status s;
     long H = m->H, qd = m->nh * m->hd, kd = m->nkv * m->hd;
-    if ((s = fwd_bind_mat(m, NAME("self_attn.qkv_proj.weight"), qd + 2 * kd, H, 0, &ly->qkv, err)) != FL_OK)
+    long qrows = m->fam->attn_gate ? 2 * qd : qd; /* Qwen3NextAttention: query and gate */
+    if (!m->fam->attn_gate &&
+        (s = fwd_bind_mat(m, NAME("self_attn.qkv_proj.weight"), qd + 2 * kd, H, 0, &ly->qkv, err)) != FL_OK)
         return s;
     if (!ly->qkv.t &&
-        ((s = fwd_bind_mat(m, NAME("self_attn.q_proj.weight"), qd, H, 1, &ly->q, err)) != FL_OK ||
+        ((s = fwd_bind_mat(m, NAME("self_attn.q_proj.weight"), qrows, H, 1, &ly->q, err)) != FL_OK ||
          (s = fwd_bind_mat(m, NAME("self_attn.k_proj.weight"), kd, H, 1, &ly->k, err)) != FL_OK ||
          (s = fwd_bind_mat(m, NAME("self_attn.v_proj.weight"), kd, H, 1, &ly->v, err)) != FL_OK ||
-         (s = bind_vec(m, NAME("self_attn.q_proj.bias"), qd, 0, &ly->bq, err)) != FL_OK ||
-         (s = bind_vec(m, NAME("self_attn.k_proj.bias"), kd, 0, &ly->bk, err)) != FL_OK ||
-         (s = bind_vec(m, NAME("self_attn.v_proj.bias"), kd, 0, &ly->bv, err)) != FL_OK))
+         (s = fwd_bind_vec(m, NAME("self_attn.q_proj.bias"), qrows, 0, &ly->bq, err)) != FL_OK ||
+         (s = fwd_bind_vec(m, NAME("self_attn.k_proj.bias"), kd, 0, &ly->bk, err)) != FL_OK ||
+         (s = fwd_bind_vec(m, NAME("self_attn.v_proj.bias"), kd, 0, &ly->bv, err)) != FL_OK))
         return s;
     if ((s = fwd_bind_mat(m, NAME("self_attn.o_proj.weight"), H, qd, 1, &ly->o, err)) != FL_OK)
         return s;
-    return bind_vec(m, NAME("self_attn.o_proj.bias"), H, 0, &ly->bo, err);
+    return fwd_bind_vec(m, NAME("self_attn.o_proj.bias"), H, 0, &ly->bo, err);
 }
 #undef NAME
 
@@ -447,14 +448,21 @@ static fl_status bind_layer(fwd_model *m, const char *prefix, long i, fl_error *
     char pre[256];
     snprintf(pre, sizeof pre, "%slayers.%ld.", prefix, i);
     fl_status s = bind_layer_norms(m, ly, pre, err);
+    int linear = m->fam->linear_attn != LINATTN_NONE ? fwd_layer_is_linear(m, i) : 0;
+    if (s == FL_OK && linear < 0)
+        return fl_fail(err, FL_EINPUT, "%s/config.json: layer %ld is neither linear_attention nor full_attention "
+                       "(layer_types, or full_attention_interval without them)", ckdir(m), i);
     if (s == FL_OK)
-        s = m->fam->mla ? bind_mla(m, ly, pre, err) : bind_attention(m, ly, pre, err);
+        s = linear ? fwd_bind_deltanet(m, ly, pre, err)
+                   : m->fam->mla ? bind_mla(m, ly, pre, err) : bind_attention(m, ly, pre, err);
     if (s != FL_OK)
         return s;
     const fwd_moe_names *nm = moe_layout(m, pre);
     if ((s = nm ? bind_moe(m, ly, pre, nm, err) : bind_dense(m, ly, pre, err)) != FL_OK)
         return s;
     layer_positions(m, ly, i);
+    if (m->fam->layer_extra && (s = m->fam->layer_extra(m, ly, i, pre, err)) != FL_OK)
+        return s;
     if (ly->n_experts && (m->topk < 1 || m->topk > ly->n_experts))
         return fl_fail(err, FL_EINPUT, "%s/config.json: num_experts_per_tok %ld but layer %ld has %ld experts",
                        ckdir(m), m->topk, i, ly->n_experts);
@@ -519,12 +527,17 @@ static fl_status parse_dims(fwd_model *m, fl_error *err)
     if (m->L <= 0 || m->L > 100000 || m->nh <= 0 || m->nh > MAX_DIM || m->nkv > m->nh || m->nh % m->nkv != 0)
         return fl_fail(err, FL_EINPUT, "%s/config.json: num_hidden_layers %ld, num_attention_heads %ld, "
                        "num_key_value_heads %ld are not a valid attention layout", ckdir(m), m->L, m->nh, m->nkv);
-    m->hd = ckpt_view_int(m->cfg, "head_dim", 0);
+    m->hd = ckpt_view_int(m->cfg, "head_dim", m->fam->head_dim_default);
     if (m->hd <= 0)
         m->hd = m->H / m->nh;
     if (m->hd <= 0 || m->hd > MAX_DIM)
         return fl_fail(err, FL_EINPUT, "%s/config.json: head_dim %ld is not valid", ckdir(m), m->hd);
-    double prf = ckpt_view_num(m->cfg, "partial_rotary_factor", 1.0, 1.0);
+    /* transformers 5 keeps partial_rotary_factor in rope_parameters. */
+    double prf_default = m->fam->rotary_default > 0 ? m->fam->rotary_default : 1.0;
+    const cJSON *rp = ckpt_view_get(m->cfg, "rope_parameters");
+    const cJSON *rpf = cJSON_IsObject(rp) ? cJSON_GetObjectItemCaseSensitive(rp, "partial_rotary_factor") : NULL;
+    double prf = cJSON_IsNumber(rpf) ? rpf->valuedouble
+                                     : ckpt_view_num(m->cfg, "partial_rotary_factor", prf_default, prf_default);
     m->rot = (long)(m->hd * prf);
     m->rot -= m->rot % 2;
     if (m->rot <= 0 || m->rot > m->hd)
@@ -555,7 +568,9 @@ static fl_status parse_norms_act(fwd_model *m, fl_error *err)
 {
     const fwd_family *f = m->fam;
     m->eps = ckpt_view_num(m->cfg, f->eps_key, f->eps, f->eps);
-    m->qk_norm_on = !f->qk_flag || ckpt_view_bool(m->cfg, f->qk_flag, 0);
+    /* Python truthiness, as `if config.use_qk_norm` reads it (an int too). */
+    m->qk_norm_on = !f->qk_flag || (ckpt_view_get(m->cfg, f->qk_flag) ? ckpt_view_set(m->cfg, f->qk_flag)
+                                                                       : f->qk_default);
     const cJSON *v = ckpt_view_get(m->cfg, f->act_key);
     const char *act = cJSON_IsString(v) ? v->valuestring : f->act_default;
     if (!strcmp(act, "silu") || !strcmp(act, "swish"))
@@ -603,7 +618,7 @@ static void parse_scalars(fwd_model *m)
 static fl_status parse_moe(fwd_model *m, fl_error *err)
 {
     const fwd_family *f = m->fam;
-    m->topk = ckpt_view_int(m->cfg, "num_experts_per_tok", 2);
+    m->topk = ckpt_view_int(m->cfg, "num_experts_per_tok", f->topk_default ? f->topk_default : 2);
     m->norm_topk = f->topk_norm_key ? ckpt_view_bool(m->cfg, f->topk_norm_key, f->topk_norm) : f->topk_norm;
     if (f->router != ROUTER_DEEPSEEK)
         return FL_OK;
@@ -740,6 +755,9 @@ static void describe(fwd_model *m)
                      m->fam->model_type, m->L, m->H, m->nh, m->nkv, m->V, st_dtype_name(m->embed.dtype));
     if (m->fam->mla && n > 0 && (size_t)n < sizeof m->desc)
         n += snprintf(m->desc + n, sizeof m->desc - (size_t)n, ", MLA%s", m->q_lora > 0 ? "" : " (q_proj)");
+    if (m->linear_layers && n > 0 && (size_t)n < sizeof m->desc)
+        n += snprintf(m->desc + n, sizeof m->desc - (size_t)n, ", Gated DeltaNet in %ld of %ld layers",
+                      m->linear_layers, m->L);
     if (!m->moe_layers || n < 0 || (size_t)n >= sizeof m->desc)
         return;
     int fused = 0;
@@ -747,7 +765,10 @@ static void describe(fwd_model *m)
         if (m->layers[i].fused)
             fused = m->layers[i].fused;
     snprintf(m->desc + n, sizeof m->desc - (size_t)n, ", MoE in %ld of %ld layers (%s)", m->moe_layers, m->L,
-             fused == 1 ? "fused experts [E, 2I, H]" : fused == 2 ? "fused experts [E, H, 2I]" : "per-expert");
+             fused == 1   ? "fused experts [E, 2I, H]"
+             : fused == 2 ? "fused experts [E, H, 2I]"
+             : fused == 3 ? "MXFP4 experts, dequantized"
+                          : "per-expert");
 }
 
 static long cpu_count(void)

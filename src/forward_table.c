@@ -24,8 +24,19 @@ static const fwd_moe_names QWEN2_MOE = {.router = "mlp.gate", .experts = "mlp.ex
                                         .shared_gate = "mlp.shared_expert_gate"};
 static const fwd_moe_names QWEN3_MOE = {.router = "mlp.gate", .experts = "mlp.experts", .gate = "gate_proj",
                                         .up = "up_proj", .down = "down_proj"};
+/* Qwen3_5MoeSparseMoeBlock / Qwen3NextSparseMoeBlock (= Qwen2MoeSparseMoeBlock):
+ * experts plus a shared expert scaled by sigmoid(shared_expert_gate(x)). */
+static const fwd_moe_names QWEN_SHARED = {.router = "mlp.gate", .experts = "mlp.experts", .gate = "gate_proj",
+                                          .up = "up_proj", .down = "down_proj", .shared = "mlp.shared_expert",
+                                          .shared_gate = "mlp.shared_expert_gate"};
 static const fwd_moe_names DEEPSEEK = {.router = "mlp.gate", .experts = "mlp.experts", .gate = "gate_proj",
                                        .up = "up_proj", .down = "down_proj", .shared = "mlp.shared_experts"};
+/* zoo group (c): GptOssMLP (router, experts: bound by fwd_oss_bind_experts);
+ * Llama4TextMoe (fused [E, H, 2I] or llm-compressor's per-expert Linears). */
+static const fwd_moe_names GPT_OSS = {.router = "mlp.router", .experts = "mlp.experts"};
+static const fwd_moe_names LLAMA4 = {.router = "feed_forward.router", .experts = "feed_forward.experts",
+                                     .gate = "gate_proj", .up = "up_proj", .down = "down_proj",
+                                     .shared = "feed_forward.shared_expert"};
 
 /* ----------------------------------------------------------------------------
  * The families */
@@ -42,6 +53,9 @@ static const fwd_moe_names DEEPSEEK = {.router = "mlp.gate", .experts = "mlp.exp
     .scale_default = 256, .attn_cap_key = "attn_logit_softcapping",                                 \
     .final_cap_key = "final_logit_softcapping"
 
+#define QWEN_HYBRID(lin)                                                                                   \
+    .norm = NORM_RMS_1PW, .eps_key = "rms_norm_eps", .eps = 1e-6, SILU, .qk = QK_HEAD, .linear_attn = lin, \
+    .attn_gate = 1, .rotary_default = 0.25, .head_dim_default = 256
 /* Ministral3Config.__post_init__'s rope_parameters when the config has none. */
 #define MINISTRAL3_ROPE                                                                          \
     "{\"rope_type\":\"yarn\",\"rope_theta\":1000000.0,\"factor\":16.0,"                           \
@@ -93,6 +107,34 @@ static const fwd_family FAMILIES[] = {
      .tie_default = 1, .block = &FWD_GEMMA4},
     /* Gemma4ForConditionalGeneration: the text model in text_config. */
     {"gemma4", .wraps = "gemma4_text"},
+    /* -- zoo (a): Qwen3.5 / Qwen3.6 / Qwen3-Next, docs/architectures.md §qwen3_5.
+     * Qwen3_5RMSNorm / Qwen3NextRMSNorm are 1 + w, q/k norms per head;
+     * layer_types picks Gated DeltaNet or output-gated attention; config
+     * defaults partial_rotary_factor 0.25, head_dim 256.  Qwen3_5MoeTopKRouter
+     * always renormalises the top-k weights, Qwen3-Next's when norm_topk_prob
+     * (default true). */
+    {"qwen3_5_text", QWEN_HYBRID(LINATTN_SPLIT)},
+    {"qwen3_5", .wraps = "qwen3_5_text"},
+    {"qwen3_5_moe_text", QWEN_HYBRID(LINATTN_SPLIT), .topk_norm = 1, .moe = {&QWEN_SHARED}},
+    {"qwen3_5_moe", .wraps = "qwen3_5_moe_text"},
+    {"qwen3_next", QWEN_HYBRID(LINATTN_FUSED), TOPK_KEY, .topk_norm = 1, .moe = {&QWEN_SHARED}},
+    /* ---- zoo group (c): gpt-oss and Llama 4 ------------------------------
+     * GptOssRMSNorm (w * x_hat in fp32, eps 1e-5); GptOssConfig: sliding
+     * layers are the even ones unless layer_types says otherwise, 4 experts
+     * per token; q/k/v/o biases where stored; the sinks, router and experts
+     * in forward_oss.c. */
+    {"gpt_oss", .norm = NORM_RMS_F32, .eps_key = "rms_norm_eps", .eps = 1e-5, SILU, .sliding = SLIDE_EVEN,
+     .moe = {&GPT_OSS}, .router = ROUTER_HOOK, .route = fwd_oss_route, .expert = fwd_oss_expert,
+     .bind_experts = fwd_oss_bind_experts, .layer_extra = fwd_oss_layer, .topk_default = 4},
+    /* Llama4TextRMSNorm (x_hat.type_as(x) * w, eps 1e-5), the L2 qk norm
+     * (use_qk_norm, default true), complex (interleaved) RoPE, sigmoid
+     * routing of the expert input, dense layers under feed_forward.*;
+     * NoPE layers, chunks and temperature in forward_llama4.c. */
+    {"llama4_text", RMS(1e-5), SILU, .qk = QK_L2, .qk_flag = "use_qk_norm", .qk_default = 1, .interleaved = 1,
+     .moe = {&LLAMA4}, .router = ROUTER_HOOK, .route = fwd_llama4_route, .route_scales_input = 1, .topk_default = 1,
+     .mlp = "feed_forward", .layer_extra = fwd_llama4_layer},
+    /* Llama4ForConditionalGeneration: the text model in text_config. */
+    {"llama4", .wraps = "llama4_text"},
     /* ---- zoo (d): the vision-language text models and their wrappers,
      * docs/architectures.md §vl.  Each wrapper reads text_config (or flat
      * keys); text_config.model_type picks the row when known.  Multimodal

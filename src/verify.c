@@ -37,6 +37,8 @@ typedef struct {
     char desc[200];
     double secs;
     int ok;
+    long route_decisions, route_flips; /* MoE choices of the output pass, and those pinned */
+    int route_lost;
 } fsummary;
 
 /* Parses "1,2,3" (spaces allowed). */
@@ -225,9 +227,14 @@ static fl_status run_both(fwd_model *ms, fwd_model *mo, long V, const verify_opt
     size_t T = f->n_tokens;
     float *la = malloc(T * (size_t)V * sizeof *la), *lb = malloc(T * (size_t)V * sizeof *lb);
     fl_status s = la && lb ? FL_OK : fl_fail(err, FL_EIO, "out of memory for %zu x %ld logits", T, V);
+    /* The output pass takes the source pass's MoE choices (forward.h,
+     * fwd_route_record; docs/architectures.md §moe-routing). */
+    fwd_route_record(ms);
+    fwd_route_replay(mo, ms);
     if (s == FL_OK && (s = fwd_logits(ms, f->tokens, T, la, err)) == FL_OK &&
         (s = fwd_logits(mo, f->tokens, T, lb, err)) == FL_OK) {
         f->ran = 1;
+        fwd_route_stats(mo, &f->route_decisions, &f->route_flips, &f->route_lost);
         compare_logits(la, lb, V, T, f);
         if (opt->dump_logits)
             s = dump_logits(opt->dump_logits, la, T * (size_t)V, err);
@@ -342,6 +349,10 @@ static char *report_text(const char *src_dir, const char *out_dir, const tsummar
                   "KL max %.3g mean %.3g; tolerance %g (%s) (%.1f s)\n",
                   f->ok ? "ok" : "FAILED", f->n_tokens, f->desc, f->max_abs, f->max_rel,
                   f->top1_agree, f->n_tokens, f->kl_max, f->kl_mean, f->tol, f->tol_dtype, f->secs);
+        if (f->route_decisions)
+            sb_printf(&b, "  MoE routing pinned to the source's experts: the output's own choice differed in "
+                      "%ld of %ld%s\n", f->route_flips, f->route_decisions,
+                      f->route_lost ? " (pinning lost: the passes' decisions did not line up)" : "");
         if (!f->ok)
             sb_printf(&b, "  - %s\n", f->bad);
     }
@@ -392,6 +403,12 @@ static void report_json_forward(cJSON *r, const fsummary *f, int skip_forward)
     cJSON_AddNumberToObject(fj, "tolerance", f->tol);
     cJSON_AddStringToObject(fj, "tolerance_dtype", f->tol_dtype);
     cJSON_AddNumberToObject(fj, "seconds", f->secs);
+    if (f->route_decisions) {
+        cJSON *rj = cJSON_AddObjectToObject(fj, "moe_routing");
+        cJSON_AddNumberToObject(rj, "decisions", (double)f->route_decisions);
+        cJSON_AddNumberToObject(rj, "differed", (double)f->route_flips);
+        cJSON_AddBoolToObject(rj, "pinned", !f->route_lost);
+    }
     if (!f->ok) {
         cJSON_AddNumberToObject(fj, "first_bad_position", (double)f->first_bad);
         cJSON_AddStringToObject(fj, "failure", f->bad);

@@ -40,13 +40,16 @@ typedef enum {
     WHEN_TAIL,       /* i >= num_hidden_layers - config `key` (the last N layers) */
     WHEN_NOT_TAIL,
     WHEN_HAS,        /* the layer stores tensor `key` (a layout: fused experts) */
-    WHEN_NOT_HAS
+    WHEN_NOT_HAS,
+    WHEN_EVERY,      /* (i + 1) % config `key` == 0, `value` the key's default as a
+                        decimal string (Qwen3-Next full_attention_interval "4") */
+    WHEN_NOT_EVERY
 } arch_cond_kind;
 
 typedef struct {
     arch_cond_kind kind;
     const char *key;
-    const char *value;  /* WHEN_LAYER_TYPE only */
+    const char *value;  /* WHEN_LAYER_TYPE: the type; WHEN_[NOT_]EVERY: the default */
 } arch_cond;
 
 /* How a consumer stores its input axis. */

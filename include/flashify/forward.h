@@ -50,6 +50,20 @@ const char *fwd_describe(const fwd_model *m);
 typedef void (*fwd_progress_fn)(void *ctx, uint64_t done, uint64_t total);
 void fwd_set_progress(fwd_model *m, fwd_progress_fn fn, void *ctx);
 
+/* Pinning the MoE routers for a comparison.  A router's top-k is a
+ * discontinuous choice: at a near tie, rounding (a folded BF16 weight, a
+ * different kernel) may pick another expert, which changes that token's
+ * output by far more than the rounding itself.  fwd_route_record makes m's
+ * passes remember every token's experts; fwd_route_replay makes m's passes
+ * use the experts `from` recorded in its last pass, weighted by m's own
+ * router, and count the decisions where m's own choice differed.  Both
+ * models must run the same tokens (pinning stops, counted as lost, when
+ * the decisions do not line up).  fwd_route_stats: decisions taken and
+ * flipped in the last pass, and whether pinning was lost. */
+void fwd_route_record(fwd_model *m);
+void fwd_route_replay(fwd_model *m, const fwd_model *from);
+void fwd_route_stats(const fwd_model *m, long *decisions, long *flips, int *lost);
+
 /* Runs the model causally over tokens[0..n) and writes n * fwd_vocab(m)
  * logits (row t = the prediction after tokens[0..t]).  Every id must be in
  * [0, vocab).  Returns FL_OK, FL_EINPUT (bad id), FL_EIO, or FL_EINTR. */

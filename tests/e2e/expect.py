@@ -190,12 +190,12 @@ def text_layout(cfg, names):
                 "language_model.model.norm.weight", "language_model.lm_head.weight"
         return "model.language_model.", "model.language_model.embed_tokens.weight", \
             "model.language_model.norm.weight", "lm_head.weight"
-    # SmolVLM / Idefics3: model.text_model.; transformers 5 VLMs:
-    # model.language_model.; llava-era: language_model.model.
-    for root, head in (("model.", "lm_head.weight"), ("model.text_model.", "lm_head.weight"),
-                       ("model.language_model.", "lm_head.weight"),
-                       ("language_model.model.", "language_model.lm_head.weight")):
+    # SmolVLM / Idefics3: model.text_model.; original Llama 4 / LLaVA-era
+    # composites: language_model.model. with language_model.lm_head;
+    # transformers 5 VLMs: model.language_model.
+    for root in ("model.", "model.text_model.", "language_model.model.", "model.language_model."):
         if root + "embed_tokens.weight" in names:
+            head = "language_model.lm_head.weight" if root == "language_model.model." else "lm_head.weight"
             return root, root + "embed_tokens.weight", root + "norm.weight", head
     raise AssertionError("fixture has no embedding")
 

@@ -246,6 +246,73 @@ static void test_range_axes(int d, int p, int emin, int emax, int gain)
     CHECK(bad.n_in == 0, "axis 3 of a 3-D tensor is refused");
 }
 
+/* BF16 fused experts [E, in, out] with long runs of one gain (longer
+ * than fold_bf16_run's 4096-element block): the fast path for 16-bit
+ * gains, the exact path for F32 and F64 gains, 1 + w, a block whose
+ * products fall in F32's subnormal range (redone exactly), in place and
+ * not, in chunks that start and end mid-run and mid-block, and an
+ * overflow reported at its index.  Against the long-double reference. */
+enum { MR_E = 2, MR_A = 3, MR_B = 5000, MR_N = MR_E * MR_A * MR_B };
+
+static int check_middle(const uint16_t *in, const uint16_t *out, const double *w, int gain, const char *what)
+{
+    int wrong = 0;
+    for (int i = 0; i < MR_N; i++) {
+        long double W = bf16_to_double(in[i]), gv = w[i / MR_B % MR_A];
+        long double want = round_format(W * (gain == GAIN_ONE_PLUS_W ? 1.0L + gv : gv), 8, -126, 127);
+        long double got = bf16_to_double(out[i]);
+        if ((got != want || signbit(got) != signbit(want)) && wrong++ < 3)
+            CHECK(0, "%s gain %d: element %d: W=%.20Lg g=%.20Lg got %.20Lg want %.20Lg", what, gain, i, W, gv, got,
+                  want);
+    }
+    return wrong;
+}
+
+static void test_middle_runs(int gain)
+{
+    static uint16_t in[MR_N], out[MR_N], inplace[MR_N];
+    const uint64_t shape[3] = {MR_E, MR_A, MR_B};
+    fold_axis ax = fold_axis_of(shape, 3, 1);
+    for (int i = 0; i < MR_N; i++)
+        in[i] = double_to_bf16(random_weight());
+    /* Run 1 of expert 0, second block: tiny weights whose products are
+     * F32 subnormals, so the fast path flags that block. */
+    for (int i = MR_B + 4096 + 10; i < MR_B + 4096 + 20; i++)
+        in[i] = double_to_bf16(ldexp(1.5, -127));
+    for (int kind = 0; kind < 3; kind++) {     /* gains of 16 bits, 24 bits, 53 bits */
+        double w[MR_A];
+        for (int a = 0; a < MR_A; a++) {
+            double g = gain == GAIN_ONE_PLUS_W ? random_weight() / 4 : 0.5 + (double)(next32() % 1000) / 500;
+            w[a] = kind == 0 ? bf16_to_double(double_to_bf16(g)) : kind == 1 ? (double)(float)(g * (1 + 0x1p-20)) : g * (1 + 0x1p-40);
+        }
+        if (gain == GAIN_W)
+            w[1] = kind == 0 ? 0.5 : 0.5 + 0x1p-20;   /* run 1: the subnormal products */
+        int wide = kind == 2;
+        for (int chunk = 1237; chunk <= MR_N; chunk += chunk < MR_N / 2 ? 4099 : MR_N) {
+            memset(out, 0xAB, sizeof out);
+            memcpy(inplace, in, sizeof in);
+            for (int first = 0; first < MR_N; first += chunk) {
+                int count = MR_N - first < chunk ? MR_N - first : chunk;
+                long bad = fold_range(ST_BF16, in + first, out + first, (uint64_t)first, (uint64_t)count, ax, w,
+                                      gain, wide);
+                long bad2 = fold_range(ST_BF16, inplace + first, inplace + first, (uint64_t)first, (uint64_t)count,
+                                       ax, w, gain, wide);
+                CHECK(bad == -1 && bad2 == -1, "kind %d chunk %d: non-finite at %ld / %ld", kind, chunk, bad, bad2);
+            }
+            char what[64];
+            snprintf(what, sizeof what, "middle-axis runs, gains kind %d, chunk %d", kind, chunk);
+            CHECK(check_middle(in, out, w, gain, what) == 0, "%s: elements wrong", what);
+            CHECK(memcmp(out, inplace, sizeof out) == 0, "%s: in place differs", what);
+        }
+    }
+    /* An overflowing product is reported at its index, relative to first. */
+    double w[MR_A] = {1.0, 4.0, 1.0};
+    memcpy(inplace, in, sizeof in);
+    inplace[MR_B + 3000] = double_to_bf16(ldexp(1.0, 127));
+    long bad = fold_range(ST_BF16, inplace + 100, out + 100, 100, MR_N - 100, ax, w, GAIN_W, 0);
+    CHECK(bad == MR_B + 3000 - 100, "overflow reported at %ld, expected %d", bad, MR_B + 3000 - 100);
+}
+
 static void test_describe_index(void)
 {
     const uint64_t s3[3] = {3, 5, 7}, s2[2] = {4, 6};
@@ -283,6 +350,8 @@ int main(void)
         test_range_axes(ST_F16, 11, -14, 15, gain);
         test_range_axes(ST_F32, 24, -126, 127, gain);
     }
+    test_middle_runs(GAIN_W);
+    test_middle_runs(GAIN_ONE_PLUS_W);
     test_describe_index();
     test_nonfinite_reported();
     test_in_place_and_row_split();
