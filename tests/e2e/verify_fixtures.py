@@ -29,13 +29,11 @@ def tame(m):
     1/sqrt(fan_in), as trained models are initialised.  fixtures.py draws
     U(-1, 1) weights, which makes attention saturate and the model chaotic:
     one rounding per weight then moves the logits by percents, which no
-    real checkpoint does (stories260K BF16: 0.5 %).  3-D fused experts
-    [E, a, b] too, by the smaller of a and b (the fan-in of gate_up_proj
-    and down_proj in both layouts of the fixtures)."""
+    real checkpoint does (stories260K BF16: 0.5 %)."""
     for name, t in list(m.tensors.items()):
-        if len(t.shape) not in (2, 3) or t.dtype not in ("F32", "F16", "BF16", "F64") or name == m.embed_name:
+        if len(t.shape) != 2 or t.dtype not in ("F32", "F16", "BF16", "F64") or name == m.embed_name:
             continue
-        k = round(math.log2(t.shape[1] if len(t.shape) == 2 else min(t.shape[1:])) / 2)
+        k = round(math.log2(t.shape[1]) / 2)
         vals = [v * 2.0 ** -k for v in decode_values(t.dtype, t.data)]
         m.tensors[name] = Tensor(t.dtype, t.shape, encode_values(t.dtype, vals))
     return m
