@@ -15,7 +15,6 @@ expect.py and zoo_vl.py (docs/architectures.md §vl), not from src/.
 import json
 import os
 import shutil
-import struct
 import sys
 import tempfile
 import unittest
@@ -25,7 +24,7 @@ sys.path.insert(0, HERE)
 
 import zoo_vl  # noqa: E402,F401  (registers the families)
 from fixtures import build_model, read_checkpoint, write_checkpoint  # noqa: E402
-from harness import check_output, convert, describe, run  # noqa: E402
+from harness import check_output, convert, describe, dump_logits, run  # noqa: E402
 from verify_fixtures import write_output, write_source  # noqa: E402
 
 TOKENS = [1, 7, 30, 64, 95, 7]
@@ -185,12 +184,7 @@ class Ties(Base):
 class Forward(Base):
     def c_logits(self, src):
         write_output(src, src + "-out")
-        dump = src + ".logits"
-        p = run(["verify", src, src + "-out", "--tokens", ",".join(map(str, TOKENS)), "--dump-logits", dump])
-        self.assertEqual(p.returncode, 0, describe(p))
-        with open(dump, "rb") as f:
-            data = f.read()
-        return p, struct.unpack("<%df" % (len(data) // 4), data)
+        return dump_logits(self, src, src + "-out", TOKENS)
 
     def worst(self, got, ref):
         V = len(ref[0])
