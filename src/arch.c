@@ -100,6 +100,10 @@ static const char GATED_NORM_WHY[] =
     "silu(z)): out_proj reads it, but folding would need the gain tiled over the heads, which a fold does not do";
 #define HYBRID_KEEPS \
     {KEEP("self_attn.q_norm", QK_NORM_WHY), KEEP("self_attn.k_norm", QK_NORM_WHY), KEEP("linear_attn.norm", GATED_NORM_WHY)}
+/* -- zoo issue 13 (VLM wrappers), docs/architectures.md §vlm-mllama */
+#define MLLAMA_CROSS(k) {.kind = k, .key = "cross_attention_layers", .value = "3,8,13,18,23,28,33,38"}
+static const char CROSS_QK_WHY[] =
+    "cross-attention q/k norm: per head on the projection's output, before the attention scores";
 static const char QWEN_1PW_WARNING[] =
     "Qwen3.5/Qwen3-Next decoder norms are 1+w: transformers initialises a missing one to 0 (the identity), "
     "a loader that fills missing norms with 1 would double the gain. Use --keep-norms to write the identity "
@@ -282,6 +286,18 @@ static const arch_info ARCHS[] = {
      * §ministral3: Ministral3DecoderLayer is the llama layout (its query
      * scale and YaRN touch no norm); Ministral3Config ties nothing. */
     {.model_type = "ministral3", .norm = &ARCH_RMS_W, .folds = LLAMA_FOLDS},
+    /* ---- zoo issue 13: the LLaVA-style VLM wrappers, docs/architectures.md §vlm ----
+     * Their decoders are existing rows (the aliases below); Mllama's is its
+     * own.  §vlm-mllama: MllamaTextModel's layers in cross_attention_layers
+     * (MllamaTextConfig default 3, 8, ..., 38) are cross-attention layers,
+     * whose input_layernorm feeds only cross_attn.q_proj (k/v read the
+     * vision states); their per-head q/k norms are kept; the tanh gates
+     * cross_attn_attn_gate / cross_attn_mlp_gate are plain parameters. */
+    {.model_type = "mllama_text_model", .norm = &ARCH_RMS_W,
+     .folds = {{.norm = "input_layernorm", .consumers = {L("cross_attn.q_proj")}, .when = {MLLAMA_CROSS(WHEN_LISTED)},
+                .note = "cross-attention layer: keys and values read the vision states"},
+               FOLD("input_layernorm", QKV), FOLD("post_attention_layernorm", GATE_UP)},
+     .keeps = {KEEP("cross_attn.q_norm", CROSS_QK_WHY), KEEP("cross_attn.k_norm", CROSS_QK_WHY)}},
 };
 
 /* §composite: multimodal Gemma 3 is gemma3_text under another prefix, its
@@ -315,6 +331,28 @@ static const arch_alias ALIASES[] = {
     /* Mistral3ForConditionalGeneration: text_config.model_type says mistral
      * (Mistral Small 3.x) or ministral3 (Ministral 3). */
     {.model_type = "mistral3", .text_type = "mistral", .nested = 1, .tie_default = 0},
+    /* ---- zoo issue 13: §vlm.  The config classes build any text model from
+     * text_config (AutoConfig), so text_config.model_type picks the row and
+     * an unknown one is refused; text_type is the class default.  Tie
+     * defaults are the wrapper classes' (§vlm-tie): LlavaConfig and its two
+     * successors take text_config's flag when their own is false. */
+    {.model_type = "llava", .text_type = "llama", .nested = 1, .tie_default = -1, .text_rule = ALIAS_TEXT_ANY,
+     .tie_or_text = 1},
+    {.model_type = "llava_next", .text_type = "llama", .nested = 1, .tie_default = -1,
+     .text_rule = ALIAS_TEXT_ANY, .tie_or_text = 1},
+    {.model_type = "llava_onevision", .text_type = "qwen2", .nested = 1, .tie_default = -1,
+     .text_rule = ALIAS_TEXT_ANY, .tie_or_text = 1},
+    {.model_type = "paligemma", .text_type = "gemma", .nested = 1, .tie_default = 1, .text_rule = ALIAS_TEXT_ANY},
+    {.model_type = "internvl", .text_type = "qwen2", .nested = 1, .tie_default = 1, .text_rule = ALIAS_TEXT_ANY},
+    /* AyaVisionConfig defaults to cohere2 (Aya Vision 8B), which has no row:
+     * such a config is refused; Aya Vision 32B's cohere reads the cohere row. */
+    {.model_type = "aya_vision", .text_type = "cohere", .nested = 1, .tie_default = 1, .text_rule = ALIAS_TEXT_ANY,
+     .class_text = "cohere2"},
+    {.model_type = "idefics3", .text_type = "llama", .nested = 1, .tie_default = 0, .text_rule = ALIAS_TEXT_ANY},
+    {.model_type = "smolvlm", .text_type = "llama", .nested = 1, .tie_default = 0, .text_rule = ALIAS_TEXT_ANY},
+    /* MllamaConfig builds MllamaTextConfig whatever text_config says. */
+    {.model_type = "mllama", .text_type = "mllama_text_model", .nested = 1, .tie_default = 0,
+     .text_rule = ALIAS_TEXT_FIXED},
 };
 
 #define N_ARCHS (sizeof ARCHS / sizeof ARCHS[0])
@@ -355,6 +393,33 @@ const char *arch_supported_list(void)
     return list;
 }
 
+/* The row of a text model type: a row, or a text alias (qwen2_vl_text). */
+static const arch_info *text_row(const char *type)
+{
+    const arch_info *a = arch_find(type);
+    const arch_alias *al = a ? NULL : find_alias(type);
+    return a ? a : al && !al->nested ? arch_find(al->text_type) : NULL;
+}
+
+/* ALIAS_TEXT_ANY (docs/architectures.md §vlm-text): the config class builds
+ * the text model text_config names -- its model_type, or the class default
+ * -- and only from text_config. */
+static fl_status any_text(const ckpt_config *cfg, const char *where, const arch_alias *al, arch_resolved *out,
+                          fl_error *err)
+{
+    if (!cfg->nested)
+        return fl_fail(err, FL_EINPUT, "%s/config.json: model_type '%s' keeps its text model in \"text_config\", "
+                       "which is missing", where, al->model_type);
+    int named = cfg->nested_model_type[0] != 0;
+    const char *type = named ? cfg->nested_model_type : al->class_text ? al->class_text : al->text_type;
+    if (!(out->arch = text_row(type)))
+        return fl_fail(err, FL_EINPUT, "%s/config.json: text_config.model_type %s '%s', whose text model is not "
+                       "supported inside %s (supported: %s)", where, named ? "is" : "is absent: the config class "
+                       "defaults to", type, al->model_type, arch_supported_list());
+    out->tie_default = al->tie_default >= 0 ? al->tie_default : out->arch->tie_default;
+    return FL_OK;
+}
+
 fl_status arch_resolve(const ckpt_config *cfg, const char *where, const arch_info *custom,
                        int custom_nested, arch_resolved *out, fl_error *err)
 {
@@ -372,9 +437,12 @@ fl_status arch_resolve(const ckpt_config *cfg, const char *where, const arch_inf
     out->cfg = ckpt_config_view(cfg, nested);
     if (al) {
         out->wrapper = al->model_type;
+        out->tie_or_text = al->tie_or_text;
+        if (al->text_rule == ALIAS_TEXT_ANY)
+            return any_text(cfg, where, al, out, err);
         /* The text config may name its own type (mistral or ministral3
          * inside mistral3); otherwise the alias says which row. */
-        if (nested && cfg->nested_model_type[0])
+        if (al->text_rule == ALIAS_TEXT_NAMED && nested && cfg->nested_model_type[0])
             out->arch = arch_find(cfg->nested_model_type);
         if (!out->arch)
             out->arch = arch_find(al->text_type);
@@ -431,6 +499,8 @@ static int cond_holds(const arch_cond *c, ckpt_view cfg, long i, long n_layers, 
         int every = n > 0 && (i + 1) % n == 0;
         return c->kind == WHEN_EVERY ? every : !every;
     }
+    case WHEN_LISTED: return ckpt_view_listed(cfg, c->key, c->value, i);
+    case WHEN_NOT_LISTED: return !ckpt_view_listed(cfg, c->key, c->value, i);
     default: return 1;
     }
 }

@@ -125,6 +125,27 @@ int ckpt_view_set(ckpt_view v, const char *key)
     return 1;
 }
 
+int ckpt_view_listed(ckpt_view v, const char *key, const char *def, long i)
+{
+    const cJSON *list = ckpt_view_get(v, key);
+    if (list && !cJSON_IsNull(list)) {
+        for (const cJSON *e = cJSON_IsArray(list) ? list->child : NULL; e; e = e->next)
+            if (cJSON_IsNumber(e) && e->valuedouble == (double)i)
+                return 1;
+        return 0;
+    }
+    for (const char *p = def; p && *p;) {
+        char *end;
+        long n = strtol(p, &end, 10);
+        if (end == p)
+            break;
+        if (n == i)
+            return 1;
+        p = *end == ',' ? end + 1 : end;
+    }
+    return 0;
+}
+
 /* 1 when the number at `key` of the level x was read from is spelled as
  * a float (transformers then gets a Python float and range() refuses it). */
 static int spelled_as_float(ckpt_view v, const cJSON *x, const char *key)

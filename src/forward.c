@@ -132,6 +132,8 @@ fl_status fwd_logits(fwd_model *m, const int32_t *tokens, size_t n, float *logit
     for (long l = 0; !m->fam->block && l < m->L; l++) {
         const fwd_layer *ly = &m->layers[l];
         const int layout = m->fam->layout;
+        if (ly->skip)
+            continue;   /* MllamaTextModel: no cross-attention states, the layer does not run */
         /* Attention sublayer. */
         memcpy(b.h, x, tz * H * sizeof(float));
         if (layout != LAYOUT_POST)

@@ -85,7 +85,9 @@ static void rope_head(const fwd_model *m, const fwd_layer *ly, float *v, long po
  * and v alike, with dqk and dv); ctx gets [T][nh * dv].  Scores and
  * softmax in double; Gemma2's soft cap; sliding window or chunked local
  * attention (Llama 4: only keys in the query's chunk) when the layer has
- * one; gpt-oss's sink logit joins each head's softmax and is dropped. */
+ * one; gpt-oss's sink logit joins each head's softmax and is dropped.
+ * m->bidir: every position reads all T (PaliGemma's prompt is one
+ * bidirectional block, OR-ed over the causal and sliding masks). */
 static void sdpa(const fwd_model *m, const fwd_layer *ly, const float *q, long ldq,
                  const float *k, long ldk, const float *v, long ldv, long nh, long nkv,
                  long dqk, long dv, long T, float *att, float *ctx)
@@ -95,11 +97,13 @@ static void sdpa(const fwd_model *m, const fwd_layer *ly, const float *q, long l
         long kh = hh / group;
         for (long i = 0; i < T; i++) {
             const float *qi = q + i * ldq + hh * dqk;
-            long j0 = ly->window > 0 && i - ly->window + 1 > 0 ? i - ly->window + 1 : 0;
+            long j0 = ly->window > 0 && i - ly->window + 1 > 0 ? i - ly->window + 1 : 0, j1 = i;
             if (ly->chunk > 0 && i / ly->chunk * ly->chunk > j0)
                 j0 = i / ly->chunk * ly->chunk;
+            if (m->bidir)
+                j0 = 0, j1 = T - 1;
             double mx = ly->sinks ? (double)ly->sinks[hh] : -INFINITY;
-            for (long j = j0; j <= i; j++) {
+            for (long j = j0; j <= j1; j++) {
                 const float *kj = k + j * ldk + kh * dqk;
                 double d = 0;
                 for (long c = 0; c < dqk; c++)
@@ -112,7 +116,7 @@ static void sdpa(const fwd_model *m, const fwd_layer *ly, const float *q, long l
                     mx = d;
             }
             double sum = ly->sinks ? exp((double)ly->sinks[hh] - mx) : 0;
-            for (long j = j0; j <= i; j++) {
+            for (long j = j0; j <= j1; j++) {
                 double e = exp((double)att[j] - mx);
                 att[j] = (float)e;
                 sum += e;
@@ -120,7 +124,7 @@ static void sdpa(const fwd_model *m, const fwd_layer *ly, const float *q, long l
             float *ci = ctx + i * nh * dv + hh * dv;
             for (long c = 0; c < dv; c++) {
                 double acc = 0;
-                for (long j = j0; j <= i; j++)
+                for (long j = j0; j <= j1; j++)
                     acc += (double)att[j] * v[j * ldv + kh * dv + c];
                 ci[c] = (float)(acc / sum);
             }
@@ -234,9 +238,9 @@ fl_status fwd_attention(const fwd_model *m, const fwd_layer *ly, const float *h,
     if (ly->inv_freq)
         for (long t = 0; t < T; t++) {
             for (long hh = 0; hh < m->nh; hh++)
-                rope_head(m, ly, b->q + t * qd + hh * hd, t);
+                rope_head(m, ly, b->q + t * qd + hh * hd, t + m->pos0);
             for (long hh = 0; hh < m->nkv; hh++)
-                rope_head(m, ly, b->k + t * kd + hh * hd, t);
+                rope_head(m, ly, b->k + t * kd + hh * hd, t + m->pos0);
         }
     /* Llama4TextAttention: the L2 qk norm after RoPE, on RoPE layers only;
      * the temperature on NoPE layers. */

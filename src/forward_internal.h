@@ -122,9 +122,24 @@ typedef enum {
     LINATTN_FUSED   /* Qwen3-Next: in_proj_qkvz, in_proj_ba, grouped per key head */
 } fwd_linattn;
 
+/* What a LLaVA-style wrapper changes around its text model (zoo issue 13,
+ * forward_wrap.c, docs/architectures.md §vlm). */
+typedef struct fwd_wrap {
+    int any_text;            /* text_config.model_type may name any family (AutoConfig); one
+                                without a family is refused; the text model lives only in
+                                text_config */
+    const char *class_text;  /* the config class's text type when text_config names none
+                                (NULL: `wraps`) */
+    int tie;                 /* the wrapper config's tie_word_embeddings default; -1: the text family's */
+    int tie_or_text;         /* LlavaConfig: a false top-level flag yields to text_config's */
+    int prefix_lm;           /* PaliGemma: a text prompt attends bidirectionally, positions from 1 */
+} fwd_wrap;
+
 typedef struct {
     const char *model_type;
     const char *wraps;          /* a composite type: the family of its text_config */
+    const fwd_wrap *wrap;       /* ... a LLaVA-style wrapper: logits are its own lm_head's (no
+                                   final soft cap, no logit scale), plus the quirks above */
     const fwd_block *block;     /* its own layer stack, or NULL */
     fwd_norm_kind norm;
     const char *eps_key;
@@ -175,6 +190,11 @@ typedef struct {
     double rope_theta;          /* default rope_theta (0: 10000) */
     const char *rope_defaults;  /* JSON of the config class's default rope_parameters, or NULL */
     fwd_qscale qscale;
+    /* zoo issue 13, forward_wrap.c: layers that do not run on a text-only
+     * sequence (Mllama's cross-attention layers), listed in this config key
+     * or, when it is absent or null, in skip_default ("3,8,..."). */
+    const char *skip_key;
+    const char *skip_default;
 } fwd_family;
 
 /* The row of model_type (rows and composite types), or NULL; i-th for tests. */
@@ -246,6 +266,7 @@ typedef struct fwd_layer {
     double temp_floor, temp_scale; /* NoPE temperature tuning (Llama 4): q *= 1 + s log(floor((t+1)/f) + 1); f 0: off */
     float *b_router;         /* router bias (gpt-oss), or NULL */
     float *e_gu_bias, *e_dn_bias; /* per-expert biases [E, 2I], [E, H] (gpt-oss), or NULL */
+    int skip;                /* not run on text-only input (fwd_family.skip_key) */
 } fwd_layer;
 
 /* A worker's conversion buffers, grown to the largest block it met. */
@@ -291,6 +312,10 @@ struct fwd_model {
     void *ext;                        /* a fwd_block's own state */
     struct cJSON *rope_defaults;      /* the family's rope_defaults, parsed (forward_position.c) */
     double qscale_beta, qscale_orig;  /* QSCALE_LLAMA4_BETA's beta and length */
+    const fwd_family *wrapper;        /* the LLaVA-style wrapper row around fam, or NULL */
+    int bidir;                        /* attention over the whole sequence (PaliGemma's prompt) */
+    long pos0;                        /* position id of the first token (PaliGemma: 1) */
+    long skipped;                     /* layers not run (Mllama's cross-attention layers) */
     char desc[256];
     /* fwd_set_progress: bytes of the bound matrices (total) and of those
      * streamed in this pass.  The blocks take the model const, so they
@@ -404,6 +429,19 @@ fl_status fwd_alloc_experts(fwd_layer *ly, long E, fl_error *err);
 /* The indices of the K largest of E scores, best first (torch.topk order). */
 void fwd_top_k(const double *score, long E, long K, long *sel);
 float fwd_act(const fwd_model *m, float x);
+
+/* forward_wrap.c (zoo issue 13: the LLaVA-style VLM wrappers) */
+/* The text family of wrapper row w (fam->wraps set): the old rule (the
+ * family text_config names, else wraps) or, with w->wrap, the wrapper's. */
+fl_status fwd_wrap_inner(fwd_model *m, const fwd_family *w, const fwd_family **inner, fl_error *err);
+/* After the scalars are parsed: the wrapper's logits, attention, positions. */
+void fwd_wrap_apply(fwd_model *m);
+/* tie_word_embeddings as the loader reads it (docs/architectures.md §vl-tie, §vlm-tie). */
+int fwd_tie(const fwd_model *m);
+/* 1 when layer i does not run on a text-only sequence (counted in m->skipped). */
+int fwd_layer_skipped(fwd_model *m, long i);
+/* Appends the wrapper and the skipped layers to the result line. */
+void fwd_wrap_describe(const fwd_model *m, char *buf, size_t cap);
 
 /* forward_gemma4.c (zoo: Gemma 4) */
 extern const fwd_block FWD_GEMMA4;

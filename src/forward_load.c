@@ -446,6 +446,8 @@ static fl_status bind_layer(fwd_model *m, const char *prefix, long i, fl_error *
 {
     fwd_layer *ly = &m->layers[i];
     char pre[256];
+    if ((ly->skip = fwd_layer_skipped(m, i)))
+        return FL_OK;
     snprintf(pre, sizeof pre, "%slayers.%ld.", prefix, i);
     fl_status s = bind_layer_norms(m, ly, pre, err);
     int linear = m->fam->linear_attn != LINATTN_NONE ? fwd_layer_is_linear(m, i) : 0;
@@ -478,12 +480,10 @@ static fl_status pick_family(fwd_model *m, fl_error *err)
 {
     const ckpt_config *cfg = &m->ck->cfg;
     const fwd_family *fam = fwd_family_find(cfg->model_type);
-    int nested = 0;
-    if (fam && fam->wraps) {
-        nested = cfg->nested != NULL;
-        const fwd_family *inner = nested && cfg->nested_model_type[0] ? fwd_family_find(cfg->nested_model_type) : NULL;
-        fam = inner && !inner->wraps ? inner : fwd_family_find(fam->wraps);
-    }
+    int nested = fam && fam->wraps && cfg->nested;
+    fl_status s = fam && fam->wraps ? fwd_wrap_inner(m, fam, &fam, err) : FL_OK;
+    if (s != FL_OK)
+        return s;
     if (!fam)
         return fl_fail(err, FL_EINPUT, "%s/config.json: model_type '%s' has no reference forward pass", ckdir(m),
                        cfg->model_type);
@@ -720,17 +720,8 @@ static fl_status parse_rope(fwd_model *m, fl_error *err)
  * loaders test `if config.tie_word_embeddings`, and None is false. */
 static fl_status parse_head(fwd_model *m, const char *prefix, fl_error *err)
 {
-    /* The top level first, as plan.c's tie_flag (docs/architectures.md §vl-tie). */
-    int tie = m->ck->cfg.tie_top;
-    if (tie < 0) {
-        tie = ckpt_view_bool(m->cfg, "tie_word_embeddings", -1);
-        if (cJSON_IsNull(ckpt_view_get(m->cfg, "tie_word_embeddings")))
-            tie = 0;
-    }
-    if (tie < 0)
-        tie = m->fam->tie_default;
     fl_status s = FL_OK;
-    if (tie) {
+    if (fwd_tie(m)) {
         m->head = m->embed;
     } else {
         static const char *const heads[] = {"lm_head.weight", "language_model.lm_head.weight"};
@@ -799,6 +790,7 @@ fl_status fwd_open(const checkpoint *ck, int threads, fwd_model **out, fl_error 
     if (s == FL_OK && (s = parse_embedding(m, &prefix, err)) == FL_OK && (s = parse_dims(m, err)) == FL_OK &&
         (s = parse_mla(m, err)) == FL_OK && (s = parse_norms_act(m, err)) == FL_OK) {
         parse_scalars(m);
+        fwd_wrap_apply(m);
         /* A fwd_block builds its own RoPE (Gemma 4: per layer type). */
         if ((s = parse_moe(m, err)) == FL_OK && (m->fam->block || (s = parse_rope(m, err)) == FL_OK))
             s = parse_head(m, prefix, err);
@@ -814,10 +806,11 @@ fl_status fwd_open(const checkpoint *ck, int threads, fwd_model **out, fl_error 
         return s;
     }
     describe(m);
-    if (m->fam->block && m->fam->block->describe) {
-        size_t n = strlen(m->desc);
+    size_t n = strlen(m->desc);
+    if (m->fam->block && m->fam->block->describe)
         m->fam->block->describe(m, m->desc + n, sizeof m->desc - n);
-    }
+    n = strlen(m->desc);
+    fwd_wrap_describe(m, m->desc + n, sizeof m->desc - n);
     *out = m;
     return FL_OK;
 }

@@ -62,6 +62,17 @@ static const fwd_moe_names LLAMA4 = {.router = "feed_forward.router", .experts =
     "\"original_max_position_embeddings\":16384,\"beta_fast\":32.0,\"beta_slow\":1.0,"             \
     "\"mscale_all_dim\":1.0,\"mscale\":1.0,\"llama_4_scaling_beta\":0.1}"
 
+/* zoo issue 13 (docs/architectures.md §vlm-tie, §vlm-paligemma): the
+ * wrapper config classes' tie defaults, LlavaConfig's fallback to
+ * text_config, PaliGemma's prefix-LM prompt; AyaVisionConfig defaults to
+ * cohere2. */
+static const fwd_wrap WRAP_LLAVA = {.any_text = 1, .tie = -1, .tie_or_text = 1};
+static const fwd_wrap WRAP_PALIGEMMA = {.any_text = 1, .tie = 1, .prefix_lm = 1};
+static const fwd_wrap WRAP_TIED = {.any_text = 1, .tie = 1};
+static const fwd_wrap WRAP_AYA = {.any_text = 1, .tie = 1, .class_text = "cohere2"};
+static const fwd_wrap WRAP_UNTIED = {.any_text = 1, .tie = 0};
+static const fwd_wrap WRAP_MLLAMA = {.tie = 0};
+
 static const fwd_family FAMILIES[] = {
     {"llama", RMS(1e-6), SILU},
     {"mistral", RMS(1e-6), SILU, .sliding = SLIDE_ALL},
@@ -158,6 +169,24 @@ static const fwd_family FAMILIES[] = {
      .qscale = QSCALE_LLAMA4_BETA},
     /* Mistral3ForConditionalGeneration: mistral or ministral3 inside. */
     {"mistral3", .wraps = "mistral"},
+    /* ---- zoo issue 13: the LLaVA-style VLM wrappers, docs/architectures.md
+     * §vlm.  Each builds the text model text_config names (wraps: the config
+     * class default) and computes logits with its own lm_head. */
+    {"llava", .wraps = "llama", .wrap = &WRAP_LLAVA},
+    {"llava_next", .wraps = "llama", .wrap = &WRAP_LLAVA},
+    {"llava_onevision", .wraps = "qwen2", .wrap = &WRAP_LLAVA},
+    {"paligemma", .wraps = "gemma", .wrap = &WRAP_PALIGEMMA},
+    {"internvl", .wraps = "qwen2", .wrap = &WRAP_TIED},
+    {"aya_vision", .wraps = "cohere", .wrap = &WRAP_AYA},
+    {"idefics3", .wraps = "llama", .wrap = &WRAP_UNTIED},
+    {"smolvlm", .wraps = "llama", .wrap = &WRAP_UNTIED},
+    /* MllamaTextConfig: rms_norm_eps 1e-5, default_theta 500000, head_dim
+     * hidden / heads; MllamaTextModel skips the cross-attention layers when
+     * there are no cross-attention states (§vlm-mllama). */
+    {"mllama_text_model", RMS(1e-5), SILU, .rope_theta = 5e5, .skip_key = "cross_attention_layers",
+     .skip_default = "3,8,13,18,23,28,33,38"},
+    /* MllamaForConditionalGeneration: MllamaTextConfig, whatever text_config names. */
+    {"mllama", .wraps = "mllama_text_model", .wrap = &WRAP_MLLAMA},
 };
 
 #define N_FAMILIES (sizeof FAMILIES / sizeof FAMILIES[0])

@@ -476,10 +476,12 @@ static fl_status find_layout(planner *pl)
 }
 
 /* The tie flag the loader would see: the top level's, then text_config's
- * for composite models, then the class default. */
+ * for composite models, then the class default.  A false top level does
+ * not decide where the wrapper class takes text_config's flag then
+ * (LlavaConfig, docs/architectures.md §vlm-tie). */
 static int tie_flag(const ckpt_config *cfg, const arch_resolved *r)
 {
-    if (cfg->tie_top >= 0)
+    if (cfg->tie_top > 0 || (cfg->tie_top == 0 && !r->tie_or_text))
         return cfg->tie_top;
     if (r->cfg.text != r->cfg.top && cfg->tie_nested >= 0)
         return cfg->tie_nested;

@@ -43,13 +43,18 @@ typedef enum {
     WHEN_NOT_HAS,
     WHEN_EVERY,      /* (i + 1) % config `key` == 0, `value` the key's default as a
                         decimal string (Qwen3-Next full_attention_interval "4") */
-    WHEN_NOT_EVERY
+    WHEN_NOT_EVERY,
+    WHEN_LISTED,     /* i is in the config's integer list `key`; `value` the list used
+                        when the key is absent or null, comma separated (Mllama
+                        cross_attention_layers "3,8,13,...") */
+    WHEN_NOT_LISTED
 } arch_cond_kind;
 
 typedef struct {
     arch_cond_kind kind;
     const char *key;
-    const char *value;  /* WHEN_LAYER_TYPE: the type; WHEN_[NOT_]EVERY: the default */
+    const char *value;  /* WHEN_LAYER_TYPE: the type; WHEN_[NOT_]EVERY, WHEN_[NOT_]LISTED:
+                           the default */
 } arch_cond;
 
 /* How a consumer stores its input axis. */
@@ -146,11 +151,25 @@ extern const char *const ARCH_MARKER_NORMS[];
  * and text_config names a known type, that one -- from text_config when
  * `nested` (and the config has one), else from the top level.  Only these
  * types read text_config: a stray one elsewhere changes nothing. */
+/* How an alias picks its text row (docs/architectures.md §vlm-text). */
+enum {
+    ALIAS_TEXT_NAMED = 0, /* text_config.model_type when it names a row, else text_type */
+    ALIAS_TEXT_ANY,       /* the config class builds any text model (AutoConfig): the type
+                             text_config names -- or the class default, class_text or
+                             text_type -- must name a row or a text alias, else refused */
+    ALIAS_TEXT_FIXED      /* the config class builds its own text config: text_type */
+};
+
 typedef struct {
     const char *model_type;
     const char *text_type;
     int nested;
     int tie_default;   /* the wrapper class's default; -1: the text row's */
+    int text_rule;     /* ALIAS_TEXT_* */
+    const char *class_text; /* ALIAS_TEXT_ANY: the class default when it is not text_type
+                               (a type without a row: refused; Aya Vision's cohere2) */
+    int tie_or_text;   /* LlavaConfig: tied when the top level or text_config ties (a false
+                          top level does not win over text_config) */
 } arch_alias;
 
 /* The table row of model_type (not aliases), or NULL. */
@@ -163,6 +182,7 @@ typedef struct {
     ckpt_view cfg;
     const char *wrapper;  /* the alias's model_type, or NULL */
     int tie_default;
+    int tie_or_text;      /* the alias's tie_or_text */
 } arch_resolved;
 
 /* Finds the row for cfg's model_type (through the aliases), or takes

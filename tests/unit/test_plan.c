@@ -550,6 +550,82 @@ static void test_refusals(void)
     done(f, &p);
 }
 
+/* zoo issue 13 (docs/architectures.md §vlm): Mllama's cross-attention
+ * layers by MllamaTextConfig's default list when the key is null; the
+ * LLaVA wrappers' text row from text_config (an unknown type refused) and
+ * their tie flag (a false top level yields to text_config's). */
+static void mllama_cross_layer(fixture *f, const char *pre, int i)
+{
+    addf(f, BF, 1, H, 0, 0, "%slayers.%d.input_layernorm.weight", pre, i);
+    addf(f, BF, 1, H, 0, 0, "%slayers.%d.post_attention_layernorm.weight", pre, i);
+    static const char *const mats[] = {"q_proj", "k_proj", "v_proj", "o_proj"};
+    for (int k = 0; k < 4; k++)
+        addf(f, BF, 2, H, H, 0, "%slayers.%d.cross_attn.%s.weight", pre, i, mats[k]);
+    addf(f, BF, 1, 4, 0, 0, "%slayers.%d.cross_attn.q_norm.weight", pre, i);
+    addf(f, BF, 1, 4, 0, 0, "%slayers.%d.cross_attn.k_norm.weight", pre, i);
+    addf(f, BF, 1, 1, 0, 0, "%slayers.%d.cross_attn_attn_gate", pre, i);
+    dense_mlp(f, pre, i);
+}
+
+static void test_vlm_wrappers(void)
+{
+    const char *pre = "language_model.model.";
+    fixture *f = calloc(1, sizeof *f);
+    for (int i = 0; i < 4; i++) {
+        if (i == 3)
+            mllama_cross_layer(f, pre, i);
+        else {
+            llama_layer(f, pre, i, 0);
+            dense_mlp(f, pre, i);
+        }
+    }
+    embed_norm(f, pre, 0);
+    add(f, "language_model.lm_head.weight", BF, 2, V, H, 0);
+    fold_plan p;
+    fl_error err = {0};
+    fl_status s = decide(f, "{\"model_type\":\"mllama\",\"text_config\":{\"model_type\":\"mllama_text_model\","
+                            "\"num_hidden_layers\":4,\"hidden_size\":8,\"cross_attention_layers\":null}}",
+                         NULL, &p, &err);
+    CHECK(s == FL_OK, "mllama: %s", err.msg);
+    if (s == FL_OK) {
+        expect_group(&p, "language_model.model.layers.3.input_layernorm.weight",
+                     "language_model.model.layers.3.cross_attn.q_proj.weight");
+        expect_group(&p, "language_model.model.layers.2.input_layernorm.weight",
+                     "language_model.model.layers.2.self_attn.q_proj.weight "
+                     "language_model.model.layers.2.self_attn.k_proj.weight "
+                     "language_model.model.layers.2.self_attn.v_proj.weight");
+        CHECK(kept(&p, "language_model.model.layers.3.cross_attn.q_norm.weight"), "cross q_norm kept");
+        CHECK(!p.untie && !p.tied, "mllama is untied");
+    }
+    plan_free(&p);
+    ckpt_config_free(&f->cfg);
+    s = decide(f, "{\"model_type\":\"llava\",\"text_config\":{\"model_type\":\"olmo\",\"num_hidden_layers\":4,"
+                  "\"hidden_size\":8}}", NULL, &p, &err);
+    CHECK(s == FL_EINPUT && strstr(err.msg, "'olmo'") && strstr(err.msg, "llava"), "unknown text type: %s", err.msg);
+    done(f, &p);
+
+    f = calloc(1, sizeof *f);
+    llama_layer(f, pre, 0, 0);
+    dense_mlp(f, pre, 0);
+    embed_norm(f, pre, 0);
+    static const char *const cfgs[] = {
+        "{\"model_type\":\"llava\",\"tie_word_embeddings\":false,\"text_config\":{\"model_type\":\"llama\","
+        "\"num_hidden_layers\":1,\"hidden_size\":8,\"tie_word_embeddings\":true}}",
+        "{\"model_type\":\"internvl\",\"tie_word_embeddings\":false,\"text_config\":{\"model_type\":\"llama\","
+        "\"num_hidden_layers\":1,\"hidden_size\":8,\"tie_word_embeddings\":true}}"};
+    for (int k = 0; k < 2; k++) {
+        s = decide(f, cfgs[k], NULL, &p, &err);
+        if (k == 0)
+            CHECK(s == FL_OK && p.untie, "llava: text_config's true wins over a false top: %s", err.msg);
+        else
+            CHECK(s == FL_EINPUT && strstr(err.msg, "language_model.lm_head"), "internvl: the top decides: %s",
+                  err.msg);
+        plan_free(&p);
+        ckpt_config_free(&f->cfg);
+    }
+    free(f);
+}
+
 int main(void)
 {
     test_llama_tied();
@@ -564,6 +640,7 @@ int main(void)
     test_quantized();
     test_variants_by_layer();
     test_refusals();
+    test_vlm_wrappers();
     if (failures) {
         fprintf(stderr, "test_plan: %d failure(s)\n", failures);
         return 1;
