@@ -42,10 +42,17 @@ TIE_CLASS_DEFAULT = {"gemma": True, "gemma2": True, "gemma3_text": True, "gemma3
                      "smollm3": True, "cohere": True}
 
 
+# Composite types whose config class reads the flag its own way (zoo
+# modules): model_type -> fn(cfg) -> bool.
+TIE_RULES = {}
+
+
 def config_ties(cfg):
     """What the loader reads: the top level's flag, then text_config's for a
     composite type, then the class default; null reads as not tied (Python
     tests `if config.tie_word_embeddings`)."""
+    if cfg.get("model_type") in TIE_RULES:
+        return TIE_RULES[cfg["model_type"]](cfg)
     for level in (cfg, cfg.get("text_config") if cfg.get("model_type") in COMPOSITE else None):
         if level and "tie_word_embeddings" in level:
             return bool(level["tie_word_embeddings"])
@@ -315,7 +322,9 @@ def expected(src, keep_tied=False, keep_norms=False, extra_groups=(), plan=None,
     cfg = src.config
     mt = cfg["model_type"]
     tc = _text_cfg(cfg)
-    gain = plan.get("gain", "w") if plan is not None else GAIN.get(mt, "w")
+    # a composite's text model decides the gain and the marker (PaliGemma 2's gemma2)
+    inner = tc.get("model_type", mt) if mt in COMPOSITE else mt
+    gain = plan.get("gain", "w") if plan is not None else GAIN.get(inner, GAIN.get(mt, "w"))
     names = set(src.tensors)
     root, embed, final, head = text_layout(cfg, names)
     ex = Expectation()
@@ -395,7 +404,7 @@ def expected(src, keep_tied=False, keep_norms=False, extra_groups=(), plan=None,
             n.endswith((".input_layernorm.weight", ".post_attention_layernorm.weight")) and n not in ex.dropped
             for n in names if n.startswith(root + "layers."))
     else:
-        marker_ok = mt not in NO_MARKER
+        marker_ok = mt not in NO_MARKER and inner not in NO_MARKER
     ex.marker = marker_ok and not (tied and keep_tied) and not ex.kept_quantized
 
     # every source tensor (logical) goes out: folded, identity, or verbatim

@@ -149,7 +149,9 @@ def rope_freqs(tc, base, dim, sc):
 EXTRA_FORWARD = {}
 
 
-def ref_logits(ck, tokens):
+def ref_logits(ck, tokens, causal=True, pos0=0):
+    """causal=False: every position attends to all (PaliGemma's prompt);
+    pos0: the position id of the first token (PaliGemma: 1)."""
     m = _M(ck)
     tc, mt = m.tc, m.mt
     if mt in EXTRA_FORWARD:
@@ -268,7 +270,7 @@ def ref_logits(ck, tokens):
                          for j in range(nh)), [])
                 k = sum((m.norm(k[j * hd:(j + 1) * hd], kn, eps, centred=True, weight_offset=j * hd)
                          for j in range(nkv)), [])
-            pos = len(qs)
+            pos = len(qs) + pos0
             use_rope = True
             if mt == "smollm3" and "no_rope_layers" in tc:
                 use_rope = bool(tc["no_rope_layers"][layer])
@@ -281,10 +283,11 @@ def ref_logits(ck, tokens):
         outs = []
         for i in range(len(hs)):
             ctx = []
+            seen = i + 1 if causal else len(hs)
             for h in range(nh):
                 kh = h // (nh // nkv)
                 sc = []
-                for j in range(i + 1):
+                for j in range(seen):
                     d = sum(qs[i][h * hd + c] * ks[j][kh * hd + c] for c in range(hd)) * scale
                     if attn_cap:
                         d = math.tanh(d / attn_cap) * attn_cap
@@ -292,7 +295,7 @@ def ref_logits(ck, tokens):
                 mx = max(sc)
                 e = [math.exp(s_ - mx) for s_ in sc]
                 z = sum(e)
-                ctx += [sum(e[j] / z * vs[j][kh * hd + c] for j in range(i + 1)) for c in range(hd)]
+                ctx += [sum(e[j] / z * vs[j][kh * hd + c] for j in range(seen)) for c in range(hd)]
             outs.append(m.linear(ctx, p + "self_attn.o_proj"))
         return outs
 
@@ -417,6 +420,7 @@ def ref_logits(ck, tokens):
     if head is None:
         head = pre + "embed_tokens.weight"
     W = m.vals(head)
+    V = len(W) // H     # the head's rows (Mllama's embedding has 8 more)
     out = []
     for x in xs:
         h = nrm(x, pre + "norm.weight")
