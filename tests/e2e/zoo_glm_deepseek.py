@@ -120,7 +120,8 @@ def _moe_cfg(cfg, mt, opt):
                n_group=2, topk_group=1, routed_scaling_factor=2.5, norm_topk_prob=True,
                first_k_dense_replace=1, topk_method="noaux_tc", scoring_func="sigmoid")
     if mt == "deepseek_v2":
-        cfg.update(n_group=3, topk_group=2, routed_scaling_factor=1.5, norm_topk_prob=False,
+        # topk_group 1 of 3: group-limited and greedy routing differ
+        cfg.update(n_group=3, topk_group=1, routed_scaling_factor=1.5, norm_topk_prob=False,
                    topk_method=opt.get("topk_method", "group_limited_greedy"), scoring_func="softmax",
                    n_shared_experts=opt.get("shared", 2), moe_layer_freq=1, moe_intermediate_size=8)
     if mt in KIMI:
