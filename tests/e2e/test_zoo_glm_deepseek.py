@@ -26,10 +26,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from fixtures import Model, Tensor, build_model, read_checkpoint, write_checkpoint  # noqa: E402
-from expect import expected, expected_config, fold, gain_ratios  # noqa: E402
+from expect import expected  # noqa: E402
 from harness import check_output, convert, describe, run  # noqa: E402
 from ref_forward import ref_logits  # noqa: E402
-from verify_fixtures import tame  # noqa: E402
+from verify_fixtures import c_vs_python, refold, tame  # noqa: E402
 
 TOKENS = [1, 7, 30, 64, 95, 7, 3, 9]
 LAYOUTS = [("glm4", {}), ("glm4", {"v5": True}),
@@ -66,43 +66,7 @@ class Base(unittest.TestCase):
         return m, write_model(os.path.join(self.tmp, name), m)
 
     def c_vs_python(self, src, out, *flags):
-        """verify passes, and the C pass's source logits agree with the
-        Python reference to 1e-4 of the logit scale; returns the report."""
-        dump = src + ".logits"
-        p, rep = verify(src, out, "--tokens", ",".join(map(str, TOKENS)), "--dump-logits", dump, *flags)
-        self.assertEqual(p.returncode, 0, describe(p))
-        ref = ref_logits(read_checkpoint(src), TOKENS)
-        V = len(ref[0])
-        with open(dump, "rb") as f:
-            got = struct.unpack("<%df" % (V * len(TOKENS)), f.read())
-        worst = max(abs(got[t * V + v] - ref[t][v]) / max(1.0, max(map(abs, ref[t])))
-                    for t in range(len(TOKENS)) for v in range(V))
-        self.assertLess(worst, 1e-4, "C and Python reference differ by %.3g" % worst)
-        self.assertGreater(max(ref[0]) - min(ref[0]), 0.05, "degenerate logits")
-        return rep
-
-
-def refold(src_dir, out_dir, gain=None, unfold=(), drop_kept=()):
-    """The correct output of src_dir, refolded with `gain`, or with the
-    consumers in `unfold` left as in the source, or without the kept norms
-    named in `drop_kept` (as a folder that took them for foldable would
-    write it)."""
-    src = read_checkpoint(src_dir)
-    ex = expected(src)
-    ts = dict(ex.tensors)
-    for norm, consumers in ex.groups:
-        for c in consumers:
-            base = src.tensors[c] if c in src.tensors else src.tensors[ex.embed]
-            if any(c.endswith(u) for u in unfold):
-                ts[c] = base
-            elif gain:
-                ts[c] = fold(base, gain_ratios(src.tensors[norm], gain), "last" if len(base.shape) == 3 else "cols")
-    for k in list(ts):
-        if any(k.endswith(d + ".weight") for d in drop_kept):
-            del ts[k]
-    m = Model("out", expected_config(src.config, ex))
-    m.tensors = ts
-    write_checkpoint(m, out_dir, extra_files=False)
+        return c_vs_python(self, src, out, TOKENS, *flags)
 
 
 class Layouts(Base):
