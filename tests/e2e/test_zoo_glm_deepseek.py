@@ -173,15 +173,6 @@ class Layouts(Base):
             self.assertEqual(ck.tensors[k].data, m.tensors[k].data, k)
         self.assertIn("language_model.model.layers.1.self_attn.q_a_layernorm.weight", ex.dropped)
 
-    def test_keep_norms_identity_is_one(self):
-        for fam in ("glm4", "deepseek_v32", "kimi_k25"):
-            with self.subTest(family=fam):
-                m, src = self.source(fam + "-kn", fam, "BF16")
-                convert(self, src, src + "-out", "--keep-norms")
-                ex, ck = check_output(self, src, src + "-out", keep_norms=True)
-                for k in ex.dropped:
-                    self.assertEqual(set(ck.tensors[k].values()), {1.0}, k)
-
 
 class Forward(Base):
     def test_c_pass_matches_python_reference(self):
