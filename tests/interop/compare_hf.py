@@ -12,7 +12,7 @@ OUTPUT with AutoModelForCausalLM and compares, for the token ids that
     --dump-logits), float32: validates forward.c against the modeling code;
   * which tensors transformers reports as missing when loading the output
     (the dropped norms: they must come back as identity, see
-    ../shared/docs/architectures.md section 3).
+    docs/architectures.md §missing).
 
 Without torch/transformers it prints SKIP and exits 0.  Not run by ctest.
 
