@@ -8,7 +8,7 @@
  * (docs/architectures.md §quantized):
  *
  *  - FP8 with block scales (DeepSeek-V3/V3.2, Kimi K2, GLM FP8):
- *    "<base>.weight" F8_E4M3 (or F8_E5M2) [out, in] and
+ *    "<base>.weight" F8_E4M3 [out, in] and
  *    "<base>.weight_scale_inv" [ceil(out / b0), ceil(in / b1)], the block
  *    [b0, b1] from quantization_config.weight_block_size (default
  *    [128, 128]); W[o][i] = fp8 * scale_inv[o / b0][i / b1]
@@ -40,26 +40,12 @@
 
 static int is_float_scale(int d) { return d == ST_F32 || d == ST_BF16 || d == ST_F16; }
 
-/* The value of an 8-bit float code: E4M3FN (bias 7, no infinities, S.1111.111
- * is NaN) or E5M2 (bias 15, IEEE-like). */
-static float fp8_value(int dtype, unsigned char c)
+/* The value of an E4M3FN code (bias 7, no infinities, S.1111.111 is NaN). */
+static float e4m3_value(unsigned char c)
 {
-    int sign = c >> 7;
-    float v;
-    if (dtype == ST_F8_E5M2) {
-        int e = (c >> 2) & 31, mnt = c & 3;
-        if (e == 31)
-            v = mnt ? NAN : INFINITY;
-        else
-            v = e ? ldexpf(1.0f + (float)mnt / 4.0f, e - 15) : ldexpf((float)mnt / 4.0f, -14);
-    } else {
-        int e = (c >> 3) & 15, mnt = c & 7;
-        if (e == 15 && mnt == 7)
-            v = NAN;
-        else
-            v = e ? ldexpf(1.0f + (float)mnt / 8.0f, e - 7) : ldexpf((float)mnt / 8.0f, -6);
-    }
-    return sign ? -v : v;
+    int e = (c >> 3) & 15, mnt = c & 7;
+    float v = e == 15 && mnt == 7 ? NAN : e ? ldexpf(1.0f + (float)mnt / 8.0f, e - 7) : ldexpf((float)mnt / 8.0f, -6);
+    return c >> 7 ? -v : v;
 }
 
 /* quantization_config.weight_block_size, [128, 128] when absent. */
@@ -191,7 +177,7 @@ fl_status fwd_bind_quant(const fwd_model *m, const char *name, long rows, long c
     const ckpt_tensor *t = ckpt_find(m->ck, name);
     snprintf(sn, sizeof sn, "%s.weight_scale_inv", base);
     const ckpt_tensor *sc = ckpt_find(m->ck, sn);
-    if (t && sc && (t->t->dtype == ST_F8_E4M3 || t->t->dtype == ST_F8_E5M2))
+    if (t && sc && t->t->dtype == ST_F8_E4M3)
         return bind_fp8(m, name, t, sc, rows, cols, out, err);
     snprintf(sn, sizeof sn, "%s.weight_packed", base);
     const ckpt_tensor *pk = t ? NULL : ckpt_find(m->ck, sn);
@@ -231,7 +217,7 @@ static fl_status fp8_rows(const fwd_model *m, const fwd_mat *w, long r, long n, 
         return s;
     float lut[256];
     for (int c = 0; c < 256; c++)
-        lut[c] = fp8_value(w->dtype, (unsigned char)c);
+        lut[c] = e4m3_value((unsigned char)c);
     for (long i = 0; i < n; i++) {
         const float *srow = sc + ((r + i) / w->qb_rows - sr0) * ncb;
         for (long j = 0; j < C; j++)
