@@ -7,13 +7,15 @@
  * checkpoints byte for byte.  Two storage forms are decoded to float32
  * (docs/architectures.md §quantized):
  *
- *  - FP8 with block scales (DeepSeek-V3/V3.2, Kimi K2, GLM FP8):
+ *  - FP8 (DeepSeek-V3/V3.2, Kimi K2; compressed-tensors FP8):
  *    "<base>.weight" F8_E4M3 [out, in] and
  *    "<base>.weight_scale_inv" [ceil(out / b0), ceil(in / b1)], the block
  *    [b0, b1] from quantization_config.weight_block_size (default
- *    [128, 128]); W[o][i] = fp8 * scale_inv[o / b0][i / b1]
- *    (transformers integrations/finegrained_fp8.py, the weight_dequant of
- *    DeepSeek's inference code).
+ *    [128, 128]), or compressed-tensors' "<base>.weight_scale" per tensor,
+ *    per output channel [out, 1] or per group of inputs [out, in / g];
+ *    W[o][i] = fp8 * scale[o / b0][i / b1] (transformers
+ *    integrations/finegrained_fp8.py, the weight_dequant of DeepSeek's
+ *    inference code, compressed-tensors' float-quantized format).
  *  - compressed-tensors pack-quantized integers (Kimi K2 Thinking / K2.5
  *    INT4 experts): "<base>.weight_packed" I32 [out, ceil(in * bits / 32)],
  *    value j of a row in word j * bits / 32 at bit (j * bits) % 32, stored
@@ -71,17 +73,41 @@ static fl_status shape_fits(const fwd_model *m, const char *name, long R, long C
     return FL_OK;
 }
 
-static fl_status bind_fp8(const fwd_model *m, const char *name, const ckpt_tensor *t, const ckpt_tensor *sc,
-                          long rows, long cols, fwd_mat *out, fl_error *err)
+/* The scale block of FP8 weight [R, C]: weight_scale_inv's from the config
+ * (blocks of weight_block_size); compressed-tensors' weight_scale from its
+ * shape: [R, 1] per output channel, [R, C / g] per group of g inputs, one
+ * value per tensor.  0 when the scale does not fit. */
+static int fp8_blocks(const fwd_model *m, const ckpt_tensor *sc, int inv, uint64_t R, uint64_t C, long *b0,
+                      long *b1)
 {
-    const uint64_t *w = t->t->shape, *s = sc->t->shape;
-    long b0, b1;
-    block_size(m, &b0, &b1);
-    if (t->t->ndim != 2 || sc->t->ndim != 2 || !is_float_scale(sc->t->dtype) || w[0] == 0 || w[1] == 0 ||
-        w[0] > MAX_COLS || w[1] > MAX_COLS || s[0] != (w[0] + (uint64_t)b0 - 1) / (uint64_t)b0 ||
-        s[1] != (w[1] + (uint64_t)b1 - 1) / (uint64_t)b1)
-        return fl_fail(err, FL_EINPUT, "%s: FP8 '%s' and its weight_scale_inv do not fit %ldx%ld blocks "
-                       "(quantization_config.weight_block_size)", m->ck->dir, name, b0, b1);
+    const uint64_t *s = sc->t->shape;
+    uint64_t n = 0;
+    if (inv) {
+        block_size(m, b0, b1);
+        return sc->t->ndim == 2 && s[0] == (R + (uint64_t)*b0 - 1) / (uint64_t)*b0 &&
+               s[1] == (C + (uint64_t)*b1 - 1) / (uint64_t)*b1;
+    }
+    if (st_numel(sc->t, &n) == 0 && n == 1) {
+        *b0 = (long)R;
+        *b1 = (long)C;
+        return 1;
+    }
+    *b0 = 1;
+    *b1 = sc->t->ndim == 2 && s[0] == R && s[1] && C % s[1] == 0 ? (long)(C / s[1]) : 0;
+    return *b1 > 0;
+}
+
+static fl_status bind_fp8(const fwd_model *m, const char *name, const ckpt_tensor *t, const ckpt_tensor *sc,
+                          int inv, long rows, long cols, fwd_mat *out, fl_error *err)
+{
+    const uint64_t *w = t->t->shape;
+    long b0 = 0, b1 = 0;
+    if (t->t->ndim != 2 || !is_float_scale(sc->t->dtype) || w[0] == 0 || w[1] == 0 || w[0] > MAX_COLS ||
+        w[1] > MAX_COLS || !fp8_blocks(m, sc, inv, w[0], w[1], &b0, &b1))
+        return fl_fail(err, FL_EINPUT, "%s: FP8 '%s' and its %s %s", m->ck->dir, name,
+                       inv ? "weight_scale_inv" : "weight_scale",
+                       inv ? "do not fit the blocks of quantization_config.weight_block_size (default 128x128)"
+                           : "are not per tensor, per output channel or per group of inputs");
     long R = (long)w[0], C = (long)w[1];
     fl_status st = shape_fits(m, name, R, C, rows, cols, err);
     if (st != FL_OK)
@@ -177,8 +203,13 @@ fl_status fwd_bind_quant(const fwd_model *m, const char *name, long rows, long c
     const ckpt_tensor *t = ckpt_find(m->ck, name);
     snprintf(sn, sizeof sn, "%s.weight_scale_inv", base);
     const ckpt_tensor *sc = ckpt_find(m->ck, sn);
+    int inv = sc != NULL;
+    if (!sc) {
+        snprintf(sn, sizeof sn, "%s.weight_scale", base);
+        sc = ckpt_find(m->ck, sn);
+    }
     if (t && sc && t->t->dtype == ST_F8_E4M3)
-        return bind_fp8(m, name, t, sc, rows, cols, out, err);
+        return bind_fp8(m, name, t, sc, inv, rows, cols, out, err);
     snprintf(sn, sizeof sn, "%s.weight_packed", base);
     const ckpt_tensor *pk = t ? NULL : ckpt_find(m->ck, sn);
     return pk ? bind_int(m, base, name, pk, rows, cols, out, err) : FL_OK;
@@ -265,7 +296,7 @@ void fwd_quant_describe(const fwd_model *m, char *buf, size_t cap)
     const long *q = m->meter.quant;
     int n = 0;
     if (q[FWD_Q_FP8_BLOCK])
-        n = snprintf(buf, cap, ", %ld FP8 block-quantized matrices dequantized", q[FWD_Q_FP8_BLOCK]);
+        n = snprintf(buf, cap, ", %ld FP8 matrices dequantized", q[FWD_Q_FP8_BLOCK]);
     if (q[FWD_Q_INT_PACKED] && n >= 0 && (size_t)n < cap)
         snprintf(buf + n, cap - (size_t)n, ", %ld packed-integer (compressed-tensors) matrices dequantized",
                  q[FWD_Q_INT_PACKED]);

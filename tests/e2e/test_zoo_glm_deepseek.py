@@ -294,7 +294,18 @@ class Quantized(Base):
         self.assertNotIn("flashnorm_folded", ck.config)
         self.assertIn("FP8 with block scales", p.stderr)
         rep = self.c_vs_python(src, out, "--partial")
-        self.assertIn("FP8 block-quantized matrices dequantized", rep["forward_check"]["model"])
+        self.assertIn("FP8 matrices dequantized", rep["forward_check"]["model"])
+
+    def test_fp8_per_channel(self):
+        """compressed-tensors FP8 with a weight_scale per output channel:
+        refused naming it, and with --partial verified through it."""
+        m, src = self.source("g45-fp8", "glm4_moe", "BF16", quant="fp8_channel")
+        p = convert(self, src, src + "-bad", expect_rc=2)
+        self.assertIn("weight_scale", p.stderr)
+        convert(self, src, src + "-out", "--partial")
+        check_output(self, src, src + "-out", ex=expected(read_checkpoint(src), partial=True))
+        rep = self.c_vs_python(src, src + "-out", "--partial")
+        self.assertIn("FP8 matrices dequantized", rep["forward_check"]["model"])
 
     def test_int4_partial_keeps_the_moe_norms(self):
         for fam in ("kimi_k25", "kimi_k2"):
@@ -336,13 +347,13 @@ class Quantized(Base):
         self.assertEqual(p.returncode, 0, describe(p))
         self.assertTrue(rep["forward_check"]["ran"])
         self.assertFalse(rep["tensors_only"])
-        self.assertIn("FP8 block-quantized matrices dequantized", rep["forward_check"]["model"])
+        self.assertIn("FP8 matrices dequantized", rep["forward_check"]["model"])
 
     def test_undecodable_forms_say_so(self):
         """An asymmetric packed layer and a scale of the wrong shape: the
         conversion still works with --partial, and the verdict says that the
         forward check could not run, and why."""
-        cases = (("zero_point", "weight_zero_point"), ("scale", "do not fit 128x128 blocks"))
+        cases = (("zero_point", "weight_zero_point"), ("scale", "do not fit the blocks"))
         for what, msg in cases:
             with self.subTest(case=what):
                 m = tame(build_model("kimi_k2", dtype="BF16", seed=21, quant="int4" if what == "zero_point" else "fp8"))

@@ -24,10 +24,12 @@ build_model options of these families:
   index_topk: the DSA indexer's top-k (default 3, less than the test
     sequences, so that the selection matters); shared_indexer: GLM-5
     indexer_types with a "shared" layer (default: with v5).
-  quant: Kimi's quantized experts, "int4" (compressed-tensors
-    pack-quantized, group 32, as Kimi K2 Thinking / K2.5 ship) or "fp8"
-    (every linear layer FP8 E4M3 with 128x128 block scales, as Kimi K2 and
-    DeepSeek-V3 ship); the values decode to trained-looking weights.
+  quant: "int4" (the routed experts as compressed-tensors
+    pack-quantized, group 32, as Kimi K2 Thinking / K2.5 ship), "fp8"
+    (every decoder projection FP8 E4M3 with 128x128 block scales, as Kimi
+    K2 and DeepSeek-V3 ship) or "fp8_channel" (the same with
+    compressed-tensors' per-channel weight_scale); the values decode to
+    trained-looking weights.
   dims: config values to override.
 """
 
@@ -308,7 +310,11 @@ def build(family, dtype, norm_dtype, tied, seed, layers, hidden, vocab, **opt):
                               "num_bits": 4, "type": "int", "symmetric": True, "strategy": "group",
                               "group_size": 32}}}},
                  "fp8": {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
-                         "weight_block_size": [128, 128]}}[opt["quant"]]
+                         "weight_block_size": [128, 128]},
+                 "fp8_channel": {"quant_method": "compressed-tensors", "format": "float-quantized",
+                                 "config_groups": {"group_0": {"targets": ["Linear"], "weights": {
+                                     "num_bits": 8, "type": "float", "symmetric": True,
+                                     "strategy": "channel"}}}}}[opt["quant"]]
         tc["quantization_config"] = cfg_q
     return m
 
@@ -375,11 +381,20 @@ def _e4m3(x):
     return E4M3[best][1]
 
 
-def _fp8(m, name, t):
+def _fp8(m, name, t, per_channel=False):
     """W [out, in] as F8_E4M3 codes with one F32 scale_inv per 128x128
-    block: scale = max |W| / 448 of the block."""
+    block (DeepSeek's layout), or with compressed-tensors' BF16
+    weight_scale [out, 1] per output channel: scale = max |W| / 448 of the
+    block or row."""
     rows, cols = t.shape
     vals = decode_values(t.dtype, t.data)
+    if per_channel:
+        sc = [max(abs(v) for v in vals[r * cols:(r + 1) * cols]) / 448.0 or 1.0 for r in range(rows)]
+        sc = decode_values("BF16", fixtures.encode_values("BF16", sc))
+        m.tensors[name] = Tensor("F8_E4M3", t.shape, bytes(_e4m3(vals[r * cols + c] / sc[r]) for r in range(rows)
+                                                           for c in range(cols)))
+        m.tensors[name[:-len("weight")] + "weight_scale"] = float_tensor("BF16", (rows, 1), sc)
+        return
     br, bc = -(-rows // 128), -(-cols // 128)
     scales = [0.0] * (br * bc)
     for r in range(rows):
@@ -432,8 +447,8 @@ def _quantize(m, how, rng):
             continue
         if how == "int4" and ".mlp.experts." in k:
             _int4(m, k, t)
-        elif how == "fp8" and k.endswith(("proj.weight", "proj_with_mqa.weight")):
-            _fp8(m, k, t)
+        elif how in ("fp8", "fp8_channel") and k.endswith(("proj.weight", "proj_with_mqa.weight")):
+            _fp8(m, k, t, per_channel=how == "fp8_channel")
 
 
 # ------------------------------------------------------------------ expected plans
@@ -505,7 +520,10 @@ class _W(ref_forward._M):
         else:
             t = self.ck.tensors[base + ".weight"]
             rows, cols = t.shape
-            if t.dtype == "F8_E4M3":
+            if t.dtype == "F8_E4M3" and self.has(base + ".weight_scale"):   # per output channel
+                sc = self.vals(base + ".weight_scale")
+                vals = [e4m3_value(t.data[r * cols + c]) * sc[r] for r in range(rows) for c in range(cols)]
+            elif t.dtype == "F8_E4M3":
                 si = self.vals(base + ".weight_scale_inv")
                 bc = -(-cols // 128)
                 vals = [e4m3_value(t.data[r * cols + c]) * si[(r // 128) * bc + c // 128]
