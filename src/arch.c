@@ -109,6 +109,29 @@ static const char QWEN_1PW_WARNING[] =
     "a loader that fills missing norms with 1 would double the gain. Use --keep-norms to write the identity "
     "(0) explicitly";
 
+/* DeepSeek's MLA and MoE, shared by deepseek_v3 and the issue-13 rows
+ * (docs/architectures.md §deepseek_v3, §glm-deepseek).  Without
+ * q_lora_rank the input norm feeds q_proj directly and there is no
+ * q_a_layernorm; e_score_correction_bias is never scaled. */
+#define Q_LORA WHEN_KEY(WHEN_FLAG, "q_lora_rank")
+#define MLA_FOLDS                                                                                            \
+    {.norm = "input_layernorm", .consumers = {L("self_attn.q_a_proj"), L("self_attn.kv_a_proj_with_mqa")},      \
+     .when = {Q_LORA}},                                                                                        \
+    {.norm = "input_layernorm", .consumers = {L("self_attn.q_proj"), L("self_attn.kv_a_proj_with_mqa")},        \
+     .note = "q_lora_rank is null: q_proj reads the input norm, no q_a_layernorm"},                           \
+    {.norm = "self_attn.q_a_layernorm", .consumers = {L("self_attn.q_b_proj")}, .when = {Q_LORA}},           \
+    FOLD("self_attn.kv_a_layernorm", L("self_attn.kv_b_proj"))
+#define SHARED_EXPERTS L("mlp.shared_experts.gate_proj"), L("mlp.shared_experts.up_proj")
+#define DS_MOE_FOLDS                                                                                          \
+    {.norm = "post_attention_layernorm",                                                                      \
+     .consumers = {L("mlp.gate"), FUSED("mlp.experts.gate_up_proj", IN_LAST), SHARED_EXPERTS},                \
+     .when = HAS_FUSED, .note = FUSED_NOTE},                                                                  \
+    {.norm = "post_attention_layernorm",                                                                      \
+     .consumers = {L("mlp.gate"), L("mlp.experts.{e}.gate_proj"), L("mlp.experts.{e}.up_proj"), SHARED_EXPERTS}, \
+     .when = {WHEN(WHEN_MOE)}},                                                                               \
+    {.norm = "post_attention_layernorm", .consumers = {GATE_UP}, .when = {WHEN(WHEN_DENSE)}, .note = "dense layer"}
+#define DS_EXPERTS_KEYS {"n_routed_experts", "num_local_experts"}
+
 static const arch_info ARCHS[] = {
     {.model_type = "llama", .norm = &ARCH_RMS_W, .folds = LLAMA_FOLDS},
     {.model_type = "mistral", .norm = &ARCH_RMS_W, .folds = LLAMA_FOLDS},
@@ -187,27 +210,8 @@ static const arch_info ARCHS[] = {
     /* §deepseek_v3: MLA has two extra foldable norms inside attention.
      * Without q_lora_rank the input norm feeds q_proj directly and there
      * is no q_a_layernorm.  e_score_correction_bias is never scaled. */
-    {.model_type = "deepseek_v3", .norm = &ARCH_RMS_W,
-     .folds = {{.norm = "input_layernorm",
-                .consumers = {L("self_attn.q_a_proj"), L("self_attn.kv_a_proj_with_mqa")},
-                .when = {WHEN_KEY(WHEN_FLAG, "q_lora_rank")}},
-               {.norm = "input_layernorm", .consumers = {L("self_attn.q_proj"), L("self_attn.kv_a_proj_with_mqa")},
-                .note = "q_lora_rank is null: q_proj reads the input norm, no q_a_layernorm"},
-               {.norm = "self_attn.q_a_layernorm", .consumers = {L("self_attn.q_b_proj")},
-                .when = {WHEN_KEY(WHEN_FLAG, "q_lora_rank")}},
-               FOLD("self_attn.kv_a_layernorm", L("self_attn.kv_b_proj")),
-               {.norm = "post_attention_layernorm",
-                .consumers = {L("mlp.gate"), FUSED("mlp.experts.gate_up_proj", IN_LAST),
-                              L("mlp.shared_experts.gate_proj"), L("mlp.shared_experts.up_proj")},
-                .when = HAS_FUSED, .note = FUSED_NOTE},
-               {.norm = "post_attention_layernorm",
-                .consumers = {L("mlp.gate"), L("mlp.experts.{e}.gate_proj"), L("mlp.experts.{e}.up_proj"),
-                              L("mlp.shared_experts.gate_proj"), L("mlp.shared_experts.up_proj")},
-                .when = {WHEN(WHEN_MOE)}},
-               {.norm = "post_attention_layernorm", .consumers = {GATE_UP}, .when = {WHEN(WHEN_DENSE)},
-                .note = "dense layer"}},
-     .moe = {.experts = {"n_routed_experts", "num_local_experts"}, .first_dense = "first_k_dense_replace",
-             .step = "moe_layer_freq"}},
+    {.model_type = "deepseek_v3", .norm = &ARCH_RMS_W, .folds = {MLA_FOLDS, DS_MOE_FOLDS},
+     .moe = {.experts = DS_EXPERTS_KEYS, .first_dense = "first_k_dense_replace", .step = "moe_layer_freq"}},
     /* §cohere: a parallel block, one input_layernorm feeds attention and
      * MLP.  LayerNorm without bias: the gain folds exactly like RMSNorm's. */
     {.model_type = "cohere", .norm = &ARCH_LN_NOBIAS, .folds = {FOLD("input_layernorm", QKV, GATE_UP)},
@@ -286,6 +290,70 @@ static const arch_info ARCHS[] = {
      * §ministral3: Ministral3DecoderLayer is the llama layout (its query
      * scale and YaRN touch no norm); Ministral3Config ties nothing. */
     {.model_type = "ministral3", .norm = &ARCH_RMS_W, .folds = LLAMA_FOLDS},
+
+    /* ---- zoo (issue 13): GLM and DeepSeek, docs/architectures.md §glm-deepseek ----
+     * §glm4: Glm4DecoderLayer's sandwich norms have their own names; the
+     * pre-MLP norm is post_attention_layernorm, into the fused
+     * gate_up_proj (gate rows first, as Phi3MLP); q/k/v biases stay. */
+    {.model_type = "glm4", .norm = &ARCH_RMS_W,
+     .folds = {FOLD("input_layernorm", QKV), FOLD("post_attention_layernorm", L("mlp.gate_up_proj"))},
+     .keeps = {KEEP("post_self_attn_layernorm", POST_NORM_WHY), KEEP("post_mlp_layernorm", POST_NORM_WHY)}},
+    /* §glm4_moe: DeepseekV3DecoderLayer with Cohere-style attention
+     * (q/k/v biases, per-head q/k norms when use_qk_norm); sparse from
+     * first_k_dense_replace on (Glm4MoeConfig default 1). */
+    {.model_type = "glm4_moe", .norm = &ARCH_RMS_W, .folds = {FOLD("input_layernorm", QKV), DS_MOE_FOLDS},
+     .keeps = {KEEP("self_attn.q_norm", QK_NORM_WHY), KEEP("self_attn.k_norm", QK_NORM_WHY)},
+     .moe = {.experts = DS_EXPERTS_KEYS, .first_dense = "first_k_dense_replace", .first_dense_default = 1}},
+    /* §glm4_moe_lite (GLM-4.7-Flash): DeepSeek MLA; mlp_layer_types
+     * decides which layers are sparse (default: all but the first). */
+    {.model_type = "glm4_moe_lite", .norm = &ARCH_RMS_W, .folds = {MLA_FOLDS, DS_MOE_FOLDS},
+     .moe = {.experts = DS_EXPERTS_KEYS, .type_list = "mlp_layer_types", .first_dense = "first_k_dense_replace",
+             .first_dense_default = 1}},
+    /* §deepseek_v2: MLA as V3; a softmax router without correction bias;
+     * n_shared_experts null means no shared experts. */
+#define NO_SHARED WHEN_KEY(WHEN_NOT_FLAG, "n_shared_experts")
+    {.model_type = "deepseek_v2", .norm = &ARCH_RMS_W,
+     .folds = {MLA_FOLDS,
+               {.norm = "post_attention_layernorm",
+                .consumers = {L("mlp.gate"), FUSED("mlp.experts.gate_up_proj", IN_LAST)},
+                .when = {WHEN(WHEN_MOE), WHEN_KEY(WHEN_HAS, "mlp.experts.gate_up_proj"), NO_SHARED},
+                .note = FUSED_NOTE ", no shared experts (n_shared_experts null)"},
+               {.norm = "post_attention_layernorm",
+                .consumers = {L("mlp.gate"), L("mlp.experts.{e}.gate_proj"), L("mlp.experts.{e}.up_proj")},
+                .when = {WHEN(WHEN_MOE), NO_SHARED}, .note = "no shared experts (n_shared_experts null)"},
+               DS_MOE_FOLDS},
+     .moe = {.experts = DS_EXPERTS_KEYS, .first_dense = "first_k_dense_replace", .step = "moe_layer_freq"}},
+#undef NO_SHARED
+    /* §deepseek_v32, §glm_moe_dsa: MLA (always with q_lora) plus the DSA
+     * lightning indexer, a second reader of input_layernorm (wk,
+     * weights_proj) and of q_a_layernorm (wq_b).  GLM-5's "shared"
+     * indexer layers have no indexer. */
+#define DSA_INPUT L("self_attn.q_a_proj"), L("self_attn.kv_a_proj_with_mqa"), L("self_attn.indexer.wk"), \
+                  L("self_attn.indexer.weights_proj")
+#define DSA_FOLDS FOLD("input_layernorm", DSA_INPUT), \
+                  FOLD("self_attn.q_a_layernorm", L("self_attn.q_b_proj"), L("self_attn.indexer.wq_b")), \
+                  FOLD("self_attn.kv_a_layernorm", L("self_attn.kv_b_proj"))
+#define DSA_KEEPS {KEEP("self_attn.indexer.k_norm", \
+                        "the indexer's key norm (a LayerNorm with bias) normalises indexer.wk's output before " \
+                        "RoPE and the index scores, not a linear layer's input")}
+#define DSA_MOE(dense)                                                                                   \
+    {.experts = {"n_routed_experts", "num_local_experts", "num_experts"}, .type_list = "mlp_layer_types", \
+     .first_dense = "first_k_dense_replace", .first_dense_default = dense}
+#define IDX_SHARED {.kind = WHEN_LAYER_TYPE, .key = "indexer_types", .value = "shared"}
+    {.model_type = "deepseek_v32", .norm = &ARCH_RMS_W, .folds = {DSA_FOLDS, DS_MOE_FOLDS}, .keeps = DSA_KEEPS,
+     .moe = DSA_MOE(3)},
+    {.model_type = "glm_moe_dsa", .norm = &ARCH_RMS_W,
+     .folds = {{.norm = "input_layernorm", .consumers = {L("self_attn.q_a_proj"), L("self_attn.kv_a_proj_with_mqa")},
+                .when = {IDX_SHARED}, .note = "shared indexer layer: no indexer of its own"},
+               {.norm = "self_attn.q_a_layernorm", .consumers = {L("self_attn.q_b_proj")}, .when = {IDX_SHARED},
+                .note = "shared indexer layer"},
+               DSA_FOLDS, DS_MOE_FOLDS},
+     .keeps = DSA_KEEPS, .moe = DSA_MOE(3)},
+#undef DSA_INPUT
+#undef DSA_FOLDS
+#undef DSA_KEEPS
+#undef DSA_MOE
+#undef IDX_SHARED
     /* ---- zoo issue 13: the LLaVA-style VLM wrappers, docs/architectures.md §vlm ----
      * Their decoders are existing rows (the aliases below); Mllama's is its
      * own.  §vlm-mllama: MllamaTextModel's layers in cross_attention_layers
@@ -331,6 +399,11 @@ static const arch_alias ALIASES[] = {
     /* Mistral3ForConditionalGeneration: text_config.model_type says mistral
      * (Mistral Small 3.x) or ministral3 (Ministral 3). */
     {.model_type = "mistral3", .text_type = "mistral", .nested = 1, .tie_default = 0},
+    /* ---- zoo (issue 13), §kimi: Kimi K2 is DeepSeek-V3 under its own
+     * model_type (remote code modeling_deepseek.py); Kimi K2.5 wraps it,
+     * text_config and tensors under language_model.model. */
+    {.model_type = "kimi_k2", .text_type = "deepseek_v3", .nested = 0, .tie_default = -1},
+    {.model_type = "kimi_k25", .text_type = "deepseek_v3", .nested = 1, .tie_default = -1},
     /* ---- zoo issue 13: §vlm.  The config classes build any text model from
      * text_config (AutoConfig), so text_config.model_type picks the row and
      * an unknown one is refused; text_type is the class default.  Tie
@@ -539,6 +612,8 @@ int arch_is_moe_layer(const arch_moe_rule *r, ckpt_view cfg, long i, long expert
 {
     if (experts <= 0 || (r->flag && !ckpt_view_set(cfg, r->flag)))
         return 0;
+    if (r->type_list && cJSON_IsArray(ckpt_view_get(cfg, r->type_list)))
+        return layer_type_is(cfg, r->type_list, "sparse", i);
     if (r->sparse_list) {
         const cJSON *list = ckpt_view_get(cfg, r->sparse_list);
         if (cJSON_IsArray(list))
@@ -546,7 +621,7 @@ int arch_is_moe_layer(const arch_moe_rule *r, ckpt_view cfg, long i, long expert
     }
     if (r->dense_list && in_int_list(ckpt_view_get(cfg, r->dense_list), i))
         return 0;
-    if (r->first_dense && i < ckpt_view_int(cfg, r->first_dense, 0))
+    if (r->first_dense && i < ckpt_view_int(cfg, r->first_dense, r->first_dense_default))
         return 0;
     long step = r->step ? ckpt_view_int(cfg, r->step, 1) : 1;
     return step > 0 && (i + r->step_offset) % step == 0;

@@ -25,6 +25,8 @@ static void free_layer(fwd_layer *ly)
     free(ly->e_bias); free(ly->q_a_norm.g); free(ly->kv_a_norm.g);
     fwd_gdn_free(ly->gdn);
     free(ly->sinks); free(ly->b_router); free(ly->e_gu_bias); free(ly->e_dn_bias);
+    free(ly->b_qa); free(ly->b_kva);
+    fwd_dsa_free(ly->dsa);
 }
 
 void fwd_close(fwd_model *m)
@@ -38,6 +40,7 @@ void fwd_close(fwd_model *m)
             free_layer(&m->layers[i]);
     free(m->layers);
     free(m->routing.sel);
+    fwd_index_rec_free(m->routing.idx);
     free(m->final_norm.g);
     free(m->freq_global);
     free(m->freq_local);

@@ -169,6 +169,41 @@ static const fwd_family FAMILIES[] = {
      .qscale = QSCALE_LLAMA4_BETA},
     /* Mistral3ForConditionalGeneration: mistral or ministral3 inside. */
     {"mistral3", .wraps = "mistral"},
+
+    /* ---- zoo (issue 13): GLM and DeepSeek, docs/architectures.md §glm-deepseek ----
+     * Glm4DecoderLayer: x += post_self_attn(attn(input(x))); x +=
+     * post_mlp(mlp(post_attention(x))); GlmAttention's RoPE on pairs (2i,
+     * 2i+1) of the first half of each head (Glm4Config: partial_rotary_factor
+     * 0.5, head_dim 128, rms_norm_eps 1.5625e-07); Phi3MLP's fused gate_up. */
+    {"glm4", RMS(1.5625e-7), SILU, .layout = LAYOUT_SANDWICH, .interleaved = 1, .rotary_default = 0.5,
+     .head_dim_default = 128, .sandwich = {"post_self_attn_layernorm", "post_attention_layernorm", "post_mlp_layernorm"}},
+    /* Glm4MoeAttention (CohereAttention with rotate_half RoPE on half of
+     * each head, per-head q/k norms when use_qk_norm) and DeepSeek-V3's
+     * sigmoid router and shared experts (Glm4MoeConfig: 8 experts per token). */
+    {"glm4_moe", RMS(1e-5), SILU, TOPK_KEY, .qk = QK_HEAD, .qk_flag = "use_qk_norm", .rotary_default = 0.5,
+     .router = ROUTER_DEEPSEEK, .topk_norm = 1, .topk_default = 8, .moe = {&DEEPSEEK}},
+    /* Glm4MoeLite: DeepseekV3Attention (MLA, rope_interleave default true)
+     * with Glm4Moe's MoE (4 experts per token). */
+    {"glm4_moe_lite", RMS(1e-5), SILU, TOPK_KEY, .interleaved = 1, .interleave_key = "rope_interleave", .mla = 1,
+     .mla_norm_eps = 1e-6, .router = ROUTER_DEEPSEEK, .topk_norm = 1, .topk_default = 4, .moe = {&DEEPSEEK}},
+    /* DeepseekV2Attention: MLA, complex (interleaved) RoPE, scaling
+     * qk_head_dim^-0.5 even under YaRN; DeepseekV2Moe's softmax router
+     * (forward_mla.c), no renormalisation. */
+    {"deepseek_v2", RMS(1e-6), SILU, .interleaved = 1, .mla = 1, .mla_norm_eps = 1e-6, .mla_plain_scale = 1,
+     .router = ROUTER_HOOK, .route = fwd_ds2_route, .layer_extra = fwd_ds2_layer, .moe = {&DEEPSEEK}},
+    /* DeepseekV32Attention: V3's MLA (interleaved RoPE) plus the DSA
+     * indexer (forward_dsa.c); DeepseekV32Config: 8 experts per token. */
+    {"deepseek_v32", RMS(1e-6), SILU, TOPK_KEY, .interleaved = 1, .mla = 1, .mla_norm_eps = 1e-6,
+     .router = ROUTER_DEEPSEEK, .topk_norm = 1, .topk_default = 8, .moe = {&DEEPSEEK}, .dsa = &FWD_DSA_V32,
+     .layer_extra = fwd_dsa_layer},
+    /* GlmMoeDsa: the same with an interleaved indexer RoPE and shared layers. */
+    {"glm_moe_dsa", RMS(1e-5), SILU, TOPK_KEY, .interleaved = 1, .mla = 1, .mla_norm_eps = 1e-6,
+     .router = ROUTER_DEEPSEEK, .topk_norm = 1, .topk_default = 8, .moe = {&DEEPSEEK}, .dsa = &FWD_DSA_GLM,
+     .layer_extra = fwd_dsa_layer},
+    /* Kimi K2 (remote code modeling_deepseek.py, DeepSeek-V3) and K2.5
+     * (text_config, tensors under language_model.model.). */
+    {"kimi_k2", .wraps = "deepseek_v3"},
+    {"kimi_k25", .wraps = "deepseek_v3"},
     /* ---- zoo issue 13: the LLaVA-style VLM wrappers, docs/architectures.md
      * §vlm.  Each builds the text model text_config names (wraps: the config
      * class default) and computes logits with its own lm_head. */

@@ -99,7 +99,8 @@ typedef struct {
 
 /* Which layers are sparse.  Keys name config fields; NULL ones are unused.
  * Layer i is sparse when the expert count is > 0, `flag` (if any) is set,
- * and then: listed in `sparse_list` when the config has that list;
+ * and then: its `type_list` entry is "sparse" when the config has that
+ * list; listed in `sparse_list` when the config has that list;
  * otherwise not listed in `dense_list`, not among the first `first_dense`
  * layers, and (i + step_offset) % step == 0 for `step` (default 1). */
 typedef struct {
@@ -110,6 +111,9 @@ typedef struct {
     const char *first_dense; /* DeepSeek first_k_dense_replace */
     const char *step;        /* Qwen decoder_sparse_step, DeepSeek moe_layer_freq */
     int step_offset;         /* 1: (i+1) % step (Qwen, Llama 4); 0: i % step (DeepSeek) */
+    const char *type_list;   /* a per-layer list of "dense" / "sparse" that decides when the config has it
+                                (GLM-4.7-Flash, DeepSeek-V3.2, GLM-5 mlp_layer_types) */
+    int first_dense_default; /* first_dense when the config lacks the key (the config class default) */
 } arch_moe_rule;
 
 /* Where a text model's tensors are: "<prefix>layers.{i}.", the embedding
