@@ -7,13 +7,18 @@ check_output(tc, src, out, ...) -> compares the output directory with
                         expect.expected(): every tensor, the shard layout,
                         the index, config.json, README.md, copied files
 dump_logits(tc, src, out, tokens) -> the C pass's logits of src (verify)
+ScratchCase          -> a unittest.TestCase with a fresh self.tmp and
+                        verify(src, out, *flags) -> (process, its --json)
 """
 
 import fnmatch
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -237,3 +242,19 @@ def dump_logits(tc, src, out, tokens):
 
 def stderr_of(p):
     return p.stderr or ""
+
+
+class ScratchCase(unittest.TestCase):
+    """A fresh temporary directory per test (self.tmp, removed afterwards)
+    and `flashify verify --json` on a pair."""
+    scratch_prefix = "flashify-"
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix=self.scratch_prefix)
+
+    def tearDown(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def verify(self, src, out, *flags):
+        p = run(["verify", src, out, "--json"] + list(flags))
+        return p, (json.loads(p.stdout) if p.stdout.strip() else None)

@@ -16,18 +16,17 @@ these models.  Expectations come from expect.py and zoo_vlm.py
 
 import json
 import os
-import shutil
 import sys
-import tempfile
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+import fixtures  # noqa: E402
 import zoo_vlm  # noqa: E402  (registers the families)
 from expect import fold, gain_ratios, identity  # noqa: E402
 from fixtures import build_model, read_checkpoint, write_checkpoint  # noqa: E402
-from harness import check_output, convert, describe, dump_logits, run  # noqa: E402
+from harness import ScratchCase, check_output, convert, describe, dump_logits  # noqa: E402
 from verify_fixtures import write_output, write_source  # noqa: E402
 
 TOKENS = [1, 7, 30, 64, 95, 7]
@@ -60,6 +59,12 @@ CASES = [
     ("mllama_text_model", {}),
 ]
 GEMMA_TEXT = ("gemma", "gemma2")
+# Aya Vision 8B's text model (AyaVisionConfig's default): refused while
+# cohere2 has no row, converted like any other text model once a zoo module
+# registers one (the issue-13 tail group does).
+COHERE2 = "cohere2" in fixtures.FAMILIES
+if COHERE2:
+    CASES += [("aya_vision", {"text": "cohere2"}), ("aya_vision", {"text": "cohere2", "layout": "v5"})]
 
 
 def text_of(fam, opt):
@@ -70,19 +75,11 @@ def tower_names(m):
     return [k for k in m.tensors if not k.startswith(m.text_prefix) and k != m.head_name]
 
 
-class Base(unittest.TestCase):
-    def setUp(self):
-        self.tmp = tempfile.mkdtemp(prefix="flashify-vlm-")
-
-    def tearDown(self):
-        shutil.rmtree(self.tmp, ignore_errors=True)
+class Base(ScratchCase):
+    scratch_prefix = "flashify-vlm-"
 
     def dir(self, fam):
         return os.path.join(self.tmp, "%s-%d" % (fam, len(os.listdir(self.tmp))))
-
-    def verify(self, src, out, *flags):
-        p = run(["verify", src, out, "--json"] + list(flags))
-        return p, (json.loads(p.stdout) if p.stdout.strip() else None)
 
     def edited(self, fam, edit, tied=False, **opt):
         """A source whose config edit(cfg) changed after generation."""
@@ -173,22 +170,25 @@ class TextTypes(Base):
         def cohere2(cfg):
             cfg["text_config"]["model_type"] = "cohere2"
         self.refused(self.edited("llava", starcoder), "starcoder2", "llava")
-        self.refused(self.edited("aya_vision", cohere2, tied=True), "cohere2", "aya_vision")
+        if not COHERE2:
+            self.refused(self.edited("aya_vision", cohere2, tied=True), "cohere2", "aya_vision")
 
     def test_unnamed_text_type_is_the_class_default(self):
         """No text_config.model_type: LlavaConfig's llama, InternVLConfig's
-        qwen2; AyaVisionConfig's cohere2 has no row (refused)."""
-        for fam, text in (("llava", "llama"), ("internvl", "qwen2")):
+        qwen2, AyaVisionConfig's cohere2 (refused while it has no row)."""
+        named = [("llava", "llama"), ("internvl", "qwen2")] + ([("aya_vision", "cohere2")] if COHERE2 else [])
+        for fam, text in named:
             with self.subTest(family=fam):
                 src = self.dir(fam)
                 write_checkpoint(build_model(fam, dtype="BF16", seed=953, text=text, unnamed=True), src)
                 convert(self, src, src + "-out")
                 check_output(self, src, src + "-out")
                 self.assertNotIn("model_type", read_checkpoint(src).config["text_config"])
-        src = self.dir("aya_vision")
-        write_checkpoint(build_model("aya_vision", dtype="BF16", seed=953, unnamed=True), src)
-        p = self.refused(src, "cohere2", "absent")
-        self.assertIn("aya_vision", p.stderr)
+        if not COHERE2:
+            src = self.dir("aya_vision")
+            write_checkpoint(build_model("aya_vision", dtype="BF16", seed=953, unnamed=True), src)
+            p = self.refused(src, "cohere2", "absent")
+            self.assertIn("aya_vision", p.stderr)
 
     def test_missing_text_config_refused(self):
         def flat(cfg):
