@@ -572,8 +572,9 @@ static int cond_holds(const arch_cond *c, ckpt_view cfg, long i, long n_layers, 
         int every = n > 0 && (i + 1) % n == 0;
         return c->kind == WHEN_EVERY ? every : !every;
     }
-    case WHEN_LISTED: return ckpt_view_listed(cfg, c->key, c->value, i);
-    case WHEN_NOT_LISTED: return !ckpt_view_listed(cfg, c->key, c->value, i);
+    /* No list (the key absent without a default, or not an array): neither holds. */
+    case WHEN_LISTED: return ckpt_view_listed(cfg, c->key, c->value, i) == 1;
+    case WHEN_NOT_LISTED: return ckpt_view_listed(cfg, c->key, c->value, i) == 0;
     default: return 1;
     }
 }

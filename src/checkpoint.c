@@ -129,12 +129,16 @@ int ckpt_view_listed(ckpt_view v, const char *key, const char *def, long i)
 {
     const cJSON *list = ckpt_view_get(v, key);
     if (list && !cJSON_IsNull(list)) {
-        for (const cJSON *e = cJSON_IsArray(list) ? list->child : NULL; e; e = e->next)
+        if (!cJSON_IsArray(list))
+            return -1;
+        for (const cJSON *e = list->child; e; e = e->next)
             if (cJSON_IsNumber(e) && e->valuedouble == (double)i)
                 return 1;
         return 0;
     }
-    for (const char *p = def; p && *p;) {
+    if (!def)
+        return -1;
+    for (const char *p = def; *p;) {
         char *end;
         long n = strtol(p, &end, 10);
         if (end == p)

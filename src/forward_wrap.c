@@ -85,7 +85,7 @@ int fwd_tie(const fwd_model *m)
 
 int fwd_layer_skipped(fwd_model *m, long i)
 {
-    if (!m->fam->skip_key || !ckpt_view_listed(m->cfg, m->fam->skip_key, m->fam->skip_default, i))
+    if (!m->fam->skip_key || ckpt_view_listed(m->cfg, m->fam->skip_key, m->fam->skip_default, i) != 1)
         return 0;
     m->skipped++;
     return 1;

@@ -46,8 +46,8 @@ typedef enum {
     WHEN_NOT_EVERY,
     WHEN_LISTED,     /* i is in the config's integer list `key`; `value` the list used
                         when the key is absent or null, comma separated (Mllama
-                        cross_attention_layers "3,8,13,...") */
-    WHEN_NOT_LISTED
+                        cross_attention_layers "3,8,13,..."), or NULL */
+    WHEN_NOT_LISTED  /* ... there is such a list, without i (neither holds without one) */
 } arch_cond_kind;
 
 typedef struct {

@@ -68,8 +68,9 @@ long ckpt_view_int(ckpt_view v, const char *key, long def);
 int ckpt_view_bool(ckpt_view v, const char *key, int def);
 /* 1 when the key is present and not null, false, 0 or "". */
 int ckpt_view_set(ckpt_view v, const char *key);
-/* 1 when i is in the integer list at `key`, or, when the key is absent or
- * null, in the comma-separated list `def` (may be NULL). */
+/* Whether i is in the integer list at `key` (1) or not (0); when the key is
+ * absent or null, in the comma-separated list `def` instead.  -1 when there
+ * is no list: the key is not an array, or absent / null and def NULL. */
 int ckpt_view_listed(ckpt_view v, const char *key, const char *def, long i);
 /* A required integer in 1..max: FL_EINPUT naming the key otherwise. */
 fl_status ckpt_view_count(ckpt_view v, const char *key, long max, long *out, fl_error *err);

@@ -602,6 +602,36 @@ static void mllama_cross_layer(fixture *f, const char *pre, int i)
     dense_mlp(f, pre, i);
 }
 
+/* WHEN_[NOT_]LISTED's list: the config's, else the row's default; no list
+ * at all (absent without a default, or not an array) satisfies neither
+ * condition (LFM2's full_attn_idxs has no default). */
+static void test_listed(void)
+{
+    static const struct {
+        const char *json, *def;
+        long i;
+        int want;
+    } cases[] = {
+        {"{\"model_type\":\"x\",\"l\":[1,3]}", NULL, 3, 1},
+        {"{\"model_type\":\"x\",\"l\":[1,3]}", "2", 2, 0},
+        {"{\"model_type\":\"x\",\"l\":null}", "3,8,13", 13, 1},
+        {"{\"model_type\":\"x\"}", "3,8,13", 4, 0},
+        {"{\"model_type\":\"x\"}", NULL, 0, -1},
+        {"{\"model_type\":\"x\",\"l\":5}", "5", 5, -1},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        ckpt_config cfg;
+        fl_error err = {0};
+        fl_status st = ckpt_config_parse("mem/config.json", cases[c].json, strlen(cases[c].json), &cfg, &err);
+        CHECK(st == FL_OK, "%s", err.msg);
+        if (st != FL_OK)
+            continue;
+        int got = ckpt_view_listed(ckpt_config_view(&cfg, 0), "l", cases[c].def, cases[c].i);
+        CHECK(got == cases[c].want, "listed case %zu: %d, expected %d", c, got, cases[c].want);
+        ckpt_config_free(&cfg);
+    }
+}
+
 static void test_vlm_wrappers(void)
 {
     const char *pre = "language_model.model.";
@@ -676,6 +706,7 @@ int main(void)
     test_quantized();
     test_variants_by_layer();
     test_refusals();
+    test_listed();
     test_vlm_wrappers();
     if (failures) {
         fprintf(stderr, "test_plan: %d failure(s)\n", failures);
