@@ -26,7 +26,7 @@ import fixtures  # noqa: E402
 import zoo_vlm  # noqa: E402  (registers the families)
 from expect import fold, gain_ratios, identity  # noqa: E402
 from fixtures import build_model, read_checkpoint, write_checkpoint  # noqa: E402
-from harness import ScratchCase, check_output, convert, describe, dump_logits  # noqa: E402
+from harness import ZooCase, check_output, convert, describe, dump_logits, verify_json  # noqa: E402
 from verify_fixtures import write_output, write_source  # noqa: E402
 
 TOKENS = [1, 7, 30, 64, 95, 7]
@@ -75,11 +75,14 @@ def tower_names(m):
     return [k for k in m.tensors if not k.startswith(m.text_prefix) and k != m.head_name]
 
 
-class Base(ScratchCase):
-    scratch_prefix = "flashify-vlm-"
+class Base(ZooCase):
+    tmp_prefix = "flashify-vlm-"
 
     def dir(self, fam):
-        return os.path.join(self.tmp, "%s-%d" % (fam, len(os.listdir(self.tmp))))
+        return self.path("%s-%d" % (fam, len(os.listdir(self.tmp))))
+
+    def verify(self, src, out, *flags):
+        return verify_json(src, out, *flags)
 
     def edited(self, fam, edit, tied=False, **opt):
         """A source whose config edit(cfg) changed after generation."""
