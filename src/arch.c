@@ -417,8 +417,8 @@ static const arch_alias ALIASES[] = {
      .text_rule = ALIAS_TEXT_ANY, .tie_or_text = 1},
     {.model_type = "paligemma", .text_type = "gemma", .nested = 1, .tie_default = 1, .text_rule = ALIAS_TEXT_ANY},
     {.model_type = "internvl", .text_type = "qwen2", .nested = 1, .tie_default = 1, .text_rule = ALIAS_TEXT_ANY},
-    /* AyaVisionConfig defaults to cohere2 (Aya Vision 8B), which has no row:
-     * such a config is refused; Aya Vision 32B's cohere reads the cohere row. */
+    /* AyaVisionConfig defaults to cohere2 (Aya Vision 8B): refused, naming
+     * it, while cohere2 has no row; Aya Vision 32B's cohere reads the cohere row. */
     {.model_type = "aya_vision", .text_type = "cohere", .nested = 1, .tie_default = 1, .text_rule = ALIAS_TEXT_ANY,
      .class_text = "cohere2"},
     {.model_type = "idefics3", .text_type = "llama", .nested = 1, .tie_default = 0, .text_rule = ALIAS_TEXT_ANY},

@@ -71,6 +71,10 @@ def compare(a, b):
 # keys are language_model.model.*), and the VL wrappers (docs/architectures.md
 # §vl); untested until a device session runs it.
 IMAGE_TEXT = {"llama4", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "mistral3"}
+# zoo issue 13, the LLaVA-style wrappers (§vlm; mllama_text_model loads as
+# MllamaForCausalLM); untested until a device session runs it.
+IMAGE_TEXT |= {"llava", "llava_next", "llava_onevision", "paligemma", "internvl", "aya_vision", "idefics3",
+               "smolvlm", "mllama"}
 
 
 # Remote-code types transformers lacks, loaded as the class they are
