@@ -4,6 +4,7 @@
  *                  family as a field, written from the modeling code
  *                  (docs/architectures.md), independently of arch.c
  * forward_load.c   fwd_open: the config read step by step, tensors bound
+ * forward_bind_mlp.c  ... the MLP / MoE tensors of a layer
  * forward_kernel.c the matrix products, streamed from the files
  * forward_blocks.c norms, attention, MLP, MoE routing
  * forward.c        the pass itself (fwd_logits) */
@@ -316,6 +317,16 @@ fl_status fwd_bind_norm(const fwd_model *m, const char *name, long n, fwd_norm *
 fl_status fwd_bind_vec(const fwd_model *m, const char *name, long n, int required, float **out, fl_error *err);
 fl_status fwd_bind_fused(fwd_model *m, fwd_layer *ly, const char *pre, const char *experts, long E,
                          fl_error *err);
+/* The tensor named by the printf format (the name written into buf), or
+ * NULL when absent or when the name does not fit. */
+const ckpt_tensor *fwd_findf(const fwd_model *m, char *buf, size_t cap, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* forward_bind_mlp.c: the layer's MLP (dense, or MoE by the family's name
+ * sets) under prefix pre; one expert's rows x cols matrix at slab e of a
+ * 3-D tensor [E, a, b] (xw: stored [in, out], used as x @ W). */
+fl_status fwd_bind_ffn(fwd_model *m, fwd_layer *ly, const char *pre, fl_error *err);
+fwd_mat fwd_slab(const ckpt_tensor *t, long e, long rows, long cols, int xw);
 
 
 /* forward_deltanet.c: Qwen3.5 / Qwen3-Next linear attention */
