@@ -224,7 +224,8 @@ static int layer_slides(const fwd_model *m, long i)
     case SLIDE_ALL: return 1;
     case SLIDE_EVEN: return i % 2 == 0;
     case SLIDE_PATTERN: {
-        long p = (long)ckpt_view_num(m->cfg, "sliding_window_pattern", 6, 6);
+        double period = m->fam->slide_period ? (double)m->fam->slide_period : 6;
+        long p = (long)ckpt_view_num(m->cfg, "sliding_window_pattern", period, period);
         return p > 0 && (i + 1) % p != 0;
     }
     default: return 0;
@@ -245,7 +246,7 @@ static void layer_positions(fwd_model *m, fwd_layer *ly, long i)
             ly->inv_freq = NULL; /* SmolLM3: use_rope = no_rope_layers[i] */
     }
     if (slides) {
-        double w = ckpt_view_num(m->cfg, "sliding_window", 0, 0);
+        double w = ckpt_view_num(m->cfg, "sliding_window", (double)m->fam->window_default, 0);
         ly->window = w > 0 && w < 1e15 ? (long)w : 0;
     }
 }
@@ -299,19 +300,26 @@ static fl_status pick_family(fwd_model *m, fl_error *err)
     return FL_OK;
 }
 
-/* The text model's prefix and the embedding. */
-static fl_status parse_embedding(fwd_model *m, const char **prefix, fl_error *err)
+/* The text model's layout and the embedding: the family's layouts
+ * (Nemotron-H backbone.embeddings, Falcon-H1 final_layernorm), else the
+ * default prefixes with embed_tokens / norm. */
+static fl_status parse_embedding(fwd_model *m, fwd_names *where, fl_error *err)
 {
-    static const char *const prefixes[] = {"model.", "language_model.model.", "model.language_model.",
-                                           "model.text_model.", ""};
+    static const fwd_names defaults[] = {
+        {"model.", "embed_tokens", "norm"},           {"language_model.model.", "embed_tokens", "norm"},
+        {"model.language_model.", "embed_tokens", "norm"}, {"model.text_model.", "embed_tokens", "norm"},
+        {"", "embed_tokens", "norm"},                 {NULL, NULL, NULL},
+    };
     char name[512];
-    *prefix = NULL;
-    for (size_t i = 0; i < sizeof prefixes / sizeof prefixes[0] && !*prefix; i++)
-        if (fwd_findf(m, name, sizeof name, "%sembed_tokens.weight", prefixes[i]))
-            *prefix = prefixes[i];
-    if (!*prefix)
-        return fl_fail(err, FL_EINPUT, "%s: no embed_tokens.weight tensor (looked under model., "
-                       "language_model.model., model.language_model., model.text_model.)", ckdir(m));
+    const fwd_names *n = m->fam->names ? m->fam->names : defaults;
+    for (; n->prefix && !fwd_findf(m, name, sizeof name, "%s%s.weight", n->prefix, n->embed); n++)
+        ;
+    if (!n->prefix)
+        return fl_fail(err, FL_EINPUT, "%s: no %s.weight tensor (looked under %s)", ckdir(m),
+                       m->fam->names ? m->fam->names->embed : "embed_tokens",
+                       m->fam->names ? m->fam->names->prefix
+                                     : "model., language_model.model., model.language_model., model.text_model.");
+    *where = *n;
     fl_status s = fwd_bind_mat(m, name, -1, -1, 1, &m->embed, err);
     if (s != FL_OK)
         return s;
@@ -324,9 +332,31 @@ static fl_status parse_embedding(fwd_model *m, const char **prefix, fl_error *er
     return FL_OK;
 }
 
+/* The length of the family's block-type list (the first of blocks_key's
+ * "|"-separated keys present: an array, or a pattern string), or -1. */
+static long block_list_length(const fwd_model *m, char key[64])
+{
+    for (const char *k = m->fam->blocks_key; k && *k;) {
+        size_t n = strcspn(k, "|");
+        snprintf(key, 64, "%.*s", (int)(n < 63 ? n : 63), k);
+        k += n + (k[n] == '|');
+        const cJSON *v = ckpt_view_get(m->cfg, key);
+        if (cJSON_IsArray(v))
+            return cJSON_GetArraySize(v);
+        if (cJSON_IsString(v))
+            return (long)strlen(v->valuestring);
+    }
+    return -1;
+}
+
 static fl_status parse_dims(fwd_model *m, fl_error *err)
 {
-    m->L = ckpt_view_int(m->cfg, "num_hidden_layers", 0);
+    char key[64];
+    long listed = block_list_length(m, key);
+    m->L = ckpt_view_int(m->cfg, "num_hidden_layers", listed);
+    if (listed >= 0 && m->L != listed)
+        return fl_fail(err, FL_EINPUT, "%s/config.json: \"%s\" lists %ld layers, but num_hidden_layers is %ld",
+                       ckdir(m), key, listed, m->L);
     m->nh = ckpt_view_int(m->cfg, "num_attention_heads", 0);
     m->nkv = ckpt_view_int(m->cfg, "num_key_value_heads", m->nh);
     if (m->nkv <= 0 || m->fam->mla)
@@ -386,9 +416,11 @@ static fl_status parse_norms_act(fwd_model *m, fl_error *err)
         m->act = ACT_GELU_TANH;
     else if (!strcmp(act, "gelu"))
         m->act = ACT_GELU_ERF;
+    else if (!strcmp(act, "relu2"))
+        m->act = ACT_RELU2;
     else
         return fl_fail(err, FL_EINPUT, "%s/config.json: activation '%s' is not supported by the "
-                       "reference forward pass (silu, gelu, gelu_pytorch_tanh)", ckdir(m), act);
+                       "reference forward pass (silu, gelu, gelu_pytorch_tanh, relu2)", ckdir(m), act);
     return FL_OK;
 }
 
@@ -420,6 +452,7 @@ static void parse_scalars(fwd_model *m)
         m->logit_mult = !f->logit_divide ? v : v != 0 ? 1.0 / v : 1.0;
     }
     m->interleaved = f->interleave_key ? ckpt_view_bool(c, f->interleave_key, f->interleaved) : f->interleaved;
+    m->clip_qkv = f->clip_key ? ckpt_view_num(c, f->clip_key, 0, 0) : 0;
 }
 
 static fl_status parse_moe(fwd_model *m, fl_error *err)
@@ -511,19 +544,21 @@ static fl_status parse_rope(fwd_model *m, fl_error *err)
         msad = ms->valuedouble;
     if (m->fam->mla && msad)
         m->attn_scale *= pow(fwd_yarn_mscale(cJSON_IsNumber(fa) ? fa->valuedouble : 1.0, msad), 2);
-    if (!m->fam->local_theta_key)
+    if (!m->fam->local_theta_key && !m->fam->slide_default_rope)
         return FL_OK;
+    /* Gemma 3: the local base; OLMo 3: the global base, default RoPE. */
     const cJSON *lp = rope_params(m->cfg, "sliding_attention");
     const cJSON *lt = lp && lp != rp ? cJSON_GetObjectItemCaseSensitive(lp, "rope_theta") : NULL;
-    double local = cJSON_IsNumber(lt) ? lt->valuedouble
-                                      : ckpt_view_num(m->cfg, m->fam->local_theta_key, 10000.0, 10000.0);
+    double local = cJSON_IsNumber(lt)              ? lt->valuedouble
+                   : m->fam->slide_default_rope ? theta
+                                                : ckpt_view_num(m->cfg, m->fam->local_theta_key, 10000.0, 10000.0);
     return build_freqs(m, lp && lp != rp ? lp : NULL, local, &m->freq_local, &m->af_local, err);
 }
 
 /* Tied means the embedding matrix (v4 tie_weights() also overwrites a
  * stored lm_head when the config says tie).  A null flag is not tied: the
  * loaders test `if config.tie_word_embeddings`, and None is false. */
-static fl_status parse_head(fwd_model *m, const char *prefix, fl_error *err)
+static fl_status parse_head(fwd_model *m, const fwd_names *where, fl_error *err)
 {
     int tie = ckpt_view_bool(m->cfg, "tie_word_embeddings", -1);
     if (cJSON_IsNull(ckpt_view_get(m->cfg, "tie_word_embeddings")))
@@ -544,7 +579,7 @@ static fl_status parse_head(fwd_model *m, const char *prefix, fl_error *err)
     }
     m->V = m->head.rows; /* logits are the head's rows; token ids index the embedding */
     char name[512];
-    snprintf(name, sizeof name, "%snorm.weight", prefix);
+    snprintf(name, sizeof name, "%s%s.weight", where->prefix, where->norm);
     return bind_norm(m, name, m->H, &m->final_norm, err);
 }
 
@@ -594,22 +629,23 @@ fl_status fwd_open(const checkpoint *ck, int threads, fwd_model **out, fl_error 
     m->pool = fl_pool_new(threads > 0 ? (threads > 64 ? 64 : threads) : cpu_count());
     m->scratch = m->pool ? calloc((size_t)fl_pool_size(m->pool), sizeof *m->scratch) : NULL;
     m->gemm = fwd_pick_gemm();
-    const char *prefix = NULL;
+    fwd_names where = {NULL, NULL, NULL};
     if (!m->scratch)
         s = fl_fail(err, FL_EIO, "out of memory");
-    if (s == FL_OK && (s = parse_embedding(m, &prefix, err)) == FL_OK && (s = parse_dims(m, err)) == FL_OK &&
+    if (s == FL_OK && (s = parse_embedding(m, &where, err)) == FL_OK && (s = parse_dims(m, err)) == FL_OK &&
         (s = parse_mla(m, err)) == FL_OK && (s = parse_norms_act(m, err)) == FL_OK) {
         parse_scalars(m);
-        /* A fwd_block builds its own RoPE (Gemma 4: per layer type). */
-        if ((s = parse_moe(m, err)) == FL_OK && (m->fam->block || (s = parse_rope(m, err)) == FL_OK))
-            s = parse_head(m, prefix, err);
+        /* A fwd_block builds its own RoPE (Gemma 4: per layer type) unless it asks for the shared one. */
+        int rope = !m->fam->block || m->fam->block->rope;
+        if ((s = parse_moe(m, err)) == FL_OK && (!rope || (s = parse_rope(m, err)) == FL_OK))
+            s = parse_head(m, &where, err);
     }
     if (s == FL_OK && !(m->layers = calloc((size_t)m->L, sizeof *m->layers)))
         s = fl_fail(err, FL_EIO, "out of memory");
     if (s == FL_OK && m->fam->block)
-        s = m->fam->block->open(m, prefix, err);
+        s = m->fam->block->open(m, where.prefix, err);
     for (long i = 0; s == FL_OK && !m->fam->block && i < m->L; i++)
-        s = bind_layer(m, prefix, i, err);
+        s = bind_layer(m, where.prefix, i, err);
     if (s != FL_OK) {
         fwd_close(m);
         return s;
