@@ -260,7 +260,10 @@ def build(family, dtype, norm_dtype, tied, seed, layers, hidden, vocab, **opt):
         else:
             g.norm(p + "input_layernorm.weight", (H,))
             g.norm(p + "pre_ff_layernorm.weight", (H,))
-            _mamba(g, p + "mamba.", H, cfg["mamba_n_heads"], cfg["mamba_d_head"], cfg["mamba_n_groups"],
+            hd = cfg["mamba_d_head"]
+            if hd == "auto":    # FalconH1Config: mamba_d_ssm // mamba_n_heads
+                hd = cfg["mamba_d_ssm"] // cfg["mamba_n_heads"]
+            _mamba(g, p + "mamba.", H, cfg["mamba_n_heads"], hd, cfg["mamba_n_groups"],
                    cfg["mamba_d_state"], cfg["mamba_d_conv"], norm=cfg["mamba_rms_norm"])
             _attention(g, p, cfg)
         if family in ("olmo3", "olmoe", "falcon_h1"):
