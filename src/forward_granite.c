@@ -81,9 +81,10 @@ static fl_status parse_mamba(fwd_model *m, gr_model *g, fl_error *err)
 {
     ckpt_view c = m->cfg;
     fwd_mamba_dims *d = &g->md;
-    long inner = (long)(ckpt_view_num(c, "mamba_expand", 2, 2) * (double)m->H);
+    double wide = ckpt_view_num(c, "mamba_expand", 2, 2) * (double)m->H;
+    long inner = wide >= 1 && wide <= (double)FWD_MAMBA_MAX_INNER ? (long)wide : -1;
     d->heads = ckpt_view_int(c, "mamba_n_heads", 128);
-    d->head_dim = ckpt_view_int(c, "mamba_d_head", d->heads > 0 ? inner / d->heads : 0);
+    d->head_dim = ckpt_view_int(c, "mamba_d_head", d->heads > 0 && inner > 0 ? inner / d->heads : 0);
     d->state = ckpt_view_int(c, "mamba_d_state", 256);
     d->groups = ckpt_view_int(c, "mamba_n_groups", 1);
     d->kernel = ckpt_view_int(c, "mamba_d_conv", 4);
@@ -96,9 +97,9 @@ static fl_status parse_mamba(fwd_model *m, gr_model *g, fl_error *err)
     d->in_mult = 1;
     for (int k = 0; k < 5; k++)
         d->mup[k] = 1;
-    if (d->heads * d->head_dim != inner)
+    if (inner < 0 || fwd_mamba_inner(d) != inner)
         return fl_fail(err, FL_EINPUT, "%s/config.json: mamba_n_heads %ld x mamba_d_head %ld is not mamba_expand x "
-                       "hidden_size = %ld", dir(m), d->heads, d->head_dim, inner);
+                       "hidden_size = %g", dir(m), d->heads, d->head_dim, wide);
     return fwd_mamba_check(m, d, err);
 }
 

@@ -100,11 +100,16 @@ typedef struct {
     int fused;           /* transformers 5 fused experts */
 } nh_model;
 
-/* The first present key of a "legacy|current" pair (NemotronHConfig.__post_init__
+/* The first present key of a "legacy, current" pair (NemotronHConfig.__post_init__
  * lets the legacy mamba_* name win). */
 static double num_alt(ckpt_view c, const char *legacy, const char *key, double def)
 {
     return ckpt_view_get(c, legacy) ? ckpt_view_num(c, legacy, def, def) : ckpt_view_num(c, key, def, def);
+}
+
+static long int_alt(ckpt_view c, const char *legacy, const char *key, long def)
+{
+    return ckpt_view_get(c, legacy) ? ckpt_view_int(c, legacy, def) : ckpt_view_int(c, key, def);
 }
 
 /* Block i's type from layers_block_type, layer_types or the Hub's
@@ -153,10 +158,11 @@ static fl_status parse_nh(fwd_model *m, nh_model *g, fl_error *err)
     d->heads = ckpt_view_int(c, "mamba_num_heads", 128);
     d->head_dim = ckpt_view_int(c, "mamba_head_dim", 64);
     d->state = ckpt_view_int(c, "ssm_state_size", 128);
-    d->groups = (long)num_alt(c, "mamba_n_groups", "n_groups", 8);
-    d->kernel = (long)num_alt(c, "mamba_d_conv", "conv_kernel", 4);
+    d->groups = int_alt(c, "mamba_n_groups", "n_groups", 8);
+    d->kernel = int_alt(c, "mamba_d_conv", "conv_kernel", 4);
     d->has_norm = 1;
-    d->norm_group = d->groups > 0 ? d->heads * d->head_dim / d->groups : 0;
+    long inner = fwd_mamba_inner(d);
+    d->norm_group = inner > 0 && d->groups > 0 ? inner / d->groups : 0;
     d->eps = m->eps;
     d->dt_min = num_alt(c, "mamba_dt_min", "time_step_min", 0.001);
     d->dt_max = INFINITY;
@@ -168,7 +174,7 @@ static fl_status parse_nh(fwd_model *m, nh_model *g, fl_error *err)
         return fl_fail(err, FL_EINPUT, "%s/config.json: mamba_hidden_act must be silu for the reference forward "
                        "pass", dir(m));
     d->act = ACT_SILU;
-    g->E = (long)num_alt(c, "num_local_experts", "n_routed_experts", 8);
+    g->E = int_alt(c, "num_local_experts", "n_routed_experts", 8);
     g->latent = ckpt_view_int(c, "moe_latent_size", 0);
     if (g->count[NH_MOE] && (g->E < 1 || g->E > HY_MAX_DIM || m->topk < 1 || m->topk > g->E || g->latent < 0 ||
                              g->latent > HY_MAX_DIM))
@@ -426,9 +432,24 @@ typedef struct {
     double attn_in, attn_out, ssm_out, m_gate, m_down;
 } fh_model;
 
-/* Up to n numbers of the config list `key` into out (the defaults stay
- * where the list is absent, null or shorter); -1 when it is not a list of
- * numbers. */
+/* A number, or transformers 5's spelling of one JSON has no literal for,
+ * {"__float__": "Infinity"} (configuration_utils._FLOAT_TAG_KEY); 0 when
+ * it is neither. */
+static int config_float(const cJSON *e, double *out)
+{
+    if (cJSON_IsNumber(e)) {
+        *out = e->valuedouble;
+        return 1;
+    }
+    const cJSON *tag = cJSON_IsObject(e) ? cJSON_GetObjectItemCaseSensitive(e, "__float__") : NULL;
+    if (!cJSON_IsString(tag) || (strcmp(tag->valuestring, "Infinity") && strcmp(tag->valuestring, "-Infinity")))
+        return 0;
+    *out = tag->valuestring[0] == '-' ? -INFINITY : INFINITY;
+    return 1;
+}
+
+/* The n numbers of the config list `key` into out (the defaults stay where
+ * it is absent or null); -1 when it is not a list of n numbers. */
 static int num_list(ckpt_view c, const char *key, double *out, int n)
 {
     const cJSON *v = ckpt_view_get(c, key);
@@ -436,12 +457,9 @@ static int num_list(ckpt_view c, const char *key, double *out, int n)
         return 0;
     if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) != n)
         return -1;
-    for (int i = 0; i < n; i++) {
-        const cJSON *e = cJSON_GetArrayItem(v, i);
-        if (!cJSON_IsNumber(e))
+    for (int i = 0; i < n; i++)
+        if (!config_float(cJSON_GetArrayItem(v, i), &out[i]))
             return -1;
-        out[i] = e->valuedouble;
-    }
     return 0;
 }
 
@@ -454,16 +472,16 @@ static fl_status parse_fh(fwd_model *m, fh_model *g, fl_error *err)
 {
     ckpt_view c = m->cfg;
     fwd_mamba_dims *d = &g->md;
-    double expand = ckpt_view_num(c, "mamba_expand", 2, 2);
-    long inner = (long)ckpt_view_num(c, "mamba_d_ssm", 1024, expand * (double)m->H);
+    double wide = ckpt_view_num(c, "mamba_d_ssm", 1024, ckpt_view_num(c, "mamba_expand", 2, 2) * (double)m->H);
+    long inner = wide >= 1 && wide <= (double)FWD_MAMBA_MAX_INNER && wide == floor(wide) ? (long)wide : -1;
     d->heads = ckpt_view_int(c, "mamba_n_heads", 128);
-    d->head_dim = ckpt_view_int(c, "mamba_d_head", d->heads > 0 ? inner / d->heads : 0);
+    d->head_dim = ckpt_view_int(c, "mamba_d_head", d->heads > 0 && inner > 0 ? inner / d->heads : 0);
     d->state = ckpt_view_int(c, "mamba_d_state", 256);
     d->groups = ckpt_view_int(c, "mamba_n_groups", 1);
     d->kernel = ckpt_view_int(c, "mamba_d_conv", 4);
     d->has_norm = ckpt_view_bool(c, "mamba_rms_norm", 0);
     d->norm_before_gate = ckpt_view_bool(c, "mamba_norm_before_gate", 1);
-    d->norm_group = d->groups > 0 ? inner / d->groups : 0;
+    d->norm_group = d->groups > 0 && inner > 0 ? inner / d->groups : 0;
     d->act = m->act;
     d->eps = m->eps;
     double lim[2] = {0, INFINITY}, mlp[2] = {1, 1};
@@ -483,9 +501,9 @@ static fl_status parse_fh(fwd_model *m, fh_model *g, fl_error *err)
     g->m_down = mlp[1];
     /* FalconH1Attention: key_states * key_multiplier, a factor on every score. */
     m->attn_scale *= ckpt_view_num(c, "key_multiplier", 1, 1);
-    if (d->heads * d->head_dim != inner)
+    if (inner < 0 || fwd_mamba_inner(d) != inner)
         return fl_fail(err, FL_EINPUT, "%s/config.json: mamba_n_heads %ld x mamba_d_head %ld is not the Mamba "
-                       "inner size %ld", dir(m), d->heads, d->head_dim, inner);
+                       "inner size %g (mamba_d_ssm)", dir(m), d->heads, d->head_dim, wide);
     return fwd_mamba_check(m, d, err);
 }
 

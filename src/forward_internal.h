@@ -459,6 +459,10 @@ typedef struct {
     float *norm;                 /* [inner] gated-norm gain w; NULL: ones (or no norm) */
 } fwd_mamba;
 
+#define FWD_MAMBA_MAX_INNER (1L << 22)
+/* heads * head_dim when both are in range (1..65536), else -1: config
+ * values are never multiplied before they are bounded. */
+long fwd_mamba_inner(const fwd_mamba_dims *d);
 /* Checks the sizes (FL_EINPUT naming them); binds "<pre>in_proj.weight"
  * and the rest; runs the mixer on h[T][H] into out[T][H]; frees. */
 fl_status fwd_mamba_check(const fwd_model *m, const fwd_mamba_dims *d, fl_error *err);

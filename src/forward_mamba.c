@@ -27,7 +27,6 @@
 #include <string.h>
 
 #define MB_MAX_DIM 65536
-#define MB_MAX_INNER (1L << 22)
 #define MB_MAX_KERNEL 64
 
 static long inner(const fwd_mamba_dims *d) { return d->heads * d->head_dim; }
@@ -35,12 +34,18 @@ static long state_width(const fwd_mamba_dims *d) { return d->groups * d->state; 
 static long conv_width(const fwd_mamba_dims *d) { return inner(d) + 2 * state_width(d); }
 static long proj_width(const fwd_mamba_dims *d) { return inner(d) + conv_width(d) + d->heads; }
 
+long fwd_mamba_inner(const fwd_mamba_dims *d)
+{
+    int ok = d->heads >= 1 && d->heads <= MB_MAX_DIM && d->head_dim >= 1 && d->head_dim <= MB_MAX_DIM;
+    return ok ? d->heads * d->head_dim : -1;
+}
+
 fl_status fwd_mamba_check(const fwd_model *m, const fwd_mamba_dims *d, fl_error *err)
 {
     int dims_ok = d->heads >= 1 && d->heads <= MB_MAX_DIM && d->head_dim >= 1 && d->head_dim <= MB_MAX_DIM &&
                   d->state >= 1 && d->state <= MB_MAX_DIM && d->groups >= 1 && d->groups <= d->heads &&
                   d->heads % d->groups == 0 && d->kernel >= 1 && d->kernel <= MB_MAX_KERNEL;
-    if (!dims_ok || inner(d) > MB_MAX_INNER || state_width(d) > MB_MAX_INNER)
+    if (!dims_ok || inner(d) > FWD_MAMBA_MAX_INNER || state_width(d) > FWD_MAMBA_MAX_INNER)
         return fl_fail(err, FL_EINPUT, "%s/config.json: a Mamba-2 mixer of %ld heads of %ld, %ld groups, state %ld "
                        "and conv kernel %ld is not a valid layout (heads a multiple of the groups)",
                        m->ck->dir, d->heads, d->head_dim, d->groups, d->state, d->kernel);

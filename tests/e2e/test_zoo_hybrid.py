@@ -362,6 +362,68 @@ class Verify(Base):
                 self.assertFalse(rep["forward_check"]["passed"], rep["forward_check"])
 
 
+class Infinity(Base):
+    """time_step_limit (0.0, inf): transformers 4 saves it as Python's json
+    does, [0.0, Infinity] (not strict JSON), transformers 5 as
+    [0.0, {"__float__": "Infinity"}].  Both convert, the output's
+    config.json keeps the spelling byte for byte, verify passes, and the
+    forward pass reads the limit."""
+
+    def test_infinite_time_step_limit(self):
+        for fam, spell in (("falcon_h1", "bare"), ("falcon_h1", "tagged"), ("nemotron_h", "bare")):
+            with self.subTest(family=fam, spelling=spell):
+                src = os.path.join(self.tmp, "%s-%s" % (fam, spell))
+                m = build_model(fam, dtype="F32", seed=2501)
+                m.config["time_step_limit"] = [0.0, float("inf") if spell == "bare" else {"__float__": "Infinity"}]
+                write_checkpoint(m, src)
+                with open(os.path.join(src, "config.json")) as f:
+                    text = f.read()
+                self.assertIn("Infinity", text)
+                out = src + "-out"
+                p = convert(self, src, out, "--strict")
+                self.assertIn("EQUIVALENT", p.stdout + p.stderr)
+                check_output(self, src, out)
+                with open(os.path.join(out, "config.json")) as f:
+                    got = f.read()
+                self.assertIn('"time_step_limit": [\n    0.0,\n    Infinity' if spell == "bare" else
+                              '"__float__": "Infinity"', got)
+                if fam == "falcon_h1":
+                    Forward.check_dir(self, src)
+
+
+class OddConfigs(Base):
+    """Config values no real checkpoint has reach the planner and the
+    Mamba-2 and MoE blocks without a crash: either the plan is refused with
+    one error line, or the forward check says why it could not run, naming
+    config.json (the configs differ, so the verdict is NOT EQUIVALENT)."""
+
+    def test_odd_values(self):
+        cases = (("falcon_h1", {"mamba_n_heads": 0}), ("falcon_h1", {"mamba_n_heads": 10 ** 18}),
+                 ("falcon_h1", {"mamba_d_ssm": 1e300}), ("falcon_h1", {"mamba_n_groups": 3}),
+                 ("falcon_h1", {"mamba_d_conv": 0}), ("falcon_h1", {"time_step_limit": [1, 0]}),
+                 ("falcon_h1", {"ssm_multipliers": [1, 2]}), ("granitemoehybrid", {"mamba_expand": 1e300}),
+                 ("granitemoehybrid", {"mamba_d_head": -8}), ("granitemoehybrid", {"layer_types": ["mamba"]}),
+                 ("granitemoehybrid", {"num_experts_per_tok": 9}), ("nemotron_h", {"n_groups": 10 ** 12}),
+                 ("nemotron_h", {"mamba_head_dim": 0}), ("nemotron_h", {"n_routed_experts": 0}),
+                 ("nemotron_h", {"moe_latent_size": -1}), ("nemotron_h", {"mamba_hidden_act": "gelu"}),
+                 ("nemotron_h", {"hybrid_override_pattern": "M*"}))
+        for fam, change in cases:
+            with self.subTest(family=fam, **{k: str(v) for k, v in change.items()}):
+                src = os.path.join(self.tmp, "%s-%d" % (fam, len(os.listdir(self.tmp))))
+                m = write_source(src, fam, "F32")
+                write_output(src, src + "-out")
+                m.config.update(change)
+                with open(os.path.join(src, "config.json"), "w") as f:
+                    json.dump(m.config, f)
+                p = run(["verify", src, src + "-out"])
+                self.assertIn(p.returncode, (2, 3), describe(p))
+                skipped = [ln for ln in p.stdout.splitlines() if ln.startswith("forward: skipped:")]
+                if p.returncode == 3:
+                    self.assertTrue(skipped and "config.json" in skipped[0], describe(p))
+                else:
+                    self.assertEqual(len(p.stderr.strip().splitlines()), 1, describe(p))
+
+
 class Forward(Base):
     """The C pass against zoo_hybrid.py's reference, F32, 1e-4 of the logit
     scale (test_forward_families.check_dir)."""

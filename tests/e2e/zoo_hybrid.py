@@ -463,6 +463,13 @@ def _attention_block(w, p, hs, tc, names, scale, inv=None, window=0, qk_eps=None
     return [w.linear(c, p + names[3]) for c in _attend(Q, K, Vs, nh, nkv, hd, scale, window)]
 
 
+def _tagged(v):
+    """transformers 5 writes a float JSON cannot spell as {"__float__": "Infinity"}."""
+    if isinstance(v, dict):
+        return {"Infinity": math.inf, "-Infinity": -math.inf}[v["__float__"]]
+    return v
+
+
 def _mamba_dims(tc):
     mt = tc["model_type"]
     if mt == "nemotron_h":
@@ -476,7 +483,8 @@ def _mamba_dims(tc):
         return dict(heads=heads, hd=inner // heads, groups=tc["mamba_n_groups"], state=tc["mamba_d_state"],
                     K=tc["mamba_d_conv"], eps=tc["rms_norm_eps"], norm=tc["mamba_rms_norm"],
                     group=inner // tc["mamba_n_groups"], before=tc["mamba_norm_before_gate"],
-                    dt=tuple(tc.get("time_step_limit", (0.0, math.inf))), in_mult=tc["ssm_in_multiplier"],
+                    dt=tuple(_tagged(v) for v in tc.get("time_step_limit", (0.0, math.inf))),
+                    in_mult=tc["ssm_in_multiplier"],
                     mup=tc["ssm_multipliers"])
     heads, hd = tc["mamba_n_heads"], tc["mamba_d_head"]   # Granite 4.0-H: BambaMixer
     return dict(heads=heads, hd=hd, groups=tc["mamba_n_groups"], state=tc["mamba_d_state"], K=tc["mamba_d_conv"],
