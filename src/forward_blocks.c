@@ -468,6 +468,21 @@ fl_status fwd_alloc_experts(fwd_layer *ly, long E, fl_error *err)
     return FL_OK;
 }
 
+long fwd_gather_expert(const fwd_bufs *b, long e, long T, long K, const float *x, long width, long *idx, float *wt,
+                       float *xe)
+{
+    long n = 0;
+    for (long t = 0; t < T; t++)
+        for (long k = 0; k < K; k++)
+            if (b->sel[t * K + k] == e) {
+                idx[n] = t;
+                wt[n] = b->selw[t * K + k];
+                memcpy(xe + n * width, x + t * width, (size_t)width * sizeof *xe);
+                n++;
+            }
+    return n;
+}
+
 /* Each expert of ly on the tokens routed to it (b->sel, b->selw: m->topk
  * per token), weighted, summed into out (cleared first). */
 fl_status fwd_experts(const fwd_model *m, const fwd_layer *ly, const float *x, long T, fwd_bufs *b, float *out,
@@ -484,21 +499,13 @@ fl_status fwd_experts(const fwd_model *m, const fwd_layer *ly, const float *x, l
         return fl_fail(err, FL_EIO, "out of memory");
     }
     for (long e = 0; e < E && s == FL_OK; e++) {
-        long n = 0;
-        for (long t = 0; t < T; t++)
-            for (long k = 0; k < K; k++)
-                if (b->sel[t * K + k] == e) {
-                    idx[n] = t;
-                    wt[n] = b->selw[t * K + k];
-                    memcpy(b->xe + n * H, x + t * H, (size_t)H * sizeof(float));
-                    if (m->fam->route_scales_input) {
-                        /* Llama4TextMoe: routed_in = x * score, summed unweighted. */
-                        for (long c = 0; c < H; c++)
-                            b->xe[n * H + c] *= wt[n];
-                        wt[n] = 1.0f;
-                    }
-                    n++;
-                }
+        long n = fwd_gather_expert(b, e, T, K, x, H, idx, wt, b->xe);
+        for (long i = 0; m->fam->route_scales_input && i < n; i++) {
+            /* Llama4TextMoe: routed_in = x * score, summed unweighted. */
+            for (long c = 0; c < H; c++)
+                b->xe[i * H + c] *= wt[i];
+            wt[i] = 1.0f;
+        }
         if (!n) {
             /* No token chose expert e: its weights count as done unread. */
             fwd_meter_add(m, ly->fused ? &ly->e_gate_up[e] : &ly->e_gate[e]);

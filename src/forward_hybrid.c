@@ -319,15 +319,7 @@ static fl_status nh_routed(const fwd_model *m, const fwd_layer *ly, const float 
     fl_status s = idx && wt && xe && hid && ye ? FL_OK : fl_fail(err, FL_EIO, "out of memory");
     memset(out, 0, tz * (size_t)in * sizeof *out);
     for (long e = 0; s == FL_OK && e < ly->n_experts; e++) {
-        long n = 0;
-        for (long t = 0; t < T; t++)
-            for (long k = 0; k < K; k++)
-                if (b->sel[t * K + k] == e) {
-                    idx[n] = t;
-                    wt[n] = b->selw[t * K + k];
-                    memcpy(xe + n * in, xin + t * in, (size_t)in * sizeof *xe);
-                    n++;
-                }
+        long n = fwd_gather_expert(b, e, T, K, xin, in, idx, wt, xe);
         if (!n) {
             fwd_meter_add(m, &ly->e_up[e]);
             fwd_meter_add(m, &ly->e_down[e]);

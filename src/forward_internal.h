@@ -408,6 +408,11 @@ void fwd_sdpa(const fwd_model *m, const fwd_layer *ly, const float *q, long ldq,
               const float *v, long ldv, long nh, long nkv, long dqk, long dv, long T, float *att, float *ctx);
 fl_status fwd_experts(const fwd_model *m, const fwd_layer *ly, const float *x, long T, fwd_bufs *b, float *out,
                       fl_error *err);
+/* The tokens of T that chose expert e (b->sel / b->selw, K per token):
+ * their positions into idx, weights into wt, their rows of x (width wide)
+ * into xe; returns how many. */
+long fwd_gather_expert(const fwd_bufs *b, long e, long T, long K, const float *x, long width, long *idx, float *wt,
+                       float *xe);
 /* ly->n_experts = E and its four per-expert matrix arrays, zeroed. */
 fl_status fwd_alloc_experts(fwd_layer *ly, long E, fl_error *err);
 /* down(act(gate(x)) * up(x)) (gate_up: one fused [2I, H], gate rows first),
