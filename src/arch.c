@@ -319,6 +319,10 @@ static const arch_info ARCHS[] = {
                 .when = {WHEN(WHEN_DENSE)}, .note = "dense layer"}},
      .moe = {.experts = {"num_local_experts"}, .sparse_list = "moe_layers", .step = "interleave_moe_layer_step",
              .step_offset = 1}},
+    /* ---- zoo (d): the vision-language rows, docs/architectures.md §vl ----
+     * §ministral3: Ministral3DecoderLayer is the llama layout (its query
+     * scale and YaRN touch no norm); Ministral3Config ties nothing. */
+    {.model_type = "ministral3", .norm = &ARCH_RMS_W, .folds = LLAMA_FOLDS},
     /* -- zoo 13 (hybrid group), docs/architectures.md §zoo13-hybrid.
      * §olmo3: OLMo 2's post-norm layers with sliding-window attention in
      * three of four layers (no norm moves): only the final norm folds. */
@@ -410,6 +414,24 @@ static const arch_alias ALIASES[] = {
     /* zoo group (c), §llama4: Llama4ForConditionalGeneration, text model
      * in text_config, tensors under language_model.model. */
     {.model_type = "llama4", .text_type = "llama4_text", .nested = 1, .tie_default = -1},
+    /* ---- zoo (d): §vl.  The Qwen VL decoders are qwen2 / qwen3 /
+     * qwen3_moe under a VLM prefix; the vision towers pass through.  The
+     * wrapper reads text_config (or flat keys: Qwen2/2.5-VL Hub configs);
+     * the text types are names text_config uses, accepted at the top too.
+     * tie_default 0 everywhere: the ForConditionalGeneration config class
+     * decides (False for the Qwen wrappers) and a stored lm_head is never
+     * tied over (Mistral3Config's True included: §vl-tie). */
+    {.model_type = "qwen2_vl", .text_type = "qwen2", .nested = 1, .tie_default = 0},
+    {.model_type = "qwen2_vl_text", .text_type = "qwen2", .tie_default = 0},
+    {.model_type = "qwen2_5_vl", .text_type = "qwen2", .nested = 1, .tie_default = 0},
+    {.model_type = "qwen2_5_vl_text", .text_type = "qwen2", .tie_default = 0},
+    {.model_type = "qwen3_vl", .text_type = "qwen3", .nested = 1, .tie_default = 0},
+    {.model_type = "qwen3_vl_text", .text_type = "qwen3", .tie_default = 0},
+    {.model_type = "qwen3_vl_moe", .text_type = "qwen3_moe", .nested = 1, .tie_default = 0},
+    {.model_type = "qwen3_vl_moe_text", .text_type = "qwen3_moe", .tie_default = 0},
+    /* Mistral3ForConditionalGeneration: text_config.model_type says mistral
+     * (Mistral Small 3.x) or ministral3 (Ministral 3). */
+    {.model_type = "mistral3", .text_type = "mistral", .nested = 1, .tie_default = 0},
 };
 
 /* What cannot be folded exactly is refused with the reason (issue 13;

@@ -8,6 +8,7 @@
  * rule). */
 #include "forward_internal.h"
 
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,6 +41,7 @@ void fwd_close(fwd_model *m)
     free(m->final_norm.g);
     free(m->freq_global);
     free(m->freq_local);
+    cJSON_Delete(m->rope_defaults);
     for (int i = 0; m->scratch && i < fl_pool_size(m->pool); i++) {
         free(m->scratch[i].raw);
         free(m->scratch[i].f);

@@ -264,6 +264,7 @@ fl_status fwd_attention(const fwd_model *m, const fwd_layer *ly, const float *h,
     }
     if (ly->temp_floor > 0)
         fwd_temperature(ly, b->q, T, qd);
+    fwd_apply_qscale(m, b->q, T);
     sdpa(m, ly, b->q, qd, b->k, kd, b->v, kd, m->nh, m->nkv, hd, hd, T, b->att, b->ctx);
     if (gate)
         fwd_gate_apply(b->ctx, gate, (size_t)T * (size_t)qd);

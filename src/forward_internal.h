@@ -57,8 +57,15 @@ typedef enum {
     SLIDE_NONE,
     SLIDE_ALL,      /* every layer (Mistral, Mixtral) */
     SLIDE_EVEN,     /* even layers (Gemma2DecoderLayer.is_sliding) */
-    SLIDE_PATTERN   /* all but every n-th layer, n = sliding_window_pattern (Gemma3) */
+    SLIDE_PATTERN,  /* all but every n-th layer, n = sliding_window_pattern (Gemma3) */
+    SLIDE_QWEN2     /* only with use_sliding_window: layers >= max_window_layers (Qwen2-VL) */
 } fwd_sliding;
+
+/* A position-dependent query scale applied after RoPE. */
+typedef enum {
+    QSCALE_NONE,
+    QSCALE_LLAMA4_BETA  /* 1 + beta * log(1 + floor(pos / original_max_position_embeddings)) (Ministral3) */
+} fwd_qscale;
 
 typedef enum {
     ROUTER_SOFTMAX,  /* softmax over all experts, top-k (Mixtral, Qwen) */
@@ -173,6 +180,10 @@ typedef struct {
     fwd_expert_fn expert;       /* one routed expert, or NULL: gated_mlp */
     fwd_bind_experts_fn bind_experts; /* or NULL: per-expert or fused, by name */
     fwd_layer_fn layer_extra;   /* or NULL */
+    /* zoo (d), forward_position.c */
+    double rope_theta;          /* default rope_theta (0: 10000) */
+    const char *rope_defaults;  /* JSON of the config class's default rope_parameters, or NULL */
+    fwd_qscale qscale;
     /* zoo 13 (hybrid group), docs/architectures.md §zoo13-hybrid */
     const fwd_names *names;     /* text-model layouts, the first whose embedding exists (NULL: the
                                    default prefixes with embed_tokens / norm); ends with a NULL prefix */
@@ -300,6 +311,8 @@ struct fwd_model {
     float *freq_global, *freq_local;
     double af_global, af_local;       /* RoPE attention factor (YaRN, LongRoPE) */
     void *ext;                        /* a fwd_block's own state */
+    struct cJSON *rope_defaults;      /* the family's rope_defaults, parsed (forward_position.c) */
+    double qscale_beta, qscale_orig;  /* QSCALE_LLAMA4_BETA's beta and length */
     char desc[256];
     /* fwd_set_progress: bytes of the bound matrices (total) and of those
      * streamed in this pass.  The blocks take the model const, so they
@@ -385,6 +398,16 @@ uint64_t fwd_mat_bytes(const fwd_mat *w);
  * (raw: scratch of at least n * cols * 17 / 32 bytes). */
 fl_status fwd_mxfp4_rows(const fwd_model *m, const fwd_mat *w, long r, long n, void *raw, float *out,
                          fl_error *err);
+
+/* forward_position.c */
+/* The rope_parameters the config does not spell out: the family's defaults
+ * (parsed into m->rope_defaults) when the config has neither
+ * rope_parameters nor rope_scaling, else NULL. */
+fl_status fwd_rope_defaults(fwd_model *m, const struct cJSON **out, fl_error *err);
+/* The query scale's parameters from the rope parameters `rp`. */
+fl_status fwd_parse_qscale(fwd_model *m, const struct cJSON *rp, fl_error *err);
+/* Multiplies each query head of row t by the family's scale for position t. */
+void fwd_apply_qscale(const fwd_model *m, float *q, long T);
 
 /* forward_blocks.c */
 typedef struct fwd_bufs {

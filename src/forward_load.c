@@ -215,6 +215,9 @@ static fl_status bind_attention(fwd_model *m, fwd_layer *ly, const char *pre, fl
  * has them, else the family's pattern. */
 static int layer_slides(const fwd_model *m, long i)
 {
+    /* Qwen2VLTextConfig: sliding_window is None unless use_sliding_window. */
+    if (m->fam->sliding == SLIDE_QWEN2 && !ckpt_view_bool(m->cfg, "use_sliding_window", 0))
+        return 0;
     const cJSON *lt = ckpt_view_get(m->cfg, "layer_types");
     if (cJSON_IsArray(lt) && i < cJSON_GetArraySize(lt)) {
         const cJSON *e = cJSON_GetArrayItem(lt, (int)i);
@@ -228,6 +231,7 @@ static int layer_slides(const fwd_model *m, long i)
         long p = (long)ckpt_view_num(m->cfg, "sliding_window_pattern", period, period);
         return p > 0 && (i + 1) % p != 0;
     }
+    case SLIDE_QWEN2: return i >= ckpt_view_int(m->cfg, "max_window_layers", 80);
     default: return 0;
     }
 }
@@ -528,13 +532,15 @@ static const cJSON *rope_params(ckpt_view cfg, const char *layer_type)
 static fl_status parse_rope(fwd_model *m, fl_error *err)
 {
     const cJSON *rp = rope_params(m->cfg, "full_attention");
+    fl_status s = rp ? FL_OK : fwd_rope_defaults(m, &rp, err);
     const cJSON *sc = rp ? rp : ckpt_view_get(m->cfg, "rope_scaling");
     const cJSON *th = rp ? cJSON_GetObjectItemCaseSensitive(rp, "rope_theta") : NULL;
-    double theta = cJSON_IsNumber(th) ? th->valuedouble : ckpt_view_num(m->cfg, "rope_theta", 10000.0, 10000.0);
-    if (!(theta > 1))
+    double t0 = m->fam->rope_theta > 0 ? m->fam->rope_theta : 10000.0;
+    double theta = cJSON_IsNumber(th) ? th->valuedouble : ckpt_view_num(m->cfg, "rope_theta", t0, t0);
+    if (s == FL_OK && !(theta > 1))
         return fl_fail(err, FL_EINPUT, "%s/config.json: rope_theta %g must be > 1", ckdir(m), theta);
-    fl_status s = build_freqs(m, sc, theta, &m->freq_global, &m->af_global, err);
-    if (s != FL_OK)
+    if (s != FL_OK || (s = fwd_parse_qscale(m, sc, err)) != FL_OK ||
+        (s = build_freqs(m, sc, theta, &m->freq_global, &m->af_global, err)) != FL_OK)
         return s;
     /* DeepseekV3Attention: scaling *= mscale^2 with mscale_all_dim. */
     double msad = 0;
@@ -560,9 +566,13 @@ static fl_status parse_rope(fwd_model *m, fl_error *err)
  * loaders test `if config.tie_word_embeddings`, and None is false. */
 static fl_status parse_head(fwd_model *m, const fwd_names *where, fl_error *err)
 {
-    int tie = ckpt_view_bool(m->cfg, "tie_word_embeddings", -1);
-    if (cJSON_IsNull(ckpt_view_get(m->cfg, "tie_word_embeddings")))
-        tie = 0;
+    /* The top level first, as plan.c's tie_flag (docs/architectures.md §vl-tie). */
+    int tie = m->ck->cfg.tie_top;
+    if (tie < 0) {
+        tie = ckpt_view_bool(m->cfg, "tie_word_embeddings", -1);
+        if (cJSON_IsNull(ckpt_view_get(m->cfg, "tie_word_embeddings")))
+            tie = 0;
+    }
     if (tie < 0)
         tie = m->fam->tie_default;
     fl_status s = FL_OK;

@@ -73,6 +73,11 @@ static const fwd_names FALCON_H1_NAMES[] = {{"model.", "embed_tokens", "final_la
 #define QWEN_HYBRID(lin)                                                                                   \
     .norm = NORM_RMS_1PW, .eps_key = "rms_norm_eps", .eps = 1e-6, SILU, .qk = QK_HEAD, .linear_attn = lin, \
     .attn_gate = 1, .rotary_default = 0.25, .head_dim_default = 256
+/* Ministral3Config.__post_init__'s rope_parameters when the config has none. */
+#define MINISTRAL3_ROPE                                                                          \
+    "{\"rope_type\":\"yarn\",\"rope_theta\":1000000.0,\"factor\":16.0,"                           \
+    "\"original_max_position_embeddings\":16384,\"beta_fast\":32.0,\"beta_slow\":1.0,"             \
+    "\"mscale_all_dim\":1.0,\"mscale\":1.0,\"llama_4_scaling_beta\":0.1}"
 
 static const fwd_family FAMILIES[] = {
     {"llama", RMS(1e-6), SILU},
@@ -145,6 +150,29 @@ static const fwd_family FAMILIES[] = {
      .mlp = "feed_forward", .layer_extra = fwd_llama4_layer},
     /* Llama4ForConditionalGeneration: the text model in text_config. */
     {"llama4", .wraps = "llama4_text"},
+    /* ---- zoo (d): the vision-language text models and their wrappers,
+     * docs/architectures.md §vl.  Each wrapper reads text_config (or flat
+     * keys); text_config.model_type picks the row when known.  Multimodal
+     * RoPE is plain RoPE for text-only positions (§vl-mrope). */
+    /* Qwen2VLTextConfig / Qwen2_5_VLTextConfig: rms_norm_eps 1e-5, rope
+     * theta 1e6; Qwen2VLAttention: q/k/v biases, head_dim = hidden / heads. */
+    {"qwen2_vl_text", RMS(1e-5), SILU, .sliding = SLIDE_QWEN2, .rope_theta = 1e6},
+    {"qwen2_vl", .wraps = "qwen2_vl_text"},
+    {"qwen2_5_vl_text", RMS(1e-5), SILU, .sliding = SLIDE_QWEN2, .rope_theta = 1e6},
+    {"qwen2_5_vl", .wraps = "qwen2_5_vl_text"},
+    /* Qwen3VLTextConfig: default_theta 500000 (transformers 5). */
+    {"qwen3_vl_text", RMS(1e-6), SILU, .qk = QK_HEAD, .rope_theta = 5e5},
+    {"qwen3_vl", .wraps = "qwen3_vl_text"},
+    /* Qwen3VLMoeTextTopKRouter renormalises the top-k weights always (no
+     * norm_topk_prob, unlike Qwen3MoeTopKRouter). */
+    {"qwen3_vl_moe_text", RMS(1e-6), SILU, .qk = QK_HEAD, .topk_norm = 1, .moe = {&QWEN3_MOE}, .rope_theta = 5e5},
+    {"qwen3_vl_moe", .wraps = "qwen3_vl_moe_text"},
+    /* Ministral3Config: rms_norm_eps 1e-5, sliding_window None, default
+     * rope_parameters (YaRN); Ministral3Attention scales the queries. */
+    {"ministral3", RMS(1e-5), SILU, .sliding = SLIDE_ALL, .rope_defaults = MINISTRAL3_ROPE,
+     .qscale = QSCALE_LLAMA4_BETA},
+    /* Mistral3ForConditionalGeneration: mistral or ministral3 inside. */
+    {"mistral3", .wraps = "mistral"},
     /* -- zoo 13 (hybrid group), docs/architectures.md §zoo13-hybrid.
      * Olmo3Model: Olmo2's post-norm layers; layer_types (class default:
      * every 4th full, the rest sliding, window 4096); sliding layers take
@@ -322,6 +350,9 @@ static fl_status rope_longrope(const fwd_rope_ctx *c, const cJSON *sc, double fa
 static const fwd_rope_type ROPE_TYPES[] = {
     {"default", rope_default}, {"linear", rope_linear},   {"llama3", rope_llama3},
     {"dynamic", rope_default}, {"yarn", rope_yarn},       {"longrope", rope_longrope},
+    /* Qwen2-VL's legacy name; Qwen2VLTextConfig renames it "default"
+     * (multimodal RoPE: §vl-mrope). */
+    {"mrope", rope_default},
 };
 
 const fwd_rope_type *fwd_rope_find(const char *name)

@@ -12,7 +12,7 @@ OUTPUT with AutoModelForCausalLM and compares, for the token ids that
     --dump-logits), float32: validates forward.c against the modeling code;
   * which tensors transformers reports as missing when loading the output
     (the dropped norms: they must come back as identity, see
-    ../shared/docs/architectures.md section 3).
+    docs/architectures.md §missing).
 
 Without torch/transformers it prints SKIP and exits 0.  Not run by ctest.
 
@@ -68,8 +68,9 @@ def compare(a, b):
 
 
 # Composite types whose checkpoint only the image-text class loads (its
-# keys are language_model.model.*); untested until a device session runs it.
-IMAGE_TEXT = {"llama4"}
+# keys are language_model.model.*), and the VL wrappers (docs/architectures.md
+# §vl); untested until a device session runs it.
+IMAGE_TEXT = {"llama4", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "mistral3"}
 
 
 def load(path, dtype, device):
