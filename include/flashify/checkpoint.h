@@ -46,6 +46,10 @@ void ckpt_config_free(ckpt_config *cfg);
 /* A key that appears twice in an object anywhere in the tree (cJSON keeps
  * both silently), or NULL.  Every JSON input is checked with it. */
 const char *ckpt_json_duplicate_key(const struct cJSON *obj);
+/* config.json text parsed with cJSON; the non-finite numbers Python's json
+ * writes (Infinity, -Infinity, NaN: transformers 4 saves time_step_limit
+ * (0.0, inf) so) read as +-inf and null.  NULL when it is not JSON. */
+struct cJSON *ckpt_config_json(const char *text, size_t len);
 
 /* One level of the config as a model reads it: keys are looked up in
  * `text`, then in `top` (composite models keep some keys at the top). */
