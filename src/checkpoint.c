@@ -430,20 +430,25 @@ static int cmp_tensor_name(const void *a, const void *b)
 }
 
 
-const ckpt_tensor *ckpt_find(const checkpoint *ck, const char *name)
+const ckpt_tensor *ckpt_search(const ckpt_tensor *sorted, size_t n, const char *name)
 {
-    size_t lo = 0, hi = ck->n_tensors;
+    size_t lo = 0, hi = n;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
-        int c = strcmp(ck->tensors[mid].name, name);
+        int c = strcmp(sorted[mid].name, name);
         if (c == 0)
-            return &ck->tensors[mid];
+            return &sorted[mid];
         if (c < 0)
             lo = mid + 1;
         else
             hi = mid;
     }
     return NULL;
+}
+
+const ckpt_tensor *ckpt_find(const checkpoint *ck, const char *name)
+{
+    return ckpt_search(ck->tensors, ck->n_tensors, name);
 }
 
 /* Builds the sorted table of logical tensors: every stored tensor, then the

@@ -89,18 +89,7 @@ typedef struct {
 
 const ckpt_tensor *plan_cat_find(const plan_catalogue *cat, const char *name)
 {
-    size_t lo = 0, hi = cat->n;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        int c = strcmp(cat->tensors[mid].name, name);
-        if (c == 0)
-            return &cat->tensors[mid];
-        if (c < 0)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return NULL;
+    return ckpt_search(cat->tensors, cat->n, name);
 }
 
 static const char *cat_file(const plan_catalogue *cat, const ckpt_tensor *t)

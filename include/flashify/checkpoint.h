@@ -110,6 +110,8 @@ void ckpt_close(checkpoint *ck);
 
 /* Binary search by logical name; NULL if absent. */
 const ckpt_tensor *ckpt_find(const checkpoint *ck, const char *name);
+/* The same search in any name-sorted table (the planner's catalogue). */
+const ckpt_tensor *ckpt_search(const ckpt_tensor *sorted, size_t n, const char *name);
 
 /* Reads `n` bytes at byte `off` of the tensor's data (pread, EINTR and
  * short reads handled).  Returns FL_OK or FL_EIO. */
