@@ -38,6 +38,19 @@ static const fwd_moe_names LLAMA4 = {.router = "feed_forward.router", .experts =
                                      .gate = "gate_proj", .up = "up_proj", .down = "down_proj",
                                      .shared = "feed_forward.shared_expert"};
 
+/* -- zoo 13 (hybrid group), docs/architectures.md §zoo13-hybrid */
+/* OlmoeSparseMoeBlock: router mlp.gate, experts per expert or fused. */
+static const fwd_moe_names OLMOE = {.router = "mlp.gate", .experts = "mlp.experts", .gate = "gate_proj",
+                                    .up = "up_proj", .down = "down_proj"};
+/* NemotronHModel: embeddings / norm_f, under backbone. on the Hub and
+ * model. as transformers 5 writes it (backbone.embedding: the older name
+ * its conversion renames). */
+static const fwd_names NEMOTRON_H_NAMES[] = {
+    {"backbone.", "embeddings", "norm_f"}, {"model.", "embeddings", "norm_f"}, {"backbone.", "embedding", "norm_f"},
+    {NULL, NULL, NULL}};
+/* FalconH1Model: final_layernorm. */
+static const fwd_names FALCON_H1_NAMES[] = {{"model.", "embed_tokens", "final_layernorm"}, {NULL, NULL, NULL}};
+
 /* ----------------------------------------------------------------------------
  * The families */
 
@@ -53,6 +66,10 @@ static const fwd_moe_names LLAMA4 = {.router = "feed_forward.router", .experts =
     .scale_default = 256, .attn_cap_key = "attn_logit_softcapping",                                 \
     .final_cap_key = "final_logit_softcapping"
 
+#define GRANITE_SCALARS                                                                                \
+    RMS(1e-6), SILU, .embed = EMBED_KEY, .embed_key = "embedding_multiplier",                             \
+    .residual_key = "residual_multiplier", .scale = SCALE_KEY, .scale_key = "attention_multiplier",      \
+    .scale_default = 1.0, .logit_key = "logits_scaling", .logit_default = 1.0, .logit_divide = 1
 #define QWEN_HYBRID(lin)                                                                                   \
     .norm = NORM_RMS_1PW, .eps_key = "rms_norm_eps", .eps = 1e-6, SILU, .qk = QK_HEAD, .linear_attn = lin, \
     .attn_gate = 1, .rotary_default = 0.25, .head_dim_default = 256
@@ -81,9 +98,7 @@ static const fwd_family FAMILIES[] = {
     /* Phi3Config / Olmo2Config default rms_norm_eps to 1e-5. */
     {"phi3", RMS(1e-5), SILU},
     /* GraniteModel / GraniteForCausalLM: four multipliers. */
-    {"granite", RMS(1e-6), SILU, .embed = EMBED_KEY, .embed_key = "embedding_multiplier",
-     .residual_key = "residual_multiplier", .scale = SCALE_KEY, .scale_key = "attention_multiplier",
-     .scale_default = 1.0, .logit_key = "logits_scaling", .logit_default = 1.0, .logit_divide = 1},
+    {"granite", GRANITE_SCALARS},
     {"smollm3", RMS(1e-6), SILU, .tie_default = 1},
     {"gemma", GEMMA},
     /* Gemma2Config: soft caps 50 / 30 unless null; query_pre_attn_scalar. */
@@ -204,6 +219,34 @@ static const fwd_family FAMILIES[] = {
      * (text_config, tensors under language_model.model.). */
     {"kimi_k2", .wraps = "deepseek_v3"},
     {"kimi_k25", .wraps = "deepseek_v3"},
+    /* -- zoo 13 (hybrid group), docs/architectures.md §zoo13-hybrid.
+     * Olmo3Model: Olmo2's post-norm layers; layer_types (class default:
+     * every 4th full, the rest sliding, window 4096); sliding layers take
+     * the default RoPE (rotary_embs["sliding_attention"]). */
+    {"olmo3", .norm = NORM_RMS_F32, .eps_key = "rms_norm_eps", .eps = 1e-5, SILU, .layout = LAYOUT_POST,
+     .qk = QK_FULL, .sliding = SLIDE_PATTERN, .slide_period = 4, .window_default = 4096, .slide_default_rope = 1},
+    /* OlmoeAttention (q/k norms over all heads, clip_qkv), OlmoeSparseMoeBlock
+     * (softmax, top-k, renormalised when norm_topk_prob, default false; 8 per token). */
+    {"olmoe", RMS(1e-5), SILU, .qk = QK_FULL, .clip_key = "clip_qkv", TOPK_KEY, .topk_default = 8,
+     .moe = {&OLMOE}},
+    /* GraniteMoe*: Granite's four multipliers; JetMoe's top-k gating is a
+     * softmax over the k best logits (= the full softmax renormalised); the
+     * layers are forward_granite.c's. */
+    {"granitemoe", GRANITE_SCALARS, .topk_norm = 1, .block = &FWD_GRANITE},
+    {"granitemoeshared", GRANITE_SCALARS, .topk_norm = 1, .block = &FWD_GRANITE},
+    {"granitemoehybrid", GRANITE_SCALARS, .topk_norm = 1, .block = &FWD_GRANITE_HYBRID},
+    /* NemotronHRMSNorm (layer_norm_epsilon 1e-5), relu2 MLPs and experts,
+     * the DeepSeek router (sigmoid, correction bias, groups, norm_topk_prob
+     * default true); blocks in forward_hybrid.c. */
+    {"nemotron_h", .norm = NORM_RMS_CAST, .eps_key = "layer_norm_epsilon", .eps = 1e-5, .act_key = "mlp_hidden_act",
+     .act_default = "relu2", .router = ROUTER_DEEPSEEK, .group_mask_inf = 1, TOPK_KEY, .topk_norm = 1,
+     .head_dim_default = 128,
+     .names = NEMOTRON_H_NAMES,
+     .blocks_key = "layers_block_type|layer_types|hybrid_override_pattern", .block = &FWD_NEMOTRON_H},
+    /* FalconH1RMSNorm (rms_norm_eps 1e-5); embedding_multiplier,
+     * lm_head_multiplier (times); the parallel block in forward_hybrid.c. */
+    {"falcon_h1", RMS(1e-5), SILU, .embed = EMBED_KEY, .embed_key = "embedding_multiplier",
+     .logit_key = "lm_head_multiplier", .logit_default = 1.0, .names = FALCON_H1_NAMES, .block = &FWD_FALCON_H1},
     /* ---- zoo issue 13: the LLaVA-style VLM wrappers, docs/architectures.md
      * §vlm.  Each builds the text model text_config names (wraps: the config
      * class default) and computes logits with its own lm_head. */

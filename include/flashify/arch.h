@@ -47,7 +47,12 @@ typedef enum {
     WHEN_LISTED,     /* i is in the config's integer list `key`; `value` the list used
                         when the key is absent or null, comma separated (Mllama
                         cross_attention_layers "3,8,13,..."), or NULL */
-    WHEN_NOT_LISTED  /* ... there is such a list, without i (neither holds without one) */
+    WHEN_NOT_LISTED, /* ... there is such a list, without i (neither holds without one) */
+    WHEN_BLOCK       /* layer i's block type is one of `value`'s "|"-separated
+                        spellings; it is read from the first of `key`'s
+                        "|"-separated config keys that is present and not null:
+                        an array's i-th string, or a string's i-th character
+                        (Nemotron-H hybrid_override_pattern "M*-E"); no key: false */
 } arch_cond_kind;
 
 typedef struct {
@@ -114,6 +119,8 @@ typedef struct {
     const char *type_list;   /* a per-layer list of "dense" / "sparse" that decides when the config has it
                                 (GLM-4.7-Flash, DeepSeek-V3.2, GLM-5 mlp_layer_types) */
     int first_dense_default; /* first_dense when the config lacks the key (the config class default) */
+    int optional;            /* no expert key: 0 experts, not an error (Nemotron-H
+                                configs without MoE blocks) */
 } arch_moe_rule;
 
 /* Where a text model's tensors are: "<prefix>layers.{i}.", the embedding
@@ -144,6 +151,11 @@ typedef struct arch_info {
     int tie_default;           /* the config class default of tie_word_embeddings */
     const char *warning;       /* printed when norms are dropped, or NULL */
     const char *untie_warning; /* printed when lm_head is materialised, or NULL */
+    /* Config keys ("a|b", as WHEN_BLOCK reads them) that list every layer's
+     * block type, or NULL: the first present one's length is the layer
+     * count, and must equal num_hidden_layers when that is there too
+     * (Nemotron-H: transformers 5 counts the list). */
+    const char *blocks;
 } arch_info;
 
 /* The per-layer norms that loaders keyed on flashnorm_folded build without
@@ -176,8 +188,22 @@ typedef struct {
                           top level does not win over text_config) */
 } arch_alias;
 
+/* A model_type flashify refuses, and why (one line naming the norm and
+ * what reads it; docs/architectures.md §refused). */
+typedef struct {
+    const char *model_type;
+    const char *reason;
+} arch_refusal;
+
 /* The table row of model_type (not aliases), or NULL. */
 const arch_info *arch_find(const char *model_type);
+/* The refusal of model_type, or NULL; the i-th for tests and tables. */
+const arch_refusal *arch_refused(const char *model_type);
+const arch_refusal *arch_refusal_at(size_t i);
+/* The number of entries of the block-type list named by `keys` (as
+ * WHEN_BLOCK reads them; the key found into key[64]), or -1 when the
+ * config has none of them. */
+long arch_block_count(ckpt_view cfg, const char *keys, char key[64]);
 
 /* The outcome of arch_resolve: the row, the config level its text model
  * reads, and the tie default that applies. */
@@ -193,7 +219,8 @@ typedef struct {
  * `custom` (a --plan architecture) when it is not NULL; a custom plan reads
  * text_config when `custom_nested` or when it names text_config's
  * model_type.  FL_EINPUT naming the model_type and the supported list when
- * there is no row; `where` is the checkpoint directory. */
+ * there is no row, or with the reason when the type is refused (a --plan
+ * cannot lift a refusal); `where` is the checkpoint directory. */
 fl_status arch_resolve(const ckpt_config *cfg, const char *where, const arch_info *custom,
                        int custom_nested, arch_resolved *out, fl_error *err);
 

@@ -189,8 +189,16 @@ def _expand_experts(consumers, lp, names):
     return out
 
 
+# Text-model layouts of zoo families with their own names (Nemotron-H
+# backbone.embeddings / norm_f, Falcon-H1 final_layernorm): model_type ->
+# fn(cfg, names) returning what text_layout returns.
+EXTRA_LAYOUTS = {}
+
+
 def text_layout(cfg, names):
     """(layer prefix root, embedding, final norm, head) for the checkpoint."""
+    if cfg.get("model_type") in EXTRA_LAYOUTS:
+        return EXTRA_LAYOUTS[cfg["model_type"]](cfg, names)
     if cfg["model_type"] == "gemma3":
         if any(n.startswith("language_model.model.") for n in names):
             return "language_model.model.", "language_model.model.embed_tokens.weight", \
