@@ -105,6 +105,53 @@ static const char QWEN_1PW_WARNING[] =
     "a loader that fills missing norms with 1 would double the gain. Use --keep-norms to write the identity "
     "(0) explicitly";
 
+/* -- zoo 13 (tail): LFM2, Gemma 3n, Cohere 2 and the llama-like rows,
+ * docs/architectures.md §zoo13-tail. */
+static const char LFM2_QK_WHY[] =
+    "q/k norm (q_layernorm, k_layernorm): per head before RoPE and the attention scores, not before a linear layer";
+static const char HUNYUAN_QK_WHY[] =
+    "q/k norm (query_layernorm, key_layernorm): per head after RoPE, before the attention scores";
+static const char GEMMA3N_INPUT_WHY[] =
+    "not folded: its output also reaches the residual stream -- LAuReL (laurel.linear_left's block) returns "
+    "x + post_laurel_norm(linear_right(linear_left(x))) with x the normed input, added to the residual; only "
+    "q/k/v and laurel.linear_left could absorb the gain";
+static const char GEMMA3N_LAUREL_WHY[] =
+    "LAuReL's output norm: normalises linear_right's output before it joins the residual, not a linear layer's input";
+/* Lfm2RMSNorm and Gemma3nRMSNorm apply w (ones init). */
+static const arch_norm_class LFM2_RMS = {"Lfm2RMSNorm", GAIN_W};
+static const arch_norm_class GEMMA3N_RMS = {"Gemma3nRMSNorm", GAIN_W};
+static const arch_norm_class COHERE2_LN = {"Cohere2LayerNorm", GAIN_W};
+/* LFM2 names its final norm embedding_norm (applied after the last layer). */
+static const arch_layout LFM2_LAYOUTS[] = {{"model.", "embed_tokens", "embedding_norm", "lm_head"},
+                                           {NULL, NULL, NULL, NULL}};
+/* InternLM2 remote code: model.tok_embeddings, model.norm, output. */
+static const arch_layout INTERNLM2_LAYOUTS[] = {{"model.", "tok_embeddings", "norm", "output"},
+                                                {NULL, NULL, NULL, NULL}};
+#define LFM2_QKV L("self_attn.q_proj"), L("self_attn.k_proj"), L("self_attn.v_proj")
+#define LFM2_CONV L("conv.in_proj")
+#define FULL_ATTN_IDXS "full_attn_idxs"
+/* Lfm2Config: layer_types[i] ("full_attention" / "conv"), else i in
+ * full_attn_idxs, else (no list) every layer is attention. */
+#define LFM2_OPERATOR                                                                                          \
+    {.norm = "operator_norm", .consumers = {LFM2_QKV}, .when = {LAYER_IS("full_attention")}},                 \
+    {.norm = "operator_norm", .consumers = {LFM2_CONV}, .when = {LAYER_IS("conv")},                           \
+     .note = "gated short convolution"},                                                                       \
+    {.norm = "operator_norm", .consumers = {LFM2_QKV}, .when = {NO_LAYER_TYPES, WHEN_KEY(WHEN_LISTED, FULL_ATTN_IDXS)}, \
+     .note = "attention layer (no layer_types: by full_attn_idxs)"},                                           \
+    {.norm = "operator_norm", .consumers = {LFM2_CONV},                                                        \
+     .when = {NO_LAYER_TYPES, WHEN_KEY(WHEN_NOT_LISTED, FULL_ATTN_IDXS)},                                      \
+     .note = "gated short convolution (no layer_types: by full_attn_idxs)"},                                  \
+    {.norm = "operator_norm", .consumers = {LFM2_QKV}, .when = {NO_LAYER_TYPES},                              \
+     .note = "attention layer (neither layer_types nor full_attn_idxs: all attention)"}
+#define LFM2_FFN L("feed_forward.w1"), L("feed_forward.w3")
+#define LFM2_KEEPS {KEEP("self_attn.q_layernorm", LFM2_QK_WHY), KEEP("self_attn.k_layernorm", LFM2_QK_WHY)}
+/* ERNIE 4.5 MoE: shared experts exist when moe_num_shared_experts (class
+ * default 2) is not 0. */
+#define ERNIE_SHARED {.kind = WHEN_FLAG, .key = "moe_num_shared_experts", .value = "2"}
+#define ERNIE_NO_SHARED {.kind = WHEN_NOT_FLAG, .key = "moe_num_shared_experts", .value = "2"}
+#define ERNIE_SHARED_EXPERTS L("mlp.shared_experts.gate_proj"), L("mlp.shared_experts.up_proj")
+#define HUNYUAN_SHARED L("mlp.shared_mlp.gate_proj"), L("mlp.shared_mlp.up_proj")
+
 static const arch_info ARCHS[] = {
     {.model_type = "llama", .norm = &ARCH_RMS_W, .folds = LLAMA_FOLDS},
     {.model_type = "mistral", .norm = &ARCH_RMS_W, .folds = LLAMA_FOLDS},
@@ -278,6 +325,110 @@ static const arch_info ARCHS[] = {
                 .when = {WHEN(WHEN_DENSE)}, .note = "dense layer"}},
      .moe = {.experts = {"num_local_experts"}, .sparse_list = "moe_layers", .step = "interleave_moe_layer_step",
              .step_offset = 1}},
+
+    /* ---- zoo 13 (tail), docs/architectures.md §zoo13-tail ----------------
+     * §lfm2: operator_norm feeds attention or the gated short convolution
+     * by layer type; ffn_norm feeds the SwiGLU (w1 gate, w3 up; w2 down);
+     * the final norm is model.embedding_norm.  tie_embedding (the original
+     * key) decides the tie when present. */
+    {.model_type = "lfm2", .norm = &LFM2_RMS, .folds = {LFM2_OPERATOR, FOLD("ffn_norm", LFM2_FFN)},
+     .keeps = LFM2_KEEPS, .layouts = LFM2_LAYOUTS, .tie_default = 1, .tie_alias = "tie_embedding"},
+    /* §lfm2_moe: the first num_dense_layers (class default 2) are dense;
+     * the rest route through feed_forward.gate (sigmoid + expert_bias,
+     * which is never scaled) to experts stored per expert (w1/w3/w2) or
+     * fused [E, 2I, H]. */
+    {.model_type = "lfm2_moe", .norm = &LFM2_RMS,
+     .folds = {LFM2_OPERATOR,
+               {.norm = "ffn_norm", .consumers = {L("feed_forward.gate"), FUSED("feed_forward.experts.gate_up_proj", IN_LAST)},
+                .when = {WHEN(WHEN_MOE), WHEN_KEY(WHEN_HAS, "feed_forward.experts.gate_up_proj")}, .note = FUSED_NOTE},
+               {.norm = "ffn_norm",
+                .consumers = {L("feed_forward.gate"), L("feed_forward.experts.{e}.w1"), L("feed_forward.experts.{e}.w3")},
+                .when = {WHEN(WHEN_MOE)}},
+               {.norm = "ffn_norm", .consumers = {LFM2_FFN}, .when = {WHEN(WHEN_DENSE)}, .note = "dense layer"}},
+     .keeps = LFM2_KEEPS, .moe = {.experts = {"num_experts"}, .first_dense = "num_dense_layers", .first_dense_default = 2},
+     .layouts = LFM2_LAYOUTS, .tie_default = 1, .tie_alias = "tie_embedding"},
+    /* §gemma3n: Gemma3nRMSNorm is w.  input_layernorm's output is also
+     * LAuReL's residual term: kept, with q/k/v and laurel.linear_left
+     * unfolded.  The MLP's pre-norm and the AltUp router's norm fold. */
+    {.model_type = "gemma3n_text", .norm = &GEMMA3N_RMS,
+     .folds = {FOLD("pre_feedforward_layernorm", GATE_UP), FOLD("altup.router_norm", L("altup.modality_router"))},
+     .keeps = {KEEP("input_layernorm", GEMMA3N_INPUT_WHY), KEEP("post_attention_layernorm", POST_NORM_WHY),
+               KEEP("post_feedforward_layernorm", POST_NORM_WHY), KEEP("laurel.post_laurel_norm", GEMMA3N_LAUREL_WHY),
+               KEEP("post_per_layer_input_norm", POST_NORM_WHY), KEEP("self_attn.q_norm", QK_NORM_WHY),
+               KEEP("self_attn.k_norm", QK_NORM_WHY)},
+     .tie_default = 1},
+    /* §cohere2: Cohere's parallel block without q/k norms. */
+    {.model_type = "cohere2", .norm = &COHERE2_LN, .folds = {FOLD("input_layernorm", QKV, GATE_UP)}, .tie_default = 1},
+    /* §minicpm: the Llama layout; scale_emb, scale_depth and dim_model_base
+     * scale the embeddings, the residual branches and the logits. */
+    {.model_type = "minicpm", .norm = &ARCH_RMS_W, .folds = LLAMA_FOLDS, .tie_default = 1},
+    /* §ernie4_5: the Llama layout (biases, when use_bias, stay). */
+    {.model_type = "ernie4_5", .norm = &ARCH_RMS_W, .folds = LLAMA_FOLDS, .tie_default = 1},
+    /* §ernie4_5_moe: sparse layers are moe_layer_start_index (default 1)
+     * to moe_layer_end_index (-1: the last), every moe_layer_interval-th;
+     * the router mlp.gate (fp32) and the experts; shared experts when
+     * moe_num_shared_experts.  moe_statics.e_score_correction_bias is
+     * never scaled. */
+    {.model_type = "ernie4_5_moe", .norm = &ARCH_RMS_W,
+     .folds = {FOLD("input_layernorm", QKV),
+               {.norm = "post_attention_layernorm",
+                .consumers = {L("mlp.gate"), FUSED("mlp.experts.gate_up_proj", IN_LAST), ERNIE_SHARED_EXPERTS},
+                .when = {WHEN(WHEN_MOE), WHEN_KEY(WHEN_HAS, "mlp.experts.gate_up_proj"), ERNIE_SHARED},
+                .note = FUSED_NOTE},
+               {.norm = "post_attention_layernorm", .consumers = {L("mlp.gate"), FUSED("mlp.experts.gate_up_proj", IN_LAST)},
+                .when = HAS_FUSED, .note = FUSED_NOTE " (no shared experts)"},
+               {.norm = "post_attention_layernorm",
+                .consumers = {L("mlp.gate"), L("mlp.experts.{e}.gate_proj"), L("mlp.experts.{e}.up_proj"),
+                              ERNIE_SHARED_EXPERTS},
+                .when = {WHEN(WHEN_MOE), ERNIE_SHARED}},
+               {.norm = "post_attention_layernorm",
+                .consumers = {L("mlp.gate"), L("mlp.experts.{e}.gate_proj"), L("mlp.experts.{e}.up_proj")},
+                .when = {WHEN(WHEN_MOE), ERNIE_NO_SHARED}, .note = "no shared experts"},
+               {.norm = "post_attention_layernorm", .consumers = {GATE_UP}, .when = {WHEN(WHEN_DENSE)},
+                .note = "dense layer"}},
+     .moe = {.experts = {"moe_num_experts", "num_experts"}, .first_dense = "moe_layer_start_index",
+             .first_dense_default = 1, .last_sparse = "moe_layer_end_index", .step = "moe_layer_interval",
+             .step_offset = 1},
+     .tie_default = 1},
+    /* §hunyuan: the Llama layout; query_layernorm / key_layernorm come
+     * after RoPE and stay. */
+    {.model_type = "hunyuan_v1_dense", .norm = &ARCH_RMS_W, .folds = LLAMA_FOLDS,
+     .keeps = {KEEP("self_attn.query_layernorm", HUNYUAN_QK_WHY), KEEP("self_attn.key_layernorm", HUNYUAN_QK_WHY)}},
+    /* §hunyuan: every layer is MoE: router mlp.gate.wg (fp32), the
+     * experts, the always-on shared_mlp. */
+    {.model_type = "hunyuan_v1_moe", .norm = &ARCH_RMS_W,
+     .folds = {FOLD("input_layernorm", QKV),
+               {.norm = "post_attention_layernorm",
+                .consumers = {L("mlp.gate.wg"), FUSED("mlp.experts.gate_up_proj", IN_LAST), HUNYUAN_SHARED},
+                .when = HAS_FUSED, .note = FUSED_NOTE},
+               {.norm = "post_attention_layernorm",
+                .consumers = {L("mlp.gate.wg"), L("mlp.experts.{e}.gate_proj"), L("mlp.experts.{e}.up_proj"),
+                              HUNYUAN_SHARED},
+                .when = {WHEN(WHEN_MOE)}}},
+     .keeps = {KEEP("self_attn.query_layernorm", HUNYUAN_QK_WHY), KEEP("self_attn.key_layernorm", HUNYUAN_QK_WHY)},
+     .moe = {.experts = {"num_experts"}}},
+    /* §exaone4: OLMo2's post-norm layer with per-head q/k norms: only the
+     * final norm folds. */
+    {.model_type = "exaone4", .norm = &ARCH_RMS_W,
+     .keeps = {KEEP("post_attention_layernorm", POST_NORM_WHY), KEEP("post_feedforward_layernorm", POST_NORM_WHY),
+               KEEP("self_attn.q_norm", QK_NORM_WHY), KEEP("self_attn.k_norm", QK_NORM_WHY)}},
+    /* §seed_oss: the Llama layout; q/k/v biases stay. */
+    {.model_type = "seed_oss", .norm = &ARCH_RMS_W, .folds = LLAMA_FOLDS},
+    /* §apertus: renamed pre-norms, a gateless MLP (up_proj, xIELU,
+     * down_proj), q/k norms before RoPE. */
+    {.model_type = "apertus", .norm = &ARCH_RMS_W,
+     .folds = {FOLD("attention_layernorm", QKV), FOLD("feedforward_layernorm", L("mlp.up_proj"))},
+     .keeps = {KEEP("self_attn.q_norm", QK_NORM_WHY), KEEP("self_attn.k_norm", QK_NORM_WHY)}},
+    /* §arcee: the Llama layout with a gateless ReLU^2 MLP. */
+    {.model_type = "arcee", .norm = &ARCH_RMS_W,
+     .folds = {FOLD("input_layernorm", QKV), FOLD("post_attention_layernorm", L("mlp.up_proj"))}},
+    /* §internlm2 (remote code): attention_norm -> the fused, per-kv-group
+     * attention.wqkv; ffn_norm -> feed_forward.w1 (gate), w3 (up). */
+    {.model_type = "internlm2", .norm = &ARCH_RMS_W,
+     .folds = {FOLD("attention_norm", L("attention.wqkv")), FOLD("ffn_norm", L("feed_forward.w1"), L("feed_forward.w3"))},
+     .layouts = INTERNLM2_LAYOUTS},
+    /* §internlm3 (remote code): the Llama layout and names. */
+    {.model_type = "internlm3", .norm = &ARCH_RMS_W, .folds = LLAMA_FOLDS},
 };
 
 /* §composite: multimodal Gemma 3 is gemma3_text under another prefix, its
@@ -293,6 +444,9 @@ static const arch_alias ALIASES[] = {
     /* zoo group (c), §llama4: Llama4ForConditionalGeneration, text model
      * in text_config, tensors under language_model.model. */
     {.model_type = "llama4", .text_type = "llama4_text", .nested = 1, .tie_default = -1},
+    /* zoo 13 (tail), §gemma3n: Gemma3nForConditionalGeneration, text model
+     * in text_config (gemma3n_text), tensors under model.language_model. */
+    {.model_type = "gemma3n", .text_type = "gemma3n_text", .nested = 1, .tie_default = -1},
 };
 
 #define N_ARCHS (sizeof ARCHS / sizeof ARCHS[0])
@@ -393,8 +547,16 @@ static int cond_holds(const arch_cond *c, ckpt_view cfg, long i, long n_layers, 
     case WHEN_MOE: return moe;
     case WHEN_DENSE: return !moe;
     case WHEN_LAYER_TYPE: return layer_type_is(cfg, c->key, c->value, i);
-    case WHEN_FLAG: return ckpt_view_set(cfg, c->key);
-    case WHEN_NOT_FLAG: return !ckpt_view_set(cfg, c->key);
+    case WHEN_FLAG:
+    case WHEN_NOT_FLAG: {
+        int set = ckpt_view_get(cfg, c->key) || !c->value ? ckpt_view_set(cfg, c->key) : strcmp(c->value, "0") != 0;
+        return c->kind == WHEN_FLAG ? set : !set;
+    }
+    case WHEN_LISTED:
+    case WHEN_NOT_LISTED: {
+        const cJSON *list = ckpt_view_get(cfg, c->key);
+        return cJSON_IsArray(list) && in_int_list(list, i) == (c->kind == WHEN_LISTED);
+    }
     case WHEN_TAIL:
     case WHEN_NOT_TAIL: {
         long n = ckpt_view_int(cfg, c->key, 0);
@@ -454,7 +616,10 @@ int arch_is_moe_layer(const arch_moe_rule *r, ckpt_view cfg, long i, long expert
     }
     if (r->dense_list && in_int_list(ckpt_view_get(cfg, r->dense_list), i))
         return 0;
-    if (r->first_dense && i < ckpt_view_int(cfg, r->first_dense, 0))
+    if (r->first_dense && i < ckpt_view_int(cfg, r->first_dense, r->first_dense_default))
+        return 0;
+    long last = r->last_sparse ? ckpt_view_int(cfg, r->last_sparse, -1) : -1;
+    if (last >= 0 && i > last)
         return 0;
     long step = r->step ? ckpt_view_int(cfg, r->step, 1) : 1;
     return step > 0 && (i + r->step_offset) % step == 0;

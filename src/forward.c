@@ -18,12 +18,13 @@ static void free_layer(fwd_layer *ly)
                          &ly->q_norm, &ly->k_norm};
     for (size_t i = 0; i < sizeof norms / sizeof norms[0]; i++)
         free(norms[i]->g);
-    free(ly->bq); free(ly->bk); free(ly->bv); free(ly->bo);
+    free(ly->bq); free(ly->bk); free(ly->bv); free(ly->bo); free(ly->bqkv);
     free(ly->b_gate); free(ly->b_up); free(ly->b_down);
     free(ly->e_gate); free(ly->e_up); free(ly->e_gate_up); free(ly->e_down);
     free(ly->e_bias); free(ly->q_a_norm.g); free(ly->kv_a_norm.g);
     fwd_gdn_free(ly->gdn);
     free(ly->sinks); free(ly->b_router); free(ly->e_gu_bias); free(ly->e_dn_bias);
+    fwd_conv_free(ly->conv);
 }
 
 void fwd_close(fwd_model *m)
@@ -38,6 +39,7 @@ void fwd_close(fwd_model *m)
     free(m->layers);
     free(m->routing.sel);
     free(m->final_norm.g);
+    free(m->head_bias);
     free(m->freq_global);
     free(m->freq_local);
     for (int i = 0; m->scratch && i < fl_pool_size(m->pool); i++) {
@@ -161,7 +163,7 @@ fl_status fwd_logits(fwd_model *m, const int32_t *tokens, size_t n, float *logit
     }
 
     fwd_norm_rows(m, &m->final_norm, x, T, H);
-    if ((s = fwd_matmul(m, &m->head, NULL, x, T, logits, err)) != FL_OK)
+    if ((s = fwd_matmul(m, &m->head, m->head_bias, x, T, logits, err)) != FL_OK)
         goto done;
     for (long i = 0; i < T * m->V; i++) {
         double z = logits[i] * m->logit_mult;

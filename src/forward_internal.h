@@ -1,8 +1,9 @@
 /* forward_internal.h — the reference forward pass's own pieces (forward*.c).
  *
- * forward_table.c  the family table and the RoPE types: every quirk of a
+ * forward_table.c  the family table and the activations: every quirk of a
  *                  family as a field, written from the modeling code
  *                  (docs/architectures.md), independently of arch.c
+ * forward_rope.c   the RoPE types and the model's frequencies
  * forward_load.c   fwd_open: the config read step by step, tensors bound
  * forward_kernel.c the matrix products, streamed from the files
  * forward_blocks.c norms, attention, MLP, MoE routing
@@ -37,7 +38,8 @@ typedef enum {
     QK_HEAD,    /* RMSNorm over head_dim, one weight for all heads (Qwen3, Gemma3) */
     QK_FULL,    /* RMSNorm over the whole projection, before the reshape (OLMo2) */
     QK_HEAD_2D, /* LayerNorm over head_dim, weight [heads, head_dim] (Cohere) */
-    QK_L2       /* weightless RMS over head_dim after RoPE, RoPE layers only (Llama 4) */
+    QK_L2,      /* weightless RMS over head_dim after RoPE, RoPE layers only (Llama 4) */
+    QK_HEAD_POST /* RMSNorm over head_dim after RoPE (Hunyuan query_layernorm) */
 } fwd_qk;
 
 typedef enum {
@@ -107,6 +109,19 @@ typedef struct fwd_block {
     void (*close)(fwd_model *m);
 } fwd_block;
 
+/* Tensor names of the shared layer stack where a family renames them
+ * (fwd_family.names; NULL fields: the Llama names, see fwd_resolve_names).
+ * Relative to the layer prefix, without ".weight"; the MLP's names are
+ * relative to its module (fwd_family.mlp); embed and final_norm to the
+ * text prefix; head is a full name. */
+typedef struct fwd_names {
+    const char *attn_norm, *mlp_norm;       /* input_layernorm, post_attention_layernorm */
+    const char *q_norm, *k_norm;            /* self_attn.q_norm, self_attn.k_norm */
+    const char *q, *k, *v, *o, *qkv;        /* self_attn.q_proj ... o_proj, qkv_proj */
+    const char *gate, *up, *down, *gate_up; /* gate_proj, up_proj, down_proj, gate_up_proj */
+    const char *embed, *final_norm, *head;  /* embed_tokens, norm, lm_head */
+} fwd_names;
+
 /* Linear-attention layers (Gated DeltaNet, forward_deltanet.c), where
  * config layer_types says "linear_attention". */
 typedef enum {
@@ -164,7 +179,31 @@ typedef struct {
     fwd_expert_fn expert;       /* one routed expert, or NULL: gated_mlp */
     fwd_bind_experts_fn bind_experts; /* or NULL: per-expert or fused, by name */
     fwd_layer_fn layer_extra;   /* or NULL */
+    /* zoo 13 (tail), docs/architectures.md §zoo13-tail */
+    const fwd_names *names;     /* renamed tensors, or NULL */
+    const char *tie_alias;      /* a key that decides the tie when present (LFM2 tie_embedding) */
+    const char *topk_key;       /* experts per token (NULL: num_experts_per_tok; Hunyuan moe_topk) */
+    long slide_period;          /* SLIDE_PATTERN's sliding_window_pattern default (0: 6) */
+    int nope_full;              /* full-attention layers without RoPE: NOPE_FULL_* */
+    int embed_round;            /* EMBED_KEY's multiplier in the embedding dtype (MiniCPM scale_emb) */
+    int residual_sqrt_layers;   /* the residual multiplier is residual_key / sqrt(layers) (MiniCPM) */
+    const char *logit_base_key; /* logits * key / hidden (MiniCPM dim_model_base; absent: 1) */
+    int mlp_no_gate;            /* down(act(up(x))): NemotronMLP (Apertus, Arcee) */
+    int qkv_grouped;            /* fused qkv rows per kv head: G queries, key, value (InternLM2) */
+    int rope_alpha;             /* "dynamic" RoPE with alpha: base * alpha^(d / (d - 2)) (Hunyuan) */
+    int conv_layers;            /* layer_types "conv" (or not in full_attn_idxs): LFM2 short conv */
+    int route_softmax;          /* ROUTER_BIASED: softmax scores (ERNIE), else sigmoid (LFM2) */
+    double route_eps;           /* ... added to the top-k sum before renormalising (LFM2 1e-6) */
+    const char *route_clamp_key; /* ... or the sum clamped below by this key (ERNIE moe_norm_min) */
+    double route_clamp;         /* ... its default */
+    const char *route_bias;     /* ... the choice's correction bias, relative to the layer prefix */
+    double theta_default;       /* rope_theta when absent (0: 10000) */
+    double embed_default;       /* EMBED_KEY when absent (0: 1; MiniCPM scale_emb 12) */
+    double residual_default;    /* residual_key when absent (0: 1; MiniCPM scale_depth 1.4) */
+    double logit_base_default;  /* logit_base_key when absent (MiniCPM dim_model_base 256) */
 } fwd_family;
+
+enum { NOPE_FULL_NEVER = 0, NOPE_FULL_ALWAYS = 1 /* Cohere 2 */, NOPE_FULL_IF_WINDOW = 2 /* EXAONE 4 */ };
 
 /* The row of model_type (rows and composite types), or NULL; i-th for tests. */
 const fwd_family *fwd_family_find(const char *model_type);
@@ -184,6 +223,7 @@ struct fwd_rope_ctx {
     double theta;
     ckpt_view cfg;
     const char *dir;
+    int ntk_alpha;       /* the family's rope_alpha */
 };
 
 /* The builder of rope_type `name`, or NULL; the names, for messages. */
@@ -214,7 +254,7 @@ typedef struct {
 typedef struct fwd_layer {
     fwd_norm attn_norm, attn_post, mlp_norm, mlp_post, q_norm, k_norm;
     fwd_mat q, k, v, qkv, o;
-    float *bq, *bk, *bv, *bo;
+    float *bq, *bk, *bv, *bo, *bqkv;
     fwd_mat gate, up, gate_up, down;
     float *b_gate, *b_up, *b_down;
     long n_experts;          /* 0: dense MLP */
@@ -235,6 +275,8 @@ typedef struct fwd_layer {
     double temp_floor, temp_scale; /* NoPE temperature tuning (Llama 4): q *= 1 + s log(floor((t+1)/f) + 1); f 0: off */
     float *b_router;         /* router bias (gpt-oss), or NULL */
     float *e_gu_bias, *e_dn_bias; /* per-expert biases [E, 2I], [E, H] (gpt-oss), or NULL */
+    struct fwd_conv *conv;   /* an LFM2 short-convolution layer (forward_shortconv.c), or NULL */
+    float act_p[4];          /* xIELU: softplus(alpha_p), beta + softplus(alpha_n), beta, eps */
 } fwd_layer;
 
 /* A worker's conversion buffers, grown to the largest block it met. */
@@ -273,6 +315,8 @@ struct fwd_model {
     double attn_softcap, final_softcap; /* 0: none */
     double logit_mult;
     fwd_mat embed, head;
+    float *head_bias;                 /* lm_head.bias (ERNIE 4.5 MoE with use_bias), or NULL */
+    fwd_names nm;                     /* the family's tensor names (fwd_resolve_names) */
     fwd_norm final_norm;
     fwd_layer *layers;
     float *freq_global, *freq_local;
@@ -300,7 +344,14 @@ struct fwd_model {
     } routing, *rp;
 };
 
-enum { ACT_SILU, ACT_GELU_TANH, ACT_GELU_ERF };
+enum { ACT_SILU, ACT_GELU_TANH, ACT_GELU_ERF, ACT_RELU2, ACT_XIELU };
+
+/* The activation of a hidden_act name (ACT_*), or -1; the names, for
+ * messages (forward_table.c). */
+int fwd_act_find(const char *name);
+void fwd_act_names(char *buf, size_t cap);
+/* The family's names, the Llama ones where it sets none. */
+void fwd_resolve_names(const fwd_family *f, fwd_names *out);
 
 /* ----------------------------------------------------------------------------
  * Across the files */
@@ -394,6 +445,26 @@ void fwd_choose(const float *logits, long E, long K, long *sel);
 int fwd_route_pin(const fwd_model *m, long *sel, long E, long K);
 /* Forgets the last pass's record (fwd_logits calls it first). */
 void fwd_route_reset(fwd_model *m);
+
+/* forward_shortconv.c (LFM2): the gated short convolution of a conv layer,
+ * bound from "<pre>conv."; run on the normed h [T][H] into out. */
+int fwd_layer_is_conv(const fwd_model *m, long i);
+fl_status fwd_bind_shortconv(fwd_model *m, fwd_layer *ly, const char *pre, fl_error *err);
+fl_status fwd_shortconv(const fwd_model *m, const fwd_layer *ly, const float *h, long T, float *out, fl_error *err);
+void fwd_conv_free(struct fwd_conv *c);
+
+/* forward_tail.c (zoo 13): routers with a correction bias on the choice
+ * (LFM2-MoE, ERNIE 4.5 MoE; fwd_family.route_*), and the layer setup of
+ * the families that need one (xIELU parameters, the router bias). */
+void fwd_biased_route(const fwd_model *m, const fwd_layer *ly, const float *logits, long E, long K, long *sel,
+                      float *w, int given);
+fl_status fwd_tail_layer(fwd_model *m, fwd_layer *ly, long i, const char *pre, fl_error *err);
+/* forward_load.c, for fwd_blocks: RoPE of the shared pass (m->freq_global,
+ * m->freq_local by the family's local_theta_key). */
+fl_status fwd_parse_rope(fwd_model *m, fl_error *err);
+
+/* forward_gemma3n.c (zoo 13: Gemma 3n) */
+extern const fwd_block FWD_GEMMA3N;
 
 /* forward_oss.c (gpt-oss) and forward_llama4.c (Llama 4): the hooks above. */
 void fwd_oss_route(const fwd_model *m, const fwd_layer *ly, const float *logits, long E, long K, long *sel,

@@ -3,8 +3,9 @@
  * Each parse_* step reads one part of the config the way the family's
  * config class and modeling code do (forward_table.c says which keys and
  * defaults), like filling in a config struct: dimensions, attention, norms
- * and activation, RoPE, MoE routing, the head.  Then every layer's tensors
- * are bound (names checked, shapes checked, norm and bias vectors read). */
+ * and activation, RoPE (forward_rope.c), MoE routing, the head.  Then every
+ * layer's tensors are bound (names checked, shapes checked, norm and bias
+ * vectors read). */
 #include "forward_internal.h"
 
 #include "flashify/dtype.h"
@@ -280,16 +281,17 @@ static fl_status bind_moe(fwd_model *m, fwd_layer *ly, const char *pre, const fw
     return bind_shared(m, ly, pre, nm, err);
 }
 
-/* Dense: gate/up/down (with biases where present), or Phi3's fused
- * gate_up_proj. */
+/* Dense: gate/up/down (with biases where present), Phi3's fused
+ * gate_up_proj, or NemotronMLP's up/down (mlp_no_gate); names from m->nm. */
 static fl_status bind_dense(fwd_model *m, fwd_layer *ly, const char *pre, fl_error *err)
 {
     char name[512];
     fl_status s;
     long H = m->H, I;
     const char *mlp = m->fam->mlp ? m->fam->mlp : "mlp";
-    snprintf(name, sizeof name, "%s%s.gate_up_proj.weight", pre, mlp);
-    if ((s = fwd_bind_mat(m, name, -1, H, 0, &ly->gate_up, err)) != FL_OK)
+    const fwd_names *nm = &m->nm;
+#define MLPN(n, suffix) (snprintf(name, sizeof name, "%s%s.%s." suffix, pre, mlp, n), name)
+    if ((s = fwd_bind_mat(m, MLPN(nm->gate_up, "weight"), -1, H, 0, &ly->gate_up, err)) != FL_OK)
         return s;
     if (ly->gate_up.t) {
         if (ly->gate_up.rows % 2)
@@ -297,26 +299,19 @@ static fl_status bind_dense(fwd_model *m, fwd_layer *ly, const char *pre, fl_err
                            ly->gate_up.rows);
         I = ly->gate_up.rows / 2;
     } else {
-        snprintf(name, sizeof name, "%s%s.gate_proj.weight", pre, mlp);
-        if ((s = fwd_bind_mat(m, name, -1, H, 1, &ly->gate, err)) != FL_OK)
+        if (!m->fam->mlp_no_gate && (s = fwd_bind_mat(m, MLPN(nm->gate, "weight"), -1, H, 1, &ly->gate, err)) != FL_OK)
             return s;
-        I = ly->gate.rows;
-        snprintf(name, sizeof name, "%s%s.up_proj.weight", pre, mlp);
-        if ((s = fwd_bind_mat(m, name, I, H, 1, &ly->up, err)) != FL_OK)
+        if ((s = fwd_bind_mat(m, MLPN(nm->up, "weight"), ly->gate.t ? ly->gate.rows : -1, H, 1, &ly->up, err)) != FL_OK)
             return s;
-        snprintf(name, sizeof name, "%s%s.gate_proj.bias", pre, mlp);
-        if ((s = fwd_bind_vec(m, name, I, 0, &ly->b_gate, err)) != FL_OK)
-            return s;
-        snprintf(name, sizeof name, "%s%s.up_proj.bias", pre, mlp);
-        if ((s = fwd_bind_vec(m, name, I, 0, &ly->b_up, err)) != FL_OK)
+        I = ly->up.rows;
+        if ((s = fwd_bind_vec(m, MLPN(nm->gate, "bias"), I, 0, &ly->b_gate, err)) != FL_OK ||
+            (s = fwd_bind_vec(m, MLPN(nm->up, "bias"), I, 0, &ly->b_up, err)) != FL_OK)
             return s;
     }
-    snprintf(name, sizeof name, "%s%s.down_proj.weight", pre, mlp);
-    if ((s = fwd_bind_mat(m, name, H, I, 1, &ly->down, err)) != FL_OK)
+    if ((s = fwd_bind_mat(m, MLPN(nm->down, "weight"), H, I, 1, &ly->down, err)) != FL_OK ||
+        (s = fwd_bind_vec(m, MLPN(nm->down, "bias"), H, 0, &ly->b_down, err)) != FL_OK)
         return s;
-    snprintf(name, sizeof name, "%s%s.down_proj.bias", pre, mlp);
-    if ((s = fwd_bind_vec(m, name, H, 0, &ly->b_down, err)) != FL_OK)
-        return s;
+#undef MLPN
     if (I > m->max_inter)
         m->max_inter = I;
     return FL_OK;
@@ -326,26 +321,28 @@ static fl_status bind_dense(fwd_model *m, fwd_layer *ly, const char *pre, fl_err
  * Attention */
 
 #define NAME(fmt) (snprintf(name, sizeof name, "%s" fmt, pre), name)
+#define NAMED(n) (snprintf(name, sizeof name, "%s%s.weight", pre, n), name)
+#define BIASN(n) (snprintf(name, sizeof name, "%s%s.bias", pre, n), name)
 
 /* Which norms a layer has depends on the layout (docs/architectures.md). */
 static fl_status bind_layer_norms(fwd_model *m, fwd_layer *ly, const char *pre, fl_error *err)
 {
     char name[512];
     long H = m->H, qd = m->nh * m->hd, kd = m->nkv * m->hd;
-    fl_status s = bind_norm(m, NAME("input_layernorm.weight"), H, &ly->attn_norm, err);
+    fl_status s = bind_norm(m, NAMED(m->nm.attn_norm), H, &ly->attn_norm, err);
     fwd_norm *post = m->fam->layout == LAYOUT_PRE ? &ly->mlp_norm : &ly->attn_post;
     if (s == FL_OK && m->fam->layout != LAYOUT_PARALLEL)
-        s = bind_norm(m, NAME("post_attention_layernorm.weight"), H, post, err);
+        s = bind_norm(m, NAMED(m->nm.mlp_norm), H, post, err);
     if (s == FL_OK && m->fam->layout == LAYOUT_SANDWICH)
         s = bind_norm(m, NAME("pre_feedforward_layernorm.weight"), H, &ly->mlp_norm, err);
     if (s == FL_OK && (m->fam->layout == LAYOUT_SANDWICH || m->fam->layout == LAYOUT_POST))
         s = bind_norm(m, NAME("post_feedforward_layernorm.weight"), H, &ly->mlp_post, err);
     if (s != FL_OK || m->fam->qk == QK_NONE || !m->qk_norm_on)
         return s;
-    long qn = m->fam->qk == QK_HEAD ? m->hd : qd, kn = m->fam->qk == QK_HEAD ? m->hd : kd;
-    if ((s = bind_norm(m, NAME("self_attn.q_norm.weight"), qn, &ly->q_norm, err)) != FL_OK)
+    int head = m->fam->qk == QK_HEAD || m->fam->qk == QK_HEAD_POST;
+    if ((s = bind_norm(m, NAMED(m->nm.q_norm), head ? m->hd : qd, &ly->q_norm, err)) != FL_OK)
         return s;
-    return bind_norm(m, NAME("self_attn.k_norm.weight"), kn, &ly->k_norm, err);
+    return bind_norm(m, NAMED(m->nm.k_norm), head ? m->hd : kd, &ly->k_norm, err);
 }
 
 /* DeepseekV3Attention: q_proj, or q_a_proj -> q_a_layernorm -> q_b_proj;
@@ -383,21 +380,24 @@ static fl_status bind_attention(fwd_model *m, fwd_layer *ly, const char *pre, fl
     long H = m->H, qd = m->nh * m->hd, kd = m->nkv * m->hd;
     long qrows = m->fam->attn_gate ? 2 * qd : qd; /* Qwen3NextAttention: query and gate */
     if (!m->fam->attn_gate &&
-        (s = fwd_bind_mat(m, NAME("self_attn.qkv_proj.weight"), qd + 2 * kd, H, 0, &ly->qkv, err)) != FL_OK)
+        ((s = fwd_bind_mat(m, NAMED(m->nm.qkv), qd + 2 * kd, H, 0, &ly->qkv, err)) != FL_OK ||
+         (s = fwd_bind_vec(m, BIASN(m->nm.qkv), qd + 2 * kd, 0, &ly->bqkv, err)) != FL_OK))
         return s;
     if (!ly->qkv.t &&
-        ((s = fwd_bind_mat(m, NAME("self_attn.q_proj.weight"), qrows, H, 1, &ly->q, err)) != FL_OK ||
-         (s = fwd_bind_mat(m, NAME("self_attn.k_proj.weight"), kd, H, 1, &ly->k, err)) != FL_OK ||
-         (s = fwd_bind_mat(m, NAME("self_attn.v_proj.weight"), kd, H, 1, &ly->v, err)) != FL_OK ||
-         (s = fwd_bind_vec(m, NAME("self_attn.q_proj.bias"), qrows, 0, &ly->bq, err)) != FL_OK ||
-         (s = fwd_bind_vec(m, NAME("self_attn.k_proj.bias"), kd, 0, &ly->bk, err)) != FL_OK ||
-         (s = fwd_bind_vec(m, NAME("self_attn.v_proj.bias"), kd, 0, &ly->bv, err)) != FL_OK))
+        ((s = fwd_bind_mat(m, NAMED(m->nm.q), qrows, H, 1, &ly->q, err)) != FL_OK ||
+         (s = fwd_bind_mat(m, NAMED(m->nm.k), kd, H, 1, &ly->k, err)) != FL_OK ||
+         (s = fwd_bind_mat(m, NAMED(m->nm.v), kd, H, 1, &ly->v, err)) != FL_OK ||
+         (s = fwd_bind_vec(m, BIASN(m->nm.q), qrows, 0, &ly->bq, err)) != FL_OK ||
+         (s = fwd_bind_vec(m, BIASN(m->nm.k), kd, 0, &ly->bk, err)) != FL_OK ||
+         (s = fwd_bind_vec(m, BIASN(m->nm.v), kd, 0, &ly->bv, err)) != FL_OK))
         return s;
-    if ((s = fwd_bind_mat(m, NAME("self_attn.o_proj.weight"), H, qd, 1, &ly->o, err)) != FL_OK)
+    if ((s = fwd_bind_mat(m, NAMED(m->nm.o), H, qd, 1, &ly->o, err)) != FL_OK)
         return s;
-    return fwd_bind_vec(m, NAME("self_attn.o_proj.bias"), H, 0, &ly->bo, err);
+    return fwd_bind_vec(m, BIASN(m->nm.o), H, 0, &ly->bo, err);
 }
 #undef NAME
+#undef NAMED
+#undef BIASN
 
 /* Whether layer i uses the sliding window: the config's layer_types when it
  * has them, else the family's pattern. */
@@ -412,7 +412,8 @@ static int layer_slides(const fwd_model *m, long i)
     case SLIDE_ALL: return 1;
     case SLIDE_EVEN: return i % 2 == 0;
     case SLIDE_PATTERN: {
-        long p = (long)ckpt_view_num(m->cfg, "sliding_window_pattern", 6, 6);
+        double d = m->fam->slide_period > 0 ? (double)m->fam->slide_period : 6;
+        long p = (long)ckpt_view_num(m->cfg, "sliding_window_pattern", d, d);
         return p > 0 && (i + 1) % p != 0;
     }
     default: return 0;
@@ -436,6 +437,14 @@ static void layer_positions(fwd_model *m, fwd_layer *ly, long i)
         double w = ckpt_view_num(m->cfg, "sliding_window", 0, 0);
         ly->window = w > 0 && w < 1e15 ? (long)w : 0;
     }
+    /* Cohere2Attention rotates only where a sliding window applies;
+     * Exaone4Attention's full layers have no RoPE when a window is set (both
+     * config classes default sliding_window to 4096: absent is set). */
+    const cJSON *sw = ckpt_view_get(m->cfg, "sliding_window");
+    int windowed = !sw || ckpt_view_num(m->cfg, "sliding_window", 0, 0) > 0;
+    if ((m->fam->nope_full == NOPE_FULL_ALWAYS && !(slides && windowed)) ||
+        (m->fam->nope_full == NOPE_FULL_IF_WINDOW && windowed && !slides))
+        ly->inv_freq = NULL;
 }
 
 static fl_status bind_layer(fwd_model *m, const char *prefix, long i, fl_error *err)
@@ -450,7 +459,8 @@ static fl_status bind_layer(fwd_model *m, const char *prefix, long i, fl_error *
                        "(layer_types, or full_attention_interval without them)", ckdir(m), i);
     if (s == FL_OK)
         s = linear ? fwd_bind_deltanet(m, ly, pre, err)
-                   : m->fam->mla ? bind_mla(m, ly, pre, err) : bind_attention(m, ly, pre, err);
+            : m->fam->conv_layers && fwd_layer_is_conv(m, i) ? fwd_bind_shortconv(m, ly, pre, err)
+            : m->fam->mla ? bind_mla(m, ly, pre, err) : bind_attention(m, ly, pre, err);
     if (s != FL_OK)
         return s;
     const fwd_moe_names *nm = moe_layout(m, pre);
@@ -460,8 +470,8 @@ static fl_status bind_layer(fwd_model *m, const char *prefix, long i, fl_error *
     if (m->fam->layer_extra && (s = m->fam->layer_extra(m, ly, i, pre, err)) != FL_OK)
         return s;
     if (ly->n_experts && (m->topk < 1 || m->topk > ly->n_experts))
-        return fl_fail(err, FL_EINPUT, "%s/config.json: num_experts_per_tok %ld but layer %ld has %ld experts",
-                       ckdir(m), m->topk, i, ly->n_experts);
+        return fl_fail(err, FL_EINPUT, "%s/config.json: %s %ld but layer %ld has %ld experts", ckdir(m),
+                       m->fam->topk_key ? m->fam->topk_key : "num_experts_per_tok", m->topk, i, ly->n_experts);
     return FL_OK;
 }
 
@@ -496,11 +506,11 @@ static fl_status parse_embedding(fwd_model *m, const char **prefix, fl_error *er
     char name[512];
     *prefix = NULL;
     for (size_t i = 0; i < sizeof prefixes / sizeof prefixes[0] && !*prefix; i++)
-        if (findf(m, name, sizeof name, "%sembed_tokens.weight", prefixes[i]))
+        if (findf(m, name, sizeof name, "%s%s.weight", prefixes[i], m->nm.embed))
             *prefix = prefixes[i];
     if (!*prefix)
-        return fl_fail(err, FL_EINPUT, "%s: no embed_tokens.weight tensor (looked under model., "
-                       "language_model.model., model.language_model., model.text_model.)", ckdir(m));
+        return fl_fail(err, FL_EINPUT, "%s: no %s.weight tensor (looked under model., "
+                       "language_model.model., model.language_model., model.text_model.)", ckdir(m), m->nm.embed);
     fl_status s = fwd_bind_mat(m, name, -1, -1, 1, &m->embed, err);
     if (s != FL_OK)
         return s;
@@ -567,18 +577,15 @@ static fl_status parse_norms_act(fwd_model *m, fl_error *err)
     /* Python truthiness, as `if config.use_qk_norm` reads it (an int too). */
     m->qk_norm_on = !f->qk_flag || (ckpt_view_get(m->cfg, f->qk_flag) ? ckpt_view_set(m->cfg, f->qk_flag)
                                                                        : f->qk_default);
-    const cJSON *v = ckpt_view_get(m->cfg, f->act_key);
+    /* No act_key: the modeling code fixes the activation (Lfm2MLP: silu). */
+    const cJSON *v = f->act_key ? ckpt_view_get(m->cfg, f->act_key) : NULL;
     const char *act = cJSON_IsString(v) ? v->valuestring : f->act_default;
-    if (!strcmp(act, "silu") || !strcmp(act, "swish"))
-        m->act = ACT_SILU;
-    else if (!strcmp(act, "gelu_pytorch_tanh") || !strcmp(act, "gelu_new") || !strcmp(act, "gelu_fast"))
-        m->act = ACT_GELU_TANH;
-    else if (!strcmp(act, "gelu"))
-        m->act = ACT_GELU_ERF;
-    else
-        return fl_fail(err, FL_EINPUT, "%s/config.json: activation '%s' is not supported by the "
-                       "reference forward pass (silu, gelu, gelu_pytorch_tanh)", ckdir(m), act);
-    return FL_OK;
+    char names[128];
+    if ((m->act = fwd_act_find(act)) >= 0)
+        return FL_OK;
+    fwd_act_names(names, sizeof names);
+    return fl_fail(err, FL_EINPUT, "%s/config.json: activation '%s' is not supported by the reference forward "
+                   "pass (%s)", ckdir(m), act, names);
 }
 
 /* The scalars around the blocks: embedding, residual, attention and logit
@@ -591,8 +598,13 @@ static void parse_scalars(fwd_model *m)
     if (f->embed == EMBED_SQRT_H)
         m->embed_mult = fwd_round_to_dtype(m->embed.dtype, sqrt((double)m->H));
     else if (f->embed == EMBED_KEY)
-        m->embed_mult = ckpt_view_num(c, f->embed_key, 1.0, 1.0);
-    m->residual_mult = f->residual_key ? ckpt_view_num(c, f->residual_key, 1.0, 1.0) : 1.0;
+        m->embed_mult = ckpt_view_num(c, f->embed_key, f->embed_default ? f->embed_default : 1.0, 1.0);
+    if (f->embed_round) /* MiniCPMScaledWordEmbedding: embed_scale.to(weight.dtype) */
+        m->embed_mult = fwd_round_to_dtype(m->embed.dtype, m->embed_mult);
+    /* MiniCPMDecoderLayer: scale_depth / sqrt(layers), scale_depth null = sqrt(layers). */
+    double r = f->residual_key ? ckpt_view_num(c, f->residual_key, f->residual_default ? f->residual_default : 1.0,
+                                               f->residual_sqrt_layers ? sqrt((double)m->L) : 1.0) : 1.0;
+    m->residual_mult = f->residual_sqrt_layers ? r / sqrt((double)m->L) : r;
     m->attn_scale = 1.0 / sqrt((double)(f->mla ? m->nope + m->rot : m->hd));
     if (f->scale == SCALE_KEY) {
         m->attn_scale = ckpt_view_num(c, f->scale_key, f->scale_default, f->scale_default);
@@ -608,105 +620,27 @@ static void parse_scalars(fwd_model *m)
         double v = ckpt_view_num(c, f->logit_key, f->logit_default, 1.0);
         m->logit_mult = !f->logit_divide ? v : v != 0 ? 1.0 / v : 1.0;
     }
+    if (f->logit_base_key) /* MiniCPMForCausalLM: hidden / (hidden_size / dim_model_base) */
+        m->logit_mult = ckpt_view_num(c, f->logit_base_key, f->logit_base_default, (double)m->H) / (double)m->H;
     m->interleaved = f->interleave_key ? ckpt_view_bool(c, f->interleave_key, f->interleaved) : f->interleaved;
 }
 
 static fl_status parse_moe(fwd_model *m, fl_error *err)
 {
     const fwd_family *f = m->fam;
-    m->topk = ckpt_view_int(m->cfg, "num_experts_per_tok", f->topk_default ? f->topk_default : 2);
+    m->topk = ckpt_view_int(m->cfg, f->topk_key ? f->topk_key : "num_experts_per_tok",
+                            f->topk_default ? f->topk_default : 2);
     m->norm_topk = f->topk_norm_key ? ckpt_view_bool(m->cfg, f->topk_norm_key, f->topk_norm) : f->topk_norm;
+    m->routed_scale = ckpt_view_num(m->cfg, "routed_scaling_factor", 1.0, 1.0);
     if (f->router != ROUTER_DEEPSEEK)
         return FL_OK;
     m->n_group = ckpt_view_int(m->cfg, "n_group", 1);
     m->topk_group = ckpt_view_int(m->cfg, "topk_group", 1);
-    m->routed_scale = ckpt_view_num(m->cfg, "routed_scaling_factor", 1.0, 1.0);
     const cJSON *sf = ckpt_view_get(m->cfg, "scoring_func");
     if (cJSON_IsString(sf) && strcmp(sf->valuestring, "sigmoid") != 0)
         return fl_fail(err, FL_EINPUT, "%s/config.json: scoring_func '%s' is not supported by the "
                        "reference forward pass (sigmoid)", ckdir(m), sf->valuestring);
     return FL_OK;
-}
-
-/* Inverse frequencies for m->rot dims from theta, rewritten by the builder
- * of the rope_type (an unknown type is refused: ignoring it would change
- * the model), and the factor on cos and sin. */
-static fl_status build_freqs(const fwd_model *m, const cJSON *scaling, double theta, float **out, double *af,
-                             fl_error *err)
-{
-    *af = 1.0;
-    const char *type = "default";
-    if (cJSON_IsObject(scaling)) {
-        const cJSON *ty = cJSON_GetObjectItemCaseSensitive(scaling, "rope_type");
-        if (!cJSON_IsString(ty))
-            ty = cJSON_GetObjectItemCaseSensitive(scaling, "type");
-        if (cJSON_IsString(ty))
-            type = ty->valuestring;
-    }
-    const fwd_rope_type *rt = fwd_rope_find(type);
-    if (!rt) {
-        char names[256];
-        fwd_rope_names(names, sizeof names);
-        return fl_fail(err, FL_EINPUT, "%s/config.json: rope_scaling type '%s' is not supported by "
-                       "the reference forward pass (supported: %s)", ckdir(m), type, names);
-    }
-    long half = m->rot / 2;
-    float *f = malloc((size_t)(half ? half : 1) * sizeof *f);
-    if (!f)
-        return fl_fail(err, FL_EIO, "out of memory");
-    for (long i = 0; i < half; i++)
-        f[i] = (float)(1.0 / pow(theta, (double)(2 * i) / (double)m->rot));
-    const cJSON *fa = cJSON_IsObject(scaling) ? cJSON_GetObjectItemCaseSensitive(scaling, "factor") : NULL;
-    fwd_rope_ctx ctx = {m->rot, theta, m->cfg, ckdir(m)};
-    fl_status s = rt->build(&ctx, scaling, cJSON_IsNumber(fa) ? fa->valuedouble : 1.0, f, af, err);
-    if (s != FL_OK) {
-        free(f);
-        return s;
-    }
-    *out = f;
-    return FL_OK;
-}
-
-/* rope_scaling (v4) or rope_parameters (v5; possibly keyed by layer type:
- * "full_attention" / "sliding_attention"). */
-static const cJSON *rope_params(ckpt_view cfg, const char *layer_type)
-{
-    const cJSON *p = ckpt_view_get(cfg, "rope_parameters");
-    if (cJSON_IsObject(p)) {
-        const cJSON *sub = cJSON_GetObjectItemCaseSensitive(p, layer_type);
-        return cJSON_IsObject(sub) ? sub : p;
-    }
-    return NULL;
-}
-
-/* Global frequencies from rope_theta + rope_scaling; sliding layers of
- * families with a local base (Gemma3) use it with default scaling. */
-static fl_status parse_rope(fwd_model *m, fl_error *err)
-{
-    const cJSON *rp = rope_params(m->cfg, "full_attention");
-    const cJSON *sc = rp ? rp : ckpt_view_get(m->cfg, "rope_scaling");
-    const cJSON *th = rp ? cJSON_GetObjectItemCaseSensitive(rp, "rope_theta") : NULL;
-    double theta = cJSON_IsNumber(th) ? th->valuedouble : ckpt_view_num(m->cfg, "rope_theta", 10000.0, 10000.0);
-    if (!(theta > 1))
-        return fl_fail(err, FL_EINPUT, "%s/config.json: rope_theta %g must be > 1", ckdir(m), theta);
-    fl_status s = build_freqs(m, sc, theta, &m->freq_global, &m->af_global, err);
-    if (s != FL_OK)
-        return s;
-    /* DeepseekV3Attention: scaling *= mscale^2 with mscale_all_dim. */
-    double msad = 0;
-    const cJSON *ms = cJSON_IsObject(sc) ? cJSON_GetObjectItemCaseSensitive(sc, "mscale_all_dim") : NULL;
-    const cJSON *fa = cJSON_IsObject(sc) ? cJSON_GetObjectItemCaseSensitive(sc, "factor") : NULL;
-    if (cJSON_IsNumber(ms))
-        msad = ms->valuedouble;
-    if (m->fam->mla && msad)
-        m->attn_scale *= pow(fwd_yarn_mscale(cJSON_IsNumber(fa) ? fa->valuedouble : 1.0, msad), 2);
-    if (!m->fam->local_theta_key)
-        return FL_OK;
-    const cJSON *lp = rope_params(m->cfg, "sliding_attention");
-    const cJSON *lt = lp && lp != rp ? cJSON_GetObjectItemCaseSensitive(lp, "rope_theta") : NULL;
-    double local = cJSON_IsNumber(lt) ? lt->valuedouble
-                                      : ckpt_view_num(m->cfg, m->fam->local_theta_key, 10000.0, 10000.0);
-    return build_freqs(m, lp && lp != rp ? lp : NULL, local, &m->freq_local, &m->af_local, err);
 }
 
 /* Tied means the embedding matrix (v4 tie_weights() also overwrites a
@@ -717,23 +651,29 @@ static fl_status parse_head(fwd_model *m, const char *prefix, fl_error *err)
     int tie = ckpt_view_bool(m->cfg, "tie_word_embeddings", -1);
     if (cJSON_IsNull(ckpt_view_get(m->cfg, "tie_word_embeddings")))
         tie = 0;
+    if (m->fam->tie_alias && ckpt_view_get(m->cfg, m->fam->tie_alias)) /* Lfm2Config: tie_embedding wins */
+        tie = ckpt_view_set(m->cfg, m->fam->tie_alias);
     if (tie < 0)
         tie = m->fam->tie_default;
     fl_status s = FL_OK;
+    char name[512];
     if (tie) {
         m->head = m->embed;
     } else {
-        static const char *const heads[] = {"lm_head.weight", "language_model.lm_head.weight"};
+        snprintf(name, sizeof name, "%s.weight", m->nm.head);
+        const char *const heads[] = {name, "language_model.lm_head.weight"};
         for (size_t i = 0; i < 2 && !m->head.t; i++)
             if ((s = fwd_bind_mat(m, heads[i], -1, m->H, 0, &m->head, err)) != FL_OK)
                 return s;
         if (!m->head.t)
-            return fl_fail(err, FL_EINPUT, "%s: tie_word_embeddings is false but there is no lm_head.weight",
-                           ckdir(m));
+            return fl_fail(err, FL_EINPUT, "%s: tie_word_embeddings is false but there is no %s", ckdir(m), name);
+        /* Ernie4_5_MoeForCausalLM: lm_head has a bias with use_bias. */
+        snprintf(name, sizeof name, "%.*s.bias", (int)strlen(m->head.t->name) - 7, m->head.t->name);
+        if ((s = fwd_bind_vec(m, name, m->head.rows, 0, &m->head_bias, err)) != FL_OK)
+            return s;
     }
     m->V = m->head.rows; /* logits are the head's rows; token ids index the embedding */
-    char name[512];
-    snprintf(name, sizeof name, "%snorm.weight", prefix);
+    snprintf(name, sizeof name, "%s%s.weight", prefix, m->nm.final_norm);
     return bind_norm(m, name, m->H, &m->final_norm, err);
 }
 
@@ -780,6 +720,7 @@ fl_status fwd_open(const checkpoint *ck, int threads, fwd_model **out, fl_error 
         free(m);
         return s;
     }
+    fwd_resolve_names(m->fam, &m->nm);
     m->pool = fl_pool_new(threads > 0 ? (threads > 64 ? 64 : threads) : cpu_count());
     m->scratch = m->pool ? calloc((size_t)fl_pool_size(m->pool), sizeof *m->scratch) : NULL;
     m->gemm = fwd_pick_gemm();
@@ -790,7 +731,7 @@ fl_status fwd_open(const checkpoint *ck, int threads, fwd_model **out, fl_error 
         (s = parse_mla(m, err)) == FL_OK && (s = parse_norms_act(m, err)) == FL_OK) {
         parse_scalars(m);
         /* A fwd_block builds its own RoPE (Gemma 4: per layer type). */
-        if ((s = parse_moe(m, err)) == FL_OK && (m->fam->block || (s = parse_rope(m, err)) == FL_OK))
+        if ((s = parse_moe(m, err)) == FL_OK && (m->fam->block || (s = fwd_parse_rope(m, err)) == FL_OK))
             s = parse_head(m, prefix, err);
     }
     if (s == FL_OK && !(m->layers = calloc((size_t)m->L, sizeof *m->layers)))

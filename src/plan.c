@@ -479,6 +479,10 @@ static fl_status find_layout(planner *pl)
  * for composite models, then the class default. */
 static int tie_flag(const ckpt_config *cfg, const arch_resolved *r)
 {
+    /* Lfm2Config: kwargs.get("tie_embedding", tie_word_embeddings), read
+     * with Python truthiness (docs/architectures.md §lfm2). */
+    if (r->arch->tie_alias && ckpt_view_get(r->cfg, r->arch->tie_alias))
+        return ckpt_view_set(r->cfg, r->arch->tie_alias);
     if (cfg->tie_top >= 0)
         return cfg->tie_top;
     if (r->cfg.text != r->cfg.top && cfg->tie_nested >= 0)

@@ -35,7 +35,8 @@ typedef enum {
     WHEN_MOE,        /* layer i is sparse by the row's MoE rule */
     WHEN_DENSE,      /* ... is dense */
     WHEN_LAYER_TYPE, /* config array `key`[i] equals `value` (layer_types) */
-    WHEN_FLAG,       /* config `key` is set: present, not null, false, 0 or "" */
+    WHEN_FLAG,       /* config `key` is set: present, not null, false, 0 or ""; `value`,
+                        when given, is read instead of an absent key ("2": set) */
     WHEN_NOT_FLAG,
     WHEN_TAIL,       /* i >= num_hidden_layers - config `key` (the last N layers) */
     WHEN_NOT_TAIL,
@@ -43,7 +44,9 @@ typedef enum {
     WHEN_NOT_HAS,
     WHEN_EVERY,      /* (i + 1) % config `key` == 0, `value` the key's default as a
                         decimal string (Qwen3-Next full_attention_interval "4") */
-    WHEN_NOT_EVERY
+    WHEN_NOT_EVERY,
+    WHEN_LISTED,     /* config `key` is a list of integers holding i (LFM2 full_attn_idxs) */
+    WHEN_NOT_LISTED  /* ... is such a list without i */
 } arch_cond_kind;
 
 typedef struct {
@@ -105,6 +108,9 @@ typedef struct {
     const char *first_dense; /* DeepSeek first_k_dense_replace */
     const char *step;        /* Qwen decoder_sparse_step, DeepSeek moe_layer_freq */
     int step_offset;         /* 1: (i+1) % step (Qwen, Llama 4); 0: i % step (DeepSeek) */
+    long first_dense_default; /* first_dense when the key is absent (LFM2-MoE num_dense_layers 2) */
+    const char *last_sparse; /* layers after this index are dense; -1 or absent: none
+                                (ERNIE moe_layer_end_index) */
 } arch_moe_rule;
 
 /* Where a text model's tensors are: "<prefix>layers.{i}.", the embedding
@@ -133,6 +139,8 @@ typedef struct arch_info {
      * NEVER: a --plan file said "flashnorm_marker": false. */
     int marker;
     int tie_default;           /* the config class default of tie_word_embeddings */
+    const char *tie_alias;     /* a boolean key that, when present, decides the tie instead of
+                                  tie_word_embeddings (LFM2 tie_embedding), or NULL */
     const char *warning;       /* printed when norms are dropped, or NULL */
     const char *untie_warning; /* printed when lm_head is materialised, or NULL */
 } arch_info;

@@ -42,10 +42,19 @@ TIE_CLASS_DEFAULT = {"gemma": True, "gemma2": True, "gemma3_text": True, "gemma3
                      "smollm3": True, "cohere": True}
 
 
+# model_type -> a config key that, when present, decides the tie instead of
+# tie_word_embeddings (LFM2: Lfm2Config reads kwargs.get("tie_embedding",
+# tie_word_embeddings)); a zoo module adds its own.
+TIE_ALIAS = {}
+
+
 def config_ties(cfg):
     """What the loader reads: the top level's flag, then text_config's for a
     composite type, then the class default; null reads as not tied (Python
     tests `if config.tie_word_embeddings`)."""
+    alias = TIE_ALIAS.get(cfg.get("model_type"))
+    if alias and alias in cfg:
+        return bool(cfg[alias])
     for level in (cfg, cfg.get("text_config") if cfg.get("model_type") in COMPOSITE else None):
         if level and "tie_word_embeddings" in level:
             return bool(level["tie_word_embeddings"])
@@ -182,8 +191,17 @@ def _expand_experts(consumers, lp, names):
     return out
 
 
+# model_type -> fn(cfg, names) giving text_layout's answer, for families of
+# the zoo modules with their own tensor names (or None: the defaults).
+EXTRA_LAYOUTS = {}
+
+
 def text_layout(cfg, names):
     """(layer prefix root, embedding, final norm, head) for the checkpoint."""
+    if cfg["model_type"] in EXTRA_LAYOUTS:
+        got = EXTRA_LAYOUTS[cfg["model_type"]](cfg, names)
+        if got:
+            return got
     if cfg["model_type"] == "gemma3":
         if any(n.startswith("language_model.model.") for n in names):
             return "language_model.model.", "language_model.model.embed_tokens.weight", \
@@ -430,6 +448,9 @@ def expected_config(src_cfg, ex):
     cfg = copy.deepcopy(src_cfg)
     if ex.untie:
         cfg["tie_word_embeddings"] = False
+        alias = TIE_ALIAS.get(cfg.get("model_type"))
+        if alias and alias in cfg:
+            cfg[alias] = False
         if isinstance(cfg.get("text_config"), dict):
             cfg["text_config"]["tie_word_embeddings"] = False
     if ex.marker:
