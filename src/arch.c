@@ -112,9 +112,9 @@ static const char LFM2_QK_WHY[] =
 static const char HUNYUAN_QK_WHY[] =
     "q/k norm (query_layernorm, key_layernorm): per head after RoPE, before the attention scores";
 static const char GEMMA3N_INPUT_WHY[] =
-    "not folded: its output also reaches the residual stream -- LAuReL (laurel.linear_left's block) returns "
-    "x + post_laurel_norm(linear_right(linear_left(x))) with x the normed input, added to the residual; only "
-    "q/k/v and laurel.linear_left could absorb the gain";
+    "refused: its output also joins the residual stream through LAuReL (x + post_laurel_norm(linear_right("
+    "linear_left(x))), x the normed input), where no linear layer can absorb the gain; its consumers "
+    "self_attn.q/k/v_proj and laurel.linear_left stay unfolded";
 static const char GEMMA3N_LAUREL_WHY[] =
     "LAuReL's output norm: normalises linear_right's output before it joins the residual, not a linear layer's input";
 /* Lfm2RMSNorm and Gemma3nRMSNorm apply w (ones init). */

@@ -628,8 +628,11 @@ static void parse_scalars(fwd_model *m)
 static fl_status parse_moe(fwd_model *m, fl_error *err)
 {
     const fwd_family *f = m->fam;
-    m->topk = ckpt_view_int(m->cfg, f->topk_key ? f->topk_key : "num_experts_per_tok",
-                            f->topk_default ? f->topk_default : 2);
+    const char *tk = f->topk_key ? f->topk_key : "num_experts_per_tok";
+    m->topk = ckpt_view_int(m->cfg, tk, f->topk_default ? f->topk_default : 2);
+    if (ckpt_view_get(m->cfg, tk) && !cJSON_IsNull(ckpt_view_get(m->cfg, tk)) && ckpt_view_int(m->cfg, tk, -1) < 0)
+        return fl_fail(err, FL_EINPUT, "%s/config.json: %s is not one integer (per-layer lists are not supported "
+                       "by the reference forward pass)", ckdir(m), tk);
     m->norm_topk = f->topk_norm_key ? ckpt_view_bool(m->cfg, f->topk_norm_key, f->topk_norm) : f->topk_norm;
     m->routed_scale = ckpt_view_num(m->cfg, "routed_scaling_factor", 1.0, 1.0);
     if (f->router != ROUTER_DEEPSEEK)

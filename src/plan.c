@@ -439,6 +439,10 @@ static fl_status plan_layers(planner *pl)
     if (p->n_experts == -2)
         return fl_fail(pl->err, FL_EINPUT, "%s: the expert counts %s, %s disagree", p->cfg.path,
                        p->arch->moe.experts[0], p->arch->moe.experts[1]);
+    const cJSON *kv = p->n_experts < 0 && key ? ckpt_view_get(p->cfg, key) : NULL;
+    if (cJSON_IsArray(kv)) /* HunYuanMoEV1Config allows one count per layer */
+        return fl_fail(pl->err, FL_EINPUT, "%s: \"%s\" is a per-layer list; only one expert count for every "
+                       "layer is supported", p->cfg.path, key);
     if (p->n_experts < 0 || p->n_experts > MAX_EXPERTS)
         return fl_fail(pl->err, FL_EINPUT, "%s: \"%s\" is missing or out of range (0..%d)",
                        p->cfg.path, key, MAX_EXPERTS);
