@@ -52,6 +52,10 @@ void fwd_close(fwd_model *m)
 }
 
 long fwd_vocab(const fwd_model *m) { return m->V; }
+long fwd_tokens(const fwd_model *m)
+{
+    return m->in_tokens > 0 && m->in_tokens < m->embed.rows ? m->in_tokens : m->embed.rows;
+}
 const char *fwd_describe(const fwd_model *m) { return m->desc; }
 
 long fwd_bos(const fwd_model *m)
@@ -79,9 +83,9 @@ fl_status fwd_logits(fwd_model *m, const int32_t *tokens, size_t n, float *logit
     if (n == 0 || n > 1000000)
         return fl_fail(err, FL_EINPUT, "the forward pass needs 1 to 1000000 tokens, got %zu", n);
     for (size_t t = 0; t < n; t++)
-        if (tokens[t] < 0 || tokens[t] >= m->embed.rows)
-            return fl_fail(err, FL_EINPUT, "token id %d at position %zu is outside the vocabulary (0..%ld)",
-                           (int)tokens[t], t, m->embed.rows - 1);
+        if (tokens[t] < 0 || tokens[t] >= fwd_tokens(m))
+            return fl_fail(err, FL_EINPUT, "token id %d at position %zu is outside the ids the pass embeds (0..%ld)",
+                           (int)tokens[t], t, fwd_tokens(m) - 1);
     long T = (long)n, H = m->H, qd = m->nh * m->hd, kd = m->nkv * m->hd, I = m->max_inter;
     long E = m->max_experts, K = m->topk > 0 ? m->topk : 1;
     int oom = 0;

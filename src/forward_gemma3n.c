@@ -254,6 +254,7 @@ static fl_status bind_model(fwd_model *m, g3n_model *g, const char *pre, fl_erro
         (s = fwd_bind_norm(m, NAME("per_layer_projection_norm.weight"), g->P, &g->ple_proj_norm, err)) != FL_OK)
         return s;
     g->ple_embed_scale = fwd_round_to_dtype(g->ple_embed.dtype, sqrt((double)g->P));
+    m->in_tokens = g->ple_embed.rows;   /* the text ids: above them are the multimodal soft tokens */
     for (long j = 0; j + 1 < g->n && s == FL_OK; j++) {
         snprintf(name, sizeof name, "%saltup_projections.%ld.weight", pre, j);
         if ((s = fwd_bind_mat(m, name, m->H, m->H, 1, &g->proj[j], err)) != FL_OK)
@@ -540,11 +541,7 @@ static fl_status per_layer_inputs(const fwd_model *m, const g3n_model *g, const 
     fl_status s = raw && tok ? fwd_matmul(m, &g->ple_model_proj, NULL, x, T, w->ple, err)
                              : fl_fail(err, FL_EIO, "out of memory");
     for (long t = 0; s == FL_OK && t < T; t++) {
-        if (tokens[t] >= pe->rows) {
-            s = fl_fail(err, FL_EINPUT, "token id %d is outside embed_tokens_per_layer (%ld rows): not a text "
-                        "token", (int)tokens[t], pe->rows);
-            break;
-        }
+        /* tokens[t] < pe->rows: fwd_logits checks fwd_tokens (m->in_tokens) */
         if ((s = ckpt_read(m->ck, pe->t, (uint64_t)tokens[t] * rowb, raw, rowb, err)) != FL_OK)
             break;
         fwd_to_float(pe->dtype, raw, tok, (size_t)LP);

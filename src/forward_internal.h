@@ -315,6 +315,7 @@ struct fwd_model {
     double attn_softcap, final_softcap; /* 0: none */
     double logit_mult;
     fwd_mat embed, head;
+    long in_tokens;                   /* ids the pass embeds, when fewer than embed.rows (fwd_tokens); 0: all */
     float *head_bias;                 /* lm_head.bias (ERNIE 4.5 MoE with use_bias), or NULL */
     fwd_names nm;                     /* the family's tensor names (fwd_resolve_names) */
     fwd_norm final_norm;
