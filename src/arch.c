@@ -105,6 +105,28 @@ static const char QWEN_1PW_WARNING[] =
     "a loader that fills missing norms with 1 would double the gain. Use --keep-norms to write the identity "
     "(0) explicitly";
 
+/* DeepSeek's MLA and MoE, shared by deepseek_v3 and the issue-13 rows
+ * (docs/architectures.md §deepseek_v3, §glm-deepseek).  Without
+ * q_lora_rank the input norm feeds q_proj directly and there is no
+ * q_a_layernorm; e_score_correction_bias is never scaled. */
+#define Q_LORA WHEN_KEY(WHEN_FLAG, "q_lora_rank")
+#define MLA_FOLDS                                                                                            \
+    {.norm = "input_layernorm", .consumers = {L("self_attn.q_a_proj"), L("self_attn.kv_a_proj_with_mqa")},      \
+     .when = {Q_LORA}},                                                                                        \
+    {.norm = "input_layernorm", .consumers = {L("self_attn.q_proj"), L("self_attn.kv_a_proj_with_mqa")},        \
+     .note = "q_lora_rank is null: q_proj reads the input norm, no q_a_layernorm"},                           \
+    {.norm = "self_attn.q_a_layernorm", .consumers = {L("self_attn.q_b_proj")}, .when = {Q_LORA}},           \
+    FOLD("self_attn.kv_a_layernorm", L("self_attn.kv_b_proj"))
+#define SHARED_EXPERTS L("mlp.shared_experts.gate_proj"), L("mlp.shared_experts.up_proj")
+#define DS_MOE_FOLDS                                                                                          \
+    {.norm = "post_attention_layernorm",                                                                      \
+     .consumers = {L("mlp.gate"), FUSED("mlp.experts.gate_up_proj", IN_LAST), SHARED_EXPERTS},                \
+     .when = HAS_FUSED, .note = FUSED_NOTE},                                                                  \
+    {.norm = "post_attention_layernorm",                                                                      \
+     .consumers = {L("mlp.gate"), L("mlp.experts.{e}.gate_proj"), L("mlp.experts.{e}.up_proj"), SHARED_EXPERTS}, \
+     .when = {WHEN(WHEN_MOE)}},                                                                               \
+    {.norm = "post_attention_layernorm", .consumers = {GATE_UP}, .when = {WHEN(WHEN_DENSE)}, .note = "dense layer"}
+#define DS_EXPERTS_KEYS {"n_routed_experts", "num_local_experts"}
 /* -- zoo 13 (tail): LFM2, Gemma 3n, Cohere 2 and the llama-like rows,
  * docs/architectures.md §zoo13-tail. */
 static const char LFM2_QK_WHY[] =
@@ -149,7 +171,6 @@ static const arch_layout INTERNLM2_LAYOUTS[] = {{"model.", "tok_embeddings", "no
  * default 2) is not 0. */
 #define ERNIE_SHARED {.kind = WHEN_FLAG, .key = "moe_num_shared_experts", .value = "2"}
 #define ERNIE_NO_SHARED {.kind = WHEN_NOT_FLAG, .key = "moe_num_shared_experts", .value = "2"}
-#define ERNIE_SHARED_EXPERTS L("mlp.shared_experts.gate_proj"), L("mlp.shared_experts.up_proj")
 #define HUNYUAN_SHARED L("mlp.shared_mlp.gate_proj"), L("mlp.shared_mlp.up_proj")
 
 static const arch_info ARCHS[] = {
@@ -230,27 +251,8 @@ static const arch_info ARCHS[] = {
     /* §deepseek_v3: MLA has two extra foldable norms inside attention.
      * Without q_lora_rank the input norm feeds q_proj directly and there
      * is no q_a_layernorm.  e_score_correction_bias is never scaled. */
-    {.model_type = "deepseek_v3", .norm = &ARCH_RMS_W,
-     .folds = {{.norm = "input_layernorm",
-                .consumers = {L("self_attn.q_a_proj"), L("self_attn.kv_a_proj_with_mqa")},
-                .when = {WHEN_KEY(WHEN_FLAG, "q_lora_rank")}},
-               {.norm = "input_layernorm", .consumers = {L("self_attn.q_proj"), L("self_attn.kv_a_proj_with_mqa")},
-                .note = "q_lora_rank is null: q_proj reads the input norm, no q_a_layernorm"},
-               {.norm = "self_attn.q_a_layernorm", .consumers = {L("self_attn.q_b_proj")},
-                .when = {WHEN_KEY(WHEN_FLAG, "q_lora_rank")}},
-               FOLD("self_attn.kv_a_layernorm", L("self_attn.kv_b_proj")),
-               {.norm = "post_attention_layernorm",
-                .consumers = {L("mlp.gate"), FUSED("mlp.experts.gate_up_proj", IN_LAST),
-                              L("mlp.shared_experts.gate_proj"), L("mlp.shared_experts.up_proj")},
-                .when = HAS_FUSED, .note = FUSED_NOTE},
-               {.norm = "post_attention_layernorm",
-                .consumers = {L("mlp.gate"), L("mlp.experts.{e}.gate_proj"), L("mlp.experts.{e}.up_proj"),
-                              L("mlp.shared_experts.gate_proj"), L("mlp.shared_experts.up_proj")},
-                .when = {WHEN(WHEN_MOE)}},
-               {.norm = "post_attention_layernorm", .consumers = {GATE_UP}, .when = {WHEN(WHEN_DENSE)},
-                .note = "dense layer"}},
-     .moe = {.experts = {"n_routed_experts", "num_local_experts"}, .first_dense = "first_k_dense_replace",
-             .step = "moe_layer_freq"}},
+    {.model_type = "deepseek_v3", .norm = &ARCH_RMS_W, .folds = {MLA_FOLDS, DS_MOE_FOLDS},
+     .moe = {.experts = DS_EXPERTS_KEYS, .first_dense = "first_k_dense_replace", .step = "moe_layer_freq"}},
     /* §cohere: a parallel block, one input_layernorm feeds attention and
      * MLP.  LayerNorm without bias: the gain folds exactly like RMSNorm's. */
     {.model_type = "cohere", .norm = &ARCH_LN_NOBIAS, .folds = {FOLD("input_layernorm", QKV, GATE_UP)},
@@ -325,6 +327,74 @@ static const arch_info ARCHS[] = {
                 .when = {WHEN(WHEN_DENSE)}, .note = "dense layer"}},
      .moe = {.experts = {"num_local_experts"}, .sparse_list = "moe_layers", .step = "interleave_moe_layer_step",
              .step_offset = 1}},
+    /* ---- zoo (d): the vision-language rows, docs/architectures.md §vl ----
+     * §ministral3: Ministral3DecoderLayer is the llama layout (its query
+     * scale and YaRN touch no norm); Ministral3Config ties nothing. */
+    {.model_type = "ministral3", .norm = &ARCH_RMS_W, .folds = LLAMA_FOLDS},
+
+    /* ---- zoo (issue 13): GLM and DeepSeek, docs/architectures.md §glm-deepseek ----
+     * §glm4: Glm4DecoderLayer's sandwich norms have their own names; the
+     * pre-MLP norm is post_attention_layernorm, into the fused
+     * gate_up_proj (gate rows first, as Phi3MLP); q/k/v biases stay. */
+    {.model_type = "glm4", .norm = &ARCH_RMS_W,
+     .folds = {FOLD("input_layernorm", QKV), FOLD("post_attention_layernorm", L("mlp.gate_up_proj"))},
+     .keeps = {KEEP("post_self_attn_layernorm", POST_NORM_WHY), KEEP("post_mlp_layernorm", POST_NORM_WHY)}},
+    /* §glm4_moe: DeepseekV3DecoderLayer with Cohere-style attention
+     * (q/k/v biases, per-head q/k norms when use_qk_norm); sparse from
+     * first_k_dense_replace on (Glm4MoeConfig default 1). */
+    {.model_type = "glm4_moe", .norm = &ARCH_RMS_W, .folds = {FOLD("input_layernorm", QKV), DS_MOE_FOLDS},
+     .keeps = {KEEP("self_attn.q_norm", QK_NORM_WHY), KEEP("self_attn.k_norm", QK_NORM_WHY)},
+     .moe = {.experts = DS_EXPERTS_KEYS, .first_dense = "first_k_dense_replace", .first_dense_default = 1}},
+    /* §glm4_moe_lite (GLM-4.7-Flash): DeepSeek MLA; mlp_layer_types
+     * decides which layers are sparse (default: all but the first). */
+    {.model_type = "glm4_moe_lite", .norm = &ARCH_RMS_W, .folds = {MLA_FOLDS, DS_MOE_FOLDS},
+     .moe = {.experts = DS_EXPERTS_KEYS, .type_list = "mlp_layer_types", .first_dense = "first_k_dense_replace",
+             .first_dense_default = 1}},
+    /* §deepseek_v2: MLA as V3; a softmax router without correction bias;
+     * n_shared_experts null means no shared experts. */
+#define NO_SHARED WHEN_KEY(WHEN_NOT_FLAG, "n_shared_experts")
+    {.model_type = "deepseek_v2", .norm = &ARCH_RMS_W,
+     .folds = {MLA_FOLDS,
+               {.norm = "post_attention_layernorm",
+                .consumers = {L("mlp.gate"), FUSED("mlp.experts.gate_up_proj", IN_LAST)},
+                .when = {WHEN(WHEN_MOE), WHEN_KEY(WHEN_HAS, "mlp.experts.gate_up_proj"), NO_SHARED},
+                .note = FUSED_NOTE ", no shared experts (n_shared_experts null)"},
+               {.norm = "post_attention_layernorm",
+                .consumers = {L("mlp.gate"), L("mlp.experts.{e}.gate_proj"), L("mlp.experts.{e}.up_proj")},
+                .when = {WHEN(WHEN_MOE), NO_SHARED}, .note = "no shared experts (n_shared_experts null)"},
+               DS_MOE_FOLDS},
+     .moe = {.experts = DS_EXPERTS_KEYS, .first_dense = "first_k_dense_replace", .step = "moe_layer_freq"}},
+#undef NO_SHARED
+    /* §deepseek_v32, §glm_moe_dsa: MLA (always with q_lora) plus the DSA
+     * lightning indexer, a second reader of input_layernorm (wk,
+     * weights_proj) and of q_a_layernorm (wq_b).  GLM-5's "shared"
+     * indexer layers have no indexer. */
+#define DSA_INPUT L("self_attn.q_a_proj"), L("self_attn.kv_a_proj_with_mqa"), L("self_attn.indexer.wk"), \
+                  L("self_attn.indexer.weights_proj")
+#define DSA_FOLDS FOLD("input_layernorm", DSA_INPUT), \
+                  FOLD("self_attn.q_a_layernorm", L("self_attn.q_b_proj"), L("self_attn.indexer.wq_b")), \
+                  FOLD("self_attn.kv_a_layernorm", L("self_attn.kv_b_proj"))
+#define DSA_KEEPS {KEEP("self_attn.indexer.k_norm", \
+                        "the indexer's key norm (a LayerNorm with bias) normalises indexer.wk's output before " \
+                        "RoPE and the index scores, not a linear layer's input")}
+#define DSA_MOE(dense)                                                                                   \
+    {.experts = {"n_routed_experts", "num_local_experts", "num_experts"}, .type_list = "mlp_layer_types", \
+     .first_dense = "first_k_dense_replace", .first_dense_default = dense}
+#define IDX_SHARED {.kind = WHEN_LAYER_TYPE, .key = "indexer_types", .value = "shared"}
+    {.model_type = "deepseek_v32", .norm = &ARCH_RMS_W, .folds = {DSA_FOLDS, DS_MOE_FOLDS}, .keeps = DSA_KEEPS,
+     .moe = DSA_MOE(3)},
+    {.model_type = "glm_moe_dsa", .norm = &ARCH_RMS_W,
+     .folds = {{.norm = "input_layernorm", .consumers = {L("self_attn.q_a_proj"), L("self_attn.kv_a_proj_with_mqa")},
+                .when = {IDX_SHARED}, .note = "shared indexer layer: no indexer of its own"},
+               {.norm = "self_attn.q_a_layernorm", .consumers = {L("self_attn.q_b_proj")}, .when = {IDX_SHARED},
+                .note = "shared indexer layer"},
+               DSA_FOLDS, DS_MOE_FOLDS},
+     .keeps = DSA_KEEPS, .moe = DSA_MOE(3)},
+#undef DSA_INPUT
+#undef DSA_FOLDS
+#undef DSA_KEEPS
+#undef DSA_MOE
+#undef IDX_SHARED
 
     /* ---- zoo 13 (tail), docs/architectures.md §zoo13-tail ----------------
      * §lfm2: operator_norm feeds attention or the gated short convolution
@@ -372,14 +442,14 @@ static const arch_info ARCHS[] = {
     {.model_type = "ernie4_5_moe", .norm = &ARCH_RMS_W,
      .folds = {FOLD("input_layernorm", QKV),
                {.norm = "post_attention_layernorm",
-                .consumers = {L("mlp.gate"), FUSED("mlp.experts.gate_up_proj", IN_LAST), ERNIE_SHARED_EXPERTS},
+                .consumers = {L("mlp.gate"), FUSED("mlp.experts.gate_up_proj", IN_LAST), SHARED_EXPERTS},
                 .when = {WHEN(WHEN_MOE), WHEN_KEY(WHEN_HAS, "mlp.experts.gate_up_proj"), ERNIE_SHARED},
                 .note = FUSED_NOTE},
                {.norm = "post_attention_layernorm", .consumers = {L("mlp.gate"), FUSED("mlp.experts.gate_up_proj", IN_LAST)},
                 .when = HAS_FUSED, .note = FUSED_NOTE " (no shared experts)"},
                {.norm = "post_attention_layernorm",
                 .consumers = {L("mlp.gate"), L("mlp.experts.{e}.gate_proj"), L("mlp.experts.{e}.up_proj"),
-                              ERNIE_SHARED_EXPERTS},
+                              SHARED_EXPERTS},
                 .when = {WHEN(WHEN_MOE), ERNIE_SHARED}},
                {.norm = "post_attention_layernorm",
                 .consumers = {L("mlp.gate"), L("mlp.experts.{e}.gate_proj"), L("mlp.experts.{e}.up_proj")},
@@ -444,6 +514,29 @@ static const arch_alias ALIASES[] = {
     /* zoo group (c), §llama4: Llama4ForConditionalGeneration, text model
      * in text_config, tensors under language_model.model. */
     {.model_type = "llama4", .text_type = "llama4_text", .nested = 1, .tie_default = -1},
+    /* ---- zoo (d): §vl.  The Qwen VL decoders are qwen2 / qwen3 /
+     * qwen3_moe under a VLM prefix; the vision towers pass through.  The
+     * wrapper reads text_config (or flat keys: Qwen2/2.5-VL Hub configs);
+     * the text types are names text_config uses, accepted at the top too.
+     * tie_default 0 everywhere: the ForConditionalGeneration config class
+     * decides (False for the Qwen wrappers) and a stored lm_head is never
+     * tied over (Mistral3Config's True included: §vl-tie). */
+    {.model_type = "qwen2_vl", .text_type = "qwen2", .nested = 1, .tie_default = 0},
+    {.model_type = "qwen2_vl_text", .text_type = "qwen2", .tie_default = 0},
+    {.model_type = "qwen2_5_vl", .text_type = "qwen2", .nested = 1, .tie_default = 0},
+    {.model_type = "qwen2_5_vl_text", .text_type = "qwen2", .tie_default = 0},
+    {.model_type = "qwen3_vl", .text_type = "qwen3", .nested = 1, .tie_default = 0},
+    {.model_type = "qwen3_vl_text", .text_type = "qwen3", .tie_default = 0},
+    {.model_type = "qwen3_vl_moe", .text_type = "qwen3_moe", .nested = 1, .tie_default = 0},
+    {.model_type = "qwen3_vl_moe_text", .text_type = "qwen3_moe", .tie_default = 0},
+    /* Mistral3ForConditionalGeneration: text_config.model_type says mistral
+     * (Mistral Small 3.x) or ministral3 (Ministral 3). */
+    {.model_type = "mistral3", .text_type = "mistral", .nested = 1, .tie_default = 0},
+    /* ---- zoo (issue 13), §kimi: Kimi K2 is DeepSeek-V3 under its own
+     * model_type (remote code modeling_deepseek.py); Kimi K2.5 wraps it,
+     * text_config and tensors under language_model.model. */
+    {.model_type = "kimi_k2", .text_type = "deepseek_v3", .nested = 0, .tie_default = -1},
+    {.model_type = "kimi_k25", .text_type = "deepseek_v3", .nested = 1, .tie_default = -1},
     /* zoo 13 (tail), §gemma3n: Gemma3nForConditionalGeneration, text model
      * in text_config (gemma3n_text), tensors under model.language_model. */
     {.model_type = "gemma3n", .text_type = "gemma3n_text", .nested = 1, .tie_default = -1},
@@ -609,6 +702,8 @@ int arch_is_moe_layer(const arch_moe_rule *r, ckpt_view cfg, long i, long expert
 {
     if (experts <= 0 || (r->flag && !ckpt_view_set(cfg, r->flag)))
         return 0;
+    if (r->type_list && cJSON_IsArray(ckpt_view_get(cfg, r->type_list)))
+        return layer_type_is(cfg, r->type_list, "sparse", i);
     if (r->sparse_list) {
         const cJSON *list = ckpt_view_get(cfg, r->sparse_list);
         if (cJSON_IsArray(list))

@@ -8,6 +8,7 @@
  * rule). */
 #include "forward_internal.h"
 
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +26,8 @@ static void free_layer(fwd_layer *ly)
     fwd_gdn_free(ly->gdn);
     free(ly->sinks); free(ly->b_router); free(ly->e_gu_bias); free(ly->e_dn_bias);
     fwd_conv_free(ly->conv);
+    free(ly->b_qa); free(ly->b_kva);
+    fwd_dsa_free(ly->dsa);
 }
 
 void fwd_close(fwd_model *m)
@@ -38,10 +41,12 @@ void fwd_close(fwd_model *m)
             free_layer(&m->layers[i]);
     free(m->layers);
     free(m->routing.sel);
+    fwd_index_rec_free(m->routing.idx);
     free(m->final_norm.g);
     free(m->head_bias);
     free(m->freq_global);
     free(m->freq_local);
+    cJSON_Delete(m->rope_defaults);
     for (int i = 0; m->scratch && i < fl_pool_size(m->pool); i++) {
         free(m->scratch[i].raw);
         free(m->scratch[i].f);

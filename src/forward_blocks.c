@@ -44,6 +44,11 @@ static void norm_apply(const fwd_model *m, float *x, long count, long n, const f
     norm_apply_eps(m, x, count, n, g, g_stride, m->eps);
 }
 
+void fwd_norm_eps(const fwd_model *m, const fwd_norm *nm, float *x, long T, long n, double eps)
+{
+    norm_apply_eps(m, x, T, n, nm->g, 0, eps);
+}
+
 void fwd_norm_rows(const fwd_model *m, const fwd_norm *nm, float *x, long T, long n)
 {
     norm_apply(m, x, T, n, nm->g, 0);
@@ -78,20 +83,26 @@ static float act_fn(const fwd_model *m, float x)
     return act_fn_p(m, none, x);
 }
 
-/* Rotates one head vector in place for position pos: rotate_half pairs
- * (i, i + rot/2) (apply_rotary_pos_emb), or (2i, 2i+1) for Cohere. */
-static void rope_head(const fwd_model *m, const fwd_layer *ly, float *v, long pos)
+/* Rotates the first 2 * half values of v in place for position pos:
+ * rotate_half pairs (i, i + half) (apply_rotary_pos_emb), or (2i, 2i+1)
+ * when interleaved (Cohere, DeepSeek). */
+void fwd_rope_pairs(const fwd_layer *ly, float *v, long pos, long half, int interleaved)
 {
     const float *inv_freq = ly->inv_freq;
-    long half = (ly->rot ? ly->rot : m->rot) / 2;
     for (long i = 0; i < half; i++) {
         float ang = (float)pos * inv_freq[i]; /* HF: positions x inv_freq in fp32 */
         float c = (float)cos(ang) * ly->rope_af, s = (float)sin(ang) * ly->rope_af;
-        long a = m->interleaved ? 2 * i : i, b = m->interleaved ? 2 * i + 1 : i + half;
+        long a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half;
         float x1 = v[a], x2 = v[b];
         v[a] = x1 * c - x2 * s;
         v[b] = x2 * c + x1 * s;
     }
+}
+
+/* One head vector, the model's pairing, the layer's rotary dims. */
+static void rope_head(const fwd_model *m, const fwd_layer *ly, float *v, long pos)
+{
+    fwd_rope_pairs(ly, v, pos, (ly->rot ? ly->rot : m->rot) / 2, m->interleaved);
 }
 
 
@@ -100,7 +111,8 @@ static void rope_head(const fwd_model *m, const fwd_layer *ly, float *v, long po
  * and v alike, with dqk and dv); ctx gets [T][nh * dv].  Scores and
  * softmax in double; Gemma2's soft cap; sliding window or chunked local
  * attention (Llama 4: only keys in the query's chunk) when the layer has
- * one; gpt-oss's sink logit joins each head's softmax and is dropped. */
+ * one; gpt-oss's sink logit joins each head's softmax and is dropped; a
+ * DSA layer reads only the keys its indexer selected (ly->allow). */
 static void sdpa(const fwd_model *m, const fwd_layer *ly, const float *q, long ldq,
                  const float *k, long ldk, const float *v, long ldv, long nh, long nkv,
                  long dqk, long dv, long T, float *att, float *ctx)
@@ -122,6 +134,8 @@ static void sdpa(const fwd_model *m, const fwd_layer *ly, const float *q, long l
                 d *= m->attn_scale;
                 if (m->attn_softcap > 0)
                     d = tanh(d / m->attn_softcap) * m->attn_softcap;
+                if (ly->allow && !ly->allow[i * T + j])
+                    d = -INFINITY; /* DSA: a key the indexer did not select */
                 att[j] = (float)d;
                 if (d > mx)
                     mx = d;
@@ -142,58 +156,6 @@ static void sdpa(const fwd_model *m, const fwd_layer *ly, const float *q, long l
         }
     }
 }
-
-/* DeepseekV3Attention (multi-head latent attention), see bind_layer.  The
- * latent and q_a norms are DeepseekV3RMSNorm built without eps: 1e-6. */
-static fl_status attention_mla(const fwd_model *m, const fwd_layer *ly, const float *h, long T,
-                               fwd_bufs *b, float *out, fl_error *err)
-{
-    long nh = m->nh, R = m->rot, qk = m->nope + R, kvw = m->kv_lora + R, kb = m->nope + m->vdim;
-    size_t tz = (size_t)T;
-    float *q = malloc(tz * nh * qk * sizeof *q), *k = malloc(tz * nh * qk * sizeof *k);
-    float *v = malloc(tz * nh * m->vdim * sizeof *v), *kva = malloc(tz * kvw * sizeof *kva);
-    float *lat = malloc(tz * m->kv_lora * sizeof *lat), *kvb = malloc(tz * nh * kb * sizeof *kvb);
-    float *qa = malloc(tz * (m->q_lora > 0 ? m->q_lora : 1) * sizeof *qa);
-    float *ctx = malloc(tz * nh * m->vdim * sizeof *ctx);
-    fl_status s = FL_OK;
-    if (!q || !k || !v || !kva || !lat || !kvb || !qa || !ctx) {
-        s = fl_fail(err, FL_EIO, "out of memory");
-        goto done;
-    }
-    if (ly->q_a.t) {
-        if ((s = fwd_matmul(m, &ly->q_a, NULL, h, T, qa, err)) != FL_OK)
-            goto done;
-        norm_apply_eps(m, qa, T, m->q_lora, ly->q_a_norm.g, 0, m->fam->mla_norm_eps);
-        s = fwd_matmul(m, &ly->q_b, NULL, qa, T, q, err);
-    } else {
-        s = fwd_matmul(m, &ly->q, NULL, h, T, q, err);
-    }
-    if (s != FL_OK || (s = fwd_matmul(m, &ly->kv_a, NULL, h, T, kva, err)) != FL_OK)
-        goto done;
-    for (long t = 0; t < T; t++)
-        memcpy(lat + t * m->kv_lora, kva + t * kvw, (size_t)m->kv_lora * sizeof *lat);
-    norm_apply_eps(m, lat, T, m->kv_lora, ly->kv_a_norm.g, 0, m->fam->mla_norm_eps);
-    if ((s = fwd_matmul(m, &ly->kv_b, NULL, lat, T, kvb, err)) != FL_OK)
-        goto done;
-    for (long t = 0; t < T; t++) {
-        float *kr = kva + t * kvw + m->kv_lora; /* one k_rot shared by all heads */
-        rope_head(m, ly, kr, t);
-        for (long hh = 0; hh < nh; hh++) {
-            float *qh = q + (t * nh + hh) * qk, *kh = k + (t * nh + hh) * qk;
-            const float *src = kvb + (t * nh + hh) * kb;
-            rope_head(m, ly, qh + m->nope, t);
-            memcpy(kh, src, (size_t)m->nope * sizeof *kh);
-            memcpy(kh + m->nope, kr, (size_t)R * sizeof *kh);
-            memcpy(v + (t * nh + hh) * m->vdim, src + m->nope, (size_t)m->vdim * sizeof *v);
-        }
-    }
-    sdpa(m, ly, q, nh * qk, k, nh * qk, v, nh * m->vdim, nh, nh, qk, m->vdim, T, b->att, ctx);
-    s = fwd_matmul(m, &ly->o, ly->bo, ctx, T, out, err);
-done:
-    free(q); free(k); free(v); free(kva); free(lat); free(kvb); free(qa); free(ctx);
-    return s;
-}
-
 
 /* A fused qkv projection's rows: Phi3's [q | k | v] (Phi3Attention.forward),
  * or InternLM2's per kv head [G queries | key | value] (InternLM2Attention:
@@ -222,7 +184,7 @@ fl_status fwd_attention(const fwd_model *m, const fwd_layer *ly, const float *h,
                         fl_error *err)
 {
     if (m->fam->mla)
-        return attention_mla(m, ly, h, T, b, out, err);
+        return fwd_attention_mla(m, ly, h, T, b, out, err);
     if (ly->gdn)
         return fwd_deltanet(m, ly, h, T, out, err);
     if (ly->conv)
@@ -284,6 +246,7 @@ fl_status fwd_attention(const fwd_model *m, const fwd_layer *ly, const float *h,
     }
     if (ly->temp_floor > 0)
         fwd_temperature(ly, b->q, T, qd);
+    fwd_apply_qscale(m, b->q, T);
     sdpa(m, ly, b->q, qd, b->k, kd, b->v, kd, m->nh, m->nkv, hd, hd, T, b->att, b->ctx);
     if (gate)
         fwd_gate_apply(b->ctx, gate, (size_t)T * (size_t)qd);

@@ -58,8 +58,15 @@ typedef enum {
     SLIDE_NONE,
     SLIDE_ALL,      /* every layer (Mistral, Mixtral) */
     SLIDE_EVEN,     /* even layers (Gemma2DecoderLayer.is_sliding) */
-    SLIDE_PATTERN   /* all but every n-th layer, n = sliding_window_pattern (Gemma3) */
+    SLIDE_PATTERN,  /* all but every n-th layer, n = sliding_window_pattern (Gemma3) */
+    SLIDE_QWEN2     /* only with use_sliding_window: layers >= max_window_layers (Qwen2-VL) */
 } fwd_sliding;
+
+/* A position-dependent query scale applied after RoPE. */
+typedef enum {
+    QSCALE_NONE,
+    QSCALE_LLAMA4_BETA  /* 1 + beta * log(1 + floor(pos / original_max_position_embeddings)) (Ministral3) */
+} fwd_qscale;
 
 typedef enum {
     ROUTER_SOFTMAX,  /* softmax over all experts, top-k (Mixtral, Qwen) */
@@ -197,10 +204,18 @@ typedef struct {
     const char *route_clamp_key; /* ... or the sum clamped below by this key (ERNIE moe_norm_min) */
     double route_clamp;         /* ... its default */
     const char *route_bias;     /* ... the choice's correction bias, relative to the layer prefix */
-    double theta_default;       /* rope_theta when absent (0: 10000) */
     double embed_default;       /* EMBED_KEY when absent (0: 1; MiniCPM scale_emb 12) */
     double residual_default;    /* residual_key when absent (0: 1; MiniCPM scale_depth 1.4) */
     double logit_base_default;  /* logit_base_key when absent (MiniCPM dim_model_base 256) */
+    /* zoo (d), forward_position.c */
+    double rope_theta;          /* default rope_theta (0: 10000) */
+    const char *rope_defaults;  /* JSON of the config class's default rope_parameters, or NULL */
+    fwd_qscale qscale;
+    /* zoo (issue 13): GLM and DeepSeek, docs/architectures.md §glm-deepseek */
+    const char *sandwich[3];    /* LAYOUT_SANDWICH norm names: after attention, before and after the MLP
+                                   (NULL: Gemma's post_attention / pre_ and post_feedforward_layernorm) */
+    int mla_plain_scale;        /* MLA scaling stays qk_head_dim^-0.5 under YaRN (DeepseekV2Attention) */
+    const struct fwd_dsa_spec *dsa; /* the DSA lightning indexer in every MLA layer (forward_dsa.c), or NULL */
 } fwd_family;
 
 enum { NOPE_FULL_NEVER = 0, NOPE_FULL_ALWAYS = 1 /* Cohere 2 */, NOPE_FULL_IF_WINDOW = 2 /* EXAONE 4 */ };
@@ -244,7 +259,13 @@ typedef struct {
     int xw;                 /* stored [in, out] and used as x @ W (grouped-GEMM experts) */
     const ckpt_tensor *mx;  /* MXFP4: the _scales tensor (rows of [.., out, in/32]); NULL: dtype */
     uint64_t mx_off;        /* byte offset of this matrix's scales */
+    int quant;              /* FWD_Q_*: stored quantized, decoded by forward_quant.c */
+    const ckpt_tensor *qs;  /* ... its scales */
+    long qb_rows, qb_cols;  /* FP8: the scale block [rows, cols]; INT4/INT8: group size in qb_cols */
+    int qbits;              /* INT: 4 or 8 bits per value */
 } fwd_mat;
+
+enum { FWD_Q_NONE, FWD_Q_FP8_BLOCK, FWD_Q_INT_PACKED };
 
 typedef struct {
     float *g;               /* effective gain (w or 1 + w); NULL = identity */
@@ -277,6 +298,9 @@ typedef struct fwd_layer {
     float *e_gu_bias, *e_dn_bias; /* per-expert biases [E, 2I], [E, H] (gpt-oss), or NULL */
     struct fwd_conv *conv;   /* an LFM2 short-convolution layer (forward_shortconv.c), or NULL */
     float act_p[4];          /* xIELU: softplus(alpha_p), beta + softplus(alpha_n), beta, eps */
+    float *b_qa, *b_kva;     /* MLA q_a_proj / kv_a_proj_with_mqa biases (DeepSeek-V2 attention_bias), or NULL */
+    struct fwd_dsa *dsa;     /* the layer's DSA indexer (forward_dsa.c), or NULL */
+    const unsigned char *allow; /* set on a copy for one pass: allow[i * T + j], the keys query i reads */
 } fwd_layer;
 
 /* A worker's conversion buffers, grown to the largest block it met. */
@@ -323,7 +347,9 @@ struct fwd_model {
     float *freq_global, *freq_local;
     double af_global, af_local;       /* RoPE attention factor (YaRN, LongRoPE) */
     void *ext;                        /* a fwd_block's own state */
-    char desc[256];
+    struct cJSON *rope_defaults;      /* the family's rope_defaults, parsed (forward_position.c) */
+    double qscale_beta, qscale_orig;  /* QSCALE_LLAMA4_BETA's beta and length */
+    char desc[512];
     /* fwd_set_progress: bytes of the bound matrices (total) and of those
      * streamed in this pass.  The blocks take the model const, so they
      * count through mp, which points at meter. */
@@ -331,6 +357,7 @@ struct fwd_model {
         fwd_progress_fn fn;
         void *ctx;
         uint64_t done, total;
+        long quant[3];                /* matrices bound stored quantized, by kind FWD_Q_* */
     } meter, *mp;
     /* fwd_route_record / fwd_route_replay: every MoE decision of a pass,
      * in order (layer by layer, token by token, K experts each). */
@@ -342,6 +369,7 @@ struct fwd_model {
         size_t pos;
         long decisions, flips;
         int lost;                      /* out of memory or a mismatch: not pinned */
+        struct fwd_index_rec *idx;     /* the DSA indexers' selections and scores (forward_dsa.c), or NULL */
     } routing, *rp;
 };
 
@@ -387,6 +415,43 @@ fl_status fwd_gated_query(const fwd_model *m, const fwd_layer *ly, const float *
 /* ctx *= sigmoid(gate), elementwise over n values. */
 void fwd_gate_apply(float *ctx, const float *gate, size_t n);
 
+/* forward_mla.c: DeepSeek's multi-head latent attention (V2, V3, V3.2,
+ * GLM-4.7-Flash, GLM-5) and DeepSeek-V2's softmax router */
+fl_status fwd_parse_mla(fwd_model *m, fl_error *err);
+fl_status fwd_bind_mla(fwd_model *m, fwd_layer *ly, const char *pre, fl_error *err);
+fl_status fwd_attention_mla(const fwd_model *m, const fwd_layer *ly, const float *h, long T, struct fwd_bufs *b,
+                            float *out, fl_error *err);
+void fwd_ds2_route(const struct fwd_model *m, const struct fwd_layer *ly, const float *logits, long E, long K,
+                   long *sel, float *w, int given);
+fl_status fwd_ds2_layer(fwd_model *m, fwd_layer *ly, long i, const char *pre, fl_error *err);
+
+/* forward_dsa.c: the DeepSeek Sparse Attention indexer (V3.2, GLM-5) */
+typedef struct fwd_dsa_spec {
+    int interleaved;       /* the indexer's RoPE pairs (2i, 2i+1) (GLM-5) or (i, i + R/2) (V3.2) */
+    long heads, head_dim;  /* index_n_heads, index_head_dim defaults of the config class */
+    int shared_layers;     /* indexer_types may say "shared": reuse the last full layer's selection */
+} fwd_dsa_spec;
+extern const fwd_dsa_spec FWD_DSA_V32, FWD_DSA_GLM;
+fl_status fwd_dsa_layer(fwd_model *m, fwd_layer *ly, long i, const char *pre, fl_error *err);
+/* The keys each query reads (allow[t * T + s]) from the normed input h and
+ * the query latent qa (q_a_layernorm's output); NULL allow: every key. */
+fl_status fwd_dsa_select(const fwd_model *m, const fwd_layer *ly, const float *h, const float *qa, long T,
+                         const unsigned char **allow, fl_error *err);
+void fwd_dsa_free(struct fwd_dsa *d);
+void fwd_dsa_describe(const fwd_model *m, char *buf, size_t cap);
+void fwd_index_rec_free(struct fwd_index_rec *r);
+void fwd_index_rec_rewind(struct fwd_index_rec *r);
+
+/* forward_quant.c: FP8 block-scaled and compressed-tensors packed-integer
+ * matrices, decoded to float for the forward pass.  fwd_bind_quant binds
+ * `name` (a "<base>.weight") when one of those forms of it is stored
+ * (out->t set), leaves out->t NULL when none is, or fails on a malformed
+ * one; fwd_quant_rows decodes rows [r, r + n) into out. */
+fl_status fwd_bind_quant(const fwd_model *m, const char *name, long rows, long cols, fwd_mat *out, fl_error *err);
+fl_status fwd_quant_rows(const fwd_model *m, const fwd_mat *w, long r, long n, void *raw, float *out,
+                         fl_error *err);
+void fwd_quant_describe(const fwd_model *m, char *buf, size_t cap);
+
 /* forward_kernel.c */
 gemm_fn fwd_pick_gemm(void);
 void fwd_to_float(int d, const void *raw, float *out, size_t n);
@@ -406,6 +471,16 @@ uint64_t fwd_mat_bytes(const fwd_mat *w);
 fl_status fwd_mxfp4_rows(const fwd_model *m, const fwd_mat *w, long r, long n, void *raw, float *out,
                          fl_error *err);
 
+/* forward_position.c */
+/* The rope_parameters the config does not spell out: the family's defaults
+ * (parsed into m->rope_defaults) when the config has neither
+ * rope_parameters nor rope_scaling, else NULL. */
+fl_status fwd_rope_defaults(fwd_model *m, const struct cJSON **out, fl_error *err);
+/* The query scale's parameters from the rope parameters `rp`. */
+fl_status fwd_parse_qscale(fwd_model *m, const struct cJSON *rp, fl_error *err);
+/* Multiplies each query head of row t by the family's scale for position t. */
+void fwd_apply_qscale(const fwd_model *m, float *q, long T);
+
 /* forward_blocks.c */
 typedef struct fwd_bufs {
     float *h, *q, *k, *v, *ctx, *qkv, *att;
@@ -415,6 +490,10 @@ typedef struct fwd_bufs {
 } fwd_bufs;
 
 void fwd_norm_rows(const fwd_model *m, const fwd_norm *nm, float *x, long T, long n);
+/* ... with another eps (MLA's q_a/kv_a norms). */
+void fwd_norm_eps(const fwd_model *m, const fwd_norm *nm, float *x, long T, long n, double eps);
+/* RoPE on the first 2 * half values of v at position pos (ly's frequencies). */
+void fwd_rope_pairs(const fwd_layer *ly, float *v, long pos, long half, int interleaved);
 fl_status fwd_attention(const fwd_model *m, const fwd_layer *ly, const float *h, long T, fwd_bufs *b, float *out,
                         fl_error *err);
 fl_status fwd_mlp(const fwd_model *m, const fwd_layer *ly, const float *x, long T, fwd_bufs *b, float *out,

@@ -203,6 +203,8 @@ static fl_status read_rows(const fwd_model *m, const fwd_mat *w, long r, long n,
     }
     if (w->mx)
         return fwd_mxfp4_rows(m, w, r, n, sc->raw, sc->f, err);
+    if (w->quant)
+        return fwd_quant_rows(m, w, r, n, sc->raw, sc->f, err);
     size_t row_bytes = (size_t)w->cols * w->esize;
     void *dst = w->dtype == ST_F32 ? (void *)sc->f : sc->raw;
     fl_status s = ckpt_read(m->ck, w->t, w->off + (uint64_t)r * row_bytes, dst, (size_t)n * row_bytes, err);
@@ -313,6 +315,8 @@ uint64_t fwd_mat_bytes(const fwd_mat *w)
 {
     uint64_t elems = (uint64_t)w->rows * (uint64_t)w->cols;
     /* MXFP4: half a byte per element plus one scale byte per 32. */
+    if (w->quant == FWD_Q_INT_PACKED)
+        return elems * (uint64_t)w->qbits / 8;
     return w->mx ? elems / 2 + elems / 32 : elems * w->esize;
 }
 

@@ -46,6 +46,12 @@ fl_status fwd_bind_mat(const fwd_model *m, const char *name, long rows, long col
 {
     memset(out, 0, sizeof *out);
     const ckpt_tensor *t = ckpt_find(m->ck, name);
+    if (!t || !st_dtype_is_foldable(t->t->dtype)) {
+        /* FP8 with block scales, compressed-tensors packed integers */
+        fl_status s = fwd_bind_quant(m, name, rows, cols, out, err);
+        if (s != FL_OK || out->t)
+            return s;
+    }
     if (!t) {
         if (required)
             return fl_fail(err, FL_EINPUT, "%s: tensor '%s' is missing", ckdir(m), name);
@@ -62,7 +68,8 @@ fl_status fwd_bind_mat(const fwd_model *m, const char *name, long rows, long col
     if ((rows >= 0 && (long)s->shape[0] != rows) || (cols >= 0 && (long)s->shape[1] != cols))
         return fl_fail(err, FL_EINPUT, "%s: tensor '%s' has shape [%llu, %llu], expected [%ld, %ld]", ckdir(m), name,
                        (unsigned long long)s->shape[0], (unsigned long long)s->shape[1], rows, cols);
-    *out = (fwd_mat){t, (long)s->shape[0], (long)s->shape[1], s->dtype, st_dtype_bits(s->dtype) / 8, 0, 0, NULL, 0};
+    *out = (fwd_mat){.t = t, .rows = (long)s->shape[0], .cols = (long)s->shape[1], .dtype = s->dtype,
+                     .esize = st_dtype_bits(s->dtype) / 8};
     m->mp->total += st_nbytes(s);
     return FL_OK;
 }
@@ -153,7 +160,8 @@ static const fwd_moe_names *moe_layout(const fwd_model *m, const char *pre)
 static fwd_mat slab(const ckpt_tensor *t, long e, long rows, long cols, int xw)
 {
     size_t es = st_dtype_bits(t->t->dtype) / 8;
-    return (fwd_mat){t, rows, cols, t->t->dtype, es, (uint64_t)e * (uint64_t)rows * (uint64_t)cols * es, xw, NULL, 0};
+    return (fwd_mat){.t = t, .rows = rows, .cols = cols, .dtype = t->t->dtype, .esize = es,
+                     .off = (uint64_t)e * (uint64_t)rows * (uint64_t)cols * es, .xw = xw};
 }
 
 /* transformers 5 fused experts: gate_up_proj [E, 2I, H] and down_proj
@@ -329,45 +337,25 @@ static fl_status bind_layer_norms(fwd_model *m, fwd_layer *ly, const char *pre, 
 {
     char name[512];
     long H = m->H, qd = m->nh * m->hd, kd = m->nkv * m->hd;
+    /* GLM-4 names its sandwich norms its own way (§glm4); other renames
+     * come from the family's fwd_names (§zoo13-tail). */
+    static const char *const gemma[3] = {"post_attention_layernorm", "pre_feedforward_layernorm",
+                                         "post_feedforward_layernorm"};
+    const char *const *sw = m->fam->sandwich[0] ? m->fam->sandwich : gemma;
     fl_status s = bind_norm(m, NAMED(m->nm.attn_norm), H, &ly->attn_norm, err);
     fwd_norm *post = m->fam->layout == LAYOUT_PRE ? &ly->mlp_norm : &ly->attn_post;
     if (s == FL_OK && m->fam->layout != LAYOUT_PARALLEL)
-        s = bind_norm(m, NAMED(m->nm.mlp_norm), H, post, err);
+        s = bind_norm(m, NAMED(m->fam->sandwich[0] ? sw[0] : m->nm.mlp_norm), H, post, err);
     if (s == FL_OK && m->fam->layout == LAYOUT_SANDWICH)
-        s = bind_norm(m, NAME("pre_feedforward_layernorm.weight"), H, &ly->mlp_norm, err);
+        s = bind_norm(m, NAMED(sw[1]), H, &ly->mlp_norm, err);
     if (s == FL_OK && (m->fam->layout == LAYOUT_SANDWICH || m->fam->layout == LAYOUT_POST))
-        s = bind_norm(m, NAME("post_feedforward_layernorm.weight"), H, &ly->mlp_post, err);
+        s = bind_norm(m, NAMED(sw[2]), H, &ly->mlp_post, err);
     if (s != FL_OK || m->fam->qk == QK_NONE || !m->qk_norm_on)
         return s;
     int head = m->fam->qk == QK_HEAD || m->fam->qk == QK_HEAD_POST;
     if ((s = bind_norm(m, NAMED(m->nm.q_norm), head ? m->hd : qd, &ly->q_norm, err)) != FL_OK)
         return s;
     return bind_norm(m, NAMED(m->nm.k_norm), head ? m->hd : kd, &ly->k_norm, err);
-}
-
-/* DeepseekV3Attention: q_proj, or q_a_proj -> q_a_layernorm -> q_b_proj;
- * kv_a_proj_with_mqa -> [latent | k_rot], the latent through kv_a_layernorm
- * -> kv_b_proj -> per head [k_nope | v]. */
-static fl_status bind_mla(fwd_model *m, fwd_layer *ly, const char *pre, fl_error *err)
-{
-    char name[512];
-    fl_status s;
-    long H = m->H, qk = m->nope + m->rot;
-    if (m->q_lora > 0) {
-        if ((s = fwd_bind_mat(m, NAME("self_attn.q_a_proj.weight"), m->q_lora, H, 1, &ly->q_a, err)) != FL_OK ||
-            (s = bind_norm(m, NAME("self_attn.q_a_layernorm.weight"), m->q_lora, &ly->q_a_norm, err)) != FL_OK ||
-            (s = fwd_bind_mat(m, NAME("self_attn.q_b_proj.weight"), m->nh * qk, m->q_lora, 1, &ly->q_b, err)) != FL_OK)
-            return s;
-    } else if ((s = fwd_bind_mat(m, NAME("self_attn.q_proj.weight"), m->nh * qk, H, 1, &ly->q, err)) != FL_OK) {
-        return s;
-    }
-    if ((s = fwd_bind_mat(m, NAME("self_attn.kv_a_proj_with_mqa.weight"), m->kv_lora + m->rot, H, 1, &ly->kv_a,
-                          err)) != FL_OK ||
-        (s = bind_norm(m, NAME("self_attn.kv_a_layernorm.weight"), m->kv_lora, &ly->kv_a_norm, err)) != FL_OK ||
-        (s = fwd_bind_mat(m, NAME("self_attn.kv_b_proj.weight"), m->nh * (m->nope + m->vdim), m->kv_lora, 1,
-                          &ly->kv_b, err)) != FL_OK)
-        return s;
-    return fwd_bind_mat(m, NAME("self_attn.o_proj.weight"), H, m->nh * m->vdim, 1, &ly->o, err);
 }
 
 /* Separate q/k/v (biases where the checkpoint has them: Qwen2 hard-codes
@@ -403,6 +391,9 @@ static fl_status bind_attention(fwd_model *m, fwd_layer *ly, const char *pre, fl
  * has them, else the family's pattern. */
 static int layer_slides(const fwd_model *m, long i)
 {
+    /* Qwen2VLTextConfig: sliding_window is None unless use_sliding_window. */
+    if (m->fam->sliding == SLIDE_QWEN2 && !ckpt_view_bool(m->cfg, "use_sliding_window", 0))
+        return 0;
     const cJSON *lt = ckpt_view_get(m->cfg, "layer_types");
     if (cJSON_IsArray(lt) && i < cJSON_GetArraySize(lt)) {
         const cJSON *e = cJSON_GetArrayItem(lt, (int)i);
@@ -416,6 +407,7 @@ static int layer_slides(const fwd_model *m, long i)
         long p = (long)ckpt_view_num(m->cfg, "sliding_window_pattern", d, d);
         return p > 0 && (i + 1) % p != 0;
     }
+    case SLIDE_QWEN2: return i >= ckpt_view_int(m->cfg, "max_window_layers", 80);
     default: return 0;
     }
 }
@@ -460,7 +452,7 @@ static fl_status bind_layer(fwd_model *m, const char *prefix, long i, fl_error *
     if (s == FL_OK)
         s = linear ? fwd_bind_deltanet(m, ly, pre, err)
             : m->fam->conv_layers && fwd_layer_is_conv(m, i) ? fwd_bind_shortconv(m, ly, pre, err)
-            : m->fam->mla ? bind_mla(m, ly, pre, err) : bind_attention(m, ly, pre, err);
+            : m->fam->mla ? fwd_bind_mla(m, ly, pre, err) : bind_attention(m, ly, pre, err);
     if (s != FL_OK)
         return s;
     const fwd_moe_names *nm = moe_layout(m, pre);
@@ -552,24 +544,6 @@ static fl_status parse_dims(fwd_model *m, fl_error *err)
     return FL_OK;
 }
 
-/* DeepseekV3Config: MLA dims; RoPE on qk_rope_head_dim dims. */
-static fl_status parse_mla(fwd_model *m, fl_error *err)
-{
-    if (!m->fam->mla)
-        return FL_OK;
-    m->q_lora = ckpt_view_int(m->cfg, "q_lora_rank", 0);
-    m->kv_lora = ckpt_view_int(m->cfg, "kv_lora_rank", 0);
-    m->nope = ckpt_view_int(m->cfg, "qk_nope_head_dim", 0);
-    m->rot = ckpt_view_int(m->cfg, "qk_rope_head_dim", 0);
-    m->vdim = ckpt_view_int(m->cfg, "v_head_dim", 0);
-    if (m->kv_lora <= 0 || m->kv_lora > MAX_DIM || m->nope < 0 || m->nope > MAX_DIM || m->rot <= 0 ||
-        m->rot > MAX_DIM || m->rot % 2 || m->vdim <= 0 || m->vdim > MAX_DIM || m->q_lora < 0 || m->q_lora > MAX_DIM)
-        return fl_fail(err, FL_EINPUT, "%s/config.json: MLA dims kv_lora_rank %ld, qk_nope_head_dim %ld, "
-                       "qk_rope_head_dim %ld, v_head_dim %ld are not valid", ckdir(m), m->kv_lora, m->nope, m->rot,
-                       m->vdim);
-    return FL_OK;
-}
-
 static fl_status parse_norms_act(fwd_model *m, fl_error *err)
 {
     const fwd_family *f = m->fam;
@@ -651,11 +625,15 @@ static fl_status parse_moe(fwd_model *m, fl_error *err)
  * loaders test `if config.tie_word_embeddings`, and None is false. */
 static fl_status parse_head(fwd_model *m, const char *prefix, fl_error *err)
 {
-    int tie = ckpt_view_bool(m->cfg, "tie_word_embeddings", -1);
-    if (cJSON_IsNull(ckpt_view_get(m->cfg, "tie_word_embeddings")))
-        tie = 0;
-    if (m->fam->tie_alias && ckpt_view_get(m->cfg, m->fam->tie_alias)) /* Lfm2Config: tie_embedding wins */
-        tie = ckpt_view_set(m->cfg, m->fam->tie_alias);
+    /* As plan.c's tie_flag: a family's alias wins (Lfm2Config tie_embedding,
+     * §lfm2), then the top level (docs/architectures.md §vl-tie). */
+    int tie = m->fam->tie_alias && ckpt_view_get(m->cfg, m->fam->tie_alias) ? ckpt_view_set(m->cfg, m->fam->tie_alias)
+                                                                             : m->ck->cfg.tie_top;
+    if (tie < 0) {
+        tie = ckpt_view_bool(m->cfg, "tie_word_embeddings", -1);
+        if (cJSON_IsNull(ckpt_view_get(m->cfg, "tie_word_embeddings")))
+            tie = 0;
+    }
     if (tie < 0)
         tie = m->fam->tie_default;
     fl_status s = FL_OK;
@@ -691,6 +669,12 @@ static void describe(fwd_model *m)
     if (m->linear_layers && n > 0 && (size_t)n < sizeof m->desc)
         n += snprintf(m->desc + n, sizeof m->desc - (size_t)n, ", Gated DeltaNet in %ld of %ld layers",
                       m->linear_layers, m->L);
+    if (n > 0 && (size_t)n < sizeof m->desc) {
+        fwd_dsa_describe(m, m->desc + n, sizeof m->desc - (size_t)n);
+        n = (int)strlen(m->desc);
+        fwd_quant_describe(m, m->desc + n, sizeof m->desc - (size_t)n);
+        n = (int)strlen(m->desc);
+    }
     if (!m->moe_layers || n < 0 || (size_t)n >= sizeof m->desc)
         return;
     int fused = 0;
@@ -731,7 +715,7 @@ fl_status fwd_open(const checkpoint *ck, int threads, fwd_model **out, fl_error 
     if (!m->scratch)
         s = fl_fail(err, FL_EIO, "out of memory");
     if (s == FL_OK && (s = parse_embedding(m, &prefix, err)) == FL_OK && (s = parse_dims(m, err)) == FL_OK &&
-        (s = parse_mla(m, err)) == FL_OK && (s = parse_norms_act(m, err)) == FL_OK) {
+        (s = fwd_parse_mla(m, err)) == FL_OK && (s = parse_norms_act(m, err)) == FL_OK) {
         parse_scalars(m);
         /* A fwd_block builds its own RoPE (Gemma 4: per layer type). */
         if ((s = parse_moe(m, err)) == FL_OK && (m->fam->block || (s = fwd_parse_rope(m, err)) == FL_OK))

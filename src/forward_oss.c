@@ -64,7 +64,7 @@ static fwd_mat oss_slab(const ckpt_tensor *t, long e, long rows, long cols, int 
 {
     size_t es = st_dtype_bits(t->t->dtype) / 8;
     uint64_t off = (uint64_t)e * (uint64_t)rows * (uint64_t)cols * es;
-    return (fwd_mat){t, rows, cols, t->t->dtype, es, off, xw, NULL, 0};
+    return (fwd_mat){.t = t, .rows = rows, .cols = cols, .dtype = t->t->dtype, .esize = es, .off = off, .xw = xw};
 }
 
 /* An MXFP4 pair "<base>_blocks" [E, out, in/32, 16] / "<base>_scales"
@@ -87,7 +87,8 @@ static fl_status bind_mx(fwd_model *m, const char *base, long E, long out_dim, l
                        m->ck->dir, bn, sn, E, out_dim, in_dim / 32, E, out_dim, in_dim / 32);
     for (long e = 0; e < E; e++) {
         uint64_t rows_before = (uint64_t)e * (uint64_t)out_dim;
-        mats[e] = (fwd_mat){bt, out_dim, in_dim, ST_U8, 1, rows_before * nb * 16, 0, st, rows_before * nb};
+        mats[e] = (fwd_mat){.t = bt, .rows = out_dim, .cols = in_dim, .dtype = ST_U8, .esize = 1,
+                            .off = rows_before * nb * 16, .mx = st, .mx_off = rows_before * nb};
     }
     m->mp->total += st_nbytes(bt->t) + st_nbytes(st->t);
     return FL_OK;

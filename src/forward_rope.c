@@ -165,6 +165,9 @@ static fl_status rope_dynamic(const fwd_rope_ctx *c, const cJSON *sc, double fac
 static const fwd_rope_type ROPE_TYPES[] = {
     {"default", rope_default}, {"linear", rope_linear},   {"llama3", rope_llama3},
     {"dynamic", rope_dynamic}, {"yarn", rope_yarn},       {"longrope", rope_longrope},
+    /* Qwen2-VL's legacy name; Qwen2VLTextConfig renames it "default"
+     * (multimodal RoPE: §vl-mrope). */
+    {"mrope", rope_default},
 };
 
 const fwd_rope_type *fwd_rope_find(const char *name)
@@ -246,14 +249,15 @@ static const cJSON *rope_params(ckpt_view cfg, const char *layer_type)
 fl_status fwd_parse_rope(fwd_model *m, fl_error *err)
 {
     const cJSON *rp = rope_params(m->cfg, "full_attention");
+    fl_status s = rp ? FL_OK : fwd_rope_defaults(m, &rp, err);
     const cJSON *sc = rp ? rp : ckpt_view_get(m->cfg, "rope_scaling");
     const cJSON *th = rp ? cJSON_GetObjectItemCaseSensitive(rp, "rope_theta") : NULL;
-    double td = m->fam->theta_default > 0 ? m->fam->theta_default : 10000.0;
-    double theta = cJSON_IsNumber(th) ? th->valuedouble : ckpt_view_num(m->cfg, "rope_theta", td, td);
-    if (!(theta > 1))
+    double t0 = m->fam->rope_theta > 0 ? m->fam->rope_theta : 10000.0;
+    double theta = cJSON_IsNumber(th) ? th->valuedouble : ckpt_view_num(m->cfg, "rope_theta", t0, t0);
+    if (s == FL_OK && !(theta > 1))
         return fl_fail(err, FL_EINPUT, "%s/config.json: rope_theta %g must be > 1", m->ck->dir, theta);
-    fl_status s = build_freqs(m, sc, theta, &m->freq_global, &m->af_global, err);
-    if (s != FL_OK)
+    if (s != FL_OK || (s = fwd_parse_qscale(m, sc, err)) != FL_OK ||
+        (s = build_freqs(m, sc, theta, &m->freq_global, &m->af_global, err)) != FL_OK)
         return s;
     /* DeepseekV3Attention: scaling *= mscale^2 with mscale_all_dim. */
     double msad = 0;
@@ -261,7 +265,7 @@ fl_status fwd_parse_rope(fwd_model *m, fl_error *err)
     const cJSON *fa = cJSON_IsObject(sc) ? cJSON_GetObjectItemCaseSensitive(sc, "factor") : NULL;
     if (cJSON_IsNumber(ms))
         msad = ms->valuedouble;
-    if (m->fam->mla && msad)
+    if (m->fam->mla && !m->fam->mla_plain_scale && msad)
         m->attn_scale *= pow(fwd_yarn_mscale(cJSON_IsNumber(fa) ? fa->valuedouble : 1.0, msad), 2);
     if (!m->fam->local_theta_key)
         return FL_OK;

@@ -38,6 +38,7 @@ void fwd_route_reset(fwd_model *m)
     m->routing.n = m->routing.pos = 0;
     m->routing.decisions = m->routing.flips = 0;
     m->routing.lost = 0;
+    fwd_index_rec_rewind(m->routing.idx);
 }
 
 static int same_set(const long *a, const long *b, long K)

@@ -78,6 +78,11 @@ static const fwd_names INTERNLM2_NAMES = {.attn_norm = "attention_norm", .mlp_no
 #define QWEN_HYBRID(lin)                                                                                   \
     .norm = NORM_RMS_1PW, .eps_key = "rms_norm_eps", .eps = 1e-6, SILU, .qk = QK_HEAD, .linear_attn = lin, \
     .attn_gate = 1, .rotary_default = 0.25, .head_dim_default = 256
+/* Ministral3Config.__post_init__'s rope_parameters when the config has none. */
+#define MINISTRAL3_ROPE                                                                          \
+    "{\"rope_type\":\"yarn\",\"rope_theta\":1000000.0,\"factor\":16.0,"                           \
+    "\"original_max_position_embeddings\":16384,\"beta_fast\":32.0,\"beta_slow\":1.0,"             \
+    "\"mscale_all_dim\":1.0,\"mscale\":1.0,\"llama_4_scaling_beta\":0.1}"
 
 static const fwd_family FAMILIES[] = {
     {"llama", RMS(1e-6), SILU},
@@ -152,6 +157,65 @@ static const fwd_family FAMILIES[] = {
      .mlp = "feed_forward", .layer_extra = fwd_llama4_layer},
     /* Llama4ForConditionalGeneration: the text model in text_config. */
     {"llama4", .wraps = "llama4_text"},
+    /* ---- zoo (d): the vision-language text models and their wrappers,
+     * docs/architectures.md §vl.  Each wrapper reads text_config (or flat
+     * keys); text_config.model_type picks the row when known.  Multimodal
+     * RoPE is plain RoPE for text-only positions (§vl-mrope). */
+    /* Qwen2VLTextConfig / Qwen2_5_VLTextConfig: rms_norm_eps 1e-5, rope
+     * theta 1e6; Qwen2VLAttention: q/k/v biases, head_dim = hidden / heads. */
+    {"qwen2_vl_text", RMS(1e-5), SILU, .sliding = SLIDE_QWEN2, .rope_theta = 1e6},
+    {"qwen2_vl", .wraps = "qwen2_vl_text"},
+    {"qwen2_5_vl_text", RMS(1e-5), SILU, .sliding = SLIDE_QWEN2, .rope_theta = 1e6},
+    {"qwen2_5_vl", .wraps = "qwen2_5_vl_text"},
+    /* Qwen3VLTextConfig: default_theta 500000 (transformers 5). */
+    {"qwen3_vl_text", RMS(1e-6), SILU, .qk = QK_HEAD, .rope_theta = 5e5},
+    {"qwen3_vl", .wraps = "qwen3_vl_text"},
+    /* Qwen3VLMoeTextTopKRouter renormalises the top-k weights always (no
+     * norm_topk_prob, unlike Qwen3MoeTopKRouter). */
+    {"qwen3_vl_moe_text", RMS(1e-6), SILU, .qk = QK_HEAD, .topk_norm = 1, .moe = {&QWEN3_MOE}, .rope_theta = 5e5},
+    {"qwen3_vl_moe", .wraps = "qwen3_vl_moe_text"},
+    /* Ministral3Config: rms_norm_eps 1e-5, sliding_window None, default
+     * rope_parameters (YaRN); Ministral3Attention scales the queries. */
+    {"ministral3", RMS(1e-5), SILU, .sliding = SLIDE_ALL, .rope_defaults = MINISTRAL3_ROPE,
+     .qscale = QSCALE_LLAMA4_BETA},
+    /* Mistral3ForConditionalGeneration: mistral or ministral3 inside. */
+    {"mistral3", .wraps = "mistral"},
+
+    /* ---- zoo (issue 13): GLM and DeepSeek, docs/architectures.md §glm-deepseek ----
+     * Glm4DecoderLayer: x += post_self_attn(attn(input(x))); x +=
+     * post_mlp(mlp(post_attention(x))); GlmAttention's RoPE on pairs (2i,
+     * 2i+1) of the first half of each head (Glm4Config: partial_rotary_factor
+     * 0.5, head_dim 128, rms_norm_eps 1.5625e-07); Phi3MLP's fused gate_up. */
+    {"glm4", RMS(1.5625e-7), SILU, .layout = LAYOUT_SANDWICH, .interleaved = 1, .rotary_default = 0.5,
+     .head_dim_default = 128, .sandwich = {"post_self_attn_layernorm", "post_attention_layernorm", "post_mlp_layernorm"}},
+    /* Glm4MoeAttention (CohereAttention with rotate_half RoPE on half of
+     * each head, per-head q/k norms when use_qk_norm) and DeepSeek-V3's
+     * sigmoid router and shared experts (Glm4MoeConfig: 8 experts per token). */
+    {"glm4_moe", RMS(1e-5), SILU, TOPK_KEY, .qk = QK_HEAD, .qk_flag = "use_qk_norm", .rotary_default = 0.5,
+     .router = ROUTER_DEEPSEEK, .topk_norm = 1, .topk_default = 8, .moe = {&DEEPSEEK}},
+    /* Glm4MoeLite: DeepseekV3Attention (MLA, rope_interleave default true)
+     * with Glm4Moe's MoE (4 experts per token). */
+    {"glm4_moe_lite", RMS(1e-5), SILU, TOPK_KEY, .interleaved = 1, .interleave_key = "rope_interleave", .mla = 1,
+     .mla_norm_eps = 1e-6, .router = ROUTER_DEEPSEEK, .topk_norm = 1, .topk_default = 4, .moe = {&DEEPSEEK}},
+    /* DeepseekV2Attention: MLA, complex (interleaved) RoPE, scaling
+     * qk_head_dim^-0.5 even under YaRN; DeepseekV2Moe's softmax router
+     * (forward_mla.c), no renormalisation. */
+    {"deepseek_v2", RMS(1e-6), SILU, .interleaved = 1, .mla = 1, .mla_norm_eps = 1e-6, .mla_plain_scale = 1,
+     .router = ROUTER_HOOK, .route = fwd_ds2_route, .layer_extra = fwd_ds2_layer, .moe = {&DEEPSEEK}},
+    /* DeepseekV32Attention: V3's MLA (interleaved RoPE) plus the DSA
+     * indexer (forward_dsa.c); DeepseekV32Config: 8 experts per token. */
+    {"deepseek_v32", RMS(1e-6), SILU, TOPK_KEY, .interleaved = 1, .mla = 1, .mla_norm_eps = 1e-6,
+     .router = ROUTER_DEEPSEEK, .topk_norm = 1, .topk_default = 8, .moe = {&DEEPSEEK}, .dsa = &FWD_DSA_V32,
+     .layer_extra = fwd_dsa_layer},
+    /* GlmMoeDsa: the same with an interleaved indexer RoPE and shared layers. */
+    {"glm_moe_dsa", RMS(1e-5), SILU, TOPK_KEY, .interleaved = 1, .mla = 1, .mla_norm_eps = 1e-6,
+     .router = ROUTER_DEEPSEEK, .topk_norm = 1, .topk_default = 8, .moe = {&DEEPSEEK}, .dsa = &FWD_DSA_GLM,
+     .layer_extra = fwd_dsa_layer},
+    /* Kimi K2 (remote code modeling_deepseek.py, DeepSeek-V3) and K2.5
+     * (text_config, tensors under language_model.model.). */
+    {"kimi_k2", .wraps = "deepseek_v3"},
+    {"kimi_k25", .wraps = "deepseek_v3"},
+
     /* ---- zoo 13 (tail), docs/architectures.md §zoo13-tail ----------------
      * Lfm2RMSNorm (norm_eps 1e-5); Lfm2MLP's activation is silu whatever
      * the config says (no act key); per-head q/k norms before RoPE; conv
@@ -160,10 +224,10 @@ static const fwd_family FAMILIES[] = {
      * renormalised (+1e-6) when norm_topk_prob, * routed_scaling_factor. */
     {"lfm2", .norm = NORM_RMS_CAST, .eps_key = "norm_eps", .eps = 1e-5, .act_default = "silu", .qk = QK_HEAD,
      .names = &LFM2_NAMES, .mlp = "feed_forward", .conv_layers = 1, .tie_default = 1, .tie_alias = "tie_embedding",
-     .theta_default = 1e6},
+     .rope_theta = 1e6},
     {"lfm2_moe", .norm = NORM_RMS_CAST, .eps_key = "norm_eps", .eps = 1e-5, .act_default = "silu", .qk = QK_HEAD,
      .names = &LFM2_NAMES, .mlp = "feed_forward", .conv_layers = 1, .tie_default = 1, .tie_alias = "tie_embedding",
-     .theta_default = 1e6, .moe = {&LFM2_MOE}, .router = ROUTER_HOOK, .route = fwd_biased_route, .route_eps = 1e-6,
+     .rope_theta = 1e6, .moe = {&LFM2_MOE}, .router = ROUTER_HOOK, .route = fwd_biased_route, .route_eps = 1e-6,
      .route_bias = "feed_forward.expert_bias", TOPK_KEY, .topk_norm = 1, .topk_default = 4,
      .layer_extra = fwd_tail_layer},
     /* Gemma3nRMSNorm: (w * x_hat_fp32).to(dtype); the layers (AltUp, LAuReL,
@@ -171,7 +235,7 @@ static const fwd_family FAMILIES[] = {
      * sliding layers' RoPE base rope_local_base_freq; final soft cap 30. */
     {"gemma3n_text", .norm = NORM_RMS_F32, .eps_key = "rms_norm_eps", .eps = 1e-6, .embed = EMBED_SQRT_H,
      .act_key = "hidden_activation", .act_default = "gelu_pytorch_tanh", .final_cap_key = "final_logit_softcapping",
-     .final_cap = 30.0, .local_theta_key = "rope_local_base_freq", .theta_default = 1e6, .tie_default = 1,
+     .final_cap = 30.0, .local_theta_key = "rope_local_base_freq", .rope_theta = 1e6, .tie_default = 1,
      .block = &FWD_GEMMA3N},
     {"gemma3n", .wraps = "gemma3n_text"},
     /* Cohere2: Cohere's LayerNorm and parallel block, no q/k norms;
@@ -189,9 +253,9 @@ static const fwd_family FAMILIES[] = {
      * rope_theta 500000 by default.  The MoE router: softmax in fp32, the
      * choice adds moe_statics.e_score_correction_bias, the weights are
      * renormalised with the sum clamped at moe_norm_min; moe_k experts. */
-    {"ernie4_5", RMS(1e-5), SILU, .interleaved = 1, .head_dim_default = 128, .theta_default = 500000.0,
+    {"ernie4_5", RMS(1e-5), SILU, .interleaved = 1, .head_dim_default = 128, .rope_theta = 500000.0,
      .tie_default = 1},
-    {"ernie4_5_moe", RMS(1e-5), SILU, .interleaved = 1, .head_dim_default = 128, .theta_default = 500000.0,
+    {"ernie4_5_moe", RMS(1e-5), SILU, .interleaved = 1, .head_dim_default = 128, .rope_theta = 500000.0,
      .tie_default = 1, .moe = {&ERNIE_MOE}, .router = ROUTER_HOOK, .route = fwd_biased_route, .route_softmax = 1,
      .route_clamp_key = "moe_norm_min", .route_clamp = 1e-12, .route_bias = "mlp.moe_statics.e_score_correction_bias",
      .topk_norm = 1, .topk_key = "moe_k", .topk_default = 6, .layer_extra = fwd_tail_layer},
@@ -209,7 +273,7 @@ static const fwd_family FAMILIES[] = {
     /* Apertus: renamed pre-norms, q/k norms before RoPE, NemotronMLP with
      * xIELU (its parameters bound by fwd_tail_layer). */
     {"apertus", RMS(1e-5), .act_key = "hidden_act", .act_default = "xielu", .qk = QK_HEAD, .names = &APERTUS_NAMES,
-     .mlp_no_gate = 1, .theta_default = 12000000.0, .layer_extra = fwd_tail_layer},
+     .mlp_no_gate = 1, .rope_theta = 12000000.0, .layer_extra = fwd_tail_layer},
     {"arcee", RMS(1e-5), .act_key = "hidden_act", .act_default = "relu2", .mlp_no_gate = 1},
     /* InternLM2: wqkv grouped per kv head; feed_forward.w1/w3/w2; output. */
     {"internlm2", RMS(1e-6), SILU, .names = &INTERNLM2_NAMES, .mlp = "feed_forward", .qkv_grouped = 1},

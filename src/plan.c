@@ -504,7 +504,7 @@ static const char *cfg_tie_spelling(const planner *pl)
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(cfg->json, "tie_word_embeddings");
     if (!v && cfg->nested)
         v = cJSON_GetObjectItemCaseSensitive(cfg->nested, "tie_word_embeddings");
-    return !v ? "absent (the config class defaults to false)" : cJSON_IsNull(v) ? "null" : "false";
+    return !v ? "absent (what the loader then reads is false)" : cJSON_IsNull(v) ? "null" : "false";
 }
 
 static fl_status plan_final(planner *pl, int flag)

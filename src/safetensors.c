@@ -395,22 +395,10 @@ static fl_status header_tensor(json_reader *j, st_header *out, char *key, size_t
     return jtensor(j, t);
 }
 
-fl_status st_parse_header(const char *what, const char *json, size_t json_len,
-                          uint64_t file_size, st_header *out, fl_error *err)
+/* The header's members: tensors and __metadata__, nothing after the
+ * closing brace. */
+static fl_status parse_members(json_reader *j, st_header *out)
 {
-    memset(out, 0, sizeof *out);
-    out->header_len = json_len;
-    out->data_start = 8 + (uint64_t)json_len;
-    out->file_size = file_size;
-    if (json_len > ST_MAX_HEADER_SIZE)
-        return fl_fail(err, FL_EINPUT, "%s: header is %zu bytes, over the limit of %llu",
-                       what, json_len, ST_MAX_HEADER_SIZE);
-    json_reader jr, *j = &jr;
-    json_init(j, what, "safetensors header", json, json_len, ST_MAX_DEPTH, err);
-    size_t bad = fl_utf8_check(j->s, json_len);
-    if (bad < json_len)
-        return fl_fail(err, FL_EINPUT, "%s: header is not valid UTF-8 (byte %zu is 0x%02x)",
-                       what, bad, j->s[bad]);
     /* The reference accepts leading and trailing \t\n\r and space padding. */
     json_ws(j);
     if (json_peek(j) != '{')
@@ -424,7 +412,7 @@ fl_status st_parse_header(const char *what, const char *json, size_t json_len,
         if (strcmp(key, "__metadata__") == 0) {
             free(key);
             if (have_meta)
-                st = fl_fail(err, FL_EINPUT, "%s: duplicate key \"__metadata__\"", what);
+                st = fl_fail(j->err, FL_EINPUT, "%s: duplicate key \"__metadata__\"", j->what);
             else
                 st = jmetadata(j, out);
             have_meta = 1;
@@ -435,70 +423,101 @@ fl_status st_parse_header(const char *what, const char *json, size_t json_len,
     if (st == FL_OK && r < 0)
         st = j->status;
     if (st != FL_OK)
-        goto fail;
+        return st;
     json_ws(j);
-    if (j->pos != json_len) {
-        st = json_fail(j, "trailing data after the JSON object");
-        goto fail;
-    }
+    if (j->pos != j->len)
+        return json_fail(j, "trailing data after the JSON object");
+    return FL_OK;
+}
 
-    /* Duplicates, sizes, then contiguity in offset order (the reference's
-     * Metadata::validate), then the file length. */
-    size_t n = out->n_tensors;
+/* No two tensors of one name (found by sorting: a million-tensor header). */
+static fl_status check_names(const char *what, const st_header *h, fl_error *err)
+{
+    size_t n = h->n_tensors;
     char ***names = malloc((n ? n : 1) * sizeof *names);
-    if (!names) { st = fl_fail(err, FL_EIO, "%s: out of memory reading header", what); goto fail; }
-    for (size_t i = 0; i < n; i++) names[i] = &out->tensors[i].name;
-    const char *dup = find_duplicate(names, n);
-    if (dup) {
-        char nb[96];
-        st = fl_fail(err, FL_EINPUT, "%s: duplicate tensor name '%s'", what, shown(dup, nb, sizeof nb));
-    }
-    free(names);
-    if (dup) goto fail;
+    if (!names)
+        return fl_fail(err, FL_EIO, "%s: out of memory reading header", what);
     for (size_t i = 0; i < n; i++)
-        if ((st = check_size(what, &out->tensors[i], err))) goto fail;
+        names[i] = &h->tensors[i].name;
+    const char *dup = find_duplicate(names, n);
+    char nb[96];
+    fl_status st = dup ? fl_fail(err, FL_EINPUT, "%s: duplicate tensor name '%s'", what, shown(dup, nb, sizeof nb))
+                       : FL_OK;
+    free(names);
+    return st;
+}
+
+/* The data buffer is tiled exactly, in offset order (the reference's
+ * Metadata::validate); *end gets its length. */
+static fl_status check_contiguous(const char *what, const st_header *h, uint64_t *end, fl_error *err)
+{
+    size_t n = h->n_tensors;
     const st_tensor **byoff = malloc((n ? n : 1) * sizeof *byoff);
-    if (!byoff) { st = fl_fail(err, FL_EIO, "%s: out of memory reading header", what); goto fail; }
-    for (size_t i = 0; i < n; i++) byoff[i] = &out->tensors[i];
+    if (!byoff)
+        return fl_fail(err, FL_EIO, "%s: out of memory reading header", what);
+    for (size_t i = 0; i < n; i++)
+        byoff[i] = &h->tensors[i];
     qsort(byoff, n, sizeof *byoff, cmp_offsets);
     uint64_t prev_end = 0;
     const st_tensor *prev = NULL;
-    for (size_t i = 0; i < n; i++) {
+    fl_status st = FL_OK;
+    char nb[96], pb[96];
+    for (size_t i = 0; i < n && st == FL_OK; i++) {
         const st_tensor *t = byoff[i];
-        if (t->begin != prev_end) {
-            char nb[96], pb[96];
-            if (prev)
-                st = fl_fail(err, FL_EINPUT,
-                             "%s: tensor '%s' has data_offsets [%llu, %llu], expected start %llu (end of '%s'): %s",
-                             what, shown(t->name, nb, sizeof nb), (unsigned long long)t->begin,
-                             (unsigned long long)t->end, (unsigned long long)prev_end,
-                             shown(prev->name, pb, sizeof pb),
-                             t->begin < prev_end ? "overlap" : "hole");
-            else
-                st = fl_fail(err, FL_EINPUT,
-                             "%s: tensor '%s' has data_offsets [%llu, %llu], expected start 0: hole at start of data",
-                             what, shown(t->name, nb, sizeof nb), (unsigned long long)t->begin,
-                             (unsigned long long)t->end);
-            free(byoff);
-            goto fail;
-        }
+        if (t->begin != prev_end && prev)
+            st = fl_fail(err, FL_EINPUT,
+                         "%s: tensor '%s' has data_offsets [%llu, %llu], expected start %llu (end of '%s'): %s",
+                         what, shown(t->name, nb, sizeof nb), (unsigned long long)t->begin,
+                         (unsigned long long)t->end, (unsigned long long)prev_end,
+                         shown(prev->name, pb, sizeof pb), t->begin < prev_end ? "overlap" : "hole");
+        else if (t->begin != prev_end)
+            st = fl_fail(err, FL_EINPUT,
+                         "%s: tensor '%s' has data_offsets [%llu, %llu], expected start 0: hole at start of data",
+                         what, shown(t->name, nb, sizeof nb), (unsigned long long)t->begin,
+                         (unsigned long long)t->end);
         prev_end = t->end;
         prev = t;
     }
     free(byoff);
-    /* data_start <= 1e8+8 and prev_end <= 2^53: no overflow. */
-    if (out->data_start + prev_end != file_size) {
+    *end = prev_end;
+    return st;
+}
+
+fl_status st_parse_header(const char *what, const char *json, size_t json_len,
+                          uint64_t file_size, st_header *out, fl_error *err)
+{
+    memset(out, 0, sizeof *out);
+    out->header_len = json_len;
+    out->data_start = 8 + (uint64_t)json_len;
+    out->file_size = file_size;
+    if (json_len > ST_MAX_HEADER_SIZE)
+        return fl_fail(err, FL_EINPUT, "%s: header is %zu bytes, over the limit of %llu",
+                       what, json_len, ST_MAX_HEADER_SIZE);
+    json_reader jr;
+    json_init(&jr, what, "safetensors header", json, json_len, ST_MAX_DEPTH, err);
+    size_t bad = fl_utf8_check(json, json_len);
+    if (bad < json_len)
+        return fl_fail(err, FL_EINPUT, "%s: header is not valid UTF-8 (byte %zu is 0x%02x)",
+                       what, bad, (unsigned char)json[bad]);
+    /* Members, duplicates, sizes, contiguity, then the file length. */
+    fl_status st = parse_members(&jr, out);
+    if (st == FL_OK)
+        st = check_names(what, out, err);
+    for (size_t i = 0; st == FL_OK && i < out->n_tensors; i++)
+        st = check_size(what, &out->tensors[i], err);
+    uint64_t data_end = 0;
+    if (st == FL_OK)
+        st = check_contiguous(what, out, &data_end, err);
+    /* data_start <= 1e8+8 and data_end <= 2^53: no overflow. */
+    if (st == FL_OK && out->data_start + data_end != file_size)
         st = fl_fail(err, FL_EINPUT,
                      "%s: file is %llu bytes, but the header says %llu (8 + %zu header + %llu data)%s",
                      what, (unsigned long long)file_size,
-                     (unsigned long long)(out->data_start + prev_end), json_len,
-                     (unsigned long long)prev_end,
-                     file_size < out->data_start + prev_end ? ": truncated" : ": trailing bytes");
-        goto fail;
-    }
-    return FL_OK;
-fail:
-    st_header_free(out);
+                     (unsigned long long)(out->data_start + data_end), json_len,
+                     (unsigned long long)data_end,
+                     file_size < out->data_start + data_end ? ": truncated" : ": trailing bytes");
+    if (st != FL_OK)
+        st_header_free(out);
     return st;
 }
 
@@ -578,16 +597,13 @@ static int cmp_layout(const void *a, const void *b)
     return strcmp(x->name, y->name);
 }
 
-fl_status st_layout(const char *what, st_tensor *tensors, size_t n,
-                    const st_meta *meta, size_t n_meta, size_t *order,
-                    char **header, size_t *header_size, fl_error *err)
+/* What st_layout is given must read back: names, dtypes, ranks, sizes
+ * that agree with the shapes, no name twice. */
+static fl_status check_writable(const char *what, st_tensor *tensors, size_t n, fl_error *err)
 {
-    *header = NULL;
-    *header_size = 0;
     char nb[96];
     if (n > ST_MAX_TENSORS)
-        return fl_fail(err, FL_EINPUT, "%s: %zu tensors, over the limit of %d", what, n,
-                       ST_MAX_TENSORS);
+        return fl_fail(err, FL_EINPUT, "%s: %zu tensors, over the limit of %d", what, n, ST_MAX_TENSORS);
     for (size_t i = 0; i < n; i++) {
         const st_tensor *t = &tensors[i];
         size_t len = strlen(t->name);
@@ -597,38 +613,20 @@ fl_status st_layout(const char *what, st_tensor *tensors, size_t n,
         if ((unsigned)t->dtype >= ST_DTYPE_COUNT || t->ndim < 0 || t->ndim > ST_MAX_DIMS)
             return fl_fail(err, FL_EINPUT, "%s: tensor '%s': bad dtype or rank", what,
                            shown(t->name, nb, sizeof nb));
-        /* The sizes passed in must agree with the shape, or the file we write
-         * would not read back. */
-        if (check_size(what, t, err)) return err ? err->code : FL_EINPUT;
+        fl_status st = check_size(what, t, err);
+        if (st != FL_OK)
+            return st;
     }
-    /* Same-name tensors would not read back. */
-    if (n > 1) {
-        char ***names = malloc(n * sizeof *names);
-        if (!names) return fl_fail(err, FL_EIO, "%s: out of memory", what);
-        for (size_t i = 0; i < n; i++) names[i] = &tensors[i].name;
-        const char *dup = find_duplicate(names, n);
-        fl_status st = dup ? fl_fail(err, FL_EINPUT, "%s: duplicate tensor name '%s'", what,
-                                     shown(dup, nb, sizeof nb)) : FL_OK;
-        free(names);
-        if (st) return st;
-    }
-    const st_tensor **sorted = malloc((n ? n : 1) * sizeof *sorted);
-    if (!sorted) return fl_fail(err, FL_EIO, "%s: out of memory", what);
-    for (size_t i = 0; i < n; i++) sorted[i] = &tensors[i];
-    qsort(sorted, n, sizeof *sorted, cmp_layout);
-    for (size_t k = 0; k < n; k++) order[k] = (size_t)(sorted[k] - tensors);
-    free(sorted);
-    uint64_t off = 0;
-    for (size_t k = 0; k < n; k++) {
-        st_tensor *t = &tensors[order[k]];
-        uint64_t size = t->end - t->begin;
-        if (size > UINT64_MAX - off)
-            return fl_fail(err, FL_EINPUT, "%s: data size overflows 64 bits", what);
-        t->begin = off;
-        t->end = off + size;
-        off += size;
-    }
+    st_header h = {.n_tensors = n, .tensors = tensors};
+    return n > 1 ? check_names(what, &h, err) : FL_OK;
+}
 
+/* The header JSON for tensors in `order` (offsets assigned), with the
+ * 8-byte length prefix and space padding to a multiple of 8. */
+static fl_status render_header(const char *what, const st_tensor *tensors, size_t n, const size_t *order,
+                               const st_meta *meta, size_t n_meta, char **header, size_t *header_size,
+                               fl_error *err)
+{
     strbuf b = {0};
     sb_put(&b, "\0\0\0\0\0\0\0\0", 8); /* length prefix, filled in below */
     sb_str(&b, "{\"__metadata__\":{");
@@ -650,34 +648,56 @@ fl_status st_layout(const char *what, st_tensor *tensors, size_t n,
     sb_put(&b, "}", 1);
     for (size_t k = 0; k < n; k++) {
         const st_tensor *t = &tensors[order[k]];
-        char num[48];
         sb_put(&b, ",", 1);
         sb_json_string(&b, t->name);
-        sb_str(&b, ":{\"dtype\":\"");
-        sb_str(&b, st_dtype_name(t->dtype));
-        sb_str(&b, "\",\"shape\":[");
-        for (int d = 0; d < t->ndim; d++) {
-            snprintf(num, sizeof num, d ? ",%llu" : "%llu", (unsigned long long)t->shape[d]);
-            sb_str(&b, num);
-        }
-        snprintf(num, sizeof num, "],\"data_offsets\":[%llu,%llu]}",
-                 (unsigned long long)t->begin, (unsigned long long)t->end);
-        sb_str(&b, num);
+        sb_printf(&b, ":{\"dtype\":\"%s\",\"shape\":[", st_dtype_name(t->dtype));
+        for (int d = 0; d < t->ndim; d++)
+            sb_printf(&b, d ? ",%llu" : "%llu", (unsigned long long)t->shape[d]);
+        sb_printf(&b, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)t->begin,
+                  (unsigned long long)t->end);
     }
     sb_put(&b, "}", 1);
     while (!b.oom && (b.n - 8) % 8) sb_put(&b, " ", 1);
     if (b.oom) {
-        free(b.p);
+        sb_free(&b);
         return fl_fail(err, FL_EIO, "%s: out of memory building the header", what);
     }
     uint64_t hn = b.n - 8;
     if (hn > ST_MAX_HEADER_SIZE) {
-        free(b.p);
+        sb_free(&b);
         return fl_fail(err, FL_EINPUT, "%s: header would be %llu bytes, over the limit of %llu",
                        what, (unsigned long long)hn, ST_MAX_HEADER_SIZE);
     }
     for (int i = 0; i < 8; i++) b.p[i] = (char)(hn >> (8 * i));
-    *header = b.p;
     *header_size = b.n;
+    *header = b.p;
     return FL_OK;
+}
+
+fl_status st_layout(const char *what, st_tensor *tensors, size_t n,
+                    const st_meta *meta, size_t n_meta, size_t *order,
+                    char **header, size_t *header_size, fl_error *err)
+{
+    *header = NULL;
+    *header_size = 0;
+    fl_status st = check_writable(what, tensors, n, err);
+    if (st != FL_OK)
+        return st;
+    const st_tensor **sorted = malloc((n ? n : 1) * sizeof *sorted);
+    if (!sorted) return fl_fail(err, FL_EIO, "%s: out of memory", what);
+    for (size_t i = 0; i < n; i++) sorted[i] = &tensors[i];
+    qsort(sorted, n, sizeof *sorted, cmp_layout);
+    for (size_t k = 0; k < n; k++) order[k] = (size_t)(sorted[k] - tensors);
+    free(sorted);
+    uint64_t off = 0;
+    for (size_t k = 0; k < n; k++) {
+        st_tensor *t = &tensors[order[k]];
+        uint64_t size = t->end - t->begin;
+        if (size > UINT64_MAX - off)
+            return fl_fail(err, FL_EINPUT, "%s: data size overflows 64 bits", what);
+        t->begin = off;
+        t->end = off + size;
+        off += size;
+    }
+    return render_header(what, tensors, n, order, meta, n_meta, header, header_size, err);
 }

@@ -34,11 +34,15 @@ typedef struct {
     size_t top1_agree;
     long first_bad;
     char bad[512];
-    char desc[200];
+    char desc[512];
     double secs;
     int ok;
     long route_decisions, route_flips; /* MoE choices of the output pass, and those pinned */
     int route_lost;
+    /* the DSA indexer's (forward.h fwd_index_stats) */
+    long idx_rows, idx_flips, idx_compared, idx_worst;
+    double idx_rel;
+    int idx_lost;
 } fsummary;
 
 /* Parses "1,2,3" (spaces allowed). */
@@ -184,6 +188,21 @@ static void compare_logits(const float *a, const float *b, long V, size_t T, fsu
     f->kl_mean = T ? kl_sum / (double)T : 0;
 }
 
+/* A DSA indexer's choice of keys is pinned to the source's, so its scores
+ * are compared directly: a wrongly folded indexer consumer changes them
+ * even where the selection keeps every key (docs/architectures.md
+ * §deepseek_v32). */
+static void compare_index(fsummary *f)
+{
+    if (!f->idx_compared || f->idx_rel <= f->tol)
+        return;
+    if (f->ok)   /* else a logit failure is named already */
+        snprintf(f->bad, sizeof f->bad, "the DSA indexer's scores in layer %ld differ by %.4g of their scale "
+                 "(tolerance %g): a norm feeding the indexer (wk, weights_proj, wq_b) is folded wrongly",
+                 f->idx_worst, f->idx_rel, f->tol);
+    f->ok = 0;
+}
+
 /* The token ids: --tokens, or BOS then 16 ids from a fixed LCG (Numerical
  * Recipes constants): deterministic, spread over the ids the source pass embeds (fwd_tokens). */
 static fl_status choose_tokens(const verify_options *opt, const fwd_model *ms, long V, fsummary *f, fl_error *err)
@@ -239,7 +258,10 @@ static fl_status run_both(fwd_model *ms, fwd_model *mo, long V, const verify_opt
         (s = fwd_logits(mo, f->tokens, T, lb, err)) == FL_OK) {
         f->ran = 1;
         fwd_route_stats(mo, &f->route_decisions, &f->route_flips, &f->route_lost);
+        fwd_index_stats(mo, &f->idx_rows, &f->idx_flips, &f->idx_compared, &f->idx_rel, &f->idx_worst,
+                        &f->idx_lost);
         compare_logits(la, lb, V, T, f);
+        compare_index(f);
         if (opt->dump_logits)
             s = dump_logits(opt->dump_logits, la, T * (size_t)V, err);
     }
@@ -357,6 +379,12 @@ static char *report_text(const char *src_dir, const char *out_dir, const tsummar
             sb_printf(&b, "  MoE routing pinned to the source's experts: the output's own choice differed in "
                       "%ld of %ld%s\n", f->route_flips, f->route_decisions,
                       f->route_lost ? " (pinning lost: the passes' decisions did not line up)" : "");
+        if (f->idx_compared)
+            sb_printf(&b, "  DSA indexer: key selection pinned to the source's; the output's own differed in %ld "
+                      "of %ld rows with a choice%s; %ld index scores compared: max difference %.3g of their "
+                      "scale\n", f->idx_flips, f->idx_rows,
+                      f->idx_lost ? " (pinning lost: the passes did not line up)" : "", f->idx_compared,
+                      f->idx_rel);
         if (!f->ok)
             sb_printf(&b, "  - %s\n", f->bad);
     }
@@ -412,6 +440,14 @@ static void report_json_forward(cJSON *r, const fsummary *f, int skip_forward)
         cJSON_AddNumberToObject(rj, "decisions", (double)f->route_decisions);
         cJSON_AddNumberToObject(rj, "differed", (double)f->route_flips);
         cJSON_AddBoolToObject(rj, "pinned", !f->route_lost);
+    }
+    if (f->idx_compared) {
+        cJSON *ij = cJSON_AddObjectToObject(fj, "dsa_indexer");
+        cJSON_AddNumberToObject(ij, "rows_with_a_choice", (double)f->idx_rows);
+        cJSON_AddNumberToObject(ij, "differed", (double)f->idx_flips);
+        cJSON_AddBoolToObject(ij, "pinned", !f->idx_lost);
+        cJSON_AddNumberToObject(ij, "scores_compared", (double)f->idx_compared);
+        cJSON_AddNumberToObject(ij, "max_rel_score_diff", f->idx_rel);
     }
     if (!f->ok) {
         cJSON_AddNumberToObject(fj, "first_bad_position", (double)f->first_bad);

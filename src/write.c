@@ -87,7 +87,7 @@ static fl_status digest_add(const convert_options *opt, const char *rel, uint64_
 static fl_status digest_buffer(const convert_options *opt, const char *rel, const void *p, size_t n,
                                fl_error *err)
 {
-    fl_digest dg;
+    fl_digest dg = {0};
     fl_status s = fl_digest_init(&dg, HASH_SHA256, 0) && fl_digest_update(&dg, p, n)
                       ? digest_add(opt, rel, n, &dg, err)
                       : fl_fail(err, FL_EIO, "%s: cannot compute its sha256", rel);
@@ -517,7 +517,7 @@ static fl_status write_text(txn *t, const convert_options *opt, const char *rel,
 static fl_status copy_file(txn *t, const checkpoint *ck, const convert_options *opt, const char *rel,
                            char *buf, size_t cap, fl_error *err)
 {
-    fl_digest dg;
+    fl_digest dg = {0};
     int hashing = opt->digests != NULL;
     if (hashing && !fl_digest_init(&dg, HASH_SHA256, 0))
         return fl_fail(err, FL_EIO, "%s: cannot compute its sha256", rel);

@@ -97,9 +97,11 @@ typedef struct {
 
 /* Which layers are sparse.  Keys name config fields; NULL ones are unused.
  * Layer i is sparse when the expert count is > 0, `flag` (if any) is set,
- * and then: listed in `sparse_list` when the config has that list;
+ * and then: its `type_list` entry is "sparse" when the config has that
+ * list; listed in `sparse_list` when the config has that list;
  * otherwise not listed in `dense_list`, not among the first `first_dense`
- * layers, and (i + step_offset) % step == 0 for `step` (default 1). */
+ * layers, not after `last_sparse`, and (i + step_offset) % step == 0 for
+ * `step` (default 1). */
 typedef struct {
     const char *experts[3];  /* expert count: the first key present wins */
     const char *flag;        /* Gemma 4 enable_moe_block */
@@ -108,7 +110,9 @@ typedef struct {
     const char *first_dense; /* DeepSeek first_k_dense_replace */
     const char *step;        /* Qwen decoder_sparse_step, DeepSeek moe_layer_freq */
     int step_offset;         /* 1: (i+1) % step (Qwen, Llama 4); 0: i % step (DeepSeek) */
-    long first_dense_default; /* first_dense when the key is absent (LFM2-MoE num_dense_layers 2) */
+    const char *type_list;   /* a per-layer list of "dense" / "sparse" that decides when the config has it
+                                (GLM-4.7-Flash, DeepSeek-V3.2, GLM-5 mlp_layer_types) */
+    int first_dense_default; /* first_dense when the config lacks the key (the config class default) */
     const char *last_sparse; /* layers after this index are dense; -1 or absent: none
                                 (ERNIE moe_layer_end_index) */
 } arch_moe_rule;

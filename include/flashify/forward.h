@@ -68,6 +68,16 @@ void fwd_set_progress(fwd_model *m, fwd_progress_fn fn, void *ctx);
 void fwd_route_record(fwd_model *m);
 void fwd_route_replay(fwd_model *m, const fwd_model *from);
 void fwd_route_stats(const fwd_model *m, long *decisions, long *flips, int *lost);
+/* The same for the DSA lightning indexer (DeepSeek-V3.2, GLM-5), whose
+ * top-k choice of keys is pinned alongside: the query rows of the last
+ * replayed pass that had a real choice (more keys than index_topk) and
+ * those where m's own selection differed; and, because a kept choice
+ * hides the scores, the index scores compared with the recorded ones
+ * (the first 64 query positions of every layer): how many, the largest
+ * difference relative to the layer's largest score, and in which layer
+ * (-1: none).  All 0 for a model without an indexer. */
+void fwd_index_stats(const fwd_model *m, long *rows, long *flips, long *compared, double *max_rel,
+                     long *worst_layer, int *lost);
 
 /* Runs the model causally over tokens[0..n) and writes n * fwd_vocab(m)
  * logits (row t = the prediction after tokens[0..t]).  Every id must be in

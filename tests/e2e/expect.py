@@ -472,3 +472,7 @@ def first_difference(exp, got):
         if repr(a) != repr(b):
             return "element %d: got %r expected %r (%d bytes differ)" % (i, b, a, ndiff)
     return "bytes differ"
+
+
+import fixtures  # noqa: E402  (the zoo modules register once this module is complete)
+fixtures.zoo_ready('expect')

@@ -927,7 +927,14 @@ def _qwen_sparse(cfg, i):
         and (i + 1) % cfg["decoder_sparse_step"] == 0
 
 
-# The zoo modules register their families (see EXTRA_FAMILIES).
+# The zoo modules register their families (see EXTRA_FAMILIES) here and in
+# expect.py and ref_forward.py, so they are imported once all three are
+# complete, whichever of them a test imports first: each calls zoo_ready()
+# as its last statement (importing a zoo module while expect.py is half
+# run would find no EXTRA_LAYER_PLANS yet).
+_ZOO_READY = set()
+
+
 def _import_zoo():
     import glob
     import importlib
@@ -936,4 +943,14 @@ def _import_zoo():
         importlib.import_module(os.path.basename(path)[:-3])
 
 
-_import_zoo()
+def zoo_ready(module):
+    if module in _ZOO_READY:
+        return
+    _ZOO_READY.add(module)
+    if _ZOO_READY == {"fixtures", "expect", "ref_forward"}:
+        _import_zoo()
+
+
+zoo_ready("fixtures")
+import expect  # noqa: E402,F401  (unless it is the one importing us)
+import ref_forward  # noqa: E402,F401

@@ -6,6 +6,7 @@ convert(tc, src, out, *flags) -> runs flashify, asserts the source tree is
 check_output(tc, src, out, ...) -> compares the output directory with
                         expect.expected(): every tensor, the shard layout,
                         the index, config.json, README.md, copied files
+dump_logits(tc, src, out, tokens) -> the C pass's logits of src (verify)
 """
 
 import fnmatch
@@ -220,6 +221,18 @@ def check_output(tc, src_dir, out_dir, keep_tied=False, keep_norms=False,
     stray = [rel for rel in out_files if rel not in src_files and not _is_weight_file(rel)]
     tc.assertEqual(stray, [], "unexpected files in the output")
     return ex, out
+
+
+def dump_logits(tc, src, out, tokens):
+    """`flashify verify src out --tokens ... --dump-logits`: (the process,
+    the source's logits as computed by the C pass, flat floats)."""
+    import struct
+    dump = src + ".logits"
+    p = run(["verify", src, out, "--tokens", ",".join(map(str, tokens)), "--dump-logits", dump])
+    tc.assertEqual(p.returncode, 0, describe(p))
+    with open(dump, "rb") as f:
+        data = f.read()
+    return p, struct.unpack("<%df" % (len(data) // 4), data)
 
 
 def stderr_of(p):

@@ -430,3 +430,7 @@ def ref_logits(ck, tokens):
             lg = [math.tanh(v / cap) * cap for v in lg]
         out.append(lg)
     return out
+
+
+import fixtures  # noqa: E402  (the zoo modules register once this module is complete)
+fixtures.zoo_ready('ref_forward')

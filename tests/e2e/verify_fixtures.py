@@ -114,3 +114,50 @@ def exponent_top_bit(dtype):
 
 def load_json(text):
     return json.loads(text)
+
+
+def refold(src_dir, out_dir, gain=None, unfold=(), drop_kept=()):
+    """The correct output of src_dir with one kind of mistake: every group
+    refolded with `gain`, or the consumers whose names end with one of
+    `unfold` left as in the source, or the kept norms named in `drop_kept`
+    removed (as a folder that took them for foldable would write it)."""
+    src = read_checkpoint(src_dir)
+    ex = expected(src)
+    ts = dict(ex.tensors)
+    for norm, consumers in ex.groups:
+        for c in consumers:
+            base = src.tensors[c] if c in src.tensors else src.tensors[ex.embed]
+            if any(c.endswith(u) for u in unfold):
+                ts[c] = base
+            elif gain:
+                axis = "cols" if len(base.shape) == 2 else "last" if base.shape[-1] == len(src.tensors[norm].values()) \
+                    else "middle"
+                ts[c] = fold(base, gain_ratios(src.tensors[norm], gain), axis)
+    for k in list(ts):
+        if any(k.endswith(d + ".weight") for d in drop_kept):
+            del ts[k]
+    m = Model("out", expected_config(src.config, ex))
+    m.tensors = ts
+    write_checkpoint(m, out_dir, extra_files=False)
+
+
+def c_vs_python(tc, src, out, tokens, *flags):
+    """`flashify verify` passes on src/out, and the C pass's logits of src
+    agree with ref_forward's to 1e-4 of the logit scale, on logits that are
+    not degenerate; returns the JSON report."""
+    import struct
+    from harness import describe, run
+    from ref_forward import ref_logits
+    dump = src + ".logits"
+    p = run(["verify", src, out, "--json", "--tokens", ",".join(map(str, tokens)), "--dump-logits", dump]
+            + list(flags))
+    tc.assertEqual(p.returncode, 0, describe(p))
+    ref = ref_logits(read_checkpoint(src), tokens)
+    V = len(ref[0])
+    with open(dump, "rb") as f:
+        got = struct.unpack("<%df" % (V * len(tokens)), f.read())
+    worst = max(abs(got[t * V + v] - ref[t][v]) / max(1.0, max(map(abs, ref[t])))
+                for t in range(len(tokens)) for v in range(V))
+    tc.assertLess(worst, 1e-4, "C and Python reference differ by %.3g" % worst)
+    tc.assertGreater(max(ref[0]) - min(ref[0]), 0.05, "degenerate logits")
+    return json.loads(p.stdout)

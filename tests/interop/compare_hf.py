@@ -12,7 +12,7 @@ OUTPUT with AutoModelForCausalLM and compares, for the token ids that
     --dump-logits), float32: validates forward.c against the modeling code;
   * which tensors transformers reports as missing when loading the output
     (the dropped norms: they must come back as identity, see
-    ../shared/docs/architectures.md section 3).
+    docs/architectures.md §missing).
 
 Without torch/transformers it prints SKIP and exits 0.  Not run by ctest.
 
@@ -68,18 +68,31 @@ def compare(a, b):
 
 
 # Composite types whose checkpoint only the image-text class loads (its
-# keys are language_model.model.*); untested until a device session runs it.
-IMAGE_TEXT = {"llama4"}
+# keys are language_model.model.*), and the VL wrappers (docs/architectures.md
+# §vl); untested until a device session runs it.
+IMAGE_TEXT = {"llama4", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "mistral3"}
+
+
+# Remote-code types transformers lacks, loaded as the class they are
+# (docs/architectures.md §kimi: Kimi K2 is DeepSeek-V3 under its own
+# model_type); untested until a device session runs it.  Kimi K2.5's
+# wrapper (language_model.model.* keys) has no class in transformers: its
+# pairs fail to load and are reported as such.
+AS_TYPE = {"kimi_k2": "deepseek_v3"}
 
 
 def load(path, dtype, device):
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
     auto = AutoModelForCausalLM
     with open(os.path.join(path, "config.json")) as f:
-        if json.load(f).get("model_type") in IMAGE_TEXT:
-            from transformers import AutoModelForImageTextToText as auto
+        cfg = json.load(f)
+    if cfg.get("model_type") in IMAGE_TEXT:
+        from transformers import AutoModelForImageTextToText as auto
     kw = dict(torch_dtype=dtype, output_loading_info=True)
+    if cfg.get("model_type") in AS_TYPE:
+        kw["config"] = AutoConfig.for_model(AS_TYPE[cfg["model_type"]],
+                                            **{k: v for k, v in cfg.items() if k != "model_type"})
     try:
         m, info = auto.from_pretrained(path, attn_implementation="eager", **kw)
     except (TypeError, ValueError):

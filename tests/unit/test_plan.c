@@ -550,8 +550,44 @@ static void test_refusals(void)
     done(f, &p);
 }
 
+/* A rule with a per-layer type list (mlp_layer_types) follows the list
+ * when the config has one, else first_dense, whose absent key reads as the
+ * rule's default (docs/architectures.md §glm4_moe_lite, §deepseek_v32). */
+static void test_moe_type_list(void)
+{
+    static const arch_moe_rule r = {.experts = {"n_routed_experts"}, .type_list = "mlp_layer_types",
+                                    .first_dense = "first_k_dense_replace", .first_dense_default = 3};
+    static const struct {
+        const char *json, *want;
+    } cases[] = {
+        {"{\"model_type\":\"x\",\"n_routed_experts\":4}", "00011"},
+        {"{\"model_type\":\"x\",\"n_routed_experts\":4,\"first_k_dense_replace\":1}", "01111"},
+        {"{\"model_type\":\"x\",\"n_routed_experts\":4,\"first_k_dense_replace\":1,\"mlp_layer_types\":"
+         "[\"dense\",\"sparse\",\"dense\",\"sparse\",\"dense\"]}", "01010"},
+        {"{\"model_type\":\"x\",\"n_routed_experts\":0,\"mlp_layer_types\":[\"sparse\",\"sparse\",\"sparse\",\"sparse\",\"sparse\"]}",
+         "00000"},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        ckpt_config cfg;
+        fl_error err = {0};
+        fl_status st = ckpt_config_parse("mem/config.json", cases[c].json, strlen(cases[c].json), &cfg, &err);
+        CHECK(st == FL_OK, "%s", err.msg);
+        if (st != FL_OK)
+            continue;
+        ckpt_view v = ckpt_config_view(&cfg, 0);
+        const char *key;
+        long E = arch_expert_count(&r, v, &key);
+        char got[6] = {0};
+        for (long i = 0; i < 5; i++)
+            got[i] = arch_is_moe_layer(&r, v, i, E) ? '1' : '0';
+        CHECK(strcmp(got, cases[c].want) == 0, "case %zu: sparse layers %s, expected %s", c, got, cases[c].want);
+        ckpt_config_free(&cfg);
+    }
+}
+
 int main(void)
 {
+    test_moe_type_list();
     test_llama_tied();
     test_gemma2_keeps();
     test_qwen2_moe("num_experts");
