@@ -35,8 +35,9 @@ typedef struct {
     long I;                /* intermediate_size[i] */
     int sparse;            /* activation_sparsity_pattern[i] > 0 */
     float cutoff_mult;     /* icdf(sparsity) in the model dtype */
-    fwd_norm router_norm, post_laurel, post_ple;
-    fwd_mat router, laurel_l, laurel_r, ple_gate, ple_proj;
+    fwd_norm router_norm, post_laurel;
+    fwd_mat router, laurel_l, laurel_r;
+    fwd_ple_layer ple;     /* the per-layer input path (forward_ple.c) */
     float *pred_w;         /* altup.prediction_coefs [n * n, n] */
     float *corr_w;         /* altup.correction_coefs [n, n], clamped to +-altup_coef_clip */
     float *out_scale;      /* altup.correct_output_scale [H] */
@@ -44,12 +45,10 @@ typedef struct {
 
 typedef struct {
     g3n_layer *ly;
-    long n, active, P, window, n_sliding, n_shared, n_sparse, laurel;
+    long n, active, window, n_sliding, n_shared, n_sparse, laurel;
     int correct_scale;
-    fwd_mat ple_embed, ple_model_proj;
+    fwd_ple ple;           /* the per-layer inputs; H^-0.5 and 2^-0.5 in the model dtype */
     fwd_mat proj[G3N_MAX_STREAMS], unembed[G3N_MAX_STREAMS]; /* altup_(un)embed_projections.{j} */
-    fwd_norm ple_proj_norm;
-    double ple_embed_scale, proj_scale, input_scale;  /* sqrt(P), H^-0.5, 2^-0.5 in the model dtype */
 } g3n_model;
 
 static const char *dir(const fwd_model *m) { return m->ck->dir; }
@@ -141,18 +140,15 @@ static fl_status parse_altup(fwd_model *m, g3n_model *g, fl_error *err)
     g->n = ckpt_view_int(m->cfg, "altup_num_inputs", 4);
     g->active = ckpt_view_int(m->cfg, "altup_active_idx", 0);
     g->laurel = ckpt_view_int(m->cfg, "laurel_rank", 64);
-    g->P = ckpt_view_int(m->cfg, "hidden_size_per_layer_input", 256);
+    g->ple.P = ckpt_view_int(m->cfg, "hidden_size_per_layer_input", 256);
     g->correct_scale = ckpt_view_bool(m->cfg, "altup_correct_scale", 1);
     if (g->n < 1 || g->n > G3N_MAX_STREAMS || g->active < 0 || g->active >= g->n)
         return fl_fail(err, FL_EINPUT, "%s/config.json: altup_num_inputs %ld with altup_active_idx %ld is not valid",
                        dir(m), g->n, g->active);
-    if (g->laurel < 1 || g->laurel > G3N_MAX_DIM || g->P < 1 || g->P > G3N_MAX_DIM ||
-        (double)m->L * (double)g->P > (double)(1L << 31))
+    if (g->laurel < 1 || g->laurel > G3N_MAX_DIM || g->ple.P < 1 || g->ple.P > G3N_MAX_DIM ||
+        (double)m->L * (double)g->ple.P > (double)(1L << 31))
         return fl_fail(err, FL_EINPUT, "%s/config.json: laurel_rank %ld or hidden_size_per_layer_input %ld is not "
-                       "valid", dir(m), g->laurel, g->P);
-    int d = m->embed.dtype;
-    g->proj_scale = fwd_round_to_dtype(d, 1.0 / sqrt((double)m->H));
-    g->input_scale = fwd_round_to_dtype(d, 1.0 / sqrt(2.0));
+                       "valid", dir(m), g->laurel, g->ple.P);
     return FL_OK;
 }
 
@@ -212,7 +208,7 @@ static fl_status bind_layer(fwd_model *m, g3n_model *gm, const char *prefix, lon
     char pre[256], name[512];
     g3n_layer *g = &gm->ly[i];
     fwd_layer *ly = &m->layers[i];
-    long H = m->H, I = g->I, r = gm->laurel, P = gm->P;
+    long H = m->H, I = g->I, r = gm->laurel;
     snprintf(pre, sizeof pre, "%slayers.%ld.", prefix, i);
     fl_status s;
     if ((s = fwd_bind_norm(m, NAME("input_layernorm.weight"), H, &ly->attn_norm, err)) != FL_OK ||
@@ -227,10 +223,7 @@ static fl_status bind_layer(fwd_model *m, g3n_model *gm, const char *prefix, lon
         (s = fwd_bind_mat(m, NAME("laurel.linear_left.weight"), r, H, 1, &g->laurel_l, err)) != FL_OK ||
         (s = fwd_bind_mat(m, NAME("laurel.linear_right.weight"), H, r, 1, &g->laurel_r, err)) != FL_OK ||
         (s = fwd_bind_norm(m, NAME("laurel.post_laurel_norm.weight"), H, &g->post_laurel, err)) != FL_OK ||
-        (s = fwd_bind_mat(m, NAME("per_layer_input_gate.weight"), P, H, 1, &g->ple_gate, err)) != FL_OK ||
-        (s = fwd_bind_mat(m, NAME("per_layer_projection.weight"), H, P, 1, &g->ple_proj, err)) != FL_OK)
-        return s;
-    if ((s = fwd_bind_norm(m, NAME("post_per_layer_input_norm.weight"), H, &g->post_ple, err)) != FL_OK)
+        (s = fwd_ple_bind_layer(m, &gm->ple, &g->ple, pre, err)) != FL_OK)
         return s;
     if (I > m->max_inter)
         m->max_inter = I;
@@ -246,15 +239,14 @@ static fl_status bind_layer(fwd_model *m, g3n_model *gm, const char *prefix, lon
 static fl_status bind_model(fwd_model *m, g3n_model *g, const char *pre, fl_error *err)
 {
     char name[512];
-    long LP = m->L * g->P;
-    fl_status s;
-    if ((s = fwd_bind_mat(m, NAME("embed_tokens_per_layer.weight"), -1, LP, 1, &g->ple_embed, err)) != FL_OK ||
-        (s = fwd_bind_mat(m, NAME("per_layer_model_projection.weight"), LP, m->H, 1, &g->ple_model_proj, err)) !=
-            FL_OK ||
-        (s = fwd_bind_norm(m, NAME("per_layer_projection_norm.weight"), g->P, &g->ple_proj_norm, err)) != FL_OK)
+    fl_status s = fwd_ple_bind(m, &g->ple, pre, err);
+    if (s != FL_OK)
         return s;
-    g->ple_embed_scale = fwd_round_to_dtype(g->ple_embed.dtype, sqrt((double)g->P));
-    m->in_tokens = g->ple_embed.rows;   /* the text ids: above them are the multimodal soft tokens */
+    /* Gemma3nTextModel rounds both scalars to the model dtype
+     * (.type(inputs_embeds.dtype), §gemma3n). */
+    g->ple.proj_scale = fwd_round_to_dtype(m->embed.dtype, g->ple.proj_scale);
+    g->ple.input_scale = fwd_round_to_dtype(m->embed.dtype, g->ple.input_scale);
+    m->in_tokens = g->ple.embed.rows;   /* the text ids: above them are the multimodal soft tokens */
     for (long j = 0; j + 1 < g->n && s == FL_OK; j++) {
         snprintf(name, sizeof name, "%saltup_projections.%ld.weight", pre, j);
         if ((s = fwd_bind_mat(m, name, m->H, m->H, 1, &g->proj[j], err)) != FL_OK)
@@ -280,8 +272,8 @@ static fl_status g3n_open(fwd_model *m, const char *prefix, fl_error *err)
     if ((s = parse_layers(m, g, err)) != FL_OK || (s = parse_altup(m, g, err)) != FL_OK ||
         (s = fwd_parse_rope(m, err)) != FL_OK || (s = bind_model(m, g, prefix, err)) != FL_OK)
         return s;
-    if (g->P > m->max_inter)
-        m->max_inter = g->P;   /* the per-layer gate runs in the MLP buffer */
+    if (g->ple.P > m->max_inter)
+        m->max_inter = g->ple.P;   /* the per-layer gate runs in the MLP buffer */
     for (long i = 0; i < m->L && s == FL_OK; i++)
         s = bind_layer(m, g, prefix, i, err);
     return s;
@@ -291,7 +283,7 @@ static void g3n_describe(const fwd_model *m, char *buf, size_t cap)
 {
     const g3n_model *g = m->ext;
     snprintf(buf, cap, ", AltUp %ld streams, LAuReL rank %ld, per-layer inputs %ld, sliding window %ld in %ld layers"
-             "%s, sparse activations in %ld layers", g->n, g->laurel, g->P, g->window, g->n_sliding,
+             "%s, sparse activations in %ld layers", g->n, g->laurel, g->ple.P, g->window, g->n_sliding,
              g->n_shared ? ", KV shared" : "", g->n_sparse);
 }
 
@@ -302,11 +294,11 @@ static void g3n_close(fwd_model *m)
         return;
     for (long i = 0; g->ly && i < m->L; i++) {
         g3n_layer *ly = &g->ly[i];
-        free(ly->router_norm.g); free(ly->post_laurel.g); free(ly->post_ple.g);
+        free(ly->router_norm.g); free(ly->post_laurel.g); free(ly->ple.post.g);
         free(ly->pred_w); free(ly->corr_w); free(ly->out_scale);
     }
     free(g->ly);
-    free(g->ple_proj_norm.g);
+    free(g->ple.proj_norm.g);
     free(g);
     m->ext = NULL;
 }
@@ -466,24 +458,6 @@ static fl_status mlp(const fwd_model *m, const g3n_layer *g, const fwd_layer *ly
     return fwd_matmul(m, &ly->down, NULL, b->g, T, out, err);
 }
 
-/* The per-layer input path: act(per_layer_input_gate(x)) * ple_l ->
- * per_layer_projection -> post_per_layer_input_norm, into out. */
-static fl_status ple_path(const fwd_model *m, const g3n_model *gm, const g3n_layer *g, long l, const float *x,
-                          long T, fwd_bufs *b, g3n_bufs *w, float *out, fl_error *err)
-{
-    long P = gm->P;
-    fl_status s = fwd_matmul(m, &g->ple_gate, NULL, x, T, b->g, err);
-    if (s != FL_OK)
-        return s;
-    for (long t = 0; t < T; t++)
-        for (long i = 0; i < P; i++)
-            b->g[t * P + i] = fwd_act(m, b->g[t * P + i]) * w->ple[(t * m->L + l) * P + i];
-    if ((s = fwd_matmul(m, &g->ple_proj, NULL, b->g, T, out, err)) != FL_OK)
-        return s;
-    fwd_norm_rows(m, &g->post_ple, out, T, m->H);
-    return FL_OK;
-}
-
 /* Gemma3nTextDecoderLayer.forward: attention and LAuReL on the normed
  * active prediction, (active + attn + laurel) / sqrt(2), the MLP's
  * sandwich, AltUp's correction, the per-layer input on streams 1..n-1. */
@@ -521,42 +495,12 @@ static fl_status layer(const fwd_model *m, const g3n_model *gm, long l, long T, 
     memcpy(w->act, w->s + (size_t)gm->active * n, n * sizeof *w->act);
     for (size_t i = 0; gm->correct_scale && i < n; i++)
         w->act[i] *= g->out_scale[i % (size_t)H];
-    if ((s = ple_path(m, gm, g, l, w->act, T, b, w, w->y, err)) != FL_OK)
+    if ((s = fwd_ple_layer_out(m, &gm->ple, &g->ple, l, w->ple, w->act, T, b, w->y, err)) != FL_OK)
         return s;
     for (long a = 1; a < gm->n; a++)
         for (size_t i = 0; i < n; i++)
             w->s[(size_t)a * n + i] += w->y[i];
     return FL_OK;
-}
-
-/* get_per_layer_inputs + project_per_layer_inputs: [T][L][P]. */
-static fl_status per_layer_inputs(const fwd_model *m, const g3n_model *g, const int32_t *tokens, const float *x,
-                                  long T, g3n_bufs *w, fl_error *err)
-{
-    long LP = m->L * g->P;
-    const fwd_mat *pe = &g->ple_embed;
-    size_t rowb = (size_t)LP * pe->esize;
-    void *raw = malloc(rowb);
-    float *tok = malloc((size_t)LP * sizeof *tok);
-    fl_status s = raw && tok ? fwd_matmul(m, &g->ple_model_proj, NULL, x, T, w->ple, err)
-                             : fl_fail(err, FL_EIO, "out of memory");
-    for (long t = 0; s == FL_OK && t < T; t++) {
-        /* tokens[t] < pe->rows: fwd_logits checks fwd_tokens (m->in_tokens) */
-        if ((s = ckpt_read(m->ck, pe->t, (uint64_t)tokens[t] * rowb, raw, rowb, err)) != FL_OK)
-            break;
-        fwd_to_float(pe->dtype, raw, tok, (size_t)LP);
-        float *row = w->ple + t * LP;
-        for (long i = 0; i < LP; i++)
-            row[i] = (float)(row[i] * g->proj_scale);
-        fwd_norm_rows(m, &g->ple_proj_norm, row, m->L, g->P);
-        for (long i = 0; i < LP; i++)
-            row[i] = (float)((row[i] + (float)(tok[i] * g->ple_embed_scale)) * g->input_scale);
-    }
-    if (s == FL_OK)
-        fwd_meter_add(m, pe);   /* looked up, not streamed */
-    free(raw);
-    free(tok);
-    return s;
 }
 
 /* Stream j of n (1..n-1) from the hidden state x through a projection,
@@ -597,7 +541,7 @@ static int alloc_bufs(const fwd_model *m, const g3n_model *g, long T, g3n_bufs *
     w->z = malloc(tz * H * sizeof(float));
     w->lr = malloc(tz * (size_t)g->laurel * sizeof(float));
     w->mod = malloc(tz * n * sizeof(float));
-    w->ple = malloc(tz * (size_t)(m->L * g->P) * sizeof(float));
+    w->ple = malloc(tz * (size_t)(m->L * g->ple.P) * sizeof(float));
     w->ks = calloc((size_t)m->L, sizeof *w->ks);
     w->vs = calloc((size_t)m->L, sizeof *w->vs);
     int ok = w->s && w->pred && w->act && w->y && w->y2 && w->z && w->lr && w->mod && w->ple && w->ks && w->vs;
@@ -614,7 +558,7 @@ static fl_status g3n_run(const fwd_model *m, const int32_t *tokens, float *x, lo
     const g3n_model *g = m->ext;
     size_t plane = (size_t)T * (size_t)m->H;
     g3n_bufs w = {0};
-    fl_status s = alloc_bufs(m, g, T, &w) ? per_layer_inputs(m, g, tokens, x, T, &w, err)
+    fl_status s = alloc_bufs(m, g, T, &w) ? fwd_ple_inputs(m, &g->ple, tokens, x, T, w.ple, err)
                                           : fl_fail(err, FL_EIO, "out of memory for %ld tokens", T);
     if (s == FL_OK)
         memcpy(w.s, x, plane * sizeof *x);

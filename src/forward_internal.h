@@ -515,6 +515,30 @@ float fwd_act(const fwd_model *m, float x);
 
 /* forward_gemma4.c (zoo: Gemma 4) */
 extern const fwd_block FWD_GEMMA4;
+
+/* forward_ple.c: the per-layer inputs of Gemma 3n and Gemma 4.  fwd_ple_bind
+ * binds the model's tensors under pre (p->P set) and sets the scales
+ * sqrt(P) (in the embedding's dtype), H^-0.5 and 2^-0.5, which a family may
+ * round after; fwd_ple_inputs writes [T][L][P] into out; fwd_ple_layer_out
+ * is layer l's path from its input x [T][H] into out [T][H], with in the
+ * per-layer inputs (b->g holds the gate, m->max_inter >= P). */
+typedef struct {
+    long P;                  /* hidden_size_per_layer_input */
+    fwd_mat embed;           /* embed_tokens_per_layer [Vp, L * P] */
+    fwd_mat model_proj;      /* per_layer_model_projection [L * P, H] */
+    fwd_norm proj_norm;      /* per_layer_projection_norm [P] */
+    double embed_scale, proj_scale, input_scale;
+} fwd_ple;
+typedef struct {
+    fwd_mat gate, proj;      /* per_layer_input_gate [P, H], per_layer_projection [H, P] */
+    fwd_norm post;           /* post_per_layer_input_norm [H] */
+} fwd_ple_layer;
+fl_status fwd_ple_bind(fwd_model *m, fwd_ple *p, const char *pre, fl_error *err);
+fl_status fwd_ple_bind_layer(fwd_model *m, const fwd_ple *p, fwd_ple_layer *ly, const char *pre, fl_error *err);
+fl_status fwd_ple_inputs(const fwd_model *m, const fwd_ple *p, const int32_t *tokens, const float *x, long T,
+                         float *out, fl_error *err);
+fl_status fwd_ple_layer_out(const fwd_model *m, const fwd_ple *p, const fwd_ple_layer *ly, long l, const float *in,
+                            const float *x, long T, fwd_bufs *b, float *out, fl_error *err);
 /* ... of E float logits. */
 void fwd_choose(const float *logits, long E, long K, long *sel);
 
@@ -539,7 +563,7 @@ void fwd_conv_free(struct fwd_conv *c);
 void fwd_biased_route(const fwd_model *m, const fwd_layer *ly, const float *logits, long E, long K, long *sel,
                       float *w, int given);
 fl_status fwd_tail_layer(fwd_model *m, fwd_layer *ly, long i, const char *pre, fl_error *err);
-/* forward_load.c, for fwd_blocks: RoPE of the shared pass (m->freq_global,
+/* forward_rope.c, for fwd_blocks: RoPE of the shared pass (m->freq_global,
  * m->freq_local by the family's local_theta_key). */
 fl_status fwd_parse_rope(fwd_model *m, fl_error *err);
 

@@ -7,18 +7,23 @@ check_output(tc, src, out, ...) -> compares the output directory with
                         expect.expected(): every tensor, the shard layout,
                         the index, config.json, README.md, copied files
 dump_logits(tc, src, out, tokens) -> the C pass's logits of src (verify)
+verify_json(src, out, *flags) -> `flashify verify --json`: (process, report)
+ZooCase              -> a TestCase with a temporary folder and converted()
 """
 
 import fnmatch
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from fixtures import read_checkpoint, safetensors_bytes, tree_digest  # noqa: E402
+from fixtures import build_model, read_checkpoint, safetensors_bytes, tree_digest, write_checkpoint  # noqa: E402
 from expect import expected, expected_config, first_difference  # noqa: E402
 
 ROOT = os.environ.get("FLASHIFY_ROOT") or os.path.dirname(os.path.dirname(HERE))
@@ -233,6 +238,42 @@ def dump_logits(tc, src, out, tokens):
     with open(dump, "rb") as f:
         data = f.read()
     return p, struct.unpack("<%df" % (len(data) // 4), data)
+
+
+def verify_json(src, out, *flags):
+    """`flashify verify src out --json ...`: (the process, the parsed
+    report, or None when nothing was printed)."""
+    p = run(["verify", src, out, "--json"] + list(flags))
+    return p, (json.loads(p.stdout) if p.stdout.strip() else None)
+
+
+class ZooCase(unittest.TestCase):
+    """A temporary folder per test (named with tmp_prefix); converted()
+    builds a family's BF16 fixture there, converts it and checks the
+    output against expect.py: (model, process, expected, output)."""
+    tmp_prefix = "flashify-zoo-"
+    seed = 1
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix=self.tmp_prefix)
+
+    def tearDown(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def path(self, name):
+        return os.path.join(self.tmp, name)
+
+    def write(self, model, name):
+        d = self.path(name)
+        write_checkpoint(model, d)
+        return d
+
+    def converted(self, family, name=None, flags=(), keep_norms=False, seed=None, **opt):
+        m = build_model(family, dtype="BF16", seed=self.seed if seed is None else seed, **opt)
+        src = self.write(m, name or family)
+        p = convert(self, src, src + "-out", *flags)
+        ex, ck = check_output(self, src, src + "-out", keep_norms=keep_norms)
+        return m, p, ex, ck
 
 
 def stderr_of(p):

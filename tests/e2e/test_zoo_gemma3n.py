@@ -15,17 +15,15 @@ way, a missed consumer, and tensors only Gemma 3n's own blocks read.
 import json
 import os
 import shutil
-import struct
 import sys
-import tempfile
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from fixtures import Tensor, build_model, encode_values, read_checkpoint, write_checkpoint  # noqa: E402
 from expect import fold, gain_ratios  # noqa: E402
-from harness import check_output, convert, describe, run  # noqa: E402
-from verify_fixtures import write_output, write_source  # noqa: E402
+from harness import ZooCase, convert, describe, run, verify_json as verify  # noqa: E402
+from verify_fixtures import c_vs_python, write_output, write_source  # noqa: E402
 import zoo_gemma3n as z  # noqa: E402
 
 TOKENS = [2, 7, 30, 64, 95, 7, 11]
@@ -35,32 +33,12 @@ QKVL = ["self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.
         "laurel.linear_left.weight"]
 
 
-def verify(src, out, *flags):
-    p = run(["verify", src, out, "--json"] + list(flags))
-    return p, (json.loads(p.stdout) if p.stdout.strip() else None)
-
-
-class Base(unittest.TestCase):
-    def setUp(self):
-        self.tmp = tempfile.mkdtemp(prefix="flashify-g3n-")
-
-    def tearDown(self):
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def path(self, name):
-        return os.path.join(self.tmp, name)
-
-    def write(self, model, name):
-        d = self.path(name)
-        write_checkpoint(model, d)
-        return d
+class Base(ZooCase):
+    tmp_prefix = "flashify-g3n-"
+    seed = 43
 
     def converted(self, family="gemma3n", name=None, flags=(), keep_norms=False, **opt):
-        m = build_model(family, dtype="BF16", seed=opt.pop("seed", 43), **opt)
-        src = self.write(m, name or family)
-        p = convert(self, src, src + "-out", *flags)
-        ex, ck = check_output(self, src, src + "-out", keep_norms=keep_norms)
-        return m, p, ex, ck, src
+        return super().converted(family, name, flags, keep_norms, **opt)
 
 
 class Plan(Base):
@@ -69,7 +47,7 @@ class Plan(Base):
         gate/up, altup.router_norm feeds modality_router (in predict and in
         correct), and nothing else changes -- input_layernorm's consumers
         (q/k/v, laurel.linear_left) included."""
-        m, p, ex, ck, _ = self.converted()
+        m, p, ex, ck = self.converted()
         changed = ["mlp.gate_proj.weight", "mlp.up_proj.weight", "altup.modality_router.weight"]
         same = QKVL + ["self_attn.o_proj.weight", "mlp.down_proj.weight", "laurel.linear_right.weight",
                        "altup.prediction_coefs.weight", "altup.correction_coefs.weight",
@@ -114,7 +92,7 @@ class Plan(Base):
         self.assertIn("LAuReL", card)
 
     def test_towers_pass_through(self):
-        m, _, ex, ck, _ = self.converted()
+        m, _, ex, ck = self.converted()
         towers = [k for k in m.tensors if k.startswith(("model.vision_tower.", "model.audio_tower.",
                                                          "model.embed_vision.", "model.embed_audio."))]
         self.assertGreater(len(towers), 3)
@@ -122,24 +100,24 @@ class Plan(Base):
             self.assertEqual(ck.tensors[k].data, m.tensors[k].data, k)
 
     def test_text_only_layout(self):
-        m, _, ex, ck, _ = self.converted("gemma3n_text")
+        m, _, ex, ck = self.converted("gemma3n_text")
         self.assertIn("model.layers.0.altup.modality_router.weight", m.tensors)
         self.assertEqual(ck.config["model_type"], "gemma3n_text")
         self.assertNotIn("model.layers.0.input_layernorm.weight", ex.dropped)
 
     def test_untied(self):
-        m, _, ex, ck, _ = self.converted(name="untied", tied=False)
+        m, _, ex, ck = self.converted(name="untied", tied=False)
         self.assertIn("lm_head.weight", m.tensors)
         self.assertNotEqual(ck.tensors["lm_head.weight"].data, m.tensors["lm_head.weight"].data)
         self.assertEqual(ck.tensors[WRAP + "embed_tokens.weight"].data, m.tensors[WRAP + "embed_tokens.weight"].data)
 
     def test_no_marker(self):
-        _, _, ex, ck, _ = self.converted()
+        _, _, ex, ck = self.converted()
         self.assertFalse(ex.marker)
         self.assertNotIn("flashnorm_folded", ck.config)
 
     def test_keep_norms_writes_one(self):
-        m, _, ex, ck, _ = self.converted(flags=("--keep-norms",), keep_norms=True)
+        m, _, ex, ck = self.converted(flags=("--keep-norms",), keep_norms=True)
         self.assertEqual(len(ex.dropped), 2 * 6 + 1)
         for k in ex.dropped:
             self.assertEqual(set(ck.tensors[k].values()), {1.0}, k)
@@ -225,6 +203,8 @@ class Forward(Base):
     """The C pass (verify --dump-logits) against zoo_gemma3n.ref_logits."""
 
     def check(self, family, name, dtype="F32", config=None, **opt):
+        """verify passes and the C pass agrees with zoo_gemma3n.ref_logits;
+        returns the result line (what ran)."""
         src = self.path(name)
         write_source(src, family, dtype, **opt)
         if config:
@@ -235,22 +215,9 @@ class Forward(Base):
             with open(path, "w") as f:
                 json.dump(cfg, f)
         write_output(src, src + "-out")
-        dump = src + ".logits"
-        p = run(["verify", src, src + "-out", "--tokens", ",".join(map(str, TOKENS)), "--dump-logits", dump])
-        self.assertEqual(p.returncode, 0, describe(p))
-        self.assertIn("forward: ok", p.stdout, describe(p))
-        with open(dump, "rb") as f:
-            data = f.read()
-        ref = z.ref_logits(read_checkpoint(src), TOKENS)
-        V = len(ref[0])
-        got = struct.unpack("<%df" % (V * len(TOKENS)), data)
-        for t, row in enumerate(ref):
-            scale = max(1.0, max(abs(v) for v in row))
-            worst = max(abs(got[t * V + v] - row[v]) for v in range(V)) / scale
-            self.assertLess(worst, 1e-4, "%s position %d: C vs Python differ by %.3g" % (name, t, worst))
-            self.assertEqual(max(range(V), key=lambda v: got[t * V + v]), max(range(V), key=lambda v: row[v]))
-        self.assertGreater(max(ref[-1]) - min(ref[-1]), 0.05, "degenerate logits")
-        return p
+        rep = c_vs_python(self, src, src + "-out", TOKENS)
+        self.assertTrue(rep["forward_check"]["passed"], rep["forward_check"])
+        return rep["forward_check"]["model"]
 
     def test_variants(self):
         def int_inter(tc):
@@ -264,11 +231,11 @@ class Forward(Base):
                  ("gemma3n_text", "int-inter", dict(intermediate=[48] * 6, config=int_inter), ["per-layer inputs 8"])]
         for fam, name, opt, words in cases:
             with self.subTest(variant=name):
-                p = self.check(fam, name, **opt)
+                line = self.check(fam, name, **opt)
                 for w in words:
-                    self.assertIn(w, p.stdout)
+                    self.assertIn(w, line)
                 if name == "noshare":
-                    self.assertNotIn("KV shared", p.stdout)
+                    self.assertNotIn("KV shared", line)
         with self.subTest(dtype="BF16"):
             self.check("gemma3n", "bf16", "BF16")
 

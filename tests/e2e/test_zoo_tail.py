@@ -14,45 +14,23 @@ The C forward pass is compared with zoo_tail.ref_logits on every variant.
 import json
 import os
 import random
-import shutil
-import struct
 import sys
-import tempfile
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from fixtures import Tensor, _quantize_experts, build_model, read_checkpoint, write_checkpoint  # noqa: E402
 from expect import expected  # noqa: E402
-from harness import check_output, convert, describe, run  # noqa: E402
-from verify_fixtures import write_output, write_source  # noqa: E402
-import zoo_tail as z  # noqa: E402
+from harness import ZooCase, check_output, convert, describe, run, verify_json as verify  # noqa: E402
+from verify_fixtures import c_vs_python, write_output, write_source  # noqa: E402
+import zoo_tail  # noqa: E402,F401  (registers the families with fixtures, expect, ref_forward)
 
 TOKENS = [1, 7, 30, 64, 95, 7]
 
 
-def verify(src, out, *flags):
-    p = run(["verify", src, out, "--json"] + list(flags))
-    return p, (json.loads(p.stdout) if p.stdout.strip() else None)
-
-
-class Base(unittest.TestCase):
-    def setUp(self):
-        self.tmp = tempfile.mkdtemp(prefix="flashify-tail-")
-
-    def tearDown(self):
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def path(self, name):
-        return os.path.join(self.tmp, name)
-
-    def converted(self, family, name=None, flags=(), keep_norms=False, seed=61, **opt):
-        m = build_model(family, dtype="BF16", seed=seed, **opt)
-        src = self.path(name or family)
-        write_checkpoint(m, src)
-        p = convert(self, src, src + "-out", *flags)
-        ex, ck = check_output(self, src, src + "-out", keep_norms=keep_norms)
-        return m, p, ex, ck
+class Base(ZooCase):
+    tmp_prefix = "flashify-tail-"
+    seed = 61
 
     def refused(self, model, name, needles, *flags):
         src = self.path(name)
@@ -294,23 +272,12 @@ class Forward(Base):
     """The C pass (verify --dump-logits) against zoo_tail.ref_logits."""
 
     def check(self, family, name, **opt):
+        """verify passes, and the C pass agrees with zoo_tail.ref_logits
+        (through ref_forward's registry); returns the report."""
         src = self.path(name)
         write_source(src, family, "F32", **opt)
         write_output(src, src + "-out")
-        dump = src + ".logits"
-        p = run(["verify", src, src + "-out", "--tokens", ",".join(map(str, TOKENS)), "--dump-logits", dump])
-        self.assertEqual(p.returncode, 0, describe(p))
-        with open(dump, "rb") as f:
-            data = f.read()
-        ref = z.ref_logits(read_checkpoint(src), TOKENS)
-        V = len(ref[0])
-        got = struct.unpack("<%df" % (V * len(TOKENS)), data)
-        for t, row in enumerate(ref):
-            scale = max(1.0, max(abs(v) for v in row))
-            worst = max(abs(got[t * V + v] - row[v]) for v in range(V)) / scale
-            self.assertLess(worst, 1e-4, "%s position %d: C vs Python differ by %.3g" % (name, t, worst))
-        self.assertGreater(max(ref[-1]) - min(ref[-1]), 0.05, "degenerate logits")
-        return p
+        return c_vs_python(self, src, src + "-out", TOKENS)
 
     def test_variants(self):
         cases = [("lfm2", dict(config="hub")), ("lfm2", dict(conv_bias=True)), ("lfm2", dict(tied=False)),
@@ -325,9 +292,9 @@ class Forward(Base):
                 self.check(fam, "v%d" % i, **opt)
 
     def test_result_line(self):
-        p = self.check("lfm2_moe", "line")
-        self.assertIn("lfm2_moe, 4 layers", p.stdout)
-        self.assertIn("MoE in 2 of 4 layers (per-expert)", p.stdout)
+        line = self.check("lfm2_moe", "line")["forward_check"]["model"]
+        self.assertIn("lfm2_moe, 4 layers", line)
+        self.assertIn("MoE in 2 of 4 layers (per-expert)", line)
 
     def test_unsupported_said_not_computed(self):
         """ERNIE MoE experts with biases (use_bias) and a per-layer moe_topk
