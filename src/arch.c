@@ -127,6 +127,46 @@ static const char QWEN_1PW_WARNING[] =
      .when = {WHEN(WHEN_MOE)}},                                                                               \
     {.norm = "post_attention_layernorm", .consumers = {GATE_UP}, .when = {WHEN(WHEN_DENSE)}, .note = "dense layer"}
 #define DS_EXPERTS_KEYS {"n_routed_experts", "num_local_experts"}
+/* -- zoo 13 (hybrid group): OLMo 3, OLMoE, Granite MoE / Granite 4, Nemotron-H,
+ * Falcon-H1 (docs/architectures.md §zoo13-hybrid) */
+static const char OLMO_QK_WHY[] = "q/k norm over the whole projection (all heads), before RoPE";
+#define OLMO_KEEPS                                                                                      \
+    {KEEP("post_attention_layernorm", POST_NORM_WHY), KEEP("post_feedforward_layernorm", POST_NORM_WHY), \
+     KEEP("self_attn.q_norm", OLMO_QK_WHY), KEEP("self_attn.k_norm", OLMO_QK_WHY)}
+/* GraniteMoeMoE: the router's nn.Linear and the experts' 3-D input_linear
+ * [E, 2I, H] (a Parameter named weight, F.linear per expert); the shared MLP's
+ * fused input_linear [2I, H].  output_linear reads neither norm. */
+#define GRANITE_ROUTED L("block_sparse_moe.router.layer"), FUSED("block_sparse_moe.input_linear.weight", IN_LAST)
+#define GRANITE_SHARED L("shared_mlp.input_linear")
+#define GRANITE_TYPES "layer_types|layers_block_type"
+#define G4_MAMBA {.kind = WHEN_BLOCK, .key = GRANITE_TYPES, .value = "mamba|linear_attention"}
+#define G4_ATTN {.kind = WHEN_BLOCK, .key = GRANITE_TYPES, .value = "attention|full_attention"}
+#define G4_NO_TYPES WHEN_KEY(WHEN_NOT_FLAG, "layer_types"), WHEN_KEY(WHEN_NOT_FLAG, "layers_block_type")
+#define G4_ALL_MAMBA "no layer_types: every layer is Mamba-2 (GraniteMoeHybridConfig.layers_block_type)"
+#define GATED_NOTE "gated RMSNorm of the Mamba-2 mixer: a per-channel gain right before out_proj"
+/* The Mamba-2 gated norms: w over the mixer's intermediate size (Nemotron-H
+ * and Falcon-H1 normalise per group, the gain is still one per channel). */
+static const arch_norm_class GRANITE_GATED = {"GraniteMoeHybridRMSNormGated", GAIN_W};
+static const arch_norm_class NEMH_GATED = {"Zamba2RMSNormGated", GAIN_W};
+static const arch_norm_class FALCON_GATED = {"FalconH1RMSNormGated", GAIN_W};
+/* Nemotron-H: one norm per block, feeding the block's one mixer; the block
+ * type from layers_block_type (transformers 5; legacy names mamba /
+ * attention too), layer_types, or the Hub's hybrid_override_pattern. */
+#define NEMH_BLOCKS "layers_block_type|layer_types|hybrid_override_pattern"
+#define NEMH_IS(t) {.kind = WHEN_BLOCK, .key = NEMH_BLOCKS, .value = t}
+#define NEMH_MAMBA "linear_attention|mamba|M"
+#define NEMH_MOE "moe|E"
+#define NEMH_SHARED L("mixer.shared_experts.up_proj")
+static const arch_layout NEMOTRON_H_LAYOUTS[] = {
+    {"backbone.", "embeddings", "norm_f", "lm_head"},
+    {"model.", "embeddings", "norm_f", "lm_head"},    /* transformers 5: backbone. renamed model. */
+    {"backbone.", "embedding", "norm_f", "lm_head"},  /* the name transformers renames to embeddings */
+    {NULL, NULL, NULL, NULL},
+};
+static const arch_layout FALCON_H1_LAYOUTS[] = {
+    {"model.", "embed_tokens", "final_layernorm", "lm_head"},
+    {NULL, NULL, NULL, NULL},
+};
 /* -- zoo 13 (tail): LFM2, Gemma 3n, Cohere 2 and the llama-like rows,
  * docs/architectures.md §zoo13-tail. */
 static const char LFM2_QK_WHY[] =
@@ -395,6 +435,82 @@ static const arch_info ARCHS[] = {
 #undef DSA_KEEPS
 #undef DSA_MOE
 #undef IDX_SHARED
+    /* -- zoo 13 (hybrid group), docs/architectures.md §zoo13-hybrid.
+     * §olmo3: OLMo 2's post-norm layers with sliding-window attention in
+     * three of four layers (no norm moves): only the final norm folds. */
+    {.model_type = "olmo3", .norm = &ARCH_RMS_W, .keeps = OLMO_KEEPS},
+    /* §olmoe: pre-norm Llama layers, every one MoE (router mlp.gate, experts
+     * per expert or fused by transformers 5); q/k norms span all heads. */
+    {.model_type = "olmoe", .norm = &ARCH_RMS_W,
+     .folds = {FOLD("input_layernorm", QKV),
+               {.norm = "post_attention_layernorm",
+                .consumers = {L("mlp.gate"), FUSED("mlp.experts.gate_up_proj", IN_EITHER)},
+                .when = HAS_FUSED, .note = FUSED_NOTE},
+               FOLD("post_attention_layernorm", L("mlp.gate"), L("mlp.experts.{e}.gate_proj"),
+                    L("mlp.experts.{e}.up_proj"))},
+     .keeps = {KEEP("self_attn.q_norm", OLMO_QK_WHY), KEEP("self_attn.k_norm", OLMO_QK_WHY)},
+     .moe = {.experts = {"num_experts", "num_local_experts"}}},
+    /* §granitemoe: every layer MoE; the multipliers touch no norm edge. */
+    {.model_type = "granitemoe", .norm = &ARCH_RMS_W,
+     .folds = {FOLD("input_layernorm", QKV), FOLD("post_attention_layernorm", GRANITE_ROUTED)},
+     .moe = {.experts = {"num_local_experts"}}},
+    {.model_type = "granitemoeshared", .norm = &ARCH_RMS_W,
+     .folds = {FOLD("input_layernorm", QKV),
+               {.norm = "post_attention_layernorm", .consumers = {GRANITE_ROUTED, GRANITE_SHARED},
+                .when = {WHEN_KEY(WHEN_FLAG, "shared_intermediate_size")}, .note = "with the shared MLP"},
+               {.norm = "post_attention_layernorm", .consumers = {GRANITE_ROUTED},
+                .note = "shared_intermediate_size 0: no shared MLP"}},
+     .moe = {.experts = {"num_local_experts"}}},
+    /* §granitemoehybrid (Granite 4.0-H): input_layernorm feeds the layer's
+     * mixer, Mamba-2 (mamba.in_proj) or attention (q/k/v); the MLP is the
+     * shared MLP, plus the routed experts when num_local_experts > 0. */
+    {.model_type = "granitemoehybrid", .norm = &ARCH_RMS_W,
+     .folds = {{.norm = "input_layernorm", .consumers = {L("mamba.in_proj")}, .when = {G4_MAMBA},
+                .note = "Mamba-2 layer"},
+               {.norm = "input_layernorm", .consumers = {QKV}, .when = {G4_ATTN}, .note = "attention layer"},
+               {.norm = "input_layernorm", .consumers = {L("mamba.in_proj")}, .when = {G4_NO_TYPES},
+                .note = G4_ALL_MAMBA},
+               {.norm = "post_attention_layernorm", .consumers = {GRANITE_ROUTED, GRANITE_SHARED},
+                .when = {WHEN(WHEN_MOE)}},
+               {.norm = "post_attention_layernorm", .consumers = {GRANITE_SHARED}, .when = {WHEN(WHEN_DENSE)},
+                .note = "num_local_experts 0: the shared MLP alone"},
+               {.norm = "mamba.norm", .consumers = {L("mamba.out_proj")}, .when = {G4_MAMBA}, .cls = &GRANITE_GATED,
+                .note = GATED_NOTE},
+               {.norm = "mamba.norm", .consumers = {L("mamba.out_proj")}, .when = {G4_NO_TYPES},
+                .cls = &GRANITE_GATED, .note = GATED_NOTE}},
+     .moe = {.experts = {"num_local_experts"}}},
+    /* §nemotron_h: backbone.layers.{i}.norm feeds whichever mixer block i
+     * has; MoE blocks: the sigmoid router mixer.gate (its correction bias is
+     * never scaled), the experts' up_proj (no gate: relu2 MLPs) or, with
+     * moe_latent_size, fc1_latent_proj, and the shared expert's up_proj. */
+    {.model_type = "nemotron_h", .norm = &ARCH_RMS_W,
+     .folds = {{.norm = "norm", .consumers = {L("mixer.in_proj")}, .when = {NEMH_IS(NEMH_MAMBA)},
+                .note = "Mamba-2 block"},
+               {.norm = "norm", .consumers = {L("mixer.q_proj"), L("mixer.k_proj"), L("mixer.v_proj")},
+                .when = {NEMH_IS("full_attention|attention|*")}, .note = "attention block"},
+               {.norm = "norm", .consumers = {L("mixer.up_proj")}, .when = {NEMH_IS("mlp|-")},
+                .note = "MLP block (up_proj, relu2, down_proj)"},
+               {.norm = "norm", .consumers = {L("mixer.gate"), L("mixer.fc1_latent_proj"), NEMH_SHARED},
+                .when = {NEMH_IS(NEMH_MOE), WHEN_KEY(WHEN_FLAG, "moe_latent_size")},
+                .note = "MoE block with moe_latent_size: the experts read fc1_latent_proj's output"},
+               {.norm = "norm", .consumers = {L("mixer.gate"), FUSED("mixer.experts.up_proj", IN_LAST), NEMH_SHARED},
+                .when = {NEMH_IS(NEMH_MOE), WHEN_KEY(WHEN_HAS, "mixer.experts.up_proj")},
+                .note = "MoE block, transformers 5 fused experts [E, I, H]"},
+               {.norm = "norm", .consumers = {L("mixer.gate"), L("mixer.experts.{e}.up_proj"), NEMH_SHARED},
+                .when = {NEMH_IS(NEMH_MOE)}, .note = "MoE block"},
+               {.norm = "mixer.norm", .consumers = {L("mixer.out_proj")}, .when = {NEMH_IS(NEMH_MAMBA)},
+                .cls = &NEMH_GATED, .note = GATED_NOTE}},
+     .moe = {.experts = {"n_routed_experts", "num_local_experts"}, .optional = 1},
+     .layouts = NEMOTRON_H_LAYOUTS, .blocks = NEMH_BLOCKS},
+    /* §falcon_h1: the parallel block, input_layernorm feeds Mamba-2 and
+     * attention at once; pre_ff_layernorm the MLP; the multipliers are
+     * scalars (and mup on in_proj's output rows): no norm edge moves. */
+    {.model_type = "falcon_h1", .norm = &ARCH_RMS_W,
+     .folds = {FOLD("input_layernorm", L("mamba.in_proj"), QKV),
+               FOLD("pre_ff_layernorm", L("feed_forward.gate_proj"), L("feed_forward.up_proj")),
+               {.norm = "mamba.norm", .consumers = {L("mamba.out_proj")},
+                .when = {WHEN_KEY(WHEN_FLAG, "mamba_rms_norm")}, .cls = &FALCON_GATED, .note = GATED_NOTE}},
+     .layouts = FALCON_H1_LAYOUTS},
 
     /* ---- zoo 13 (tail), docs/architectures.md §zoo13-tail ----------------
      * §lfm2: operator_norm feeds attention or the gated short convolution
@@ -542,6 +658,19 @@ static const arch_alias ALIASES[] = {
     {.model_type = "gemma3n", .text_type = "gemma3n_text", .nested = 1, .tie_default = -1},
 };
 
+/* What cannot be folded exactly is refused with the reason (issue 13;
+ * docs/architectures.md §refused).  -- zoo 13 (hybrid group) */
+static const arch_refusal REFUSED[] = {
+    {"nemotron",
+     "NemotronLayerNorm1P (input_layernorm -> self_attn.q/k/v_proj, post_attention_layernorm -> mlp.up_proj, "
+     "model.norm -> lm_head) is a mean-centred LayerNorm with gain 1 + w and a bias, not an RMSNorm: folding it "
+     "would move the bias into the consumers, which flashify does not do"},
+    {"bitnet",
+     "its norms feed BitLinear layers (input_layernorm -> q/k/v_proj, self_attn.attn_sub_norm -> o_proj, "
+     "post_attention_layernorm -> gate/up_proj, mlp.ffn_sub_norm -> down_proj) that ternarize their weights "
+     "and quantize their input per token: a per-channel gain survives neither"},
+};
+
 #define N_ARCHS (sizeof ARCHS / sizeof ARCHS[0])
 #define N_ALIASES (sizeof ALIASES / sizeof ALIASES[0])
 
@@ -554,6 +683,18 @@ const arch_info *arch_find(const char *model_type)
 }
 
 const arch_info *arch_row(size_t i) { return i < N_ARCHS ? &ARCHS[i] : NULL; }
+
+#define N_REFUSED (sizeof REFUSED / sizeof REFUSED[0])
+
+const arch_refusal *arch_refused(const char *model_type)
+{
+    for (size_t i = 0; i < N_REFUSED; i++)
+        if (strcmp(REFUSED[i].model_type, model_type) == 0)
+            return &REFUSED[i];
+    return NULL;
+}
+
+const arch_refusal *arch_refusal_at(size_t i) { return i < N_REFUSED ? &REFUSED[i] : NULL; }
 const arch_alias *arch_alias_at(size_t i) { return i < N_ALIASES ? &ALIASES[i] : NULL; }
 
 static const arch_alias *find_alias(const char *model_type)
@@ -584,6 +725,10 @@ fl_status arch_resolve(const ckpt_config *cfg, const char *where, const arch_inf
                        int custom_nested, arch_resolved *out, fl_error *err)
 {
     memset(out, 0, sizeof *out);
+    const arch_refusal *no = arch_refused(cfg->model_type);
+    if (no)
+        return fl_fail(err, FL_EINPUT, "%s/config.json: model_type '%s' is refused: %s", where, no->model_type,
+                       no->reason);
     const arch_alias *al = find_alias(cfg->model_type);
     if (custom) {
         /* A plan written for the type inside text_config reads that level. */
@@ -633,6 +778,60 @@ static int layer_type_is(ckpt_view cfg, const char *key, const char *value, long
     return cJSON_IsString(e) && value && strcmp(e->valuestring, value) == 0;
 }
 
+/* The config value WHEN_BLOCK reads: the first of the "|"-separated keys
+ * that is present and not null (its name into key[64]). */
+static const cJSON *block_list(ckpt_view cfg, const char *keys, char key[64])
+{
+    for (const char *k = keys; k && *k;) {
+        size_t n = strcspn(k, "|");
+        snprintf(key, 64, "%.*s", (int)(n < 63 ? n : 63), k);
+        k += n + (k[n] == '|');
+        const cJSON *v = ckpt_view_get(cfg, key);
+        if (v && !cJSON_IsNull(v))
+            return v;
+    }
+    return NULL;
+}
+
+long arch_block_count(ckpt_view cfg, const char *keys, char key[64])
+{
+    const cJSON *v = block_list(cfg, keys, key);
+    if (cJSON_IsArray(v))
+        return cJSON_GetArraySize(v);
+    return cJSON_IsString(v) ? (long)strlen(v->valuestring) : -1;
+}
+
+/* 1 when `word` is one of the "|"-separated spellings in `list`. */
+static int in_spellings(const char *list, const char *word)
+{
+    size_t w = strlen(word);
+    for (const char *k = list; k && *k;) {
+        size_t n = strcspn(k, "|");
+        if (n == w && strncmp(k, word, n) == 0)
+            return 1;
+        k += n + (k[n] == '|');
+    }
+    return 0;
+}
+
+/* WHEN_BLOCK: layer i's entry of the block-type list (an array of names,
+ * or a pattern string of one character per layer). */
+static int block_is(ckpt_view cfg, const char *keys, const char *spellings, long i)
+{
+    char key[64];
+    const cJSON *v = block_list(cfg, keys, key);
+    char one[2] = {0, 0};
+    const char *got = NULL;
+    if (cJSON_IsArray(v) && i < cJSON_GetArraySize(v)) {
+        const cJSON *e = cJSON_GetArrayItem(v, (int)i);
+        got = cJSON_IsString(e) ? e->valuestring : NULL;
+    } else if (cJSON_IsString(v) && (size_t)i < strlen(v->valuestring)) {
+        one[0] = v->valuestring[i];
+        got = one;
+    }
+    return got && in_spellings(spellings, got);
+}
+
 static int cond_holds(const arch_cond *c, ckpt_view cfg, long i, long n_layers, int moe,
                       int (*has)(const char *, void *), void *ctx)
 {
@@ -664,6 +863,7 @@ static int cond_holds(const arch_cond *c, ckpt_view cfg, long i, long n_layers, 
         int every = n > 0 && (i + 1) % n == 0;
         return c->kind == WHEN_EVERY ? every : !every;
     }
+    case WHEN_BLOCK: return block_is(cfg, c->key, c->value, i);
     default: return 1;
     }
 }
@@ -695,7 +895,7 @@ long arch_expert_count(const arch_moe_rule *r, ckpt_view cfg, const char **key)
             *key = r->experts[k];
         n = v;
     }
-    return n;
+    return n < 0 && r->optional ? 0 : n;
 }
 
 int arch_is_moe_layer(const arch_moe_rule *r, ckpt_view cfg, long i, long experts)

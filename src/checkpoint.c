@@ -197,7 +197,8 @@ static fl_status scan_level(json_reader *j, char level, strbuf *out)
     int r = 0;
     while (st == FL_OK && (r = json_next(j, &it, &key, NULL)) > 0) {
         int c = json_peek(j);
-        if (c == '-' || (c >= '0' && c <= '9')) {
+        int nonfinite = c == '-' && j->pos + 1 < j->len && j->s[j->pos + 1] == 'I';   /* -Infinity */
+        if ((c == '-' && !nonfinite) || (c >= '0' && c <= '9')) {
             int is_uint;
             uint64_t v;
             const char *tok;
@@ -220,6 +221,7 @@ static fl_status scan_spellings(const char *path, const char *text, size_t len, 
 {
     json_reader j;
     json_init(&j, path, "JSON", text, len, CJSON_NESTING_LIMIT, err);
+    j.python_floats = 1;
     json_ws(&j);
     strbuf b = {0};
     sb_str(&b, "\n");
@@ -230,6 +232,40 @@ static fl_status scan_spellings(const char *path, const char *text, size_t len, 
     return st;
 }
 
+cJSON *ckpt_config_json(const char *text, size_t len)
+{
+    cJSON *j = cJSON_ParseWithLength(text, len);
+    if (j || !text)
+        return j;
+    /* A copy for cJSON with the bare tokens outside strings spelled as
+     * JSON: Infinity as 1e999 (strtod gives inf), NaN as null. */
+    strbuf b = {0};
+    int in_str = 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = text[i];
+        if (in_str) {
+            in_str = !(c == '"');
+            if (c == '\\' && i + 1 < len)
+                sb_put(&b, text + i++, 1);
+        } else if (c == '"') {
+            in_str = 1;
+        } else if (len - i >= 8 && !memcmp(text + i, "Infinity", 8)) {
+            sb_str(&b, "1e999");
+            i += 7;
+            continue;
+        } else if (len - i >= 3 && !memcmp(text + i, "NaN", 3)) {
+            sb_str(&b, "null");
+            i += 2;
+            continue;
+        }
+        sb_put(&b, &text[i], 1);
+    }
+    if (!b.oom)
+        j = cJSON_ParseWithLength(b.p, b.n);
+    sb_free(&b);
+    return j;
+}
+
 fl_status ckpt_config_parse(const char *path, const char *text, size_t len, ckpt_config *cfg,
                             fl_error *err)
 {
@@ -238,7 +274,7 @@ fl_status ckpt_config_parse(const char *path, const char *text, size_t len, ckpt
     if (!(cfg->path = strdup(path)))
         return fl_fail(err, FL_EIO, "out of memory");
     fl_status s = FL_EINPUT;
-    cfg->json = cJSON_ParseWithLength(text, len);
+    cfg->json = ckpt_config_json(text, len);
     if (!cfg->json || !cJSON_IsObject(cfg->json))
         return fl_fail(err, FL_EINPUT, "%s: not a JSON object", path);
     const char *dup = ckpt_json_duplicate_key(cfg->json);
@@ -394,20 +430,25 @@ static int cmp_tensor_name(const void *a, const void *b)
 }
 
 
-const ckpt_tensor *ckpt_find(const checkpoint *ck, const char *name)
+const ckpt_tensor *ckpt_search(const ckpt_tensor *sorted, size_t n, const char *name)
 {
-    size_t lo = 0, hi = ck->n_tensors;
+    size_t lo = 0, hi = n;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
-        int c = strcmp(ck->tensors[mid].name, name);
+        int c = strcmp(sorted[mid].name, name);
         if (c == 0)
-            return &ck->tensors[mid];
+            return &sorted[mid];
         if (c < 0)
             lo = mid + 1;
         else
             hi = mid;
     }
     return NULL;
+}
+
+const ckpt_tensor *ckpt_find(const checkpoint *ck, const char *name)
+{
+    return ckpt_search(ck->tensors, ck->n_tensors, name);
 }
 
 /* Builds the sorted table of logical tensors: every stored tensor, then the

@@ -65,7 +65,8 @@ static const cli_option OPTIONS[] = {
      "print the plan and sizes; write nothing (upload: list\n"
      "what would be sent and what is there; send nothing)"},
     {"--force", "-f", OPT_FLAG, F(force), 0, 0, NULL, CONV, SEC_CONVERT,
-     "replace an existing output directory"},
+     "replace an existing output: only an empty directory\n"
+     "or an earlier flashify output"},
     {"--max-shard-size", NULL, OPT_SIZE, F(max_shard_size), 1, 0, "SIZE", CONV, SEC_CONVERT,
      "re-shard the output (e.g. 5GB, decimal like the Hub;\n"
      "default: keep the source's files)"},

@@ -75,6 +75,7 @@ static int set_member(const char *s, size_t n, size_t open, const char *key, con
     json_reader j;
     fl_error ignored;
     json_init(&j, "config.json", "JSON", s, n, CONFIG_MAX_DEPTH, &ignored);
+    j.python_floats = 1;
     member_span hit, last;
     size_t count = 0, close = 0;
     int r = find_member(&j, open, key, &hit, &last, &count, &close);
@@ -122,6 +123,7 @@ static size_t object_member_open(const char *s, size_t n, size_t open, const cha
     json_reader j;
     fl_error ignored;
     json_init(&j, "config.json", "JSON", s, n, CONFIG_MAX_DEPTH, &ignored);
+    j.python_floats = 1;
     member_span hit, last;
     size_t count, close;
     if (find_member(&j, open, key, &hit, &last, &count, &close) != 1 || s[hit.value_start] != '{')
@@ -145,7 +147,7 @@ static int reads_as(const cJSON *obj, const char *key, int want)
 static fl_status check_written(const checkpoint *ck, const fold_plan *plan, const char *text,
                                size_t len, int text_config_edited, fl_error *err)
 {
-    cJSON *j = cJSON_ParseWithLength(text, len);
+    cJSON *j = ckpt_config_json(text, len);
     const char *bad = !j ? "it is not valid JSON" : NULL;
     if (!bad && plan->untie && !reads_as(j, "tie_word_embeddings", 0))
         bad = "tie_word_embeddings does not read back as false";

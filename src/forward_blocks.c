@@ -54,12 +54,10 @@ void fwd_norm_rows(const fwd_model *m, const fwd_norm *nm, float *x, long T, lon
     norm_apply(m, x, T, n, nm->g, 0);
 }
 
-/* The activation; ap: a layer's learned xIELU parameters (act_p). */
-static float act_fn_p(const fwd_model *m, const float *ap, float x)
+/* The activation act; ap: a layer's learned xIELU parameters (act_p). */
+static float act_as_p(int act, const float *ap, float x)
 {
-    switch (m->act) {
-    case ACT_RELU2: /* ReLUSquaredActivation */
-        return x > 0 ? x * x : 0.0f;
+    switch (act) {
     case ACT_XIELU: { /* XIELUActivation._xielu_python */
         double xd = x;
         if (x > 0)
@@ -72,16 +70,20 @@ static float act_fn_p(const fwd_model *m, const float *ap, float x)
     }
     case ACT_GELU_ERF:
         return (float)(0.5 * x * (1.0 + erf(x / sqrt(2.0))));
+    case ACT_RELU2:   /* ReLUSquaredActivation (Nemotron-H mlp_hidden_act "relu2") */
+        return x > 0 ? x * x : 0.0f;
     default:
         return (float)(x / (1.0 + exp(-(double)x)));
     }
 }
 
-static float act_fn(const fwd_model *m, float x)
+static float act_as(int act, float x)
 {
     static const float none[4] = {0, 0, 0, 0};
-    return act_fn_p(m, none, x);
+    return act_as_p(act, none, x);
 }
+static float act_fn_p(const fwd_model *m, const float *ap, float x) { return act_as_p(m->act, ap, x); }
+static float act_fn(const fwd_model *m, float x) { return act_as(m->act, x); }
 
 /* Rotates the first 2 * half values of v in place for position pos:
  * rotate_half pairs (i, i + half) (apply_rotary_pos_emb), or (2i, 2i+1)
@@ -180,6 +182,18 @@ static void split_qkv(const fwd_model *m, fwd_bufs *b, long T)
     }
 }
 
+static void clip_qkv(const fwd_model *m, fwd_bufs *b, long T)
+{
+    float c = (float)m->clip_qkv;
+    size_t nq = (size_t)T * (size_t)(m->nh * m->hd), nk = (size_t)T * (size_t)(m->nkv * m->hd);
+    for (size_t i = 0; i < nq; i++)
+        b->q[i] = b->q[i] > c ? c : b->q[i] < -c ? -c : b->q[i];
+    for (size_t i = 0; i < nk; i++) {
+        b->k[i] = b->k[i] > c ? c : b->k[i] < -c ? -c : b->k[i];
+        b->v[i] = b->v[i] > c ? c : b->v[i] < -c ? -c : b->v[i];
+    }
+}
+
 fl_status fwd_attention(const fwd_model *m, const fwd_layer *ly, const float *h, long T, fwd_bufs *b, float *out,
                         fl_error *err)
 {
@@ -227,6 +241,8 @@ fl_status fwd_attention(const fwd_model *m, const fwd_layer *ly, const float *h,
     default:
         break;
     }
+    if (m->clip_qkv > 0)   /* OlmoeAttention: clamp_ after the q/k norms, before RoPE */
+        clip_qkv(m, b, T);
     if (ly->inv_freq)
         for (long t = 0; t < T; t++) {
             for (long hh = 0; hh < m->nh; hh++)
@@ -346,9 +362,11 @@ static void ds_group_mask(const fwd_model *m, double *choice, long E)
                 best = g;
         kept[best] = 1;
     }
+    /* DeepseekV3TopkRouter masks the other groups with 0.0, NemotronHMoE
+     * with -inf (a negative corrected choice can lose to a masked 0). */
     for (long e = 0; e < E; e++)
         if (!kept[e / per])
-            choice[e] = 0.0;
+            choice[e] = m->fam->group_mask_inf ? -INFINITY : 0.0;
 }
 
 /* DeepseekV3TopkRouter: scores = sigmoid(logits); the choice adds
@@ -459,6 +477,21 @@ fl_status fwd_alloc_experts(fwd_layer *ly, long E, fl_error *err)
     return FL_OK;
 }
 
+long fwd_gather_expert(const fwd_bufs *b, long e, long T, long K, const float *x, long width, long *idx, float *wt,
+                       float *xe)
+{
+    long n = 0;
+    for (long t = 0; t < T; t++)
+        for (long k = 0; k < K; k++)
+            if (b->sel[t * K + k] == e) {
+                idx[n] = t;
+                wt[n] = b->selw[t * K + k];
+                memcpy(xe + n * width, x + t * width, (size_t)width * sizeof *xe);
+                n++;
+            }
+    return n;
+}
+
 /* Each expert of ly on the tokens routed to it (b->sel, b->selw: m->topk
  * per token), weighted, summed into out (cleared first). */
 fl_status fwd_experts(const fwd_model *m, const fwd_layer *ly, const float *x, long T, fwd_bufs *b, float *out,
@@ -475,21 +508,13 @@ fl_status fwd_experts(const fwd_model *m, const fwd_layer *ly, const float *x, l
         return fl_fail(err, FL_EIO, "out of memory");
     }
     for (long e = 0; e < E && s == FL_OK; e++) {
-        long n = 0;
-        for (long t = 0; t < T; t++)
-            for (long k = 0; k < K; k++)
-                if (b->sel[t * K + k] == e) {
-                    idx[n] = t;
-                    wt[n] = b->selw[t * K + k];
-                    memcpy(b->xe + n * H, x + t * H, (size_t)H * sizeof(float));
-                    if (m->fam->route_scales_input) {
-                        /* Llama4TextMoe: routed_in = x * score, summed unweighted. */
-                        for (long c = 0; c < H; c++)
-                            b->xe[n * H + c] *= wt[n];
-                        wt[n] = 1.0f;
-                    }
-                    n++;
-                }
+        long n = fwd_gather_expert(b, e, T, K, x, H, idx, wt, b->xe);
+        for (long i = 0; m->fam->route_scales_input && i < n; i++) {
+            /* Llama4TextMoe: routed_in = x * score, summed unweighted. */
+            for (long c = 0; c < H; c++)
+                b->xe[i * H + c] *= wt[i];
+            wt[i] = 1.0f;
+        }
         if (!n) {
             /* No token chose expert e: its weights count as done unread. */
             fwd_meter_add(m, ly->fused ? &ly->e_gate_up[e] : &ly->e_gate[e]);
@@ -510,6 +535,19 @@ fl_status fwd_experts(const fwd_model *m, const fwd_layer *ly, const float *x, l
     free(idx);
     free(wt);
     return s;
+}
+
+fl_status fwd_gated_mlp(const fwd_model *m, const fwd_mat *gate, const fwd_mat *up, const fwd_mat *gate_up,
+                        const fwd_mat *down, const float *bg, const float *bu, const float *bd, const float *x,
+                        long T, fwd_bufs *b, float *out, fl_error *err)
+{
+    return gated_mlp(m, gate, up, gate_up, down, bg, bu, bd, x, T, b, out, NULL, err);
+}
+
+void fwd_route(const fwd_model *m, const fwd_layer *ly, const float *logits, long E, long K, long *sel, float *w,
+               int given)
+{
+    route(m, ly, logits, E, K, sel, w, given);
 }
 
 fl_status fwd_mlp(const fwd_model *m, const fwd_layer *ly, const float *x, long T, fwd_bufs *b, float *out,
@@ -535,3 +573,4 @@ void fwd_sdpa(const fwd_model *m, const fwd_layer *ly, const float *q, long ldq,
 
 
 float fwd_act(const fwd_model *m, float x) { return act_fn(m, x); }
+float fwd_act_as(int act, float x) { return act_as(act, x); }

@@ -87,19 +87,6 @@ static fl_status gdn_dims(const fwd_model *m, struct fwd_gdn *g, fl_error *err)
     return FL_OK;
 }
 
-/* The depthwise conv1d weight [C, 1, K] (nn.Conv1d with groups = C). */
-static fl_status bind_conv(fwd_model *m, struct fwd_gdn *g, const char *name, long C, fl_error *err)
-{
-    const ckpt_tensor *t = ckpt_find(m->ck, name);
-    if (!t)
-        return fl_fail(err, FL_EINPUT, "%s: tensor '%s' is missing", m->ck->dir, name);
-    const uint64_t *sh = t->t->shape;
-    if (t->t->ndim != 3 || sh[0] != (uint64_t)C || sh[1] != 1 || sh[2] != (uint64_t)g->K)
-        return fl_fail(err, FL_EINPUT, "%s: tensor '%s' should be the depthwise conv weight [%ld, 1, %ld]",
-                       m->ck->dir, name, C, g->K);
-    return fwd_bind_vec(m, name, C * g->K, 1, &g->conv, err);
-}
-
 static fl_status bind_projections(fwd_model *m, struct fwd_gdn *g, const char *pre, fl_error *err)
 {
     char name[512];
@@ -132,7 +119,8 @@ fl_status fwd_bind_deltanet(fwd_model *m, fwd_layer *ly, const char *pre, fl_err
     if (s == FL_OK)
         s = bind_projections(m, g, pre, err);
     if (s == FL_OK)
-        s = bind_conv(m, g, (snprintf(name, sizeof name, "%slinear_attn.conv1d.weight", pre), name), C, err);
+        s = fwd_bind_conv(m, (snprintf(name, sizeof name, "%slinear_attn.conv1d.weight", pre), name), C, g->K,
+                          &g->conv, err);
     if (s == FL_OK)
         s = fwd_bind_vec(m, (snprintf(name, sizeof name, "%slinear_attn.A_log", pre), name), g->nv, 1, &g->a_log, err);
     if (s == FL_OK)

@@ -270,7 +270,7 @@ static fl_status g3n_open(fwd_model *m, const char *prefix, fl_error *err)
     m->attn_softcap = 0;
     fl_status s;
     if ((s = parse_layers(m, g, err)) != FL_OK || (s = parse_altup(m, g, err)) != FL_OK ||
-        (s = fwd_parse_rope(m, err)) != FL_OK || (s = bind_model(m, g, prefix, err)) != FL_OK)
+        (s = bind_model(m, g, prefix, err)) != FL_OK)
         return s;
     if (g->ple.P > m->max_inter)
         m->max_inter = g->ple.P;   /* the per-layer gate runs in the MLP buffer */
@@ -580,4 +580,5 @@ static fl_status g3n_run(const fwd_model *m, const int32_t *tokens, float *x, lo
     return s;
 }
 
-const fwd_block FWD_GEMMA3N = {g3n_open, g3n_run, g3n_describe, g3n_close};
+/* rope: the shared RoPE parse (rope_theta, rope_local_base_freq) runs first. */
+const fwd_block FWD_GEMMA3N = {g3n_open, g3n_run, g3n_describe, g3n_close, 1};

@@ -567,4 +567,4 @@ static fl_status g4_run(const fwd_model *m, const int32_t *tokens, float *x, lon
     return s;
 }
 
-const fwd_block FWD_GEMMA4 = {g4_open, g4_run, g4_describe, g4_close};
+const fwd_block FWD_GEMMA4 = {g4_open, g4_run, g4_describe, g4_close, .rope = 0};

@@ -5,6 +5,7 @@
  *                  (docs/architectures.md), independently of arch.c
  * forward_rope.c   the RoPE types and the model's frequencies
  * forward_load.c   fwd_open: the config read step by step, tensors bound
+ * forward_bind_mlp.c  ... the MLP / MoE tensors of a layer
  * forward_kernel.c the matrix products, streamed from the files
  * forward_blocks.c norms, attention, MLP, MoE routing
  * forward.c        the pass itself (fwd_logits) */
@@ -114,19 +115,27 @@ typedef struct fwd_block {
                      fl_error *err);
     void (*describe)(const fwd_model *m, char *buf, size_t cap);
     void (*close)(fwd_model *m);
+    int rope;   /* 1: the shared RoPE parse runs first (m->freq_global); 0: the block builds its own */
 } fwd_block;
 
 /* Tensor names of the shared layer stack where a family renames them
- * (fwd_family.names; NULL fields: the Llama names, see fwd_resolve_names).
- * Relative to the layer prefix, without ".weight"; the MLP's names are
- * relative to its module (fwd_family.mlp); embed and final_norm to the
- * text prefix; head is a full name. */
-typedef struct fwd_names {
+ * (fwd_family.renames; NULL fields: the Llama names, see
+ * fwd_resolve_names).  Relative to the layer prefix, without ".weight";
+ * the MLP's names are relative to its module (fwd_family.mlp); head is a
+ * full name.  Where the embedding and final norm are: fwd_names below. */
+typedef struct fwd_renames {
     const char *attn_norm, *mlp_norm;       /* input_layernorm, post_attention_layernorm */
     const char *q_norm, *k_norm;            /* self_attn.q_norm, self_attn.k_norm */
     const char *q, *k, *v, *o, *qkv;        /* self_attn.q_proj ... o_proj, qkv_proj */
     const char *gate, *up, *down, *gate_up; /* gate_proj, up_proj, down_proj, gate_up_proj */
-    const char *embed, *final_norm, *head;  /* embed_tokens, norm, lm_head */
+    const char *head;                       /* lm_head */
+} fwd_renames;
+
+/* Where a family keeps its text model: "<prefix>layers.{i}.", the
+ * embedding "<prefix><embed>.weight", the final norm "<prefix><norm>.weight"
+ * (Nemotron-H backbone.embeddings / norm_f, Falcon-H1 final_layernorm). */
+typedef struct {
+    const char *prefix, *embed, *norm;
 } fwd_names;
 
 /* Linear-attention layers (Gated DeltaNet, forward_deltanet.c), where
@@ -187,10 +196,9 @@ typedef struct {
     fwd_bind_experts_fn bind_experts; /* or NULL: per-expert or fused, by name */
     fwd_layer_fn layer_extra;   /* or NULL */
     /* zoo 13 (tail), docs/architectures.md §zoo13-tail */
-    const fwd_names *names;     /* renamed tensors, or NULL */
+    const fwd_renames *renames; /* renamed tensors, or NULL */
     const char *tie_alias;      /* a key that decides the tie when present (LFM2 tie_embedding) */
     const char *topk_key;       /* experts per token (NULL: num_experts_per_tok; Hunyuan moe_topk) */
-    long slide_period;          /* SLIDE_PATTERN's sliding_window_pattern default (0: 6) */
     int nope_full;              /* full-attention layers without RoPE: NOPE_FULL_* */
     int embed_round;            /* EMBED_KEY's multiplier in the embedding dtype (MiniCPM scale_emb) */
     int residual_sqrt_layers;   /* the residual multiplier is residual_key / sqrt(layers) (MiniCPM) */
@@ -216,6 +224,18 @@ typedef struct {
                                    (NULL: Gemma's post_attention / pre_ and post_feedforward_layernorm) */
     int mla_plain_scale;        /* MLA scaling stays qk_head_dim^-0.5 under YaRN (DeepseekV2Attention) */
     const struct fwd_dsa_spec *dsa; /* the DSA lightning indexer in every MLA layer (forward_dsa.c), or NULL */
+    /* zoo 13 (hybrid group), docs/architectures.md §zoo13-hybrid */
+    const fwd_names *names;     /* text-model layouts, the first whose embedding exists (NULL: the
+                                   default prefixes with embed_tokens / norm); ends with a NULL prefix */
+    const char *blocks_key;     /* config keys ("a|b") listing every layer's block type: their length
+                                   counts the layers when num_hidden_layers is absent (Nemotron-H) */
+    const char *clip_key;       /* clamp q, k, v to +-key after the q/k norms (OLMoE clip_qkv), or NULL */
+    long slide_period;          /* SLIDE_PATTERN without sliding_window_pattern: every n-th layer is
+                                   full (0: 6, Gemma 3; OLMo 3: 4) */
+    long window_default;        /* sliding_window when the config has none (0: no window) */
+    int slide_default_rope;     /* sliding layers use the default RoPE on the global base (OLMo 3) */
+    int group_mask_inf;         /* ROUTER_DEEPSEEK: experts outside the kept groups are -inf, not 0
+                                   (NemotronHMoE.route_tokens_to_experts) */
 } fwd_family;
 
 enum { NOPE_FULL_NEVER = 0, NOPE_FULL_ALWAYS = 1 /* Cohere 2 */, NOPE_FULL_IF_WINDOW = 2 /* EXAONE 4 */ };
@@ -338,10 +358,11 @@ struct fwd_model {
     double attn_scale;                /* multiplies q.k */
     double attn_softcap, final_softcap; /* 0: none */
     double logit_mult;
+    double clip_qkv;                  /* OLMoE: |q|, |k|, |v| <= clip after the q/k norms (0: none) */
     fwd_mat embed, head;
     long in_tokens;                   /* ids the pass embeds, when fewer than embed.rows (fwd_tokens); 0: all */
     float *head_bias;                 /* lm_head.bias (ERNIE 4.5 MoE with use_bias), or NULL */
-    fwd_names nm;                     /* the family's tensor names (fwd_resolve_names) */
+    fwd_renames nm;                   /* the family's tensor names (fwd_resolve_names) */
     fwd_norm final_norm;
     fwd_layer *layers;
     float *freq_global, *freq_local;
@@ -380,7 +401,7 @@ enum { ACT_SILU, ACT_GELU_TANH, ACT_GELU_ERF, ACT_RELU2, ACT_XIELU };
 int fwd_act_find(const char *name);
 void fwd_act_names(char *buf, size_t cap);
 /* The family's names, the Llama ones where it sets none. */
-void fwd_resolve_names(const fwd_family *f, fwd_names *out);
+void fwd_resolve_names(const fwd_family *f, fwd_renames *out);
 
 /* ----------------------------------------------------------------------------
  * Across the files */
@@ -396,6 +417,16 @@ fl_status fwd_bind_norm(const fwd_model *m, const char *name, long n, fwd_norm *
 fl_status fwd_bind_vec(const fwd_model *m, const char *name, long n, int required, float **out, fl_error *err);
 fl_status fwd_bind_fused(fwd_model *m, fwd_layer *ly, const char *pre, const char *experts, long E,
                          fl_error *err);
+/* The tensor named by the printf format (the name written into buf), or
+ * NULL when absent or when the name does not fit. */
+const ckpt_tensor *fwd_findf(const fwd_model *m, char *buf, size_t cap, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* forward_bind_mlp.c: the layer's MLP (dense, or MoE by the family's name
+ * sets) under prefix pre; one expert's rows x cols matrix at slab e of a
+ * 3-D tensor [E, a, b] (xw: stored [in, out], used as x @ W). */
+fl_status fwd_bind_ffn(fwd_model *m, fwd_layer *ly, const char *pre, fl_error *err);
+fwd_mat fwd_slab(const ckpt_tensor *t, long e, long rows, long cols, int xw);
 
 
 /* forward_deltanet.c: Qwen3.5 / Qwen3-Next linear attention */
@@ -507,11 +538,25 @@ void fwd_sdpa(const fwd_model *m, const fwd_layer *ly, const float *q, long ldq,
               const float *v, long ldv, long nh, long nkv, long dqk, long dv, long T, float *att, float *ctx);
 fl_status fwd_experts(const fwd_model *m, const fwd_layer *ly, const float *x, long T, fwd_bufs *b, float *out,
                       fl_error *err);
+/* The tokens of T that chose expert e (b->sel / b->selw, K per token):
+ * their positions into idx, weights into wt, their rows of x (width wide)
+ * into xe; returns how many. */
+long fwd_gather_expert(const fwd_bufs *b, long e, long T, long K, const float *x, long width, long *idx, float *wt,
+                       float *xe);
 /* ly->n_experts = E and its four per-expert matrix arrays, zeroed. */
 fl_status fwd_alloc_experts(fwd_layer *ly, long E, fl_error *err);
+/* down(act(gate(x)) * up(x)) (gate_up: one fused [2I, H], gate rows first),
+ * biases where given; the family's router for one token (or, given, only
+ * the weights of the experts in sel). */
+fl_status fwd_gated_mlp(const fwd_model *m, const fwd_mat *gate, const fwd_mat *up, const fwd_mat *gate_up,
+                        const fwd_mat *down, const float *bg, const float *bu, const float *bd, const float *x,
+                        long T, fwd_bufs *b, float *out, fl_error *err);
+void fwd_route(const fwd_model *m, const fwd_layer *ly, const float *logits, long E, long K, long *sel, float *w,
+               int given);
 /* The indices of the K largest of E scores, best first (torch.topk order). */
 void fwd_top_k(const double *score, long E, long K, long *sel);
 float fwd_act(const fwd_model *m, float x);
+float fwd_act_as(int act, float x);   /* by ACT_* kind (a Mamba conv's own activation) */
 
 /* forward_gemma4.c (zoo: Gemma 4) */
 extern const fwd_block FWD_GEMMA4;
@@ -550,6 +595,46 @@ int fwd_route_pin(const fwd_model *m, long *sel, long E, long K);
 /* Forgets the last pass's record (fwd_logits calls it first). */
 void fwd_route_reset(fwd_model *m);
 
+/* forward_mamba.c (zoo 13): the Mamba-2 mixer of Granite 4.0-H, Nemotron-H
+ * and Falcon-H1, as each family's config names its sizes. */
+typedef struct {
+    long heads, head_dim, state, groups, kernel; /* inner size = heads * head_dim */
+    long norm_group;        /* channels per RMS group of the gated norm (inner: one group) */
+    int has_norm;           /* the gated norm exists (Falcon-H1: mamba_rms_norm) */
+    int norm_before_gate;   /* Falcon-H1: (w * x_hat) * silu(z); else w * rms(y * silu(z)) */
+    int act;                /* ACT_* after the conv */
+    double eps;             /* the gated norm's */
+    double dt_min, dt_max;  /* clamp of softplus(dt + dt_bias) */
+    double in_mult;         /* Falcon-H1 ssm_in_multiplier (1 otherwise) */
+    double mup[5];          /* Falcon-H1 ssm_multipliers on z, x, B, C, dt (1 otherwise) */
+} fwd_mamba_dims;
+
+typedef struct {
+    fwd_mamba_dims d;
+    fwd_mat in_proj, out_proj;
+    float *in_bias, *out_bias;   /* where stored */
+    float *conv, *conv_bias;     /* [C][K], [C] (bias where stored); C = inner + 2 groups state */
+    float *a_log, *dt_bias, *D;  /* [heads] */
+    float *norm;                 /* [inner] gated-norm gain w; NULL: ones (or no norm) */
+} fwd_mamba;
+
+#define FWD_MAMBA_MAX_INNER (1L << 22)
+/* heads * head_dim when both are in range (1..65536), else -1: config
+ * values are never multiplied before they are bounded. */
+long fwd_mamba_inner(const fwd_mamba_dims *d);
+/* Checks the sizes (FL_EINPUT naming them); binds "<pre>in_proj.weight"
+ * and the rest; runs the mixer on h[T][H] into out[T][H]; frees. */
+fl_status fwd_mamba_check(const fwd_model *m, const fwd_mamba_dims *d, fl_error *err);
+/* A depthwise conv1d weight [C, 1, K] as C * K floats (Mamba-2, Gated DeltaNet). */
+fl_status fwd_bind_conv(const fwd_model *m, const char *name, long C, long K, float **out, fl_error *err);
+fl_status fwd_mamba_bind(fwd_model *m, const char *pre, const fwd_mamba_dims *d, fwd_mamba *mb, fl_error *err);
+fl_status fwd_mamba_run(const fwd_model *m, const fwd_mamba *mb, const float *h, long T, float *out, fl_error *err);
+void fwd_mamba_free(fwd_mamba *mb);
+
+/* forward_granite.c (granitemoe, granitemoeshared, granitemoehybrid) and
+ * forward_hybrid.c (nemotron_h, falcon_h1): their layer stacks. */
+extern const fwd_block FWD_GRANITE, FWD_GRANITE_HYBRID, FWD_NEMOTRON_H, FWD_FALCON_H1;
+
 /* forward_shortconv.c (LFM2): the gated short convolution of a conv layer,
  * bound from "<pre>conv."; run on the normed h [T][H] into out. */
 int fwd_layer_is_conv(const fwd_model *m, long i);
@@ -563,8 +648,8 @@ void fwd_conv_free(struct fwd_conv *c);
 void fwd_biased_route(const fwd_model *m, const fwd_layer *ly, const float *logits, long E, long K, long *sel,
                       float *w, int given);
 fl_status fwd_tail_layer(fwd_model *m, fwd_layer *ly, long i, const char *pre, fl_error *err);
-/* forward_rope.c, for fwd_blocks: RoPE of the shared pass (m->freq_global,
- * m->freq_local by the family's local_theta_key). */
+/* forward_rope.c: RoPE of the shared pass (m->freq_global, m->freq_local
+ * by the family's local_theta_key), also before a fwd_block with rope set. */
 fl_status fwd_parse_rope(fwd_model *m, fl_error *err);
 
 /* forward_gemma3n.c (zoo 13: Gemma 3n) */

@@ -23,9 +23,7 @@
 
 static const char *ckdir(const fwd_model *m) { return m->ck->dir; }
 
-static const ckpt_tensor *findf(const fwd_model *m, char *buf, size_t cap, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static const ckpt_tensor *findf(const fwd_model *m, char *buf, size_t cap, const char *fmt, ...)
+const ckpt_tensor *fwd_findf(const fwd_model *m, char *buf, size_t cap, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -145,187 +143,6 @@ fl_status fwd_bind_norm(const fwd_model *m, const char *name, long n, fwd_norm *
 }
 
 /* ----------------------------------------------------------------------------
- * MLP and MoE */
-
-static const fwd_moe_names *moe_layout(const fwd_model *m, const char *pre)
-{
-    char name[512];
-    for (int i = 0; i < 2 && m->fam->moe[i]; i++)
-        if (findf(m, name, sizeof name, "%s%s.weight", pre, m->fam->moe[i]->router))
-            return m->fam->moe[i];
-    return NULL;
-}
-
-/* One expert's matrix inside a 3-D tensor [E, a, b]: rows x cols at slab e. */
-static fwd_mat slab(const ckpt_tensor *t, long e, long rows, long cols, int xw)
-{
-    size_t es = st_dtype_bits(t->t->dtype) / 8;
-    return (fwd_mat){.t = t, .rows = rows, .cols = cols, .dtype = t->t->dtype, .esize = es,
-                     .off = (uint64_t)e * (uint64_t)rows * (uint64_t)cols * es, .xw = xw};
-}
-
-/* transformers 5 fused experts: gate_up_proj [E, 2I, H] and down_proj
- * [E, H, I] (nn.functional.linear per expert), or the grouped-GEMM layout
- * [E, H, 2I] and [E, I, H] used as x @ W; gate is the first half of 2I. */
-fl_status fwd_bind_fused(fwd_model *m, fwd_layer *ly, const char *pre, const char *experts, long E,
-                         fl_error *err)
-{
-    char gu_name[512], dn_name[512];
-    const ckpt_tensor *gu = findf(m, gu_name, sizeof gu_name, "%s%s.gate_up_proj", pre, experts);
-    const ckpt_tensor *dn = findf(m, dn_name, sizeof dn_name, "%s%s.down_proj", pre, experts);
-    if (!gu || !dn)
-        return fl_fail(err, FL_EINPUT, "%s: tensor '%s' is missing", ckdir(m), gu ? dn_name : gu_name);
-    const uint64_t *g = gu->t->shape, *d = dn->t->shape;
-    if (gu->t->ndim != 3 || dn->t->ndim != 3 || g[0] != (uint64_t)E || d[0] != (uint64_t)E ||
-        !st_dtype_is_foldable(gu->t->dtype) || !st_dtype_is_foldable(dn->t->dtype))
-        return fl_fail(err, FL_EINPUT, "%s: fused experts '%s' / '%s' must be float [%ld, ., .] tensors", ckdir(m),
-                       gu_name, dn_name, E);
-    uint64_t H = (uint64_t)m->H;
-    int last = g[2] == H, middle = g[1] == H;
-    if (last && middle) {
-        /* 2I == H: down_proj [E, H, I] or [E, I, H] tells the layouts apart. */
-        last = d[1] == H && d[2] != H;
-        middle = d[2] == H && d[1] != H;
-    }
-    if (last == middle)
-        return fl_fail(err, FL_EINPUT, "%s: fused experts '%s' [%llu, %llu, %llu]: no single axis of size %ld",
-                       ckdir(m), gu_name, (unsigned long long)g[0], (unsigned long long)g[1],
-                       (unsigned long long)g[2], m->H);
-    uint64_t I2 = last ? g[1] : g[2];
-    uint64_t I = last ? d[2] : d[1];
-    if (I2 % 2 || I2 / 2 != I || (last ? d[1] : d[2]) != H || I > MAX_DIM)
-        return fl_fail(err, FL_EINPUT, "%s: fused experts '%s' (2I = %llu) and '%s' do not fit together", ckdir(m),
-                       gu_name, (unsigned long long)I2, dn_name);
-    ly->fused = last ? 1 : 2;
-    m->mp->total += st_nbytes(gu->t) + st_nbytes(dn->t);
-    for (long e = 0; e < E; e++) {
-        ly->e_gate_up[e] = last ? slab(gu, e, (long)I2, m->H, 0) : slab(gu, e, m->H, (long)I2, 1);
-        ly->e_down[e] = last ? slab(dn, e, m->H, (long)I, 0) : slab(dn, e, (long)I, m->H, 1);
-    }
-    if ((long)I > m->max_inter)
-        m->max_inter = (long)I;
-    return FL_OK;
-}
-
-/* gate [I, H], up [I, H] and down [H, I] named "<base>.<gate>.weight" and
- * so on: an expert, a shared expert.  A gate absent and not `required`
- * binds nothing. */
-static fl_status bind_triple(fwd_model *m, const char *base, const char *gn, const char *un, const char *dn,
-                             int required, fwd_mat *g, fwd_mat *u, fwd_mat *d, fl_error *err)
-{
-    char name[512];
-    long H = m->H;
-    snprintf(name, sizeof name, "%s.%s.weight", base, gn);
-    fl_status s = fwd_bind_mat(m, name, -1, H, required, g, err);
-    if (s != FL_OK || !g->t)
-        return s;
-    long I = g->rows;
-    snprintf(name, sizeof name, "%s.%s.weight", base, un);
-    if ((s = fwd_bind_mat(m, name, I, H, 1, u, err)) != FL_OK)
-        return s;
-    snprintf(name, sizeof name, "%s.%s.weight", base, dn);
-    if ((s = fwd_bind_mat(m, name, H, I, 1, d, err)) != FL_OK)
-        return s;
-    if (I > m->max_inter)
-        m->max_inter = I;
-    return FL_OK;
-}
-
-static fl_status bind_per_expert(fwd_model *m, fwd_layer *ly, const char *pre, const fwd_moe_names *nm, long E,
-                                 fl_error *err)
-{
-    char base[512];
-    fl_status s = FL_OK;
-    for (long e = 0; e < E && s == FL_OK; e++) {
-        snprintf(base, sizeof base, "%s%s.%ld", pre, nm->experts, e);
-        s = bind_triple(m, base, nm->gate, nm->up, nm->down, 1, &ly->e_gate[e], &ly->e_up[e], &ly->e_down[e], err);
-    }
-    return s;
-}
-
-/* The shared expert(s): Qwen2-MoE's with a sigmoid scalar gate,
- * DeepSeek's without one. */
-static fl_status bind_shared(fwd_model *m, fwd_layer *ly, const char *pre, const fwd_moe_names *nm, fl_error *err)
-{
-    char name[512];
-    if (!nm->shared)
-        return FL_OK;
-    snprintf(name, sizeof name, "%s%s", pre, nm->shared);
-    fl_status s = bind_triple(m, name, "gate_proj", "up_proj", "down_proj", 0, &ly->sh_gate, &ly->sh_up,
-                              &ly->sh_down, err);
-    if (s != FL_OK || !ly->sh_gate.t || !nm->shared_gate)
-        return s;
-    snprintf(name, sizeof name, "%s%s.weight", pre, nm->shared_gate);
-    return fwd_bind_mat(m, name, 1, m->H, 1, &ly->sh_scalar, err);
-}
-
-static fl_status bind_moe(fwd_model *m, fwd_layer *ly, const char *pre, const fwd_moe_names *nm, fl_error *err)
-{
-    char name[512];
-    fl_status s;
-    snprintf(name, sizeof name, "%s%s.weight", pre, nm->router);
-    if ((s = fwd_bind_mat(m, name, -1, m->H, 1, &ly->router, err)) != FL_OK)
-        return s;
-    long E = ly->router.rows;
-    if (E > MAX_DIM)
-        return fl_fail(err, FL_EINPUT, "%s: router '%s' has %ld experts (limit 65536)", ckdir(m), name, E);
-    if ((s = fwd_alloc_experts(ly, E, err)) != FL_OK)
-        return s;
-    int fused = findf(m, name, sizeof name, "%s%s.gate_up_proj", pre, nm->experts) != NULL;
-    if (m->fam->bind_experts)
-        s = m->fam->bind_experts(m, ly, pre, nm, E, err);
-    else
-        s = fused ? fwd_bind_fused(m, ly, pre, nm->experts, E, err) : bind_per_expert(m, ly, pre, nm, E, err);
-    if (s != FL_OK)
-        return s;
-    if (E > m->max_experts)
-        m->max_experts = E;
-    m->moe_layers++;
-    if (m->fam->router == ROUTER_DEEPSEEK) {
-        snprintf(name, sizeof name, "%s%s.e_score_correction_bias", pre, nm->router);
-        if ((s = fwd_bind_vec(m, name, E, 0, &ly->e_bias, err)) != FL_OK)
-            return s;
-    }
-    return bind_shared(m, ly, pre, nm, err);
-}
-
-/* Dense: gate/up/down (with biases where present), Phi3's fused
- * gate_up_proj, or NemotronMLP's up/down (mlp_no_gate); names from m->nm. */
-static fl_status bind_dense(fwd_model *m, fwd_layer *ly, const char *pre, fl_error *err)
-{
-    char name[512];
-    fl_status s;
-    long H = m->H, I;
-    const char *mlp = m->fam->mlp ? m->fam->mlp : "mlp";
-    const fwd_names *nm = &m->nm;
-#define MLPN(n, suffix) (snprintf(name, sizeof name, "%s%s.%s." suffix, pre, mlp, n), name)
-    if ((s = fwd_bind_mat(m, MLPN(nm->gate_up, "weight"), -1, H, 0, &ly->gate_up, err)) != FL_OK)
-        return s;
-    if (ly->gate_up.t) {
-        if (ly->gate_up.rows % 2)
-            return fl_fail(err, FL_EINPUT, "%s: fused '%s' has an odd number of rows (%ld)", ckdir(m), name,
-                           ly->gate_up.rows);
-        I = ly->gate_up.rows / 2;
-    } else {
-        if (!m->fam->mlp_no_gate && (s = fwd_bind_mat(m, MLPN(nm->gate, "weight"), -1, H, 1, &ly->gate, err)) != FL_OK)
-            return s;
-        if ((s = fwd_bind_mat(m, MLPN(nm->up, "weight"), ly->gate.t ? ly->gate.rows : -1, H, 1, &ly->up, err)) != FL_OK)
-            return s;
-        I = ly->up.rows;
-        if ((s = fwd_bind_vec(m, MLPN(nm->gate, "bias"), I, 0, &ly->b_gate, err)) != FL_OK ||
-            (s = fwd_bind_vec(m, MLPN(nm->up, "bias"), I, 0, &ly->b_up, err)) != FL_OK)
-            return s;
-    }
-    if ((s = fwd_bind_mat(m, MLPN(nm->down, "weight"), H, I, 1, &ly->down, err)) != FL_OK ||
-        (s = fwd_bind_vec(m, MLPN(nm->down, "bias"), H, 0, &ly->b_down, err)) != FL_OK)
-        return s;
-#undef MLPN
-    if (I > m->max_inter)
-        m->max_inter = I;
-    return FL_OK;
-}
-
-/* ----------------------------------------------------------------------------
  * Attention */
 
 #define NAME(fmt) (snprintf(name, sizeof name, "%s" fmt, pre), name)
@@ -403,8 +220,8 @@ static int layer_slides(const fwd_model *m, long i)
     case SLIDE_ALL: return 1;
     case SLIDE_EVEN: return i % 2 == 0;
     case SLIDE_PATTERN: {
-        double d = m->fam->slide_period > 0 ? (double)m->fam->slide_period : 6;
-        long p = (long)ckpt_view_num(m->cfg, "sliding_window_pattern", d, d);
+        double period = m->fam->slide_period ? (double)m->fam->slide_period : 6;
+        long p = (long)ckpt_view_num(m->cfg, "sliding_window_pattern", period, period);
         return p > 0 && (i + 1) % p != 0;
     }
     case SLIDE_QWEN2: return i >= ckpt_view_int(m->cfg, "max_window_layers", 80);
@@ -426,7 +243,7 @@ static void layer_positions(fwd_model *m, fwd_layer *ly, long i)
             ly->inv_freq = NULL; /* SmolLM3: use_rope = no_rope_layers[i] */
     }
     if (slides) {
-        double w = ckpt_view_num(m->cfg, "sliding_window", 0, 0);
+        double w = ckpt_view_num(m->cfg, "sliding_window", (double)m->fam->window_default, 0);
         ly->window = w > 0 && w < 1e15 ? (long)w : 0;
     }
     /* Cohere2Attention rotates only where a sliding window applies;
@@ -455,8 +272,7 @@ static fl_status bind_layer(fwd_model *m, const char *prefix, long i, fl_error *
             : m->fam->mla ? fwd_bind_mla(m, ly, pre, err) : bind_attention(m, ly, pre, err);
     if (s != FL_OK)
         return s;
-    const fwd_moe_names *nm = moe_layout(m, pre);
-    if ((s = nm ? bind_moe(m, ly, pre, nm, err) : bind_dense(m, ly, pre, err)) != FL_OK)
+    if ((s = fwd_bind_ffn(m, ly, pre, err)) != FL_OK)
         return s;
     layer_positions(m, ly, i);
     if (m->fam->layer_extra && (s = m->fam->layer_extra(m, ly, i, pre, err)) != FL_OK)
@@ -490,19 +306,26 @@ static fl_status pick_family(fwd_model *m, fl_error *err)
     return FL_OK;
 }
 
-/* The text model's prefix and the embedding. */
-static fl_status parse_embedding(fwd_model *m, const char **prefix, fl_error *err)
+/* The text model's layout and the embedding: the family's layouts
+ * (Nemotron-H backbone.embeddings, Falcon-H1 final_layernorm), else the
+ * default prefixes with embed_tokens / norm. */
+static fl_status parse_embedding(fwd_model *m, fwd_names *where, fl_error *err)
 {
-    static const char *const prefixes[] = {"model.", "language_model.model.", "model.language_model.",
-                                           "model.text_model.", ""};
+    static const fwd_names defaults[] = {
+        {"model.", "embed_tokens", "norm"},           {"language_model.model.", "embed_tokens", "norm"},
+        {"model.language_model.", "embed_tokens", "norm"}, {"model.text_model.", "embed_tokens", "norm"},
+        {"", "embed_tokens", "norm"},                 {NULL, NULL, NULL},
+    };
     char name[512];
-    *prefix = NULL;
-    for (size_t i = 0; i < sizeof prefixes / sizeof prefixes[0] && !*prefix; i++)
-        if (findf(m, name, sizeof name, "%s%s.weight", prefixes[i], m->nm.embed))
-            *prefix = prefixes[i];
-    if (!*prefix)
-        return fl_fail(err, FL_EINPUT, "%s: no %s.weight tensor (looked under model., "
-                       "language_model.model., model.language_model., model.text_model.)", ckdir(m), m->nm.embed);
+    const fwd_names *n = m->fam->names ? m->fam->names : defaults;
+    for (; n->prefix && !fwd_findf(m, name, sizeof name, "%s%s.weight", n->prefix, n->embed); n++)
+        ;
+    if (!n->prefix)
+        return fl_fail(err, FL_EINPUT, "%s: no %s.weight tensor (looked under %s)", ckdir(m),
+                       m->fam->names ? m->fam->names->embed : "embed_tokens",
+                       m->fam->names ? m->fam->names->prefix
+                                     : "model., language_model.model., model.language_model., model.text_model.");
+    *where = *n;
     fl_status s = fwd_bind_mat(m, name, -1, -1, 1, &m->embed, err);
     if (s != FL_OK)
         return s;
@@ -515,9 +338,31 @@ static fl_status parse_embedding(fwd_model *m, const char **prefix, fl_error *er
     return FL_OK;
 }
 
+/* The length of the family's block-type list (the first of blocks_key's
+ * "|"-separated keys present: an array, or a pattern string), or -1. */
+static long block_list_length(const fwd_model *m, char key[64])
+{
+    for (const char *k = m->fam->blocks_key; k && *k;) {
+        size_t n = strcspn(k, "|");
+        snprintf(key, 64, "%.*s", (int)(n < 63 ? n : 63), k);
+        k += n + (k[n] == '|');
+        const cJSON *v = ckpt_view_get(m->cfg, key);
+        if (cJSON_IsArray(v))
+            return cJSON_GetArraySize(v);
+        if (cJSON_IsString(v))
+            return (long)strlen(v->valuestring);
+    }
+    return -1;
+}
+
 static fl_status parse_dims(fwd_model *m, fl_error *err)
 {
-    m->L = ckpt_view_int(m->cfg, "num_hidden_layers", 0);
+    char key[64];
+    long listed = block_list_length(m, key);
+    m->L = ckpt_view_int(m->cfg, "num_hidden_layers", listed);
+    if (listed >= 0 && m->L != listed)
+        return fl_fail(err, FL_EINPUT, "%s/config.json: \"%s\" lists %ld layers, but num_hidden_layers is %ld",
+                       ckdir(m), key, listed, m->L);
     m->nh = ckpt_view_int(m->cfg, "num_attention_heads", 0);
     m->nkv = ckpt_view_int(m->cfg, "num_key_value_heads", m->nh);
     if (m->nkv <= 0 || m->fam->mla)
@@ -597,6 +442,7 @@ static void parse_scalars(fwd_model *m)
     if (f->logit_base_key) /* MiniCPMForCausalLM: hidden / (hidden_size / dim_model_base) */
         m->logit_mult = ckpt_view_num(c, f->logit_base_key, f->logit_base_default, (double)m->H) / (double)m->H;
     m->interleaved = f->interleave_key ? ckpt_view_bool(c, f->interleave_key, f->interleaved) : f->interleaved;
+    m->clip_qkv = f->clip_key ? ckpt_view_num(c, f->clip_key, 0, 0) : 0;
 }
 
 static fl_status parse_moe(fwd_model *m, fl_error *err)
@@ -623,7 +469,7 @@ static fl_status parse_moe(fwd_model *m, fl_error *err)
 /* Tied means the embedding matrix (v4 tie_weights() also overwrites a
  * stored lm_head when the config says tie).  A null flag is not tied: the
  * loaders test `if config.tie_word_embeddings`, and None is false. */
-static fl_status parse_head(fwd_model *m, const char *prefix, fl_error *err)
+static fl_status parse_head(fwd_model *m, const fwd_names *where, fl_error *err)
 {
     /* As plan.c's tie_flag: a family's alias wins (Lfm2Config tie_embedding,
      * §lfm2), then the top level (docs/architectures.md §vl-tie). */
@@ -654,7 +500,7 @@ static fl_status parse_head(fwd_model *m, const char *prefix, fl_error *err)
             return s;
     }
     m->V = m->head.rows; /* logits are the head's rows; token ids index the embedding */
-    snprintf(name, sizeof name, "%s%s.weight", prefix, m->nm.final_norm);
+    snprintf(name, sizeof name, "%s%s.weight", where->prefix, where->norm);
     return bind_norm(m, name, m->H, &m->final_norm, err);
 }
 
@@ -711,22 +557,23 @@ fl_status fwd_open(const checkpoint *ck, int threads, fwd_model **out, fl_error 
     m->pool = fl_pool_new(threads > 0 ? (threads > 64 ? 64 : threads) : cpu_count());
     m->scratch = m->pool ? calloc((size_t)fl_pool_size(m->pool), sizeof *m->scratch) : NULL;
     m->gemm = fwd_pick_gemm();
-    const char *prefix = NULL;
+    fwd_names where = {NULL, NULL, NULL};
     if (!m->scratch)
         s = fl_fail(err, FL_EIO, "out of memory");
-    if (s == FL_OK && (s = parse_embedding(m, &prefix, err)) == FL_OK && (s = parse_dims(m, err)) == FL_OK &&
+    if (s == FL_OK && (s = parse_embedding(m, &where, err)) == FL_OK && (s = parse_dims(m, err)) == FL_OK &&
         (s = fwd_parse_mla(m, err)) == FL_OK && (s = parse_norms_act(m, err)) == FL_OK) {
         parse_scalars(m);
-        /* A fwd_block builds its own RoPE (Gemma 4: per layer type). */
-        if ((s = parse_moe(m, err)) == FL_OK && (m->fam->block || (s = fwd_parse_rope(m, err)) == FL_OK))
-            s = parse_head(m, prefix, err);
+        /* A fwd_block builds its own RoPE (Gemma 4: per layer type) unless it asks for the shared one. */
+        int rope = !m->fam->block || m->fam->block->rope;
+        if ((s = parse_moe(m, err)) == FL_OK && (!rope || (s = fwd_parse_rope(m, err)) == FL_OK))
+            s = parse_head(m, &where, err);
     }
     if (s == FL_OK && !(m->layers = calloc((size_t)m->L, sizeof *m->layers)))
         s = fl_fail(err, FL_EIO, "out of memory");
     if (s == FL_OK && m->fam->block)
-        s = m->fam->block->open(m, prefix, err);
+        s = m->fam->block->open(m, where.prefix, err);
     for (long i = 0; s == FL_OK && !m->fam->block && i < m->L; i++)
-        s = bind_layer(m, prefix, i, err);
+        s = bind_layer(m, where.prefix, i, err);
     if (s != FL_OK) {
         fwd_close(m);
         return s;

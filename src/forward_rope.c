@@ -267,11 +267,13 @@ fl_status fwd_parse_rope(fwd_model *m, fl_error *err)
         msad = ms->valuedouble;
     if (m->fam->mla && !m->fam->mla_plain_scale && msad)
         m->attn_scale *= pow(fwd_yarn_mscale(cJSON_IsNumber(fa) ? fa->valuedouble : 1.0, msad), 2);
-    if (!m->fam->local_theta_key)
+    if (!m->fam->local_theta_key && !m->fam->slide_default_rope)
         return FL_OK;
+    /* Gemma 3: the local base; OLMo 3: the global base, default RoPE. */
     const cJSON *lp = rope_params(m->cfg, "sliding_attention");
     const cJSON *lt = lp && lp != rp ? cJSON_GetObjectItemCaseSensitive(lp, "rope_theta") : NULL;
-    double local = cJSON_IsNumber(lt) ? lt->valuedouble
-                                      : ckpt_view_num(m->cfg, m->fam->local_theta_key, 10000.0, 10000.0);
+    double local = cJSON_IsNumber(lt)              ? lt->valuedouble
+                   : m->fam->slide_default_rope ? theta
+                                                : ckpt_view_num(m->cfg, m->fam->local_theta_key, 10000.0, 10000.0);
     return build_freqs(m, lp && lp != rp ? lp : NULL, local, &m->freq_local, &m->af_local, err);
 }

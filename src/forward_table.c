@@ -38,27 +38,43 @@ static const fwd_moe_names LLAMA4 = {.router = "feed_forward.router", .experts =
                                      .gate = "gate_proj", .up = "up_proj", .down = "down_proj",
                                      .shared = "feed_forward.shared_expert"};
 
+/* -- zoo 13 (hybrid group), docs/architectures.md §zoo13-hybrid */
+/* OlmoeSparseMoeBlock: router mlp.gate, experts per expert or fused. */
+static const fwd_moe_names OLMOE = {.router = "mlp.gate", .experts = "mlp.experts", .gate = "gate_proj",
+                                    .up = "up_proj", .down = "down_proj"};
+/* NemotronHModel: embeddings / norm_f, under backbone. on the Hub and
+ * model. as transformers 5 writes it (backbone.embedding: the older name
+ * its conversion renames). */
+static const fwd_names NEMOTRON_H_NAMES[] = {
+    {"backbone.", "embeddings", "norm_f"}, {"model.", "embeddings", "norm_f"}, {"backbone.", "embedding", "norm_f"},
+    {NULL, NULL, NULL}};
+/* FalconH1Model: final_layernorm. */
+static const fwd_names FALCON_H1_NAMES[] = {{"model.", "embed_tokens", "final_layernorm"}, {NULL, NULL, NULL}};
 /* zoo 13 (tail), docs/architectures.md §zoo13-tail: renamed tensors and MoE
  * layouts. */
-static const fwd_names LFM2_NAMES = {.attn_norm = "operator_norm", .mlp_norm = "ffn_norm",
-                                     .q_norm = "self_attn.q_layernorm", .k_norm = "self_attn.k_layernorm",
-                                     .o = "self_attn.out_proj", .gate = "w1", .up = "w3", .down = "w2",
-                                     .final_norm = "embedding_norm"};
+static const fwd_renames LFM2_RENAMES = {.attn_norm = "operator_norm", .mlp_norm = "ffn_norm",
+                                         .q_norm = "self_attn.q_layernorm", .k_norm = "self_attn.k_layernorm",
+                                         .o = "self_attn.out_proj", .gate = "w1", .up = "w3", .down = "w2"};
+/* Lfm2Model: model.embed_tokens, the final norm model.embedding_norm. */
+static const fwd_names LFM2_NAMES[] = {{"model.", "embed_tokens", "embedding_norm"}, {NULL, NULL, NULL}};
 /* Lfm2MoeSparseMoeBlock: gate, experts (per expert w1/w3/w2 as released,
  * fused by transformers 5), feed_forward.expert_bias. */
 static const fwd_moe_names LFM2_MOE = {.router = "feed_forward.gate", .experts = "feed_forward.experts",
                                        .gate = "w1", .up = "w3", .down = "w2"};
 static const fwd_moe_names ERNIE_MOE = {.router = "mlp.gate", .experts = "mlp.experts", .gate = "gate_proj",
                                         .up = "up_proj", .down = "down_proj", .shared = "mlp.shared_experts"};
-static const fwd_names HUNYUAN_NAMES = {.q_norm = "self_attn.query_layernorm", .k_norm = "self_attn.key_layernorm"};
+static const fwd_renames HUNYUAN_RENAMES = {.q_norm = "self_attn.query_layernorm",
+                                            .k_norm = "self_attn.key_layernorm"};
 /* HunYuanMoEV1Moe: gate.wg, experts, the always-on shared_mlp. */
 static const fwd_moe_names HUNYUAN_MOE = {.router = "mlp.gate.wg", .experts = "mlp.experts", .gate = "gate_proj",
                                           .up = "up_proj", .down = "down_proj", .shared = "mlp.shared_mlp"};
-static const fwd_names APERTUS_NAMES = {.attn_norm = "attention_layernorm", .mlp_norm = "feedforward_layernorm"};
+static const fwd_renames APERTUS_RENAMES = {.attn_norm = "attention_layernorm",
+                                            .mlp_norm = "feedforward_layernorm"};
 /* InternLM2 (remote code modeling_internlm2.py). */
-static const fwd_names INTERNLM2_NAMES = {.attn_norm = "attention_norm", .mlp_norm = "ffn_norm",
-                                          .qkv = "attention.wqkv", .o = "attention.wo", .gate = "w1", .up = "w3",
-                                          .down = "w2", .embed = "tok_embeddings", .head = "output"};
+static const fwd_renames INTERNLM2_RENAMES = {.attn_norm = "attention_norm", .mlp_norm = "ffn_norm",
+                                              .qkv = "attention.wqkv", .o = "attention.wo", .gate = "w1",
+                                              .up = "w3", .down = "w2", .head = "output"};
+static const fwd_names INTERNLM2_NAMES[] = {{"model.", "tok_embeddings", "norm"}, {NULL, NULL, NULL}};
 
 /* ----------------------------------------------------------------------------
  * The families */
@@ -75,6 +91,10 @@ static const fwd_names INTERNLM2_NAMES = {.attn_norm = "attention_norm", .mlp_no
     .scale_default = 256, .attn_cap_key = "attn_logit_softcapping",                                 \
     .final_cap_key = "final_logit_softcapping"
 
+#define GRANITE_SCALARS                                                                                \
+    RMS(1e-6), SILU, .embed = EMBED_KEY, .embed_key = "embedding_multiplier",                             \
+    .residual_key = "residual_multiplier", .scale = SCALE_KEY, .scale_key = "attention_multiplier",      \
+    .scale_default = 1.0, .logit_key = "logits_scaling", .logit_default = 1.0, .logit_divide = 1
 #define QWEN_HYBRID(lin)                                                                                   \
     .norm = NORM_RMS_1PW, .eps_key = "rms_norm_eps", .eps = 1e-6, SILU, .qk = QK_HEAD, .linear_attn = lin, \
     .attn_gate = 1, .rotary_default = 0.25, .head_dim_default = 256
@@ -92,9 +112,7 @@ static const fwd_family FAMILIES[] = {
     /* Phi3Config / Olmo2Config default rms_norm_eps to 1e-5. */
     {"phi3", RMS(1e-5), SILU},
     /* GraniteModel / GraniteForCausalLM: four multipliers. */
-    {"granite", RMS(1e-6), SILU, .embed = EMBED_KEY, .embed_key = "embedding_multiplier",
-     .residual_key = "residual_multiplier", .scale = SCALE_KEY, .scale_key = "attention_multiplier",
-     .scale_default = 1.0, .logit_key = "logits_scaling", .logit_default = 1.0, .logit_divide = 1},
+    {"granite", GRANITE_SCALARS},
     {"smollm3", RMS(1e-6), SILU, .tie_default = 1},
     {"gemma", GEMMA},
     /* Gemma2Config: soft caps 50 / 30 unless null; query_pre_attn_scalar. */
@@ -215,6 +233,34 @@ static const fwd_family FAMILIES[] = {
      * (text_config, tensors under language_model.model.). */
     {"kimi_k2", .wraps = "deepseek_v3"},
     {"kimi_k25", .wraps = "deepseek_v3"},
+    /* -- zoo 13 (hybrid group), docs/architectures.md §zoo13-hybrid.
+     * Olmo3Model: Olmo2's post-norm layers; layer_types (class default:
+     * every 4th full, the rest sliding, window 4096); sliding layers take
+     * the default RoPE (rotary_embs["sliding_attention"]). */
+    {"olmo3", .norm = NORM_RMS_F32, .eps_key = "rms_norm_eps", .eps = 1e-5, SILU, .layout = LAYOUT_POST,
+     .qk = QK_FULL, .sliding = SLIDE_PATTERN, .slide_period = 4, .window_default = 4096, .slide_default_rope = 1},
+    /* OlmoeAttention (q/k norms over all heads, clip_qkv), OlmoeSparseMoeBlock
+     * (softmax, top-k, renormalised when norm_topk_prob, default false; 8 per token). */
+    {"olmoe", RMS(1e-5), SILU, .qk = QK_FULL, .clip_key = "clip_qkv", TOPK_KEY, .topk_default = 8,
+     .moe = {&OLMOE}},
+    /* GraniteMoe*: Granite's four multipliers; JetMoe's top-k gating is a
+     * softmax over the k best logits (= the full softmax renormalised); the
+     * layers are forward_granite.c's. */
+    {"granitemoe", GRANITE_SCALARS, .topk_norm = 1, .block = &FWD_GRANITE},
+    {"granitemoeshared", GRANITE_SCALARS, .topk_norm = 1, .block = &FWD_GRANITE},
+    {"granitemoehybrid", GRANITE_SCALARS, .topk_norm = 1, .block = &FWD_GRANITE_HYBRID},
+    /* NemotronHRMSNorm (layer_norm_epsilon 1e-5), relu2 MLPs and experts,
+     * the DeepSeek router (sigmoid, correction bias, groups, norm_topk_prob
+     * default true); blocks in forward_hybrid.c. */
+    {"nemotron_h", .norm = NORM_RMS_CAST, .eps_key = "layer_norm_epsilon", .eps = 1e-5, .act_key = "mlp_hidden_act",
+     .act_default = "relu2", .router = ROUTER_DEEPSEEK, .group_mask_inf = 1, TOPK_KEY, .topk_norm = 1,
+     .head_dim_default = 128,
+     .names = NEMOTRON_H_NAMES,
+     .blocks_key = "layers_block_type|layer_types|hybrid_override_pattern", .block = &FWD_NEMOTRON_H},
+    /* FalconH1RMSNorm (rms_norm_eps 1e-5); embedding_multiplier,
+     * lm_head_multiplier (times); the parallel block in forward_hybrid.c. */
+    {"falcon_h1", RMS(1e-5), SILU, .embed = EMBED_KEY, .embed_key = "embedding_multiplier",
+     .logit_key = "lm_head_multiplier", .logit_default = 1.0, .names = FALCON_H1_NAMES, .block = &FWD_FALCON_H1},
 
     /* ---- zoo 13 (tail), docs/architectures.md §zoo13-tail ----------------
      * Lfm2RMSNorm (norm_eps 1e-5); Lfm2MLP's activation is silu whatever
@@ -223,13 +269,13 @@ static const fwd_family FAMILIES[] = {
      * Lfm2MoeSparseMoeBlock: sigmoid scores, expert_bias on the choice,
      * renormalised (+1e-6) when norm_topk_prob, * routed_scaling_factor. */
     {"lfm2", .norm = NORM_RMS_CAST, .eps_key = "norm_eps", .eps = 1e-5, .act_default = "silu", .qk = QK_HEAD,
-     .names = &LFM2_NAMES, .mlp = "feed_forward", .conv_layers = 1, .tie_default = 1, .tie_alias = "tie_embedding",
-     .rope_theta = 1e6},
+     .renames = &LFM2_RENAMES, .names = LFM2_NAMES, .mlp = "feed_forward", .conv_layers = 1, .tie_default = 1,
+     .tie_alias = "tie_embedding", .rope_theta = 1e6},
     {"lfm2_moe", .norm = NORM_RMS_CAST, .eps_key = "norm_eps", .eps = 1e-5, .act_default = "silu", .qk = QK_HEAD,
-     .names = &LFM2_NAMES, .mlp = "feed_forward", .conv_layers = 1, .tie_default = 1, .tie_alias = "tie_embedding",
-     .rope_theta = 1e6, .moe = {&LFM2_MOE}, .router = ROUTER_HOOK, .route = fwd_biased_route, .route_eps = 1e-6,
-     .route_bias = "feed_forward.expert_bias", TOPK_KEY, .topk_norm = 1, .topk_default = 4,
-     .layer_extra = fwd_tail_layer},
+     .renames = &LFM2_RENAMES, .names = LFM2_NAMES, .mlp = "feed_forward", .conv_layers = 1, .tie_default = 1,
+     .tie_alias = "tie_embedding", .rope_theta = 1e6, .moe = {&LFM2_MOE}, .router = ROUTER_HOOK,
+     .route = fwd_biased_route, .route_eps = 1e-6, .route_bias = "feed_forward.expert_bias", TOPK_KEY,
+     .topk_norm = 1, .topk_default = 4, .layer_extra = fwd_tail_layer},
     /* Gemma3nRMSNorm: (w * x_hat_fp32).to(dtype); the layers (AltUp, LAuReL,
      * per-layer inputs, sparse activations, KV sharing) are forward_gemma3n.c's;
      * sliding layers' RoPE base rope_local_base_freq; final soft cap 30. */
@@ -261,8 +307,8 @@ static const fwd_family FAMILIES[] = {
      .topk_norm = 1, .topk_key = "moe_k", .topk_default = 6, .layer_extra = fwd_tail_layer},
     /* HunYuan: q/k norms per head after RoPE; DynamicNTKAlpha RoPE; MoE:
      * softmax, top moe_topk, always renormalised, plus the shared MLP. */
-    {"hunyuan_v1_dense", RMS(1e-5), SILU, .qk = QK_HEAD_POST, .names = &HUNYUAN_NAMES, .rope_alpha = 1},
-    {"hunyuan_v1_moe", RMS(1e-5), SILU, .qk = QK_HEAD_POST, .names = &HUNYUAN_NAMES, .rope_alpha = 1,
+    {"hunyuan_v1_dense", RMS(1e-5), SILU, .qk = QK_HEAD_POST, .renames = &HUNYUAN_RENAMES, .rope_alpha = 1},
+    {"hunyuan_v1_moe", RMS(1e-5), SILU, .qk = QK_HEAD_POST, .renames = &HUNYUAN_RENAMES, .rope_alpha = 1,
      .moe = {&HUNYUAN_MOE}, .topk_norm = 1, .topk_key = "moe_topk", .topk_default = 1},
     /* EXAONE 4: OLMo2's post-norm layer, per-head q/k norms before RoPE;
      * sliding layers all but every 4th by default; with a sliding window
@@ -272,11 +318,13 @@ static const fwd_family FAMILIES[] = {
     {"seed_oss", RMS(1e-6), SILU, .head_dim_default = 128},
     /* Apertus: renamed pre-norms, q/k norms before RoPE, NemotronMLP with
      * xIELU (its parameters bound by fwd_tail_layer). */
-    {"apertus", RMS(1e-5), .act_key = "hidden_act", .act_default = "xielu", .qk = QK_HEAD, .names = &APERTUS_NAMES,
+    {"apertus", RMS(1e-5), .act_key = "hidden_act", .act_default = "xielu", .qk = QK_HEAD,
+     .renames = &APERTUS_RENAMES,
      .mlp_no_gate = 1, .rope_theta = 12000000.0, .layer_extra = fwd_tail_layer},
     {"arcee", RMS(1e-5), .act_key = "hidden_act", .act_default = "relu2", .mlp_no_gate = 1},
     /* InternLM2: wqkv grouped per kv head; feed_forward.w1/w3/w2; output. */
-    {"internlm2", RMS(1e-6), SILU, .names = &INTERNLM2_NAMES, .mlp = "feed_forward", .qkv_grouped = 1},
+    {"internlm2", RMS(1e-6), SILU, .renames = &INTERNLM2_RENAMES, .names = INTERNLM2_NAMES, .mlp = "feed_forward",
+     .qkv_grouped = 1},
     {"internlm3", RMS(1e-6), SILU},
 };
 
@@ -292,20 +340,26 @@ const fwd_family *fwd_family_find(const char *model_type)
 
 const fwd_family *fwd_family_at(size_t i) { return i < N_FAMILIES ? &FAMILIES[i] : NULL; }
 
-/* fwd_names is an array of names in effect: walked as one. */
-_Static_assert(sizeof(fwd_names) == 16 * sizeof(const char *), "fwd_names holds 16 names and nothing else");
-
-void fwd_resolve_names(const fwd_family *f, fwd_names *out)
+void fwd_resolve_names(const fwd_family *f, fwd_renames *out)
 {
-    static const fwd_names LLAMA = {"input_layernorm", "post_attention_layernorm", "self_attn.q_norm",
-                                    "self_attn.k_norm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                                    "self_attn.o_proj", "self_attn.qkv_proj", "gate_proj", "up_proj", "down_proj",
-                                    "gate_up_proj", "embed_tokens", "norm", "lm_head"};
-    const char *const *def = (const char *const *)&LLAMA;
-    const char **dst = (const char **)out;
-    const char *const *mine = f->names ? (const char *const *)f->names : NULL;
-    for (size_t i = 0; i < sizeof LLAMA / sizeof def[0]; i++)
-        dst[i] = mine && mine[i] ? mine[i] : def[i];
+    static const fwd_renames none = {0};
+    const fwd_renames *r = f->renames ? f->renames : &none;
+#define PICK(field, llama) out->field = r->field ? r->field : llama
+    PICK(attn_norm, "input_layernorm");
+    PICK(mlp_norm, "post_attention_layernorm");
+    PICK(q_norm, "self_attn.q_norm");
+    PICK(k_norm, "self_attn.k_norm");
+    PICK(q, "self_attn.q_proj");
+    PICK(k, "self_attn.k_proj");
+    PICK(v, "self_attn.v_proj");
+    PICK(o, "self_attn.o_proj");
+    PICK(qkv, "self_attn.qkv_proj");
+    PICK(gate, "gate_proj");
+    PICK(up, "up_proj");
+    PICK(down, "down_proj");
+    PICK(gate_up, "gate_up_proj");
+    PICK(head, "lm_head");
+#undef PICK
 }
 
 /* ----------------------------------------------------------------------------

@@ -267,6 +267,8 @@ fl_status json_skip(json_reader *j, int depth)
         return st != FL_OK ? st : r < 0 ? j->status : FL_OK;
     }
     if (c == '"') return json_string(j, NULL, NULL);
+    if (j->python_floats && (c == 'N' || c == 'I' || (c == '-' && j->pos + 1 < j->len && j->s[j->pos + 1] == 'I')))
+        return json_literal(j, c == 'N' ? "NaN" : c == 'I' ? "Infinity" : "-Infinity");
     if (c == 't') return json_literal(j, "true");
     if (c == 'f') return json_literal(j, "false");
     if (c == 'n') return json_literal(j, "null");

@@ -89,18 +89,7 @@ typedef struct {
 
 const ckpt_tensor *plan_cat_find(const plan_catalogue *cat, const char *name)
 {
-    size_t lo = 0, hi = cat->n;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        int c = strcmp(cat->tensors[mid].name, name);
-        if (c == 0)
-            return &cat->tensors[mid];
-        if (c < 0)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return NULL;
+    return ckpt_search(cat->tensors, cat->n, name);
 }
 
 static const char *cat_file(const plan_catalogue *cat, const ckpt_tensor *t)
@@ -577,6 +566,27 @@ static fl_status plan_final(planner *pl, int flag)
 /* ---------------------------------------------------------------------------
  * deciding */
 
+/* num_hidden_layers; for a row with a block-type list (Nemotron-H) that
+ * list's length when the key is absent, and the two must agree when both are
+ * there: transformers 5 counts the list, the remote code num_hidden_layers,
+ * so a disagreement has no single meaning. */
+static fl_status layer_count(fold_plan *p, fl_error *err)
+{
+    char key[64];
+    long n = p->arch->blocks ? arch_block_count(p->cfg, p->arch->blocks, key) : -1;
+    if (n >= 0 && !ckpt_view_get(p->cfg, "num_hidden_layers")) {
+        if (n < 1 || n > MAX_LAYERS)
+            return fl_fail(err, FL_EINPUT, "%s: \"%s\" lists %ld layers (1..%d)", p->cfg.path, key, n, MAX_LAYERS);
+        p->n_layers = n;
+        return FL_OK;
+    }
+    fl_status s = ckpt_view_count(p->cfg, "num_hidden_layers", MAX_LAYERS, &p->n_layers, err);
+    if (s == FL_OK && n >= 0 && n != p->n_layers)
+        return fl_fail(err, FL_EINPUT, "%s: \"%s\" lists %ld layers, but num_hidden_layers is %ld", p->cfg.path, key,
+                       n, p->n_layers);
+    return s;
+}
+
 static fl_status plan_setup(fold_plan *p, const ckpt_config *cfg, const plan_catalogue *cat,
                             const plan_options *opt, arch_resolved *r, fl_error *err)
 {
@@ -595,7 +605,7 @@ static fl_status plan_setup(fold_plan *p, const ckpt_config *cfg, const plan_cat
     p->arch = r->arch;
     p->cfg = r->cfg;
     p->wrapper = r->wrapper;
-    if ((s = ckpt_view_count(p->cfg, "num_hidden_layers", MAX_LAYERS, &p->n_layers, err)) != FL_OK ||
+    if ((s = layer_count(p, err)) != FL_OK ||
         (s = ckpt_view_count(p->cfg, "hidden_size", MAX_HIDDEN, &p->hidden, err)) != FL_OK)
         return s;
     return FL_OK;

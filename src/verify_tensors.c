@@ -430,6 +430,20 @@ static int json_diff(const cJSON *a, const cJSON *b, const char *path, char *out
 {
     if (cJSON_Compare(a, b, 1))
         return 0;
+    /* cJSON_Compare finds inf unequal to inf (config.json's Infinity, as
+     * Python's json writes it): compare numbers by value, arrays by element. */
+    if (cJSON_IsNumber(a) && cJSON_IsNumber(b) && a->valuedouble == b->valuedouble)
+        return 0;
+    if (cJSON_IsArray(a) && cJSON_IsArray(b) && cJSON_GetArraySize(a) == cJSON_GetArraySize(b)) {
+        char sub[512];
+        int i = 0;
+        for (const cJSON *x = a->child, *y = b->child; x && y; x = x->next, y = y->next, i++) {
+            snprintf(sub, sizeof sub, "%s[%d]", path, i);
+            if (json_diff(x, y, sub, out, cap))
+                return 1;
+        }
+        return 0;
+    }
     if (cJSON_IsObject(a) && cJSON_IsObject(b)) {
         char sub[512];
         for (const cJSON *x = a->child; x; x = x->next) {
@@ -448,6 +462,7 @@ static int json_diff(const cJSON *a, const cJSON *b, const char *path, char *out
                          y->string);
                 return 1;
             }
+        return 0;   /* every member equal (cJSON_Compare failed on an inf) */
     }
     char *ja = cJSON_PrintUnformatted(a), *jb = cJSON_PrintUnformatted(b);
     snprintf(out, cap, "'%s' is %.80s in the output, %.80s in the source", *path ? path : "config",

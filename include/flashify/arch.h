@@ -46,7 +46,12 @@ typedef enum {
                         decimal string (Qwen3-Next full_attention_interval "4") */
     WHEN_NOT_EVERY,
     WHEN_LISTED,     /* config `key` is a list of integers holding i (LFM2 full_attn_idxs) */
-    WHEN_NOT_LISTED  /* ... is such a list without i */
+    WHEN_NOT_LISTED, /* ... is such a list without i */
+    WHEN_BLOCK       /* layer i's block type is one of `value`'s "|"-separated
+                        spellings; it is read from the first of `key`'s
+                        "|"-separated config keys that is present and not null:
+                        an array's i-th string, or a string's i-th character
+                        (Nemotron-H hybrid_override_pattern "M*-E"); no key: false */
 } arch_cond_kind;
 
 typedef struct {
@@ -115,6 +120,8 @@ typedef struct {
     int first_dense_default; /* first_dense when the config lacks the key (the config class default) */
     const char *last_sparse; /* layers after this index are dense; -1 or absent: none
                                 (ERNIE moe_layer_end_index) */
+    int optional;            /* no expert key: 0 experts, not an error (Nemotron-H
+                                configs without MoE blocks) */
 } arch_moe_rule;
 
 /* Where a text model's tensors are: "<prefix>layers.{i}.", the embedding
@@ -147,6 +154,11 @@ typedef struct arch_info {
                                   tie_word_embeddings (LFM2 tie_embedding), or NULL */
     const char *warning;       /* printed when norms are dropped, or NULL */
     const char *untie_warning; /* printed when lm_head is materialised, or NULL */
+    /* Config keys ("a|b", as WHEN_BLOCK reads them) that list every layer's
+     * block type, or NULL: the first present one's length is the layer
+     * count, and must equal num_hidden_layers when that is there too
+     * (Nemotron-H: transformers 5 counts the list). */
+    const char *blocks;
 } arch_info;
 
 /* The per-layer norms that loaders keyed on flashnorm_folded build without
@@ -165,8 +177,22 @@ typedef struct {
     int tie_default;   /* the wrapper class's default; -1: the text row's */
 } arch_alias;
 
+/* A model_type flashify refuses, and why (one line naming the norm and
+ * what reads it; docs/architectures.md §refused). */
+typedef struct {
+    const char *model_type;
+    const char *reason;
+} arch_refusal;
+
 /* The table row of model_type (not aliases), or NULL. */
 const arch_info *arch_find(const char *model_type);
+/* The refusal of model_type, or NULL; the i-th for tests and tables. */
+const arch_refusal *arch_refused(const char *model_type);
+const arch_refusal *arch_refusal_at(size_t i);
+/* The number of entries of the block-type list named by `keys` (as
+ * WHEN_BLOCK reads them; the key found into key[64]), or -1 when the
+ * config has none of them. */
+long arch_block_count(ckpt_view cfg, const char *keys, char key[64]);
 
 /* The outcome of arch_resolve: the row, the config level its text model
  * reads, and the tie default that applies. */
@@ -181,7 +207,8 @@ typedef struct {
  * `custom` (a --plan architecture) when it is not NULL; a custom plan reads
  * text_config when `custom_nested` or when it names text_config's
  * model_type.  FL_EINPUT naming the model_type and the supported list when
- * there is no row; `where` is the checkpoint directory. */
+ * there is no row, or with the reason when the type is refused (a --plan
+ * cannot lift a refusal); `where` is the checkpoint directory. */
 fl_status arch_resolve(const ckpt_config *cfg, const char *where, const arch_info *custom,
                        int custom_nested, arch_resolved *out, fl_error *err);
 

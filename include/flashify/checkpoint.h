@@ -46,6 +46,10 @@ void ckpt_config_free(ckpt_config *cfg);
 /* A key that appears twice in an object anywhere in the tree (cJSON keeps
  * both silently), or NULL.  Every JSON input is checked with it. */
 const char *ckpt_json_duplicate_key(const struct cJSON *obj);
+/* config.json text parsed with cJSON; the non-finite numbers Python's json
+ * writes (Infinity, -Infinity, NaN: transformers 4 saves time_step_limit
+ * (0.0, inf) so) read as +-inf and null.  NULL when it is not JSON. */
+struct cJSON *ckpt_config_json(const char *text, size_t len);
 
 /* One level of the config as a model reads it: keys are looked up in
  * `text`, then in `top` (composite models keep some keys at the top). */
@@ -106,6 +110,8 @@ void ckpt_close(checkpoint *ck);
 
 /* Binary search by logical name; NULL if absent. */
 const ckpt_tensor *ckpt_find(const checkpoint *ck, const char *name);
+/* The same search in any name-sorted table (the planner's catalogue). */
+const ckpt_tensor *ckpt_search(const ckpt_tensor *sorted, size_t n, const char *name);
 
 /* Reads `n` bytes at byte `off` of the tensor's data (pread, EINTR and
  * short reads handled).  Returns FL_OK or FL_EIO. */

@@ -32,6 +32,8 @@ typedef struct {
     int max_depth;             /* containers nested deeper are refused */
     fl_status status;          /* the last failure (json_next returns -1) */
     fl_error *err;
+    int python_floats;         /* accept NaN, Infinity, -Infinity as numbers: config.json as
+                                  Python's json.dumps writes float('inf') (transformers 4) */
 } json_reader;
 
 typedef struct {

@@ -191,14 +191,16 @@ def _expand_experts(consumers, lp, names):
     return out
 
 
-# model_type -> fn(cfg, names) giving text_layout's answer, for families of
-# the zoo modules with their own tensor names (or None: the defaults).
+# Text-model layouts of zoo families with their own names (Nemotron-H
+# backbone.embeddings / norm_f, Falcon-H1 final_layernorm, LFM2
+# embedding_norm, InternLM2 tok_embeddings / output): model_type ->
+# fn(cfg, names) returning what text_layout returns, or None for the defaults.
 EXTRA_LAYOUTS = {}
 
 
 def text_layout(cfg, names):
     """(layer prefix root, embedding, final norm, head) for the checkpoint."""
-    if cfg["model_type"] in EXTRA_LAYOUTS:
+    if cfg.get("model_type") in EXTRA_LAYOUTS:
         got = EXTRA_LAYOUTS[cfg["model_type"]](cfg, names)
         if got:
             return got

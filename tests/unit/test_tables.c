@@ -70,8 +70,9 @@ static void forward_types(names *s)
         add(s, fwd_family_at(i)->model_type);
 }
 
-/* The first column of the README's family table, names split at ", ". */
-static int readme_types(const char *root, names *s)
+/* The first column of the README's table under the heading `section`,
+ * names split at ", ". */
+static int readme_types(const char *root, const char *section, names *s)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/README.md", root);
@@ -83,7 +84,7 @@ static int readme_types(const char *root, names *s)
     int in_section = 0, rows = 0;
     while (fgets(line, sizeof line, f)) {
         if (!strncmp(line, "## ", 3) || !strncmp(line, "### ", 4)) {
-            in_section = strstr(line, "Supported model families") != NULL;
+            in_section = strstr(line, section) != NULL;
             continue;
         }
         if (!in_section || line[0] != '|' || strstr(line, "model_type") || strstr(line, "|---"))
@@ -117,7 +118,7 @@ static void test_types_agree(void)
     const char *root = getenv("FLASHIFY_ROOT");
     if (!root)
         root = "..";
-    int rows = readme_types(root, &readme);
+    int rows = readme_types(root, "Supported model families", &readme);
     CHECK(rows > 0, "no rows found in README.md's \"Supported model families\" table");
     subset(&fold, &readme, "supported but missing from README.md's family table");
     subset(&readme, &fold, "in README.md's family table but not supported");
@@ -181,6 +182,34 @@ static void test_rows_consistent(void)
     CHECK(fwd_rope_find("su") == NULL, "unknown rope types are not accepted");
 }
 
+/* The refused model types (arch_refused) are exactly the README's
+ * "Refused model families", each with a one-line reason, and none is also
+ * a row or an alias. */
+static void test_refusals(void)
+{
+    names refused = {0}, readme = {0};
+    for (size_t i = 0; arch_refusal_at(i); i++) {
+        const arch_refusal *r = arch_refusal_at(i);
+        add(&refused, r->model_type);
+        CHECK(r->reason && r->reason[0] && !strchr(r->reason, '\n'), "%s: no one-line reason", r->model_type);
+        CHECK(!arch_find(r->model_type) && arch_refused(r->model_type) == r, "%s is refused and supported",
+              r->model_type);
+        for (size_t k = 0; arch_alias_at(k); k++)
+            CHECK(strcmp(arch_alias_at(k)->model_type, r->model_type) != 0, "%s is refused and an alias",
+                  r->model_type);
+    }
+    const char *root = getenv("FLASHIFY_ROOT");
+    CHECK(readme_types(root ? root : "..", "Refused model families", &readme) > 0,
+          "no rows in README.md's \"Refused model families\" table");
+    subset(&refused, &readme, "refused but missing from README.md's refused table");
+    subset(&readme, &refused, "in README.md's refused table but not refused");
+    CHECK(arch_refused("llama") == NULL, "llama refused");
+    for (size_t i = 0; i < refused.n; i++)
+        free(refused.v[i]);
+    for (size_t i = 0; i < readme.n; i++)
+        free(readme.v[i]);
+}
+
 /* The README's --plan example is a valid plan file. */
 static void test_readme_plan_example(void)
 {
@@ -226,6 +255,7 @@ int main(void)
     test_types_agree();
     test_readme_plan_example();
     test_rows_consistent();
+    test_refusals();
     if (failures) {
         fprintf(stderr, "test_tables: %d failure(s)\n", failures);
         return 1;
