@@ -496,6 +496,11 @@ void fwd_meter_add(const fwd_model *m, const fwd_mat *w);
 double fwd_round_to_dtype(int d, double x);
 /* Bytes of matrix w as stored. */
 uint64_t fwd_mat_bytes(const fwd_mat *w);
+/* One output of a causal depthwise conv1d (nn.Conv1d, groups = channels,
+ * padding K - 1, cut to the first T outputs): acc + sum_j w[j] *
+ * x[(t - (K - 1) + j) * ld] over the steps >= 0, in double, j ascending;
+ * x points at the channel's column (LFM2, Mamba-2, Gated DeltaNet). */
+double fwd_conv_step(double acc, const float *w, long K, const float *x, long ld, long t);
 
 /* forward_mxfp4.c: rows [r, r + n) of an MXFP4 matrix decoded into floats
  * (raw: scratch of at least n * cols * 17 / 32 bytes). */
@@ -625,7 +630,7 @@ long fwd_mamba_inner(const fwd_mamba_dims *d);
 /* Checks the sizes (FL_EINPUT naming them); binds "<pre>in_proj.weight"
  * and the rest; runs the mixer on h[T][H] into out[T][H]; frees. */
 fl_status fwd_mamba_check(const fwd_model *m, const fwd_mamba_dims *d, fl_error *err);
-/* A depthwise conv1d weight [C, 1, K] as C * K floats (Mamba-2, Gated DeltaNet). */
+/* A depthwise conv1d weight [C, 1, K] as C * K floats (Mamba-2, Gated DeltaNet, LFM2). */
 fl_status fwd_bind_conv(const fwd_model *m, const char *name, long C, long K, float **out, fl_error *err);
 fl_status fwd_mamba_bind(fwd_model *m, const char *pre, const fwd_mamba_dims *d, fwd_mamba *mb, fl_error *err);
 fl_status fwd_mamba_run(const fwd_model *m, const fwd_mamba *mb, const float *h, long T, float *out, fl_error *err);

@@ -73,7 +73,7 @@ fl_status fwd_bind_shortconv(fwd_model *m, fwd_layer *ly, const char *pre, fl_er
     fl_status s;
     if ((s = fwd_bind_mat(m, CN("in_proj.weight"), 3 * H, H, 1, &c->in_proj, err)) != FL_OK ||
         (s = fwd_bind_mat(m, CN("out_proj.weight"), H, H, 1, &c->out_proj, err)) != FL_OK ||
-        (s = fwd_bind_vec(m, CN("conv.weight"), H * K, 1, &c->w, err)) != FL_OK ||
+        (s = fwd_bind_conv(m, CN("conv.weight"), H, K, &c->w, err)) != FL_OK ||
         (s = fwd_bind_vec(m, CN("in_proj.bias"), 3 * H, 0, &c->b_in, err)) != FL_OK ||
         (s = fwd_bind_vec(m, CN("out_proj.bias"), H, 0, &c->b_out, err)) != FL_OK)
         return s;
@@ -96,12 +96,7 @@ fl_status fwd_shortconv(const fwd_model *m, const fwd_layer *ly, const float *h,
                 bcx[t * 3 * H + ch] *= bcx[t * 3 * H + 2 * H + ch];
         for (long t = 0; t < T; t++)
             for (long ch = 0; ch < H; ch++) {
-                double acc = c->b_conv ? c->b_conv[ch] : 0.0;
-                for (long j = 0; j < K; j++) {
-                    long src = t - (K - 1) + j;
-                    if (src >= 0)
-                        acc += (double)c->w[ch * K + j] * bcx[src * 3 * H + ch];
-                }
+                double acc = fwd_conv_step(c->b_conv ? c->b_conv[ch] : 0.0, c->w + ch * K, K, bcx + ch, 3 * H, t);
                 y[t * H + ch] = (float)(bcx[t * 3 * H + H + ch] * acc);
             }
         s = fwd_matmul(m, &c->out_proj, c->b_out, y, T, out, err);
