@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fixtures import Tensor, build_model, encode_values, read_checkpoint, write_checkpoint  # noqa: E402
 from expect import fold, gain_ratios  # noqa: E402
 from harness import ZooCase, convert, describe, run, verify_json as verify  # noqa: E402
-from verify_fixtures import c_vs_python, write_output, write_source  # noqa: E402
+from verify_fixtures import c_vs_python, edit_config, forward_skipped, write_output, write_source  # noqa: E402
 import zoo_gemma3n as z  # noqa: E402
 
 TOKENS = [2, 7, 30, 64, 95, 7, 11]
@@ -155,17 +155,9 @@ class Refusals(Base):
             with self.subTest(case=name):
                 src = self.path(name)
                 write_source(src, "gemma3n_text", "BF16")
-                path = os.path.join(src, "config.json")
-                with open(path) as f:
-                    cfg = json.load(f)
-                edit(cfg)
-                with open(path, "w") as f:
-                    json.dump(cfg, f)
+                edit_config(src, edit)
                 write_output(src, src + "-out")
-                p = run(["verify", src, src + "-out"])
-                self.assertEqual(p.returncode, 0, describe(p))
-                self.assertIn("forward: skipped", p.stdout)
-                self.assertIn(needle, p.stdout)
+                forward_skipped(self, src, src + "-out", needle)
 
     def test_token_outside_per_layer_vocab(self):
         """embed_tokens_per_layer covers vocab_size_per_layer_input rows (the
@@ -208,12 +200,7 @@ class Forward(Base):
         src = self.path(name)
         write_source(src, family, dtype, **opt)
         if config:
-            path = os.path.join(src, "config.json")
-            with open(path) as f:
-                cfg = json.load(f)
-            config(z.text_config(cfg))
-            with open(path, "w") as f:
-                json.dump(cfg, f)
+            edit_config(src, lambda cfg: config(z.text_config(cfg)))
         write_output(src, src + "-out")
         rep = c_vs_python(self, src, src + "-out", TOKENS)
         self.assertTrue(rep["forward_check"]["passed"], rep["forward_check"])

@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fixtures import Tensor, _quantize_experts, build_model, read_checkpoint, write_checkpoint  # noqa: E402
 from expect import expected  # noqa: E402
 from harness import ZooCase, check_output, convert, describe, run, verify_json as verify  # noqa: E402
-from verify_fixtures import c_vs_python, write_output, write_source  # noqa: E402
+from verify_fixtures import c_vs_python, edit_config, forward_skipped, write_output, write_source  # noqa: E402
 import zoo_tail  # noqa: E402,F401  (registers the families with fixtures, expect, ref_forward)
 
 TOKENS = [1, 7, 30, 64, 95, 7]
@@ -307,17 +307,9 @@ class Forward(Base):
                 src = self.path("u-" + fam)
                 write_source(src, fam, "BF16", **opt)
                 if edit:
-                    path = os.path.join(src, "config.json")
-                    with open(path) as f:
-                        cfg = json.load(f)
-                    cfg.update(edit)
-                    with open(path, "w") as f:
-                        json.dump(cfg, f)
+                    edit_config(src, lambda cfg: cfg.update(edit))
                 write_output(src, src + "-out")
-                p = run(["verify", src, src + "-out"])
-                self.assertEqual(p.returncode, 0, describe(p))
-                self.assertIn("forward: skipped", p.stdout)
-                self.assertIn(needle, p.stdout)
+                forward_skipped(self, src, src + "-out", needle)
 
 
 class Teeth(Base):
