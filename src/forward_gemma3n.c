@@ -37,7 +37,7 @@ typedef struct {
     float cutoff_mult;     /* icdf(sparsity) in the model dtype */
     fwd_norm router_norm, post_laurel;
     fwd_mat router, laurel_l, laurel_r;
-    fwd_ple_layer ple;     /* the per-layer input path (forward_ple.c) */
+    fwd_ple_layer ple;     /* the per-layer input path (forward_gemma_shared.c) */
     float *pred_w;         /* altup.prediction_coefs [n * n, n] */
     float *corr_w;         /* altup.correction_coefs [n, n], clamped to +-altup_coef_clip */
     float *out_scale;      /* altup.correct_output_scale [H] */
@@ -390,41 +390,16 @@ static fl_status correct(const fwd_model *m, const g3n_model *gm, const g3n_laye
     return s;
 }
 
-/* Gemma3nTextAttention.forward: q -> q_norm -> RoPE; k -> k_norm -> RoPE,
- * v -> weightless v_norm; or the kept k, v of kv_from; softmax(q.k) at scale
- * 1 (window on sliding layers); o_proj. */
+/* Gemma3nTextAttention.forward (forward_gemma_shared.c), with KV sharing. */
 static fl_status attention(const fwd_model *m, const g3n_layer *g, const fwd_layer *ly, long l, const float *h,
                            long T, fwd_bufs *b, g3n_bufs *w, float *out, fl_error *err)
 {
-    long hd = m->hd, qd = m->nh * hd, kd = m->nkv * hd;
-    fl_status s = fwd_matmul(m, &ly->q, ly->bq, h, T, b->q, err);
-    if (s != FL_OK)
-        return s;
-    fwd_norm_rows(m, &ly->q_norm, b->q, T * m->nh, hd);
-    for (long t = 0; t < T; t++)
-        for (long hh = 0; hh < m->nh; hh++)
-            fwd_rope_head(m, ly, b->q + t * qd + hh * hd, t);
-    const float *k = b->k, *v = b->v;
-    if (g->kv_from >= 0) {
-        k = w->ks[g->kv_from];
-        v = w->vs[g->kv_from];
-    } else {
-        if ((s = fwd_matmul(m, &ly->k, ly->bk, h, T, b->k, err)) != FL_OK ||
-            (s = fwd_matmul(m, &ly->v, ly->bv, h, T, b->v, err)) != FL_OK)
-            return s;
-        fwd_norm_rows(m, &ly->k_norm, b->k, T * m->nkv, hd);
-        fwd_norm rms = {NULL, hd};   /* v_norm: Gemma3nRMSNorm(with_scale=False) */
-        fwd_norm_rows(m, &rms, b->v, T * m->nkv, hd);
-        for (long t = 0; t < T; t++)
-            for (long hh = 0; hh < m->nkv; hh++)
-                fwd_rope_head(m, ly, b->k + t * kd + hh * hd, t);
-        if (g->keep_kv) {
-            memcpy(w->ks[l], b->k, (size_t)(T * kd) * sizeof *b->k);
-            memcpy(w->vs[l], b->v, (size_t)(T * kd) * sizeof *b->v);
-        }
-    }
-    fwd_sdpa(m, ly, b->q, qd, k, kd, v, kd, m->nh, m->nkv, hd, hd, T, b->att, b->ctx);
-    return fwd_matmul(m, &ly->o, ly->bo, b->ctx, T, out, err);
+    int shared = g->kv_from >= 0;
+    fwd_gemma_attn a = {.hd = m->hd, .nkv = m->nkv,
+                        .from_k = shared ? w->ks[g->kv_from] : NULL, .from_v = shared ? w->vs[g->kv_from] : NULL,
+                        .keep_k = g->keep_kv ? w->ks[l] : NULL, .keep_v = g->keep_kv ? w->vs[l] : NULL,
+                        .q = b->q, .k = b->k, .v = b->v, .ctx = b->ctx};
+    return fwd_gemma_attention(m, ly, &a, h, T, b, out, err);
 }
 
 /* Gemma3nTextMLP: down(act(gate(x)) * up(x)); in sparse layers the gate

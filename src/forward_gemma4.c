@@ -34,7 +34,7 @@ typedef struct {
     int keep_kv;           /* a later layer reads this layer's keys and values */
     int k_eq_v;            /* values are the key projection (before k_norm) */
     fwd_norm pre_moe, post_mlp, post_moe;
-    fwd_ple_layer ple;     /* the per-layer input path (forward_ple.c) */
+    fwd_ple_layer ple;     /* the per-layer input path (forward_gemma_shared.c) */
     float layer_scalar;
     fwd_mat router;        /* router.proj [E, H] */
     float *router_scale;   /* router.scale [H] */
@@ -395,44 +395,17 @@ typedef struct {
     float **ks, **vs;   /* kept keys and values per layer (KV sharing) */
 } g4_bufs;
 
-/* Gemma4TextAttention.forward: q -> q_norm -> RoPE; k -> k_norm -> RoPE,
- * v (or the raw k) -> weightless v_norm; or the kept k, v of kv_from;
- * causal softmax(q.k) (scale 1, window on sliding layers); o_proj. */
+/* Gemma4TextAttention.forward (forward_gemma_shared.c): this layer's
+ * head size and kv heads, k_eq_v, KV sharing. */
 static fl_status attention(const fwd_model *m, const g4_layer *g, const fwd_layer *ly, long l, const float *h,
                            long T, fwd_bufs *b, g4_bufs *w, float *out, fl_error *err)
 {
-    long hd = g->hd, qd = m->nh * hd, kd = g->nkv * hd;
-    fl_status s = fwd_matmul(m, &ly->q, ly->bq, h, T, w->q, err);
-    if (s != FL_OK)
-        return s;
-    fwd_norm_rows(m, &ly->q_norm, w->q, T * m->nh, hd);
-    for (long t = 0; t < T; t++)
-        for (long hh = 0; hh < m->nh; hh++)
-            fwd_rope_head(m, ly, w->q + t * qd + hh * hd, t);
-    const float *k = w->k, *v = w->v;
-    if (g->kv_from >= 0) {
-        k = w->ks[g->kv_from];
-        v = w->vs[g->kv_from];
-    } else {
-        if ((s = fwd_matmul(m, &ly->k, ly->bk, h, T, w->k, err)) != FL_OK)
-            return s;
-        if (g->k_eq_v)
-            memcpy(w->v, w->k, (size_t)(T * kd) * sizeof *w->v);
-        else if ((s = fwd_matmul(m, &ly->v, ly->bv, h, T, w->v, err)) != FL_OK)
-            return s;
-        fwd_norm_rows(m, &ly->k_norm, w->k, T * g->nkv, hd);
-        fwd_norm rms = {NULL, hd};   /* v_norm: Gemma4RMSNorm(with_scale=False) */
-        fwd_norm_rows(m, &rms, w->v, T * g->nkv, hd);
-        for (long t = 0; t < T; t++)
-            for (long hh = 0; hh < g->nkv; hh++)
-                fwd_rope_head(m, ly, w->k + t * kd + hh * hd, t);
-        if (g->keep_kv) {
-            memcpy(w->ks[l], w->k, (size_t)(T * kd) * sizeof *w->k);
-            memcpy(w->vs[l], w->v, (size_t)(T * kd) * sizeof *w->v);
-        }
-    }
-    fwd_sdpa(m, ly, w->q, qd, k, kd, v, kd, m->nh, g->nkv, hd, hd, T, b->att, w->ctx);
-    return fwd_matmul(m, &ly->o, ly->bo, w->ctx, T, out, err);
+    int shared = g->kv_from >= 0;
+    fwd_gemma_attn a = {.hd = g->hd, .nkv = g->nkv, .k_eq_v = g->k_eq_v,
+                        .from_k = shared ? w->ks[g->kv_from] : NULL, .from_v = shared ? w->vs[g->kv_from] : NULL,
+                        .keep_k = g->keep_kv ? w->ks[l] : NULL, .keep_v = g->keep_kv ? w->vs[l] : NULL,
+                        .q = w->q, .k = w->k, .v = w->v, .ctx = w->ctx};
+    return fwd_gemma_attention(m, ly, &a, h, T, b, out, err);
 }
 
 /* Gemma4TextRouter on the raw residual: weightless RMSNorm, * scale *

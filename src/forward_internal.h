@@ -566,7 +566,21 @@ float fwd_act_as(int act, float x);   /* by ACT_* kind (a Mamba conv's own activ
 /* forward_gemma4.c (zoo: Gemma 4) */
 extern const fwd_block FWD_GEMMA4;
 
-/* forward_ple.c: the per-layer inputs of Gemma 3n and Gemma 4.  fwd_ple_bind
+/* forward_gemma_shared.c: what Gemma 3n and Gemma 4 share.  The attention
+ * of one layer: its own q/k/v (hd, nkv per layer), or the keys and values
+ * from_k / from_v of an earlier layer (KV sharing); keep_k / keep_v (or
+ * NULL) receive this layer's for a later one; q, k, v, ctx are buffers of
+ * T * nh * hd, T * nkv * hd, T * nkv * hd, T * nh * hd floats. */
+typedef struct {
+    long hd, nkv;
+    int k_eq_v;                     /* values are the key projection (Gemma 4 attention_k_eq_v) */
+    const float *from_k, *from_v;   /* a KV-shared layer's source, or NULL */
+    float *keep_k, *keep_v;
+    float *q, *k, *v, *ctx;
+} fwd_gemma_attn;
+fl_status fwd_gemma_attention(const fwd_model *m, const fwd_layer *ly, const fwd_gemma_attn *a, const float *h,
+                              long T, fwd_bufs *b, float *out, fl_error *err);
+/* The per-layer inputs.  fwd_ple_bind
  * binds the model's tensors under pre (p->P set) and sets the scales
  * sqrt(P) (in the embedding's dtype), H^-0.5 and 2^-0.5, which a family may
  * round after; fwd_ple_inputs writes [T][L][P] into out; fwd_ple_layer_out

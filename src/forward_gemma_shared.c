@@ -1,5 +1,12 @@
-/* forward_ple.c — per-layer inputs, shared by the Gemma 3n and Gemma 4
- * layer stacks (forward_gemma3n.c, forward_gemma4.c).
+/* forward_gemma_shared.c — what the Gemma 3n and Gemma 4 layer stacks
+ * (forward_gemma3n.c, forward_gemma4.c) compute alike: the attention of a
+ * layer, KV-shared or not, and the per-layer inputs.
+ *
+ * Gemma3nTextAttention / Gemma4TextAttention.forward: q -> q_norm -> RoPE;
+ * k -> k_norm -> RoPE, v (Gemma 4 attention_k_eq_v: the raw k) -> the
+ * weightless v_norm; a KV-shared layer takes the kept k, v of an earlier
+ * layer instead; causal softmax(q.k) at scale 1 (the layer's window);
+ * o_proj (docs/architectures.md §gemma3n, §gemma4).
  *
  * Both text models (Gemma3nTextModel / Gemma4TextModel
  * get_per_layer_inputs + project_per_layer_inputs) give every layer l a
@@ -13,6 +20,41 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+
+fl_status fwd_gemma_attention(const fwd_model *m, const fwd_layer *ly, const fwd_gemma_attn *a, const float *h,
+                              long T, fwd_bufs *b, float *out, fl_error *err)
+{
+    long hd = a->hd, qd = m->nh * hd, kd = a->nkv * hd;
+    fl_status s = fwd_matmul(m, &ly->q, ly->bq, h, T, a->q, err);
+    if (s != FL_OK)
+        return s;
+    fwd_norm_rows(m, &ly->q_norm, a->q, T * m->nh, hd);
+    for (long t = 0; t < T; t++)
+        for (long hh = 0; hh < m->nh; hh++)
+            fwd_rope_head(m, ly, a->q + t * qd + hh * hd, t);
+    const float *k = a->from_k ? a->from_k : a->k, *v = a->from_k ? a->from_v : a->v;
+    if (!a->from_k) {
+        if ((s = fwd_matmul(m, &ly->k, ly->bk, h, T, a->k, err)) != FL_OK)
+            return s;
+        if (a->k_eq_v)
+            memcpy(a->v, a->k, (size_t)(T * kd) * sizeof *a->v);
+        else if ((s = fwd_matmul(m, &ly->v, ly->bv, h, T, a->v, err)) != FL_OK)
+            return s;
+        fwd_norm_rows(m, &ly->k_norm, a->k, T * a->nkv, hd);
+        fwd_norm rms = {NULL, hd};   /* v_norm: RMSNorm with_scale=False */
+        fwd_norm_rows(m, &rms, a->v, T * a->nkv, hd);
+        for (long t = 0; t < T; t++)
+            for (long hh = 0; hh < a->nkv; hh++)
+                fwd_rope_head(m, ly, a->k + t * kd + hh * hd, t);
+        if (a->keep_k) {
+            memcpy(a->keep_k, a->k, (size_t)(T * kd) * sizeof *a->k);
+            memcpy(a->keep_v, a->v, (size_t)(T * kd) * sizeof *a->v);
+        }
+    }
+    fwd_sdpa(m, ly, a->q, qd, k, kd, v, kd, m->nh, a->nkv, hd, hd, T, b->att, a->ctx);
+    return fwd_matmul(m, &ly->o, ly->bo, a->ctx, T, out, err);
+}
 
 #define NAME(fmt) (snprintf(name, sizeof name, "%s" fmt, pre), name)
 
