@@ -272,8 +272,6 @@ static fl_status g3n_open(fwd_model *m, const char *prefix, fl_error *err)
     if ((s = parse_layers(m, g, err)) != FL_OK || (s = parse_altup(m, g, err)) != FL_OK ||
         (s = bind_model(m, g, prefix, err)) != FL_OK)
         return s;
-    if (g->ple.P > m->max_inter)
-        m->max_inter = g->ple.P;   /* the per-layer gate runs in the MLP buffer */
     for (long i = 0; i < m->L && s == FL_OK; i++)
         s = bind_layer(m, g, prefix, i, err);
     return s;

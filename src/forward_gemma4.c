@@ -351,8 +351,6 @@ static fl_status g4_open(fwd_model *m, const char *prefix, fl_error *err)
     }
     if (g->ple.P && (s = fwd_ple_bind(m, &g->ple, prefix, err)) != FL_OK)
         return s;
-    if (g->ple.P > m->max_inter)
-        m->max_inter = g->ple.P;   /* the per-layer gate runs in the MLP buffer */
     for (long i = 0; i < m->L && s == FL_OK; i++)
         s = bind_layer(m, g, prefix, i, err);
     return s;

@@ -67,6 +67,8 @@ fl_status fwd_ple_bind(fwd_model *m, fwd_ple *p, const char *pre, fl_error *err)
         (s = fwd_bind_mat(m, NAME("per_layer_model_projection.weight"), LP, m->H, 1, &p->model_proj, err)) !=
             FL_OK)
         return s;
+    if (p->P > m->max_inter)
+        m->max_inter = p->P;   /* the per-layer gate runs in the MLP buffer */
     p->embed_scale = fwd_round_to_dtype(p->embed.dtype, sqrt((double)p->P));
     p->proj_scale = 1.0 / sqrt((double)m->H);
     p->input_scale = 1.0 / sqrt(2.0);

@@ -580,12 +580,12 @@ typedef struct {
 } fwd_gemma_attn;
 fl_status fwd_gemma_attention(const fwd_model *m, const fwd_layer *ly, const fwd_gemma_attn *a, const float *h,
                               long T, fwd_bufs *b, float *out, fl_error *err);
-/* The per-layer inputs.  fwd_ple_bind
- * binds the model's tensors under pre (p->P set) and sets the scales
- * sqrt(P) (in the embedding's dtype), H^-0.5 and 2^-0.5, which a family may
- * round after; fwd_ple_inputs writes [T][L][P] into out; fwd_ple_layer_out
- * is layer l's path from its input x [T][H] into out [T][H], with in the
- * per-layer inputs (b->g holds the gate, m->max_inter >= P). */
+/* The per-layer inputs.  fwd_ple_bind binds the model's tensors under pre
+ * (p->P set; grows m->max_inter to P, the gate's buffer) and sets the
+ * scales sqrt(P) (in the embedding's dtype), H^-0.5 and 2^-0.5, which a
+ * family may round after; fwd_ple_inputs writes [T][L][P] into out;
+ * fwd_ple_layer_out is layer l's path from its input x [T][H] into out
+ * [T][H], in being the per-layer inputs (the gate runs in b->g). */
 typedef struct {
     long P;                  /* hidden_size_per_layer_input */
     fwd_mat embed;           /* embed_tokens_per_layer [Vp, L * P] */
