@@ -2,12 +2,14 @@
 # bench_convert.sh — times `flashify SRC -o OUT` against `cp -r SRC OUT` on
 # the same Llama-shaped checkpoint, alternately in one run, page cache warm.
 #
-# Usage: bench/bench_convert.sh [--preset 1b|8b|tiny] [--dir DIR] [--runs N] [--gen-arg ARG]...
+# Usage: bench/bench_convert.sh [--preset 1b|8b|tiny|qwen3_5_moe] [--dir DIR] [--runs N] [--gen-arg ARG]...
 #            [--threads N] [--memory SIZE] [--sync] [--no-nice] [--clean]
 #            [-- extra flashify arguments]
 #
 #   --preset   fixture shape (default 1b: Llama-3.2-1B, one 2.5 GB file;
-#              8b: Llama-3.1-8B, 4 shards, 16 GB; tiny: a few hundred KB)
+#              8b: Llama-3.1-8B, 4 shards, 16 GB; tiny: a few hundred KB;
+#              qwen3_5_moe: Qwen3.5-MoE with fused 3-D experts, 2.4 GB,
+#              written by bench/gen_moe.py, which takes the --gen-arg's)
 #   --dir      where the fixture and the outputs live (default /tmp/flashify-bench);
 #              the fixture is generated once and reused
 #   --gen-arg  one extra gen_fixture argument (repeat), e.g. --gen-arg --untied;

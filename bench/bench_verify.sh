@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench_verify.sh — times `flashify verify SRC OUT` on a Llama-shaped fixture.
 #
-# Usage: bench/bench_verify.sh [--preset 1b|8b|tiny] [--dir DIR] [--runs N] [--gen-arg ARG]...
+# Usage: bench/bench_verify.sh [--preset 1b|8b|tiny|qwen3_5_moe] [--dir DIR] [--runs N] [--gen-arg ARG]...
 #            [--no-nice] [-- extra arguments for flashify verify]
 #
 #   --preset   fixture shape (default 1b); generated once under --dir and reused

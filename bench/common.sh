@@ -50,8 +50,14 @@ ensure_fixture() {
     mkdir -p "$dir"
     rm -rf "$FIXTURE" "$stamp"
     echo "fixture: generating $FIXTURE ($want)"
-    nice -n "${NICE:-10}" "$GEN_FIXTURE" --preset "$preset" "$@" "$FIXTURE" ||
-        die "gen_fixture failed"
+    if [ "$preset" = qwen3_5_moe ]; then
+        # Qwen3.5-MoE with fused 3-D experts: the test suite's generator's
+        # config and names, tiled values (bench/gen_moe.py)
+        nice -n "${NICE:-10}" python3 "$BENCH_DIR/gen_moe.py" "$@" "$FIXTURE" || die "gen_moe.py failed"
+    else
+        nice -n "${NICE:-10}" "$GEN_FIXTURE" --preset "$preset" "$@" "$FIXTURE" ||
+            die "gen_fixture failed"
+    fi
     echo "$want" > "$stamp"
 }
 

@@ -190,22 +190,51 @@ static inline uint16_t bf16_exact(uint16_t x, double w, int one_plus, int wide)
     return bf16_from_f32_bits_rne(f32_bits_round_odd(product(bf16_to_double(x), w, one_plus, wide)));
 }
 
+/* The middle tier: when every gain v (w, or 1 + w exact in a double) has
+ * at most 45 significant bits, a BF16 weight (8 bits) times v is exact in a
+ * double, so one double multiply, round-to-odd to F32 and nearest-even to
+ * BF16 give the correctly rounded result (see the top).  Gemma's and
+ * Qwen3.5's 1 + w of a small BF16 w (|w| < 2^-8: 17 or more bits) lands
+ * here instead of on the element-wise TwoSum path.  Branch-free so the
+ * compiler vectorises it. */
+static int gains_fit_45_bits(const double *w, int one_plus, size_t cols, double *v)
+{
+    for (size_t c = 0; c < cols; c++) {
+        double g = one_plus ? 1.0 + w[c] : w[c];
+        uint64_t u;
+        memcpy(&u, &g, 8);
+        if ((one_plus && g - 1.0 != w[c]) || (u & 0xFFu) != 0)
+            return 0;
+        v[c] = g;
+    }
+    return 1;
+}
+
+FOLD_CLONES
+static void fold_bf16_row_f64(const uint16_t *restrict x, uint16_t *restrict y, size_t n, const double *restrict v)
+{
+    for (size_t c = 0; c < n; c++)
+        y[c] = bf16_from_f32_bits_rne(f32_bits_round_odd(bf16_to_double(x[c]) * v[c]));
+}
+
+FOLD_CLONES
+static void fold_bf16_run_f64(const uint16_t *restrict x, uint16_t *restrict y, size_t n, double v)
+{
+    for (size_t c = 0; c < n; c++)
+        y[c] = bf16_from_f32_bits_rne(f32_bits_round_odd(bf16_to_double(x[c]) * v));
+}
+
 static void fold_bf16_exact(const uint16_t *in, uint16_t *out, size_t rows, size_t cols,
                             const double *w, int one_plus, int wide)
 {
     for (size_t r = 0; r < rows; r++) {
         const uint16_t *x = in + r * cols;
         uint16_t *y = out + r * cols;
-        if (!one_plus && !wide) {
-            /* Kept branch-free so the compiler vectorises it. */
-            for (size_t c = 0; c < cols; c++) {
-                double p = bf16_to_double(x[c]) * w[c];
-                y[c] = bf16_from_f32_bits_rne(f32_bits_round_odd(p));
-            }
-        } else {
+        if (!one_plus && !wide)
+            fold_bf16_row_f64(x, y, cols, w);   /* w: at most 24 bits */
+        else
             for (size_t c = 0; c < cols; c++)
                 y[c] = bf16_exact(x[c], w[c], one_plus, wide);
-        }
     }
 }
 
@@ -219,11 +248,14 @@ static int fold_bf16(const uint16_t *in, uint16_t *out, size_t rows, size_t cols
      * redone from its input even when in == out. */
     enum { STACK_COLS = 8192 };
     float stack_g[STACK_COLS];
+    double stack_v[STACK_COLS];
     uint16_t stack_row[STACK_COLS];
     int heap = cols > STACK_COLS;
     float *g = heap ? malloc(cols * sizeof *g) : stack_g;
+    double *v = heap ? malloc(cols * sizeof *v) : stack_v;
     uint16_t *row = heap ? malloc(cols * sizeof *row) : stack_row;
-    if (g && row && !wide && gains_fit_16_bits(w, one_plus, cols, g)) {
+    int ok = g && v && row && !wide;
+    if (ok && gains_fit_16_bits(w, one_plus, cols, g)) {
         for (size_t r = 0; r < rows; r++) {
             const uint16_t *x = in + r * cols;
             uint16_t *y = out + r * cols;
@@ -233,12 +265,17 @@ static int fold_bf16(const uint16_t *in, uint16_t *out, size_t rows, size_t cols
             } else
                 memcpy(y, row, cols * sizeof *row);
         }
+    } else if (ok && one_plus && gains_fit_45_bits(w, one_plus, cols, v)) {
+        for (size_t r = 0; r < rows; r++)
+            fold_bf16_row_f64(in + r * cols, out + r * cols, cols, v);
+        scan = 1;
     } else {
         fold_bf16_exact(in, out, rows, cols, w, one_plus, wide);
         scan = 1;
     }
     if (heap) {
         free(g);
+        free(v);
         free(row);
     }
     return scan;
@@ -354,6 +391,11 @@ fold_axis fold_axis_of(const uint64_t *shape, int ndim, int axis)
 static int fold_bf16_run(const uint16_t *in, uint16_t *out, size_t n, double w, int one_plus, int wide)
 {
     float g;
+    double v;
+    if (!wide && !gains_fit_16_bits(&w, one_plus, 1, &g) && gains_fit_45_bits(&w, one_plus, 1, &v)) {
+        fold_bf16_run_f64(in, out, n, v);
+        return 1;
+    }
     if (wide || !gains_fit_16_bits(&w, one_plus, 1, &g)) {
         for (size_t c = 0; c < n; c++)
             out[c] = bf16_exact(in[c], w, one_plus, wide);

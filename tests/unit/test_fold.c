@@ -287,6 +287,17 @@ static void test_middle_runs(int gain)
         }
         if (gain == GAIN_W)
             w[1] = kind == 0 ? 0.5 : 0.5 + 0x1p-20;   /* run 1: the subnormal products */
+        if (kind == 1) {
+            /* A double-rounding trap: 3 * (2839894 + 2^23) / 2^23 =
+             * 4 * (1 + 2^-8 + 2^-24), which F32 rounds to the BF16
+             * midpoint 4 * (1 + 2^-8) and then to even, 4, while once
+             * rounded it is 4 * (1 + 2^-7).  Planted in run 2 of both
+             * experts, with W = 3 and -3. */
+            w[2] = gain == GAIN_ONE_PLUS_W ? 2839894.0 / 8388608.0 : 11228502.0 / 8388608.0;
+            for (int e = 0; e < MR_E; e++)
+                for (int k = 0; k < 8; k++)
+                    in[(e * MR_A + 2) * MR_B + 50 + 601 * k] = double_to_bf16(k % 2 ? -3.0 : 3.0);
+        }
         int wide = kind == 2;
         for (int chunk = 1237; chunk <= MR_N; chunk += chunk < MR_N / 2 ? 4099 : MR_N) {
             memset(out, 0xAB, sizeof out);
