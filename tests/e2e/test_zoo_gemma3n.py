@@ -237,13 +237,6 @@ class Teeth(Base):
         write_output(src, src + "-out", **out_opt)
         return src, src + "-out"
 
-    def assertBroken(self, src, out):
-        p, rep = verify(src, out)
-        self.assertEqual(p.returncode, 3, describe(p))
-        self.assertFalse(rep["equivalent"])
-        self.assertIs(rep["forward_check"].get("passed"), False, rep["forward_check"])
-        return rep
-
     def test_correct_pair_passes(self):
         src, out = self.pair("ok")
         p, rep = verify(src, out)

@@ -19,9 +19,9 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from fixtures import Tensor, _quantize_experts, build_model, read_checkpoint, write_checkpoint  # noqa: E402
+from fixtures import _quantize_experts, build_model, read_checkpoint, write_checkpoint  # noqa: E402
 from expect import expected  # noqa: E402
-from harness import ZooCase, check_output, convert, describe, run, verify_json as verify  # noqa: E402
+from harness import ZooCase, check_output, convert, describe, verify_json as verify  # noqa: E402
 from verify_fixtures import c_vs_python, edit_config, forward_skipped, write_output, write_source  # noqa: E402
 import zoo_tail  # noqa: E402,F401  (registers the families with fixtures, expect, ref_forward)
 
@@ -205,7 +205,7 @@ class Moe(Base):
                 _quantize_experts(m, "int4", random.Random(3))
                 self.refused(m, fam + "-q", ["compressed-tensors"])
                 src = self.path(fam + "-q")
-                p = convert(self, src, src + "-partial", "--partial")
+                convert(self, src, src + "-partial", "--partial")
                 ex = expected(read_checkpoint(src), partial=True)
                 _, ck = check_output(self, src, src + "-partial", ex=ex)
                 self.assertEqual(len(ex.kept_quantized), 2)
@@ -320,11 +320,7 @@ class Teeth(Base):
         src = self.path(name)
         write_source(src, family, "BF16", **opt)
         write_output(src, src + "-out", mutate=mutate, gain=gain)
-        p, rep = verify(src, src + "-out")
-        self.assertEqual(p.returncode, 3, describe(p))
-        self.assertFalse(rep["equivalent"])
-        self.assertIs(rep["forward_check"].get("passed"), False, rep["forward_check"])
-        return rep
+        return self.assertBroken(src, src + "-out")
 
     def test_missed_consumers(self):
         """A rule that misses one consumer in every layer it applies to: the

@@ -30,7 +30,7 @@ import math
 import expect
 import fixtures
 import ref_forward
-from fixtures import Model, Tensor, _Gen, _stack, decode_values
+from fixtures import Model, Tensor, _Gen, _stack
 
 QKV = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]
 GATE_UP = ["mlp.gate_proj", "mlp.up_proj"]
