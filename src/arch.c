@@ -171,6 +171,51 @@ static const arch_layout FALCON_H1_LAYOUTS[] = {
     {"model.", "embed_tokens", "final_layernorm", "lm_head"},
     {NULL, NULL, NULL, NULL},
 };
+/* -- zoo 13 (tail): LFM2, Gemma 3n, Cohere 2 and the llama-like rows,
+ * docs/architectures.md §zoo13-tail. */
+static const char LFM2_QK_WHY[] =
+    "q/k norm (q_layernorm, k_layernorm): per head before RoPE and the attention scores, not before a linear layer";
+static const char HUNYUAN_QK_WHY[] =
+    "q/k norm (query_layernorm, key_layernorm): per head after RoPE, before the attention scores";
+static const char GEMMA3N_INPUT_WHY[] =
+    "refused: its output also joins the residual stream through LAuReL (x + post_laurel_norm(linear_right("
+    "linear_left(x))), x the normed input), where no linear layer can absorb the gain; its consumers "
+    "self_attn.q/k/v_proj and laurel.linear_left stay unfolded";
+static const char GEMMA3N_LAUREL_WHY[] =
+    "LAuReL's output norm: normalises linear_right's output before it joins the residual, not a linear layer's input";
+/* Lfm2RMSNorm and Gemma3nRMSNorm apply w (ones init). */
+static const arch_norm_class LFM2_RMS = {"Lfm2RMSNorm", GAIN_W};
+static const arch_norm_class GEMMA3N_RMS = {"Gemma3nRMSNorm", GAIN_W};
+static const arch_norm_class COHERE2_LN = {"Cohere2LayerNorm", GAIN_W};
+/* LFM2 names its final norm embedding_norm (applied after the last layer). */
+static const arch_layout LFM2_LAYOUTS[] = {{"model.", "embed_tokens", "embedding_norm", "lm_head"},
+                                           {NULL, NULL, NULL, NULL}};
+/* InternLM2 remote code: model.tok_embeddings, model.norm, output. */
+static const arch_layout INTERNLM2_LAYOUTS[] = {{"model.", "tok_embeddings", "norm", "output"},
+                                                {NULL, NULL, NULL, NULL}};
+#define LFM2_QKV L("self_attn.q_proj"), L("self_attn.k_proj"), L("self_attn.v_proj")
+#define LFM2_CONV L("conv.in_proj")
+#define FULL_ATTN_IDXS "full_attn_idxs"
+/* Lfm2Config: layer_types[i] ("full_attention" / "conv"), else i in
+ * full_attn_idxs, else (no list) every layer is attention. */
+#define LFM2_OPERATOR                                                                                          \
+    {.norm = "operator_norm", .consumers = {LFM2_QKV}, .when = {LAYER_IS("full_attention")}},                 \
+    {.norm = "operator_norm", .consumers = {LFM2_CONV}, .when = {LAYER_IS("conv")},                           \
+     .note = "gated short convolution"},                                                                       \
+    {.norm = "operator_norm", .consumers = {LFM2_QKV}, .when = {NO_LAYER_TYPES, WHEN_KEY(WHEN_LISTED, FULL_ATTN_IDXS)}, \
+     .note = "attention layer (no layer_types: by full_attn_idxs)"},                                           \
+    {.norm = "operator_norm", .consumers = {LFM2_CONV},                                                        \
+     .when = {NO_LAYER_TYPES, WHEN_KEY(WHEN_NOT_LISTED, FULL_ATTN_IDXS)},                                      \
+     .note = "gated short convolution (no layer_types: by full_attn_idxs)"},                                  \
+    {.norm = "operator_norm", .consumers = {LFM2_QKV}, .when = {NO_LAYER_TYPES},                              \
+     .note = "attention layer (neither layer_types nor full_attn_idxs: all attention)"}
+#define LFM2_FFN L("feed_forward.w1"), L("feed_forward.w3")
+#define LFM2_KEEPS {KEEP("self_attn.q_layernorm", LFM2_QK_WHY), KEEP("self_attn.k_layernorm", LFM2_QK_WHY)}
+/* ERNIE 4.5 MoE: shared experts exist when moe_num_shared_experts (class
+ * default 2) is not 0. */
+#define ERNIE_SHARED {.kind = WHEN_FLAG, .key = "moe_num_shared_experts", .value = "2"}
+#define ERNIE_NO_SHARED {.kind = WHEN_NOT_FLAG, .key = "moe_num_shared_experts", .value = "2"}
+#define HUNYUAN_SHARED L("mlp.shared_mlp.gate_proj"), L("mlp.shared_mlp.up_proj")
 
 static const arch_info ARCHS[] = {
     {.model_type = "llama", .norm = &ARCH_RMS_W, .folds = LLAMA_FOLDS},
@@ -482,6 +527,110 @@ static const arch_info ARCHS[] = {
                 .note = "cross-attention layer: keys and values read the vision states"},
                FOLD("input_layernorm", QKV), FOLD("post_attention_layernorm", GATE_UP)},
      .keeps = {KEEP("cross_attn.q_norm", CROSS_QK_WHY), KEEP("cross_attn.k_norm", CROSS_QK_WHY)}},
+
+    /* ---- zoo 13 (tail), docs/architectures.md §zoo13-tail ----------------
+     * §lfm2: operator_norm feeds attention or the gated short convolution
+     * by layer type; ffn_norm feeds the SwiGLU (w1 gate, w3 up; w2 down);
+     * the final norm is model.embedding_norm.  tie_embedding (the original
+     * key) decides the tie when present. */
+    {.model_type = "lfm2", .norm = &LFM2_RMS, .folds = {LFM2_OPERATOR, FOLD("ffn_norm", LFM2_FFN)},
+     .keeps = LFM2_KEEPS, .layouts = LFM2_LAYOUTS, .tie_default = 1, .tie_alias = "tie_embedding"},
+    /* §lfm2_moe: the first num_dense_layers (class default 2) are dense;
+     * the rest route through feed_forward.gate (sigmoid + expert_bias,
+     * which is never scaled) to experts stored per expert (w1/w3/w2) or
+     * fused [E, 2I, H]. */
+    {.model_type = "lfm2_moe", .norm = &LFM2_RMS,
+     .folds = {LFM2_OPERATOR,
+               {.norm = "ffn_norm", .consumers = {L("feed_forward.gate"), FUSED("feed_forward.experts.gate_up_proj", IN_LAST)},
+                .when = {WHEN(WHEN_MOE), WHEN_KEY(WHEN_HAS, "feed_forward.experts.gate_up_proj")}, .note = FUSED_NOTE},
+               {.norm = "ffn_norm",
+                .consumers = {L("feed_forward.gate"), L("feed_forward.experts.{e}.w1"), L("feed_forward.experts.{e}.w3")},
+                .when = {WHEN(WHEN_MOE)}},
+               {.norm = "ffn_norm", .consumers = {LFM2_FFN}, .when = {WHEN(WHEN_DENSE)}, .note = "dense layer"}},
+     .keeps = LFM2_KEEPS, .moe = {.experts = {"num_experts"}, .first_dense = "num_dense_layers", .first_dense_default = 2},
+     .layouts = LFM2_LAYOUTS, .tie_default = 1, .tie_alias = "tie_embedding"},
+    /* §gemma3n: Gemma3nRMSNorm is w.  input_layernorm's output is also
+     * LAuReL's residual term: kept, with q/k/v and laurel.linear_left
+     * unfolded.  The MLP's pre-norm and the AltUp router's norm fold. */
+    {.model_type = "gemma3n_text", .norm = &GEMMA3N_RMS,
+     .folds = {FOLD("pre_feedforward_layernorm", GATE_UP), FOLD("altup.router_norm", L("altup.modality_router"))},
+     .keeps = {KEEP("input_layernorm", GEMMA3N_INPUT_WHY), KEEP("post_attention_layernorm", POST_NORM_WHY),
+               KEEP("post_feedforward_layernorm", POST_NORM_WHY), KEEP("laurel.post_laurel_norm", GEMMA3N_LAUREL_WHY),
+               KEEP("post_per_layer_input_norm", POST_NORM_WHY), KEEP("self_attn.q_norm", QK_NORM_WHY),
+               KEEP("self_attn.k_norm", QK_NORM_WHY)},
+     .tie_default = 1},
+    /* §cohere2: Cohere's parallel block without q/k norms. */
+    {.model_type = "cohere2", .norm = &COHERE2_LN, .folds = {FOLD("input_layernorm", QKV, GATE_UP)}, .tie_default = 1},
+    /* §minicpm: the Llama layout; scale_emb, scale_depth and dim_model_base
+     * scale the embeddings, the residual branches and the logits. */
+    {.model_type = "minicpm", .norm = &ARCH_RMS_W, .folds = LLAMA_FOLDS, .tie_default = 1},
+    /* §ernie4_5: the Llama layout (biases, when use_bias, stay). */
+    {.model_type = "ernie4_5", .norm = &ARCH_RMS_W, .folds = LLAMA_FOLDS, .tie_default = 1},
+    /* §ernie4_5_moe: sparse layers are moe_layer_start_index (default 1)
+     * to moe_layer_end_index (-1: the last), every moe_layer_interval-th;
+     * the router mlp.gate (fp32) and the experts; shared experts when
+     * moe_num_shared_experts.  moe_statics.e_score_correction_bias is
+     * never scaled. */
+    {.model_type = "ernie4_5_moe", .norm = &ARCH_RMS_W,
+     .folds = {FOLD("input_layernorm", QKV),
+               {.norm = "post_attention_layernorm",
+                .consumers = {L("mlp.gate"), FUSED("mlp.experts.gate_up_proj", IN_LAST), SHARED_EXPERTS},
+                .when = {WHEN(WHEN_MOE), WHEN_KEY(WHEN_HAS, "mlp.experts.gate_up_proj"), ERNIE_SHARED},
+                .note = FUSED_NOTE},
+               {.norm = "post_attention_layernorm", .consumers = {L("mlp.gate"), FUSED("mlp.experts.gate_up_proj", IN_LAST)},
+                .when = HAS_FUSED, .note = FUSED_NOTE " (no shared experts)"},
+               {.norm = "post_attention_layernorm",
+                .consumers = {L("mlp.gate"), L("mlp.experts.{e}.gate_proj"), L("mlp.experts.{e}.up_proj"),
+                              SHARED_EXPERTS},
+                .when = {WHEN(WHEN_MOE), ERNIE_SHARED}},
+               {.norm = "post_attention_layernorm",
+                .consumers = {L("mlp.gate"), L("mlp.experts.{e}.gate_proj"), L("mlp.experts.{e}.up_proj")},
+                .when = {WHEN(WHEN_MOE), ERNIE_NO_SHARED}, .note = "no shared experts"},
+               {.norm = "post_attention_layernorm", .consumers = {GATE_UP}, .when = {WHEN(WHEN_DENSE)},
+                .note = "dense layer"}},
+     .moe = {.experts = {"moe_num_experts", "num_experts"}, .first_dense = "moe_layer_start_index",
+             .first_dense_default = 1, .last_sparse = "moe_layer_end_index", .step = "moe_layer_interval",
+             .step_offset = 1},
+     .tie_default = 1},
+    /* §hunyuan: the Llama layout; query_layernorm / key_layernorm come
+     * after RoPE and stay. */
+    {.model_type = "hunyuan_v1_dense", .norm = &ARCH_RMS_W, .folds = LLAMA_FOLDS,
+     .keeps = {KEEP("self_attn.query_layernorm", HUNYUAN_QK_WHY), KEEP("self_attn.key_layernorm", HUNYUAN_QK_WHY)}},
+    /* §hunyuan: every layer is MoE: router mlp.gate.wg (fp32), the
+     * experts, the always-on shared_mlp. */
+    {.model_type = "hunyuan_v1_moe", .norm = &ARCH_RMS_W,
+     .folds = {FOLD("input_layernorm", QKV),
+               {.norm = "post_attention_layernorm",
+                .consumers = {L("mlp.gate.wg"), FUSED("mlp.experts.gate_up_proj", IN_LAST), HUNYUAN_SHARED},
+                .when = HAS_FUSED, .note = FUSED_NOTE},
+               {.norm = "post_attention_layernorm",
+                .consumers = {L("mlp.gate.wg"), L("mlp.experts.{e}.gate_proj"), L("mlp.experts.{e}.up_proj"),
+                              HUNYUAN_SHARED},
+                .when = {WHEN(WHEN_MOE)}}},
+     .keeps = {KEEP("self_attn.query_layernorm", HUNYUAN_QK_WHY), KEEP("self_attn.key_layernorm", HUNYUAN_QK_WHY)},
+     .moe = {.experts = {"num_experts"}}},
+    /* §exaone4: OLMo2's post-norm layer with per-head q/k norms: only the
+     * final norm folds. */
+    {.model_type = "exaone4", .norm = &ARCH_RMS_W,
+     .keeps = {KEEP("post_attention_layernorm", POST_NORM_WHY), KEEP("post_feedforward_layernorm", POST_NORM_WHY),
+               KEEP("self_attn.q_norm", QK_NORM_WHY), KEEP("self_attn.k_norm", QK_NORM_WHY)}},
+    /* §seed_oss: the Llama layout; q/k/v biases stay. */
+    {.model_type = "seed_oss", .norm = &ARCH_RMS_W, .folds = LLAMA_FOLDS},
+    /* §apertus: renamed pre-norms, a gateless MLP (up_proj, xIELU,
+     * down_proj), q/k norms before RoPE. */
+    {.model_type = "apertus", .norm = &ARCH_RMS_W,
+     .folds = {FOLD("attention_layernorm", QKV), FOLD("feedforward_layernorm", L("mlp.up_proj"))},
+     .keeps = {KEEP("self_attn.q_norm", QK_NORM_WHY), KEEP("self_attn.k_norm", QK_NORM_WHY)}},
+    /* §arcee: the Llama layout with a gateless ReLU^2 MLP. */
+    {.model_type = "arcee", .norm = &ARCH_RMS_W,
+     .folds = {FOLD("input_layernorm", QKV), FOLD("post_attention_layernorm", L("mlp.up_proj"))}},
+    /* §internlm2 (remote code): attention_norm -> the fused, per-kv-group
+     * attention.wqkv; ffn_norm -> feed_forward.w1 (gate), w3 (up). */
+    {.model_type = "internlm2", .norm = &ARCH_RMS_W,
+     .folds = {FOLD("attention_norm", L("attention.wqkv")), FOLD("ffn_norm", L("feed_forward.w1"), L("feed_forward.w3"))},
+     .layouts = INTERNLM2_LAYOUTS},
+    /* §internlm3 (remote code): the Llama layout and names. */
+    {.model_type = "internlm3", .norm = &ARCH_RMS_W, .folds = LLAMA_FOLDS},
 };
 
 /* §composite: multimodal Gemma 3 is gemma3_text under another prefix, its
@@ -533,8 +682,8 @@ static const arch_alias ALIASES[] = {
      .text_rule = ALIAS_TEXT_ANY, .tie_or_text = 1},
     {.model_type = "paligemma", .text_type = "gemma", .nested = 1, .tie_default = 1, .text_rule = ALIAS_TEXT_ANY},
     {.model_type = "internvl", .text_type = "qwen2", .nested = 1, .tie_default = 1, .text_rule = ALIAS_TEXT_ANY},
-    /* AyaVisionConfig defaults to cohere2 (Aya Vision 8B): refused, naming
-     * it, while cohere2 has no row; Aya Vision 32B's cohere reads the cohere row. */
+    /* AyaVisionConfig defaults to cohere2 (Aya Vision 8B); Aya Vision
+     * 32B's text_config names cohere. */
     {.model_type = "aya_vision", .text_type = "cohere", .nested = 1, .tie_default = 1, .text_rule = ALIAS_TEXT_ANY,
      .class_text = "cohere2"},
     {.model_type = "idefics3", .text_type = "llama", .nested = 1, .tie_default = 0, .text_rule = ALIAS_TEXT_ANY},
@@ -542,6 +691,9 @@ static const arch_alias ALIASES[] = {
     /* MllamaConfig builds MllamaTextConfig whatever text_config says. */
     {.model_type = "mllama", .text_type = "mllama_text_model", .nested = 1, .tie_default = 0,
      .text_rule = ALIAS_TEXT_FIXED},
+    /* zoo 13 (tail), §gemma3n: Gemma3nForConditionalGeneration, text model
+     * in text_config (gemma3n_text), tensors under model.language_model. */
+    {.model_type = "gemma3n", .text_type = "gemma3n_text", .nested = 1, .tie_default = -1},
 };
 
 /* What cannot be folded exactly is refused with the reason (issue 13;
@@ -674,156 +826,4 @@ fl_status arch_resolve(const ckpt_config *cfg, const char *where, const arch_inf
                        where, cfg->model_type, arch_supported_list());
     out->tie_default = al && al->tie_default >= 0 ? al->tie_default : out->arch->tie_default;
     return FL_OK;
-}
-
-/* ---------------------------------------------------------------------------
- * conditions and the MoE rule */
-
-static int in_int_list(const cJSON *list, long i)
-{
-    for (const cJSON *e = cJSON_IsArray(list) ? list->child : NULL; e; e = e->next)
-        if (cJSON_IsNumber(e) && e->valuedouble == (double)i)
-            return 1;
-    return 0;
-}
-
-static int layer_type_is(ckpt_view cfg, const char *key, const char *value, long i)
-{
-    const cJSON *lt = ckpt_view_get(cfg, key);
-    const cJSON *e = cJSON_IsArray(lt) ? cJSON_GetArrayItem(lt, (int)i) : NULL;
-    return cJSON_IsString(e) && value && strcmp(e->valuestring, value) == 0;
-}
-
-/* The config value WHEN_BLOCK reads: the first of the "|"-separated keys
- * that is present and not null (its name into key[64]). */
-static const cJSON *block_list(ckpt_view cfg, const char *keys, char key[64])
-{
-    for (const char *k = keys; k && *k;) {
-        size_t n = strcspn(k, "|");
-        snprintf(key, 64, "%.*s", (int)(n < 63 ? n : 63), k);
-        k += n + (k[n] == '|');
-        const cJSON *v = ckpt_view_get(cfg, key);
-        if (v && !cJSON_IsNull(v))
-            return v;
-    }
-    return NULL;
-}
-
-long arch_block_count(ckpt_view cfg, const char *keys, char key[64])
-{
-    const cJSON *v = block_list(cfg, keys, key);
-    if (cJSON_IsArray(v))
-        return cJSON_GetArraySize(v);
-    return cJSON_IsString(v) ? (long)strlen(v->valuestring) : -1;
-}
-
-/* 1 when `word` is one of the "|"-separated spellings in `list`. */
-static int in_spellings(const char *list, const char *word)
-{
-    size_t w = strlen(word);
-    for (const char *k = list; k && *k;) {
-        size_t n = strcspn(k, "|");
-        if (n == w && strncmp(k, word, n) == 0)
-            return 1;
-        k += n + (k[n] == '|');
-    }
-    return 0;
-}
-
-/* WHEN_BLOCK: layer i's entry of the block-type list (an array of names,
- * or a pattern string of one character per layer). */
-static int block_is(ckpt_view cfg, const char *keys, const char *spellings, long i)
-{
-    char key[64];
-    const cJSON *v = block_list(cfg, keys, key);
-    char one[2] = {0, 0};
-    const char *got = NULL;
-    if (cJSON_IsArray(v) && i < cJSON_GetArraySize(v)) {
-        const cJSON *e = cJSON_GetArrayItem(v, (int)i);
-        got = cJSON_IsString(e) ? e->valuestring : NULL;
-    } else if (cJSON_IsString(v) && (size_t)i < strlen(v->valuestring)) {
-        one[0] = v->valuestring[i];
-        got = one;
-    }
-    return got && in_spellings(spellings, got);
-}
-
-static int cond_holds(const arch_cond *c, ckpt_view cfg, long i, long n_layers, int moe,
-                      int (*has)(const char *, void *), void *ctx)
-{
-    switch (c->kind) {
-    case WHEN_MOE: return moe;
-    case WHEN_DENSE: return !moe;
-    case WHEN_LAYER_TYPE: return layer_type_is(cfg, c->key, c->value, i);
-    case WHEN_FLAG: return ckpt_view_set(cfg, c->key);
-    case WHEN_NOT_FLAG: return !ckpt_view_set(cfg, c->key);
-    case WHEN_TAIL:
-    case WHEN_NOT_TAIL: {
-        long n = ckpt_view_int(cfg, c->key, 0);
-        int tail = n > 0 && i >= n_layers - n;
-        return c->kind == WHEN_TAIL ? tail : !tail;
-    }
-    case WHEN_HAS: return has(c->key, ctx);
-    case WHEN_NOT_HAS: return !has(c->key, ctx);
-    case WHEN_EVERY:
-    case WHEN_NOT_EVERY: {
-        long n = ckpt_view_int(cfg, c->key, c->value ? strtol(c->value, NULL, 10) : 1);
-        int every = n > 0 && (i + 1) % n == 0;
-        return c->kind == WHEN_EVERY ? every : !every;
-    }
-    /* No list (the key absent without a default, or not an array): neither holds. */
-    case WHEN_LISTED: return ckpt_view_listed(cfg, c->key, c->value, i) == 1;
-    case WHEN_NOT_LISTED: return ckpt_view_listed(cfg, c->key, c->value, i) == 0;
-    case WHEN_BLOCK: return block_is(cfg, c->key, c->value, i);
-    default: return 1;
-    }
-}
-
-int arch_when(const arch_cond *when, ckpt_view cfg, long i, long n_layers, int moe,
-              int (*has)(const char *rel, void *ctx), void *ctx)
-{
-    for (int k = 0; k < ARCH_MAX_CONDS && when[k].kind != WHEN_END; k++)
-        if (!cond_holds(&when[k], cfg, i, n_layers, moe, has, ctx))
-            return 0;
-    return 1;
-}
-
-long arch_expert_count(const arch_moe_rule *r, ckpt_view cfg, const char **key)
-{
-    *key = r->experts[0];
-    /* A flag-gated MoE (Gemma 4 enable_moe_block) is dense when the flag is
-     * off, whatever the expert key says (dense configs write null). */
-    if (!r->experts[0] || (r->flag && !ckpt_view_set(cfg, r->flag)))
-        return 0;
-    long n = -1;
-    for (int k = 0; k < 3 && r->experts[k]; k++) {
-        long v = ckpt_view_int(cfg, r->experts[k], -1);
-        if (v < 0)
-            continue;
-        if (n >= 0 && v != n)
-            return -2;   /* num_experts and num_local_experts disagree */
-        if (n < 0)
-            *key = r->experts[k];
-        n = v;
-    }
-    return n < 0 && r->optional ? 0 : n;
-}
-
-int arch_is_moe_layer(const arch_moe_rule *r, ckpt_view cfg, long i, long experts)
-{
-    if (experts <= 0 || (r->flag && !ckpt_view_set(cfg, r->flag)))
-        return 0;
-    if (r->type_list && cJSON_IsArray(ckpt_view_get(cfg, r->type_list)))
-        return layer_type_is(cfg, r->type_list, "sparse", i);
-    if (r->sparse_list) {
-        const cJSON *list = ckpt_view_get(cfg, r->sparse_list);
-        if (cJSON_IsArray(list))
-            return in_int_list(list, i);
-    }
-    if (r->dense_list && in_int_list(ckpt_view_get(cfg, r->dense_list), i))
-        return 0;
-    if (r->first_dense && i < ckpt_view_int(cfg, r->first_dense, r->first_dense_default))
-        return 0;
-    long step = r->step ? ckpt_view_int(cfg, r->step, 1) : 1;
-    return step > 0 && (i + r->step_offset) % step == 0;
 }

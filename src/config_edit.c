@@ -151,6 +151,9 @@ static fl_status check_written(const checkpoint *ck, const fold_plan *plan, cons
     const char *bad = !j ? "it is not valid JSON" : NULL;
     if (!bad && plan->untie && !reads_as(j, "tie_word_embeddings", 0))
         bad = "tie_word_embeddings does not read back as false";
+    if (!bad && plan->untie && plan->arch->tie_alias && cJSON_GetObjectItemCaseSensitive(j, plan->arch->tie_alias) &&
+        !reads_as(j, plan->arch->tie_alias, 0))
+        bad = "the tie alias does not read back as false";
     if (!bad && plan->untie && text_config_edited &&
         !reads_as(cJSON_GetObjectItemCaseSensitive(j, "text_config"), "tie_word_embeddings", 0))
         bad = "text_config.tie_word_embeddings does not read back as false";
@@ -176,6 +179,12 @@ fl_status config_rewrite(const checkpoint *ck, const fold_plan *plan, char **out
     text_edit edits[8];
     size_t n_edits = 0;
     int rc = 0, text_config_edited = 0;
+    const char *alias = plan->untie && plan->arch->tie_alias &&
+                                cJSON_GetObjectItemCaseSensitive(ck->cfg.json, plan->arch->tie_alias)
+                            ? plan->arch->tie_alias
+                            : NULL;
+    if (alias) /* LFM2's tie_embedding wins over tie_word_embeddings: both say false */
+        rc |= set_member(s, n, open, alias, "false", edits, &n_edits);
     if (plan->untie) {
         rc |= set_member(s, n, open, "tie_word_embeddings", "false", edits, &n_edits);
         size_t tc = object_member_open(s, n, open, "text_config");

@@ -19,12 +19,13 @@ static void free_layer(fwd_layer *ly)
                          &ly->q_norm, &ly->k_norm};
     for (size_t i = 0; i < sizeof norms / sizeof norms[0]; i++)
         free(norms[i]->g);
-    free(ly->bq); free(ly->bk); free(ly->bv); free(ly->bo);
+    free(ly->bq); free(ly->bk); free(ly->bv); free(ly->bo); free(ly->bqkv);
     free(ly->b_gate); free(ly->b_up); free(ly->b_down);
     free(ly->e_gate); free(ly->e_up); free(ly->e_gate_up); free(ly->e_down);
     free(ly->e_bias); free(ly->q_a_norm.g); free(ly->kv_a_norm.g);
     fwd_gdn_free(ly->gdn);
     free(ly->sinks); free(ly->b_router); free(ly->e_gu_bias); free(ly->e_dn_bias);
+    fwd_conv_free(ly->conv);
     free(ly->b_qa); free(ly->b_kva);
     fwd_dsa_free(ly->dsa);
 }
@@ -42,6 +43,7 @@ void fwd_close(fwd_model *m)
     free(m->routing.sel);
     fwd_index_rec_free(m->routing.idx);
     free(m->final_norm.g);
+    free(m->head_bias);
     free(m->freq_global);
     free(m->freq_local);
     cJSON_Delete(m->rope_defaults);
@@ -55,6 +57,10 @@ void fwd_close(fwd_model *m)
 }
 
 long fwd_vocab(const fwd_model *m) { return m->V; }
+long fwd_tokens(const fwd_model *m)
+{
+    return m->in_tokens > 0 && m->in_tokens < m->embed.rows ? m->in_tokens : m->embed.rows;
+}
 const char *fwd_describe(const fwd_model *m) { return m->desc; }
 
 long fwd_bos(const fwd_model *m)
@@ -82,9 +88,9 @@ fl_status fwd_logits(fwd_model *m, const int32_t *tokens, size_t n, float *logit
     if (n == 0 || n > 1000000)
         return fl_fail(err, FL_EINPUT, "the forward pass needs 1 to 1000000 tokens, got %zu", n);
     for (size_t t = 0; t < n; t++)
-        if (tokens[t] < 0 || tokens[t] >= m->embed.rows)
-            return fl_fail(err, FL_EINPUT, "token id %d at position %zu is outside the vocabulary (0..%ld)",
-                           (int)tokens[t], t, m->embed.rows - 1);
+        if (tokens[t] < 0 || tokens[t] >= fwd_tokens(m))
+            return fl_fail(err, FL_EINPUT, "token id %d at position %zu is outside the ids the pass embeds (0..%ld)",
+                           (int)tokens[t], t, fwd_tokens(m) - 1);
     long T = (long)n, H = m->H, qd = m->nh * m->hd, kd = m->nkv * m->hd, I = m->max_inter;
     long E = m->max_experts, K = m->topk > 0 ? m->topk : 1;
     int oom = 0;
@@ -168,7 +174,7 @@ fl_status fwd_logits(fwd_model *m, const int32_t *tokens, size_t n, float *logit
     }
 
     fwd_norm_rows(m, &m->final_norm, x, T, H);
-    if ((s = fwd_matmul(m, &m->head, NULL, x, T, logits, err)) != FL_OK)
+    if ((s = fwd_matmul(m, &m->head, m->head_bias, x, T, logits, err)) != FL_OK)
         goto done;
     for (long i = 0; i < T * m->V; i++) {
         double z = logits[i] * m->logit_mult;

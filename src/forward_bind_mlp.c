@@ -156,16 +156,17 @@ static fl_status bind_moe(fwd_model *m, fwd_layer *ly, const char *pre, const fw
     return bind_shared(m, ly, pre, nm, err);
 }
 
-/* Dense: gate/up/down (with biases where present), or Phi3's fused
- * gate_up_proj. */
+/* Dense: gate/up/down (with biases where present), Phi3's fused
+ * gate_up_proj, or NemotronMLP's up/down (mlp_no_gate); names from m->nm. */
 static fl_status bind_dense(fwd_model *m, fwd_layer *ly, const char *pre, fl_error *err)
 {
     char name[512];
     fl_status s;
     long H = m->H, I;
     const char *mlp = m->fam->mlp ? m->fam->mlp : "mlp";
-    snprintf(name, sizeof name, "%s%s.gate_up_proj.weight", pre, mlp);
-    if ((s = fwd_bind_mat(m, name, -1, H, 0, &ly->gate_up, err)) != FL_OK)
+    const fwd_renames *nm = &m->nm;
+#define MLPN(n, suffix) (snprintf(name, sizeof name, "%s%s.%s." suffix, pre, mlp, n), name)
+    if ((s = fwd_bind_mat(m, MLPN(nm->gate_up, "weight"), -1, H, 0, &ly->gate_up, err)) != FL_OK)
         return s;
     if (ly->gate_up.t) {
         if (ly->gate_up.rows % 2)
@@ -173,26 +174,21 @@ static fl_status bind_dense(fwd_model *m, fwd_layer *ly, const char *pre, fl_err
                            ly->gate_up.rows);
         I = ly->gate_up.rows / 2;
     } else {
-        snprintf(name, sizeof name, "%s%s.gate_proj.weight", pre, mlp);
-        if ((s = fwd_bind_mat(m, name, -1, H, 1, &ly->gate, err)) != FL_OK)
+        if (!m->fam->mlp_no_gate &&
+            (s = fwd_bind_mat(m, MLPN(nm->gate, "weight"), -1, H, 1, &ly->gate, err)) != FL_OK)
             return s;
-        I = ly->gate.rows;
-        snprintf(name, sizeof name, "%s%s.up_proj.weight", pre, mlp);
-        if ((s = fwd_bind_mat(m, name, I, H, 1, &ly->up, err)) != FL_OK)
+        if ((s = fwd_bind_mat(m, MLPN(nm->up, "weight"), ly->gate.t ? ly->gate.rows : -1, H, 1, &ly->up, err)) !=
+            FL_OK)
             return s;
-        snprintf(name, sizeof name, "%s%s.gate_proj.bias", pre, mlp);
-        if ((s = fwd_bind_vec(m, name, I, 0, &ly->b_gate, err)) != FL_OK)
-            return s;
-        snprintf(name, sizeof name, "%s%s.up_proj.bias", pre, mlp);
-        if ((s = fwd_bind_vec(m, name, I, 0, &ly->b_up, err)) != FL_OK)
+        I = ly->up.rows;
+        if ((s = fwd_bind_vec(m, MLPN(nm->gate, "bias"), I, 0, &ly->b_gate, err)) != FL_OK ||
+            (s = fwd_bind_vec(m, MLPN(nm->up, "bias"), I, 0, &ly->b_up, err)) != FL_OK)
             return s;
     }
-    snprintf(name, sizeof name, "%s%s.down_proj.weight", pre, mlp);
-    if ((s = fwd_bind_mat(m, name, H, I, 1, &ly->down, err)) != FL_OK)
+    if ((s = fwd_bind_mat(m, MLPN(nm->down, "weight"), H, I, 1, &ly->down, err)) != FL_OK ||
+        (s = fwd_bind_vec(m, MLPN(nm->down, "bias"), H, 0, &ly->b_down, err)) != FL_OK)
         return s;
-    snprintf(name, sizeof name, "%s%s.down_proj.bias", pre, mlp);
-    if ((s = fwd_bind_vec(m, name, H, 0, &ly->b_down, err)) != FL_OK)
-        return s;
+#undef MLPN
     if (I > m->max_inter)
         m->max_inter = I;
     return FL_OK;

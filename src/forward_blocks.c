@@ -54,9 +54,16 @@ void fwd_norm_rows(const fwd_model *m, const fwd_norm *nm, float *x, long T, lon
     norm_apply(m, x, T, n, nm->g, 0);
 }
 
-static float act_as(int act, float x)
+/* The activation act; ap: a layer's learned xIELU parameters (act_p). */
+static float act_as_p(int act, const float *ap, float x)
 {
     switch (act) {
+    case ACT_XIELU: { /* XIELUActivation._xielu_python */
+        double xd = x;
+        if (x > 0)
+            return (float)(ap[0] * xd * xd + ap[2] * xd);
+        return (float)((expm1(fmin(xd, ap[3])) - xd) * ap[1] + ap[2] * xd);
+    }
     case ACT_GELU_TANH: {
         double c = sqrt(2.0 / M_PI);
         return (float)(0.5 * x * (1.0 + tanh(c * (x + 0.044715 * (double)x * x * x))));
@@ -70,6 +77,12 @@ static float act_as(int act, float x)
     }
 }
 
+static float act_as(int act, float x)
+{
+    static const float none[4] = {0, 0, 0, 0};
+    return act_as_p(act, none, x);
+}
+static float act_fn_p(const fwd_model *m, const float *ap, float x) { return act_as_p(m->act, ap, x); }
 static float act_fn(const fwd_model *m, float x) { return act_as(m->act, x); }
 
 /* Rotates the first 2 * half values of v in place for position pos:
@@ -150,6 +163,29 @@ static void sdpa(const fwd_model *m, const fwd_layer *ly, const float *q, long l
     }
 }
 
+/* A fused qkv projection's rows: Phi3's [q | k | v] (Phi3Attention.forward),
+ * or InternLM2's per kv head [G queries | key | value] (InternLM2Attention:
+ * rearrange "b q (h gs d) -> b q h gs d", gs = G + 2). */
+static void split_qkv(const fwd_model *m, fwd_bufs *b, long T)
+{
+    long hd = m->hd, qd = m->nh * hd, kd = m->nkv * hd, w = qd + 2 * kd, G = m->nh / m->nkv;
+    for (long t = 0; t < T; t++) {
+        const float *row = b->qkv + t * w;
+        if (!m->fam->qkv_grouped) {
+            memcpy(b->q + t * qd, row, (size_t)qd * sizeof(float));
+            memcpy(b->k + t * kd, row + qd, (size_t)kd * sizeof(float));
+            memcpy(b->v + t * kd, row + qd + kd, (size_t)kd * sizeof(float));
+            continue;
+        }
+        for (long g = 0; g < m->nkv; g++) {
+            const float *grp = row + g * (G + 2) * hd;
+            memcpy(b->q + t * qd + g * G * hd, grp, (size_t)(G * hd) * sizeof(float));
+            memcpy(b->k + t * kd + g * hd, grp + G * hd, (size_t)hd * sizeof(float));
+            memcpy(b->v + t * kd + g * hd, grp + (G + 1) * hd, (size_t)hd * sizeof(float));
+        }
+    }
+}
+
 static void clip_qkv(const fwd_model *m, fwd_bufs *b, long T)
 {
     float c = (float)m->clip_qkv;
@@ -169,6 +205,8 @@ fl_status fwd_attention(const fwd_model *m, const fwd_layer *ly, const float *h,
         return fwd_attention_mla(m, ly, h, T, b, out, err);
     if (ly->gdn)
         return fwd_deltanet(m, ly, h, T, out, err);
+    if (ly->conv)
+        return fwd_shortconv(m, ly, h, T, out, err);
     long hd = m->hd, qd = m->nh * hd, kd = m->nkv * hd;
     fl_status s;
     float *gate = NULL;
@@ -180,15 +218,9 @@ fl_status fwd_attention(const fwd_model *m, const fwd_layer *ly, const float *h,
             return s;
         }
     } else if (ly->qkv.t) {
-        /* Phi3: qkv_proj rows are [q | k | v] (Phi3Attention.forward). */
-        if ((s = fwd_matmul(m, &ly->qkv, NULL, h, T, b->qkv, err)) != FL_OK)
+        if ((s = fwd_matmul(m, &ly->qkv, ly->bqkv, h, T, b->qkv, err)) != FL_OK)
             return s;
-        long w = qd + 2 * kd;
-        for (long t = 0; t < T; t++) {
-            memcpy(b->q + t * qd, b->qkv + t * w, (size_t)qd * sizeof(float));
-            memcpy(b->k + t * kd, b->qkv + t * w + qd, (size_t)kd * sizeof(float));
-            memcpy(b->v + t * kd, b->qkv + t * w + qd + kd, (size_t)kd * sizeof(float));
-        }
+        split_qkv(m, b, T);
     } else if ((s = fwd_matmul(m, &ly->q, ly->bq, h, T, b->q, err)) != FL_OK ||
                (s = fwd_matmul(m, &ly->k, ly->bk, h, T, b->k, err)) != FL_OK ||
                (s = fwd_matmul(m, &ly->v, ly->bv, h, T, b->v, err)) != FL_OK) {
@@ -228,6 +260,10 @@ fl_status fwd_attention(const fwd_model *m, const fwd_layer *ly, const float *h,
         norm_apply(m, b->q, T * m->nh, hd, NULL, 0);
         norm_apply(m, b->k, T * m->nkv, hd, NULL, 0);
     }
+    if (m->qk_norm_on && m->fam->qk == QK_HEAD_POST) { /* HunYuan: query_layernorm after RoPE */
+        norm_apply(m, b->q, T * m->nh, hd, ly->q_norm.g, 0);
+        norm_apply(m, b->k, T * m->nkv, hd, ly->k_norm.g, 0);
+    }
     if (ly->temp_floor > 0)
         fwd_temperature(ly, b->q, T, qd);
     fwd_apply_qscale(m, b->q, T);
@@ -238,29 +274,39 @@ fl_status fwd_attention(const fwd_model *m, const fwd_layer *ly, const float *h,
     return fwd_matmul(m, &ly->o, ly->bo, b->ctx, T, out, err);
 }
 
-/* down(act(gate(x)) * up(x)) for a dense MLP or one expert. */
+/* down(act(gate(x)) * up(x)) for a dense MLP or one expert; without a gate
+ * (NemotronMLP: Apertus, Arcee) down(act(up(x))).  ap: the layer's
+ * activation parameters (xIELU), or NULL. */
 static fl_status gated_mlp(const fwd_model *m, const fwd_mat *gate, const fwd_mat *up,
                            const fwd_mat *gate_up, const fwd_mat *down, const float *bg,
                            const float *bu, const float *bd, const float *x, long T,
-                           fwd_bufs *b, float *out, fl_error *err)
+                           fwd_bufs *b, float *out, const float *ap, fl_error *err)
 {
+    static const float no_params[4] = {0, 0, 0, 0};
     fl_status s;
     long I;
-    if (gate_up && gate_up->t) {
+    if (!ap)
+        ap = no_params;
+    if (!(gate_up && gate_up->t) && !gate->t) {
+        if ((s = fwd_matmul(m, up, bu, x, T, b->g, err)) != FL_OK)
+            return s;
+        for (long i = 0; i < T * up->rows; i++)
+            b->g[i] = act_fn_p(m, ap, b->g[i]);
+    } else if (gate_up && gate_up->t) {
         /* Phi3MLP and fused experts: gate, up = gate_up(x).chunk(2). */
         I = (gate_up->xw ? gate_up->cols : gate_up->rows) / 2;
         if ((s = fwd_matmul(m, gate_up, NULL, x, T, b->gu, err)) != FL_OK)
             return s;
         for (long t = 0; t < T; t++)
             for (long i = 0; i < I; i++)
-                b->g[t * I + i] = act_fn(m, b->gu[t * 2 * I + i]) * b->gu[t * 2 * I + I + i];
+                b->g[t * I + i] = act_fn_p(m, ap, b->gu[t * 2 * I + i]) * b->gu[t * 2 * I + I + i];
     } else {
         I = gate->rows;
         if ((s = fwd_matmul(m, gate, bg, x, T, b->g, err)) != FL_OK ||
             (s = fwd_matmul(m, up, bu, x, T, b->u, err)) != FL_OK)
             return s;
         for (long i = 0; i < T * I; i++)
-            b->g[i] = act_fn(m, b->g[i]) * b->u[i];
+            b->g[i] = act_fn_p(m, ap, b->g[i]) * b->u[i];
     }
     return fwd_matmul(m, down, bd, b->g, T, out, err);
 }
@@ -412,7 +458,7 @@ static fl_status moe(const fwd_model *m, const fwd_layer *ly, const float *x, lo
     if ((s = fwd_experts(m, ly, x, T, b, out, err)) != FL_OK || !ly->sh_gate.t)
         return s;
     if ((s = gated_mlp(m, &ly->sh_gate, &ly->sh_up, NULL, &ly->sh_down, NULL, NULL, NULL, x, T,
-                       b, b->tmp2, err)) != FL_OK ||
+                       b, b->tmp2, NULL, err)) != FL_OK ||
         (ly->sh_scalar.t && (s = fwd_matmul(m, &ly->sh_scalar, NULL, x, T, b->router, err)) != FL_OK))
         return s;
     for (long t = 0; t < T; t++) {
@@ -485,7 +531,7 @@ fl_status fwd_experts(const fwd_model *m, const fwd_layer *ly, const float *x, l
             s = m->fam->expert(m, ly, e, b->xe, n, b, b->tmp2, err);
         else
             s = gated_mlp(m, &ly->e_gate[e], &ly->e_up[e], ly->fused ? &ly->e_gate_up[e] : NULL, &ly->e_down[e],
-                          NULL, NULL, NULL, b->xe, n, b, b->tmp2, err);
+                          NULL, NULL, NULL, b->xe, n, b, b->tmp2, NULL, err);
         for (long i = 0; s == FL_OK && i < n; i++)
             for (long c = 0; c < H; c++)
                 out[idx[i] * H + c] += wt[i] * b->tmp2[i * H + c];
@@ -499,7 +545,7 @@ fl_status fwd_gated_mlp(const fwd_model *m, const fwd_mat *gate, const fwd_mat *
                         const fwd_mat *down, const float *bg, const float *bu, const float *bd, const float *x,
                         long T, fwd_bufs *b, float *out, fl_error *err)
 {
-    return gated_mlp(m, gate, up, gate_up, down, bg, bu, bd, x, T, b, out, err);
+    return gated_mlp(m, gate, up, gate_up, down, bg, bu, bd, x, T, b, out, NULL, err);
 }
 
 void fwd_route(const fwd_model *m, const fwd_layer *ly, const float *logits, long E, long K, long *sel, float *w,
@@ -514,7 +560,7 @@ fl_status fwd_mlp(const fwd_model *m, const fwd_layer *ly, const float *x, long 
     if (ly->n_experts)
         return moe(m, ly, x, T, b, out, err);
     return gated_mlp(m, &ly->gate, &ly->up, &ly->gate_up, &ly->down, ly->b_gate, ly->b_up,
-                     ly->b_down, x, T, b, out, err);
+                     ly->b_down, x, T, b, out, ly->act_p, err);
 }
 
 

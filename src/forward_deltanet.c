@@ -199,15 +199,8 @@ static void conv_silu(const struct fwd_gdn *g, long T, gdn_bufs *w)
 {
     long C = w->C, K = g->K;
     for (long t = T - 1; t >= 0; t--)
-        for (long c = 0; c < C; c++) {
-            double acc = 0;
-            for (long j = 0; j < K; j++) {
-                long src = t - (K - 1) + j;
-                if (src >= 0)
-                    acc += (double)g->conv[c * K + j] * w->mixed[src * C + c];
-            }
-            w->mixed[t * C + c] = (float)silu(acc);
-        }
+        for (long c = 0; c < C; c++)
+            w->mixed[t * C + c] = (float)silu(fwd_conv_step(0, g->conv + c * K, K, w->mixed + c, C, t));
 }
 
 /* l2norm (x * rsqrt(sum x^2 + 1e-6)) of every q and k head, q then scaled

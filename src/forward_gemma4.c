@@ -33,8 +33,8 @@ typedef struct {
     long kv_from;          /* -1: its own keys and values; else the layer they come from */
     int keep_kv;           /* a later layer reads this layer's keys and values */
     int k_eq_v;            /* values are the key projection (before k_norm) */
-    fwd_norm pre_moe, post_mlp, post_moe, post_ple;
-    fwd_mat ple_gate, ple_proj;  /* per_layer_input_gate [P, H], per_layer_projection [H, P] */
+    fwd_norm pre_moe, post_mlp, post_moe;
+    fwd_ple_layer ple;     /* the per-layer input path (forward_gemma_shared.c) */
     float layer_scalar;
     fwd_mat router;        /* router.proj [E, H] */
     float *router_scale;   /* router.scale [H] */
@@ -44,11 +44,7 @@ typedef struct {
 
 typedef struct {
     g4_layer *ly;
-    long P;                   /* hidden_size_per_layer_input (0: no per-layer inputs) */
-    fwd_mat ple_embed;        /* embed_tokens_per_layer [Vp, L * P] */
-    double ple_embed_scale;   /* sqrt(P) in that tensor's dtype */
-    fwd_mat ple_model_proj;   /* per_layer_model_projection [L * P, H] */
-    fwd_norm ple_proj_norm;   /* per_layer_projection_norm [P] */
+    fwd_ple ple;              /* the per-layer inputs (ple.P 0: none) */
     float *freq[2];           /* inverse frequencies per layer type */
     long hd_max, nkv_max, n_shared, n_sliding, window;
     int k_eq_v, moe, double_wide;
@@ -282,16 +278,6 @@ static fl_status bind_moe(fwd_model *m, g4_model *gm, g4_layer *g, const char *p
     return FL_OK;
 }
 
-static fl_status bind_ple_layer(fwd_model *m, g4_model *gm, g4_layer *g, const char *pre, fl_error *err)
-{
-    char name[512];
-    fl_status s;
-    if ((s = fwd_bind_mat(m, NAME("per_layer_input_gate.weight"), gm->P, m->H, 1, &g->ple_gate, err)) != FL_OK ||
-        (s = fwd_bind_mat(m, NAME("per_layer_projection.weight"), m->H, gm->P, 1, &g->ple_proj, err)) != FL_OK)
-        return s;
-    return fwd_bind_norm(m, NAME("post_per_layer_input_norm.weight"), m->H, &g->post_ple, err);
-}
-
 static fl_status bind_layer(fwd_model *m, g4_model *gm, const char *prefix, long i, fl_error *err)
 {
     char pre[256], name[512];
@@ -306,7 +292,7 @@ static fl_status bind_layer(fwd_model *m, g4_model *gm, const char *prefix, long
         (s = fwd_bind_norm(m, NAME("post_feedforward_layernorm.weight"), H, &ly->mlp_post, err)) != FL_OK ||
         (s = bind_attention(m, g, ly, pre, err)) != FL_OK || (s = bind_mlp(m, gm, g, ly, pre, err)) != FL_OK ||
         (gm->moe && (s = bind_moe(m, gm, g, pre, err)) != FL_OK) ||
-        (gm->P && (s = bind_ple_layer(m, gm, g, pre, err)) != FL_OK))
+        (gm->ple.P && (s = fwd_ple_bind_layer(m, &gm->ple, &g->ple, pre, err)) != FL_OK))
         return s;
     /* layer_scalar: a persistent buffer [1], initialised to ones. */
     float *sc = NULL;
@@ -319,29 +305,16 @@ static fl_status bind_layer(fwd_model *m, g4_model *gm, const char *prefix, long
     return FL_OK;
 }
 
-/* Gemma4TextModel: embed_tokens_per_layer [Vp, L * P] (scaled by sqrt(P)),
- * per_layer_model_projection [L * P, H], per_layer_projection_norm [P]. */
-static fl_status bind_ple_model(fwd_model *m, g4_model *gm, const char *pre, fl_error *err)
-{
-    char name[512];
-    long LP = m->L * gm->P;
-    fl_status s;
-    if ((s = fwd_bind_mat(m, NAME("embed_tokens_per_layer.weight"), -1, LP, 1, &gm->ple_embed, err)) != FL_OK ||
-        (s = fwd_bind_mat(m, NAME("per_layer_model_projection.weight"), LP, m->H, 1, &gm->ple_model_proj,
-                          err)) != FL_OK)
-        return s;
-    gm->ple_embed_scale = fwd_round_to_dtype(gm->ple_embed.dtype, sqrt((double)gm->P));
-    return fwd_bind_norm(m, NAME("per_layer_projection_norm.weight"), gm->P, &gm->ple_proj_norm, err);
-}
 #undef NAME
 
 static fl_status parse_ffn(fwd_model *m, g4_model *g, fl_error *err)
 {
     ckpt_view c = m->cfg;
     g->double_wide = ckpt_view_set(c, "use_double_wide_mlp");
-    g->P = (long)ckpt_view_num(c, "hidden_size_per_layer_input", 256, 0);
-    if (g->P < 0 || g->P > G4_MAX_DIM || (double)m->L * (double)g->P > (double)(1L << 31))
-        return fl_fail(err, FL_EINPUT, "%s/config.json: hidden_size_per_layer_input %ld is not valid", dir(m), g->P);
+    g->ple.P = (long)ckpt_view_num(c, "hidden_size_per_layer_input", 256, 0);
+    if (g->ple.P < 0 || g->ple.P > G4_MAX_DIM || (double)m->L * (double)g->ple.P > (double)(1L << 31))
+        return fl_fail(err, FL_EINPUT, "%s/config.json: hidden_size_per_layer_input %ld is not valid", dir(m),
+                       g->ple.P);
     g->moe = ckpt_view_set(c, "enable_moe_block");
     if (!g->moe)
         return FL_OK;
@@ -376,10 +349,8 @@ static fl_status g4_open(fwd_model *m, const char *prefix, fl_error *err)
         if (hd > 0 && (s = build_freqs(m, g, t, hd, err)) != FL_OK)
             return s;
     }
-    if (g->P && (s = bind_ple_model(m, g, prefix, err)) != FL_OK)
+    if (g->ple.P && (s = fwd_ple_bind(m, &g->ple, prefix, err)) != FL_OK)
         return s;
-    if (g->P > m->max_inter)
-        m->max_inter = g->P;   /* the per-layer gate runs in the MLP buffer */
     for (long i = 0; i < m->L && s == FL_OK; i++)
         s = bind_layer(m, g, prefix, i, err);
     return s;
@@ -389,7 +360,7 @@ static void g4_describe(const fwd_model *m, char *buf, size_t cap)
 {
     const g4_model *g = m->ext;
     snprintf(buf, cap, ", sliding window %ld in %ld layers%s%s%s%s%s", g->window, g->n_sliding,
-             g->k_eq_v ? ", k_eq_v" : "", g->n_shared ? ", KV shared" : "", g->P ? ", per-layer inputs" : "",
+             g->k_eq_v ? ", k_eq_v" : "", g->n_shared ? ", KV shared" : "", g->ple.P ? ", per-layer inputs" : "",
              g->double_wide && g->n_shared ? ", double-wide MLP" : "",
              g->moe ? ", MoE block (fused experts [E, 2I, H])" : "");
 }
@@ -401,12 +372,12 @@ static void g4_close(fwd_model *m)
         return;
     for (long i = 0; g->ly && i < m->L; i++) {
         g4_layer *ly = &g->ly[i];
-        free(ly->pre_moe.g); free(ly->post_mlp.g); free(ly->post_moe.g); free(ly->post_ple.g);
+        free(ly->pre_moe.g); free(ly->post_mlp.g); free(ly->post_moe.g); free(ly->ple.post.g);
         free(ly->router_scale); free(ly->expert_scale);
         free(ly->ex.e_gate); free(ly->ex.e_up); free(ly->ex.e_gate_up); free(ly->ex.e_down);
     }
     free(g->ly);
-    free(g->ple_proj_norm.g);
+    free(g->ple.proj_norm.g);
     free(g->freq[0]);
     free(g->freq[1]);
     free(g);
@@ -422,44 +393,17 @@ typedef struct {
     float **ks, **vs;   /* kept keys and values per layer (KV sharing) */
 } g4_bufs;
 
-/* Gemma4TextAttention.forward: q -> q_norm -> RoPE; k -> k_norm -> RoPE,
- * v (or the raw k) -> weightless v_norm; or the kept k, v of kv_from;
- * causal softmax(q.k) (scale 1, window on sliding layers); o_proj. */
+/* Gemma4TextAttention.forward (forward_gemma_shared.c): this layer's
+ * head size and kv heads, k_eq_v, KV sharing. */
 static fl_status attention(const fwd_model *m, const g4_layer *g, const fwd_layer *ly, long l, const float *h,
                            long T, fwd_bufs *b, g4_bufs *w, float *out, fl_error *err)
 {
-    long hd = g->hd, qd = m->nh * hd, kd = g->nkv * hd;
-    fl_status s = fwd_matmul(m, &ly->q, ly->bq, h, T, w->q, err);
-    if (s != FL_OK)
-        return s;
-    fwd_norm_rows(m, &ly->q_norm, w->q, T * m->nh, hd);
-    for (long t = 0; t < T; t++)
-        for (long hh = 0; hh < m->nh; hh++)
-            fwd_rope_head(m, ly, w->q + t * qd + hh * hd, t);
-    const float *k = w->k, *v = w->v;
-    if (g->kv_from >= 0) {
-        k = w->ks[g->kv_from];
-        v = w->vs[g->kv_from];
-    } else {
-        if ((s = fwd_matmul(m, &ly->k, ly->bk, h, T, w->k, err)) != FL_OK)
-            return s;
-        if (g->k_eq_v)
-            memcpy(w->v, w->k, (size_t)(T * kd) * sizeof *w->v);
-        else if ((s = fwd_matmul(m, &ly->v, ly->bv, h, T, w->v, err)) != FL_OK)
-            return s;
-        fwd_norm_rows(m, &ly->k_norm, w->k, T * g->nkv, hd);
-        fwd_norm rms = {NULL, hd};   /* v_norm: Gemma4RMSNorm(with_scale=False) */
-        fwd_norm_rows(m, &rms, w->v, T * g->nkv, hd);
-        for (long t = 0; t < T; t++)
-            for (long hh = 0; hh < g->nkv; hh++)
-                fwd_rope_head(m, ly, w->k + t * kd + hh * hd, t);
-        if (g->keep_kv) {
-            memcpy(w->ks[l], w->k, (size_t)(T * kd) * sizeof *w->k);
-            memcpy(w->vs[l], w->v, (size_t)(T * kd) * sizeof *w->v);
-        }
-    }
-    fwd_sdpa(m, ly, w->q, qd, k, kd, v, kd, m->nh, g->nkv, hd, hd, T, b->att, w->ctx);
-    return fwd_matmul(m, &ly->o, ly->bo, w->ctx, T, out, err);
+    int shared = g->kv_from >= 0;
+    fwd_gemma_attn a = {.hd = g->hd, .nkv = g->nkv, .k_eq_v = g->k_eq_v,
+                        .from_k = shared ? w->ks[g->kv_from] : NULL, .from_v = shared ? w->vs[g->kv_from] : NULL,
+                        .keep_k = g->keep_kv ? w->ks[l] : NULL, .keep_v = g->keep_kv ? w->vs[l] : NULL,
+                        .q = w->q, .k = w->k, .v = w->v, .ctx = w->ctx};
+    return fwd_gemma_attention(m, ly, &a, h, T, b, out, err);
 }
 
 /* Gemma4TextRouter on the raw residual: weightless RMSNorm, * scale *
@@ -508,60 +452,6 @@ static fl_status moe_block(const fwd_model *m, const g4_layer *g, const float *r
     return fwd_experts(m, &g->ex, w->xr, T, b, out, err);
 }
 
-/* get_per_layer_inputs + project_per_layer_inputs: [T][L][P]. */
-static fl_status per_layer_inputs(const fwd_model *m, const g4_model *g, const int32_t *tokens, const float *x,
-                                  long T, g4_bufs *w, fl_error *err)
-{
-    long LP = m->L * g->P;
-    const fwd_mat *pe = &g->ple_embed;
-    size_t rowb = (size_t)LP * pe->esize;
-    void *raw = malloc(rowb);
-    float *tok = malloc((size_t)LP * sizeof *tok);
-    fl_status s = raw && tok ? fwd_matmul(m, &g->ple_model_proj, NULL, x, T, w->ple, err)
-                             : fl_fail(err, FL_EIO, "out of memory");
-    double ps = 1.0 / sqrt((double)m->H), is = 1.0 / sqrt(2.0);
-    for (long t = 0; s == FL_OK && t < T; t++) {
-        if (tokens[t] >= pe->rows) {
-            s = fl_fail(err, FL_EINPUT, "token id %d is outside embed_tokens_per_layer (%ld rows)", (int)tokens[t],
-                        pe->rows);
-            break;
-        }
-        if ((s = ckpt_read(m->ck, pe->t, (uint64_t)tokens[t] * rowb, raw, rowb, err)) != FL_OK)
-            break;
-        fwd_to_float(pe->dtype, raw, tok, (size_t)LP);
-        float *row = w->ple + t * LP;
-        for (long i = 0; i < LP; i++)
-            row[i] = (float)(row[i] * ps);
-        fwd_norm_rows(m, &g->ple_proj_norm, row, m->L, g->P);
-        for (long i = 0; i < LP; i++)
-            row[i] = (float)((row[i] + (float)(tok[i] * g->ple_embed_scale)) * is);
-    }
-    if (s == FL_OK)
-        fwd_meter_add(m, pe);   /* looked up, not streamed */
-    free(raw);
-    free(tok);
-    return s;
-}
-
-/* The per-layer input residual: x += norm(proj(act(gate(x)) * ple_l)). */
-static fl_status ple_residual(const fwd_model *m, const g4_model *gm, const g4_layer *g, long l, float *x, long T,
-                              fwd_bufs *b, g4_bufs *w, fl_error *err)
-{
-    long P = gm->P, H = m->H;
-    fl_status s = fwd_matmul(m, &g->ple_gate, NULL, x, T, b->g, err);
-    if (s != FL_OK)
-        return s;
-    for (long t = 0; t < T; t++)
-        for (long i = 0; i < P; i++)
-            b->g[t * P + i] = fwd_act(m, b->g[t * P + i]) * w->ple[(t * m->L + l) * P + i];
-    if ((s = fwd_matmul(m, &g->ple_proj, NULL, b->g, T, w->y, err)) != FL_OK)
-        return s;
-    fwd_norm_rows(m, &g->post_ple, w->y, T, H);
-    for (long i = 0; i < T * H; i++)
-        x[i] += w->y[i];
-    return FL_OK;
-}
-
 /* Gemma4TextDecoderLayer.forward. */
 static fl_status layer(const fwd_model *m, const g4_model *gm, long l, float *x, long T, fwd_bufs *b, g4_bufs *w,
                        fl_error *err)
@@ -594,8 +484,11 @@ static fl_status layer(const fwd_model *m, const g4_model *gm, long l, float *x,
     fwd_norm_rows(m, &ly->mlp_post, w->y, T, H);
     for (size_t i = 0; i < n; i++)
         x[i] = w->res[i] + w->y[i];
-    if (gm->P && (s = ple_residual(m, gm, g, l, x, T, b, w, err)) != FL_OK)
+    /* the per-layer input residual: x += norm(proj(act(gate(x)) * ple_l)) */
+    if (gm->ple.P && (s = fwd_ple_layer_out(m, &gm->ple, &g->ple, l, w->ple, x, T, b, w->y, err)) != FL_OK)
         return s;
+    for (size_t i = 0; gm->ple.P && i < n; i++)
+        x[i] += w->y[i];
     for (size_t i = 0; i < n; i++)
         x[i] *= g->layer_scalar;
     return FL_OK;
@@ -626,7 +519,7 @@ static fl_status g4_run(const fwd_model *m, const int32_t *tokens, float *x, lon
     w.y = malloc(tz * H * sizeof(float));
     w.y2 = malloc(tz * H * sizeof(float));
     w.xr = malloc(tz * H * sizeof(float));
-    w.ple = malloc(tz * (size_t)(m->L * (g->P ? g->P : 1)) * sizeof(float));
+    w.ple = malloc(tz * (size_t)(m->L * (g->ple.P ? g->ple.P : 1)) * sizeof(float));
     w.ks = calloc((size_t)m->L, sizeof *w.ks);
     w.vs = calloc((size_t)m->L, sizeof *w.vs);
     int oom = !w.q || !w.ctx || !w.k || !w.v || !w.res || !w.y || !w.y2 || !w.xr || !w.ple || !w.ks || !w.vs;
@@ -637,8 +530,8 @@ static fl_status g4_run(const fwd_model *m, const int32_t *tokens, float *x, lon
         oom = !(w.ks[i] = malloc(kd)) || !(w.vs[i] = malloc(kd));
     }
     fl_status s = oom ? fl_fail(err, FL_EIO, "out of memory for %ld tokens", T) : FL_OK;
-    if (s == FL_OK && g->P)
-        s = per_layer_inputs(m, g, tokens, x, T, &w, err);
+    if (s == FL_OK && g->ple.P)
+        s = fwd_ple_inputs(m, &g->ple, tokens, x, T, w.ple, err);
     for (long l = 0; s == FL_OK && l < m->L; l++)
         s = layer(m, g, l, x, T, b, &w, err);
     free_bufs(m, &w);

@@ -1,8 +1,9 @@
 /* forward_internal.h — the reference forward pass's own pieces (forward*.c).
  *
- * forward_table.c  the family table and the RoPE types: every quirk of a
+ * forward_table.c  the family table and the activations: every quirk of a
  *                  family as a field, written from the modeling code
  *                  (docs/architectures.md), independently of arch.c
+ * forward_rope.c   the RoPE types and the model's frequencies
  * forward_load.c   fwd_open: the config read step by step, tensors bound
  * forward_bind_mlp.c  ... the MLP / MoE tensors of a layer
  * forward_kernel.c the matrix products, streamed from the files
@@ -38,7 +39,8 @@ typedef enum {
     QK_HEAD,    /* RMSNorm over head_dim, one weight for all heads (Qwen3, Gemma3) */
     QK_FULL,    /* RMSNorm over the whole projection, before the reshape (OLMo2) */
     QK_HEAD_2D, /* LayerNorm over head_dim, weight [heads, head_dim] (Cohere) */
-    QK_L2       /* weightless RMS over head_dim after RoPE, RoPE layers only (Llama 4) */
+    QK_L2,      /* weightless RMS over head_dim after RoPE, RoPE layers only (Llama 4) */
+    QK_HEAD_POST /* RMSNorm over head_dim after RoPE (Hunyuan query_layernorm) */
 } fwd_qk;
 
 typedef enum {
@@ -115,6 +117,19 @@ typedef struct fwd_block {
     void (*close)(fwd_model *m);
     int rope;   /* 1: the shared RoPE parse runs first (m->freq_global); 0: the block builds its own */
 } fwd_block;
+
+/* Tensor names of the shared layer stack where a family renames them
+ * (fwd_family.renames; NULL fields: the Llama names, see
+ * fwd_resolve_names).  Relative to the layer prefix, without ".weight";
+ * the MLP's names are relative to its module (fwd_family.mlp); head is a
+ * full name.  Where the embedding and final norm are: fwd_names below. */
+typedef struct fwd_renames {
+    const char *attn_norm, *mlp_norm;       /* input_layernorm, post_attention_layernorm */
+    const char *q_norm, *k_norm;            /* self_attn.q_norm, self_attn.k_norm */
+    const char *q, *k, *v, *o, *qkv;        /* self_attn.q_proj ... o_proj, qkv_proj */
+    const char *gate, *up, *down, *gate_up; /* gate_proj, up_proj, down_proj, gate_up_proj */
+    const char *head;                       /* lm_head */
+} fwd_renames;
 
 /* Where a family keeps its text model: "<prefix>layers.{i}.", the
  * embedding "<prefix><embed>.weight", the final norm "<prefix><norm>.weight"
@@ -195,6 +210,26 @@ typedef struct {
     fwd_expert_fn expert;       /* one routed expert, or NULL: gated_mlp */
     fwd_bind_experts_fn bind_experts; /* or NULL: per-expert or fused, by name */
     fwd_layer_fn layer_extra;   /* or NULL */
+    /* zoo 13 (tail), docs/architectures.md §zoo13-tail */
+    const fwd_renames *renames; /* renamed tensors, or NULL */
+    const char *tie_alias;      /* a key that decides the tie when present (LFM2 tie_embedding) */
+    const char *topk_key;       /* experts per token (NULL: num_experts_per_tok; Hunyuan moe_topk) */
+    int nope_full;              /* full-attention layers without RoPE: NOPE_FULL_* */
+    int embed_round;            /* EMBED_KEY's multiplier in the embedding dtype (MiniCPM scale_emb) */
+    int residual_sqrt_layers;   /* the residual multiplier is residual_key / sqrt(layers) (MiniCPM) */
+    const char *logit_base_key; /* logits * key / hidden (MiniCPM dim_model_base; absent: 1) */
+    int mlp_no_gate;            /* down(act(up(x))): NemotronMLP (Apertus, Arcee) */
+    int qkv_grouped;            /* fused qkv rows per kv head: G queries, key, value (InternLM2) */
+    int rope_alpha;             /* "dynamic" RoPE with alpha: base * alpha^(d / (d - 2)) (Hunyuan) */
+    int conv_layers;            /* layer_types "conv" (or not in full_attn_idxs): LFM2 short conv */
+    int route_softmax;          /* ROUTER_BIASED: softmax scores (ERNIE), else sigmoid (LFM2) */
+    double route_eps;           /* ... added to the top-k sum before renormalising (LFM2 1e-6) */
+    const char *route_clamp_key; /* ... or the sum clamped below by this key (ERNIE moe_norm_min) */
+    double route_clamp;         /* ... its default */
+    const char *route_bias;     /* ... the choice's correction bias, relative to the layer prefix */
+    double embed_default;       /* EMBED_KEY when absent (0: 1; MiniCPM scale_emb 12) */
+    double residual_default;    /* residual_key when absent (0: 1; MiniCPM scale_depth 1.4) */
+    double logit_base_default;  /* logit_base_key when absent (MiniCPM dim_model_base 256) */
     /* zoo (d), forward_position.c */
     double rope_theta;          /* default rope_theta (0: 10000) */
     const char *rope_defaults;  /* JSON of the config class's default rope_parameters, or NULL */
@@ -223,6 +258,8 @@ typedef struct {
     const char *skip_default;
 } fwd_family;
 
+enum { NOPE_FULL_NEVER = 0, NOPE_FULL_ALWAYS = 1 /* Cohere 2 */, NOPE_FULL_IF_WINDOW = 2 /* EXAONE 4 */ };
+
 /* The row of model_type (rows and composite types), or NULL; i-th for tests. */
 const fwd_family *fwd_family_find(const char *model_type);
 const fwd_family *fwd_family_at(size_t i);
@@ -241,6 +278,7 @@ struct fwd_rope_ctx {
     double theta;
     ckpt_view cfg;
     const char *dir;
+    int ntk_alpha;       /* the family's rope_alpha */
 };
 
 /* The builder of rope_type `name`, or NULL; the names, for messages. */
@@ -277,7 +315,7 @@ typedef struct {
 typedef struct fwd_layer {
     fwd_norm attn_norm, attn_post, mlp_norm, mlp_post, q_norm, k_norm;
     fwd_mat q, k, v, qkv, o;
-    float *bq, *bk, *bv, *bo;
+    float *bq, *bk, *bv, *bo, *bqkv;
     fwd_mat gate, up, gate_up, down;
     float *b_gate, *b_up, *b_down;
     long n_experts;          /* 0: dense MLP */
@@ -298,6 +336,8 @@ typedef struct fwd_layer {
     double temp_floor, temp_scale; /* NoPE temperature tuning (Llama 4): q *= 1 + s log(floor((t+1)/f) + 1); f 0: off */
     float *b_router;         /* router bias (gpt-oss), or NULL */
     float *e_gu_bias, *e_dn_bias; /* per-expert biases [E, 2I], [E, H] (gpt-oss), or NULL */
+    struct fwd_conv *conv;   /* an LFM2 short-convolution layer (forward_shortconv.c), or NULL */
+    float act_p[4];          /* xIELU: softplus(alpha_p), beta + softplus(alpha_n), beta, eps */
     float *b_qa, *b_kva;     /* MLA q_a_proj / kv_a_proj_with_mqa biases (DeepSeek-V2 attention_bias), or NULL */
     struct fwd_dsa *dsa;     /* the layer's DSA indexer (forward_dsa.c), or NULL */
     const unsigned char *allow; /* set on a copy for one pass: allow[i * T + j], the keys query i reads */
@@ -341,6 +381,9 @@ struct fwd_model {
     double logit_mult;
     double clip_qkv;                  /* OLMoE: |q|, |k|, |v| <= clip after the q/k norms (0: none) */
     fwd_mat embed, head;
+    long in_tokens;                   /* ids the pass embeds, when fewer than embed.rows (fwd_tokens); 0: all */
+    float *head_bias;                 /* lm_head.bias (ERNIE 4.5 MoE with use_bias), or NULL */
+    fwd_renames nm;                   /* the family's tensor names (fwd_resolve_names) */
     fwd_norm final_norm;
     fwd_layer *layers;
     float *freq_global, *freq_local;
@@ -376,7 +419,14 @@ struct fwd_model {
     } routing, *rp;
 };
 
-enum { ACT_SILU, ACT_GELU_TANH, ACT_GELU_ERF, ACT_RELU2 };
+enum { ACT_SILU, ACT_GELU_TANH, ACT_GELU_ERF, ACT_RELU2, ACT_XIELU };
+
+/* The activation of a hidden_act name (ACT_*), or -1; the names, for
+ * messages (forward_table.c). */
+int fwd_act_find(const char *name);
+void fwd_act_names(char *buf, size_t cap);
+/* The family's names, the Llama ones where it sets none. */
+void fwd_resolve_names(const fwd_family *f, fwd_renames *out);
 
 /* ----------------------------------------------------------------------------
  * Across the files */
@@ -471,6 +521,11 @@ void fwd_meter_add(const fwd_model *m, const fwd_mat *w);
 double fwd_round_to_dtype(int d, double x);
 /* Bytes of matrix w as stored. */
 uint64_t fwd_mat_bytes(const fwd_mat *w);
+/* One output of a causal depthwise conv1d (nn.Conv1d, groups = channels,
+ * padding K - 1, cut to the first T outputs): acc + sum_j w[j] *
+ * x[(t - (K - 1) + j) * ld] over the steps >= 0, in double, j ascending;
+ * x points at the channel's column (LFM2, Mamba-2, Gated DeltaNet). */
+double fwd_conv_step(double acc, const float *w, long K, const float *x, long ld, long t);
 
 /* forward_mxfp4.c: rows [r, r + n) of an MXFP4 matrix decoded into floats
  * (raw: scratch of at least n * cols * 17 / 32 bytes). */
@@ -548,6 +603,44 @@ void fwd_wrap_describe(const fwd_model *m, char *buf, size_t cap);
 
 /* forward_gemma4.c (zoo: Gemma 4) */
 extern const fwd_block FWD_GEMMA4;
+
+/* forward_gemma_shared.c: what Gemma 3n and Gemma 4 share.  The attention
+ * of one layer: its own q/k/v (hd, nkv per layer), or the keys and values
+ * from_k / from_v of an earlier layer (KV sharing); keep_k / keep_v (or
+ * NULL) receive this layer's for a later one; q, k, v, ctx are buffers of
+ * T * nh * hd, T * nkv * hd, T * nkv * hd, T * nh * hd floats. */
+typedef struct {
+    long hd, nkv;
+    int k_eq_v;                     /* values are the key projection (Gemma 4 attention_k_eq_v) */
+    const float *from_k, *from_v;   /* a KV-shared layer's source, or NULL */
+    float *keep_k, *keep_v;
+    float *q, *k, *v, *ctx;
+} fwd_gemma_attn;
+fl_status fwd_gemma_attention(const fwd_model *m, const fwd_layer *ly, const fwd_gemma_attn *a, const float *h,
+                              long T, fwd_bufs *b, float *out, fl_error *err);
+/* The per-layer inputs.  fwd_ple_bind binds the model's tensors under pre
+ * (p->P set; grows m->max_inter to P, the gate's buffer) and sets the
+ * scales sqrt(P) (in the embedding's dtype), H^-0.5 and 2^-0.5, which a
+ * family may round after; fwd_ple_inputs writes [T][L][P] into out;
+ * fwd_ple_layer_out is layer l's path from its input x [T][H] into out
+ * [T][H], in being the per-layer inputs (the gate runs in b->g). */
+typedef struct {
+    long P;                  /* hidden_size_per_layer_input */
+    fwd_mat embed;           /* embed_tokens_per_layer [Vp, L * P] */
+    fwd_mat model_proj;      /* per_layer_model_projection [L * P, H] */
+    fwd_norm proj_norm;      /* per_layer_projection_norm [P] */
+    double embed_scale, proj_scale, input_scale;
+} fwd_ple;
+typedef struct {
+    fwd_mat gate, proj;      /* per_layer_input_gate [P, H], per_layer_projection [H, P] */
+    fwd_norm post;           /* post_per_layer_input_norm [H] */
+} fwd_ple_layer;
+fl_status fwd_ple_bind(fwd_model *m, fwd_ple *p, const char *pre, fl_error *err);
+fl_status fwd_ple_bind_layer(fwd_model *m, const fwd_ple *p, fwd_ple_layer *ly, const char *pre, fl_error *err);
+fl_status fwd_ple_inputs(const fwd_model *m, const fwd_ple *p, const int32_t *tokens, const float *x, long T,
+                         float *out, fl_error *err);
+fl_status fwd_ple_layer_out(const fwd_model *m, const fwd_ple *p, const fwd_ple_layer *ly, long l, const float *in,
+                            const float *x, long T, fwd_bufs *b, float *out, fl_error *err);
 /* ... of E float logits. */
 void fwd_choose(const float *logits, long E, long K, long *sel);
 
@@ -589,7 +682,7 @@ long fwd_mamba_inner(const fwd_mamba_dims *d);
 /* Checks the sizes (FL_EINPUT naming them); binds "<pre>in_proj.weight"
  * and the rest; runs the mixer on h[T][H] into out[T][H]; frees. */
 fl_status fwd_mamba_check(const fwd_model *m, const fwd_mamba_dims *d, fl_error *err);
-/* A depthwise conv1d weight [C, 1, K] as C * K floats (Mamba-2, Gated DeltaNet). */
+/* A depthwise conv1d weight [C, 1, K] as C * K floats (Mamba-2, Gated DeltaNet, LFM2). */
 fl_status fwd_bind_conv(const fwd_model *m, const char *name, long C, long K, float **out, fl_error *err);
 fl_status fwd_mamba_bind(fwd_model *m, const char *pre, const fwd_mamba_dims *d, fwd_mamba *mb, fl_error *err);
 fl_status fwd_mamba_run(const fwd_model *m, const fwd_mamba *mb, const float *h, long T, float *out, fl_error *err);
@@ -598,6 +691,26 @@ void fwd_mamba_free(fwd_mamba *mb);
 /* forward_granite.c (granitemoe, granitemoeshared, granitemoehybrid) and
  * forward_hybrid.c (nemotron_h, falcon_h1): their layer stacks. */
 extern const fwd_block FWD_GRANITE, FWD_GRANITE_HYBRID, FWD_NEMOTRON_H, FWD_FALCON_H1;
+
+/* forward_shortconv.c (LFM2): the gated short convolution of a conv layer,
+ * bound from "<pre>conv."; run on the normed h [T][H] into out. */
+int fwd_layer_is_conv(const fwd_model *m, long i);
+fl_status fwd_bind_shortconv(fwd_model *m, fwd_layer *ly, const char *pre, fl_error *err);
+fl_status fwd_shortconv(const fwd_model *m, const fwd_layer *ly, const float *h, long T, float *out, fl_error *err);
+void fwd_conv_free(struct fwd_conv *c);
+
+/* forward_tail.c (zoo 13): routers with a correction bias on the choice
+ * (LFM2-MoE, ERNIE 4.5 MoE; fwd_family.route_*), and the layer setup of
+ * the families that need one (xIELU parameters, the router bias). */
+void fwd_biased_route(const fwd_model *m, const fwd_layer *ly, const float *logits, long E, long K, long *sel,
+                      float *w, int given);
+fl_status fwd_tail_layer(fwd_model *m, fwd_layer *ly, long i, const char *pre, fl_error *err);
+/* forward_rope.c: RoPE of the shared pass (m->freq_global, m->freq_local
+ * by the family's local_theta_key), also before a fwd_block with rope set. */
+fl_status fwd_parse_rope(fwd_model *m, fl_error *err);
+
+/* forward_gemma3n.c (zoo 13: Gemma 3n) */
+extern const fwd_block FWD_GEMMA3N;
 
 /* forward_oss.c (gpt-oss) and forward_llama4.c (Llama 4): the hooks above. */
 void fwd_oss_route(const fwd_model *m, const fwd_layer *ly, const float *logits, long E, long K, long *sel,

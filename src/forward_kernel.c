@@ -344,3 +344,10 @@ fl_status fwd_matmul(const fwd_model *m, const fwd_mat *w, const float *bias, co
                 y[t * out + r] += bias[r];
     return s;
 }
+
+double fwd_conv_step(double acc, const float *w, long K, const float *x, long ld, long t)
+{
+    for (long j = t < K - 1 ? K - 1 - t : 0; j < K; j++)
+        acc += (double)w[j] * x[(t - (K - 1) + j) * ld];
+    return acc;
+}

@@ -3,8 +3,9 @@
  * Each parse_* step reads one part of the config the way the family's
  * config class and modeling code do (forward_table.c says which keys and
  * defaults), like filling in a config struct: dimensions, attention, norms
- * and activation, RoPE, MoE routing, the head.  Then every layer's tensors
- * are bound (names checked, shapes checked, norm and bias vectors read). */
+ * and activation, RoPE (forward_rope.c), MoE routing, the head.  Then every
+ * layer's tensors are bound (names checked, shapes checked, norm and bias
+ * vectors read). */
 #include "forward_internal.h"
 
 #include "flashify/dtype.h"
@@ -145,30 +146,33 @@ fl_status fwd_bind_norm(const fwd_model *m, const char *name, long n, fwd_norm *
  * Attention */
 
 #define NAME(fmt) (snprintf(name, sizeof name, "%s" fmt, pre), name)
+#define NAMED(n) (snprintf(name, sizeof name, "%s%s.weight", pre, n), name)
+#define BIASN(n) (snprintf(name, sizeof name, "%s%s.bias", pre, n), name)
 
 /* Which norms a layer has depends on the layout (docs/architectures.md). */
 static fl_status bind_layer_norms(fwd_model *m, fwd_layer *ly, const char *pre, fl_error *err)
 {
     char name[512];
     long H = m->H, qd = m->nh * m->hd, kd = m->nkv * m->hd;
-    /* GLM-4 names its sandwich norms its own way (§glm4). */
+    /* GLM-4 names its sandwich norms its own way (§glm4); other renames
+     * come from the family's fwd_names (§zoo13-tail). */
     static const char *const gemma[3] = {"post_attention_layernorm", "pre_feedforward_layernorm",
                                          "post_feedforward_layernorm"};
     const char *const *sw = m->fam->sandwich[0] ? m->fam->sandwich : gemma;
-    fl_status s = bind_norm(m, NAME("input_layernorm.weight"), H, &ly->attn_norm, err);
+    fl_status s = bind_norm(m, NAMED(m->nm.attn_norm), H, &ly->attn_norm, err);
     fwd_norm *post = m->fam->layout == LAYOUT_PRE ? &ly->mlp_norm : &ly->attn_post;
     if (s == FL_OK && m->fam->layout != LAYOUT_PARALLEL)
-        s = bind_norm(m, (snprintf(name, sizeof name, "%s%s.weight", pre, sw[0]), name), H, post, err);
+        s = bind_norm(m, NAMED(m->fam->sandwich[0] ? sw[0] : m->nm.mlp_norm), H, post, err);
     if (s == FL_OK && m->fam->layout == LAYOUT_SANDWICH)
-        s = bind_norm(m, (snprintf(name, sizeof name, "%s%s.weight", pre, sw[1]), name), H, &ly->mlp_norm, err);
+        s = bind_norm(m, NAMED(sw[1]), H, &ly->mlp_norm, err);
     if (s == FL_OK && (m->fam->layout == LAYOUT_SANDWICH || m->fam->layout == LAYOUT_POST))
-        s = bind_norm(m, (snprintf(name, sizeof name, "%s%s.weight", pre, sw[2]), name), H, &ly->mlp_post, err);
+        s = bind_norm(m, NAMED(sw[2]), H, &ly->mlp_post, err);
     if (s != FL_OK || m->fam->qk == QK_NONE || !m->qk_norm_on)
         return s;
-    long qn = m->fam->qk == QK_HEAD ? m->hd : qd, kn = m->fam->qk == QK_HEAD ? m->hd : kd;
-    if ((s = bind_norm(m, NAME("self_attn.q_norm.weight"), qn, &ly->q_norm, err)) != FL_OK)
+    int head = m->fam->qk == QK_HEAD || m->fam->qk == QK_HEAD_POST;
+    if ((s = bind_norm(m, NAMED(m->nm.q_norm), head ? m->hd : qd, &ly->q_norm, err)) != FL_OK)
         return s;
-    return bind_norm(m, NAME("self_attn.k_norm.weight"), kn, &ly->k_norm, err);
+    return bind_norm(m, NAMED(m->nm.k_norm), head ? m->hd : kd, &ly->k_norm, err);
 }
 
 /* Separate q/k/v (biases where the checkpoint has them: Qwen2 hard-codes
@@ -181,21 +185,24 @@ static fl_status bind_attention(fwd_model *m, fwd_layer *ly, const char *pre, fl
     long H = m->H, qd = m->nh * m->hd, kd = m->nkv * m->hd;
     long qrows = m->fam->attn_gate ? 2 * qd : qd; /* Qwen3NextAttention: query and gate */
     if (!m->fam->attn_gate &&
-        (s = fwd_bind_mat(m, NAME("self_attn.qkv_proj.weight"), qd + 2 * kd, H, 0, &ly->qkv, err)) != FL_OK)
+        ((s = fwd_bind_mat(m, NAMED(m->nm.qkv), qd + 2 * kd, H, 0, &ly->qkv, err)) != FL_OK ||
+         (s = fwd_bind_vec(m, BIASN(m->nm.qkv), qd + 2 * kd, 0, &ly->bqkv, err)) != FL_OK))
         return s;
     if (!ly->qkv.t &&
-        ((s = fwd_bind_mat(m, NAME("self_attn.q_proj.weight"), qrows, H, 1, &ly->q, err)) != FL_OK ||
-         (s = fwd_bind_mat(m, NAME("self_attn.k_proj.weight"), kd, H, 1, &ly->k, err)) != FL_OK ||
-         (s = fwd_bind_mat(m, NAME("self_attn.v_proj.weight"), kd, H, 1, &ly->v, err)) != FL_OK ||
-         (s = fwd_bind_vec(m, NAME("self_attn.q_proj.bias"), qrows, 0, &ly->bq, err)) != FL_OK ||
-         (s = fwd_bind_vec(m, NAME("self_attn.k_proj.bias"), kd, 0, &ly->bk, err)) != FL_OK ||
-         (s = fwd_bind_vec(m, NAME("self_attn.v_proj.bias"), kd, 0, &ly->bv, err)) != FL_OK))
+        ((s = fwd_bind_mat(m, NAMED(m->nm.q), qrows, H, 1, &ly->q, err)) != FL_OK ||
+         (s = fwd_bind_mat(m, NAMED(m->nm.k), kd, H, 1, &ly->k, err)) != FL_OK ||
+         (s = fwd_bind_mat(m, NAMED(m->nm.v), kd, H, 1, &ly->v, err)) != FL_OK ||
+         (s = fwd_bind_vec(m, BIASN(m->nm.q), qrows, 0, &ly->bq, err)) != FL_OK ||
+         (s = fwd_bind_vec(m, BIASN(m->nm.k), kd, 0, &ly->bk, err)) != FL_OK ||
+         (s = fwd_bind_vec(m, BIASN(m->nm.v), kd, 0, &ly->bv, err)) != FL_OK))
         return s;
-    if ((s = fwd_bind_mat(m, NAME("self_attn.o_proj.weight"), H, qd, 1, &ly->o, err)) != FL_OK)
+    if ((s = fwd_bind_mat(m, NAMED(m->nm.o), H, qd, 1, &ly->o, err)) != FL_OK)
         return s;
-    return fwd_bind_vec(m, NAME("self_attn.o_proj.bias"), H, 0, &ly->bo, err);
+    return fwd_bind_vec(m, BIASN(m->nm.o), H, 0, &ly->bo, err);
 }
 #undef NAME
+#undef NAMED
+#undef BIASN
 
 /* Whether layer i uses the sliding window: the config's layer_types when it
  * has them, else the family's pattern. */
@@ -239,6 +246,14 @@ static void layer_positions(fwd_model *m, fwd_layer *ly, long i)
         double w = ckpt_view_num(m->cfg, "sliding_window", (double)m->fam->window_default, 0);
         ly->window = w > 0 && w < 1e15 ? (long)w : 0;
     }
+    /* Cohere2Attention rotates only where a sliding window applies;
+     * Exaone4Attention's full layers have no RoPE when a window is set (both
+     * config classes default sliding_window to 4096: absent is set). */
+    const cJSON *sw = ckpt_view_get(m->cfg, "sliding_window");
+    int windowed = !sw || ckpt_view_num(m->cfg, "sliding_window", 0, 0) > 0;
+    if ((m->fam->nope_full == NOPE_FULL_ALWAYS && !(slides && windowed)) ||
+        (m->fam->nope_full == NOPE_FULL_IF_WINDOW && windowed && !slides))
+        ly->inv_freq = NULL;
 }
 
 static fl_status bind_layer(fwd_model *m, const char *prefix, long i, fl_error *err)
@@ -255,7 +270,8 @@ static fl_status bind_layer(fwd_model *m, const char *prefix, long i, fl_error *
                        "(layer_types, or full_attention_interval without them)", ckdir(m), i);
     if (s == FL_OK)
         s = linear ? fwd_bind_deltanet(m, ly, pre, err)
-                   : m->fam->mla ? fwd_bind_mla(m, ly, pre, err) : bind_attention(m, ly, pre, err);
+            : m->fam->conv_layers && fwd_layer_is_conv(m, i) ? fwd_bind_shortconv(m, ly, pre, err)
+            : m->fam->mla ? fwd_bind_mla(m, ly, pre, err) : bind_attention(m, ly, pre, err);
     if (s != FL_OK)
         return s;
     if ((s = fwd_bind_ffn(m, ly, pre, err)) != FL_OK)
@@ -264,8 +280,8 @@ static fl_status bind_layer(fwd_model *m, const char *prefix, long i, fl_error *
     if (m->fam->layer_extra && (s = m->fam->layer_extra(m, ly, i, pre, err)) != FL_OK)
         return s;
     if (ly->n_experts && (m->topk < 1 || m->topk > ly->n_experts))
-        return fl_fail(err, FL_EINPUT, "%s/config.json: num_experts_per_tok %ld but layer %ld has %ld experts",
-                       ckdir(m), m->topk, i, ly->n_experts);
+        return fl_fail(err, FL_EINPUT, "%s/config.json: %s %ld but layer %ld has %ld experts", ckdir(m),
+                       m->fam->topk_key ? m->fam->topk_key : "num_experts_per_tok", m->topk, i, ly->n_experts);
     return FL_OK;
 }
 
@@ -380,20 +396,15 @@ static fl_status parse_norms_act(fwd_model *m, fl_error *err)
     /* Python truthiness, as `if config.use_qk_norm` reads it (an int too). */
     m->qk_norm_on = !f->qk_flag || (ckpt_view_get(m->cfg, f->qk_flag) ? ckpt_view_set(m->cfg, f->qk_flag)
                                                                        : f->qk_default);
-    const cJSON *v = ckpt_view_get(m->cfg, f->act_key);
+    /* No act_key: the modeling code fixes the activation (Lfm2MLP: silu). */
+    const cJSON *v = f->act_key ? ckpt_view_get(m->cfg, f->act_key) : NULL;
     const char *act = cJSON_IsString(v) ? v->valuestring : f->act_default;
-    if (!strcmp(act, "silu") || !strcmp(act, "swish"))
-        m->act = ACT_SILU;
-    else if (!strcmp(act, "gelu_pytorch_tanh") || !strcmp(act, "gelu_new") || !strcmp(act, "gelu_fast"))
-        m->act = ACT_GELU_TANH;
-    else if (!strcmp(act, "gelu"))
-        m->act = ACT_GELU_ERF;
-    else if (!strcmp(act, "relu2"))
-        m->act = ACT_RELU2;
-    else
-        return fl_fail(err, FL_EINPUT, "%s/config.json: activation '%s' is not supported by the "
-                       "reference forward pass (silu, gelu, gelu_pytorch_tanh, relu2)", ckdir(m), act);
-    return FL_OK;
+    char names[128];
+    if ((m->act = fwd_act_find(act)) >= 0)
+        return FL_OK;
+    fwd_act_names(names, sizeof names);
+    return fl_fail(err, FL_EINPUT, "%s/config.json: activation '%s' is not supported by the reference forward "
+                   "pass (%s)", ckdir(m), act, names);
 }
 
 /* The scalars around the blocks: embedding, residual, attention and logit
@@ -406,8 +417,13 @@ static void parse_scalars(fwd_model *m)
     if (f->embed == EMBED_SQRT_H)
         m->embed_mult = fwd_round_to_dtype(m->embed.dtype, sqrt((double)m->H));
     else if (f->embed == EMBED_KEY)
-        m->embed_mult = ckpt_view_num(c, f->embed_key, 1.0, 1.0);
-    m->residual_mult = f->residual_key ? ckpt_view_num(c, f->residual_key, 1.0, 1.0) : 1.0;
+        m->embed_mult = ckpt_view_num(c, f->embed_key, f->embed_default ? f->embed_default : 1.0, 1.0);
+    if (f->embed_round) /* MiniCPMScaledWordEmbedding: embed_scale.to(weight.dtype) */
+        m->embed_mult = fwd_round_to_dtype(m->embed.dtype, m->embed_mult);
+    /* MiniCPMDecoderLayer: scale_depth / sqrt(layers), scale_depth null = sqrt(layers). */
+    double r = f->residual_key ? ckpt_view_num(c, f->residual_key, f->residual_default ? f->residual_default : 1.0,
+                                               f->residual_sqrt_layers ? sqrt((double)m->L) : 1.0) : 1.0;
+    m->residual_mult = f->residual_sqrt_layers ? r / sqrt((double)m->L) : r;
     m->attn_scale = 1.0 / sqrt((double)(f->mla ? m->nope + m->rot : m->hd));
     if (f->scale == SCALE_KEY) {
         m->attn_scale = ckpt_view_num(c, f->scale_key, f->scale_default, f->scale_default);
@@ -423,6 +439,8 @@ static void parse_scalars(fwd_model *m)
         double v = ckpt_view_num(c, f->logit_key, f->logit_default, 1.0);
         m->logit_mult = !f->logit_divide ? v : v != 0 ? 1.0 / v : 1.0;
     }
+    if (f->logit_base_key) /* MiniCPMForCausalLM: hidden / (hidden_size / dim_model_base) */
+        m->logit_mult = ckpt_view_num(c, f->logit_base_key, f->logit_base_default, (double)m->H) / (double)m->H;
     m->interleaved = f->interleave_key ? ckpt_view_bool(c, f->interleave_key, f->interleaved) : f->interleaved;
     m->clip_qkv = f->clip_key ? ckpt_view_num(c, f->clip_key, 0, 0) : 0;
 }
@@ -430,103 +448,22 @@ static void parse_scalars(fwd_model *m)
 static fl_status parse_moe(fwd_model *m, fl_error *err)
 {
     const fwd_family *f = m->fam;
-    m->topk = ckpt_view_int(m->cfg, "num_experts_per_tok", f->topk_default ? f->topk_default : 2);
+    const char *tk = f->topk_key ? f->topk_key : "num_experts_per_tok";
+    m->topk = ckpt_view_int(m->cfg, tk, f->topk_default ? f->topk_default : 2);
+    if (ckpt_view_get(m->cfg, tk) && !cJSON_IsNull(ckpt_view_get(m->cfg, tk)) && ckpt_view_int(m->cfg, tk, -1) < 0)
+        return fl_fail(err, FL_EINPUT, "%s/config.json: %s is not one integer (per-layer lists are not supported "
+                       "by the reference forward pass)", ckdir(m), tk);
     m->norm_topk = f->topk_norm_key ? ckpt_view_bool(m->cfg, f->topk_norm_key, f->topk_norm) : f->topk_norm;
+    m->routed_scale = ckpt_view_num(m->cfg, "routed_scaling_factor", 1.0, 1.0);
     if (f->router != ROUTER_DEEPSEEK)
         return FL_OK;
     m->n_group = ckpt_view_int(m->cfg, "n_group", 1);
     m->topk_group = ckpt_view_int(m->cfg, "topk_group", 1);
-    m->routed_scale = ckpt_view_num(m->cfg, "routed_scaling_factor", 1.0, 1.0);
     const cJSON *sf = ckpt_view_get(m->cfg, "scoring_func");
     if (cJSON_IsString(sf) && strcmp(sf->valuestring, "sigmoid") != 0)
         return fl_fail(err, FL_EINPUT, "%s/config.json: scoring_func '%s' is not supported by the "
                        "reference forward pass (sigmoid)", ckdir(m), sf->valuestring);
     return FL_OK;
-}
-
-/* Inverse frequencies for m->rot dims from theta, rewritten by the builder
- * of the rope_type (an unknown type is refused: ignoring it would change
- * the model), and the factor on cos and sin. */
-static fl_status build_freqs(const fwd_model *m, const cJSON *scaling, double theta, float **out, double *af,
-                             fl_error *err)
-{
-    *af = 1.0;
-    const char *type = "default";
-    if (cJSON_IsObject(scaling)) {
-        const cJSON *ty = cJSON_GetObjectItemCaseSensitive(scaling, "rope_type");
-        if (!cJSON_IsString(ty))
-            ty = cJSON_GetObjectItemCaseSensitive(scaling, "type");
-        if (cJSON_IsString(ty))
-            type = ty->valuestring;
-    }
-    const fwd_rope_type *rt = fwd_rope_find(type);
-    if (!rt) {
-        char names[256];
-        fwd_rope_names(names, sizeof names);
-        return fl_fail(err, FL_EINPUT, "%s/config.json: rope_scaling type '%s' is not supported by "
-                       "the reference forward pass (supported: %s)", ckdir(m), type, names);
-    }
-    long half = m->rot / 2;
-    float *f = malloc((size_t)(half ? half : 1) * sizeof *f);
-    if (!f)
-        return fl_fail(err, FL_EIO, "out of memory");
-    for (long i = 0; i < half; i++)
-        f[i] = (float)(1.0 / pow(theta, (double)(2 * i) / (double)m->rot));
-    const cJSON *fa = cJSON_IsObject(scaling) ? cJSON_GetObjectItemCaseSensitive(scaling, "factor") : NULL;
-    fwd_rope_ctx ctx = {m->rot, theta, m->cfg, ckdir(m)};
-    fl_status s = rt->build(&ctx, scaling, cJSON_IsNumber(fa) ? fa->valuedouble : 1.0, f, af, err);
-    if (s != FL_OK) {
-        free(f);
-        return s;
-    }
-    *out = f;
-    return FL_OK;
-}
-
-/* rope_scaling (v4) or rope_parameters (v5; possibly keyed by layer type:
- * "full_attention" / "sliding_attention"). */
-static const cJSON *rope_params(ckpt_view cfg, const char *layer_type)
-{
-    const cJSON *p = ckpt_view_get(cfg, "rope_parameters");
-    if (cJSON_IsObject(p)) {
-        const cJSON *sub = cJSON_GetObjectItemCaseSensitive(p, layer_type);
-        return cJSON_IsObject(sub) ? sub : p;
-    }
-    return NULL;
-}
-
-/* Global frequencies from rope_theta + rope_scaling; sliding layers of
- * families with a local base (Gemma3) use it with default scaling. */
-static fl_status parse_rope(fwd_model *m, fl_error *err)
-{
-    const cJSON *rp = rope_params(m->cfg, "full_attention");
-    fl_status s = rp ? FL_OK : fwd_rope_defaults(m, &rp, err);
-    const cJSON *sc = rp ? rp : ckpt_view_get(m->cfg, "rope_scaling");
-    const cJSON *th = rp ? cJSON_GetObjectItemCaseSensitive(rp, "rope_theta") : NULL;
-    double t0 = m->fam->rope_theta > 0 ? m->fam->rope_theta : 10000.0;
-    double theta = cJSON_IsNumber(th) ? th->valuedouble : ckpt_view_num(m->cfg, "rope_theta", t0, t0);
-    if (s == FL_OK && !(theta > 1))
-        return fl_fail(err, FL_EINPUT, "%s/config.json: rope_theta %g must be > 1", ckdir(m), theta);
-    if (s != FL_OK || (s = fwd_parse_qscale(m, sc, err)) != FL_OK ||
-        (s = build_freqs(m, sc, theta, &m->freq_global, &m->af_global, err)) != FL_OK)
-        return s;
-    /* DeepseekV3Attention: scaling *= mscale^2 with mscale_all_dim. */
-    double msad = 0;
-    const cJSON *ms = cJSON_IsObject(sc) ? cJSON_GetObjectItemCaseSensitive(sc, "mscale_all_dim") : NULL;
-    const cJSON *fa = cJSON_IsObject(sc) ? cJSON_GetObjectItemCaseSensitive(sc, "factor") : NULL;
-    if (cJSON_IsNumber(ms))
-        msad = ms->valuedouble;
-    if (m->fam->mla && !m->fam->mla_plain_scale && msad)
-        m->attn_scale *= pow(fwd_yarn_mscale(cJSON_IsNumber(fa) ? fa->valuedouble : 1.0, msad), 2);
-    if (!m->fam->local_theta_key && !m->fam->slide_default_rope)
-        return FL_OK;
-    /* Gemma 3: the local base; OLMo 3: the global base, default RoPE. */
-    const cJSON *lp = rope_params(m->cfg, "sliding_attention");
-    const cJSON *lt = lp && lp != rp ? cJSON_GetObjectItemCaseSensitive(lp, "rope_theta") : NULL;
-    double local = cJSON_IsNumber(lt)              ? lt->valuedouble
-                   : m->fam->slide_default_rope ? theta
-                                                : ckpt_view_num(m->cfg, m->fam->local_theta_key, 10000.0, 10000.0);
-    return build_freqs(m, lp && lp != rp ? lp : NULL, local, &m->freq_local, &m->af_local, err);
 }
 
 /* Tied means the embedding matrix (v4 tie_weights() also overwrites a
@@ -535,19 +472,23 @@ static fl_status parse_rope(fwd_model *m, fl_error *err)
 static fl_status parse_head(fwd_model *m, const fwd_names *where, fl_error *err)
 {
     fl_status s = FL_OK;
+    char name[512];
     if (fwd_tie(m)) {
         m->head = m->embed;
     } else {
-        static const char *const heads[] = {"lm_head.weight", "language_model.lm_head.weight"};
+        snprintf(name, sizeof name, "%s.weight", m->nm.head);
+        const char *const heads[] = {name, "language_model.lm_head.weight"};
         for (size_t i = 0; i < 2 && !m->head.t; i++)
             if ((s = fwd_bind_mat(m, heads[i], -1, m->H, 0, &m->head, err)) != FL_OK)
                 return s;
         if (!m->head.t)
-            return fl_fail(err, FL_EINPUT, "%s: tie_word_embeddings is false but there is no lm_head.weight",
-                           ckdir(m));
+            return fl_fail(err, FL_EINPUT, "%s: tie_word_embeddings is false but there is no %s", ckdir(m), name);
+        /* Ernie4_5_MoeForCausalLM: lm_head has a bias with use_bias. */
+        snprintf(name, sizeof name, "%.*s.bias", (int)strlen(m->head.t->name) - 7, m->head.t->name);
+        if ((s = fwd_bind_vec(m, name, m->head.rows, 0, &m->head_bias, err)) != FL_OK)
+            return s;
     }
     m->V = m->head.rows; /* logits are the head's rows; token ids index the embedding */
-    char name[512];
     snprintf(name, sizeof name, "%s%s.weight", where->prefix, where->norm);
     return bind_norm(m, name, m->H, &m->final_norm, err);
 }
@@ -601,6 +542,7 @@ fl_status fwd_open(const checkpoint *ck, int threads, fwd_model **out, fl_error 
         free(m);
         return s;
     }
+    fwd_resolve_names(m->fam, &m->nm);
     m->pool = fl_pool_new(threads > 0 ? (threads > 64 ? 64 : threads) : cpu_count());
     m->scratch = m->pool ? calloc((size_t)fl_pool_size(m->pool), sizeof *m->scratch) : NULL;
     m->gemm = fwd_pick_gemm();
@@ -613,7 +555,7 @@ fl_status fwd_open(const checkpoint *ck, int threads, fwd_model **out, fl_error 
         fwd_wrap_apply(m);
         /* A fwd_block builds its own RoPE (Gemma 4: per layer type) unless it asks for the shared one. */
         int rope = !m->fam->block || m->fam->block->rope;
-        if ((s = parse_moe(m, err)) == FL_OK && (!rope || (s = parse_rope(m, err)) == FL_OK))
+        if ((s = parse_moe(m, err)) == FL_OK && (!rope || (s = fwd_parse_rope(m, err)) == FL_OK))
             s = parse_head(m, &where, err);
     }
     if (s == FL_OK && !(m->layers = calloc((size_t)m->L, sizeof *m->layers)))

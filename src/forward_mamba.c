@@ -133,12 +133,7 @@ static void causal_conv(const fwd_mamba *mb, const float *p, long T, float *xbc)
     long C = conv_width(d), K = d->kernel, P = proj_width(d), off = inner(d);
     for (long t = 0; t < T; t++)
         for (long c = 0; c < C; c++) {
-            double acc = mb->conv_bias ? mb->conv_bias[c] : 0.0;
-            for (long j = 0; j < K; j++) {
-                long src = t - (K - 1) + j;
-                if (src >= 0)
-                    acc += (double)mb->conv[c * K + j] * p[src * P + off + c];
-            }
+            double acc = fwd_conv_step(mb->conv_bias ? mb->conv_bias[c] : 0.0, mb->conv + c * K, K, p + off + c, P, t);
             xbc[t * C + c] = fwd_act_as(d->act, (float)acc);
         }
 }

@@ -50,6 +50,31 @@ static const fwd_names NEMOTRON_H_NAMES[] = {
     {NULL, NULL, NULL}};
 /* FalconH1Model: final_layernorm. */
 static const fwd_names FALCON_H1_NAMES[] = {{"model.", "embed_tokens", "final_layernorm"}, {NULL, NULL, NULL}};
+/* zoo 13 (tail), docs/architectures.md §zoo13-tail: renamed tensors and MoE
+ * layouts. */
+static const fwd_renames LFM2_RENAMES = {.attn_norm = "operator_norm", .mlp_norm = "ffn_norm",
+                                         .q_norm = "self_attn.q_layernorm", .k_norm = "self_attn.k_layernorm",
+                                         .o = "self_attn.out_proj", .gate = "w1", .up = "w3", .down = "w2"};
+/* Lfm2Model: model.embed_tokens, the final norm model.embedding_norm. */
+static const fwd_names LFM2_NAMES[] = {{"model.", "embed_tokens", "embedding_norm"}, {NULL, NULL, NULL}};
+/* Lfm2MoeSparseMoeBlock: gate, experts (per expert w1/w3/w2 as released,
+ * fused by transformers 5), feed_forward.expert_bias. */
+static const fwd_moe_names LFM2_MOE = {.router = "feed_forward.gate", .experts = "feed_forward.experts",
+                                       .gate = "w1", .up = "w3", .down = "w2"};
+static const fwd_moe_names ERNIE_MOE = {.router = "mlp.gate", .experts = "mlp.experts", .gate = "gate_proj",
+                                        .up = "up_proj", .down = "down_proj", .shared = "mlp.shared_experts"};
+static const fwd_renames HUNYUAN_RENAMES = {.q_norm = "self_attn.query_layernorm",
+                                            .k_norm = "self_attn.key_layernorm"};
+/* HunYuanMoEV1Moe: gate.wg, experts, the always-on shared_mlp. */
+static const fwd_moe_names HUNYUAN_MOE = {.router = "mlp.gate.wg", .experts = "mlp.experts", .gate = "gate_proj",
+                                          .up = "up_proj", .down = "down_proj", .shared = "mlp.shared_mlp"};
+static const fwd_renames APERTUS_RENAMES = {.attn_norm = "attention_layernorm",
+                                            .mlp_norm = "feedforward_layernorm"};
+/* InternLM2 (remote code modeling_internlm2.py). */
+static const fwd_renames INTERNLM2_RENAMES = {.attn_norm = "attention_norm", .mlp_norm = "ffn_norm",
+                                              .qkv = "attention.wqkv", .o = "attention.wo", .gate = "w1",
+                                              .up = "w3", .down = "w2", .head = "output"};
+static const fwd_names INTERNLM2_NAMES[] = {{"model.", "tok_embeddings", "norm"}, {NULL, NULL, NULL}};
 
 /* ----------------------------------------------------------------------------
  * The families */
@@ -265,6 +290,71 @@ static const fwd_family FAMILIES[] = {
      .skip_default = "3,8,13,18,23,28,33,38"},
     /* MllamaForConditionalGeneration: MllamaTextConfig, whatever text_config names. */
     {"mllama", .wraps = "mllama_text_model", .wrap = &WRAP_MLLAMA},
+
+    /* ---- zoo 13 (tail), docs/architectures.md §zoo13-tail ----------------
+     * Lfm2RMSNorm (norm_eps 1e-5); Lfm2MLP's activation is silu whatever
+     * the config says (no act key); per-head q/k norms before RoPE; conv
+     * layers in forward_shortconv.c; rope_theta default 1e6;
+     * Lfm2MoeSparseMoeBlock: sigmoid scores, expert_bias on the choice,
+     * renormalised (+1e-6) when norm_topk_prob, * routed_scaling_factor. */
+    {"lfm2", .norm = NORM_RMS_CAST, .eps_key = "norm_eps", .eps = 1e-5, .act_default = "silu", .qk = QK_HEAD,
+     .renames = &LFM2_RENAMES, .names = LFM2_NAMES, .mlp = "feed_forward", .conv_layers = 1, .tie_default = 1,
+     .tie_alias = "tie_embedding", .rope_theta = 1e6},
+    {"lfm2_moe", .norm = NORM_RMS_CAST, .eps_key = "norm_eps", .eps = 1e-5, .act_default = "silu", .qk = QK_HEAD,
+     .renames = &LFM2_RENAMES, .names = LFM2_NAMES, .mlp = "feed_forward", .conv_layers = 1, .tie_default = 1,
+     .tie_alias = "tie_embedding", .rope_theta = 1e6, .moe = {&LFM2_MOE}, .router = ROUTER_HOOK,
+     .route = fwd_biased_route, .route_eps = 1e-6, .route_bias = "feed_forward.expert_bias", TOPK_KEY,
+     .topk_norm = 1, .topk_default = 4, .layer_extra = fwd_tail_layer},
+    /* Gemma3nRMSNorm: (w * x_hat_fp32).to(dtype); the layers (AltUp, LAuReL,
+     * per-layer inputs, sparse activations, KV sharing) are forward_gemma3n.c's;
+     * sliding layers' RoPE base rope_local_base_freq; final soft cap 30. */
+    {"gemma3n_text", .norm = NORM_RMS_F32, .eps_key = "rms_norm_eps", .eps = 1e-6, .embed = EMBED_SQRT_H,
+     .act_key = "hidden_activation", .act_default = "gelu_pytorch_tanh", .final_cap_key = "final_logit_softcapping",
+     .final_cap = 30.0, .local_theta_key = "rope_local_base_freq", .rope_theta = 1e6, .tie_default = 1,
+     .block = &FWD_GEMMA3N},
+    {"gemma3n", .wraps = "gemma3n_text"},
+    /* Cohere2: Cohere's LayerNorm and parallel block, no q/k norms;
+     * sliding layers all but every sliding_window_pattern-th (default 4),
+     * RoPE (interleaved) only there. */
+    {"cohere2", .norm = NORM_LN_NOBIAS, .eps_key = "layer_norm_eps", .eps = 1e-5, SILU, .layout = LAYOUT_PARALLEL,
+     .logit_key = "logit_scale", .logit_default = 0.0625, .interleaved = 1, .tie_default = 1,
+     .sliding = SLIDE_PATTERN, .slide_period = 4, .nope_full = NOPE_FULL_ALWAYS},
+    /* MiniCPM: embeddings * scale_emb (in the embedding dtype), residual
+     * branches * scale_depth / sqrt(layers), logits * dim_model_base / hidden. */
+    {"minicpm", RMS(1e-6), SILU, .embed = EMBED_KEY, .embed_key = "scale_emb", .embed_default = 12, .embed_round = 1,
+     .residual_key = "scale_depth", .residual_default = 1.4, .residual_sqrt_layers = 1,
+     .logit_base_key = "dim_model_base", .logit_base_default = 256, .tie_default = 1},
+    /* ERNIE 4.5: GLM's interleaved RoPE over the whole head; head_dim 128,
+     * rope_theta 500000 by default.  The MoE router: softmax in fp32, the
+     * choice adds moe_statics.e_score_correction_bias, the weights are
+     * renormalised with the sum clamped at moe_norm_min; moe_k experts. */
+    {"ernie4_5", RMS(1e-5), SILU, .interleaved = 1, .head_dim_default = 128, .rope_theta = 500000.0,
+     .tie_default = 1},
+    {"ernie4_5_moe", RMS(1e-5), SILU, .interleaved = 1, .head_dim_default = 128, .rope_theta = 500000.0,
+     .tie_default = 1, .moe = {&ERNIE_MOE}, .router = ROUTER_HOOK, .route = fwd_biased_route, .route_softmax = 1,
+     .route_clamp_key = "moe_norm_min", .route_clamp = 1e-12, .route_bias = "mlp.moe_statics.e_score_correction_bias",
+     .topk_norm = 1, .topk_key = "moe_k", .topk_default = 6, .layer_extra = fwd_tail_layer},
+    /* HunYuan: q/k norms per head after RoPE; DynamicNTKAlpha RoPE; MoE:
+     * softmax, top moe_topk, always renormalised, plus the shared MLP. */
+    {"hunyuan_v1_dense", RMS(1e-5), SILU, .qk = QK_HEAD_POST, .renames = &HUNYUAN_RENAMES, .rope_alpha = 1},
+    {"hunyuan_v1_moe", RMS(1e-5), SILU, .qk = QK_HEAD_POST, .renames = &HUNYUAN_RENAMES, .rope_alpha = 1,
+     .moe = {&HUNYUAN_MOE}, .topk_norm = 1, .topk_key = "moe_topk", .topk_default = 1},
+    /* EXAONE 4: OLMo2's post-norm layer, per-head q/k norms before RoPE;
+     * sliding layers all but every 4th by default; with a sliding window
+     * the full layers have no RoPE. */
+    {"exaone4", RMS(1e-5), SILU, .layout = LAYOUT_POST, .qk = QK_HEAD, .sliding = SLIDE_PATTERN, .slide_period = 4,
+     .nope_full = NOPE_FULL_IF_WINDOW},
+    {"seed_oss", RMS(1e-6), SILU, .head_dim_default = 128},
+    /* Apertus: renamed pre-norms, q/k norms before RoPE, NemotronMLP with
+     * xIELU (its parameters bound by fwd_tail_layer). */
+    {"apertus", RMS(1e-5), .act_key = "hidden_act", .act_default = "xielu", .qk = QK_HEAD,
+     .renames = &APERTUS_RENAMES,
+     .mlp_no_gate = 1, .rope_theta = 12000000.0, .layer_extra = fwd_tail_layer},
+    {"arcee", RMS(1e-5), .act_key = "hidden_act", .act_default = "relu2", .mlp_no_gate = 1},
+    /* InternLM2: wqkv grouped per kv head; feed_forward.w1/w3/w2; output. */
+    {"internlm2", RMS(1e-6), SILU, .renames = &INTERNLM2_RENAMES, .names = INTERNLM2_NAMES, .mlp = "feed_forward",
+     .qkv_grouped = 1},
+    {"internlm3", RMS(1e-6), SILU},
 };
 
 #define N_FAMILIES (sizeof FAMILIES / sizeof FAMILIES[0])
@@ -279,160 +369,56 @@ const fwd_family *fwd_family_find(const char *model_type)
 
 const fwd_family *fwd_family_at(size_t i) { return i < N_FAMILIES ? &FAMILIES[i] : NULL; }
 
+void fwd_resolve_names(const fwd_family *f, fwd_renames *out)
+{
+    static const fwd_renames none = {0};
+    const fwd_renames *r = f->renames ? f->renames : &none;
+#define PICK(field, llama) out->field = r->field ? r->field : llama
+    PICK(attn_norm, "input_layernorm");
+    PICK(mlp_norm, "post_attention_layernorm");
+    PICK(q_norm, "self_attn.q_norm");
+    PICK(k_norm, "self_attn.k_norm");
+    PICK(q, "self_attn.q_proj");
+    PICK(k, "self_attn.k_proj");
+    PICK(v, "self_attn.v_proj");
+    PICK(o, "self_attn.o_proj");
+    PICK(qkv, "self_attn.qkv_proj");
+    PICK(gate, "gate_proj");
+    PICK(up, "up_proj");
+    PICK(down, "down_proj");
+    PICK(gate_up, "gate_up_proj");
+    PICK(head, "lm_head");
+#undef PICK
+}
+
 /* ----------------------------------------------------------------------------
- * RoPE types: modeling_rope_utils.py's _compute_*_parameters.  Each builder
- * gets the default inverse frequencies in inv_freq and rewrites them. */
+ * Activations (transformers activations.py ACT2CLS). */
 
-static double json_num(const cJSON *o, const char *key, double def)
-{
-    const cJSON *v = cJSON_IsObject(o) ? cJSON_GetObjectItemCaseSensitive(o, key) : NULL;
-    return cJSON_IsNumber(v) ? v->valuedouble : def;
-}
-
-/* YaRN's attention temperature (get_mscale). */
-double fwd_yarn_mscale(double scale, double mscale)
-{
-    return scale <= 1 ? 1.0 : 0.1 * mscale * log(scale) + 1.0;
-}
-
-static fl_status bad_factor(const fwd_rope_ctx *c, double factor, fl_error *err)
-{
-    return fl_fail(err, FL_EINPUT, "%s/config.json: rope_scaling factor %g must be positive", c->dir, factor);
-}
-
-static fl_status rope_default(const fwd_rope_ctx *c, const cJSON *sc, double factor, float *f, double *af,
-                              fl_error *err)
-{
-    (void)c, (void)sc, (void)factor, (void)f, (void)af, (void)err;
-    return FL_OK;
-}
-
-static fl_status rope_linear(const fwd_rope_ctx *c, const cJSON *sc, double factor, float *f, double *af,
-                             fl_error *err)
-{
-    (void)sc, (void)af;
-    if (!(factor > 0))
-        return bad_factor(c, factor, err);
-    for (long i = 0; i < c->rot / 2; i++)
-        f[i] = (float)(f[i] / factor);
-    return FL_OK;
-}
-
-static fl_status rope_llama3(const fwd_rope_ctx *c, const cJSON *sc, double factor, float *f, double *af,
-                             fl_error *err)
-{
-    (void)af;
-    double lf = json_num(sc, "low_freq_factor", NAN), hf = json_num(sc, "high_freq_factor", NAN);
-    double old = json_num(sc, "original_max_position_embeddings", NAN);
-    if (!(factor > 0) || isnan(lf) || isnan(hf) || isnan(old) || !(hf > lf))
-        return fl_fail(err, FL_EINPUT, "%s/config.json: rope_scaling llama3 needs factor, "
-                       "low_freq_factor < high_freq_factor and original_max_position_embeddings", c->dir);
-    double low_wl = old / lf, high_wl = old / hf;
-    for (long i = 0; i < c->rot / 2; i++) {
-        double inv = f[i], wl = 2 * M_PI / inv, r;
-        if (wl < high_wl)
-            r = inv;
-        else if (wl > low_wl)
-            r = inv / factor;
-        else {
-            double s = (old / wl - lf) / (hf - lf);
-            r = (1 - s) * inv / factor + s * inv;
-        }
-        f[i] = (float)r;
-    }
-    return FL_OK;
-}
-
-/* _compute_yarn_parameters. */
-static fl_status rope_yarn(const fwd_rope_ctx *c, const cJSON *sc, double factor, float *f, double *af,
-                           fl_error *err)
-{
-    if (!(factor > 0))
-        return bad_factor(c, factor, err);
-    double maxpos = ckpt_view_num(c->cfg, "max_position_embeddings", 2048, 2048);
-    double orig = json_num(sc, "original_max_position_embeddings", 0);
-    if (!(orig > 0))
-        orig = maxpos;
-    double ms = json_num(sc, "mscale", 0), msad = json_num(sc, "mscale_all_dim", 0);
-    *af = json_num(sc, "attention_factor", 0);
-    if (!(*af > 0))
-        *af = ms && msad ? fwd_yarn_mscale(factor, ms) / fwd_yarn_mscale(factor, msad) : fwd_yarn_mscale(factor, 1);
-    double bf = json_num(sc, "beta_fast", 32), bs = json_num(sc, "beta_slow", 1);
-    const cJSON *tr = cJSON_GetObjectItemCaseSensitive(sc, "truncate");
-    double dim = (double)c->rot;
-    double lo = dim * log(orig / (bf * 2 * M_PI)) / (2 * log(c->theta));
-    double hi = dim * log(orig / (bs * 2 * M_PI)) / (2 * log(c->theta));
-    if (!cJSON_IsFalse(tr)) {
-        lo = floor(lo);
-        hi = ceil(hi);
-    }
-    lo = fmax(lo, 0);
-    hi = fmin(hi, dim - 1);
-    if (lo == hi)
-        hi += 0.001;
-    for (long i = 0; i < c->rot / 2; i++) {
-        double pos_freq = pow(c->theta, (double)(2 * i) / dim);
-        double ramp = fmin(fmax(((double)i - lo) / (hi - lo), 0), 1);
-        double extra = 1 - ramp; /* share of the extrapolated (unscaled) frequency */
-        f[i] = (float)(1.0 / (factor * pos_freq) * (1 - extra) + 1.0 / pos_freq * extra);
-    }
-    return FL_OK;
-}
-
-/* _compute_longrope_parameters with the short factors (sequences up to
- * original_max_position_embeddings); Phi3 sets factor from the two context
- * lengths when original_max_position_embeddings exists. */
-static fl_status rope_longrope(const fwd_rope_ctx *c, const cJSON *sc, double factor, float *f, double *af,
-                               fl_error *err)
-{
-    long half = c->rot / 2;
-    const cJSON *sf = cJSON_GetObjectItemCaseSensitive(sc, "short_factor");
-    if (!cJSON_IsArray(sf) || cJSON_GetArraySize(sf) != half)
-        return fl_fail(err, FL_EINPUT, "%s/config.json: rope_scaling longrope needs short_factor "
-                       "with %ld entries", c->dir, half);
-    double maxpos = ckpt_view_num(c->cfg, "max_position_embeddings", 2048, 2048);
-    double orig = ckpt_view_num(c->cfg, "original_max_position_embeddings", 0, 0);
-    if (orig > 0)
-        factor = maxpos / orig;
-    else
-        orig = maxpos;
-    *af = json_num(sc, "attention_factor", 0);
-    if (!(*af > 0))
-        *af = factor <= 1 ? 1.0 : sqrt(1 + log(factor) / log(orig));
-    for (long i = 0; i < half; i++) {
-        const cJSON *e = cJSON_GetArrayItem(sf, (int)i);
-        double ext = cJSON_IsNumber(e) ? e->valuedouble : 0;
-        if (!(ext > 0))
-            return fl_fail(err, FL_EINPUT, "%s/config.json: longrope short_factor[%ld] must be positive", c->dir, i);
-        f[i] = (float)(1.0 / (ext * pow(c->theta, (double)(2 * i) / (double)c->rot)));
-    }
-    return FL_OK;
-}
-
-/* "dynamic" only rescales beyond max_position_embeddings: the default for
- * the sequences verify runs. */
-static const fwd_rope_type ROPE_TYPES[] = {
-    {"default", rope_default}, {"linear", rope_linear},   {"llama3", rope_llama3},
-    {"dynamic", rope_default}, {"yarn", rope_yarn},       {"longrope", rope_longrope},
-    /* Qwen2-VL's legacy name; Qwen2VLTextConfig renames it "default"
-     * (multimodal RoPE: §vl-mrope). */
-    {"mrope", rope_default},
+static const struct {
+    const char *name;
+    int act;
+} ACTS[] = {
+    {"silu", ACT_SILU}, {"swish", ACT_SILU}, {"gelu_pytorch_tanh", ACT_GELU_TANH}, {"gelu_new", ACT_GELU_TANH},
+    {"gelu_fast", ACT_GELU_TANH}, {"gelu", ACT_GELU_ERF},
+    /* ReLUSquaredActivation (Arcee); XIELUActivation (Apertus), learned
+     * per layer. */
+    {"relu2", ACT_RELU2}, {"xielu", ACT_XIELU},
 };
 
-const fwd_rope_type *fwd_rope_find(const char *name)
+int fwd_act_find(const char *name)
 {
-    for (size_t i = 0; i < sizeof ROPE_TYPES / sizeof ROPE_TYPES[0]; i++)
-        if (strcmp(ROPE_TYPES[i].name, name) == 0)
-            return &ROPE_TYPES[i];
-    return NULL;
+    for (size_t i = 0; i < sizeof ACTS / sizeof ACTS[0]; i++)
+        if (strcmp(ACTS[i].name, name) == 0)
+            return ACTS[i].act;
+    return -1;
 }
 
-void fwd_rope_names(char *buf, size_t cap)
+void fwd_act_names(char *buf, size_t cap)
 {
     size_t n = 0;
     buf[0] = 0;
-    for (size_t i = 0; i < sizeof ROPE_TYPES / sizeof ROPE_TYPES[0]; i++) {
-        int w = snprintf(buf + n, cap - n, "%s%s", i ? ", " : "", ROPE_TYPES[i].name);
+    for (size_t i = 0; i < sizeof ACTS / sizeof ACTS[0]; i++) {
+        int w = snprintf(buf + n, cap - n, "%s%s", i ? ", " : "", ACTS[i].name);
         if (w < 0 || (size_t)w >= cap - n)
             break;
         n += (size_t)w;

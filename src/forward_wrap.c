@@ -74,6 +74,10 @@ int fwd_tie(const fwd_model *m)
 {
     const ckpt_config *cfg = &m->ck->cfg;
     const fwd_wrap *q = m->wrapper ? m->wrapper->wrap : NULL;
+    /* As plan.c's tie_flag: a family's alias wins (Lfm2Config
+     * tie_embedding, docs/architectures.md §lfm2). */
+    if (m->fam->tie_alias && ckpt_view_get(m->cfg, m->fam->tie_alias))
+        return ckpt_view_set(m->cfg, m->fam->tie_alias);
     /* The top level first (§vl-tie), unless it is false and the wrapper
      * class then takes text_config's (LlavaConfig, §vlm-tie). */
     if (cfg->tie_top > 0 || (cfg->tie_top == 0 && !(q && q->tie_or_text)))

@@ -428,6 +428,10 @@ static fl_status plan_layers(planner *pl)
     if (p->n_experts == -2)
         return fl_fail(pl->err, FL_EINPUT, "%s: the expert counts %s, %s disagree", p->cfg.path,
                        p->arch->moe.experts[0], p->arch->moe.experts[1]);
+    const cJSON *kv = p->n_experts < 0 && key ? ckpt_view_get(p->cfg, key) : NULL;
+    if (cJSON_IsArray(kv)) /* HunYuanMoEV1Config allows one count per layer */
+        return fl_fail(pl->err, FL_EINPUT, "%s: \"%s\" is a per-layer list; only one expert count for every "
+                       "layer is supported", p->cfg.path, key);
     if (p->n_experts < 0 || p->n_experts > MAX_EXPERTS)
         return fl_fail(pl->err, FL_EINPUT, "%s: \"%s\" is missing or out of range (0..%d)",
                        p->cfg.path, key, MAX_EXPERTS);
@@ -470,6 +474,10 @@ static fl_status find_layout(planner *pl)
  * (LlavaConfig, docs/architectures.md §vlm-tie). */
 static int tie_flag(const ckpt_config *cfg, const arch_resolved *r)
 {
+    /* Lfm2Config: kwargs.get("tie_embedding", tie_word_embeddings), read
+     * with Python truthiness (docs/architectures.md §lfm2). */
+    if (r->arch->tie_alias && ckpt_view_get(r->cfg, r->arch->tie_alias))
+        return ckpt_view_set(r->cfg, r->arch->tie_alias);
     if (cfg->tie_top > 0 || (cfg->tie_top == 0 && !r->tie_or_text))
         return cfg->tie_top;
     if (r->cfg.text != r->cfg.top && cfg->tie_nested >= 0)

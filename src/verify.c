@@ -204,7 +204,7 @@ static void compare_index(fsummary *f)
 }
 
 /* The token ids: --tokens, or BOS then 16 ids from a fixed LCG (Numerical
- * Recipes constants): deterministic, spread over the whole vocabulary. */
+ * Recipes constants): deterministic, spread over the ids the source pass embeds (fwd_tokens). */
 static fl_status choose_tokens(const verify_options *opt, const fwd_model *ms, long V, fsummary *f, fl_error *err)
 {
     if (opt->tokens) {
@@ -213,6 +213,9 @@ static fl_status choose_tokens(const verify_options *opt, const fwd_model *ms, l
             if (f->tokens[i] >= V)
                 s = fl_fail(err, FL_EUSAGE, "--tokens: id %d is outside the vocabulary (0..%ld)",
                             (int)f->tokens[i], V - 1);
+            else if (f->tokens[i] >= fwd_tokens(ms))
+                s = fl_fail(err, FL_EUSAGE, "--tokens: id %d is outside the ids the forward pass embeds (0..%ld)",
+                            (int)f->tokens[i], fwd_tokens(ms) - 1);
         return s;
     }
     f->n_tokens = 17;
@@ -221,9 +224,10 @@ static fl_status choose_tokens(const verify_options *opt, const fwd_model *ms, l
         return fl_fail(err, FL_EIO, "out of memory");
     f->tokens[0] = (int32_t)fwd_bos(ms);
     uint32_t x = 20240607u;
+    long n = fwd_tokens(ms) < V ? fwd_tokens(ms) : V;
     for (size_t i = 1; i < f->n_tokens; i++) {
         x = x * 1664525u + 1013904223u;
-        f->tokens[i] = (int32_t)((x >> 8) % (uint32_t)V);
+        f->tokens[i] = (int32_t)((x >> 8) % (uint32_t)n);
     }
     return FL_OK;
 }

@@ -409,13 +409,16 @@ void tsummary_free(tsummary *s)
 }
 
 /* ----------------------------------------------------------------------------
- * Config check: equal except tie_word_embeddings and the marker keys. */
+ * Config check: equal except tie_word_embeddings (and the row's tie alias,
+ * LFM2's tie_embedding) and the marker keys. */
 
-static void strip_keys(cJSON *j)
+static void strip_keys(cJSON *j, const char *alias)
 {
     static const char *keys[] = {"tie_word_embeddings", "flashnorm_folded", "flash_norm"};
     for (size_t i = 0; i < 3; i++)
         cJSON_DeleteItemFromObjectCaseSensitive(j, keys[i]);
+    if (alias)
+        cJSON_DeleteItemFromObjectCaseSensitive(j, alias);
     cJSON *tc = cJSON_GetObjectItemCaseSensitive(j, "text_config");
     if (cJSON_IsObject(tc))
         for (size_t i = 0; i < 3; i++)
@@ -482,8 +485,8 @@ void config_check(const checkpoint *src, const checkpoint *out, const fold_plan 
     if (!a || !b) {
         add_problem(s, "config.json: out of memory");
     } else {
-        strip_keys(a);
-        strip_keys(b);
+        strip_keys(a, plan->arch->tie_alias);
+        strip_keys(b, plan->arch->tie_alias);
         char where[768];
         if (json_diff(a, b, "", where, sizeof where))
             add_problem(s, "config.json differs beyond tie_word_embeddings and the marker keys: %s", where);
@@ -501,10 +504,20 @@ void config_check(const checkpoint *src, const checkpoint *out, const fold_plan 
                         "(loaders would tie the head back to the embedding)");
         if (ttie && !cJSON_IsFalse(ttie))
             add_problem(s, "config.json: text_config.tie_word_embeddings must be false as well");
+        const cJSON *alias = plan->arch->tie_alias ? cJSON_GetObjectItemCaseSensitive(out->cfg.json,
+                                                                                      plan->arch->tie_alias) : NULL;
+        if (alias && !cJSON_IsFalse(alias))
+            add_problem(s, "config.json: lm_head is materialised but %s is not false (it decides the tie)",
+                        plan->arch->tie_alias);
     } else {
         const cJSON *st = cJSON_GetObjectItemCaseSensitive(src->cfg.json, "tie_word_embeddings");
         if (!cJSON_Compare(st, tie, 1) && !(st == NULL && tie == NULL))
             add_problem(s, "config.json: tie_word_embeddings changed although the head was not untied");
+        const char *al = plan->arch->tie_alias;
+        const cJSON *sa = al ? cJSON_GetObjectItemCaseSensitive(src->cfg.json, al) : NULL;
+        const cJSON *oa = al ? cJSON_GetObjectItemCaseSensitive(out->cfg.json, al) : NULL;
+        if ((sa || oa) && !cJSON_Compare(sa, oa, 1))
+            add_problem(s, "config.json: %s changed although the head was not untied", al);
     }
     /* The marker makes loaders drop post-attention norms: wrong where the
      * plan keeps some norm weights (Gemma2/3, OLMo2). */

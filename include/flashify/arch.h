@@ -35,7 +35,8 @@ typedef enum {
     WHEN_MOE,        /* layer i is sparse by the row's MoE rule */
     WHEN_DENSE,      /* ... is dense */
     WHEN_LAYER_TYPE, /* config array `key`[i] equals `value` (layer_types) */
-    WHEN_FLAG,       /* config `key` is set: present, not null, false, 0 or "" */
+    WHEN_FLAG,       /* config `key` is set: present, not null, false, 0 or ""; `value`,
+                        when given, is read instead of an absent key ("2": set) */
     WHEN_NOT_FLAG,
     WHEN_TAIL,       /* i >= num_hidden_layers - config `key` (the last N layers) */
     WHEN_NOT_TAIL,
@@ -107,7 +108,8 @@ typedef struct {
  * and then: its `type_list` entry is "sparse" when the config has that
  * list; listed in `sparse_list` when the config has that list;
  * otherwise not listed in `dense_list`, not among the first `first_dense`
- * layers, and (i + step_offset) % step == 0 for `step` (default 1). */
+ * layers, not after `last_sparse`, and (i + step_offset) % step == 0 for
+ * `step` (default 1). */
 typedef struct {
     const char *experts[3];  /* expert count: the first key present wins */
     const char *flag;        /* Gemma 4 enable_moe_block */
@@ -119,6 +121,8 @@ typedef struct {
     const char *type_list;   /* a per-layer list of "dense" / "sparse" that decides when the config has it
                                 (GLM-4.7-Flash, DeepSeek-V3.2, GLM-5 mlp_layer_types) */
     int first_dense_default; /* first_dense when the config lacks the key (the config class default) */
+    const char *last_sparse; /* layers after this index are dense; -1 or absent: none
+                                (ERNIE moe_layer_end_index) */
     int optional;            /* no expert key: 0 experts, not an error (Nemotron-H
                                 configs without MoE blocks) */
 } arch_moe_rule;
@@ -149,6 +153,8 @@ typedef struct arch_info {
      * NEVER: a --plan file said "flashnorm_marker": false. */
     int marker;
     int tie_default;           /* the config class default of tie_word_embeddings */
+    const char *tie_alias;     /* a boolean key that, when present, decides the tie instead of
+                                  tie_word_embeddings (LFM2 tie_embedding), or NULL */
     const char *warning;       /* printed when norms are dropped, or NULL */
     const char *untie_warning; /* printed when lm_head is materialised, or NULL */
     /* Config keys ("a|b", as WHEN_BLOCK reads them) that list every layer's

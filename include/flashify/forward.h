@@ -38,6 +38,11 @@ void fwd_close(fwd_model *m);
  * when absent / out of range, clamped into the vocabulary). */
 long fwd_vocab(const fwd_model *m);
 long fwd_bos(const fwd_model *m);
+/* How many token ids the pass embeds (ids must be below it): the
+ * embedding's rows, or fewer where a family embeds a part of the
+ * vocabulary only (Gemma 3n's per-layer embeddings cover the text ids,
+ * not the multimodal soft tokens above them). */
+long fwd_tokens(const fwd_model *m);
 /* What runs, for the result line ("qwen3_moe, 3 layers, hidden 32, 4 heads
  * (2 kv), vocab 96, BF16, MoE in 2 of 3 layers (fused experts [E, 2I, H])"),
  * static per model. */

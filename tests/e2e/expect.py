@@ -42,6 +42,10 @@ TIE_CLASS_DEFAULT = {"gemma": True, "gemma2": True, "gemma3_text": True, "gemma3
                      "smollm3": True, "cohere": True}
 
 
+# model_type -> a config key that, when present, decides the tie instead of
+# tie_word_embeddings (LFM2: Lfm2Config reads kwargs.get("tie_embedding",
+# tie_word_embeddings)); a zoo module adds its own.
+TIE_ALIAS = {}
 # Composite types whose config class reads the flag its own way (zoo
 # modules): model_type -> fn(cfg) -> bool.
 TIE_RULES = {}
@@ -51,6 +55,9 @@ def config_ties(cfg):
     """What the loader reads: the top level's flag, then text_config's for a
     composite type, then the class default; null reads as not tied (Python
     tests `if config.tie_word_embeddings`)."""
+    alias = TIE_ALIAS.get(cfg.get("model_type"))
+    if alias and alias in cfg:
+        return bool(cfg[alias])
     if cfg.get("model_type") in TIE_RULES:
         return TIE_RULES[cfg["model_type"]](cfg)
     for level in (cfg, cfg.get("text_config") if cfg.get("model_type") in COMPOSITE else None):
@@ -190,15 +197,18 @@ def _expand_experts(consumers, lp, names):
 
 
 # Text-model layouts of zoo families with their own names (Nemotron-H
-# backbone.embeddings / norm_f, Falcon-H1 final_layernorm): model_type ->
-# fn(cfg, names) returning what text_layout returns.
+# backbone.embeddings / norm_f, Falcon-H1 final_layernorm, LFM2
+# embedding_norm, InternLM2 tok_embeddings / output): model_type ->
+# fn(cfg, names) returning what text_layout returns, or None for the defaults.
 EXTRA_LAYOUTS = {}
 
 
 def text_layout(cfg, names):
     """(layer prefix root, embedding, final norm, head) for the checkpoint."""
     if cfg.get("model_type") in EXTRA_LAYOUTS:
-        return EXTRA_LAYOUTS[cfg["model_type"]](cfg, names)
+        got = EXTRA_LAYOUTS[cfg["model_type"]](cfg, names)
+        if got:
+            return got
     if cfg["model_type"] == "gemma3":
         if any(n.startswith("language_model.model.") for n in names):
             return "language_model.model.", "language_model.model.embed_tokens.weight", \
@@ -447,6 +457,9 @@ def expected_config(src_cfg, ex):
     cfg = copy.deepcopy(src_cfg)
     if ex.untie:
         cfg["tie_word_embeddings"] = False
+        alias = TIE_ALIAS.get(cfg.get("model_type"))
+        if alias and alias in cfg:
+            cfg[alias] = False
         if isinstance(cfg.get("text_config"), dict):
             cfg["text_config"]["tie_word_embeddings"] = False
     if ex.marker:

@@ -250,7 +250,8 @@ def verify_json(src, out, *flags):
 class ZooCase(unittest.TestCase):
     """A temporary folder per test (named with tmp_prefix); converted()
     builds a family's BF16 fixture there, converts it and checks the
-    output against expect.py: (model, process, expected, output)."""
+    output against expect.py: (model, process, expected, output);
+    assertBroken() is verify's verdict on a deliberately wrong output."""
     tmp_prefix = "flashify-zoo-"
     seed = 1
 
@@ -274,6 +275,15 @@ class ZooCase(unittest.TestCase):
         p = convert(self, src, src + "-out", *flags)
         ex, ck = check_output(self, src, src + "-out", keep_norms=keep_norms)
         return m, p, ex, ck
+
+    def assertBroken(self, src, out, *flags):
+        """verify rejects the pair (exit 3, not equivalent) and its forward
+        check fails on its own; returns the JSON report."""
+        p, rep = verify_json(src, out, *flags)
+        self.assertEqual(p.returncode, 3, describe(p))
+        self.assertFalse(rep["equivalent"])
+        self.assertIs(rep["forward_check"].get("passed"), False, rep["forward_check"])
+        return rep
 
 
 def stderr_of(p):

@@ -18,15 +18,13 @@ import random
 import shutil
 import struct
 import sys
-import tempfile
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from fixtures import (Tensor, _quantize_experts, build_model, encode_values, read_checkpoint,  # noqa: E402
-                      write_checkpoint)
+from fixtures import Tensor, _quantize_experts, build_model, encode_values, read_checkpoint  # noqa: E402
 from expect import expected  # noqa: E402
-from harness import check_output, convert, describe, run  # noqa: E402
+from harness import ZooCase, check_output, convert, describe, run, verify_json as verify  # noqa: E402
 from verify_fixtures import write_output, write_source  # noqa: E402
 import zoo_gemma4 as z  # noqa: E402
 
@@ -37,32 +35,12 @@ A4B = dict(moe=True, k_eq_v=True, kv_shared=0, double_wide=False, ple=0)
 B31 = dict(moe=False, k_eq_v=True, kv_shared=0, double_wide=False, ple=0)
 
 
-def verify(src, out, *flags):
-    p = run(["verify", src, out, "--json"] + list(flags))
-    return p, (json.loads(p.stdout) if p.stdout.strip() else None)
-
-
-class Base(unittest.TestCase):
-    def setUp(self):
-        self.tmp = tempfile.mkdtemp(prefix="flashify-g4-")
-
-    def tearDown(self):
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def path(self, name):
-        return os.path.join(self.tmp, name)
-
-    def write(self, model, name):
-        d = self.path(name)
-        write_checkpoint(model, d)
-        return d
+class Base(ZooCase):
+    tmp_prefix = "flashify-g4-"
+    seed = 41
 
     def converted(self, family="gemma4", name=None, flags=(), keep_norms=False, **opt):
-        m = build_model(family, dtype="BF16", seed=opt.pop("seed", 41), **opt)
-        src = self.write(m, name or family)
-        p = convert(self, src, src + "-out", *flags)
-        ex, ck = check_output(self, src, src + "-out", keep_norms=keep_norms)
-        return m, p, ex, ck
+        return super().converted(family, name, flags, keep_norms, **opt)
 
 
 class Plan(Base):
@@ -299,13 +277,6 @@ class Teeth(Base):
         write_source(src, "gemma4", "BF16")
         write_output(src, src + "-out", **out_opt)
         return src, src + "-out"
-
-    def assertBroken(self, src, out, *flags):
-        p, rep = verify(src, out, *flags)
-        self.assertEqual(p.returncode, 3, describe(p))
-        self.assertFalse(rep["equivalent"])
-        self.assertIs(rep["forward_check"].get("passed"), False, rep["forward_check"])
-        return rep
 
     def test_correct_pair_passes(self):
         src, out = self.pair("ok")

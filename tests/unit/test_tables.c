@@ -170,8 +170,8 @@ static void test_rows_consistent(void)
             CHECK(w && !w->wraps, "forward wrapper %s names no family", f->model_type);
             continue;
         }
-        CHECK(f->eps_key && f->act_key && f->act_default, "forward family %s lacks eps or activation keys",
-              f->model_type);
+        /* No act_key: the modeling code fixes the activation (LFM2). */
+        CHECK(f->eps_key && f->act_default, "forward family %s lacks eps or activation defaults", f->model_type);
         CHECK(!f->moe[0] || (f->moe[0]->router && f->moe[0]->experts), "forward family %s: MoE names",
               f->model_type);
     }
