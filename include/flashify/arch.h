@@ -247,5 +247,7 @@ const char *arch_supported_list(void);
 /* Iteration for tests and tables: the i-th row / alias, NULL past the end. */
 const arch_info *arch_row(size_t i);
 const arch_alias *arch_alias_at(size_t i);
+/* The alias of model_type, or NULL. */
+const arch_alias *arch_alias_find(const char *model_type);
 
 #endif
