@@ -59,12 +59,9 @@ CASES = [
     ("mllama_text_model", {}),
 ]
 GEMMA_TEXT = ("gemma", "gemma2")
-# Aya Vision 8B's text model (AyaVisionConfig's default): refused while
-# cohere2 has no row, converted like any other text model once a zoo module
-# registers one (the issue-13 tail group does).
-COHERE2 = "cohere2" in fixtures.FAMILIES
-if COHERE2:
-    CASES += [("aya_vision", {"text": "cohere2"}), ("aya_vision", {"text": "cohere2", "layout": "v5"})]
+# Aya Vision 8B's text model (AyaVisionConfig's default), registered by
+# zoo_tail.py.
+CASES += [("aya_vision", {"text": "cohere2"}), ("aya_vision", {"text": "cohere2", "layout": "v5"})]
 
 
 def text_of(fam, opt):
@@ -169,17 +166,12 @@ class TextTypes(Base):
         instead of being read with the class default's row."""
         def starcoder(cfg):
             cfg["text_config"]["model_type"] = "starcoder2"
-
-        def cohere2(cfg):
-            cfg["text_config"]["model_type"] = "cohere2"
         self.refused(self.edited("llava", starcoder), "starcoder2", "llava")
-        if not COHERE2:
-            self.refused(self.edited("aya_vision", cohere2, tied=True), "cohere2", "aya_vision")
 
     def test_unnamed_text_type_is_the_class_default(self):
         """No text_config.model_type: LlavaConfig's llama, InternVLConfig's
-        qwen2, AyaVisionConfig's cohere2 (refused while it has no row)."""
-        named = [("llava", "llama"), ("internvl", "qwen2")] + ([("aya_vision", "cohere2")] if COHERE2 else [])
+        qwen2, AyaVisionConfig's cohere2."""
+        named = [("llava", "llama"), ("internvl", "qwen2"), ("aya_vision", "cohere2")]
         for fam, text in named:
             with self.subTest(family=fam):
                 src = self.dir(fam)
@@ -187,11 +179,6 @@ class TextTypes(Base):
                 convert(self, src, src + "-out")
                 check_output(self, src, src + "-out")
                 self.assertNotIn("model_type", read_checkpoint(src).config["text_config"])
-        if not COHERE2:
-            src = self.dir("aya_vision")
-            write_checkpoint(build_model("aya_vision", dtype="BF16", seed=953, unnamed=True), src)
-            p = self.refused(src, "cohere2", "absent")
-            self.assertIn("aya_vision", p.stderr)
 
     def test_missing_text_config_refused(self):
         def flat(cfg):
