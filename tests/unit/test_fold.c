@@ -16,16 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int failures;
-#define CHECK(cond, ...)                                 \
-    do {                                                 \
-        if (!(cond)) {                                   \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-            fprintf(stderr, __VA_ARGS__);                \
-            fputc('\n', stderr);                         \
-            failures++;                                  \
-        }                                                \
-    } while (0)
+#include "check.h"
 
 /* x rounded to nearest-even in a binary format with `p` significand bits,
  * minimum normal exponent emin (x = m * 2^e, 1 <= m < 2), max finite
