@@ -157,8 +157,10 @@ int arch_is_moe_layer(const arch_moe_rule *r, ckpt_view cfg, long i, long expert
         return 0;
     if (r->first_dense && i < ckpt_view_int(cfg, r->first_dense, r->first_dense_default))
         return 0;
+    /* Ernie4_5_MoeConfig: an end of -1 is the last layer; any other
+     * negative end leaves no layer sparse (docs/architectures.md §ernie4_5_moe). */
     long last = r->last_sparse ? ckpt_view_int(cfg, r->last_sparse, -1) : -1;
-    if (last >= 0 && i > last)
+    if (last != -1 && i > last)
         return 0;
     long step = r->step ? ckpt_view_int(cfg, r->step, 1) : 1;
     return step > 0 && (i + r->step_offset) % step == 0;

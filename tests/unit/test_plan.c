@@ -576,6 +576,43 @@ static void test_moe_type_list(void)
     }
 }
 
+/* ERNIE 4.5 MoE's range rule: sparse from moe_layer_start_index to
+ * moe_layer_end_index, where only -1 means the last layer
+ * (Ernie4_5_MoeConfig); any other negative end leaves no layer sparse
+ * (docs/architectures.md §ernie4_5_moe). */
+static void test_moe_end_index(void)
+{
+    static const arch_moe_rule r = {.experts = {"moe_num_experts"}, .first_dense = "moe_layer_start_index",
+                                    .first_dense_default = 1, .last_sparse = "moe_layer_end_index",
+                                    .step = "moe_layer_interval", .step_offset = 1};
+    static const struct {
+        const char *json, *want;
+    } cases[] = {
+        {"{\"model_type\":\"x\",\"moe_num_experts\":4}", "01111"},
+        {"{\"model_type\":\"x\",\"moe_num_experts\":4,\"moe_layer_end_index\":-1}", "01111"},
+        {"{\"model_type\":\"x\",\"moe_num_experts\":4,\"moe_layer_end_index\":2}", "01100"},
+        {"{\"model_type\":\"x\",\"moe_num_experts\":4,\"moe_layer_end_index\":-100}", "00000"},
+        {"{\"model_type\":\"x\",\"moe_num_experts\":4,\"moe_layer_interval\":2}", "01010"},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        ckpt_config cfg;
+        fl_error err = {0};
+        fl_status st = ckpt_config_parse("mem/config.json", cases[c].json, strlen(cases[c].json), &cfg, &err);
+        CHECK(st == FL_OK, "%s", err.msg);
+        if (st != FL_OK)
+            continue;
+        ckpt_view v = ckpt_config_view(&cfg, 0);
+        const char *key;
+        long E = arch_expert_count(&r, v, &key);
+        char got[6] = {0};
+        for (long i = 0; i < 5; i++)
+            got[i] = arch_is_moe_layer(&r, v, i, E) ? '1' : '0';
+        CHECK(strcmp(got, cases[c].want) == 0, "end case %zu: sparse layers %s, expected %s", c, got,
+              cases[c].want);
+        ckpt_config_free(&cfg);
+    }
+}
+
 /* zoo issue 13 (docs/architectures.md §vlm): Mllama's cross-attention
  * layers by MllamaTextConfig's default list when the key is null; the
  * LLaVA wrappers' text row from text_config (an unknown type refused) and
@@ -685,6 +722,7 @@ static void test_vlm_wrappers(void)
 int main(void)
 {
     test_moe_type_list();
+    test_moe_end_index();
     test_llama_tied();
     test_gemma2_keeps();
     test_qwen2_moe("num_experts");
