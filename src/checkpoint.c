@@ -314,9 +314,12 @@ fl_status ckpt_config_parse(const char *path, const char *text, size_t len, ckpt
     if ((s = copy_type(path, cJSON_GetObjectItemCaseSensitive(cfg->json, "model_type"), cfg->model_type,
                        sizeof cfg->model_type, err)) != FL_OK)
         return s;
+    /* text_config.model_type picks the text row of a wrapper: anything but
+     * a name (or null, read as absent) must not fall back to a default. */
     const cJSON *nmt = cfg->nested ? cJSON_GetObjectItemCaseSensitive(cfg->nested, "model_type") : NULL;
-    if (cJSON_IsString(nmt) && strlen(nmt->valuestring) < sizeof cfg->nested_model_type)
-        strcpy(cfg->nested_model_type, nmt->valuestring);
+    if (nmt && !cJSON_IsNull(nmt) &&
+        (s = copy_type(path, nmt, cfg->nested_model_type, sizeof cfg->nested_model_type, err)) != FL_OK)
+        return fl_fail(err, FL_EINPUT, "%s: \"text_config\".\"model_type\" must be a model type name (a non-empty string), or absent", path);
     if ((s = tie_flag(path, cfg->json, &cfg->tie_top, err)) != FL_OK ||
         (s = tie_flag(path, cfg->nested, &cfg->tie_nested, err)) != FL_OK ||
         (s = scan_spellings(path, text, len, cfg, err)) != FL_OK)

@@ -13,6 +13,8 @@ what transformers makes of them (issue 11, items 11 and 12).
 - a weight_map file name with an embedded \u0000 is refused (cJSON cut it
   at the NUL and mapped the tensor to another file); so is a --plan file
   with one, and a plan that both folds and keeps a norm (item 14).
+- a wrapper's text_config.model_type that is not a name is refused, not
+  read as the class default.
 Each case failed on the code before the fix.
 """
 
@@ -135,6 +137,20 @@ class ConfigSemantics(unittest.TestCase):
         with open(os.path.join(src, "config.json")) as f:
             self.assertIn('"num_hidden_layers": 2.0', f.read())
         self.refused(src, "num_hidden_layers", "float")
+
+    def test_text_type_that_is_not_a_name(self):
+        """A wrapper's text_config.model_type that is a number, an object or
+        empty must not fall back to the class default (LlavaConfig would
+        fail on it); null reads as absent (the default applies)."""
+        for name, value in (("number", 5), ("object", {}), ("empty", "")):
+            with self.subTest(value=name):
+                m = build_model("llava", dtype="BF16", seed=88)
+                src = self.write("text-type-" + name, m,
+                                 edit=lambda c: c["text_config"].__setitem__("model_type", value))
+                self.refused(src, "text_config", "model_type")
+        m = build_model("llava", dtype="BF16", seed=89)
+        src = self.write("text-type-null", m, edit=lambda c: c["text_config"].__setitem__("model_type", None))
+        convert(self, src, os.path.join(self.tmp, "text-type-null-out"))
 
     def test_nul_in_weight_map(self):
         m = build_model("llama", dtype="BF16", tied=False, seed=87)
