@@ -589,6 +589,29 @@ static fl_status layer_count(fold_plan *p, fl_error *err)
     return s;
 }
 
+/* A layer list a WHEN_[NOT_]LISTED condition reads (Mllama's
+ * cross_attention_layers, LFM2's full_attn_idxs) must be a list of layer
+ * indices when present: anything else would satisfy neither condition and
+ * leave the layers to a rule meant for others. */
+static fl_status check_lists(const fold_plan *p, fl_error *err)
+{
+    for (int f = 0; f < ARCH_MAX_FOLDS && p->arch->folds[f].norm; f++)
+        for (int k = 0; k < ARCH_MAX_CONDS; k++) {
+            const arch_cond *c = &p->arch->folds[f].when[k];
+            if ((c->kind != WHEN_LISTED && c->kind != WHEN_NOT_LISTED) || !c->key)
+                continue;
+            const cJSON *v = ckpt_view_get(p->cfg, c->key);
+            int ok = !v || cJSON_IsNull(v) || cJSON_IsArray(v);
+            for (const cJSON *e = cJSON_IsArray(v) ? v->child : NULL; e && ok; e = e->next)
+                ok = cJSON_IsNumber(e) && e->valuedouble >= 0 && e->valuedouble < MAX_LAYERS &&
+                     e->valuedouble == (double)(long)e->valuedouble;
+            if (!ok)
+                return fl_fail(err, FL_EINPUT, "%s: \"%s\" must be a list of layer indices (0..%d)", p->cfg.path,
+                               c->key, MAX_LAYERS - 1);
+        }
+    return FL_OK;
+}
+
 static fl_status plan_setup(fold_plan *p, const ckpt_config *cfg, const plan_catalogue *cat,
                             const plan_options *opt, arch_resolved *r, fl_error *err)
 {
@@ -607,7 +630,7 @@ static fl_status plan_setup(fold_plan *p, const ckpt_config *cfg, const plan_cat
     p->arch = r->arch;
     p->cfg = r->cfg;
     p->wrapper = r->wrapper;
-    if ((s = layer_count(p, err)) != FL_OK ||
+    if ((s = layer_count(p, err)) != FL_OK || (s = check_lists(p, err)) != FL_OK ||
         (s = ckpt_view_count(p->cfg, "hidden_size", MAX_HIDDEN, &p->hidden, err)) != FL_OK)
         return s;
     return FL_OK;

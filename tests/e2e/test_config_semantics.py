@@ -14,7 +14,8 @@ what transformers makes of them (issue 11, items 11 and 12).
   at the NUL and mapped the tensor to another file); so is a --plan file
   with one, and a plan that both folds and keeps a norm (item 14).
 - a wrapper's text_config.model_type that is not a name is refused, not
-  read as the class default.
+  read as the class default; so is a layer list a rule reads that is not a
+  list of layer indices.
 Each case failed on the code before the fix.
 """
 
@@ -151,6 +152,21 @@ class ConfigSemantics(unittest.TestCase):
         m = build_model("llava", dtype="BF16", seed=89)
         src = self.write("text-type-null", m, edit=lambda c: c["text_config"].__setitem__("model_type", None))
         convert(self, src, os.path.join(self.tmp, "text-type-null-out"))
+
+    def test_layer_list_that_is_not_one(self):
+        """A layer list a rule reads (Mllama's cross_attention_layers, LFM2's
+        full_attn_idxs) that is not a list of layer indices is refused by
+        name, not left to the rule for the other layers."""
+        cases = [("mllama", lambda c: c["text_config"].__setitem__("cross_attention_layers", "3,8"),
+                  "cross_attention_layers"),
+                 ("mllama", lambda c: c["text_config"].__setitem__("cross_attention_layers", [0.5]),
+                  "cross_attention_layers"),
+                 ("lfm2", lambda c: (c.pop("layer_types", None), c.__setitem__("full_attn_idxs", [10 ** 18])),
+                  "full_attn_idxs")]
+        for i, (fam, edit, key) in enumerate(cases):
+            with self.subTest(family=fam, case=i):
+                src = self.write("list-%d" % i, build_model(fam, dtype="BF16", seed=90 + i), edit=edit)
+                self.refused(src, key, "layer indices")
 
     def test_nul_in_weight_map(self):
         m = build_model("llama", dtype="BF16", tied=False, seed=87)
