@@ -541,6 +541,25 @@ static void test_refusals(void)
     done(f, &p);
 }
 
+/* The sparse layers of a 5-layer config by rule r, as "01..." against want. */
+static void check_sparse_layers(const arch_moe_rule *r, const char *json, const char *want)
+{
+    ckpt_config cfg;
+    fl_error err = {0};
+    fl_status st = ckpt_config_parse("mem/config.json", json, strlen(json), &cfg, &err);
+    CHECK(st == FL_OK, "%s", err.msg);
+    if (st != FL_OK)
+        return;
+    ckpt_view v = ckpt_config_view(&cfg, 0);
+    const char *key;
+    long E = arch_expert_count(r, v, &key);
+    char got[6] = {0};
+    for (long i = 0; i < 5; i++)
+        got[i] = arch_is_moe_layer(r, v, i, E) ? '1' : '0';
+    CHECK(strcmp(got, want) == 0, "%s: sparse layers %s, expected %s", json, got, want);
+    ckpt_config_free(&cfg);
+}
+
 /* A rule with a per-layer type list (mlp_layer_types) follows the list
  * when the config has one, else first_dense, whose absent key reads as the
  * rule's default (docs/architectures.md §glm4_moe_lite, §deepseek_v32). */
@@ -558,22 +577,8 @@ static void test_moe_type_list(void)
         {"{\"model_type\":\"x\",\"n_routed_experts\":0,\"mlp_layer_types\":[\"sparse\",\"sparse\",\"sparse\",\"sparse\",\"sparse\"]}",
          "00000"},
     };
-    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
-        ckpt_config cfg;
-        fl_error err = {0};
-        fl_status st = ckpt_config_parse("mem/config.json", cases[c].json, strlen(cases[c].json), &cfg, &err);
-        CHECK(st == FL_OK, "%s", err.msg);
-        if (st != FL_OK)
-            continue;
-        ckpt_view v = ckpt_config_view(&cfg, 0);
-        const char *key;
-        long E = arch_expert_count(&r, v, &key);
-        char got[6] = {0};
-        for (long i = 0; i < 5; i++)
-            got[i] = arch_is_moe_layer(&r, v, i, E) ? '1' : '0';
-        CHECK(strcmp(got, cases[c].want) == 0, "case %zu: sparse layers %s, expected %s", c, got, cases[c].want);
-        ckpt_config_free(&cfg);
-    }
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
+        check_sparse_layers(&r, cases[c].json, cases[c].want);
 }
 
 /* ERNIE 4.5 MoE's range rule: sparse from moe_layer_start_index to
@@ -594,23 +599,8 @@ static void test_moe_end_index(void)
         {"{\"model_type\":\"x\",\"moe_num_experts\":4,\"moe_layer_end_index\":-100}", "00000"},
         {"{\"model_type\":\"x\",\"moe_num_experts\":4,\"moe_layer_interval\":2}", "01010"},
     };
-    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
-        ckpt_config cfg;
-        fl_error err = {0};
-        fl_status st = ckpt_config_parse("mem/config.json", cases[c].json, strlen(cases[c].json), &cfg, &err);
-        CHECK(st == FL_OK, "%s", err.msg);
-        if (st != FL_OK)
-            continue;
-        ckpt_view v = ckpt_config_view(&cfg, 0);
-        const char *key;
-        long E = arch_expert_count(&r, v, &key);
-        char got[6] = {0};
-        for (long i = 0; i < 5; i++)
-            got[i] = arch_is_moe_layer(&r, v, i, E) ? '1' : '0';
-        CHECK(strcmp(got, cases[c].want) == 0, "end case %zu: sparse layers %s, expected %s", c, got,
-              cases[c].want);
-        ckpt_config_free(&cfg);
-    }
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
+        check_sparse_layers(&r, cases[c].json, cases[c].want);
 }
 
 /* zoo issue 13 (docs/architectures.md §vlm): Mllama's cross-attention
