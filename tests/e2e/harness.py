@@ -8,6 +8,8 @@ check_output(tc, src, out, ...) -> compares the output directory with
                         the index, config.json, README.md, copied files
 dump_logits(tc, src, out, tokens) -> the C pass's logits of src (verify)
 verify_json(src, out, *flags) -> `flashify verify --json`: (process, report)
+refused_model(tc, tmp, model, name, words) -> a conversion refused, nothing written
+assert_not_equivalent(tc, src, out, needle) -> verify's exit 3 naming needle
 ZooCase              -> a TestCase with a temporary folder and converted()
 """
 
@@ -245,6 +247,30 @@ def verify_json(src, out, *flags):
     report, or None when nothing was printed)."""
     p = run(["verify", src, out, "--json"] + list(flags))
     return p, (json.loads(p.stdout) if p.stdout.strip() else None)
+
+
+def refused_model(tc, tmp, model, name, words, flags=()):
+    """Writes model to tmp/name, converts it expecting exit 2 with every one
+    of words in stderr, and checks that nothing was written; returns the
+    process."""
+    src = os.path.join(tmp, name)
+    write_checkpoint(model, src)
+    before = sorted(os.listdir(tmp))
+    p = convert(tc, src, src + "-out", *flags, expect_rc=2)
+    for w in words:
+        tc.assertIn(w, p.stderr, describe(p))
+    tc.assertEqual(sorted(os.listdir(tmp)), before, "a refused run wrote something")
+    return p
+
+
+def assert_not_equivalent(tc, src, out, needle, forward_fails=True, *flags):
+    """verify rejects the pair (exit 3), its report names needle, and its
+    forward check failed (or passed: forward_fails False) on its own."""
+    p, rep = verify_json(src, out, *flags)
+    tc.assertEqual(p.returncode, 3, describe(p))
+    tc.assertIn(needle, json.dumps(rep))
+    tc.assertEqual(rep["forward_check"].get("passed"), not forward_fails, rep["forward_check"])
+    return rep
 
 
 class ZooCase(unittest.TestCase):

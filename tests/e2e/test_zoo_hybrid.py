@@ -31,7 +31,7 @@ sys.path.insert(0, HERE)
 
 from fixtures import build_model, read_checkpoint, write_checkpoint  # noqa: E402
 from expect import expected  # noqa: E402
-from harness import check_output, convert, describe, run  # noqa: E402
+from harness import check_output, convert, describe, refused_model, run  # noqa: E402
 from verify_fixtures import write_output, write_source  # noqa: E402
 import test_forward_families  # noqa: E402
 
@@ -66,14 +66,7 @@ class Base(unittest.TestCase):
         return src, out, p, ex, ck
 
     def refused(self, model, name, words, flags=()):
-        src = os.path.join(self.tmp, name)
-        write_checkpoint(model, src)
-        before = sorted(os.listdir(self.tmp))
-        p = convert(self, src, src + "-out", *flags, expect_rc=2)
-        for w in words:
-            self.assertIn(w, p.stderr, describe(p))
-        self.assertEqual(sorted(os.listdir(self.tmp)), before, "a refused run wrote something")
-        return p
+        return refused_model(self, self.tmp, model, name, words, flags)
 
 
 class Granite(Base):

@@ -18,7 +18,6 @@ import json
 import os
 import random
 import shutil
-import struct
 import sys
 import tempfile
 import unittest
@@ -28,9 +27,8 @@ sys.path.insert(0, HERE)
 
 from fixtures import build_model, float_tensor, read_checkpoint, write_checkpoint  # noqa: E402
 from expect import expected, fold, gain_ratios  # noqa: E402
-from harness import check_output, convert, describe, run  # noqa: E402
-from ref_forward import ref_logits  # noqa: E402
-from verify_fixtures import tame, write_output  # noqa: E402
+from harness import check_output, convert, describe, run, verify_json  # noqa: E402
+from verify_fixtures import c_vs_python, tame, write_output  # noqa: E402
 
 TOKENS = [1, 7, 30, 64, 95, 7, 3, 9]
 LLAMA4_LAYOUTS = [("llama4_text", {}), ("llama4", {}), ("llama4", {"layout": "model.language_model"}),
@@ -39,9 +37,7 @@ LLAMA4_LAYOUTS = [("llama4_text", {}), ("llama4", {}), ("llama4", {"layout": "mo
 OSS_LAYOUTS = [("gpt_oss", {}), ("gpt_oss", {"layer_types": None}), ("gpt_oss", {"clamp": True})]
 
 
-def verify(src, out, *flags):
-    p = run(["verify", src, out, "--json"] + list(flags))
-    return p, (json.loads(p.stdout) if p.stdout.strip() else None)
+verify = verify_json
 
 
 class Base(unittest.TestCase):
@@ -67,18 +63,7 @@ class Base(unittest.TestCase):
     def c_vs_python(self, src, out, *flags):
         """verify passes, and the C pass's source logits agree with the
         Python reference to 1e-4 of the logit scale; returns the report."""
-        dump = src + ".logits"
-        p, rep = verify(src, out, "--tokens", ",".join(map(str, TOKENS)), "--dump-logits", dump, *flags)
-        self.assertEqual(p.returncode, 0, describe(p))
-        ref = ref_logits(read_checkpoint(src), TOKENS)
-        V = len(ref[0])
-        with open(dump, "rb") as f:
-            got = struct.unpack("<%df" % (V * len(TOKENS)), f.read())
-        worst = max(abs(got[t * V + v] - ref[t][v]) / max(1.0, max(map(abs, ref[t])))
-                    for t in range(len(TOKENS)) for v in range(V))
-        self.assertLess(worst, 1e-4, "C and Python reference differ by %.3g" % worst)
-        self.assertGreater(max(ref[0]) - min(ref[0]), 0.05, "degenerate logits")
-        return rep
+        return c_vs_python(self, src, out, TOKENS, *flags)
 
 
 class Layouts(Base):
